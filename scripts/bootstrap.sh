@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Shared set-up for scripts/demo and scripts/test: a virtualenv in .venv with coldwatch
+# installed, and (when running as root on Debian) the system packages that are missing.
+# Usage: source scripts/bootstrap.sh EXTRAS REQUIRE_MOSQUITTO(0|1)
+set -euo pipefail
+
+cw_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cw_extras="${1:-}"
+cw_need_mosquitto="${2:-0}"
+cw_python="${PYTHON:-python3}"
+
+cw_die() { echo "coldwatch set-up: $*" >&2; exit 1; }
+
+cw_apt_install() {
+  # Install Debian packages when missing; only possible as root.
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+    return 1
+  fi
+  echo "coldwatch set-up: installing ${missing[*]}" >&2
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; then
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+command -v "$cw_python" >/dev/null || cw_apt_install python3 || cw_die "python3 (3.11 or newer) is required"
+"$cw_python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || cw_die "Python 3.11 or newer is required, found $("$cw_python" -V 2>&1)"
+"$cw_python" -c 'import venv, ensurepip' 2>/dev/null \
+  || cw_apt_install python3-venv || cw_die "the Python venv module is missing (apt-get install python3-venv)"
+
+cw_mosquitto() { command -v mosquitto || ls /usr/sbin/mosquitto 2>/dev/null; }
+if [ -z "$(cw_mosquitto)" ]; then
+  cw_apt_install mosquitto mosquitto-clients || true
+  if [ -z "$(cw_mosquitto)" ] && [ "$cw_need_mosquitto" = 1 ]; then
+    cw_die "Mosquitto is required by the tests and could not be installed (run as root, or apt-get install mosquitto)"
+  fi
+fi
+
+cw_venv="$cw_root/.venv"
+if [ ! -x "$cw_venv/bin/python" ]; then
+  "$cw_python" -m venv "$cw_venv"
+fi
+# Reinstall only when the project's dependencies changed.
+cw_stamp="$cw_venv/.coldwatch-installed"
+cw_want="$(sha256sum "$cw_root/pyproject.toml" | cut -c1-16):$cw_extras"
+if [ "$(cat "$cw_stamp" 2>/dev/null)" != "$cw_want" ]; then
+  "$cw_venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+  spec="$cw_root"
+  [ -n "$cw_extras" ] && spec="$cw_root[$cw_extras]"
+  "$cw_venv/bin/python" -m pip install -q -e "$spec"
+  echo "$cw_want" > "$cw_stamp"
+fi
+export PATH="$cw_venv/bin:$PATH"

@@ -1,0 +1,5 @@
+"""Allow ``python -m coldwatch``."""
+
+from coldwatch.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,216 @@
+"""The ``coldwatch`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from coldwatch import __version__
+from coldwatch.config import Config, load_config
+from coldwatch.errors import ColdwatchError, ConfigError
+from coldwatch.payload import parse_timestamp_us
+
+__all__ = ["main"]
+
+log = logging.getLogger("coldwatch")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _parse_time(text: str) -> int:
+    try:
+        return parse_timestamp_us(float(text) if text.replace(".", "", 1).isdigit() else text)
+    except Exception as exc:
+        msg = f"{text!r} is not an RFC 3339 time with offset nor epoch seconds"
+        raise argparse.ArgumentTypeError(msg) from exc
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print(f"{args.config}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        return 2
+    kinds = Counter(d.kind.value for d in config.devices)
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "no devices"
+    print(f"{args.config}: OK ({summary}; sha256 {config.sha256[:12]})")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from coldwatch.daemon import Daemon, run_until_signalled  # noqa: PLC0415 - keep CLI start fast
+
+    config = load_config(args.config)
+
+    def ready(daemon: Daemon) -> None:
+        log.info(
+            "coldwatch %s running: %d devices, metrics on http://%s:%s/metrics, data in %s",
+            __version__,
+            len(config.devices),
+            config.http.host,
+            daemon.http_port,
+            config.storage.path,
+        )
+
+    asyncio.run(run_until_signalled(Daemon(config, on_ready=ready)))
+    return 0
+
+
+async def _export(config: Config, args: argparse.Namespace) -> int:
+    from coldwatch.export import write_csv  # noqa: PLC0415
+    from coldwatch.storage import open_storage  # noqa: PLC0415
+
+    if not Path(config.storage.path).exists():
+        raise ColdwatchError(f"{config.storage.path}: no database (has the collector run?)")
+    storage = open_storage(config.storage.path)
+    await storage.open()
+    try:
+        if args.output == "-":
+            rows = await write_csv(
+                storage, sys.stdout, device_id=args.device, since_us=args.since, until_us=args.until
+            )
+        else:
+            with Path(args.output).open("w", encoding="utf-8", newline="") as out:
+                rows = await write_csv(
+                    storage, out, device_id=args.device, since_us=args.since, until_us=args.until
+                )
+    finally:
+        await storage.close()
+    print(f"{rows} row(s) exported", file=sys.stderr)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    return asyncio.run(_export(load_config(args.config), args))
+
+
+async def _quarantine(config: Config, limit: int) -> int:
+    from coldwatch.export import format_ts  # noqa: PLC0415
+    from coldwatch.storage import SqliteStorage  # noqa: PLC0415
+
+    storage = SqliteStorage(Path(config.storage.path))
+    await storage.open()
+    try:
+        totals = await storage.rejection_totals()
+        entries = await storage.quarantine(limit)
+    finally:
+        await storage.close()
+    print(json.dumps({"totals_by_reason": totals}))
+    for entry in entries:
+        print(
+            json.dumps(
+                {
+                    "received_at": format_ts(entry.received_us),
+                    "reason": entry.reason,
+                    "detail": entry.detail,
+                    "topic": entry.topic,
+                    "device": entry.device_id,
+                    "payload": entry.payload.decode("utf-8", errors="backslashreplace")[:2000],
+                }
+            )
+        )
+    return 0
+
+
+def _cmd_quarantine(args: argparse.Namespace) -> int:
+    return asyncio.run(_quarantine(load_config(args.config), args.limit))
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from simulators import OutagePlan, run_simulation  # noqa: PLC0415
+
+    config = load_config(args.config)
+    outage = None
+    if args.outage:
+        start_s, duration_s = (float(x) for x in args.outage.split(":"))
+        outage = OutagePlan(device_ids=None, start_s=start_s, duration_s=duration_s)
+    stats = asyncio.run(
+        run_simulation(config, seed=args.seed, speed=args.speed, duration_s=args.duration, outage=outage)
+    )
+    print(json.dumps({"published": stats.published}, sort_keys=True))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from coldwatch.demo import run_demo  # noqa: PLC0415
+
+    return asyncio.run(run_demo(config_path=args.config, data_dir=Path(args.data), broker=args.broker))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="coldwatch", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"coldwatch {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check-config", help="validate a configuration file")
+    p.add_argument("config")
+    p.set_defaults(func=_cmd_check_config)
+
+    p = sub.add_parser("run", help="run the collector daemon")
+    p.add_argument("--config", required=True)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("export", help="export stored readings as CSV")
+    p.add_argument("--config", required=True)
+    p.add_argument("--device")
+    p.add_argument("--since", type=_parse_time, help="RFC 3339 time or epoch seconds (inclusive)")
+    p.add_argument("--until", type=_parse_time, help="RFC 3339 time or epoch seconds (exclusive)")
+    p.add_argument("--output", "-o", default="-", help="file to write (default: standard output)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("quarantine", help="show rejected messages and rejection totals")
+    p.add_argument("--config", required=True)
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=_cmd_quarantine)
+
+    p = sub.add_parser("simulate", help="publish simulated device readings (SIMULATED data)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall second")
+    p.add_argument("--duration", type=float, default=None, help="wall seconds (default: until Ctrl-C)")
+    p.add_argument("--outage", help="START:DURATION simulated seconds of network outage, then backfill")
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("demo", help="run a demo facility: broker, simulators and the collector")
+    p.add_argument("--config", default=None, help="default: the bundled config/demo.yaml")
+    p.add_argument("--data", default="coldwatch-demo-data", help="folder for the database and broker")
+    p.add_argument(
+        "--broker",
+        choices=("auto", "mosquitto", "amqtt"),
+        default="auto",
+        help="auto: the configured broker if reachable, else mosquitto if installed, else amqtt",
+    )
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``coldwatch`` command."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ColdwatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,369 @@
+"""Typed configuration: YAML files validated once, at start-up, with environment overrides.
+
+Every setting can be overridden from the environment with ``COLDWATCH_<SECTION>__<KEY>``
+(for example ``COLDWATCH_STORAGE__BATCH_MAX=1000``). Three short names exist for the
+settings changed most often: ``COLDWATCH_MQTT_URL``, ``COLDWATCH_DB`` and
+``COLDWATCH_HTTP_LISTEN``. A mistake is reported with the file, line and column.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+from urllib.parse import unquote, urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from coldwatch.catalogue import Kind
+from coldwatch.errors import ConfigError, ConfigProblem
+
+__all__ = [
+    "Config",
+    "DeviceConfig",
+    "HttpConfig",
+    "IngestConfig",
+    "MqttConfig",
+    "StorageConfig",
+    "load_config",
+    "parse_config",
+]
+
+ENV_PREFIX = "COLDWATCH_"
+SHORT_ENV: dict[str, tuple[str, ...]] = {
+    "COLDWATCH_MQTT_URL": ("mqtt", "url"),
+    "COLDWATCH_DB": ("storage", "path"),
+    "COLDWATCH_HTTP_LISTEN": ("http", "listen"),
+}
+_ID_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+Identifier = Annotated[str, Field(pattern=_ID_RE)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrokerAddress(_Model):
+    """An MQTT broker address parsed from ``mqtt://user:pass@host:port`` or ``mqtts://``."""
+
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+    password: SecretStr | None
+
+
+class ReconnectConfig(_Model):
+    """Jittered exponential backoff between connection attempts."""
+
+    initial_s: float = Field(0.5, gt=0)
+    max_s: float = Field(30.0, gt=0)
+
+
+class MqttConfig(_Model):
+    """How the collector connects and subscribes to the broker."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    client_id: Identifier = "coldwatch-collector"
+    topic_prefix: Identifier = "coldwatch"
+    protocol: Literal["5", "3.1.1"] = "5"
+    session_expiry_s: int = Field(7 * 24 * 3600, gt=0)
+    # How many unacknowledged QoS 1 messages the broker may have in flight to us. Messages
+    # are acknowledged only after they are committed, so this bounds what we hold in memory.
+    receive_maximum: int = Field(1000, ge=1, le=65535)
+    keepalive_s: int = Field(30, ge=5)
+    reconnect: ReconnectConfig = ReconnectConfig()
+    ca_file: Path | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parse_broker_url(value)
+        return value
+
+    @property
+    def broker(self) -> BrokerAddress:
+        """The broker address this configuration names."""
+        return parse_broker_url(self.url)
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """Parse ``mqtt://[user[:password]@]host[:port]`` (``mqtts://`` for TLS)."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"mqtt", "mqtts"}:
+        raise ValueError(f"broker URL must start with mqtt:// or mqtts://, got {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"broker URL has no host: {url!r}")
+    tls = parts.scheme == "mqtts"
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError as exc:
+        raise ValueError(f"broker URL has an invalid port: {url!r}") from exc
+    return BrokerAddress(
+        host=parts.hostname,
+        port=port,
+        tls=tls,
+        username=unquote(parts.username) if parts.username else None,
+        password=SecretStr(unquote(parts.password)) if parts.password else None,
+    )
+
+
+class StorageConfig(_Model):
+    """Where and how readings are stored."""
+
+    path: Path = Path("data/coldwatch.db")
+    batch_max: int = Field(500, ge=1, le=100_000)
+    batch_max_delay_s: float = Field(0.05, ge=0, le=10)
+    quarantine_max_rows: int = Field(10_000, ge=10)
+    retry_initial_s: float = Field(0.2, gt=0)
+    retry_max_s: float = Field(10.0, gt=0)
+
+
+class HttpConfig(_Model):
+    """The HTTP endpoint for /metrics, /healthz and /readyz."""
+
+    listen: str = "127.0.0.1:9464"
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"listen must be host:port, got {value!r}")
+        return value
+
+    @property
+    def host(self) -> str:
+        """The listen host."""
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        """The listen port (0 picks a free one)."""
+        return int(self.listen.rpartition(":")[2])
+
+
+class IngestConfig(_Model):
+    """Limits applied to every incoming message."""
+
+    max_payload_bytes: int = Field(64 * 1024, ge=256)
+    max_future_skew_s: float = Field(300.0, ge=0)
+    queue_max: int = Field(20_000, ge=10)
+
+
+class DeviceConfig(_Model):
+    """A registered, qualified instrument. Only registered devices are accepted."""
+
+    id: Identifier
+    kind: Kind
+    site: Identifier
+    area: Identifier
+    grade: Literal["A", "B", "C", "D"] | None = None
+    description: str = ""
+    # Simulation hints, used only by the simulators.
+    interval_s: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _grade_for_particle_counters(self) -> Self:
+        if self.kind is Kind.PARTICLE_COUNTER and self.grade is None:
+            raise ValueError("a particle_counter needs its cleanroom grade (A, B, C or D)")
+        if self.kind is not Kind.PARTICLE_COUNTER and self.grade is not None:
+            raise ValueError("only a particle_counter has a cleanroom grade")
+        return self
+
+
+class Config(_Model):
+    """The whole configuration of one collector."""
+
+    mqtt: MqttConfig = MqttConfig()
+    storage: StorageConfig = StorageConfig()
+    http: HttpConfig = HttpConfig()
+    ingest: IngestConfig = IngestConfig()
+    devices: list[DeviceConfig] = Field(default_factory=list)
+    source: str = Field("<defaults>", exclude=True)
+    sha256: str = Field("", exclude=True)
+
+    @field_validator("devices")
+    @classmethod
+    def _unique_ids(cls, devices: list[DeviceConfig]) -> list[DeviceConfig]:
+        # parse_config reports duplicates with their line; this guards direct construction.
+        if _duplicate_indexes([d.id for d in devices]):
+            raise ValueError("device ids must be unique")
+        return devices
+
+    def device_map(self) -> dict[str, DeviceConfig]:
+        """Registered devices by id."""
+        return {d.id: d for d in self.devices}
+
+
+# --- loading -------------------------------------------------------------------------
+
+
+def _duplicate_indexes(ids: list[object]) -> list[int]:
+    """Indexes of entries whose id appeared earlier in the list."""
+    seen: set[object] = set()
+    duplicates = []
+    for index, device_id in enumerate(ids):
+        if device_id in seen:
+            duplicates.append(index)
+        seen.add(device_id)
+    return duplicates
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A SafeLoader that remembers where every mapping key and sequence item starts."""
+
+
+def _marks(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[str | int, ...], str]) -> None:
+    out[path] = f"line {node.start_mark.line + 1}, column {node.start_mark.column + 1}"
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            out[(*path, key)] = (
+                f"line {key_node.start_mark.line + 1}, column {key_node.start_mark.column + 1}"
+            )
+            _marks(value_node, (*path, key), out)
+            out[(*path, key)] = (
+                f"line {key_node.start_mark.line + 1}, column {key_node.start_mark.column + 1}"
+            )
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _marks(item, (*path, index), out)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """Collect ``COLDWATCH_*`` overrides as a nested dict, remembering which variable set what."""
+    data: dict[str, Any] = {}
+    origin: dict[tuple[str, ...], str] = {}
+    for name, value in sorted(environ.items()):
+        if name in SHORT_ENV:
+            path = SHORT_ENV[name]
+        elif name.startswith(ENV_PREFIX) and "__" in name:
+            path = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
+        else:
+            continue
+        parsed: Any = value
+        if path == ("devices",):
+            parsed = yaml.safe_load(value)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = parsed
+        origin[path] = f"environment variable {name}"
+    return data, origin
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_config(
+    text: str,
+    source: str = "<string>",
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Validate YAML ``text`` (plus environment overrides) into a :class:`Config`.
+
+    Raises :class:`ConfigError` listing every problem with its location.
+    """
+    env = os.environ if environ is None else environ
+    try:
+        node = yaml.compose(text, Loader=_LineLoader)
+        raw = yaml.load(text, Loader=_LineLoader) if node is not None else {}  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}, line {mark.line + 1}, column {mark.column + 1}" if mark else source
+        raise ConfigError(source, [ConfigProblem(where, f"not valid YAML: {exc}")]) from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [ConfigProblem(source, "the top level must be a mapping")])
+    marks: dict[tuple[str | int, ...], str] = {}
+    if node is not None:
+        _marks(node, (), marks)
+    overrides, env_origin = _env_overrides(env)
+    data = _merge(raw, overrides)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    problems = _duplicate_problems(data, source, marks)
+    try:
+        config = Config.model_validate({**data, "source": source, "sha256": digest})
+    except ValidationError as exc:
+        problems += [
+            _problem(err, source, marks, env_origin)
+            for err in exc.errors()
+            if not (problems and tuple(err["loc"]) == ("devices",))
+        ]
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def _duplicate_problems(
+    data: dict[str, Any], source: str, marks: dict[tuple[str | int, ...], str]
+) -> list[ConfigProblem]:
+    devices = data.get("devices")
+    if not isinstance(devices, list):
+        return []
+    ids = [d.get("id") if isinstance(d, dict) else None for d in devices]
+    return [
+        ConfigProblem(
+            f"{source}, {marks.get(('devices', i), '?')} (devices.{i}.id)",
+            f"device id {ids[i]!r} is registered twice",
+        )
+        for i in _duplicate_indexes(ids)
+        if ids[i] is not None
+    ]
+
+
+def _problem(
+    err: Any,
+    source: str,
+    marks: dict[tuple[str | int, ...], str],
+    env_origin: dict[tuple[str, ...], str],
+) -> ConfigProblem:
+    loc: tuple[str | int, ...] = tuple(
+        p for p in err["loc"] if not (isinstance(p, str) and re.fullmatch(r"[a-z_]+\[.*\]|function-.*", p))
+    )
+    dotted = ".".join(str(p) for p in loc) or "(top level)"
+    where = source
+    for end in range(len(loc), -1, -1):
+        prefix = loc[:end]
+        str_prefix = tuple(str(p) for p in prefix)
+        if str_prefix in env_origin:
+            where = env_origin[str_prefix]
+            break
+        if prefix in marks:
+            where = f"{source}, {marks[prefix]}"
+            break
+    message = err["msg"]
+    if err["type"] == "extra_forbidden":
+        message = "unknown setting (not allowed here)"
+    return ConfigProblem(f"{where} ({dotted})", message)
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the configuration file at ``path``."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(file), [ConfigProblem(str(file), f"cannot read: {exc.strerror}")]) from exc
+    return parse_config(text, str(file), environ)

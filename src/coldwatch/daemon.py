@@ -1,0 +1,106 @@
+"""The daemon: wires MQTT, the pipeline, storage and HTTP together in one TaskGroup."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+
+from coldwatch.config import Config
+from coldwatch.errors import StorageError
+from coldwatch.http import HttpServer, build_app
+from coldwatch.metrics import Metrics
+from coldwatch.mqtt import MqttSource
+from coldwatch.pipeline import Pipeline
+from coldwatch.storage import Storage, open_storage
+
+__all__ = ["Daemon", "run_until_signalled"]
+
+log = logging.getLogger(__name__)
+DRAIN_TIMEOUT_S = 15.0
+
+
+@dataclass
+class Daemon:
+    """One collector. ``await daemon.run(stop)`` runs it until ``stop`` is set."""
+
+    config: Config
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    on_ready: Callable[[Daemon], None] = lambda _: None
+    http_port: int | None = None
+    storage: Storage | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then commit what is queued and shut down in order."""
+        config = self.config
+        storage = open_storage(config.storage.path, quarantine_max_rows=config.storage.quarantine_max_rows)
+        await storage.open()
+        self.storage = storage
+        try:
+            states = await storage.register_devices(config.devices)
+            metrics = Metrics(self.registry, config.devices)
+            prefix = config.mqtt.topic_prefix
+            source = MqttSource(
+                config.mqtt,
+                [f"{prefix}/#"],
+                on_connection_change=self._connection_metric(metrics),
+            )
+            pipeline = Pipeline(config, storage, metrics, states, source.ack)
+
+            async def readiness() -> dict[str, bool]:
+                writable = True
+                try:
+                    await storage.check_writable()
+                except StorageError:
+                    writable = False
+                return {
+                    "broker_connected": source.connected.is_set(),
+                    "database_writable": writable and pipeline.last_write_ok,
+                }
+
+            http = HttpServer(build_app(self.registry, readiness), config.http.host, config.http.port)
+            self.http_port = http.port
+            async with asyncio.TaskGroup() as tasks:
+                ingest = tasks.create_task(source.run(pipeline.consume), name="mqtt-ingest")
+                writer = tasks.create_task(pipeline.run_writer(), name="storage-writer")
+                server = tasks.create_task(http.serve(), name="http")
+                self.on_ready(self)
+                await stop.wait()
+                log.info("stopping: committing %d queued message(s)", pipeline.depth)
+                pipeline.close_intake()
+                try:
+                    await asyncio.wait_for(pipeline.drain(), DRAIN_TIMEOUT_S)
+                except TimeoutError:
+                    log.warning("%d message(s) not committed; the broker will redeliver them", pipeline.depth)
+                http.stop()
+                writer.cancel()
+                ingest.cancel()
+                await asyncio.wait_for(asyncio.shield(server), 5)
+        finally:
+            await storage.close()
+
+    @staticmethod
+    def _connection_metric(metrics: Metrics) -> Callable[[bool], None]:
+        def update(connected: bool) -> None:
+            metrics.broker_connected.set(int(connected))
+            if connected:
+                metrics.broker_connects.inc()
+
+        return update
+
+
+async def run_until_signalled(daemon: Daemon) -> None:
+    """Run ``daemon`` until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await daemon.run(stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,54 @@
+"""CSV export of stored readings for QA."""
+
+from __future__ import annotations
+
+import csv
+from datetime import UTC, datetime
+from typing import TextIO
+
+from coldwatch.catalogue import KINDS, Kind
+from coldwatch.storage.base import Storage
+
+__all__ = ["CSV_HEADER", "format_ts", "write_csv"]
+
+CSV_HEADER = ("device", "kind", "metric", "ts", "value", "received_at", "buffered")
+
+
+def format_ts(ts_us: int) -> str:
+    """RFC 3339 UTC with microseconds."""
+    return datetime.fromtimestamp(ts_us / 1_000_000, UTC).isoformat(timespec="microseconds")
+
+
+def _format_value(kind: str, metric: str, value: float) -> str:
+    spec = KINDS[Kind(kind)].get(metric)
+    if spec is not None and spec.boolean:
+        return "true" if value else "false"
+    return repr(value)
+
+
+async def write_csv(
+    storage: Storage,
+    out: TextIO,
+    *,
+    device_id: str | None = None,
+    since_us: int | None = None,
+    until_us: int | None = None,
+) -> int:
+    """Write readings as CSV to ``out``; return the number of rows written."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_HEADER)
+    rows = 0
+    async for row in storage.export(device_id, since_us, until_us):
+        writer.writerow(
+            (
+                row.device_id,
+                row.kind,
+                row.metric,
+                format_ts(row.ts_us),
+                _format_value(row.kind, row.metric, row.value),
+                format_ts(row.received_us),
+                "true" if row.buffered else "false",
+            )
+        )
+        rows += 1
+    return rows

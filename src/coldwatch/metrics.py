@@ -1,0 +1,179 @@
+"""Prometheus metrics. The only module that imports prometheus_client.
+
+The registry is injected, so tests build a fresh one and read real samples from it.
+Label values come from the device registry and fixed enums, never from payloads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from coldwatch.catalogue import KINDS
+from coldwatch.config import DeviceConfig
+from coldwatch.payload import Reason
+
+__all__ = ["CONTENT_TYPE", "Metrics", "render"]
+
+# "_created" series double the exposition size and no dashboard or alert here uses them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_DEVICE_LABELS = ("device", "kind", "site", "area")
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The exposition text of ``registry``."""
+    return generate_latest(registry)
+
+
+class _ScrapeTimeCollector(Collector):
+    """Values computed when scraped, so nothing stale survives between scrapes."""
+
+    def __init__(self, owner: Metrics) -> None:
+        self._owner = owner
+
+    def collect(self) -> Iterable[Metric]:
+        owner = self._owner
+        age = GaugeMetricFamily(
+            "coldwatch_device_last_reading_age_seconds",
+            "Seconds since the collector last received a reading from the device",
+            labels=_DEVICE_LABELS,
+        )
+        now_s = owner.clock()
+        for device in owner.devices:
+            last_us = owner.last_received_us.get(device.id)
+            if last_us is not None:
+                age.add_metric(owner.device_labels(device), max(0.0, now_s - last_us / 1e6))
+        yield age
+        depth = GaugeMetricFamily(
+            "coldwatch_ingest_queue_depth", "Messages received but not yet committed to storage"
+        )
+        depth.add_metric([], float(owner.queue_depth()))
+        yield depth
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+
+class Metrics:
+    """All of the collector's metrics, registered in one (injected) registry."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        devices: Sequence[DeviceConfig],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        self.devices = list(devices)
+        self.clock = clock
+        self.last_received_us: dict[str, int] = {}
+        self.queue_depth: Callable[[], int] = lambda: 0
+        self._labels = {d.id: (d.id, d.kind.value, d.site, d.area) for d in self.devices}
+        self.readings = Counter(
+            "coldwatch_readings",
+            "Readings (messages) committed to storage, by device",
+            _DEVICE_LABELS,
+            registry=registry,
+        )
+        self.values = Counter(
+            "coldwatch_values", "Metric values committed to storage", ["kind"], registry=registry
+        )
+        self.rejected = Counter(
+            "coldwatch_messages_rejected",
+            "Messages rejected and quarantined, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "coldwatch_duplicate_readings",
+            "Redelivered readings recognised as already stored and skipped",
+            registry=registry,
+        )
+        self.seq_missing = Counter(
+            "coldwatch_seq_missing_readings",
+            "Readings missing from a device's sequence (lost before reaching the collector)",
+            _DEVICE_LABELS,
+            registry=registry,
+        )
+        self.seq_restarts = Counter(
+            "coldwatch_seq_restarts",
+            "Times a device restarted its sequence counter",
+            _DEVICE_LABELS,
+            registry=registry,
+        )
+        self.buffered = Counter(
+            "coldwatch_buffered_readings",
+            "Readings backfilled by a device from its buffer (not live)",
+            _DEVICE_LABELS,
+            registry=registry,
+        )
+        self.last_value = Gauge(
+            "coldwatch_last_value",
+            "Latest value of each device metric (booleans as 0/1)",
+            [*_DEVICE_LABELS, "metric"],
+            registry=registry,
+        )
+        self.last_ts = Gauge(
+            "coldwatch_device_last_reading_timestamp_seconds",
+            "Device timestamp of the newest reading, Unix seconds",
+            _DEVICE_LABELS,
+            registry=registry,
+        )
+        self.online = Gauge(
+            "coldwatch_device_online",
+            "1 when the device's retained status is online, 0 when offline",
+            _DEVICE_LABELS,
+            registry=registry,
+        )
+        self.broker_connected = Gauge(
+            "coldwatch_broker_connected", "1 while connected to the MQTT broker", registry=registry
+        )
+        self.broker_connects = Counter(
+            "coldwatch_broker_connects", "Successful connections to the MQTT broker", registry=registry
+        )
+        self.batch_seconds = Histogram(
+            "coldwatch_storage_batch_write_seconds",
+            "Time to commit one batch",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "coldwatch_storage_batch_messages",
+            "Messages per committed batch",
+            buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+            registry=registry,
+        )
+        self.storage_errors = Counter(
+            "coldwatch_storage_errors", "Failed batch writes (retried)", registry=registry
+        )
+        registry.register(_ScrapeTimeCollector(self))
+        for reason in Reason:
+            self.rejected.labels(reason.value)
+        for device in self.devices:
+            labels = self._labels[device.id]
+            self.readings.labels(*labels)
+            self.seq_missing.labels(*labels)
+        for kind in KINDS:
+            self.values.labels(kind.value)
+
+    def device_labels(self, device: DeviceConfig) -> tuple[str, str, str, str]:
+        """The label values that identify ``device``."""
+        return self._labels[device.id]
+
+    def labels_of(self, device_id: str) -> tuple[str, str, str, str]:
+        """The label values of a registered device id."""
+        return self._labels[device_id]

@@ -1,0 +1,160 @@
+"""The MQTT side of the collector. The only module of the daemon that imports aiomqtt.
+
+Delivery guarantee: QoS 1 with a fixed client id and a persistent session, and every
+message acknowledged only after it is committed to storage. aiomqtt 2.x acknowledges a
+message as soon as it is queued (aiomqtt issue #345), so the underlying paho client is
+switched to manual acknowledgement before connecting, and :meth:`MqttSource.ack` sends
+the PUBACK once the writer has committed. A message received but not committed when the
+process dies is redelivered by the broker on the next connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from coldwatch.config import MqttConfig
+
+__all__ = ["Delivery", "MqttSource", "backoff_delays"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message as received, with what is needed to acknowledge it later."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    mid: int
+    retain: bool
+    connection: int  # which connection delivered it: a mid is only valid on that one
+    received_us: int
+
+
+def backoff_delays(initial_s: float, max_s: float, rng: random.Random) -> Callable[[], float]:
+    """Full-jitter exponential backoff: each call returns the next delay."""
+    ceiling = initial_s
+
+    def next_delay() -> float:
+        nonlocal ceiling
+        delay = rng.uniform(initial_s / 2, ceiling)
+        ceiling = min(max_s, ceiling * 2)
+        return delay
+
+    return next_delay
+
+
+class MqttSource:
+    """Connects, subscribes and hands each message to a consumer; reconnects forever."""
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        topics: Sequence[str],
+        *,
+        on_connection_change: Callable[[bool], None] = lambda _: None,
+    ) -> None:
+        self._config = config
+        self._topics = list(topics)
+        self._on_connection_change = on_connection_change
+        self._client: aiomqtt.Client | None = None
+        self._connection = 0
+        self.connected = asyncio.Event()
+
+    def _make_client(self) -> aiomqtt.Client:
+        cfg = self._config
+        broker = cfg.broker
+        v5 = cfg.protocol == "5"
+        properties = None
+        if v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = cfg.session_expiry_s
+            properties.ReceiveMaximum = cfg.receive_maximum
+        tls_context = None
+        if broker.tls:
+            tls_context = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+        client = aiomqtt.Client(
+            broker.host,
+            broker.port,
+            identifier=cfg.client_id,
+            username=broker.username,
+            password=broker.password.get_secret_value() if broker.password else None,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            # A persistent session: the broker keeps our subscription and every QoS 1
+            # message we have not acknowledged while we are away.
+            clean_start=False if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+            clean_session=None if v5 else False,
+            properties=properties,
+            keepalive=cfg.keepalive_s,
+            max_inflight_messages=cfg.receive_maximum,
+            tls_context=tls_context,
+            timeout=10,
+        )
+        # Must be set before CONNECT: the broker resends pending messages right after it.
+        client._client.manual_ack_set(True)  # noqa: SLF001 - see module docstring
+        return client
+
+    def ack(self, delivery: Delivery) -> None:
+        """Acknowledge a committed message, if the connection that delivered it still stands."""
+        client = self._client
+        if delivery.qos == 0 or client is None or delivery.connection != self._connection:
+            # A newer connection reuses message ids; the broker will resend this one and
+            # storage will recognise it as a duplicate.
+            return
+        client._client.ack(delivery.mid, delivery.qos)  # noqa: SLF001 - see module docstring
+
+    async def run(self, consume: Callable[[Delivery], Awaitable[None]]) -> None:
+        """Receive messages until cancelled, reconnecting with jittered backoff."""
+        next_delay = backoff_delays(
+            self._config.reconnect.initial_s, self._config.reconnect.max_s, random.Random()
+        )
+        broker = self._config.broker
+        while True:
+            client = self._make_client()
+            try:
+                async with client:
+                    self._connection += 1
+                    self._client = client
+                    connection = self._connection
+                    self.connected.set()
+                    self._on_connection_change(True)
+                    log.info("connected to %s:%d as %s", broker.host, broker.port, self._config.client_id)
+                    next_delay = backoff_delays(
+                        self._config.reconnect.initial_s, self._config.reconnect.max_s, random.Random()
+                    )
+                    await client.subscribe([(topic, 1) for topic in self._topics])
+                    async for message in client.messages:
+                        payload = message.payload
+                        await consume(
+                            Delivery(
+                                topic=message.topic.value,
+                                payload=payload if isinstance(payload, bytes) else str(payload).encode(),
+                                qos=message.qos,
+                                mid=message.mid,
+                                retain=message.retain,
+                                connection=connection,
+                                received_us=time.time_ns() // 1000,
+                            )
+                        )
+            except aiomqtt.MqttError as exc:
+                log.warning("broker %s:%d: %s", broker.host, broker.port, exc)
+            finally:
+                self._client = None
+                if self.connected.is_set():
+                    self.connected.clear()
+                    self._on_connection_change(False)
+            delay = next_delay()
+            log.info("reconnecting in %.1f s", delay)
+            await asyncio.sleep(delay)

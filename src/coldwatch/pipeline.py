@@ -1,0 +1,211 @@
+"""The ingest pipeline: decoded messages in, committed batches out, then acknowledgements.
+
+The MQTT task decodes each message (pure) and puts it on a bounded queue; the writer
+task takes what is queued, up to a batch size or a short delay, commits it in one
+transaction and only then acknowledges the messages to the broker, in arrival order.
+A full queue makes the MQTT task wait, which stops acknowledgements and so, through
+the broker's in-flight window, slows delivery: back-pressure instead of unbounded memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from coldwatch.config import Config
+from coldwatch.errors import StorageError
+from coldwatch.metrics import Metrics
+from coldwatch.mqtt import Delivery, backoff_delays
+from coldwatch.payload import Rejection, Status, Telemetry, decode
+from coldwatch.sequence import SeqEvent, SeqTracker
+from coldwatch.storage.base import Batch, BatchResult, DeviceState, QuarantineEntry, Storage
+
+__all__ = ["Pipeline"]
+
+log = logging.getLogger(__name__)
+
+Decoded = Telemetry | Status | Rejection
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    delivery: Delivery
+    decoded: Decoded
+
+
+class Pipeline:
+    """Decodes, batches, stores and acknowledges messages."""
+
+    def __init__(
+        self,
+        config: Config,
+        storage: Storage,
+        metrics: Metrics,
+        states: dict[str, DeviceState],
+        ack: Callable[[Delivery], None],
+        *,
+        clock_us: Callable[[], int] = lambda: time.time_ns() // 1000,
+    ) -> None:
+        self._config = config
+        self._devices = config.device_map()
+        self._storage = storage
+        self._metrics = metrics
+        self._tracker = SeqTracker(states)
+        self._ack = ack
+        self._clock_us = clock_us
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=config.ingest.queue_max)
+        self._in_flight = 0  # taken from the queue, not yet committed
+        self.committed = asyncio.Condition()
+        self.last_write_ok = True
+        self._closing = False
+        metrics.queue_depth = lambda: self._queue.qsize() + self._in_flight
+        for device_id, state in states.items():
+            if state.last_received_us is not None:
+                metrics.last_received_us[device_id] = state.last_received_us
+            if state.online is not None:
+                metrics.online.labels(*metrics.labels_of(device_id)).set(int(state.online))
+
+    @property
+    def depth(self) -> int:
+        """Messages received and not yet committed."""
+        return self._queue.qsize() + self._in_flight
+
+    async def consume(self, delivery: Delivery) -> None:
+        """Decode one delivery and queue it for the writer (waits when the queue is full)."""
+        ingest = self._config.ingest
+        decoded = decode(
+            delivery.topic,
+            delivery.payload,
+            self._clock_us(),
+            self._devices,
+            prefix=self._config.mqtt.topic_prefix,
+            max_payload_bytes=ingest.max_payload_bytes,
+            max_future_skew_s=ingest.max_future_skew_s,
+        )
+        if not self._closing:
+            await self._queue.put(_Item(delivery, decoded))
+
+    async def run_writer(self) -> None:
+        """Commit batches until cancelled."""
+        while True:
+            items = await self._take_batch()
+            await self._commit(items)
+
+    def close_intake(self) -> None:
+        """Stop queueing new messages (shutdown).
+
+        They stay unacknowledged, so the broker keeps them for the next start.
+        """
+        self._closing = True
+
+    async def drain(self) -> None:
+        """Wait until everything queued is committed and acknowledged."""
+        async with self.committed:
+            await self.committed.wait_for(lambda: self.depth == 0)
+
+    async def _take_batch(self) -> list[_Item]:
+        storage_cfg = self._config.storage
+        items = [await self._queue.get()]
+        deadline = asyncio.get_running_loop().time() + storage_cfg.batch_max_delay_s
+        while len(items) < storage_cfg.batch_max:
+            while not self._queue.empty() and len(items) < storage_cfg.batch_max:
+                items.append(self._queue.get_nowait())
+            remaining = deadline - asyncio.get_running_loop().time()
+            if len(items) >= storage_cfg.batch_max or remaining <= 0:
+                break
+            try:
+                items.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        self._in_flight = len(items)
+        return items
+
+    def _build(self, items: list[_Item]) -> Batch:
+        batch = Batch()
+        metrics = self._metrics
+        for item in items:
+            decoded, delivery = item.decoded, item.delivery
+            if isinstance(decoded, Telemetry):
+                observation = self._tracker.observe(
+                    decoded.device_id, decoded.seq, decoded.ts_us, delivery.received_us
+                )
+                if observation.gap is not None:
+                    batch.gaps.append(observation.gap)
+                if observation.event is SeqEvent.RESTART:
+                    metrics.seq_restarts.labels(*metrics.labels_of(decoded.device_id)).inc()
+                batch.readings.append((decoded, delivery.received_us))
+                batch.devices[decoded.device_id] = self._tracker.state(decoded.device_id)
+            elif isinstance(decoded, Status):
+                state = self._tracker.state(decoded.device_id)
+                state.online = decoded.online
+                batch.devices[decoded.device_id] = state
+            else:
+                batch.rejections.append(
+                    QuarantineEntry(
+                        delivery.received_us,
+                        decoded.reason.value,
+                        decoded.detail,
+                        delivery.topic,
+                        decoded.device_id,
+                        delivery.payload,
+                    )
+                )
+        return batch
+
+    async def _commit(self, items: list[_Item]) -> None:
+        batch = self._build(items)
+        storage_cfg = self._config.storage
+        next_delay = backoff_delays(storage_cfg.retry_initial_s, storage_cfg.retry_max_s, random.Random())
+        while True:
+            started = time.perf_counter()
+            try:
+                result = await self._storage.write_batch(batch)
+                break
+            except StorageError as exc:
+                # Nothing is acknowledged, so nothing is lost: keep the batch and retry.
+                self.last_write_ok = False
+                self._metrics.storage_errors.inc()
+                delay = next_delay()
+                log.error("%s; retrying in %.1f s", exc, delay)  # noqa: TRY400 - expected, retried
+                await asyncio.sleep(delay)
+        self.last_write_ok = True
+        self._metrics.batch_seconds.observe(time.perf_counter() - started)
+        self._metrics.batch_size.observe(len(items))
+        for item in items:
+            self._ack(item.delivery)
+        self._in_flight = 0
+        self._account(batch, result)
+        async with self.committed:
+            self.committed.notify_all()
+
+    def _account(self, batch: Batch, result: BatchResult) -> None:
+        metrics = self._metrics
+        devices = self._devices
+        for reading, received_us in batch.readings:
+            if (reading.device_id, reading.seq, reading.ts_us) in result.duplicates:
+                metrics.duplicates.inc()
+                continue
+            device = devices[reading.device_id]
+            labels = metrics.labels_of(reading.device_id)
+            metrics.readings.labels(*labels).inc()
+            metrics.values.labels(device.kind.value).inc(len(reading.values))
+            if reading.buffered:
+                metrics.buffered.labels(*labels).inc()
+            metrics.last_received_us[reading.device_id] = received_us
+            state = self._tracker.state(reading.device_id)
+            # Only the newest reading sets the "last value": a backfilled old one must not.
+            if state.last_ts_us is None or reading.ts_us >= state.last_ts_us:
+                for name, value in reading.values:
+                    metrics.last_value.labels(*labels, name).set(value)
+                metrics.last_ts.labels(*labels).set(reading.ts_us / 1e6)
+        for gap in batch.gaps:
+            metrics.seq_missing.labels(*metrics.labels_of(gap.device_id)).inc(gap.count)
+        for rejection in batch.rejections:
+            metrics.rejected.labels(rejection.reason).inc()
+        for device_id, state in batch.devices.items():
+            if state.online is not None:
+                metrics.online.labels(*metrics.labels_of(device_id)).set(int(state.online))

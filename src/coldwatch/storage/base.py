@@ -1,0 +1,121 @@
+"""The storage protocol every backend implements, and the records that cross it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from coldwatch.config import DeviceConfig
+from coldwatch.payload import Telemetry
+
+__all__ = [
+    "Batch",
+    "BatchResult",
+    "DeviceState",
+    "ExportRow",
+    "QuarantineEntry",
+    "SeqGap",
+    "Storage",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineEntry:
+    """A rejected message, kept with its reason and raw bytes for inspection."""
+
+    received_us: int
+    reason: str
+    detail: str
+    topic: str
+    device_id: str | None
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SeqGap:
+    """Sequence numbers a device skipped: readings lost before they reached the collector."""
+
+    device_id: str
+    first_missing: int
+    last_missing: int
+    detected_us: int
+
+    @property
+    def count(self) -> int:
+        """How many readings are missing."""
+        return self.last_missing - self.first_missing + 1
+
+
+@dataclass(slots=True)
+class DeviceState:
+    """What the collector remembers about a device across restarts."""
+
+    last_seq: int | None = None
+    last_ts_us: int | None = None
+    last_received_us: int | None = None
+    online: bool | None = None
+
+
+@dataclass(slots=True)
+class Batch:
+    """Everything one transaction commits: readings, rejections, gaps and device state."""
+
+    readings: list[tuple[Telemetry, int]] = field(default_factory=list)  # (reading, received_us)
+    rejections: list[QuarantineEntry] = field(default_factory=list)
+    gaps: list[SeqGap] = field(default_factory=list)
+    devices: dict[str, DeviceState] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.readings) + len(self.rejections)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What a committed batch changed."""
+
+    stored: int
+    duplicates: frozenset[tuple[str, int, int]]  # (device_id, seq, ts_us) already stored
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRow:
+    """One metric value of one reading, as exported for QA."""
+
+    device_id: str
+    kind: str
+    metric: str
+    ts_us: int
+    value: float
+    received_us: int
+    buffered: bool
+
+
+class Storage(Protocol):
+    """A storage backend. One writer; every method is safe to await from the event loop."""
+
+    async def open(self) -> None:
+        """Open the database and apply pending migrations."""
+
+    async def close(self) -> None:
+        """Flush and close."""
+
+    async def register_devices(self, devices: Sequence[DeviceConfig]) -> dict[str, DeviceState]:
+        """Record the registered devices and return what is remembered about each."""
+
+    async def write_batch(self, batch: Batch) -> BatchResult:
+        """Commit ``batch`` atomically; readings already stored are skipped, not duplicated."""
+
+    async def check_writable(self) -> None:
+        """Raise :class:`coldwatch.errors.StorageError` if the database cannot take a write."""
+
+    def export(
+        self, device_id: str | None, since_us: int | None, until_us: int | None
+    ) -> AsyncIterator[ExportRow]:
+        """Stream stored readings ordered by device, time and metric."""
+
+    async def quarantine(self, limit: int = 100) -> list[QuarantineEntry]:
+        """The most recent rejected messages, newest first."""
+
+    async def counts(self) -> dict[str, int]:
+        """Row counts by table, for health and tests."""

@@ -1,0 +1,315 @@
+"""SQLite storage through aiosqlite: WAL, batched transactions, versioned migrations.
+
+One connection is one worker thread is one serialised writer. A batch is one
+transaction; readings are keyed by (device, metric, ts, seq) so a redelivered message is
+recognised and skipped rather than stored twice.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Final
+
+import aiosqlite
+
+from coldwatch.catalogue import KINDS
+from coldwatch.config import DeviceConfig
+from coldwatch.errors import StorageError
+from coldwatch.storage.base import (
+    Batch,
+    BatchResult,
+    DeviceState,
+    ExportRow,
+    QuarantineEntry,
+)
+
+__all__ = ["MIGRATIONS", "SqliteStorage"]
+
+# Each entry migrates from version N to N+1. Never edit a released entry: append one.
+MIGRATIONS: Final[tuple[str, ...]] = (
+    """
+    CREATE TABLE devices (
+        id INTEGER PRIMARY KEY,
+        device_id TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        site TEXT NOT NULL,
+        area TEXT NOT NULL,
+        grade TEXT,
+        last_seq INTEGER,
+        last_ts_us INTEGER,
+        last_received_us INTEGER,
+        online INTEGER
+    );
+    CREATE TABLE metrics (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE
+    );
+    -- One row per metric value. The primary key doubles as the duplicate detector and
+    -- as the index for "device, metric, time range" queries.
+    CREATE TABLE readings (
+        device INTEGER NOT NULL,
+        metric INTEGER NOT NULL,
+        ts_us INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        value REAL NOT NULL,
+        received_us INTEGER NOT NULL,
+        buffered INTEGER NOT NULL,
+        PRIMARY KEY (device, metric, ts_us, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE quarantine (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        received_us INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        device_id TEXT,
+        payload BLOB NOT NULL
+    );
+    -- Totals survive the bounded quarantine's pruning: every rejection stays counted.
+    CREATE TABLE rejection_totals (
+        reason TEXT PRIMARY KEY,
+        total INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE seq_gaps (
+        id INTEGER PRIMARY KEY,
+        device INTEGER NOT NULL REFERENCES devices(id),
+        first_missing INTEGER NOT NULL,
+        last_missing INTEGER NOT NULL,
+        detected_us INTEGER NOT NULL
+    );
+    """,
+)
+
+_INSERT_INCOMING = "INSERT INTO temp.incoming VALUES (?, ?, ?, ?, ?, ?, ?)"
+_FIND_DUPLICATES = """
+    SELECT DISTINCT i.device, i.seq, i.ts_us FROM temp.incoming AS i
+    WHERE EXISTS (SELECT 1 FROM readings AS r WHERE r.device = i.device
+                  AND r.metric = i.metric AND r.ts_us = i.ts_us AND r.seq = i.seq)
+"""
+_EXPORT = """
+    SELECT d.device_id, d.kind, m.name, r.ts_us, r.value, r.received_us, r.buffered
+    FROM readings AS r JOIN devices AS d ON d.id = r.device JOIN metrics AS m ON m.id = r.metric
+    WHERE (:device IS NULL OR d.device_id = :device)
+      AND (:since IS NULL OR r.ts_us >= :since) AND (:until IS NULL OR r.ts_us < :until)
+    ORDER BY d.device_id, r.ts_us, r.seq, m.name
+"""
+
+
+class SqliteStorage:
+    """The SQLite backend (the embedded default)."""
+
+    def __init__(self, path: Path, *, quarantine_max_rows: int = 10_000, synchronous: str = "FULL") -> None:
+        self.path = path
+        self._quarantine_max_rows = quarantine_max_rows
+        self._synchronous = synchronous
+        self._db: aiosqlite.Connection | None = None
+        self._device_rowid: dict[str, int] = {}
+        self._metric_rowid: dict[str, int] = {}
+        self._device_by_rowid: dict[int, str] = {}
+
+    @property
+    def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StorageError(f"{self.path}: storage is not open")
+        return self._db
+
+    async def open(self) -> None:
+        """Open (creating if needed) and migrate the database."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per batch.
+            self._db = await aiosqlite.connect(self.path, isolation_level=None)
+            db = self._db
+            await db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a batch is acknowledged to the broker after COMMIT, so it must also
+            # survive a power loss, not only a crash of this process.
+            await db.execute(f"PRAGMA synchronous={self._synchronous}")
+            await db.execute("PRAGMA foreign_keys=ON")
+            await db.execute("PRAGMA busy_timeout=5000")
+            await self._migrate()
+            await db.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS incoming (device INTEGER, metric INTEGER, "
+                "ts_us INTEGER, seq INTEGER, value REAL, received_us INTEGER, buffered INTEGER)"
+            )
+            await self._load_metric_ids()
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(f"{self.path}: cannot open database: {exc}") from exc
+
+    async def _migrate(self) -> None:
+        db = self._conn
+        async with db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        if version > len(MIGRATIONS):
+            raise StorageError(
+                f"{self.path}: schema version {version} is newer than this coldwatch ({len(MIGRATIONS)})"
+            )
+        for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            # One script per version, applied atomically together with its version number.
+            await db.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={target};\nCOMMIT;")
+
+    async def _load_metric_ids(self) -> None:
+        db = self._conn
+        names = sorted({name for specs in KINDS.values() for name in specs})
+        await db.executemany("INSERT OR IGNORE INTO metrics(name) VALUES (?)", [(n,) for n in names])
+        async with db.execute("SELECT name, id FROM metrics") as cur:
+            self._metric_rowid = {str(name): int(rowid) async for name, rowid in cur}
+
+    async def close(self) -> None:
+        """Close the connection (every batch is already committed)."""
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def register_devices(self, devices: Sequence[DeviceConfig]) -> dict[str, DeviceState]:
+        """Upsert the registered devices; return the remembered state of each."""
+        db = self._conn
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            await db.executemany(
+                "INSERT INTO devices(device_id, kind, site, area, grade) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(device_id) DO UPDATE SET kind=excluded.kind, site=excluded.site, "
+                "area=excluded.area, grade=excluded.grade",
+                [(d.id, d.kind.value, d.site, d.area, d.grade) for d in devices],
+            )
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        states: dict[str, DeviceState] = {}
+        async with db.execute(
+            "SELECT id, device_id, last_seq, last_ts_us, last_received_us, online FROM devices"
+        ) as cur:
+            async for rowid, device_id, last_seq, last_ts, last_recv, online in cur:
+                self._device_rowid[device_id] = rowid
+                self._device_by_rowid[rowid] = device_id
+                states[device_id] = DeviceState(
+                    last_seq, last_ts, last_recv, None if online is None else bool(online)
+                )
+        return {d.id: states[d.id] for d in devices}
+
+    async def write_batch(self, batch: Batch) -> BatchResult:
+        """Commit one batch in one transaction."""
+        db = self._conn
+        devices = self._device_rowid
+        metrics = self._metric_rowid
+        rows = [
+            (devices[r.device_id], metrics[name], r.ts_us, r.seq, value, received_us, r.buffered)
+            for r, received_us in batch.readings
+            for name, value in r.values
+        ]
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                duplicates: frozenset[tuple[str, int, int]] = frozenset()
+                stored = 0
+                if rows:
+                    await db.executemany(_INSERT_INCOMING, rows)
+                    async with db.execute(_FIND_DUPLICATES) as cur:
+                        duplicates = frozenset(
+                            [(self._device_by_rowid[d], int(s), int(t)) async for d, s, t in cur]
+                        )
+                    async with db.execute(
+                        "INSERT OR IGNORE INTO readings SELECT * FROM temp.incoming"
+                    ) as cur:
+                        stored = cur.rowcount
+                    await db.execute("DELETE FROM temp.incoming")
+                if batch.rejections:
+                    await self._quarantine(batch)
+                if batch.gaps:
+                    await db.executemany(
+                        "INSERT INTO seq_gaps(device, first_missing, last_missing, detected_us) "
+                        "VALUES (?, ?, ?, ?)",
+                        [
+                            (devices[g.device_id], g.first_missing, g.last_missing, g.detected_us)
+                            for g in batch.gaps
+                        ],
+                    )
+                if batch.devices:
+                    await db.executemany(
+                        "UPDATE devices SET last_seq=?, last_ts_us=?, last_received_us=?, online=? "
+                        "WHERE id=?",
+                        [
+                            (
+                                s.last_seq,
+                                s.last_ts_us,
+                                s.last_received_us,
+                                None if s.online is None else int(s.online),
+                                devices[device_id],
+                            )
+                            for device_id, s in batch.devices.items()
+                        ],
+                    )
+                await db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+                raise
+        except (sqlite3.Error, OverflowError, ValueError) as exc:
+            raise StorageError(f"{self.path}: batch write failed: {exc}") from exc
+        return BatchResult(stored=stored, duplicates=duplicates)
+
+    async def _quarantine(self, batch: Batch) -> None:
+        db = self._conn
+        await db.executemany(
+            "INSERT INTO quarantine(received_us, reason, detail, topic, device_id, payload) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(q.received_us, q.reason, q.detail, q.topic, q.device_id, q.payload) for q in batch.rejections],
+        )
+        totals: dict[str, int] = {}
+        for q in batch.rejections:
+            totals[q.reason] = totals.get(q.reason, 0) + 1
+        await db.executemany(
+            "INSERT INTO rejection_totals(reason, total) VALUES (?, ?) "
+            "ON CONFLICT(reason) DO UPDATE SET total = total + excluded.total",
+            list(totals.items()),
+        )
+        # Bounded: the oldest entries go first; their totals above remain.
+        await db.execute(
+            "DELETE FROM quarantine WHERE id <= (SELECT max(id) FROM quarantine) - ?",
+            (self._quarantine_max_rows,),
+        )
+
+    async def check_writable(self) -> None:
+        """Take and release the write lock: proves the database accepts writes now."""
+        db = self._conn
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            await db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: not writable: {exc}") from exc
+
+    async def export(
+        self, device_id: str | None, since_us: int | None, until_us: int | None
+    ) -> AsyncIterator[ExportRow]:
+        """Stream readings ordered by device, time and metric."""
+        params = {"device": device_id, "since": since_us, "until": until_us}
+        async with self._conn.execute(_EXPORT, params) as cur:
+            cur.arraysize = 2000
+            async for device, kind, metric, ts_us, value, received_us, buffered in cur:
+                yield ExportRow(device, kind, metric, ts_us, value, received_us, bool(buffered))
+
+    async def quarantine(self, limit: int = 100) -> list[QuarantineEntry]:
+        """The most recent rejected messages, newest first."""
+        async with self._conn.execute(
+            "SELECT received_us, reason, detail, topic, device_id, payload FROM quarantine "
+            "ORDER BY id DESC LIMIT ?",
+            (limit,),
+        ) as cur:
+            return [QuarantineEntry(*row) async for row in cur]
+
+    async def rejection_totals(self) -> dict[str, int]:
+        """Every rejection ever recorded, by reason (survives quarantine pruning)."""
+        async with self._conn.execute("SELECT reason, total FROM rejection_totals") as cur:
+            return {str(reason): int(total) async for reason, total in cur}
+
+    async def counts(self) -> dict[str, int]:
+        """Row counts by table."""
+        out: dict[str, int] = {}
+        for table in ("devices", "readings", "quarantine", "seq_gaps"):
+            async with self._conn.execute(f"SELECT count(*) FROM {table}") as cur:  # noqa: S608
+                row = await cur.fetchone()
+                out[table] = int(row[0]) if row else 0
+        return out

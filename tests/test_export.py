@@ -1,0 +1,145 @@
+"""CSV export of stored readings for QA, from a real SQLite file."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from coldwatch.catalogue import Kind
+from coldwatch.config import DeviceConfig
+from coldwatch.export import CSV_HEADER, format_ts, write_csv
+from coldwatch.payload import Telemetry
+from coldwatch.storage import Batch, SqliteStorage
+
+US = 1_000_000
+T0 = 1_714_564_800 * US  # 2024-05-01T12:00:00Z
+INC = DeviceConfig(id="inc-01", kind=Kind.INCUBATOR, site="plant-1", area="culture-lab")
+CRYO = DeviceConfig(id="shipper-07", kind=Kind.CRYOSHIPPER, site="plant-1", area="dispatch")
+
+
+@pytest.fixture
+async def storage(tmp_path: Path) -> AsyncIterator[SqliteStorage]:
+    """An open storage holding one incubator reading and one buffered cryoshipper reading."""
+    store = SqliteStorage(tmp_path / "coldwatch.db")
+    await store.open()
+    await store.register_devices([INC, CRYO])
+    await store.write_batch(
+        Batch(
+            readings=[
+                (
+                    Telemetry("inc-01", 7, T0 + 123_456, False, (("temp_c", 37.1), ("door_open", 1.0))),
+                    T0 + 1_500_000,
+                ),
+                (
+                    Telemetry(
+                        "shipper-07", 3, T0 - 3600 * US, True, (("temp_c", -185.25), ("lid_open", 0.0))
+                    ),
+                    T0 + 2 * US,
+                ),
+            ]
+        )
+    )
+    yield store
+    await store.close()
+
+
+def _rows(text: str) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(text)))
+
+
+async def test_csv_header_and_rows(storage: SqliteStorage) -> None:
+    """The CSV has the documented header, RFC 3339 UTC times and booleans as true/false."""
+    out = io.StringIO()
+
+    count = await write_csv(storage, out)
+
+    text = out.getvalue()
+    assert text.splitlines()[0] == "device,kind,metric,ts,value,received_at,buffered"
+    assert _rows(text) == [
+        list(CSV_HEADER),
+        [
+            "inc-01",
+            "incubator",
+            "door_open",
+            "2024-05-01T12:00:00.123456+00:00",
+            "true",
+            "2024-05-01T12:00:01.500000+00:00",
+            "false",
+        ],
+        [
+            "inc-01",
+            "incubator",
+            "temp_c",
+            "2024-05-01T12:00:00.123456+00:00",
+            "37.1",
+            "2024-05-01T12:00:01.500000+00:00",
+            "false",
+        ],
+        [
+            "shipper-07",
+            "cryoshipper",
+            "lid_open",
+            "2024-05-01T11:00:00.000000+00:00",
+            "false",
+            "2024-05-01T12:00:02.000000+00:00",
+            "true",
+        ],
+        [
+            "shipper-07",
+            "cryoshipper",
+            "temp_c",
+            "2024-05-01T11:00:00.000000+00:00",
+            "-185.25",
+            "2024-05-01T12:00:02.000000+00:00",
+            "true",
+        ],
+    ]
+    assert count == 4
+    assert "\r" not in text
+
+
+async def test_csv_times_parse_back_to_the_stored_instant(storage: SqliteStorage) -> None:
+    """Every exported time is timezone-aware UTC and parses back to the exact microsecond."""
+    out = io.StringIO()
+    await write_csv(storage, out, device_id="inc-01")
+
+    row = _rows(out.getvalue())[1]
+    ts = datetime.fromisoformat(row[3])
+    offset = ts.utcoffset()
+    assert offset is not None
+    assert offset.total_seconds() == 0
+    assert int(ts.timestamp()) * US + ts.microsecond == T0 + 123_456
+
+
+async def test_csv_filters_are_passed_to_the_storage(storage: SqliteStorage) -> None:
+    """Device and time filters narrow the CSV; the header is always written."""
+    by_device = io.StringIO()
+    by_time = io.StringIO()
+    nothing = io.StringIO()
+
+    assert await write_csv(storage, by_device, device_id="shipper-07") == 2
+    assert await write_csv(storage, by_time, since_us=T0, until_us=T0 + US) == 2
+    assert await write_csv(storage, nothing, since_us=T0 + 3600 * US) == 0
+
+    assert {r[0] for r in _rows(by_device.getvalue())[1:]} == {"shipper-07"}
+    assert {r[0] for r in _rows(by_time.getvalue())[1:]} == {"inc-01"}
+    assert _rows(nothing.getvalue()) == [list(CSV_HEADER)]
+
+
+@pytest.mark.parametrize(
+    ("ts_us", "text"),
+    [
+        (T0, "2024-05-01T12:00:00.000000+00:00"),
+        (T0 + 1, "2024-05-01T12:00:00.000001+00:00"),
+        (T0 + 999_999, "2024-05-01T12:00:00.999999+00:00"),
+        (946_684_800 * US, "2000-01-01T00:00:00.000000+00:00"),
+    ],
+)
+def test_format_ts_is_rfc3339_utc_with_microseconds(ts_us: int, text: str) -> None:
+    """format_ts renders epoch microseconds as RFC 3339 UTC without losing a microsecond."""
+    assert format_ts(ts_us) == text
