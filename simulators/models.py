@@ -60,10 +60,6 @@ def derive_seed(seed: int, device_id: str, stream: str = "") -> int:
     return int.from_bytes(digest[:8], "big")
 
 
-def _rng(seed: int, device_id: str, stream: str) -> Rng:
-    return np.random.default_rng(derive_seed(seed, device_id, stream))
-
-
 def _relax(value: float, target: float, dt_s: float, tau_s: float) -> float:
     """Exact first-order approach of ``value`` towards ``target`` over ``dt_s``."""
     return target + (value - target) * math.exp(-dt_s / tau_s)
@@ -113,14 +109,13 @@ class _Schedule:
     def add(self, episode: Episode) -> None:
         bisect.insort(self._episodes, episode, key=lambda e: e.start_s)
 
-    def extend_to(self, t_s: float) -> None:
-        """Draw the random episodes that start up to ``t_s`` and forget finished ones."""
-        while self._next_s <= t_s:
+    def advance(self, t0_s: float, t1_s: float) -> None:
+        """Prepare for a step over ``[t0_s, t1_s]``: draw episodes up to ``t1_s``, drop old ones."""
+        while self._next_s <= t1_s:
             duration_s, magnitude = self._draw(self._rng)
             self.add(Episode(self._next_s, self._next_s + duration_s, magnitude))
             self._next_s += duration_s + self._gap_s()
-        # Keep a margin: a step may look back over its whole interval.
-        self._episodes = [e for e in self._episodes if e.end_s > t_s - DAY_S]
+        self._episodes = [e for e in self._episodes if e.end_s >= t0_s]
 
     def level(self, t_s: float) -> float:
         """Return the largest magnitude of the episodes under way at ``t_s`` (0 when none)."""
@@ -166,6 +161,7 @@ class ParticleCounterModel:
         self._activity = _Schedule(
             event_rng,
             activity_mean_gap_s,
+            # magnitude = extra multiple of the baseline: bursts of 1.5x to 4x
             lambda r: (r.uniform(120.0, 900.0), r.uniform(0.5, 3.0)),
         )
 
@@ -182,7 +178,7 @@ class ParticleCounterModel:
         """Sample for ``dt_s`` seconds and return counts per m3, flow and sample volume."""
         _check_dt(dt_s)
         t0_s, t1_s = self._t_s, self._t_s + dt_s
-        self._activity.extend_to(t1_s)
+        self._activity.advance(t0_s, t1_s)
         factor = 1.0 + self._activity.weighted_overlap_s(t0_s, t1_s) / dt_s
         flow_lpm = max(0.1, self._noise.normal(self.flow_lpm, 0.005 * self.flow_lpm))
         volume_l = flow_lpm * dt_s / 60.0
@@ -244,7 +240,7 @@ class IncubatorModel:
         """Advance ``dt_s`` seconds; ``door_open`` is true if it was open at any time since."""
         _check_dt(dt_s)
         t0_s, t1_s = self._t_s, self._t_s + dt_s
-        self._door.extend_to(t1_s)
+        self._door.advance(t0_s, t1_s)
         # Integrate piecewise between door edges, so the result does not depend on dt_s.
         for a_s, b_s in pairwise([t0_s, *self._door.edges(t0_s, t1_s), t1_s]):
             door_open = self._door.level((a_s + b_s) / 2) > 0
@@ -360,8 +356,8 @@ class CryoshipperModel:
         """Advance ``dt_s`` seconds and return both probes, level, lid, tilt and battery."""
         _check_dt(dt_s)
         t0_s, t1_s = self._t_s, self._t_s + dt_s
-        self._tilt.extend_to(t1_s)
-        self._lid.extend_to(t1_s)
+        self._tilt.advance(t0_s, t1_s)
+        self._lid.advance(t0_s, t1_s)
         edges = {*self._tilt.edges(t0_s, t1_s), *self._lid.edges(t0_s, t1_s)}
         # Sub-steps keep the level and the temperature coupled when LN2 runs out mid-step.
         n_sub = math.ceil(dt_s / self.SUBSTEP_S)
@@ -374,11 +370,13 @@ class CryoshipperModel:
         # Always draw the upright wobble, so a forced tilt leaves the noise stream aligned.
         tilt_deg = max(self._tilt.level(t1_s), abs(self._noise.normal(1.5, 0.7)))
         temp_b_c = self.temp_c + self.probe_b_offset_c  # probe B sits a little apart
+        # Latched like the incubator door, so a short opening shows at any interval.
+        lid_was_open = self._lid.weighted_overlap_s(t0_s, t1_s) > 0 or self._lid.level(t1_s) > 0
         return {
             "temp_c": round(self.temp_c + self._noise.normal(0.0, 0.1), 2),
             "temp_b_c": round(temp_b_c + self._noise.normal(0.0, 0.1), 2),
             "ln2_level_pct": round(self.ln2_level_pct, 2),
-            "lid_open": self._lid.level(t1_s) > 0,
+            "lid_open": lid_was_open,
             "tilt_deg": round(min(180.0, max(0.0, tilt_deg + self._noise.normal(0.0, 0.3))), 1),
             "battery_pct": round(self.battery_pct, 1),
         }
@@ -389,8 +387,8 @@ AnyModel = ParticleCounterModel | IncubatorModel | CryoshipperModel
 
 def make_model(device: DeviceConfig, seed: int) -> AnyModel:
     """Build the model for a registered device, seeded from ``seed`` and the device id."""
-    noise = _rng(seed, device.id, "noise")
-    events = _rng(seed, device.id, "events")
+    noise = np.random.default_rng(derive_seed(seed, device.id, "noise"))
+    events = np.random.default_rng(derive_seed(seed, device.id, "events"))
     if device.kind is Kind.PARTICLE_COUNTER:
         assert device.grade is not None  # DeviceConfig guarantees a grade for counters
         return ParticleCounterModel(device.grade, noise_rng=noise, event_rng=events)

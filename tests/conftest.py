@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -125,6 +126,20 @@ async def publish_all(
                 )
 
     await asyncio.gather(*(worker(i) for i in range(clients)))
+
+
+def distinct_messages(db: Path | str) -> int:
+    """Distinct (device, seq, ts) readings stored, read through a separate connection."""
+    if not Path(db).exists():
+        return 0
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
+        try:
+            row = conn.execute(
+                "SELECT count(*) FROM (SELECT DISTINCT device, seq, ts_us FROM readings)"
+            ).fetchone()
+        except sqlite3.OperationalError:
+            return 0
+    return int(row[0])
 
 
 async def eventually(

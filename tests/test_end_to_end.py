@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from simulators import run_simulation
 
 from coldwatch.broker import RunningBroker, free_port
+from simulators import run_simulation
 from tests.conftest import device_entries, eventually, http_get, running_daemon, write_config
 
 KINDS = ("particle_counter", "incubator", "cryoshipper")

@@ -16,6 +16,7 @@ from coldwatch.payload import Reason
 from tests.conftest import (
     DaemonProcess,
     device_entries,
+    distinct_messages,
     eventually,
     http_get,
     publish_all,
@@ -35,20 +36,6 @@ VALUES = {
     "incubator": {"temp_c": 37.0, "co2_pct": 5.0, "rh_pct": 95.0, "door_open": False},
     "cryoshipper": {"temp_c": -190.0, "ln2_level_pct": 80.0, "tilt_deg": 1.0, "battery_pct": 99.0},
 }
-
-
-def distinct_messages(db: Path) -> int:
-    """Distinct (device, seq, ts) readings stored, read through a separate connection."""
-    if not db.exists():
-        return 0
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
-        try:
-            row = conn.execute(
-                "SELECT count(*) FROM (SELECT DISTINCT device, seq, ts_us FROM readings)"
-            ).fetchone()
-        except sqlite3.OperationalError:
-            return 0
-    return int(row[0])
 
 
 def fleet(n_each: int) -> list[dict[str, Any]]:

@@ -133,6 +133,12 @@ def _cmd_quarantine(args: argparse.Namespace) -> int:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from simulators import OutagePlan, run_simulation  # noqa: PLC0415
 
+    if args.speed > 1 and args.duration is None:
+        print(
+            "error: --speed above 1 needs --duration (the simulated timeline must end by now)",
+            file=sys.stderr,
+        )
+        return 2
     config = load_config(args.config)
     outage = None
     if args.outage:

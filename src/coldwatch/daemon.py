@@ -76,10 +76,15 @@ class Daemon:
                     await asyncio.wait_for(pipeline.drain(), DRAIN_TIMEOUT_S)
                 except TimeoutError:
                     log.warning("%d message(s) not committed; the broker will redeliver them", pipeline.depth)
+                if not await source.wait_quiet():
+                    log.warning("the broker kept sending during shutdown")
                 http.stop()
                 writer.cancel()
                 ingest.cancel()
-                await asyncio.wait_for(asyncio.shield(server), 5)
+                try:
+                    await asyncio.wait_for(asyncio.shield(server), 5)
+                except TimeoutError:
+                    server.cancel()
         finally:
             await storage.close()
 

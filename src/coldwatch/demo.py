@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -103,7 +104,8 @@ async def run_demo(config_path: str | None, data_dir: Path, broker: str = "auto"
                 f"  health:   {base}/healthz  {base}/readyz\n"
                 f"  database: {config.storage.path}\n"
                 f"  devices:  {len(config.devices)} ({kinds})\n"
-                f"  export:   COLDWATCH_DB={config.storage.path} coldwatch export --config "
+                f"  export:   COLDWATCH_DB={config.storage.path} {Path(sys.executable).parent / 'coldwatch'} "
+                "export --config "
                 f"{config.source} --device {config.devices[0].id}\n"
                 "Press Ctrl-C to stop.",
                 flush=True,

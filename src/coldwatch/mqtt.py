@@ -71,6 +71,7 @@ class MqttSource:
         self._on_connection_change = on_connection_change
         self._client: aiomqtt.Client | None = None
         self._connection = 0
+        self._activity = asyncio.Event()
         self.connected = asyncio.Event()
 
     def _make_client(self) -> aiomqtt.Client:
@@ -115,6 +116,26 @@ class MqttSource:
             return
         client._client.ack(delivery.mid, delivery.qos)  # noqa: SLF001 - see module docstring
 
+    async def wait_quiet(self, idle_s: float = 0.2, timeout_s: float = 5.0) -> bool:
+        """Wait until no message has arrived for ``idle_s`` (at most ``timeout_s``).
+
+        Used at shutdown, after the last acknowledgement: once we stop acknowledging, the
+        broker stops sending when its in-flight window is full. Closing the socket while
+        its receive buffer still holds data makes the kernel reset the connection, which
+        can discard acknowledgements not yet on the wire.
+        """
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    self._activity.clear()
+                    try:
+                        async with asyncio.timeout(idle_s):
+                            await self._activity.wait()
+                    except TimeoutError:
+                        return True
+        except TimeoutError:
+            return False
+
     async def run(self, consume: Callable[[Delivery], Awaitable[None]]) -> None:
         """Receive messages until cancelled, reconnecting with jittered backoff."""
         next_delay = backoff_delays(
@@ -136,6 +157,7 @@ class MqttSource:
                     )
                     await client.subscribe([(topic, 1) for topic in self._topics])
                     async for message in client.messages:
+                        self._activity.set()
                         payload = message.payload
                         await consume(
                             Delivery(

@@ -58,11 +58,11 @@ class Pipeline:
         self._ack = ack
         self._clock_us = clock_us
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=config.ingest.queue_max)
-        self._in_flight = 0  # taken from the queue, not yet committed
+        self._taken: list[_Item] = []  # taken from the queue, not yet committed
         self.committed = asyncio.Condition()
         self.last_write_ok = True
         self._closing = False
-        metrics.queue_depth = lambda: self._queue.qsize() + self._in_flight
+        metrics.queue_depth = lambda: self.depth
         for device_id, state in states.items():
             if state.last_received_us is not None:
                 metrics.last_received_us[device_id] = state.last_received_us
@@ -72,7 +72,7 @@ class Pipeline:
     @property
     def depth(self) -> int:
         """Messages received and not yet committed."""
-        return self._queue.qsize() + self._in_flight
+        return self._queue.qsize() + len(self._taken)
 
     async def consume(self, delivery: Delivery) -> None:
         """Decode one delivery and queue it for the writer (waits when the queue is full)."""
@@ -109,7 +109,10 @@ class Pipeline:
 
     async def _take_batch(self) -> list[_Item]:
         storage_cfg = self._config.storage
-        items = [await self._queue.get()]
+        # Items move from the queue straight into self._taken, so depth never undercounts:
+        # shutdown waits for depth 0 and must not see a half-assembled batch as done.
+        items = self._taken
+        items.append(await self._queue.get())
         deadline = asyncio.get_running_loop().time() + storage_cfg.batch_max_delay_s
         while len(items) < storage_cfg.batch_max:
             while not self._queue.empty() and len(items) < storage_cfg.batch_max:
@@ -118,10 +121,10 @@ class Pipeline:
             if len(items) >= storage_cfg.batch_max or remaining <= 0:
                 break
             try:
-                items.append(await asyncio.wait_for(self._queue.get(), remaining))
+                async with asyncio.timeout(remaining):
+                    items.append(await self._queue.get())
             except TimeoutError:
                 break
-        self._in_flight = len(items)
         return items
 
     def _build(self, items: list[_Item]) -> Batch:
@@ -177,7 +180,7 @@ class Pipeline:
         self._metrics.batch_size.observe(len(items))
         for item in items:
             self._ack(item.delivery)
-        self._in_flight = 0
+        self._taken = []
         self._account(batch, result)
         async with self.committed:
             self.committed.notify_all()
