@@ -278,7 +278,14 @@ async def test_gaps_and_device_state_persist_across_reopen(storage: SqliteStorag
         await reopened.close()
 
     assert states == {"inc-01": inc_state, "pc-fill-a1": pc_state}
-    assert counts == {"devices": 2, "readings": 1, "quarantine": 0, "seq_gaps": 1}
+    assert counts == {
+        "devices": 2,
+        "readings": 1,
+        "quarantine": 0,
+        "seq_gaps": 1,
+        "alarms": 0,
+        "alarm_transitions": 0,
+    }
     gaps = query(
         storage.path,
         "SELECT d.device_id, g.first_missing, g.last_missing, g.detected_us "

@@ -130,6 +130,57 @@ def _cmd_quarantine(args: argparse.Namespace) -> int:
     return asyncio.run(_quarantine(load_config(args.config), args.limit))
 
 
+async def _alarms_list(config: Config, args: argparse.Namespace) -> int:
+    from coldwatch.export import format_ts  # noqa: PLC0415
+    from coldwatch.storage import SqliteStorage  # noqa: PLC0415
+
+    storage = SqliteStorage(Path(config.storage.path))
+    await storage.open()
+    try:
+        alarms = await storage.alarms(open_only=args.open, device_id=args.device)
+        histories = {a.id: await storage.alarm_history(a.id) for a in alarms} if args.history else {}
+    finally:
+        await storage.close()
+    if args.json:
+        for alarm in alarms:
+            record = {
+                "id": alarm.id,
+                "device": alarm.key.device_id,
+                "metric": alarm.key.metric,
+                "rule": alarm.key.rule,
+                "severity": alarm.severity.label,
+                "state": alarm.state.value,
+                "raised": format_ts(alarm.raised_ts_us),
+                "cleared": format_ts(alarm.cleared_ts_us) if alarm.cleared_ts_us else None,
+                "value": alarm.value,
+                "limit": alarm.limit,
+                "late": alarm.late,
+                "detail": alarm.detail,
+            }
+            if args.history:
+                record["history"] = histories[alarm.id]
+            print(json.dumps(record))
+        return 0
+    header = f"{'id':>5}  {'device':<16} {'metric':<20} {'rule':<20} {'severity':<8} {'state':<24} raised"
+    print(header)
+    for alarm in alarms:
+        late = " (late)" if alarm.late else ""
+        cleared = f"  cleared {format_ts(alarm.cleared_ts_us)}" if alarm.cleared_ts_us else ""
+        print(
+            f"{alarm.id:>5}  {alarm.key.device_id:<16} {alarm.key.metric:<20} {alarm.key.rule:<20} "
+            f"{alarm.severity.label:<8} {alarm.state.value:<24} "
+            f"{format_ts(alarm.raised_ts_us)}{late}{cleared}"
+        )
+    print(f"{len(alarms)} alarm(s)", file=sys.stderr)
+    return 0
+
+
+def _cmd_alarms(args: argparse.Namespace) -> int:
+    if args.history:
+        args.json = True
+    return asyncio.run(_alarms_list(load_config(args.config), args))
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from simulators import OutagePlan, run_simulation  # noqa: PLC0415
 
@@ -184,6 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=_cmd_quarantine)
+
+    p = sub.add_parser("alarms", help="alarms and their history")
+    alarm_sub = p.add_subparsers(dest="alarms_command", required=True)
+    q = alarm_sub.add_parser("list", help="list alarms, newest first")
+    q.add_argument("--config", required=True)
+    q.add_argument("--open", action="store_true", help="only alarms not yet closed")
+    q.add_argument("--device")
+    q.add_argument("--json", action="store_true", help="one JSON object per line")
+    q.add_argument("--history", action="store_true", help="with every transition (implies --json)")
+    q.set_defaults(func=_cmd_alarms)
 
     p = sub.add_parser("simulate", help="publish simulated device readings (SIMULATED data)")
     p.add_argument("--config", required=True)

@@ -29,6 +29,7 @@ from pydantic import (
 
 from coldwatch.catalogue import Kind
 from coldwatch.errors import ConfigError, ConfigProblem
+from coldwatch.rules.config import RulesConfig
 
 __all__ = [
     "Config",
@@ -171,6 +172,8 @@ class DeviceConfig(_Model):
     site: Identifier
     area: Identifier
     grade: Literal["A", "B", "C", "D"] | None = None
+    # The room state whose Annex 1 limits apply (particle counters; default in operation).
+    room_state: Literal["at_rest", "in_operation"] | None = None
     description: str = ""
     # Simulation hints, used only by the simulators.
     interval_s: float = Field(10.0, gt=0)
@@ -179,8 +182,8 @@ class DeviceConfig(_Model):
     def _grade_for_particle_counters(self) -> Self:
         if self.kind is Kind.PARTICLE_COUNTER and self.grade is None:
             raise ValueError("a particle_counter needs its cleanroom grade (A, B, C or D)")
-        if self.kind is not Kind.PARTICLE_COUNTER and self.grade is not None:
-            raise ValueError("only a particle_counter has a cleanroom grade")
+        if self.kind is not Kind.PARTICLE_COUNTER and (self.grade is not None or self.room_state is not None):
+            raise ValueError("only a particle_counter has a cleanroom grade and room state")
         return self
 
 
@@ -191,6 +194,7 @@ class Config(_Model):
     storage: StorageConfig = StorageConfig()
     http: HttpConfig = HttpConfig()
     ingest: IngestConfig = IngestConfig()
+    rules: RulesConfig = RulesConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
     source: str = Field("<defaults>", exclude=True)
     sha256: str = Field("", exclude=True)

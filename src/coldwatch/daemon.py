@@ -10,12 +10,15 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
+from coldwatch.alarms import run_ticks, start_alarming
 from coldwatch.config import Config
 from coldwatch.errors import StorageError
 from coldwatch.http import HttpServer, build_app
 from coldwatch.metrics import Metrics
 from coldwatch.mqtt import MqttSource
 from coldwatch.pipeline import Pipeline
+from coldwatch.rules.engine import Engine
+from coldwatch.rules.lifecycle import AlarmBook
 from coldwatch.storage import Storage, open_storage
 
 __all__ = ["Daemon", "run_until_signalled"]
@@ -33,6 +36,8 @@ class Daemon:
     on_ready: Callable[[Daemon], None] = lambda _: None
     http_port: int | None = None
     storage: Storage | None = None
+    engine: Engine | None = None
+    book: AlarmBook | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then commit what is queued and shut down in order."""
@@ -43,13 +48,15 @@ class Daemon:
         try:
             states = await storage.register_devices(config.devices)
             metrics = Metrics(self.registry, config.devices)
+            engine, book = await start_alarming(config, storage, states, metrics)
+            self.engine, self.book = engine, book
             prefix = config.mqtt.topic_prefix
             source = MqttSource(
                 config.mqtt,
                 [f"{prefix}/#"],
                 on_connection_change=self._connection_metric(metrics),
             )
-            pipeline = Pipeline(config, storage, metrics, states, source.ack)
+            pipeline = Pipeline(config, storage, metrics, states, source.ack, engine=engine, book=book)
 
             async def readiness() -> dict[str, bool]:
                 writable = True
@@ -68,9 +75,11 @@ class Daemon:
                 ingest = tasks.create_task(source.run(pipeline.consume), name="mqtt-ingest")
                 writer = tasks.create_task(pipeline.run_writer(), name="storage-writer")
                 server = tasks.create_task(http.serve(), name="http")
+                ticks = tasks.create_task(run_ticks(pipeline.tick), name="rule-timers")
                 self.on_ready(self)
                 await stop.wait()
                 log.info("stopping: committing %d queued message(s)", pipeline.depth)
+                ticks.cancel()
                 pipeline.close_intake()
                 try:
                     await asyncio.wait_for(pipeline.drain(), DRAIN_TIMEOUT_S)

@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 from coldwatch.catalogue import KINDS
 from coldwatch.config import DeviceConfig
 from coldwatch.payload import Reason
+from coldwatch.rules.lifecycle import Alarm
 
 __all__ = ["CONTENT_TYPE", "Metrics", "render"]
 
@@ -62,6 +63,37 @@ class _ScrapeTimeCollector(Collector):
         )
         depth.add_metric([], float(owner.queue_depth()))
         yield depth
+        alarms = GaugeMetricFamily(
+            "coldwatch_alarms_open",
+            "Open alarms (1 per alarm) by device, metric, rule, severity and lifecycle state",
+            labels=[*_DEVICE_LABELS, "metric", "rule", "severity", "state"],
+        )
+        shelved = GaugeMetricFamily(
+            "coldwatch_alarms_shelved", "Open alarms shelved now", labels=[*_DEVICE_LABELS, "metric", "rule"]
+        )
+        now_us = int(now_s * 1e6)
+        for alarm in owner.open_alarms():
+            labels = [*owner.labels_of(alarm.key.device_id), alarm.key.metric, alarm.key.rule]
+            alarms.add_metric([*labels, alarm.severity.label, alarm.state.value], 1.0)
+            if alarm.shelved(now_us):
+                shelved.add_metric(labels, 1.0)
+        yield alarms
+        yield shelved
+        forecast = GaugeMetricFamily(
+            "coldwatch_hold_time_forecast_hours",
+            "Predicted hours until an LN2 shipper reaches its temperature limit or runs dry",
+            labels=_DEVICE_LABELS,
+        )
+        for device_id, hours in owner.forecasts().items():
+            if hours is not None:
+                forecast.add_metric(owner.labels_of(device_id), hours)
+        yield forecast
+        late = GaugeMetricFamily(
+            "coldwatch_rules_too_late_readings",
+            "Readings stored but too far behind their device's newest to be judged again",
+        )
+        late.add_metric([], float(owner.too_late()))
+        yield late
 
     def describe(self) -> Iterable[Metric]:
         return []
@@ -82,6 +114,9 @@ class Metrics:
         self.clock = clock
         self.last_received_us: dict[str, int] = {}
         self.queue_depth: Callable[[], int] = lambda: 0
+        self.open_alarms: Callable[[], Iterable[Alarm]] = list
+        self.forecasts: Callable[[], dict[str, float | None]] = dict
+        self.too_late: Callable[[], int] = lambda: 0
         self._labels = {d.id: (d.id, d.kind.value, d.site, d.area) for d in self.devices}
         self.readings = Counter(
             "coldwatch_readings",
@@ -160,6 +195,18 @@ class Metrics:
         self.storage_errors = Counter(
             "coldwatch_storage_errors", "Failed batch writes (retried)", registry=registry
         )
+        self.alarm_transitions = Counter(
+            "coldwatch_alarm_transitions",
+            "Alarm lifecycle transitions (raised, severity_changed, cleared, revoked, ...) by rule",
+            ["rule", "event"],
+            registry=registry,
+        )
+        self.rule_limit = Gauge(
+            "coldwatch_rule_limit",
+            "Every configured limit, for drawing limit lines",
+            [*_DEVICE_LABELS, "metric", "rule", "severity", "direction"],
+            registry=registry,
+        )
         registry.register(_ScrapeTimeCollector(self))
         for reason in Reason:
             self.rejected.labels(reason.value)
@@ -173,6 +220,11 @@ class Metrics:
     def device_labels(self, device: DeviceConfig) -> tuple[str, str, str, str]:
         """The label values that identify ``device``."""
         return self._labels[device.id]
+
+    def set_limits(self, limits: Iterable[tuple[str, str, str, str, str, float]]) -> None:
+        """Publish every configured limit: (device, metric, rule, severity, direction, value)."""
+        for device_id, metric, rule, severity, direction, value in limits:
+            self.rule_limit.labels(*self.labels_of(device_id), metric, rule, severity, direction).set(value)
 
     def labels_of(self, device_id: str) -> tuple[str, str, str, str]:
         """The label values of a registered device id."""

@@ -21,6 +21,9 @@ from coldwatch.errors import StorageError
 from coldwatch.metrics import Metrics
 from coldwatch.mqtt import Delivery, backoff_delays
 from coldwatch.payload import Rejection, Status, Telemetry, decode
+from coldwatch.rules.engine import Engine
+from coldwatch.rules.lifecycle import AlarmBook
+from coldwatch.rules.model import AlarmEvent, EngineReading
 from coldwatch.sequence import SeqEvent, SeqTracker
 from coldwatch.storage.base import Batch, BatchResult, DeviceState, QuarantineEntry, Storage
 
@@ -28,12 +31,20 @@ __all__ = ["Pipeline"]
 
 log = logging.getLogger(__name__)
 
-Decoded = Telemetry | Status | Rejection
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """The current time, for the rules' timers (communication loss)."""
+
+    now_us: int
+
+
+Decoded = Telemetry | Status | Rejection | Tick
 
 
 @dataclass(frozen=True, slots=True)
 class _Item:
-    delivery: Delivery
+    delivery: Delivery | None  # None for a timer tick: nothing to acknowledge
     decoded: Decoded
 
 
@@ -48,6 +59,8 @@ class Pipeline:
         states: dict[str, DeviceState],
         ack: Callable[[Delivery], None],
         *,
+        engine: Engine,
+        book: AlarmBook,
         clock_us: Callable[[], int] = lambda: time.time_ns() // 1000,
     ) -> None:
         self._config = config
@@ -56,6 +69,8 @@ class Pipeline:
         self._metrics = metrics
         self._tracker = SeqTracker(states)
         self._ack = ack
+        self.engine = engine
+        self.book = book
         self._clock_us = clock_us
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=config.ingest.queue_max)
         self._taken: list[_Item] = []  # taken from the queue, not yet committed
@@ -88,6 +103,11 @@ class Pipeline:
         )
         if not self._closing:
             await self._queue.put(_Item(delivery, decoded))
+
+    def tick(self, now_us: int) -> None:
+        """Queue a timer tick unless the queue is full (a later tick will do)."""
+        if not self._closing and not self._queue.full():
+            self._queue.put_nowait(_Item(None, Tick(now_us)))
 
     async def run_writer(self) -> None:
         """Commit batches until cancelled."""
@@ -132,6 +152,10 @@ class Pipeline:
         metrics = self._metrics
         for item in items:
             decoded, delivery = item.decoded, item.delivery
+            if isinstance(decoded, Tick):
+                self._alarms(batch, self.engine.advance(decoded.now_us), decoded.now_us)
+                continue
+            assert delivery is not None
             if isinstance(decoded, Telemetry):
                 observation = self._tracker.observe(
                     decoded.device_id, decoded.seq, decoded.ts_us, delivery.received_us
@@ -142,10 +166,23 @@ class Pipeline:
                     metrics.seq_restarts.labels(*metrics.labels_of(decoded.device_id)).inc()
                 batch.readings.append((decoded, delivery.received_us))
                 batch.devices[decoded.device_id] = self._tracker.state(decoded.device_id)
+                reading = EngineReading(
+                    decoded.device_id,
+                    decoded.ts_us,
+                    dict(decoded.values),
+                    decoded.seq,
+                    decoded.buffered,
+                    delivery.received_us,
+                )
+                self._alarms(batch, self.engine.ingest(reading), delivery.received_us)
             elif isinstance(decoded, Status):
                 state = self._tracker.state(decoded.device_id)
                 state.online = decoded.online
                 batch.devices[decoded.device_id] = state
+                events = self.engine.status(
+                    decoded.device_id, online=decoded.online, at_us=delivery.received_us
+                )
+                self._alarms(batch, events, delivery.received_us)
             else:
                 batch.rejections.append(
                     QuarantineEntry(
@@ -158,6 +195,10 @@ class Pipeline:
                     )
                 )
         return batch
+
+    def _alarms(self, batch: Batch, events: list[AlarmEvent], received_us: int) -> None:
+        if events:
+            batch.transitions += self.book.apply(events, received_us)
 
     async def _commit(self, items: list[_Item]) -> None:
         batch = self._build(items)
@@ -179,7 +220,8 @@ class Pipeline:
         self._metrics.batch_seconds.observe(time.perf_counter() - started)
         self._metrics.batch_size.observe(len(items))
         for item in items:
-            self._ack(item.delivery)
+            if item.delivery is not None:
+                self._ack(item.delivery)
         self._taken = []
         self._account(batch, result)
         async with self.committed:
@@ -187,24 +229,11 @@ class Pipeline:
 
     def _account(self, batch: Batch, result: BatchResult) -> None:
         metrics = self._metrics
-        devices = self._devices
         for reading, received_us in batch.readings:
             if (reading.device_id, reading.seq, reading.ts_us) in result.duplicates:
                 metrics.duplicates.inc()
-                continue
-            device = devices[reading.device_id]
-            labels = metrics.labels_of(reading.device_id)
-            metrics.readings.labels(*labels).inc()
-            metrics.values.labels(device.kind.value).inc(len(reading.values))
-            if reading.buffered:
-                metrics.buffered.labels(*labels).inc()
-            metrics.last_received_us[reading.device_id] = received_us
-            state = self._tracker.state(reading.device_id)
-            # Only the newest reading sets the "last value": a backfilled old one must not.
-            if state.last_ts_us is None or reading.ts_us >= state.last_ts_us:
-                for name, value in reading.values:
-                    metrics.last_value.labels(*labels, name).set(value)
-                metrics.last_ts.labels(*labels).set(reading.ts_us / 1e6)
+            else:
+                self._account_reading(reading, received_us)
         for gap in batch.gaps:
             metrics.seq_missing.labels(*metrics.labels_of(gap.device_id)).inc(gap.count)
         for rejection in batch.rejections:
@@ -212,3 +241,20 @@ class Pipeline:
         for device_id, state in batch.devices.items():
             if state.online is not None:
                 metrics.online.labels(*metrics.labels_of(device_id)).set(int(state.online))
+        for transition in batch.transitions:
+            metrics.alarm_transitions.labels(transition.alarm.key.rule, transition.event).inc()
+
+    def _account_reading(self, reading: Telemetry, received_us: int) -> None:
+        metrics = self._metrics
+        labels = metrics.labels_of(reading.device_id)
+        metrics.readings.labels(*labels).inc()
+        metrics.values.labels(self._devices[reading.device_id].kind.value).inc(len(reading.values))
+        if reading.buffered:
+            metrics.buffered.labels(*labels).inc()
+        metrics.last_received_us[reading.device_id] = received_us
+        state = self._tracker.state(reading.device_id)
+        # Only the newest reading sets the "last value": a backfilled old one must not.
+        if state.last_ts_us is None or reading.ts_us >= state.last_ts_us:
+            for name, value in reading.values:
+                metrics.last_value.labels(*labels, name).set(value)
+            metrics.last_ts.labels(*labels).set(reading.ts_us / 1e6)

@@ -8,6 +8,8 @@ from typing import Protocol
 
 from coldwatch.config import DeviceConfig
 from coldwatch.payload import Telemetry
+from coldwatch.rules.lifecycle import Alarm, Transition
+from coldwatch.rules.model import EngineReading
 
 __all__ = [
     "Batch",
@@ -65,6 +67,7 @@ class Batch:
     rejections: list[QuarantineEntry] = field(default_factory=list)
     gaps: list[SeqGap] = field(default_factory=list)
     devices: dict[str, DeviceState] = field(default_factory=dict)
+    transitions: list[Transition] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.readings) + len(self.rejections)
@@ -119,3 +122,15 @@ class Storage(Protocol):
 
     async def counts(self) -> dict[str, int]:
         """Row counts by table, for health and tests."""
+
+    async def open_alarms(self) -> tuple[list[Alarm], int]:
+        """The alarms not yet closed, and the id the next alarm gets."""
+
+    async def alarms(self, *, open_only: bool = False, device_id: str | None = None) -> list[Alarm]:
+        """Alarms, newest first."""
+
+    async def alarm_history(self, alarm_id: int) -> list[dict[str, object]]:
+        """Every transition of one alarm, oldest first."""
+
+    def readings_since(self, device_id: str, since_us: int) -> AsyncIterator[EngineReading]:
+        """A device's stored readings from ``since_us`` on, in (ts, seq) order (for restart)."""

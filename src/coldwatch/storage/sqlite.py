@@ -17,6 +17,8 @@ import aiosqlite
 from coldwatch.catalogue import KINDS
 from coldwatch.config import DeviceConfig
 from coldwatch.errors import StorageError
+from coldwatch.rules.lifecycle import Alarm, AlarmState, Transition
+from coldwatch.rules.model import AlarmKey, EngineReading, Severity
 from coldwatch.storage.base import (
     Batch,
     BatchResult,
@@ -79,6 +81,45 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         last_missing INTEGER NOT NULL,
         detected_us INTEGER NOT NULL
     );
+    """,
+    """
+    CREATE TABLE alarms (
+        id INTEGER PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        state TEXT NOT NULL,
+        raised_ts_us INTEGER NOT NULL,
+        raised_received_us INTEGER NOT NULL,
+        cleared_ts_us INTEGER,
+        value REAL,
+        limit_value REAL,
+        late INTEGER NOT NULL,
+        detail TEXT NOT NULL,
+        shelved_until_us INTEGER,
+        shelved_by TEXT
+    );
+    -- One open alarm per device, metric and rule, enforced by the database too.
+    CREATE UNIQUE INDEX alarms_one_open ON alarms(device_id, metric, rule) WHERE state != 'closed';
+    CREATE INDEX alarms_by_device ON alarms(device_id, raised_ts_us);
+    -- Append-only history: every change of every alarm, in device time and received time.
+    CREATE TABLE alarm_transitions (
+        id INTEGER PRIMARY KEY,
+        alarm_id INTEGER NOT NULL REFERENCES alarms(id),
+        event TEXT NOT NULL,
+        ts_us INTEGER NOT NULL,
+        received_us INTEGER NOT NULL,
+        from_state TEXT,
+        to_state TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        value REAL,
+        limit_value REAL,
+        late INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX alarm_transitions_by_alarm ON alarm_transitions(alarm_id, id);
     """,
 )
 
@@ -227,6 +268,8 @@ class SqliteStorage:
                             for g in batch.gaps
                         ],
                     )
+                if batch.transitions:
+                    await self._write_transitions(batch.transitions)
                 if batch.devices:
                     await db.executemany(
                         "UPDATE devices SET last_seq=?, last_ts_us=?, last_received_us=?, online=? "
@@ -272,6 +315,130 @@ class SqliteStorage:
             (self._quarantine_max_rows,),
         )
 
+    async def _write_transitions(self, transitions: list[Transition]) -> None:
+        db = self._conn
+        latest = {t.alarm.id: t.alarm for t in transitions}
+        await db.executemany(
+            "INSERT INTO alarms(id, device_id, metric, rule, severity, state, raised_ts_us, "
+            "raised_received_us, cleared_ts_us, value, limit_value, late, detail, shelved_until_us, "
+            "shelved_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET severity=excluded.severity, state=excluded.state, "
+            "cleared_ts_us=excluded.cleared_ts_us, value=excluded.value, limit_value=excluded.limit_value, "
+            "detail=excluded.detail, shelved_until_us=excluded.shelved_until_us, "
+            "shelved_by=excluded.shelved_by",
+            [
+                (
+                    a.id,
+                    a.key.device_id,
+                    a.key.metric,
+                    a.key.rule,
+                    a.severity.label,
+                    a.state.value,
+                    a.raised_ts_us,
+                    a.raised_received_us,
+                    a.cleared_ts_us,
+                    a.value,
+                    a.limit,
+                    int(a.late),
+                    a.detail,
+                    a.shelved_until_us,
+                    a.shelved_by,
+                )
+                for a in latest.values()
+            ],
+        )
+        await db.executemany(
+            "INSERT INTO alarm_transitions(alarm_id, event, ts_us, received_us, from_state, to_state, "
+            "severity, value, limit_value, late, actor, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    t.alarm.id,
+                    t.event,
+                    t.ts_us,
+                    t.received_us,
+                    t.from_state.value if t.from_state else None,
+                    t.alarm.state.value,
+                    t.alarm.severity.label,
+                    t.alarm.value,
+                    t.alarm.limit,
+                    int(t.alarm.late),
+                    t.actor,
+                    t.reason,
+                )
+                for t in transitions
+            ],
+        )
+
+    async def open_alarms(self) -> tuple[list[Alarm], int]:
+        """The alarms not yet closed, and the id the next alarm gets."""
+        alarms = await self.alarms(open_only=True)
+        async with self._conn.execute("SELECT coalesce(max(id), 0) + 1 FROM alarms") as cur:
+            row = await cur.fetchone()
+        return alarms, int(row[0]) if row else 1
+
+    async def alarms(self, *, open_only: bool = False, device_id: str | None = None) -> list[Alarm]:
+        """Alarms, newest first."""
+        sql = (
+            "SELECT id, device_id, metric, rule, severity, state, raised_ts_us, raised_received_us, "
+            "value, limit_value, late, detail, cleared_ts_us, shelved_until_us, shelved_by FROM alarms "
+            "WHERE (:open = 0 OR state != 'closed') AND (:device IS NULL OR device_id = :device) "
+            "ORDER BY raised_ts_us DESC, id DESC"
+        )
+        async with self._conn.execute(sql, {"open": int(open_only), "device": device_id}) as cur:
+            return [
+                Alarm(
+                    int(r[0]),
+                    AlarmKey(r[1], r[2], r[3]),
+                    Severity[str(r[4]).upper()],
+                    AlarmState(r[5]),
+                    int(r[6]),
+                    int(r[7]),
+                    r[8],
+                    r[9],
+                    bool(r[10]),
+                    str(r[11]),
+                    r[12],
+                    r[13],
+                    r[14],
+                )
+                async for r in cur
+            ]
+
+    async def alarm_history(self, alarm_id: int) -> list[dict[str, object]]:
+        """Every transition of one alarm, oldest first."""
+        async with self._conn.execute(
+            "SELECT event, ts_us, received_us, from_state, to_state, severity, value, limit_value, late, "
+            "actor, reason FROM alarm_transitions WHERE alarm_id = ? ORDER BY id",
+            (alarm_id,),
+        ) as cur:
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row, strict=True)) async for row in cur]
+
+    async def readings_since(self, device_id: str, since_us: int) -> AsyncIterator[EngineReading]:
+        """A device's stored readings from ``since_us`` on, in (ts, seq) order."""
+        rowid = self._device_rowid.get(device_id)
+        if rowid is None:
+            return
+        names = {v: k for k, v in self._metric_rowid.items()}
+        sql = (
+            "SELECT ts_us, seq, metric, value, received_us, buffered FROM readings "
+            "WHERE device = ? AND ts_us >= ? ORDER BY ts_us, seq"
+        )
+        current: tuple[int, int] | None = None
+        values: dict[str, float] = {}
+        received = buffered = 0
+        async with self._conn.execute(sql, (rowid, since_us)) as cur:
+            cur.arraysize = 2000
+            async for ts_us, seq, metric, value, received_us, is_buffered in cur:
+                if current is not None and (ts_us, seq) != current:
+                    yield EngineReading(device_id, current[0], values, current[1], bool(buffered), received)
+                    values = {}
+                current = (ts_us, seq)
+                values[names[metric]] = value
+                received, buffered = received_us, is_buffered
+        if current is not None:
+            yield EngineReading(device_id, current[0], values, current[1], bool(buffered), received)
+
     async def check_writable(self) -> None:
         """Take and release the write lock: proves the database accepts writes now."""
         db = self._conn
@@ -308,7 +475,7 @@ class SqliteStorage:
     async def counts(self) -> dict[str, int]:
         """Row counts by table."""
         out: dict[str, int] = {}
-        for table in ("devices", "readings", "quarantine", "seq_gaps"):
+        for table in ("devices", "readings", "quarantine", "seq_gaps", "alarms", "alarm_transitions"):
             async with self._conn.execute(f"SELECT count(*) FROM {table}") as cur:  # noqa: S608
                 row = await cur.fetchone()
                 out[table] = int(row[0]) if row else 0

@@ -1,0 +1,106 @@
+"""Alarm state across restarts: rebuild the rules engine from what storage holds.
+
+Readings and the alarm transitions they caused are committed in one transaction, so
+after a restart the rule state is rebuilt by judging again the stored readings of each
+device's recent past (long enough for every window and delay of its rules), with the
+alarms that were already open before that restored first. Nothing is raised twice and
+nothing is forgotten; events produced by this replay are already stored and are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from coldwatch.config import Config
+from coldwatch.metrics import Metrics
+from coldwatch.rules.config import (
+    CommLossRule,
+    EventsInWindowRule,
+    ForecastRule,
+    MktRule,
+    RateRule,
+    RuleSpec,
+    TimeOutOfRangeRule,
+)
+from coldwatch.rules.engine import Engine
+from coldwatch.rules.lifecycle import AlarmBook
+from coldwatch.storage.base import DeviceState, Storage
+
+__all__ = ["memory_s", "restore", "run_ticks", "start_alarming"]
+
+log = logging.getLogger(__name__)
+US = 1_000_000
+# Consecutive-sample rules remember samples, not seconds: give them this much history.
+MIN_MEMORY_S = 3600.0
+
+
+def memory_s(specs: list[RuleSpec], interval_s: float, horizon_s: float) -> float:
+    """How far back a device's readings must be judged again to rebuild its rule state."""
+    spans = [MIN_MEMORY_S, horizon_s]
+    for spec in specs:
+        if isinstance(spec, RateRule | EventsInWindowRule | TimeOutOfRangeRule | MktRule | ForecastRule):
+            spans.append(spec.window_s)
+        if isinstance(spec, CommLossRule):
+            continue
+        levels = getattr(spec, "levels", {})
+        spans += [getattr(level, "delay_s", 0.0) for level in levels.values()]
+    return max(spans) + 2 * interval_s
+
+
+async def restore(
+    config: Config, engine: Engine, book: AlarmBook, storage: Storage, states: dict[str, DeviceState]
+) -> int:
+    """Load open alarms into ``book`` and rebuild ``engine``; return the readings judged again."""
+    alarms, next_id = await storage.open_alarms()
+    book.load(alarms, next_id)
+    replayed = 0
+    for device in config.devices:
+        newest = states.get(device.id, DeviceState()).last_ts_us
+        specs = engine.rules[device.id]
+        since = None
+        if newest is not None:
+            since = newest - round(memory_s(specs, device.interval_s, config.rules.reorder_horizon_s) * US)
+        for alarm in alarms:
+            if (
+                alarm.key.device_id == device.id
+                and alarm.active
+                and (since is None or alarm.raised_ts_us < since)
+            ):
+                engine.seed(alarm.key, alarm.severity, alarm.raised_ts_us)
+        if since is None:
+            continue
+        # Alarms raised inside the replayed span are rebuilt by the replay itself.
+        async for reading in storage.readings_since(device.id, since):
+            engine.ingest(reading)
+            replayed += 1
+        for alarm in alarms:
+            if alarm.key.device_id == device.id and alarm.key.rule in {
+                s.rule_id() for s in specs if isinstance(s, CommLossRule)
+            }:
+                engine.seed(alarm.key, alarm.severity, alarm.raised_ts_us)
+    log.info("rules restored: %d open alarm(s), %d reading(s) judged again", len(book.open), replayed)
+    return replayed
+
+
+async def start_alarming(
+    config: Config, storage: Storage, states: dict[str, DeviceState], metrics: Metrics
+) -> tuple[Engine, AlarmBook]:
+    """Build the rules engine and the alarm book, restore them, and publish their metrics."""
+    engine = Engine(config.devices, config.rules, started_us=time.time_ns() // 1000)
+    book = AlarmBook()
+    await restore(config, engine, book, storage, states)
+    metrics.set_limits(engine.limits())
+    metrics.open_alarms = lambda: list(book.open.values())
+    metrics.forecasts = engine.predictions_h
+    metrics.too_late = engine.too_late
+    return engine, book
+
+
+async def run_ticks(tick: Callable[[int], None], interval_s: float = 1.0) -> None:
+    """Tell the rules the time every ``interval_s`` (communication-loss timers)."""
+    while True:
+        tick(time.time_ns() // 1000)
+        await asyncio.sleep(interval_s)

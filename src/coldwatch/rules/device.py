@@ -1,0 +1,258 @@
+"""All the rules of one device: readings in timestamp order, late readings by rewind. Pure.
+
+Readings normally arrive in timestamp order and are judged at once. A reading older
+than the newest already judged (a late or backfilled one) makes the device rewind to
+the last checkpoint before it and judge again, in timestamp order, everything since:
+the alarm history is then the same whatever order the readings arrived in. Events
+that the replay no longer produces are revoked; new ones are marked late.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+from dataclasses import dataclass, field
+
+from coldwatch.rules.config import CommLossRule
+from coldwatch.rules.latch import Latch
+from coldwatch.rules.model import (
+    US,
+    AlarmEvent,
+    AlarmKey,
+    EngineReading,
+    EventKind,
+    RuleEvaluator,
+    Severity,
+    Signal,
+)
+
+__all__ = ["DeviceRules"]
+
+DOOR_METRIC = "door_open"
+CHECKPOINT_EVERY = 64
+
+
+@dataclass(slots=True)
+class _Judged:
+    """The part of a device's state that is a function of its readings (checkpointed)."""
+
+    evaluators: list[RuleEvaluator]
+    latches: list[Latch]
+    door_open: bool = False
+    door_closed_us: int | None = None
+
+
+@dataclass(slots=True)
+class _CommLoss:
+    spec: CommLossRule
+    key: AlarmKey
+    timeout_us: int
+    raised_us: int | None = None
+
+
+@dataclass(slots=True)
+class DeviceRules:
+    """Rule state of one device."""
+
+    device_id: str
+    judged: _Judged
+    comm: list[_CommLoss]
+    door_recovery_us: int
+    horizon_us: int
+    started_us: int
+    history: list[tuple[int, int, EngineReading]] = field(default_factory=list)  # (ts, seq, reading)
+    # (ts, seq, history length at the time, state before the readings after it)
+    checkpoints: list[tuple[int, int, int, _Judged]] = field(default_factory=list)
+    emitted: list[AlarmEvent] = field(default_factory=list)
+    last_seen_us: dict[str, int] = field(default_factory=dict)  # per metric, and "" for any
+    offline: bool = False
+    too_late: int = 0
+
+    @classmethod
+    def build(
+        cls,
+        device_id: str,
+        evaluators: list[RuleEvaluator],
+        comm_rules: list[CommLossRule],
+        *,
+        door_recovery_s: float,
+        horizon_s: float,
+        started_us: int,
+    ) -> DeviceRules:
+        """Rules of one device, fresh."""
+        latches = [Latch(AlarmKey(device_id, ev.metric, ev.rule), dict(ev.delays_us)) for ev in evaluators]
+        comm = [
+            _CommLoss(r, AlarmKey(device_id, r.metric or "device", r.rule_id()), round(r.timeout_s * US))
+            for r in comm_rules
+        ]
+        rules = cls(
+            device_id,
+            _Judged(evaluators, latches),
+            comm,
+            round(door_recovery_s * US),
+            round(horizon_s * US),
+            started_us,
+        )
+        if rules.horizon_us > 0:
+            rules.checkpoints.append((-(2**63), -1, 0, copy.deepcopy(rules.judged)))
+        return rules
+
+    # --- readings ------------------------------------------------------------------
+
+    def ingest(self, reading: EngineReading) -> list[AlarmEvent]:
+        """Judge one reading (rewinding if it is older than the newest judged)."""
+        events = self._comm_on_reading(reading)
+        position = (reading.ts_us, reading.seq)
+        if not self.history or position > self.history[-1][:2] or self.horizon_us == 0:
+            events += self._judge(self.judged, reading, late=reading.buffered)
+            self._remember(reading, events)
+            return events
+        return events + self._rewind(reading)
+
+    def _judge(self, state: _Judged, reading: EngineReading, *, late: bool) -> list[AlarmEvent]:
+        ts = reading.ts_us
+        values = reading.values
+        door = values.get(DOOR_METRIC)
+        if door is not None:
+            is_open = door >= 0.5
+            if state.door_open and not is_open:
+                state.door_closed_us = ts
+            state.door_open = is_open
+        suppressed = state.door_open or (
+            state.door_closed_us is not None and ts - state.door_closed_us < self.door_recovery_us
+        )
+        events: list[AlarmEvent] = []
+        for evaluator, latch in zip(state.evaluators, state.latches, strict=True):
+            signal = evaluator.update(ts, values)
+            if signal is None:
+                continue
+            if suppressed and evaluator.suppressible and latch.active is None:
+                # Held during recovery: nothing is raised; an alarm already open stays.
+                signal = Signal(None, signal.value, signal.limit)
+            events += latch.feed(ts, signal, late=late)
+        return events
+
+    def _remember(self, reading: EngineReading, events: list[AlarmEvent]) -> None:
+        if self.horizon_us == 0:
+            return
+        self.history.append((reading.ts_us, reading.seq, reading))
+        self.emitted += events
+        if len(self.history) - self.checkpoints[-1][2] >= CHECKPOINT_EVERY:
+            self.checkpoints.append(
+                (reading.ts_us, reading.seq, len(self.history), copy.deepcopy(self.judged))
+            )
+            self._trim()
+
+    def _trim(self) -> None:
+        newest = self.history[-1][0]
+        # Keep the newest checkpoint at or before the horizon, and everything after it.
+        keep_from = 0
+        for index, (ts, _, _, _) in enumerate(self.checkpoints):
+            if ts <= newest - self.horizon_us:
+                keep_from = index
+        if keep_from == 0:
+            return
+        drop = self.checkpoints[keep_from][2]
+        first_ts = self.checkpoints[keep_from][0]
+        self.checkpoints = [(ts, seq, n - drop, st) for ts, seq, n, st in self.checkpoints[keep_from:]]
+        del self.history[:drop]
+        self.emitted = [e for e in self.emitted if e.ts_us > first_ts]
+
+    def _rewind(self, reading: EngineReading) -> list[AlarmEvent]:
+        position = (reading.ts_us, reading.seq)
+        index = bisect.bisect_left([(ts, seq) for ts, seq, _ in self.history], position)
+        if index < len(self.history) and self.history[index][:2] == position:
+            return []  # the same reading again: already judged
+        before = [i for i, cp in enumerate(self.checkpoints) if cp[:2] < position]
+        if not before:
+            self.too_late += 1  # older than the reorder horizon: stored, not re-judged
+            return []
+        base = before[-1]
+        cp_ts, _, cp_len, cp_state = self.checkpoints[base]
+        self.history.insert(index, (reading.ts_us, reading.seq, reading))
+        replay = self.history[cp_len:]
+        old = [e for e in self.emitted if e.ts_us > cp_ts]
+        self.checkpoints = self.checkpoints[: base + 1]
+        self.judged = copy.deepcopy(cp_state)
+        self.emitted = [e for e in self.emitted if e.ts_us <= cp_ts]
+        self.history = self.history[:cp_len]
+        new: list[AlarmEvent] = []
+        for _, _, again in replay:
+            produced = self._judge(self.judged, again, late=True)
+            new += produced
+            self._remember(again, produced)
+        old_ids = {e.identity() for e in old}
+        new_ids = {e.identity() for e in new}
+        revoked = [
+            AlarmEvent(
+                EventKind.REVOKED, e.key, e.ts_us, e.severity, late=True, detail="late data", revokes=e
+            )
+            for e in old
+            if e.identity() not in new_ids
+        ]
+        return revoked + [e for e in new if e.identity() not in old_ids]
+
+    # --- communication loss ---------------------------------------------------------
+
+    def _comm_on_reading(self, reading: EngineReading) -> list[AlarmEvent]:
+        arrived = max(reading.received_us, reading.ts_us)
+        for metric in ("", *reading.values):
+            if reading.ts_us > self.last_seen_us.get(metric, -(2**63)):
+                self.last_seen_us[metric] = reading.ts_us
+        self.offline = False
+        events = []
+        for comm in self.comm:
+            if comm.raised_us is not None and (
+                comm.spec.metric is None or comm.spec.metric in reading.values
+            ):
+                events.append(
+                    AlarmEvent(
+                        EventKind.CLEARED, comm.key, max(arrived, comm.raised_us), None, late=reading.buffered
+                    )
+                )
+                comm.raised_us = None
+        return events
+
+    def status(self, online: bool, at_us: int) -> list[AlarmEvent]:
+        """A retained status: ``offline`` (or the device's last will) raises communication loss."""
+        self.offline = not online
+        events = []
+        if not online:
+            for comm in self.comm:
+                if comm.raised_us is None and comm.spec.metric is None:
+                    comm.raised_us = at_us
+                    events.append(self._comm_event(comm, at_us, "device reported offline"))
+        return events
+
+    def advance(self, now_us: int) -> list[AlarmEvent]:
+        """Raise communication loss for silence that has lasted its timeout by ``now_us``."""
+        events = []
+        for comm in self.comm:
+            if comm.raised_us is not None:
+                continue
+            last = self.last_seen_us.get(comm.spec.metric or "", self.started_us)
+            due = last + comm.timeout_us
+            if now_us >= due:
+                comm.raised_us = due
+                events.append(self._comm_event(comm, due, f"no reading for {comm.spec.timeout_s:g} s"))
+        return events
+
+    def _comm_event(self, comm: _CommLoss, at_us: int, detail: str) -> AlarmEvent:
+        return AlarmEvent(
+            EventKind.RAISED,
+            comm.key,
+            at_us,
+            Severity.ACTION if comm.spec.severity == "action" else Severity.ALERT,
+            detail=detail,
+        )
+
+    def seed(self, key: AlarmKey, severity: Severity, since_us: int) -> None:
+        """Restore an alarm known to be open (after a restart)."""
+        for comm in self.comm:
+            if comm.key == key:
+                comm.raised_us = since_us
+                return
+        for latch in self.judged.latches:
+            if latch.key == key:
+                latch.seed(severity, since_us)
+                return

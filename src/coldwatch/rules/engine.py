@@ -1,0 +1,147 @@
+"""The rules engine: readings and the current time in, alarm events out. Pure.
+
+The daemon, the validation replay and the tests all drive this same code. It never
+reads the clock: ``advance(now_us)`` tells it the time for communication-loss timers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from coldwatch.config import DeviceConfig
+from coldwatch.rules.config import (
+    CommLossRule,
+    ConsecutiveRule,
+    EventsInWindowRule,
+    ForecastRule,
+    HeldRule,
+    MktRule,
+    ProbeDisagreementRule,
+    RateRule,
+    RulesConfig,
+    RuleSpec,
+    ThresholdRule,
+    TimeOutOfRangeRule,
+)
+from coldwatch.rules.device import DeviceRules
+from coldwatch.rules.evaluators import HeldEvaluator, ProbeDisagreementEvaluator, ThresholdEvaluator
+from coldwatch.rules.forecast import ForecastEvaluator
+from coldwatch.rules.model import AlarmEvent, AlarmKey, EngineReading, RuleEvaluator, Severity
+from coldwatch.rules.profiles import rules_for
+from coldwatch.rules.windows import (
+    ConsecutiveEvaluator,
+    EventsInWindowEvaluator,
+    MktEvaluator,
+    RateEvaluator,
+    TimeOutOfRangeEvaluator,
+)
+
+__all__ = ["Engine", "build_evaluator"]
+
+
+_EVALUATORS: dict[type, Callable[[Any], RuleEvaluator]] = {
+    ThresholdRule: ThresholdEvaluator,
+    HeldRule: HeldEvaluator,
+    ProbeDisagreementRule: ProbeDisagreementEvaluator,
+    RateRule: RateEvaluator,
+    ConsecutiveRule: ConsecutiveEvaluator,
+    EventsInWindowRule: EventsInWindowEvaluator,
+    TimeOutOfRangeRule: TimeOutOfRangeEvaluator,
+    MktRule: MktEvaluator,
+    ForecastRule: ForecastEvaluator,
+}
+
+
+def build_evaluator(spec: RuleSpec) -> RuleEvaluator:
+    """The evaluator for one rule spec (communication loss is handled by the device)."""
+    factory = _EVALUATORS.get(type(spec))
+    if factory is None:
+        msg = f"no evaluator for {type(spec).__name__}"
+        raise TypeError(msg)
+    return factory(spec)
+
+
+class Engine:
+    """Rule state of every registered device."""
+
+    def __init__(
+        self,
+        devices: Sequence[DeviceConfig],
+        rules: RulesConfig,
+        *,
+        started_us: int,
+        reorder_horizon_s: float | None = None,
+    ) -> None:
+        horizon_s = rules.reorder_horizon_s if reorder_horizon_s is None else reorder_horizon_s
+        self.rules = {d.id: rules_for(d, rules) for d in devices}
+        self.devices: dict[str, DeviceRules] = {}
+        self.forecasts: dict[str, ForecastEvaluator] = {}
+        for device in devices:
+            specs = self.rules[device.id]
+            evaluators = [build_evaluator(s) for s in specs if not isinstance(s, CommLossRule)]
+            comm = [s for s in specs if isinstance(s, CommLossRule)]
+            self.devices[device.id] = DeviceRules.build(
+                device.id,
+                evaluators,
+                comm,
+                door_recovery_s=rules.door_recovery_s,
+                horizon_s=horizon_s,
+                started_us=started_us,
+            )
+            for evaluator in evaluators:
+                if isinstance(evaluator, ForecastEvaluator):
+                    self.forecasts[device.id] = evaluator
+
+    def ingest(self, reading: EngineReading) -> list[AlarmEvent]:
+        """Judge one reading of a registered device."""
+        return self.devices[reading.device_id].ingest(reading)
+
+    def ingest_many(self, readings: Iterable[EngineReading]) -> list[AlarmEvent]:
+        """Judge several readings in the order given."""
+        events: list[AlarmEvent] = []
+        for reading in readings:
+            events += self.devices[reading.device_id].ingest(reading)
+        return events
+
+    def status(self, device_id: str, *, online: bool, at_us: int) -> list[AlarmEvent]:
+        """A device's retained online/offline status."""
+        return self.devices[device_id].status(online, at_us)
+
+    def advance(self, now_us: int) -> list[AlarmEvent]:
+        """Fire timers due by ``now_us`` (communication loss)."""
+        events: list[AlarmEvent] = []
+        for device in self.devices.values():
+            events += device.advance(now_us)
+        return events
+
+    def seed(self, key: AlarmKey, severity: Severity, since_us: int) -> None:
+        """Restore an open alarm after a restart."""
+        device = self.devices.get(key.device_id)
+        if device is not None:
+            device.seed(key, severity, since_us)
+
+    def too_late(self) -> int:
+        """Readings that arrived too far behind to be judged again."""
+        return sum(d.too_late for d in self.devices.values())
+
+    def predictions_h(self) -> dict[str, float | None]:
+        """Each cryoshipper's predicted remaining hold time, hours."""
+        return {device_id: ev.prediction_h for device_id, ev in self.forecasts.items()}
+
+    def limits(self) -> list[tuple[str, str, str, str, str, float]]:
+        """Every configured limit: (device, metric, rule, severity, kind of limit, value)."""
+        out: list[tuple[str, str, str, str, str, float]] = []
+        for device_id, specs in self.rules.items():
+            for spec in specs:
+                if isinstance(spec, ThresholdRule):
+                    out += [
+                        (device_id, spec.metric, spec.rule_id(), sev, spec.direction, level.limit)
+                        for sev, level in spec.levels.items()
+                    ]
+                elif isinstance(spec, ConsecutiveRule | EventsInWindowRule):
+                    out += [
+                        (device_id, spec.metric, spec.rule_id(), sev, "high", level.limit)
+                        for sev, level in spec.levels.items()
+                    ]
+        return out

@@ -1,0 +1,102 @@
+"""Rule evaluators that judge each reading on its own: thresholds, held states, probes. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from coldwatch.rules.config import HeldRule, ProbeDisagreementRule, SeverityName, ThresholdRule
+from coldwatch.rules.model import US, Severity, Signal
+
+__all__ = ["HeldEvaluator", "ProbeDisagreementEvaluator", "ThresholdEvaluator", "level_delays"]
+
+SEVERITY = {"alert": Severity.ALERT, "action": Severity.ACTION}
+
+
+def level_delays(levels: Mapping[SeverityName, object]) -> dict[Severity, int]:
+    """On-delays in microseconds from levels that carry ``delay_s``."""
+    return {SEVERITY[name]: round(getattr(level, "delay_s", 0.0) * US) for name, level in levels.items()}
+
+
+class ThresholdEvaluator:
+    """High or low limits with per-level off-margins."""
+
+    def __init__(self, spec: ThresholdRule) -> None:
+        self.rule = spec.rule_id()
+        self.metric = spec.metric
+        self.suppressible = spec.suppress_after_door
+        self.delays_us = level_delays(spec.levels)
+        self._high = spec.direction == "high"
+        # (severity, limit, clear-at) from the mildest level to the worst.
+        self._levels = sorted(
+            (
+                SEVERITY[name],
+                level.limit,
+                level.limit - level.margin if self._high else level.limit + level.margin,
+            )
+            for name, level in spec.levels.items()
+        )
+
+    def update(self, ts_us: int, values: Mapping[str, float]) -> Signal | None:  # noqa: ARG002
+        """Judge one reading: beyond the limit (strict), or still within the off-margin."""
+        value = values.get(self.metric)
+        if value is None:
+            return None
+        level: Severity | None = None
+        hold: Severity | None = None
+        limit = self._levels[0][1]
+        for severity, lim, clear_at in self._levels:
+            beyond = value > lim if self._high else value < lim
+            kept = value > clear_at if self._high else value < clear_at
+            if beyond:
+                level, limit = severity, lim
+            if kept:
+                hold = severity
+        return Signal.with_hold(level, hold, value, limit)
+
+
+class HeldEvaluator:
+    """A boolean that must not stay true longer than each level's delay."""
+
+    def __init__(self, spec: HeldRule) -> None:
+        self.rule = spec.rule_id()
+        self.metric = spec.metric
+        self.suppressible = False
+        self.delays_us = level_delays(spec.levels)
+        self._worst = max(SEVERITY[name] for name in spec.levels)
+
+    def update(self, ts_us: int, values: Mapping[str, float]) -> Signal | None:  # noqa: ARG002
+        """True counts toward every level; the latch's delays decide which is reached."""
+        value = values.get(self.metric)
+        if value is None:
+            return None
+        return Signal(self._worst if value >= 0.5 else None, value, 1.0)
+
+
+class ProbeDisagreementEvaluator:
+    """Two probes that should read alike: |a - b| above a limit."""
+
+    def __init__(self, spec: ProbeDisagreementRule) -> None:
+        self.rule = spec.rule_id()
+        self.metric = spec.metric
+        self.suppressible = False
+        self.delays_us = level_delays(spec.levels)
+        self._other = spec.other
+        self._levels = sorted(
+            (SEVERITY[name], level.limit, level.limit - level.margin) for name, level in spec.levels.items()
+        )
+
+    def update(self, ts_us: int, values: Mapping[str, float]) -> Signal | None:  # noqa: ARG002
+        """Judge the difference when the reading carries both probes."""
+        a, b = values.get(self.metric), values.get(self._other)
+        if a is None or b is None:
+            return None
+        diff = abs(a - b)
+        level: Severity | None = None
+        hold: Severity | None = None
+        limit = self._levels[0][1]
+        for severity, lim, clear_at in self._levels:
+            if diff > lim:
+                level, limit = severity, lim
+            if diff > clear_at:
+                hold = severity
+        return Signal.with_hold(level, hold, diff, limit)

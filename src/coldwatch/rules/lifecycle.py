@@ -1,0 +1,204 @@
+"""Alarm lifecycle (ISA-18.2 style): engine events and user actions in, state changes out. Pure.
+
+States: active-unacknowledged -> active-acknowledged -> closed (on clearing), or
+active-unacknowledged -> cleared-unacknowledged -> closed (on acknowledgement).
+Shelving suppresses an alarm's notifications until a time, by a named user, with a reason.
+A higher severity makes an acknowledged alarm unacknowledged again; a lower one does not.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from coldwatch.errors import ColdwatchError
+from coldwatch.rules.model import AlarmEvent, AlarmKey, EventKind, Severity
+
+__all__ = ["Alarm", "AlarmBook", "AlarmState", "LifecycleError", "Transition"]
+
+
+class AlarmState(enum.StrEnum):
+    """Where an alarm is in its lifecycle."""
+
+    ACTIVE_UNACK = "active_unacknowledged"
+    ACTIVE_ACK = "active_acknowledged"
+    CLEARED_UNACK = "cleared_unacknowledged"
+    CLOSED = "closed"
+
+
+class LifecycleError(ColdwatchError):
+    """A user action that the alarm's state does not allow."""
+
+
+@dataclass(frozen=True, slots=True)
+class Alarm:
+    """One alarm: an excursion of one device, metric and rule, from raised to closed."""
+
+    id: int
+    key: AlarmKey
+    severity: Severity
+    state: AlarmState
+    raised_ts_us: int
+    raised_received_us: int
+    value: float | None = None
+    limit: float | None = None
+    late: bool = False
+    detail: str = ""
+    cleared_ts_us: int | None = None
+    shelved_until_us: int | None = None
+    shelved_by: str | None = None
+
+    @property
+    def open(self) -> bool:
+        """Not yet closed."""
+        return self.state is not AlarmState.CLOSED
+
+    @property
+    def active(self) -> bool:
+        """The condition still holds."""
+        return self.state in {AlarmState.ACTIVE_UNACK, AlarmState.ACTIVE_ACK}
+
+    def shelved(self, now_us: int) -> bool:
+        """Shelved at ``now_us``."""
+        return self.shelved_until_us is not None and now_us < self.shelved_until_us
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One entry of an alarm's history (append-only)."""
+
+    alarm: Alarm  # the alarm after the change
+    event: str  # raised, severity_changed, cleared, revoked, acknowledged, shelved, unshelved
+    ts_us: int  # device (event) time; for user actions, the time of the action
+    received_us: int  # when the collector processed it
+    from_state: AlarmState | None
+    actor: str = "coldwatch"
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class AlarmBook:
+    """The open alarms, one per key, and the id of the next alarm."""
+
+    next_id: int = 1
+    open: dict[AlarmKey, Alarm] = field(default_factory=dict)
+
+    def load(self, alarms: Iterable[Alarm], next_id: int) -> None:
+        """Restore the open alarms from storage."""
+        self.open = {a.key: a for a in alarms if a.open}
+        self.next_id = next_id
+
+    def apply(self, events: Iterable[AlarmEvent], received_us: int) -> list[Transition]:
+        """Apply engine events; return the transitions to store."""
+        out: list[Transition] = []
+        for event in events:
+            out += self._apply(event, received_us)
+        return out
+
+    def _apply(self, event: AlarmEvent, received_us: int) -> list[Transition]:
+        current = self.open.get(event.key)
+        kind = event.kind
+        if kind is EventKind.REVOKED:
+            return self._revoke(event, current, received_us)
+        if kind is EventKind.RAISED:
+            if current is not None and current.active:
+                return []  # one open alarm per key; the engine never raises twice
+            if current is not None:  # cleared but unacknowledged: it closes, a new one opens
+                closed = replace(current, state=AlarmState.CLOSED)
+                out = [Transition(closed, "superseded", event.ts_us, received_us, current.state)]
+            else:
+                out = []
+            assert event.severity is not None
+            alarm = Alarm(
+                self.next_id,
+                event.key,
+                event.severity,
+                AlarmState.ACTIVE_UNACK,
+                event.ts_us,
+                received_us,
+                event.value,
+                event.limit,
+                event.late,
+                event.detail,
+            )
+            self.next_id += 1
+            self.open[event.key] = alarm
+            return [*out, Transition(alarm, "raised", event.ts_us, received_us, None)]
+        if current is None or not current.active:
+            return []
+        if kind is EventKind.SEVERITY_CHANGED:
+            assert event.severity is not None
+            state = AlarmState.ACTIVE_UNACK if event.severity > current.severity else current.state
+            alarm = replace(
+                current, severity=event.severity, state=state, value=event.value, limit=event.limit
+            )
+            self.open[event.key] = alarm
+            return [Transition(alarm, "severity_changed", event.ts_us, received_us, current.state)]
+        # cleared
+        state = AlarmState.CLOSED if current.state is AlarmState.ACTIVE_ACK else AlarmState.CLEARED_UNACK
+        alarm = replace(current, state=state, cleared_ts_us=event.ts_us)
+        self._store(alarm)
+        return [Transition(alarm, "cleared", event.ts_us, received_us, current.state)]
+
+    def _revoke(self, event: AlarmEvent, current: Alarm | None, received_us: int) -> list[Transition]:
+        revoked = event.revokes
+        if current is None or revoked is None:
+            return []
+        if revoked.kind is EventKind.RAISED and current.raised_ts_us == revoked.ts_us:
+            alarm = replace(
+                current, state=AlarmState.CLOSED, detail="revoked: late readings showed no excursion"
+            )
+            self._store(alarm)
+            return [
+                Transition(alarm, "revoked", event.ts_us, received_us, current.state, reason=event.detail)
+            ]
+        return []
+
+    def _store(self, alarm: Alarm) -> None:
+        if alarm.open:
+            self.open[alarm.key] = alarm
+        else:
+            self.open.pop(alarm.key, None)
+
+    def find(self, alarm_id: int) -> Alarm | None:
+        """An open alarm by id."""
+        return next((a for a in self.open.values() if a.id == alarm_id), None)
+
+    def acknowledge(self, alarm_id: int, actor: str, reason: str, now_us: int) -> Transition:
+        """Acknowledge an open alarm (a reason is mandatory)."""
+        alarm = self._user_target(alarm_id, actor, reason)
+        if alarm.state is AlarmState.ACTIVE_UNACK:
+            new = replace(alarm, state=AlarmState.ACTIVE_ACK)
+        elif alarm.state is AlarmState.CLEARED_UNACK:
+            new = replace(alarm, state=AlarmState.CLOSED)
+        else:
+            raise LifecycleError(f"alarm {alarm_id} is already acknowledged")
+        self._store(new)
+        return Transition(new, "acknowledged", now_us, now_us, alarm.state, actor, reason)
+
+    def shelve(self, alarm_id: int, actor: str, reason: str, until_us: int, now_us: int) -> Transition:
+        """Shelve an open alarm until ``until_us`` (bounded, named, with a reason)."""
+        alarm = self._user_target(alarm_id, actor, reason)
+        if until_us <= now_us:
+            raise LifecycleError("a shelve must end in the future")
+        new = replace(alarm, shelved_until_us=until_us, shelved_by=actor)
+        self._store(new)
+        return Transition(new, "shelved", now_us, now_us, alarm.state, actor, reason)
+
+    def unshelve(self, alarm_id: int, actor: str, reason: str, now_us: int) -> Transition:
+        """End a shelve early."""
+        alarm = self._user_target(alarm_id, actor, reason)
+        new = replace(alarm, shelved_until_us=None, shelved_by=None)
+        self._store(new)
+        return Transition(new, "unshelved", now_us, now_us, alarm.state, actor, reason)
+
+    def _user_target(self, alarm_id: int, actor: str, reason: str) -> Alarm:
+        if not actor.strip():
+            raise LifecycleError("every action is attributed to a named user")
+        if not reason.strip():
+            raise LifecycleError("a reason is required")
+        alarm = self.find(alarm_id)
+        if alarm is None:
+            raise LifecycleError(f"no open alarm {alarm_id}")
+        return alarm

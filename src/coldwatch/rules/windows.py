@@ -1,0 +1,338 @@
+"""Rule evaluators that judge a rolling window of one device's readings. Pure.
+
+Each evaluator sees one device's readings in timestamp order and keeps plain-data state
+(deques, ints, floats), so ``copy.deepcopy`` checkpoints it. Every update is amortised
+O(1): the engine replays millions of readings. Times are integer microseconds; a window
+of ``window_s`` at ``ts`` is ``(ts - window, ts]`` unless a class says otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import numpy.typing as npt
+
+from coldwatch.rules.config import (
+    ConsecutiveRule,
+    EventsInWindowRule,
+    MktRule,
+    RateRule,
+    TimeOutOfRangeRule,
+)
+from coldwatch.rules.evaluators import SEVERITY
+from coldwatch.rules.model import US, Severity, Signal
+
+__all__ = [
+    "ConsecutiveEvaluator",
+    "EventsInWindowEvaluator",
+    "MktEvaluator",
+    "RateEvaluator",
+    "TimeOutOfRangeEvaluator",
+    "mean_kinetic_temperature_c",
+]
+
+KELVIN = 273.15
+_US_PER_MIN = 60 * US
+# The MKT running sum is rebuilt exactly once the magnitudes added to and removed from it
+# since the last rebuild exceed this multiple of its value: beyond that, cancellation
+# (a hot spell leaving the window) could cost more than about 1e-12 relative accuracy.
+_MKT_DRIFT_RATIO = 1e4
+# ... and at least every max(window length, this) readings, to bound rounding build-up.
+_MKT_REBUILD_EVERY = 256
+
+
+def _no_delays(level_names: Iterable[str]) -> dict[Severity, int]:
+    return dict.fromkeys((SEVERITY[name] for name in level_names), 0)
+
+
+class RateEvaluator:
+    """Rate of change per minute between the oldest and the newest reading in the window.
+
+    The window here is closed, ``[ts - window, ts]``: with readings every ``window_s`` the
+    rate still has two points. A level is met when the judged rate is strictly beyond its
+    limit; a raised alarm is kept while it stays above ``limit - margin`` (off-margin).
+    """
+
+    def __init__(self, spec: RateRule) -> None:
+        self.rule = spec.rule_id()
+        self.metric = spec.metric
+        self.suppressible = False
+        # level_delays() would do, but its Mapping[str, ...] parameter rejects Literal keys.
+        self.delays_us = {SEVERITY[name]: round(level.delay_s * US) for name, level in spec.levels.items()}
+        self._window_us = round(spec.window_s * US)
+        self._direction = spec.direction
+        # (severity, limit, clear-at) from the mildest level to the worst.
+        self._levels = sorted(
+            (SEVERITY[name], level.limit_per_min, level.limit_per_min - level.margin)
+            for name, level in spec.levels.items()
+        )
+        self._points: deque[tuple[int, float]] = deque()
+
+    def update(self, ts_us: int, values: Mapping[str, float]) -> Signal | None:
+        """Judge the rate at ``ts_us``; no level while fewer than two instants are in the window."""
+        value = values.get(self.metric)
+        if value is None:
+            return None
+        points = self._points
+        points.append((ts_us, value))
+        start = ts_us - self._window_us
+        while points[0][0] < start:  # the newest is never older than the window start
+            points.popleft()
+        oldest_us, oldest = points[0]
+        if ts_us <= oldest_us:
+            return Signal(None)
+        rate = (value - oldest) * _US_PER_MIN / (ts_us - oldest_us)
+        if self._direction == "rise":
+            judged = rate
+        elif self._direction == "fall":
+            judged = -rate
+        else:
+            judged = abs(rate)
+        level: Severity | None = None
+        hold: Severity | None = None
+        limit = self._levels[0][1]
+        for severity, lim, clear_at in self._levels:
+            if judged > lim:
+                level, limit = severity, lim
+            if judged > clear_at:
+                hold = severity
+        return Signal.with_hold(level, hold, rate, limit)
+
+
+class ConsecutiveEvaluator:
+    """N of the last M samples beyond a level's limit (strictly above). No delays, no margin."""
+
+    def __init__(self, spec: ConsecutiveRule) -> None:
+        self.rule = spec.rule_id()
+        self.metric = spec.metric
+        self.suppressible = False
+        self.delays_us = _no_delays(spec.levels)
+        # (severity, limit, n) from the mildest level to the worst.
+        self._levels = sorted((SEVERITY[name], level.limit, level.n) for name, level in spec.levels.items())
+        by_severity = {SEVERITY[name]: level.m for name, level in spec.levels.items()}
+        # Per level: whether each of the last M samples was beyond, and how many were.
+        self._flags: list[deque[bool]] = [deque(maxlen=by_severity[sev]) for sev, _, _ in self._levels]
+        self._beyond = [0] * len(self._levels)
+
+    def update(self, ts_us: int, values: Mapping[str, float]) -> Signal | None:  # noqa: ARG002
+        """Count this sample into each level's last M; before M samples, N are still needed."""
+        value = values.get(self.metric)
+        if value is None:
+            return None
+        level: Severity | None = None
+        limit = self._levels[0][1]
+        for index, (severity, lim, n) in enumerate(self._levels):
+            flags = self._flags[index]
+            beyond = value > lim
+            if len(flags) == flags.maxlen:
+                self._beyond[index] -= flags[0]
+            flags.append(beyond)
+            self._beyond[index] += beyond
+            if self._beyond[index] >= n:
+                level, limit = severity, lim
+        return Signal(level, value, limit)
+
+
+class EventsInWindowEvaluator:
+    """At least ``count`` samples above a level's limit within ``(ts - window, ts]``.
+
+    Judged at sample times only. The signal's value is the number of such samples, its
+    limit the level's count.
+    """
+
+    def __init__(self, spec: EventsInWindowRule) -> None:
+        self.rule = spec.rule_id()
+        self.metric = spec.metric
+        self.suppressible = False
+        self.delays_us = _no_delays(spec.levels)
+        self._window_us = round(spec.window_s * US)
+        # (severity, limit, count) from the mildest level to the worst.
+        self._levels = sorted(
+            (SEVERITY[name], level.limit, level.count) for name, level in spec.levels.items()
+        )
+        # Per level: the times of the samples above its limit still in the window.
+        self._events: list[deque[int]] = [deque() for _ in self._levels]
+
+    def update(self, ts_us: int, values: Mapping[str, float]) -> Signal | None:
+        """Count the events of each level in the window ending at this sample."""
+        value = values.get(self.metric)
+        if value is None:
+            return None
+        start = ts_us - self._window_us
+        level: Severity | None = None
+        count = 0
+        needed = self._levels[0][2]
+        for index, (severity, lim, k) in enumerate(self._levels):
+            events = self._events[index]
+            if value > lim:
+                events.append(ts_us)
+            while events and events[0] <= start:
+                events.popleft()
+            if index == 0 or len(events) >= k:
+                count, needed = len(events), k
+            if len(events) >= k:
+                level = severity
+        return Signal(level, float(count), float(needed))
+
+
+class TimeOutOfRangeEvaluator:
+    """Cumulative time outside ``[low, high]`` within ``(ts - window, ts]`` (sample and hold).
+
+    Each reading's in-or-out state is assumed to last until the next reading, across a
+    data gap too: an excursion counts until a reading shows it has ended (conservative).
+    A level is met when the cumulative time reaches its budget. The signal's value is the
+    cumulative time in seconds, its limit the budget in seconds.
+    """
+
+    def __init__(self, spec: TimeOutOfRangeRule) -> None:
+        self.rule = spec.rule_id()
+        self.metric = spec.metric
+        self.suppressible = False
+        self.delays_us = _no_delays(spec.levels)
+        self._low = spec.low
+        self._high = spec.high
+        self._window_us = round(spec.window_s * US)
+        # (severity, budget in us, budget in s) from the mildest level to the worst.
+        self._levels = sorted(
+            (SEVERITY[name], round(level.budget_s * US), level.budget_s)
+            for name, level in spec.levels.items()
+        )
+        # Out-of-range spans [start, end) inside the window, oldest first, adjacent ones
+        # merged, the first clipped to the window start; and their total (exact integers).
+        self._spans: deque[tuple[int, int]] = deque()
+        self._total_us = 0
+        self._last_us: int | None = None
+        self._last_out = False
+
+    def _out(self, value: float) -> bool:
+        return (self._low is not None and value < self._low) or (
+            self._high is not None and value > self._high
+        )
+
+    def update(self, ts_us: int, values: Mapping[str, float]) -> Signal | None:
+        """Add the previous reading's held state up to ``ts_us``; drop what left the window."""
+        value = values.get(self.metric)
+        if value is None:
+            return None
+        spans = self._spans
+        last_us = self._last_us
+        if last_us is not None and self._last_out and ts_us > last_us:
+            start = spans.pop()[0] if spans and spans[-1][1] == last_us else last_us
+            spans.append((start, ts_us))
+            self._total_us += ts_us - last_us
+        self._last_us, self._last_out = ts_us, self._out(value)
+        window_start = ts_us - self._window_us
+        while spans and spans[0][1] <= window_start:
+            first, end = spans.popleft()
+            self._total_us -= end - first
+        if spans and spans[0][0] < window_start:
+            first, end = spans[0]
+            self._total_us -= window_start - first
+            spans[0] = (window_start, end)
+        total = self._total_us
+        level: Severity | None = None
+        budget_s = self._levels[0][2]
+        for severity, budget_us, budget in self._levels:
+            if total >= budget_us:
+                level, budget_s = severity, budget
+        return Signal(level, total / US, budget_s)
+
+
+def mean_kinetic_temperature_c(
+    temps_c: npt.ArrayLike, weights: npt.ArrayLike, activation_k: float = 10_000.0
+) -> float:
+    """Mean kinetic temperature (USP <1079>) of time-weighted readings, degrees C.
+
+    ``activation_k`` is dH/R in kelvin (83.144 kJ/mol / 8.3144 J/(mol K) = 10,000 K).
+    """
+    temps_k = np.asarray(temps_c, dtype=np.float64).ravel() + KELVIN
+    w = np.asarray(weights, dtype=np.float64).ravel()
+    if temps_k.size == 0 or temps_k.shape != w.shape:
+        raise ValueError("give one weight per temperature, and at least one of each")
+    if not (np.all(np.isfinite(temps_k)) and np.all(temps_k > 0)):
+        raise ValueError("temperatures must be finite and above absolute zero")
+    if not (np.all(np.isfinite(w)) and np.all(w >= 0)) or not w.sum() > 0:
+        raise ValueError("weights must be finite, non-negative and not all zero")
+    exponent = -activation_k / temps_k
+    # Log-sum-exp: the Boltzmann factors of cryogenic temperatures underflow otherwise.
+    top = float(exponent.max())
+    log_mean = top + math.log(float(np.dot(w, np.exp(exponent - top))) / float(w.sum()))
+    return -activation_k / log_mean - KELVIN
+
+
+class MktEvaluator:
+    """Mean kinetic temperature of the readings in ``(ts - window, ts]`` above a limit.
+
+    Each reading weighs the time until the next one (sample and hold); the newest weighs
+    the interval before it, so equally spaced readings weigh alike. The data covers the
+    sum of those weights; below ``min_coverage`` of the window the rule does not judge.
+    """
+
+    def __init__(self, spec: MktRule) -> None:
+        self.rule = spec.rule_id()
+        self.metric = spec.metric
+        self.suppressible = False
+        self.delays_us = _no_delays(spec.levels)
+        self._window_us = round(spec.window_s * US)
+        self._min_cover_us = spec.min_coverage * self._window_us
+        self._k = spec.activation_k
+        self._levels = sorted((SEVERITY[name], level.limit_c) for name, level in spec.levels.items())
+        # (ts, Boltzmann factor exp(-k / T)) of the readings in the window.
+        self._points: deque[tuple[int, float]] = deque()
+        # Sum of (t_next - t) * factor over every point but the newest (weights in us).
+        self._sum = 0.0
+        self._churn = 0.0  # magnitudes added and removed since the sum was last rebuilt
+        self._since_rebuild = 0
+
+    def update(self, ts_us: int, values: Mapping[str, float]) -> Signal | None:
+        """Slide the window to ``ts_us`` and judge its MKT."""
+        temp = values.get(self.metric)
+        if temp is None:
+            return None
+        points = self._points
+        if points:
+            previous_us, previous = points[-1]
+            term = (ts_us - previous_us) * previous
+            self._sum += term
+            self._churn += term
+        points.append((ts_us, math.exp(-self._k / (temp + KELVIN))))
+        start = ts_us - self._window_us
+        while points[0][0] <= start:  # the newest is always inside the window
+            oldest_us, oldest = points.popleft()
+            term = (points[0][0] - oldest_us) * oldest
+            self._sum -= term
+            self._churn += term
+        self._since_rebuild += 1
+        if self._churn > _MKT_DRIFT_RATIO * self._sum or self._since_rebuild >= max(
+            len(points), _MKT_REBUILD_EVERY
+        ):
+            self._rebuild()
+        if len(points) < 2:
+            return Signal(None)
+        newest_us, newest = points[-1]
+        last_interval = newest_us - points[-2][0]
+        covered = newest_us - points[0][0] + last_interval
+        if covered < self._min_cover_us or covered <= 0:
+            return Signal(None)
+        mean = (self._sum + last_interval * newest) / covered
+        mkt_c = -self._k / math.log(mean) - KELVIN
+        level: Severity | None = None
+        limit = self._levels[0][1]
+        for severity, lim in self._levels:
+            if mkt_c > lim:
+                level, limit = severity, lim
+        return Signal(level, mkt_c, limit)
+
+    def _rebuild(self) -> None:
+        """Recompute the running sum exactly from the window's points."""
+        self._since_rebuild = 0
+        self._churn = 0.0
+        if len(self._points) < 2:
+            self._sum = 0.0
+            return
+        times = np.fromiter((t for t, _ in self._points), dtype=np.int64, count=len(self._points))
+        factors = np.fromiter((f for _, f in self._points), dtype=np.float64, count=len(self._points))
+        self._sum = float(np.dot(np.diff(times).astype(np.float64), factors[:-1]))
