@@ -159,8 +159,8 @@ async def test_silent_device_raises_communication_loss(
 
 
 def incubator_run(base_s: float) -> list[tuple[float, float]]:
-    """Incubator temperature readings every 10 s: in band, 3 min above 38.2 C, in band again."""
-    temps = [37.0] * 6 + [38.6] * 18 + [37.0] * 6
+    """Incubator temperature every 10 s: in band, 1 min above the alert limit, 3 min above action, in band."""
+    temps = [37.0] * 6 + [37.8] * 6 + [38.6] * 18 + [37.0] * 6
     return [(base_s + 10 * i, t) for i, t in enumerate(temps)]
 
 
@@ -193,6 +193,7 @@ async def test_restart_mid_delay_and_mid_alarm_changes_nothing(
     first_beyond_us = round(run[6][0] * US)
     assert [e[0] for e in expected] == ["raised", "severity_changed", "cleared"]
     assert expected[0][1] == first_beyond_us + 120 * US, "raised when the 120 s delay elapsed"
+    assert expected[1][1] == round(run[12][0] * US) + 120 * US, "escalated when the action delay elapsed"
     assert [(t[1], t[2], t[3]) for t in transitions(config.storage.path)] == expected
     assert len(stored_alarms(config.storage.path)) == 1, "raised once, not again after a restart"
 

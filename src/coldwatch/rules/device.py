@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from coldwatch.rules.config import CommLossRule
 from coldwatch.rules.latch import Latch
@@ -48,6 +48,40 @@ class _CommLoss:
     key: AlarmKey
     timeout_us: int
     raised_us: int | None = None
+    cleared_us: int | None = None  # silence is measured from a clear too: a backfill ended it
+
+
+def _difference(
+    old: list[AlarmEvent], new: list[AlarmEvent], before: dict[AlarmKey, Severity | None]
+) -> list[AlarmEvent]:
+    """What to tell the world when ``new`` replaces ``old`` after a rewind.
+
+    Per alarm key, the events after the first difference are revoked (newest first, each
+    carrying the severity the alarm falls back to, None if it did not exist) and the new
+    ones issued, marked late.
+    """
+    out: list[AlarmEvent] = []
+    for key in sorted({e.key for e in old} | {e.key for e in new}):
+        old_k = [e for e in old if e.key == key]
+        new_k = [e for e in new if e.key == key]
+        same = 0
+        while same < min(len(old_k), len(new_k)) and old_k[same].identity() == new_k[same].identity():
+            same += 1
+        for index in range(len(old_k) - 1, same - 1, -1):
+            previous = old_k[index - 1].severity if index > 0 else before.get(key)
+            out.append(
+                AlarmEvent(
+                    EventKind.REVOKED,
+                    key,
+                    old_k[index].ts_us,
+                    previous,
+                    late=True,
+                    detail="late readings changed this",
+                    revokes=old_k[index],
+                )
+            )
+        out += [replace(e, late=True) for e in new_k[same:]]
+    return out
 
 
 @dataclass(slots=True)
@@ -101,13 +135,14 @@ class DeviceRules:
 
     def ingest(self, reading: EngineReading) -> list[AlarmEvent]:
         """Judge one reading (rewinding if it is older than the newest judged)."""
-        events = self._comm_on_reading(reading)
+        # Communication loss is about arrival, not device time: it is never replayed.
+        comm_events = self._comm_on_reading(reading)
         position = (reading.ts_us, reading.seq)
         if not self.history or position > self.history[-1][:2] or self.horizon_us == 0:
-            events += self._judge(self.judged, reading, late=reading.buffered)
+            events = self._judge(self.judged, reading, late=reading.buffered)
             self._remember(reading, events)
-            return events
-        return events + self._rewind(reading)
+            return comm_events + events
+        return comm_events + self._rewind(reading)
 
     def _judge(self, state: _Judged, reading: EngineReading, *, late: bool) -> list[AlarmEvent]:
         ts = reading.ts_us
@@ -163,15 +198,19 @@ class DeviceRules:
         index = bisect.bisect_left([(ts, seq) for ts, seq, _ in self.history], position)
         if index < len(self.history) and self.history[index][:2] == position:
             return []  # the same reading again: already judged
-        before = [i for i, cp in enumerate(self.checkpoints) if cp[:2] < position]
-        if not before:
+        earlier = [i for i, cp in enumerate(self.checkpoints) if cp[:2] < position]
+        if not earlier:
             self.too_late += 1  # older than the reorder horizon: stored, not re-judged
             return []
-        base = before[-1]
+        base = earlier[-1]
         cp_ts, _, cp_len, cp_state = self.checkpoints[base]
         self.history.insert(index, (reading.ts_us, reading.seq, reading))
         replay = self.history[cp_len:]
         old = [e for e in self.emitted if e.ts_us > cp_ts]
+        before: dict[AlarmKey, Severity | None] = {}
+        for event in self.emitted:
+            if event.ts_us <= cp_ts:
+                before[event.key] = event.severity
         self.checkpoints = self.checkpoints[: base + 1]
         self.judged = copy.deepcopy(cp_state)
         self.emitted = [e for e in self.emitted if e.ts_us <= cp_ts]
@@ -181,16 +220,7 @@ class DeviceRules:
             produced = self._judge(self.judged, again, late=True)
             new += produced
             self._remember(again, produced)
-        old_ids = {e.identity() for e in old}
-        new_ids = {e.identity() for e in new}
-        revoked = [
-            AlarmEvent(
-                EventKind.REVOKED, e.key, e.ts_us, e.severity, late=True, detail="late data", revokes=e
-            )
-            for e in old
-            if e.identity() not in new_ids
-        ]
-        return revoked + [e for e in new if e.identity() not in old_ids]
+        return _difference(old, new, before)
 
     # --- communication loss ---------------------------------------------------------
 
@@ -205,12 +235,10 @@ class DeviceRules:
             if comm.raised_us is not None and (
                 comm.spec.metric is None or comm.spec.metric in reading.values
             ):
-                events.append(
-                    AlarmEvent(
-                        EventKind.CLEARED, comm.key, max(arrived, comm.raised_us), None, late=reading.buffered
-                    )
-                )
+                cleared = max(arrived, comm.raised_us)
+                events.append(AlarmEvent(EventKind.CLEARED, comm.key, cleared, None, late=reading.buffered))
                 comm.raised_us = None
+                comm.cleared_us = cleared
         return events
 
     def status(self, online: bool, at_us: int) -> list[AlarmEvent]:
@@ -231,6 +259,8 @@ class DeviceRules:
             if comm.raised_us is not None:
                 continue
             last = self.last_seen_us.get(comm.spec.metric or "", self.started_us)
+            if comm.cleared_us is not None:
+                last = max(last, comm.cleared_us)
             due = last + comm.timeout_us
             if now_us >= due:
                 comm.raised_us = due

@@ -76,7 +76,6 @@ class Engine:
         horizon_s = rules.reorder_horizon_s if reorder_horizon_s is None else reorder_horizon_s
         self.rules = {d.id: rules_for(d, rules) for d in devices}
         self.devices: dict[str, DeviceRules] = {}
-        self.forecasts: dict[str, ForecastEvaluator] = {}
         for device in devices:
             specs = self.rules[device.id]
             evaluators = [build_evaluator(s) for s in specs if not isinstance(s, CommLossRule)]
@@ -89,9 +88,6 @@ class Engine:
                 horizon_s=horizon_s,
                 started_us=started_us,
             )
-            for evaluator in evaluators:
-                if isinstance(evaluator, ForecastEvaluator):
-                    self.forecasts[device.id] = evaluator
 
     def ingest(self, reading: EngineReading) -> list[AlarmEvent]:
         """Judge one reading of a registered device."""
@@ -127,7 +123,13 @@ class Engine:
 
     def predictions_h(self) -> dict[str, float | None]:
         """Each cryoshipper's predicted remaining hold time, hours."""
-        return {device_id: ev.prediction_h for device_id, ev in self.forecasts.items()}
+        # Read from the live state each time: a rewind replaces a device's evaluators.
+        return {
+            device_id: evaluator.prediction_h
+            for device_id, device in self.devices.items()
+            for evaluator in device.judged.evaluators
+            if isinstance(evaluator, ForecastEvaluator)
+        }
 
     def limits(self) -> list[tuple[str, str, str, str, str, float]]:
         """Every configured limit: (device, metric, rule, severity, kind of limit, value)."""

@@ -19,7 +19,7 @@ from coldwatch.rules.config import ForecastRule
 from coldwatch.rules.evaluators import SEVERITY
 from coldwatch.rules.model import US, Severity, Signal
 
-__all__ = ["ForecastEvaluator", "LinearFit"]
+__all__ = ["ForecastEvaluator"]
 
 HOUR_US = 3600 * US
 # Time spreads this small relative to the times themselves are one instant to the fit.
@@ -27,7 +27,7 @@ _DEGENERATE = 1e-12
 
 
 @dataclass(slots=True)
-class LinearFit:
+class _LinearFit:
     """Least squares over a sliding window of (ts, y) points, by running sums.
 
     Sums are kept of x = hours since ``origin_us`` and dy = y - ``origin_y``, both taken
@@ -115,8 +115,8 @@ class ForecastEvaluator:
         self._min_points = spec.min_points
         # (severity, hours) from the mildest level to the worst.
         self._levels = sorted((SEVERITY[name], level.hours) for name, level in spec.levels.items())
-        self._level = LinearFit()
-        self._temp = LinearFit()
+        self._level = _LinearFit()
+        self._temp = _LinearFit()
         self.prediction_h: float | None = None
 
     def update(self, ts_us: int, values: Mapping[str, float]) -> Signal | None:

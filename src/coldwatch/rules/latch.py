@@ -45,15 +45,19 @@ class Latch:
             else:
                 self.run_start.pop(severity, None)
         events: list[AlarmEvent] = []
-        # Severities whose delay has elapsed, each with the instant it did.
+        # Severities whose delay has elapsed, each with the instant it did. A level below
+        # the raised severity counts as reached: its alarm exists already, so falling back
+        # to it from a higher level is a severity change, never a clear.
         reached = sorted(
             (start + self.delays_us[sev], sev)
             for sev, start in self.run_start.items()
-            if ts_us - start >= self.delays_us[sev]
+            if ts_us - start >= self.delays_us[sev] or (self.active is not None and sev <= self.active)
         )
         target = max((sev for _, sev in reached), default=None)
         if self.active is None:
-            for at_us, sev in reached:
+            for index, (at_us, sev) in enumerate(reached):
+                if index + 1 < len(reached) and reached[index + 1][0] == at_us:
+                    continue  # a higher level reached at the same instant: raise at that one
                 # Escalate through severities in the order their delays elapsed.
                 if self.active is None or sev > self.active:
                     kind = EventKind.RAISED if self.active is None else EventKind.SEVERITY_CHANGED

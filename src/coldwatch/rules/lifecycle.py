@@ -17,6 +17,10 @@ from coldwatch.rules.model import AlarmEvent, AlarmKey, EventKind, Severity
 
 __all__ = ["Alarm", "AlarmBook", "AlarmState", "LifecycleError", "Transition"]
 
+# Alarms per key that late data may still correct (a flapping excursion within the
+# reorder horizon can produce many).
+RECENT_PER_KEY = 64
+
 
 class AlarmState(enum.StrEnum):
     """Where an alarm is in its lifecycle."""
@@ -48,6 +52,7 @@ class Alarm:
     cleared_ts_us: int | None = None
     shelved_until_us: int | None = None
     shelved_by: str | None = None
+    acknowledged_by: str | None = None
 
     @property
     def open(self) -> bool:
@@ -83,10 +88,13 @@ class AlarmBook:
 
     next_id: int = 1
     open: dict[AlarmKey, Alarm] = field(default_factory=dict)
+    # The newest alarms of each key, closed ones too, so late data can correct them.
+    recent: dict[AlarmKey, list[Alarm]] = field(default_factory=dict)
 
     def load(self, alarms: Iterable[Alarm], next_id: int) -> None:
         """Restore the open alarms from storage."""
         self.open = {a.key: a for a in alarms if a.open}
+        self.recent = {key: [alarm] for key, alarm in self.open.items()}
         self.next_id = next_id
 
     def apply(self, events: Iterable[AlarmEvent], received_us: int) -> list[Transition]:
@@ -123,17 +131,23 @@ class AlarmBook:
                 event.detail,
             )
             self.next_id += 1
-            self.open[event.key] = alarm
+            self._store(alarm)
             return [*out, Transition(alarm, "raised", event.ts_us, received_us, None)]
         if current is None or not current.active:
             return []
         if kind is EventKind.SEVERITY_CHANGED:
             assert event.severity is not None
-            state = AlarmState.ACTIVE_UNACK if event.severity > current.severity else current.state
+            escalated = event.severity > current.severity
+            state = AlarmState.ACTIVE_UNACK if escalated else current.state
             alarm = replace(
-                current, severity=event.severity, state=state, value=event.value, limit=event.limit
+                current,
+                severity=event.severity,
+                state=state,
+                value=event.value,
+                limit=event.limit,
+                acknowledged_by=None if escalated else current.acknowledged_by,
             )
-            self.open[event.key] = alarm
+            self._store(alarm)
             return [Transition(alarm, "severity_changed", event.ts_us, received_us, current.state)]
         # cleared
         state = AlarmState.CLOSED if current.state is AlarmState.ACTIVE_ACK else AlarmState.CLEARED_UNACK
@@ -142,20 +156,37 @@ class AlarmBook:
         return [Transition(alarm, "cleared", event.ts_us, received_us, current.state)]
 
     def _revoke(self, event: AlarmEvent, current: Alarm | None, received_us: int) -> list[Transition]:
+        """Late readings showed an earlier event did not happen as reported: correct, never delete."""
         revoked = event.revokes
-        if current is None or revoked is None:
+        if revoked is None:
             return []
-        if revoked.kind is EventKind.RAISED and current.raised_ts_us == revoked.ts_us:
-            alarm = replace(
-                current, state=AlarmState.CLOSED, detail="revoked: late readings showed no excursion"
+        why = f"{revoked.kind.value} revoked: late readings changed the excursion"
+        candidates = [a for a in self.recent.get(event.key, []) if not a.detail.startswith("revoked")]
+        if revoked.kind is EventKind.RAISED:
+            alarm = next((a for a in candidates if a.raised_ts_us == revoked.ts_us), None)
+            if alarm is None:
+                return []
+            new = replace(
+                alarm, state=AlarmState.CLOSED, detail="revoked: late readings showed no such excursion"
             )
-            self._store(alarm)
-            return [
-                Transition(alarm, "revoked", event.ts_us, received_us, current.state, reason=event.detail)
-            ]
-        return []
+        elif revoked.kind is EventKind.SEVERITY_CHANGED:
+            alarm = current
+            if alarm is None or event.severity is None:
+                return []
+            new = replace(alarm, severity=event.severity)
+        else:  # a clear: the alarm is active again, until the corrected clear arrives
+            alarm = next((a for a in candidates if a.cleared_ts_us == revoked.ts_us), None)
+            if alarm is None or (current is not None and current.id != alarm.id):
+                return []
+            state = AlarmState.ACTIVE_ACK if alarm.acknowledged_by else AlarmState.ACTIVE_UNACK
+            new = replace(alarm, state=state, cleared_ts_us=None, severity=event.severity or alarm.severity)
+        self._store(new)
+        return [Transition(new, "revoked", event.ts_us, received_us, alarm.state, reason=why)]
 
     def _store(self, alarm: Alarm) -> None:
+        kept = [a for a in self.recent.get(alarm.key, []) if a.id != alarm.id][-(RECENT_PER_KEY - 1) :]
+        # A revoked alarm is final: late data never targets it again.
+        self.recent[alarm.key] = kept if alarm.detail.startswith("revoked") else [*kept, alarm]
         if alarm.open:
             self.open[alarm.key] = alarm
         else:
@@ -169,9 +200,9 @@ class AlarmBook:
         """Acknowledge an open alarm (a reason is mandatory)."""
         alarm = self._user_target(alarm_id, actor, reason)
         if alarm.state is AlarmState.ACTIVE_UNACK:
-            new = replace(alarm, state=AlarmState.ACTIVE_ACK)
+            new = replace(alarm, state=AlarmState.ACTIVE_ACK, acknowledged_by=actor)
         elif alarm.state is AlarmState.CLEARED_UNACK:
-            new = replace(alarm, state=AlarmState.CLOSED)
+            new = replace(alarm, state=AlarmState.CLOSED, acknowledged_by=actor)
         else:
             raise LifecycleError(f"alarm {alarm_id} is already acknowledged")
         self._store(new)

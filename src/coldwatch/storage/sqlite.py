@@ -98,7 +98,8 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         late INTEGER NOT NULL,
         detail TEXT NOT NULL,
         shelved_until_us INTEGER,
-        shelved_by TEXT
+        shelved_by TEXT,
+        acknowledged_by TEXT
     );
     -- One open alarm per device, metric and rule, enforced by the database too.
     CREATE UNIQUE INDEX alarms_one_open ON alarms(device_id, metric, rule) WHERE state != 'closed';
@@ -321,11 +322,11 @@ class SqliteStorage:
         await db.executemany(
             "INSERT INTO alarms(id, device_id, metric, rule, severity, state, raised_ts_us, "
             "raised_received_us, cleared_ts_us, value, limit_value, late, detail, shelved_until_us, "
-            "shelved_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "shelved_by, acknowledged_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(id) DO UPDATE SET severity=excluded.severity, state=excluded.state, "
             "cleared_ts_us=excluded.cleared_ts_us, value=excluded.value, limit_value=excluded.limit_value, "
             "detail=excluded.detail, shelved_until_us=excluded.shelved_until_us, "
-            "shelved_by=excluded.shelved_by",
+            "shelved_by=excluded.shelved_by, acknowledged_by=excluded.acknowledged_by",
             [
                 (
                     a.id,
@@ -343,6 +344,7 @@ class SqliteStorage:
                     a.detail,
                     a.shelved_until_us,
                     a.shelved_by,
+                    a.acknowledged_by,
                 )
                 for a in latest.values()
             ],
@@ -380,7 +382,8 @@ class SqliteStorage:
         """Alarms, newest first."""
         sql = (
             "SELECT id, device_id, metric, rule, severity, state, raised_ts_us, raised_received_us, "
-            "value, limit_value, late, detail, cleared_ts_us, shelved_until_us, shelved_by FROM alarms "
+            "value, limit_value, late, detail, cleared_ts_us, shelved_until_us, shelved_by, acknowledged_by "
+            "FROM alarms "
             "WHERE (:open = 0 OR state != 'closed') AND (:device IS NULL OR device_id = :device) "
             "ORDER BY raised_ts_us DESC, id DESC"
         )
@@ -400,6 +403,7 @@ class SqliteStorage:
                     r[12],
                     r[13],
                     r[14],
+                    r[15],
                 )
                 async for r in cur
             ]
