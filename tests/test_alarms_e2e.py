@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -92,6 +95,41 @@ async def test_simulated_excursion_of_each_kind_raises_its_alarm(
             timeout_s=60,
             what="all readings judged",
         )
+        pc = {
+            "device": "pc-1",
+            "kind": "particle_counter",
+            "site": "s",
+            "area": "fill",
+            "metric": "particles_0_5um_m3",
+        }
+        limit = {**pc, "rule": "consecutive", "direction": "high"}
+        # Annex 1 grade B in operation: 352,000 per m3 at 0.5 um; alert at the stated half.
+        assert running.sample("coldwatch_rule_limit", {**limit, "severity": "action"}) == 352_000
+        assert running.sample("coldwatch_rule_limit", {**limit, "severity": "alert"}) == 176_000
+        ln2 = {"device": "ln2-1", "kind": "cryoshipper", "site": "s", "area": "store"}
+        assert running.registry.get_sample_value("coldwatch_hold_time_forecast_hours", ln2) is not None
+        open_action = {**ln2, "metric": "temp_c", "rule": "high", "severity": "action"}
+        assert running.sample("coldwatch_alarms_open", {**open_action, "state": "active_unacknowledged"}) == 1
+    listed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "coldwatch",
+            "alarms",
+            "list",
+            "--config",
+            str(tmp_path / "c.yaml"),
+            "--open",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("COLDWATCH_")},
+    )
+    open_listed = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert {(a["device"], a["metric"], a["rule"]) for a in open_listed} >= {("ln2-1", "temp_c", "high")}
+    assert all(a["state"] != "closed" for a in open_listed)
     alarms = stored_alarms(config.storage.path)
     by_rule = {(a[0], a[1], a[2]): a for a in alarms}
     door = by_rule[("inc-1", "door_open", "held_open")]

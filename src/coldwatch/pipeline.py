@@ -202,6 +202,12 @@ class Pipeline:
 
     async def _commit(self, items: list[_Item]) -> None:
         batch = self._build(items)
+        if not (batch.readings or batch.rejections or batch.transitions or batch.devices):
+            # A timer tick that changed nothing: no transaction, no fsync.
+            self._taken = []
+            async with self.committed:
+                self.committed.notify_all()
+            return
         storage_cfg = self._config.storage
         next_delay = backoff_delays(storage_cfg.retry_initial_s, storage_cfg.retry_max_s, random.Random())
         while True:

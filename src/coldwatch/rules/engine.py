@@ -131,19 +131,50 @@ class Engine:
             if isinstance(evaluator, ForecastEvaluator)
         }
 
-    def limits(self) -> list[tuple[str, str, str, str, str, float]]:
-        """Every configured limit: (device, metric, rule, severity, kind of limit, value)."""
+    def all_limits(self) -> list[tuple[str, str, str, str, str, float]]:
+        """Every configured limit: (device, metric, rule, severity, direction, value).
+
+        ``direction`` says how the value is judged: ``high``/``low`` for a value limit,
+        or the quantity of a derived limit (``rate_per_min``, ``budget_s``, ``held_s``,
+        ``difference``, ``mkt_c``, ``hours_min``, ``timeout_s``).
+        """
         out: list[tuple[str, str, str, str, str, float]] = []
         for device_id, specs in self.rules.items():
             for spec in specs:
-                if isinstance(spec, ThresholdRule):
-                    out += [
-                        (device_id, spec.metric, spec.rule_id(), sev, spec.direction, level.limit)
-                        for sev, level in spec.levels.items()
-                    ]
-                elif isinstance(spec, ConsecutiveRule | EventsInWindowRule):
-                    out += [
-                        (device_id, spec.metric, spec.rule_id(), sev, "high", level.limit)
-                        for sev, level in spec.levels.items()
-                    ]
+                out += [(device_id, *row) for row in _limits_of(spec)]
         return out
+
+    def limits(self) -> list[tuple[str, str, str, str, str, float]]:
+        """The limits on a reading's own value (the lines a dashboard draws on its plot)."""
+        return [row for row in self.all_limits() if row[4] in {"high", "low"} and row[3] != "range"]
+
+
+def _limits_of(spec: RuleSpec) -> list[tuple[str, str, str, str, float]]:  # noqa: PLR0911 - one per kind
+    """(metric, rule, severity, direction, value) for each level of one rule."""
+    rule = spec.rule_id()
+    match spec:
+        case ThresholdRule():
+            return [(spec.metric, rule, sev, spec.direction, lv.limit) for sev, lv in spec.levels.items()]
+        case ConsecutiveRule() | EventsInWindowRule():
+            return [(spec.metric, rule, sev, "high", lv.limit) for sev, lv in spec.levels.items()]
+        case RateRule():
+            return [
+                (spec.metric, rule, sev, "rate_per_min", lv.limit_per_min) for sev, lv in spec.levels.items()
+            ]
+        case TimeOutOfRangeRule():
+            bounds = [("low", spec.low), ("high", spec.high)]
+            return [
+                *[(spec.metric, rule, sev, "budget_s", lv.budget_s) for sev, lv in spec.levels.items()],
+                *[(spec.metric, rule, "range", side, v) for side, v in bounds if v is not None],
+            ]
+        case MktRule():
+            return [(spec.metric, rule, sev, "mkt_c", lv.limit_c) for sev, lv in spec.levels.items()]
+        case HeldRule():
+            return [(spec.metric, rule, sev, "held_s", lv.delay_s) for sev, lv in spec.levels.items()]
+        case ProbeDisagreementRule():
+            return [(spec.metric, rule, sev, "difference", lv.limit) for sev, lv in spec.levels.items()]
+        case ForecastRule():
+            return [(spec.metric, rule, sev, "hours_min", lv.hours) for sev, lv in spec.levels.items()]
+        case CommLossRule():
+            return [(spec.metric or "device", rule, spec.severity, "timeout_s", spec.timeout_s)]
+    return []
