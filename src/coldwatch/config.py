@@ -156,6 +156,24 @@ class HttpConfig(_Model):
         return int(self.listen.rpartition(":")[2])
 
 
+class UserConfig(_Model):
+    """An API user: a role and the SHA-256 of their bearer token.
+
+    The token may instead come from the environment as ``COLDWATCH_TOKEN_<USER>`` (user
+    name upper-cased, ``-`` and ``.`` as ``_``).
+    """
+
+    role: Literal["viewer", "operator", "admin"]
+    full_name: str = ""  # the printed name shown on what this user signs
+    token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+
+class ApiConfig(_Model):
+    """Who may use the HTTP API, and how."""
+
+    users: dict[Identifier, UserConfig] = Field(default_factory=dict)
+
+
 class IngestConfig(_Model):
     """Limits applied to every incoming message."""
 
@@ -195,6 +213,7 @@ class Config(_Model):
     http: HttpConfig = HttpConfig()
     ingest: IngestConfig = IngestConfig()
     rules: RulesConfig = RulesConfig()
+    api: ApiConfig = ApiConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
     source: str = Field("<defaults>", exclude=True)
     sha256: str = Field("", exclude=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,6 +12,8 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry
 
 from coldwatch.alarms import run_ticks, start_alarming
+from coldwatch.api import ApiContext, build_router
+from coldwatch.auth import Authenticator
 from coldwatch.config import Config
 from coldwatch.errors import StorageError
 from coldwatch.http import HttpServer, build_app
@@ -69,7 +72,10 @@ class Daemon:
                     "database_writable": writable and pipeline.last_write_ok,
                 }
 
-            http = HttpServer(build_app(self.registry, readiness), config.http.host, config.http.port)
+            api = build_router(
+                ApiContext(config, storage, pipeline.submit, states, Authenticator(config.api, os.environ))
+            )
+            http = HttpServer(build_app(self.registry, readiness, api), config.http.host, config.http.port)
             self.http_port = http.port
             async with asyncio.TaskGroup() as tasks:
                 ingest = tasks.create_task(source.run(pipeline.consume), name="mqtt-ingest")

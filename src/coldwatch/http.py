@@ -8,7 +8,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterator
 
 import uvicorn
-from fastapi import FastAPI, Response
+from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
@@ -22,9 +22,13 @@ log = logging.getLogger(__name__)
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
 
 
-def build_app(registry: CollectorRegistry, readiness: ReadinessCheck) -> FastAPI:
-    """The HTTP application: metrics for Prometheus, liveness and readiness probes."""
+def build_app(
+    registry: CollectorRegistry, readiness: ReadinessCheck, api: APIRouter | None = None
+) -> FastAPI:
+    """The HTTP application: metrics for Prometheus, probes, and the API when given."""
     app = FastAPI(title="coldwatch", version=__version__)
+    if api is not None:
+        app.include_router(api)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from coldwatch.config import Config
 from coldwatch.errors import StorageError
@@ -22,7 +23,7 @@ from coldwatch.metrics import Metrics
 from coldwatch.mqtt import Delivery, backoff_delays
 from coldwatch.payload import Rejection, Status, Telemetry, decode
 from coldwatch.rules.engine import Engine
-from coldwatch.rules.lifecycle import AlarmBook
+from coldwatch.rules.lifecycle import AlarmBook, LifecycleError, Transition
 from coldwatch.rules.model import AlarmEvent, EngineReading
 from coldwatch.sequence import SeqEvent, SeqTracker
 from coldwatch.storage.base import Batch, BatchResult, DeviceState, QuarantineEntry, Storage
@@ -39,13 +40,26 @@ class Tick:
     now_us: int
 
 
-Decoded = Telemetry | Status | Rejection | Tick
-
-
 @dataclass(frozen=True, slots=True)
+class UserAction:
+    """A named user's action on an alarm, applied by the writer like everything else."""
+
+    kind: Literal["acknowledge", "shelve", "unshelve"]
+    alarm_id: int
+    actor: str
+    reason: str
+    until_us: int | None = None
+
+
+Decoded = Telemetry | Status | Rejection | Tick | UserAction
+
+
+@dataclass(slots=True)
 class _Item:
-    delivery: Delivery | None  # None for a timer tick: nothing to acknowledge
+    delivery: Delivery | None  # None for ticks and user actions: nothing to acknowledge
     decoded: Decoded
+    reply: asyncio.Future[Transition] | None = None
+    outcome: Transition | None = None
 
 
 class Pipeline:
@@ -155,6 +169,9 @@ class Pipeline:
             if isinstance(decoded, Tick):
                 self._alarms(batch, self.engine.advance(decoded.now_us), decoded.now_us)
                 continue
+            if isinstance(decoded, UserAction):
+                self._user_action(batch, item, decoded)
+                continue
             assert delivery is not None
             if isinstance(decoded, Telemetry):
                 observation = self._tracker.observe(
@@ -196,6 +213,32 @@ class Pipeline:
                 )
         return batch
 
+    def _user_action(self, batch: Batch, item: _Item, action: UserAction) -> None:
+        now_us = self._clock_us()
+        book = self.book
+        try:
+            if action.kind == "acknowledge":
+                transition = book.acknowledge(action.alarm_id, action.actor, action.reason, now_us)
+            elif action.kind == "shelve":
+                assert action.until_us is not None
+                transition = book.shelve(
+                    action.alarm_id, action.actor, action.reason, action.until_us, now_us
+                )
+            else:
+                transition = book.unshelve(action.alarm_id, action.actor, action.reason, now_us)
+        except LifecycleError as exc:
+            if item.reply is not None and not item.reply.done():
+                item.reply.set_exception(exc)
+            return
+        batch.transitions.append(transition)
+        item.outcome = transition
+
+    async def submit(self, action: UserAction) -> Transition:
+        """Apply a user action; return its transition once committed."""
+        reply: asyncio.Future[Transition] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Item(None, action, reply))
+        return await reply
+
     def _alarms(self, batch: Batch, events: list[AlarmEvent], received_us: int) -> None:
         if events:
             batch.transitions += self.book.apply(events, received_us)
@@ -228,6 +271,8 @@ class Pipeline:
         for item in items:
             if item.delivery is not None:
                 self._ack(item.delivery)
+            if item.reply is not None and item.outcome is not None and not item.reply.done():
+                item.reply.set_result(item.outcome)
         self._taken = []
         self._account(batch, result)
         async with self.committed:

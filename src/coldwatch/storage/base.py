@@ -126,8 +126,28 @@ class Storage(Protocol):
     async def open_alarms(self) -> tuple[list[Alarm], int]:
         """The alarms not yet closed, and the id the next alarm gets."""
 
-    async def alarms(self, *, open_only: bool = False, device_id: str | None = None) -> list[Alarm]:
-        """Alarms, newest first."""
+    async def alarms(
+        self,
+        *,
+        open_only: bool = False,
+        device_id: str | None = None,
+        site: str | None = None,
+        severity: str | None = None,
+        state: str | None = None,
+        since_us: int | None = None,
+        until_us: int | None = None,
+        alarm_id: int | None = None,
+        limit: int = 1000,
+    ) -> list[Alarm]:
+        """Alarms matching every given filter, newest first."""
+
+    async def metric_readings(
+        self, device_id: str, metric: str, since_us: int | None, until_us: int | None, limit: int
+    ) -> list[tuple[int, float, int, bool]]:
+        """(ts_us, value, received_us, buffered) of one device metric, oldest first."""
+
+    async def last_values(self, device_id: str) -> dict[str, float]:
+        """The metric values of a device's newest reading."""
 
     async def alarm_history(self, alarm_id: int) -> list[dict[str, object]]:
         """Every transition of one alarm, oldest first."""

@@ -378,16 +378,43 @@ class SqliteStorage:
             row = await cur.fetchone()
         return alarms, int(row[0]) if row else 1
 
-    async def alarms(self, *, open_only: bool = False, device_id: str | None = None) -> list[Alarm]:
-        """Alarms, newest first."""
+    async def alarms(
+        self,
+        *,
+        open_only: bool = False,
+        device_id: str | None = None,
+        site: str | None = None,
+        severity: str | None = None,
+        state: str | None = None,
+        since_us: int | None = None,
+        until_us: int | None = None,
+        alarm_id: int | None = None,
+        limit: int = 1000,
+    ) -> list[Alarm]:
+        """Alarms matching every given filter, newest first (raised in [since, until))."""
         sql = (
-            "SELECT id, device_id, metric, rule, severity, state, raised_ts_us, raised_received_us, "
-            "value, limit_value, late, detail, cleared_ts_us, shelved_until_us, shelved_by, acknowledged_by "
-            "FROM alarms "
-            "WHERE (:open = 0 OR state != 'closed') AND (:device IS NULL OR device_id = :device) "
-            "ORDER BY raised_ts_us DESC, id DESC"
+            "SELECT a.id, a.device_id, a.metric, a.rule, a.severity, a.state, a.raised_ts_us, "
+            "a.raised_received_us, a.value, a.limit_value, a.late, a.detail, a.cleared_ts_us, "
+            "a.shelved_until_us, a.shelved_by, a.acknowledged_by "
+            "FROM alarms AS a LEFT JOIN devices AS d ON d.device_id = a.device_id "
+            "WHERE (:open = 0 OR a.state != 'closed') AND (:device IS NULL OR a.device_id = :device) "
+            "AND (:site IS NULL OR d.site = :site) AND (:severity IS NULL OR a.severity = :severity) "
+            "AND (:state IS NULL OR a.state = :state) AND (:since IS NULL OR a.raised_ts_us >= :since) "
+            "AND (:until IS NULL OR a.raised_ts_us < :until) AND (:id IS NULL OR a.id = :id) "
+            "ORDER BY a.raised_ts_us DESC, a.id DESC LIMIT :limit"
         )
-        async with self._conn.execute(sql, {"open": int(open_only), "device": device_id}) as cur:
+        params = {
+            "open": int(open_only),
+            "device": device_id,
+            "site": site,
+            "severity": severity,
+            "state": state,
+            "since": since_us,
+            "until": until_us,
+            "id": alarm_id,
+            "limit": limit,
+        }
+        async with self._conn.execute(sql, params) as cur:
             return [
                 Alarm(
                     int(r[0]),
@@ -417,6 +444,33 @@ class SqliteStorage:
         ) as cur:
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row, strict=True)) async for row in cur]
+
+    async def metric_readings(
+        self, device_id: str, metric: str, since_us: int | None, until_us: int | None, limit: int
+    ) -> list[tuple[int, float, int, bool]]:
+        """(ts_us, value, received_us, buffered) of one device metric in [since, until), oldest first."""
+        rowid, metric_id = self._device_rowid.get(device_id), self._metric_rowid.get(metric)
+        if rowid is None or metric_id is None:
+            return []
+        async with self._conn.execute(
+            "SELECT ts_us, value, received_us, buffered FROM readings WHERE device = ? AND metric = ? "
+            "AND ts_us >= ? AND ts_us < ? ORDER BY ts_us, seq LIMIT ?",
+            (rowid, metric_id, since_us if since_us is not None else -(2**63), until_us or 2**63 - 1, limit),
+        ) as cur:
+            return [(int(t), float(v), int(r), bool(b)) async for t, v, r, b in cur]
+
+    async def last_values(self, device_id: str) -> dict[str, float]:
+        """The metric values of a device's newest reading."""
+        rowid = self._device_rowid.get(device_id)
+        if rowid is None:
+            return {}
+        names = {v: k for k, v in self._metric_rowid.items()}
+        async with self._conn.execute(
+            "SELECT metric, value FROM readings WHERE device = ?1 AND ts_us = "
+            "(SELECT last_ts_us FROM devices WHERE id = ?1)",
+            (rowid,),
+        ) as cur:
+            return {names[m]: float(v) async for m, v in cur}
 
     async def readings_since(self, device_id: str, since_us: int) -> AsyncIterator[EngineReading]:
         """A device's stored readings from ``since_us`` on, in (ts, seq) order."""

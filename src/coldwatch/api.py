@@ -1,0 +1,214 @@
+"""The HTTP API: read alarms, devices and readings; acknowledge, shelve, unshelve.
+
+JSON, with an OpenAPI description at /openapi.json (browsable at /docs). Every request
+carries a bearer token; every action is attributed to the user behind it and applied by
+the daemon's single writer, in order with the readings.
+"""
+
+# No "from __future__ import annotations": FastAPI must see the local dependency aliases.
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from coldwatch.auth import Authenticator, User
+from coldwatch.config import Config
+from coldwatch.export import format_ts
+from coldwatch.pipeline import UserAction
+from coldwatch.rules.lifecycle import Alarm, LifecycleError, Transition
+from coldwatch.storage.base import DeviceState, Storage
+
+__all__ = ["ApiContext", "build_router"]
+
+
+class ReasonBody(BaseModel):
+    """Why: mandatory for every action (EU GMP Annex 11)."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=2000, pattern=r"\S")
+
+
+class ShelveBody(ReasonBody):
+    """Shelve until a time (RFC 3339 with offset)."""
+
+    until: datetime
+
+
+class ApiContext:
+    """What the API reads from and acts through."""
+
+    def __init__(
+        self,
+        config: Config,
+        storage: Storage,
+        submit: Callable[[UserAction], Awaitable[Transition]],
+        states: dict[str, DeviceState],
+        authenticator: Authenticator,
+    ) -> None:
+        self.config = config
+        self.storage = storage
+        self.submit = submit
+        self.states = states
+        self.authenticator = authenticator
+
+
+def _alarm_json(alarm: Alarm) -> dict[str, Any]:
+    return {
+        "id": alarm.id,
+        "device": alarm.key.device_id,
+        "metric": alarm.key.metric,
+        "rule": alarm.key.rule,
+        "severity": alarm.severity.label,
+        "state": alarm.state.value,
+        "raised_at": format_ts(alarm.raised_ts_us),
+        "raised_received_at": format_ts(alarm.raised_received_us),
+        "cleared_at": format_ts(alarm.cleared_ts_us) if alarm.cleared_ts_us else None,
+        "value": alarm.value,
+        "limit": alarm.limit,
+        "late": alarm.late,
+        "detail": alarm.detail,
+        "acknowledged_by": alarm.acknowledged_by,
+        "shelved_until": format_ts(alarm.shelved_until_us) if alarm.shelved_until_us else None,
+        "shelved_by": alarm.shelved_by,
+    }
+
+
+def _us(moment: datetime | None) -> int | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "times need a UTC offset")
+    return int(moment.timestamp()) * 1_000_000 + moment.microsecond
+
+
+def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901 - one closure per endpoint
+    """The /api/v1 routes."""
+    router = APIRouter(prefix="/api/v1")
+
+    def authenticated(request: Request) -> User:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        user = ctx.authenticator.user(token.strip()) if scheme.lower() == "bearer" else None
+        if user is None:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "a valid bearer token is required",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return user
+
+    def operator(user: Annotated[User, Depends(authenticated)]) -> User:
+        if not user.may("operator"):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"role {user.role!r} may not act on alarms")
+        return user
+
+    Viewer = Annotated[User, Depends(authenticated)]  # noqa: N806 - a type alias
+    Operator = Annotated[User, Depends(operator)]  # noqa: N806 - a type alias
+
+    @router.get("/alarms")
+    async def list_alarms(  # noqa: PLR0917 - one query parameter per filter
+        _: Viewer,
+        state: str | None = None,
+        device: str | None = None,
+        site: str | None = None,
+        severity: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        open_only: Annotated[bool, Query(alias="open")] = False,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
+    ) -> list[dict[str, Any]]:
+        """Alarms, newest first, filtered by state, device, site, severity and raise time."""
+        alarms = await ctx.storage.alarms(
+            open_only=open_only,
+            device_id=device,
+            site=site,
+            severity=severity,
+            state=state,
+            since_us=_us(since),
+            until_us=_us(until),
+            limit=limit,
+        )
+        return [_alarm_json(a) for a in alarms]
+
+    @router.get("/alarms/{alarm_id}")
+    async def get_alarm(alarm_id: int, _: Viewer) -> dict[str, Any]:
+        """One alarm with its full history."""
+        found = await ctx.storage.alarms(alarm_id=alarm_id, limit=1)
+        if not found:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no alarm {alarm_id}")
+        history = await ctx.storage.alarm_history(alarm_id)
+        for step in history:
+            for key in ("ts_us", "received_us"):
+                value = step.pop(key)
+                step[key.removesuffix("_us") + "_at"] = format_ts(int(str(value)))
+        return {**_alarm_json(found[0]), "history": history}
+
+    async def act(action: UserAction) -> dict[str, Any]:
+        try:
+            transition = await ctx.submit(action)
+        except LifecycleError as exc:
+            code = status.HTTP_404_NOT_FOUND if "no open alarm" in str(exc) else status.HTTP_409_CONFLICT
+            raise HTTPException(code, str(exc)) from exc
+        return {"event": transition.event, "by": transition.actor, "alarm": _alarm_json(transition.alarm)}
+
+    @router.post("/alarms/{alarm_id}/ack")
+    async def acknowledge(alarm_id: int, body: ReasonBody, user: Operator) -> dict[str, Any]:
+        """Acknowledge an alarm (operator or admin; a reason is required)."""
+        return await act(UserAction("acknowledge", alarm_id, user.name, body.reason))
+
+    @router.post("/alarms/{alarm_id}/shelve")
+    async def shelve(alarm_id: int, body: ShelveBody, user: Operator) -> dict[str, Any]:
+        """Shelve an alarm until a time (operator or admin; reason and end time required)."""
+        until = _us(body.until)
+        assert until is not None
+        return await act(UserAction("shelve", alarm_id, user.name, body.reason, until))
+
+    @router.post("/alarms/{alarm_id}/unshelve")
+    async def unshelve(alarm_id: int, body: ReasonBody, user: Operator) -> dict[str, Any]:
+        """End a shelve early (operator or admin; a reason is required)."""
+        return await act(UserAction("unshelve", alarm_id, user.name, body.reason))
+
+    @router.get("/devices")
+    async def devices(_: Viewer) -> list[dict[str, Any]]:
+        """Registered devices with their newest reading and state."""
+        out = []
+        for device in ctx.config.devices:
+            state = ctx.states.get(device.id, DeviceState())
+            out.append(
+                {
+                    "id": device.id,
+                    "kind": device.kind.value,
+                    "site": device.site,
+                    "area": device.area,
+                    "grade": device.grade,
+                    "online": state.online,
+                    "last_seq": state.last_seq,
+                    "last_reading_at": format_ts(state.last_ts_us) if state.last_ts_us else None,
+                    "last_received_at": format_ts(state.last_received_us) if state.last_received_us else None,
+                    "last_values": await ctx.storage.last_values(device.id),
+                }
+            )
+        return out
+
+    @router.get("/readings")
+    async def readings(
+        _: Viewer,
+        device: str,
+        metric: str,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+    ) -> list[dict[str, Any]]:
+        """One device metric over a time range, oldest first."""
+        if device not in ctx.config.device_map():
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device {device!r}")
+        rows = await ctx.storage.metric_readings(device, metric, _us(since), _us(until), limit)
+        return [
+            {"ts": format_ts(ts), "value": value, "received_at": format_ts(received), "buffered": buffered}
+            for ts, value, received, buffered in rows
+        ]
+
+    return router

@@ -1,0 +1,150 @@
+"""The HTTP API against a running daemon: authentication, roles, actions and reads."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from coldwatch.broker import RunningBroker
+from tests.conftest import eventually, publish_all, reading, running_daemon, telemetry_topic, write_config
+
+OPERATOR_TOKEN = "op-" + "7" * 40
+VIEWER_TOKEN = "view-" + "3" * 40
+ADMIN_TOKEN = "adm-" + "5" * 40
+
+
+@pytest.fixture
+def api_users(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """An operator with a hashed token in the file, a viewer and an admin with tokens from the environment."""
+    monkeypatch.setenv("COLDWATCH_TOKEN_VERA_VIEWER", VIEWER_TOKEN)
+    monkeypatch.setenv("COLDWATCH_TOKEN_ADA", ADMIN_TOKEN)
+    return {
+        "users": {
+            "olga": {
+                "role": "operator",
+                "full_name": "Olga Operator",
+                "token_sha256": hashlib.sha256(OPERATOR_TOKEN.encode()).hexdigest(),
+            },
+            "vera-viewer": {"role": "viewer"},
+            "ada": {"role": "admin"},
+        }
+    }
+
+
+async def test_roles_reasons_and_attribution(
+    broker: RunningBroker, prefix: str, tmp_path: Path, api_users: dict[str, object]
+) -> None:
+    """401 without a token, 403 for a viewer acting, 422 without a reason, 200 for a named operator."""
+    devices = [{"id": "inc-1", "kind": "incubator", "site": "s", "area": "lab"}]
+    config = write_config(
+        tmp_path / "c.yaml",
+        broker=broker,
+        prefix=prefix,
+        devices=devices,
+        api=api_users,
+        rules={"devices": {"inc-1": [{"type": "comm_loss", "timeout_s": 1}]}},
+    )
+    async with running_daemon(config) as running:
+        await publish_all(
+            broker, [(telemetry_topic(config, "inc-1"), reading(0, {"temp_c": 37.0}))], clients=1
+        )
+        labels = {
+            "device": "inc-1",
+            "kind": "incubator",
+            "site": "s",
+            "area": "lab",
+            "metric": "device",
+            "rule": "comm_loss",
+            "severity": "action",
+            "state": "active_unacknowledged",
+        }
+        await eventually(
+            lambda: running.sample("coldwatch_alarms_open", labels) == 1, what="an alarm to act on"
+        )
+        async with httpx.AsyncClient(base_url=running.base_url, timeout=10) as client:
+            alarms = (await client.get("/api/v1/alarms", headers=_auth(VIEWER_TOKEN))).json()
+            alarm_id = alarms[0]["id"]
+            ack = f"/api/v1/alarms/{alarm_id}/ack"
+            assert (await client.get("/api/v1/alarms")).status_code == 401
+            assert (
+                await client.post(ack, json={"reason": "x"}, headers=_auth("wrong-token"))
+            ).status_code == 401
+            assert (
+                await client.post(ack, json={"reason": "seen"}, headers=_auth(VIEWER_TOKEN))
+            ).status_code == 403
+            assert (await client.post(ack, json={}, headers=_auth(OPERATOR_TOKEN))).status_code == 422
+            assert (
+                await client.post(ack, json={"reason": "  "}, headers=_auth(OPERATOR_TOKEN))
+            ).status_code == 422
+            done = await client.post(ack, json={"reason": "logger re-seated"}, headers=_auth(OPERATOR_TOKEN))
+            assert done.status_code == 200, done.text
+            assert done.json()["by"] == "olga"
+            assert done.json()["alarm"]["state"] == "active_acknowledged"
+            again = await client.post(ack, json={"reason": "again"}, headers=_auth(ADMIN_TOKEN))
+            assert again.status_code == 409
+            missing = await client.post(
+                "/api/v1/alarms/99999/ack", json={"reason": "x"}, headers=_auth(ADMIN_TOKEN)
+            )
+            assert missing.status_code == 404
+            detail = (await client.get(f"/api/v1/alarms/{alarm_id}", headers=_auth(VIEWER_TOKEN))).json()
+            acked = [h for h in detail["history"] if h["event"] == "acknowledged"]
+            assert len(acked) == 1
+            assert (acked[0]["actor"], acked[0]["reason"]) == ("olga", "logger re-seated")
+            until = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() + 3600))
+            shelve = await client.post(
+                f"/api/v1/alarms/{alarm_id}/shelve",
+                json={"reason": "maintenance", "until": until},
+                headers=_auth(OPERATOR_TOKEN),
+            )
+            assert shelve.status_code == 200, shelve.text
+            assert shelve.json()["alarm"]["shelved_by"] == "olga"
+            no_until = await client.post(
+                f"/api/v1/alarms/{alarm_id}/shelve", json={"reason": "x"}, headers=_auth(OPERATOR_TOKEN)
+            )
+            assert no_until.status_code == 422
+            assert (await client.get("/openapi.json")).json()["info"]["title"] == "coldwatch"
+
+
+async def test_reads_devices_and_readings(
+    broker: RunningBroker, prefix: str, tmp_path: Path, api_users: dict[str, object]
+) -> None:
+    """Devices come with their newest reading; readings of one metric come back over a time range."""
+    devices = [{"id": "inc-1", "kind": "incubator", "site": "s", "area": "lab"}]
+    config = write_config(tmp_path / "c.yaml", broker=broker, prefix=prefix, devices=devices, api=api_users)
+    base = time.time() - 600
+    topic = telemetry_topic(config, "inc-1")
+    async with running_daemon(config) as running:
+        await publish_all(
+            broker,
+            [(topic, reading(i, {"temp_c": 37.0 + i / 10}, ts=base + 60 * i)) for i in range(5)],
+            clients=1,
+        )
+        labels = {"device": "inc-1", "kind": "incubator", "site": "s", "area": "lab"}
+        await eventually(lambda: running.sample("coldwatch_readings_total", labels) == 5, what="5 readings")
+        async with httpx.AsyncClient(base_url=running.base_url, timeout=10) as client:
+            response = await client.get("/api/v1/devices", headers=_auth(VIEWER_TOKEN))
+            assert response.status_code == 200, response.text
+            listed = response.json()
+            assert listed[0]["id"] == "inc-1"
+            assert listed[0]["last_values"] == {"temp_c": pytest.approx(37.4)}
+            since = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(base + 60))
+            rows = (
+                await client.get(
+                    "/api/v1/readings",
+                    params={"device": "inc-1", "metric": "temp_c", "since": since},
+                    headers=_auth(VIEWER_TOKEN),
+                )
+            ).json()
+            assert [r["value"] for r in rows] == pytest.approx([37.1, 37.2, 37.3, 37.4])
+            unknown = await client.get(
+                "/api/v1/readings", params={"device": "nope", "metric": "temp_c"}, headers=_auth(VIEWER_TOKEN)
+            )
+            assert unknown.status_code == 404
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
