@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -148,3 +151,66 @@ async def test_reads_devices_and_readings(
 
 def _auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def test_console_acknowledgement_is_attributed(
+    broker: RunningBroker, prefix: str, tmp_path: Path, api_users: dict[str, object]
+) -> None:
+    """`coldwatch alarms ack` acknowledges through the daemon as the token's user; no token is refused."""
+    devices = [{"id": "inc-1", "kind": "incubator", "site": "s", "area": "lab"}]
+    config = write_config(
+        tmp_path / "c.yaml",
+        broker=broker,
+        prefix=prefix,
+        devices=devices,
+        api=api_users,
+        rules={"devices": {"inc-1": [{"type": "comm_loss", "timeout_s": 1}]}},
+    )
+    async with running_daemon(config) as running:
+        await publish_all(
+            broker, [(telemetry_topic(config, "inc-1"), reading(0, {"temp_c": 37.0}))], clients=1
+        )
+        await eventually(
+            lambda: (
+                sum(
+                    s.value
+                    for m in running.registry.collect()
+                    if m.name == "coldwatch_alarms_open"
+                    for s in m.samples
+                )
+                == 1
+            ),
+            what="an alarm",
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "coldwatch",
+            "alarms",
+            "ack",
+            "1",
+            "--reason",
+            "checked on site",
+            "--config",
+            str(tmp_path / "c.yaml"),
+            "--url",
+            running.base_url,
+        ]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COLDWATCH_")}
+        refused = await _run(command, env)
+        assert refused[0] == 1
+        assert "COLDWATCH_API_TOKEN" in refused[1]
+        accepted = await _run(command, {**env, "COLDWATCH_API_TOKEN": OPERATOR_TOKEN})
+        assert accepted[0] == 0, accepted[1]
+        assert "acknowledged by olga" in accepted[1]
+        async with httpx.AsyncClient(base_url=running.base_url, timeout=10) as client:
+            alarm = (await client.get("/api/v1/alarms/1", headers=_auth(VIEWER_TOKEN))).json()
+        assert alarm["acknowledged_by"] == "olga"
+
+
+async def _run(command: list[str], env: dict[str, str]) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        *command, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    return int(process.returncode or 0), out.decode()

@@ -181,6 +181,20 @@ def _cmd_alarms(args: argparse.Namespace) -> int:
     return asyncio.run(_alarms_list(load_config(args.config), args))
 
 
+def _cmd_alarm_action(args: argparse.Namespace) -> int:
+    from coldwatch.client import base_url, call  # noqa: PLC0415
+
+    config = load_config(args.config)
+    body: dict[str, str] = {"reason": args.reason}
+    if args.alarms_command == "shelve":
+        body["until"] = args.until
+    verb = {"ack": "ack", "shelve": "shelve", "unshelve": "unshelve"}[args.alarms_command]
+    result = call(base_url(config, args.url), "POST", f"/api/v1/alarms/{args.id}/{verb}", body)
+    alarm = result["alarm"]
+    print(f"alarm {alarm['id']} {result['event']} by {result['by']}: now {alarm['state']}")
+    return 0
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from simulators import OutagePlan, run_simulation  # noqa: PLC0415
 
@@ -206,6 +220,31 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from coldwatch.demo import run_demo  # noqa: PLC0415
 
     return asyncio.run(run_demo(config_path=args.config, data_dir=Path(args.data), broker=args.broker))
+
+
+def _add_alarm_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("alarms", help="alarms and their history")
+    alarm_sub = p.add_subparsers(dest="alarms_command", required=True)
+    q = alarm_sub.add_parser("list", help="list alarms, newest first")
+    q.add_argument("--config", required=True)
+    q.add_argument("--open", action="store_true", help="only alarms not yet closed")
+    q.add_argument("--device")
+    q.add_argument("--json", action="store_true", help="one JSON object per line")
+    q.add_argument("--history", action="store_true", help="with every transition (implies --json)")
+    q.set_defaults(func=_cmd_alarms)
+    for name, helptext in (
+        ("ack", "acknowledge an alarm (as the user of $COLDWATCH_API_TOKEN)"),
+        ("shelve", "shelve an alarm until a time"),
+        ("unshelve", "end a shelve early"),
+    ):
+        q = alarm_sub.add_parser(name, help=helptext)
+        q.add_argument("id", type=int)
+        q.add_argument("--reason", required=True, help="why (mandatory, recorded in the audit trail)")
+        if name == "shelve":
+            q.add_argument("--until", required=True, help="RFC 3339 time with offset")
+        q.add_argument("--config", required=True)
+        q.add_argument("--url", help="the daemon's HTTP address (default: from the configuration)")
+        q.set_defaults(func=_cmd_alarm_action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,15 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=_cmd_quarantine)
 
-    p = sub.add_parser("alarms", help="alarms and their history")
-    alarm_sub = p.add_subparsers(dest="alarms_command", required=True)
-    q = alarm_sub.add_parser("list", help="list alarms, newest first")
-    q.add_argument("--config", required=True)
-    q.add_argument("--open", action="store_true", help="only alarms not yet closed")
-    q.add_argument("--device")
-    q.add_argument("--json", action="store_true", help="one JSON object per line")
-    q.add_argument("--history", action="store_true", help="with every transition (implies --json)")
-    q.set_defaults(func=_cmd_alarms)
+    _add_alarm_commands(sub)
 
     p = sub.add_parser("simulate", help="publish simulated device readings (SIMULATED data)")
     p.add_argument("--config", required=True)
