@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Shared set-up for scripts/demo and scripts/test: a virtualenv in .venv with coldwatch
 # installed, and (when running as root on Debian) the system packages that are missing.
-# Usage: source scripts/bootstrap.sh EXTRAS REQUIRE_MOSQUITTO(0|1)
+# Usage: source scripts/bootstrap.sh EXTRAS REQUIRE_SERVICES(0|1)
+# With REQUIRE_SERVICES=1 (the tests) the real services the tests start must be
+# installable: Mosquitto and Prometheus Alertmanager. Missing ones are installed when
+# running as root; otherwise the script stops with a clear message (never a silent skip).
 set -euo pipefail
 
 cw_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,12 +37,19 @@ command -v "$cw_python" >/dev/null || cw_apt_install python3 || cw_die "python3 
 "$cw_python" -c 'import venv, ensurepip' 2>/dev/null \
   || cw_apt_install python3-venv || cw_die "the Python venv module is missing (apt-get install python3-venv)"
 
-cw_mosquitto() { command -v mosquitto || ls /usr/sbin/mosquitto 2>/dev/null; }
-if [ -z "$(cw_mosquitto)" ]; then
+cw_have() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
+if ! cw_have mosquitto; then
   cw_apt_install mosquitto mosquitto-clients || true
-  if [ -z "$(cw_mosquitto)" ] && [ "$cw_need_mosquitto" = 1 ]; then
+  if ! cw_have mosquitto && [ "$cw_need_mosquitto" = 1 ]; then
     cw_die "Mosquitto is required by the tests and could not be installed (run as root, or apt-get install mosquitto)"
   fi
+fi
+if [ "$cw_need_mosquitto" = 1 ] && ! cw_have prometheus-alertmanager; then
+  cw_apt_install prometheus-alertmanager || true
+  # The Debian package starts a system service we do not use; the tests start their own.
+  (systemctl disable --now prometheus-alertmanager || service prometheus-alertmanager stop) >/dev/null 2>&1 || true
+  cw_have prometheus-alertmanager \
+    || cw_die "Prometheus Alertmanager is required by the tests and could not be installed (apt-get install prometheus-alertmanager)"
 fi
 
 cw_venv="$cw_root/.venv"

@@ -29,6 +29,7 @@ from pydantic import (
 
 from coldwatch.catalogue import Kind
 from coldwatch.errors import ConfigError, ConfigProblem
+from coldwatch.notify.config import NotifyConfig
 from coldwatch.rules.config import RulesConfig
 
 __all__ = [
@@ -214,6 +215,7 @@ class Config(_Model):
     ingest: IngestConfig = IngestConfig()
     rules: RulesConfig = RulesConfig()
     api: ApiConfig = ApiConfig()
+    notify: NotifyConfig = NotifyConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
     source: str = Field("<defaults>", exclude=True)
     sha256: str = Field("", exclude=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ from coldwatch.errors import StorageError
 from coldwatch.http import HttpServer, build_app
 from coldwatch.metrics import Metrics
 from coldwatch.mqtt import MqttSource
+from coldwatch.notifying import notifications
 from coldwatch.pipeline import Pipeline
 from coldwatch.rules.engine import Engine
 from coldwatch.rules.lifecycle import AlarmBook
@@ -48,18 +50,30 @@ class Daemon:
         storage = open_storage(config.storage.path, quarantine_max_rows=config.storage.quarantine_max_rows)
         await storage.open()
         self.storage = storage
-        try:
+        async with contextlib.AsyncExitStack() as resources:
+            resources.push_async_callback(storage.close)
             states = await storage.register_devices(config.devices)
             metrics = Metrics(self.registry, config.devices)
             engine, book = await start_alarming(config, storage, states, metrics)
             self.engine, self.book = engine, book
+            notifier, deliverer = await resources.enter_async_context(notifications(config, book, metrics))
             prefix = config.mqtt.topic_prefix
             source = MqttSource(
                 config.mqtt,
                 [f"{prefix}/#"],
                 on_connection_change=self._connection_metric(metrics),
             )
-            pipeline = Pipeline(config, storage, metrics, states, source.ack, engine=engine, book=book)
+            pipeline = Pipeline(
+                config,
+                storage,
+                metrics,
+                states,
+                source.ack,
+                engine=engine,
+                book=book,
+                notifier=notifier,
+                on_notified=deliverer.kick,
+            )
 
             async def readiness() -> dict[str, bool]:
                 writable = True
@@ -82,6 +96,7 @@ class Daemon:
                 writer = tasks.create_task(pipeline.run_writer(), name="storage-writer")
                 server = tasks.create_task(http.serve(), name="http")
                 ticks = tasks.create_task(run_ticks(pipeline.tick), name="rule-timers")
+                notify = tasks.create_task(deliverer.run(), name="notify-deliver")
                 self.on_ready(self)
                 await stop.wait()
                 log.info("stopping: committing %d queued message(s)", pipeline.depth)
@@ -93,6 +108,9 @@ class Daemon:
                     log.warning("%d message(s) not committed; the broker will redeliver them", pipeline.depth)
                 if not await source.wait_quiet():
                     log.warning("the broker kept sending during shutdown")
+                # In-flight notifications finish (and are recorded); pending ones wait in the outbox.
+                await deliverer.drain(5.0)
+                notify.cancel()
                 http.stop()
                 writer.cancel()
                 ingest.cancel()
@@ -100,8 +118,6 @@ class Daemon:
                     await asyncio.wait_for(asyncio.shield(server), 5)
                 except TimeoutError:
                     server.cancel()
-        finally:
-            await storage.close()
 
     @staticmethod
     def _connection_metric(metrics: Metrics) -> Callable[[bool], None]:

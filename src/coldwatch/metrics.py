@@ -7,7 +7,7 @@ Label values come from the device registry and fixed enums, never from payloads.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -17,7 +17,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from coldwatch.catalogue import KINDS
@@ -94,9 +94,36 @@ class _ScrapeTimeCollector(Collector):
         )
         late.add_metric([], float(owner.too_late()))
         yield late
+        yield from _notification_families(owner, now_s)
 
     def describe(self) -> Iterable[Metric]:
         return []
+
+
+def _notification_families(owner: Metrics, now_s: float) -> Iterable[Metric]:
+    delivered, failed, pending, oldest_us = owner.notifications()
+    sent = CounterMetricFamily(
+        "coldwatch_notifications_delivered", "Notifications delivered, by channel", labels=["channel"]
+    )
+    bad = CounterMetricFamily(
+        "coldwatch_notification_attempts_failed",
+        "Failed notification attempts (retried), by channel",
+        labels=["channel"],
+    )
+    for channel in ("alertmanager", "webhook"):
+        sent.add_metric([channel], float(delivered.get(channel, 0)))
+        bad.add_metric([channel], float(failed.get(channel, 0)))
+    yield sent
+    yield bad
+    waiting = GaugeMetricFamily("coldwatch_notifications_pending", "Notifications waiting in the outbox")
+    waiting.add_metric([], float(pending))
+    yield waiting
+    age = GaugeMetricFamily(
+        "coldwatch_notification_oldest_pending_age_seconds",
+        "Age of the oldest undelivered notification (0 when none): alert on it",
+    )
+    age.add_metric([], max(0.0, now_s - oldest_us / 1e6) if oldest_us is not None else 0.0)
+    yield age
 
 
 class Metrics:
@@ -117,6 +144,10 @@ class Metrics:
         self.open_alarms: Callable[[], Iterable[Alarm]] = list
         self.forecasts: Callable[[], dict[str, float | None]] = dict
         self.too_late: Callable[[], int] = lambda: 0
+        # (delivered by channel, failed attempts by channel, pending, oldest pending us)
+        self.notifications: Callable[[], tuple[Mapping[str, int], Mapping[str, int], int, int | None]] = (
+            lambda: ({}, {}, 0, None)
+        )
         self._labels = {d.id: (d.id, d.kind.value, d.site, d.area) for d in self.devices}
         self.readings = Counter(
             "coldwatch_readings",

@@ -21,6 +21,7 @@ from coldwatch.config import Config
 from coldwatch.errors import StorageError
 from coldwatch.metrics import Metrics
 from coldwatch.mqtt import Delivery, backoff_delays
+from coldwatch.notify.planner import Notifier
 from coldwatch.payload import Rejection, Status, Telemetry, decode
 from coldwatch.rules.engine import Engine
 from coldwatch.rules.lifecycle import AlarmBook, LifecycleError, Transition
@@ -75,6 +76,8 @@ class Pipeline:
         *,
         engine: Engine,
         book: AlarmBook,
+        notifier: Notifier | None = None,
+        on_notified: Callable[[], None] = lambda: None,
         clock_us: Callable[[], int] = lambda: time.time_ns() // 1000,
     ) -> None:
         self._config = config
@@ -85,6 +88,8 @@ class Pipeline:
         self._ack = ack
         self.engine = engine
         self.book = book
+        self.notifier = notifier
+        self._on_notified = on_notified
         self._clock_us = clock_us
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=config.ingest.queue_max)
         self._taken: list[_Item] = []  # taken from the queue, not yet committed
@@ -211,6 +216,11 @@ class Pipeline:
                         delivery.payload,
                     )
                 )
+        if self.notifier is not None:
+            # Every batch, ticks included: escalations fall due with time alone.
+            batch.notifications = self.notifier.plan(
+                batch.transitions, self.book.open.values(), self._clock_us()
+            )
         return batch
 
     def _user_action(self, batch: Batch, item: _Item, action: UserAction) -> None:
@@ -245,7 +255,9 @@ class Pipeline:
 
     async def _commit(self, items: list[_Item]) -> None:
         batch = self._build(items)
-        if not (batch.readings or batch.rejections or batch.transitions or batch.devices):
+        if not (
+            batch.readings or batch.rejections or batch.transitions or batch.devices or batch.notifications
+        ):
             # A timer tick that changed nothing: no transaction, no fsync.
             self._taken = []
             async with self.committed:
@@ -274,6 +286,8 @@ class Pipeline:
             if item.reply is not None and item.outcome is not None and not item.reply.done():
                 item.reply.set_result(item.outcome)
         self._taken = []
+        if batch.notifications:
+            self._on_notified()
         self._account(batch, result)
         async with self.committed:
             self.committed.notify_all()

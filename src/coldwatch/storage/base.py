@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from coldwatch.config import DeviceConfig
+from coldwatch.notify.model import OutboxItem
 from coldwatch.payload import Telemetry
 from coldwatch.rules.lifecycle import Alarm, Transition
 from coldwatch.rules.model import EngineReading
@@ -68,6 +69,7 @@ class Batch:
     gaps: list[SeqGap] = field(default_factory=list)
     devices: dict[str, DeviceState] = field(default_factory=dict)
     transitions: list[Transition] = field(default_factory=list)
+    notifications: list[OutboxItem] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.readings) + len(self.rejections)

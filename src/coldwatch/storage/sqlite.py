@@ -17,6 +17,7 @@ import aiosqlite
 from coldwatch.catalogue import KINDS
 from coldwatch.config import DeviceConfig
 from coldwatch.errors import StorageError
+from coldwatch.notify.outbox import OUTBOX_SCHEMA, enqueue
 from coldwatch.rules.lifecycle import Alarm, AlarmState, Transition
 from coldwatch.rules.model import AlarmKey, EngineReading, Severity
 from coldwatch.storage.base import (
@@ -122,6 +123,7 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX alarm_transitions_by_alarm ON alarm_transitions(alarm_id, id);
     """,
+    OUTBOX_SCHEMA,
 )
 
 _INSERT_INCOMING = "INSERT INTO temp.incoming VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -271,6 +273,8 @@ class SqliteStorage:
                     )
                 if batch.transitions:
                     await self._write_transitions(batch.transitions)
+                if batch.notifications:
+                    await enqueue(db, batch.notifications)
                 if batch.devices:
                     await db.executemany(
                         "UPDATE devices SET last_seq=?, last_ts_us=?, last_received_us=?, online=? "

@@ -1,0 +1,305 @@
+"""The deliverer: posts outbox rows over HTTP, records every attempt, retries with backoff.
+
+The only module that imports the HTTP client. It works on a database connection of its
+own (the storage's connection belongs to the batch writer). Each (channel, target) is a
+FIFO lane served by one task at a time, so a slow or dead receiver never holds up the
+others and a receiver sees notifications in order. A failed attempt schedules the row's
+next attempt with jittered exponential backoff *in the database*, so a restarted
+deliverer carries on where the last one stopped. The deliverer sleeps until the earliest
+retry (or Alertmanager re-send) is due, or until :meth:`Deliverer.kick` says something
+new was enqueued: it never polls.
+
+Delivery is at least once: a request that reached its receiver but whose answer was lost
+is sent again, with the same ``Idempotency-Key`` (webhooks) or the same labels
+(Alertmanager, which merges repeated alerts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import aiosqlite
+import httpx
+import orjson
+
+from coldwatch import __version__
+from coldwatch.notify import outbox
+from coldwatch.notify.config import NotifyConfig
+from coldwatch.notify.messages import rfc3339
+from coldwatch.notify.model import ALERTMANAGER_TARGET, Channel
+from coldwatch.notify.outbox import OutboxRow
+
+__all__ = ["Deliverer", "backoff_s"]
+
+log = logging.getLogger(__name__)
+US = 1_000_000
+Lane = tuple[Channel, str]
+ALERTMANAGER_LANE: Lane = (Channel.ALERTMANAGER, ALERTMANAGER_TARGET)
+ResendSource = Callable[[int], Sequence[Mapping[str, Any]]]
+
+
+def backoff_s(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
+    """The delay before retry number ``attempt`` (1 = after the first failure), jittered.
+
+    Derived from the attempt count alone, which is stored, so it survives a restart.
+    """
+    ceiling = min(max_s, initial_s * 2.0 ** min(attempt - 1, 62))
+    return rng.uniform(ceiling / 2, ceiling)
+
+
+def _wall_clock_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Deliverer:
+    """Delivers the outbox on ``db`` (a connection of its own) until stopped or drained.
+
+    ``resend(now_us)``, if given, returns the firing alerts to re-send to Alertmanager
+    every ``alertmanager.resend_s`` (see :func:`coldwatch.notify.messages.alertmanager_resend`).
+    """
+
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        config: NotifyConfig,
+        *,
+        resend: ResendSource | None = None,
+        client: httpx.AsyncClient | None = None,
+        clock_us: Callable[[], int] = _wall_clock_us,
+        rng: random.Random | None = None,
+        batch_limit: int = 100,
+    ) -> None:
+        self._db = db
+        self.config = config
+        self._resend = resend if config.alertmanager is not None else None
+        self._client = client
+        self._clock_us = clock_us
+        self._rng = rng or random.Random()
+        self._batch_limit = batch_limit
+        self._db_lock = asyncio.Lock()  # one transaction at a time on our connection
+        self._wake = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._lanes: dict[Lane, asyncio.Task[None]] = {}
+        self._closing = False
+        self._running = False
+        self._next_resend_us = 0  # re-send at once on start: Alertmanager may have restarted too
+        # For metrics (plain counters; the metrics module exports them).
+        self.delivered: Counter[str] = Counter()  # notifications delivered, by channel
+        self.failed: Counter[str] = Counter()  # failed attempts, by channel
+        self.resends: Counter[str] = Counter()  # Alertmanager re-sends, "ok" / "failed"
+        self.pending = 0  # rows waiting, as of the last wake-up
+        self.oldest_pending_us: int | None = None
+        self.changed = asyncio.Condition()  # notified after every attempt
+
+    def kick(self) -> None:
+        """Wake up: new items were enqueued (call after the batch that stored them commits)."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Deliver until ``stop`` is set or :meth:`drain` is called; in-flight requests finish."""
+        if self._running:
+            raise RuntimeError("this deliverer is already running")
+        self._running = True
+        self._finished.clear()
+        self._lanes.clear()
+        client = self._client or httpx.AsyncClient(headers={"User-Agent": f"coldwatch/{__version__}"})
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                watcher = tasks.create_task(self._watch(stop), name="notify-stop") if stop else None
+                await self._loop(tasks, client)
+                if watcher is not None:
+                    watcher.cancel()
+        finally:
+            if self._client is None:
+                await client.aclose()
+            self._running = False
+            self._finished.set()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Stop: finish the requests in flight, start no new one. False if cut short at ``timeout_s``."""
+        self._closing = True
+        self._wake.set()
+        if not self._running:
+            return True
+        try:
+            await asyncio.wait_for(self._finished.wait(), timeout_s)
+        except TimeoutError:
+            # Unrecorded requests stay due: the next start sends them again (same idempotency key).
+            for task in list(self._lanes.values()):
+                task.cancel()
+            await self._finished.wait()
+            return False
+        return True
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._closing = True
+        self._wake.set()
+
+    async def _loop(self, tasks: asyncio.TaskGroup, client: httpx.AsyncClient) -> None:
+        while not self._closing:
+            self._wake.clear()  # before reading: a kick from now on is not lost
+            now = self._clock_us()
+            try:
+                async with self._db_lock:
+                    heads = await outbox.lane_heads(self._db)
+                    summary = await outbox.pending_summary(self._db)
+            except sqlite3.Error:
+                log.exception("cannot read the notification outbox; retrying")
+                await self._sleep_until(now + round(self.config.retry_initial_s * US), now)
+                continue
+            self.pending, self.oldest_pending_us = summary.count, summary.oldest_created_us
+            wake_at: int | None = None
+            for lane, next_us in heads:
+                if lane in self._lanes:
+                    continue
+                if next_us <= now:
+                    self._spawn(tasks, client, lane)
+                else:
+                    wake_at = next_us if wake_at is None else min(wake_at, next_us)
+            if self._resend is not None and ALERTMANAGER_LANE not in self._lanes:
+                if self._next_resend_us <= now:
+                    self._spawn(tasks, client, ALERTMANAGER_LANE)
+                else:
+                    wake_at = self._next_resend_us if wake_at is None else min(wake_at, self._next_resend_us)
+            await self._sleep_until(wake_at, now)
+
+    async def _sleep_until(self, wake_at_us: int | None, now_us: int) -> None:
+        """Wait for a kick, a lane finishing, a stop, or ``wake_at_us``."""
+        timeout = None if wake_at_us is None else max(0.0, (wake_at_us - now_us) / US)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    def _spawn(self, tasks: asyncio.TaskGroup, client: httpx.AsyncClient, lane: Lane) -> None:
+        self._lanes[lane] = tasks.create_task(self._lane(client, lane), name=f"notify-{lane[0]}-{lane[1]}")
+
+    async def _lane(self, client: httpx.AsyncClient, lane: Lane) -> None:
+        """Send a lane's due rows in order; stop at the first failure (it retries first)."""
+        try:
+            while not self._closing:
+                resend_due = self._resend is not None and self._next_resend_us <= self._clock_us()
+                if lane == ALERTMANAGER_LANE and resend_due:
+                    await self._resend_now(client)
+                async with self._db_lock:
+                    rows = await outbox.due(self._db, self._clock_us(), self._batch_limit, lane=lane)
+                if not rows:
+                    return
+                for row in rows:
+                    if self._closing or not await self._attempt(client, row):
+                        return
+        except Exception:
+            log.exception("notification lane %s/%s failed; retrying", *lane)
+            # Do not spin on a persistent fault: the next wake-up spawns the lane again.
+            await asyncio.sleep(self.config.retry_initial_s)
+        finally:
+            self._lanes.pop(lane, None)
+            self._wake.set()
+
+    def _receiver(self, row: OutboxRow) -> tuple[str, dict[str, str], float] | None:
+        """URL, headers and timeout of a row's receiver, from the current configuration."""
+        headers = {"Content-Type": "application/json"}
+        if row.channel is Channel.ALERTMANAGER:
+            am = self.config.alertmanager
+            return None if am is None else (am.alerts_url, headers, am.timeout_s)
+        hook = self.config.webhooks.get(row.target)
+        if hook is None:
+            return None
+        headers["Idempotency-Key"] = row.notification_id
+        headers.update({k: v.get_secret_value() for k, v in hook.headers.items()})
+        return hook.url, headers, hook.timeout_s
+
+    async def _attempt(self, client: httpx.AsyncClient, row: OutboxRow) -> bool:
+        """One delivery attempt of ``row``, recorded; True if the lane may go on."""
+        receiver = self._receiver(row)
+        if receiver is None:
+            gone = f"no {row.channel.value} receiver {row.target!r} in the configuration: given up"
+            log.error("notification %s: %s", row.notification_id, gone)
+            await self._record(row, ok=False, status=None, error=gone, next_attempt_us=None)
+            return True
+        url, headers, timeout_s = receiver
+        content = row.body
+        if row.channel is Channel.WEBHOOK:
+            body = orjson.loads(row.body)
+            body["sent_at"] = rfc3339(self._clock_us())
+            content = orjson.dumps(body)
+        status: int | None = None
+        error: str | None = None
+        try:
+            response = await client.post(url, content=content, headers=headers, timeout=timeout_s)
+            status = response.status_code
+            ok = response.is_success
+            error = None if ok else f"HTTP {status}: {response.text[:200]}"
+        except httpx.HTTPError as exc:
+            ok, error = False, f"{type(exc).__name__}: {exc}"[:500]
+        at_us = self._clock_us()
+        next_us = None
+        if not ok:
+            delay = backoff_s(
+                row.attempts + 1, self.config.retry_initial_s, self.config.retry_max_s, self._rng
+            )
+            next_us = at_us + round(delay * US)
+            log.warning(
+                "notification %s to %s failed (attempt %d): %s; retry in %.1f s",
+                row.notification_id,
+                row.target,
+                row.attempts + 1,
+                error,
+                delay,
+            )
+        await self._record(row, ok=ok, status=status, error=error, next_attempt_us=next_us, at_us=at_us)
+        return ok
+
+    async def _record(
+        self,
+        row: OutboxRow,
+        *,
+        ok: bool,
+        status: int | None,
+        error: str | None,
+        next_attempt_us: int | None,
+        at_us: int | None = None,
+    ) -> None:
+        at = self._clock_us() if at_us is None else at_us
+        async with self._db_lock:
+            await outbox.record_attempt(
+                self._db,
+                row.id,
+                at_us=at,
+                ok=ok,
+                status=status,
+                error=error,
+                next_attempt_us=next_attempt_us,
+            )
+        (self.delivered if ok else self.failed)[row.channel.value] += 1
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def _resend_now(self, client: httpx.AsyncClient) -> None:
+        """Re-send every firing alert, so Alertmanager keeps them firing (not recorded: periodic)."""
+        am = self.config.alertmanager
+        assert am is not None
+        assert self._resend is not None
+        now = self._clock_us()
+        self._next_resend_us = now + round(am.resend_s * US)
+        alerts = list(self._resend(now))
+        if not alerts:
+            return
+        try:
+            response = await client.post(am.alerts_url, json=alerts, timeout=am.timeout_s)
+            ok = response.is_success
+        except httpx.HTTPError as exc:
+            log.warning("Alertmanager re-send failed: %s", exc)
+            ok = False
+        self.resends["ok" if ok else "failed"] += 1
+        async with self.changed:
+            self.changed.notify_all()

@@ -1,0 +1,274 @@
+"""The notification outbox in SQLite: what must be sent, every attempt, and what was delivered.
+
+Items are enqueued in the same transaction as the alarm transitions that caused them
+(:func:`enqueue` runs inside the storage's batch transaction), so a notification exists
+if and only if its cause was committed. The deliverer, on a connection of its own, takes
+due rows and records every attempt in a transaction of its own. Rows are never deleted:
+the outbox and its attempts are the audit trail of who was told what, and when.
+
+A row is *pending* while ``delivered_us IS NULL AND next_attempt_us IS NOT NULL``;
+``next_attempt_us`` NULL on an undelivered row means nothing more will be attempted (its
+receiver was removed from the configuration). Each (channel, target) is a FIFO lane: a
+row is not due while an older row of its lane waits for a retry, so a receiver sees an
+alarm's notifications in order (Alertmanager must see "firing" before "resolved").
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+from coldwatch.notify.model import AlarmFacts, Channel, HistoryEntry, OutboxItem
+from coldwatch.rules.model import Severity
+
+__all__ = [
+    "OUTBOX_SCHEMA",
+    "OutboxRow",
+    "PendingSummary",
+    "connect",
+    "due",
+    "enqueue",
+    "escalations_sent",
+    "lane_heads",
+    "load_facts",
+    "pending_summary",
+    "record_attempt",
+]
+
+# Append to the storage MIGRATIONS as one new entry (never edit a released entry).
+OUTBOX_SCHEMA = """
+CREATE TABLE notification_outbox (
+    id INTEGER PRIMARY KEY,
+    notification_id TEXT NOT NULL UNIQUE,
+    channel TEXT NOT NULL,
+    target TEXT NOT NULL,
+    body BLOB NOT NULL,
+    alarm_id INTEGER,
+    created_us INTEGER NOT NULL,
+    next_attempt_us INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    delivered_us INTEGER,
+    last_error TEXT
+);
+-- The pending rows of each lane, in order: what the deliverer reads on every wake-up.
+CREATE INDEX notification_outbox_pending ON notification_outbox(channel, target, id)
+    WHERE delivered_us IS NULL AND next_attempt_us IS NOT NULL;
+CREATE INDEX notification_outbox_by_alarm ON notification_outbox(alarm_id);
+-- Append-only: every delivery attempt with its outcome.
+CREATE TABLE notification_attempts (
+    id INTEGER PRIMARY KEY,
+    outbox_id INTEGER NOT NULL REFERENCES notification_outbox(id),
+    at_us INTEGER NOT NULL,
+    ok INTEGER NOT NULL,
+    status INTEGER,
+    error TEXT
+);
+CREATE INDEX notification_attempts_by_outbox ON notification_attempts(outbox_id, id);
+"""
+
+_DUE = """
+    SELECT o.id, o.notification_id, o.channel, o.target, o.body, o.alarm_id, o.attempts, o.created_us
+    FROM notification_outbox AS o
+    WHERE o.delivered_us IS NULL AND o.next_attempt_us IS NOT NULL AND o.next_attempt_us <= :now
+      AND (:channel IS NULL OR (o.channel = :channel AND o.target = :target))
+      AND NOT EXISTS (
+          SELECT 1 FROM notification_outbox AS p
+          WHERE p.channel = o.channel AND p.target = o.target AND p.id < o.id
+            AND p.delivered_us IS NULL AND p.next_attempt_us > :now)
+    ORDER BY o.id LIMIT :limit
+"""
+_LANE_HEADS = """
+    SELECT channel, target, next_attempt_us FROM notification_outbox
+    WHERE id IN (SELECT min(id) FROM notification_outbox
+                 WHERE delivered_us IS NULL AND next_attempt_us IS NOT NULL GROUP BY channel, target)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A stored notification, as the deliverer sends it."""
+
+    id: int
+    notification_id: str
+    channel: Channel
+    target: str
+    body: bytes
+    alarm_id: int | None
+    attempts: int
+    created_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSummary:
+    """How much is waiting to be delivered (for metrics: the alarm path itself is watched)."""
+
+    count: int
+    oldest_created_us: int | None
+
+
+async def connect(path: Path | str) -> aiosqlite.Connection:
+    """A connection of the deliverer's own to the database at ``path`` (WAL, explicit transactions)."""
+    db = await aiosqlite.connect(path, isolation_level=None)
+    await db.execute("PRAGMA journal_mode=WAL")
+    await db.execute("PRAGMA synchronous=FULL")
+    await db.execute("PRAGMA busy_timeout=5000")
+    return db
+
+
+async def enqueue(db: aiosqlite.Connection, items: Iterable[OutboxItem]) -> int:
+    """Insert ``items`` (due at once); an id already stored is skipped. Returns rows inserted.
+
+    Runs in the caller's transaction: call it inside the batch that stores the transitions.
+    """
+    rows = [
+        (i.notification_id, i.channel.value, i.target, i.body, i.alarm_id, i.created_us, i.created_us)
+        for i in items
+    ]
+    if not rows:
+        return 0
+    before = db.total_changes
+    await db.executemany(
+        "INSERT OR IGNORE INTO notification_outbox(notification_id, channel, target, body, alarm_id, "
+        "created_us, next_attempt_us, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+        rows,
+    )
+    return db.total_changes - before
+
+
+async def due(
+    db: aiosqlite.Connection,
+    now_us: int,
+    limit: int = 100,
+    *,
+    lane: tuple[Channel, str] | None = None,
+) -> list[OutboxRow]:
+    """Rows due at ``now_us``, oldest first, none behind an older row of its lane waiting to retry."""
+    params = {
+        "now": now_us,
+        "limit": limit,
+        "channel": lane[0].value if lane else None,
+        "target": lane[1] if lane else None,
+    }
+    async with db.execute(_DUE, params) as cur:
+        return [
+            OutboxRow(int(r[0]), str(r[1]), Channel(r[2]), str(r[3]), bytes(r[4]), r[5], int(r[6]), int(r[7]))
+            async for r in cur
+        ]
+
+
+async def lane_heads(db: aiosqlite.Connection) -> list[tuple[tuple[Channel, str], int]]:
+    """The oldest pending row of every lane: ((channel, target), next_attempt_us)."""
+    async with db.execute(_LANE_HEADS) as cur:
+        return [((Channel(channel), str(target)), int(next_us)) async for channel, target, next_us in cur]
+
+
+async def record_attempt(
+    db: aiosqlite.Connection,
+    outbox_id: int,
+    *,
+    at_us: int,
+    ok: bool,
+    status: int | None,
+    error: str | None,
+    next_attempt_us: int | None,
+) -> None:
+    """Record one delivery attempt in a transaction of its own; ``ok`` marks the row delivered.
+
+    ``next_attempt_us`` None on a failure: give up (nothing more will be attempted).
+    """
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        await db.execute(
+            "INSERT INTO notification_attempts(outbox_id, at_us, ok, status, error) VALUES (?, ?, ?, ?, ?)",
+            (outbox_id, at_us, int(ok), status, error),
+        )
+        await db.execute(
+            "UPDATE notification_outbox SET attempts = attempts + 1, last_error = ?, "
+            "delivered_us = CASE WHEN ? THEN ? END, next_attempt_us = CASE WHEN ? THEN NULL ELSE ? END "
+            "WHERE id = ?",
+            (error, int(ok), at_us, int(ok), next_attempt_us, outbox_id),
+        )
+        await db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            await db.execute("ROLLBACK")
+        raise
+
+
+async def pending_summary(db: aiosqlite.Connection) -> PendingSummary:
+    """How many rows wait for delivery, and since when the oldest does."""
+    async with db.execute(
+        "SELECT count(*), min(created_us) FROM notification_outbox "
+        "WHERE delivered_us IS NULL AND next_attempt_us IS NOT NULL"
+    ) as cur:
+        row = await cur.fetchone()
+    return PendingSummary(int(row[0]), row[1]) if row else PendingSummary(0, None)
+
+
+def _parse_escalation(notification_id: str) -> tuple[int, int, int] | None:
+    parts = notification_id.split("/")
+    if len(parts) != 6 or parts[0] != "esc":  # esc/<alarm>/<since>/<tier>/<repeat>/<webhook>
+        return None
+    return int(parts[2]), int(parts[3]), int(parts[4])
+
+
+async def escalations_sent(
+    db: aiosqlite.Connection, alarm_id: int, since_us: int | None = None
+) -> set[tuple[int, int]]:
+    """The (tier, repeat) pairs enqueued for ``alarm_id`` (in the episode that began at ``since_us``)."""
+    sent: set[tuple[int, int]] = set()
+    async with db.execute(
+        "SELECT notification_id FROM notification_outbox WHERE alarm_id = ? AND notification_id LIKE 'esc/%'",
+        (alarm_id,),
+    ) as cur:
+        async for (nid,) in cur:
+            parsed = _parse_escalation(str(nid))
+            if parsed is not None and (since_us is None or parsed[0] == since_us):
+                sent.add((parsed[1], parsed[2]))
+    return sent
+
+
+async def load_facts(db: aiosqlite.Connection) -> list[AlarmFacts]:
+    """What the planner needs to carry on after a restart, for every open alarm.
+
+    Reads the SQLite backend's ``alarms`` and ``alarm_transitions`` tables (read-only) and
+    the outbox.
+    """
+    history: dict[int, list[HistoryEntry]] = {}
+    try:
+        async with db.execute(
+            "SELECT t.alarm_id, t.event, t.received_us, t.severity FROM alarm_transitions AS t "
+            "JOIN alarms AS a ON a.id = t.alarm_id WHERE a.state != 'closed' ORDER BY t.alarm_id, t.id"
+        ) as cur:
+            async for alarm_id, event, received_us, severity in cur:
+                history.setdefault(int(alarm_id), []).append(
+                    HistoryEntry(str(event), int(received_us), Severity[str(severity).upper()])
+                )
+    except sqlite3.OperationalError as exc:  # no alarm tables: nothing is open
+        if "no such table" not in str(exc):
+            raise
+    sent: dict[int, set[tuple[int, int, int]]] = {}
+    notified: dict[int, set[str]] = {}
+    async with db.execute(
+        "SELECT alarm_id, notification_id, channel, target FROM notification_outbox "
+        "WHERE alarm_id IN (SELECT value FROM json_each(?))",
+        (json.dumps(sorted(history)),),
+    ) as cur:
+        async for alarm_id, nid, channel, target in cur:
+            key = int(alarm_id)
+            parsed = _parse_escalation(str(nid))
+            if parsed is not None:
+                sent.setdefault(key, set()).add(parsed)
+            if channel == Channel.WEBHOOK.value:
+                notified.setdefault(key, set()).add(str(target))
+    return [
+        AlarmFacts(
+            alarm_id, tuple(entries), frozenset(sent.get(alarm_id, ())), frozenset(notified.get(alarm_id, ()))
+        )
+        for alarm_id, entries in history.items()
+    ]
