@@ -470,16 +470,11 @@ async def wait_delivery(deliverer: Deliverer, predicate: Callable[[], bool], tim
 
 
 async def open_outbox(path: Path) -> aiosqlite.Connection:
-    """The deliverer's own connection; creates the outbox tables if the migrations did not."""
-    db = await outbox.connect(path)
-    async with db.execute("SELECT 1 FROM sqlite_master WHERE name = 'notification_outbox'") as cur:
-        exists = await cur.fetchone()
-    if exists is None:
-        await db.executescript(OUTBOX_DDL)
-    return db
-
-
-OUTBOX_DDL = f"BEGIN IMMEDIATE;\n{outbox.OUTBOX_SCHEMA}\nCOMMIT;"
+    """The deliverer's own connection, on a database made by the real migrations (outbox, audit)."""
+    storage = SqliteStorage(path)
+    await storage.open()
+    await storage.close()
+    return await outbox.connect(path)
 
 
 async def store(path: Path, items: Iterable[OutboxItem]) -> int:

@@ -18,6 +18,7 @@ from coldwatch.config import Config
 from coldwatch.metrics import Metrics
 from coldwatch.rules.config import (
     CommLossRule,
+    ConsecutiveRule,
     EventsInWindowRule,
     ForecastRule,
     MktRule,
@@ -43,6 +44,8 @@ def memory_s(specs: list[RuleSpec], interval_s: float, horizon_s: float) -> floa
     for spec in specs:
         if isinstance(spec, RateRule | EventsInWindowRule | TimeOutOfRangeRule | MktRule | ForecastRule):
             spans.append(spec.window_s)
+        if isinstance(spec, ConsecutiveRule):
+            spans += [level.m * interval_s for level in spec.levels.values()]
         if isinstance(spec, CommLossRule):
             continue
         levels = getattr(spec, "levels", {})
@@ -55,32 +58,34 @@ async def restore(
 ) -> int:
     """Load open alarms into ``book`` and rebuild ``engine``; return the readings judged again."""
     alarms, next_id = await storage.open_alarms()
-    book.load(alarms, next_id)
+    known = engine.keys()
+    kept = [a for a in alarms if a.key in known]
+    for alarm in alarms:
+        if alarm.key not in known:
+            log.warning(
+                "alarm %d (%s) has no registered device or rule now: it stays open in storage, untracked",
+                alarm.id,
+                alarm.key,
+            )
+    book.load(kept, next_id)
     replayed = 0
     for device in config.devices:
         newest = states.get(device.id, DeviceState()).last_ts_us
-        specs = engine.rules[device.id]
-        since = None
-        if newest is not None:
-            since = newest - round(memory_s(specs, device.interval_s, config.rules.reorder_horizon_s) * US)
-        for alarm in alarms:
-            if (
-                alarm.key.device_id == device.id
-                and alarm.active
-                and (since is None or alarm.raised_ts_us < since)
-            ):
-                engine.seed(alarm.key, alarm.severity, alarm.raised_ts_us)
-        if since is None:
+        if newest is None:
             continue
-        # Alarms raised inside the replayed span are rebuilt by the replay itself.
+        since = newest - round(
+            memory_s(engine.rules[device.id], device.interval_s, config.rules.reorder_horizon_s) * US
+        )
+        for alarm in kept:
+            if alarm.key.device_id == device.id and alarm.active and alarm.raised_ts_us < since:
+                engine.seed(alarm.key, alarm.severity, alarm.raised_ts_us)
         async for reading in storage.readings_since(device.id, since):
             engine.ingest(reading)
             replayed += 1
-        for alarm in alarms:
-            if alarm.key.device_id == device.id and alarm.key.rule in {
-                s.rule_id() for s in specs if isinstance(s, CommLossRule)
-            }:
-                engine.seed(alarm.key, alarm.severity, alarm.raised_ts_us)
+    # The stored alarms are the record: whatever the replay could not know (state from
+    # before its span, readings that were too late when they arrived), the engine now
+    # agrees with them exactly, and judges on from here.
+    engine.reconcile([a for a in kept if a.active])
     log.info("rules restored: %d open alarm(s), %d reading(s) judged again", len(book.open), replayed)
     return replayed
 

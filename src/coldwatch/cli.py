@@ -195,6 +195,47 @@ def _cmd_alarm_action(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _audit(config: Config, args: argparse.Namespace) -> int:
+    from coldwatch.audit import Anchor, to_csv, to_json, verify  # noqa: PLC0415
+    from coldwatch.storage import SqliteStorage  # noqa: PLC0415
+
+    if not Path(config.storage.path).exists():
+        raise ColdwatchError(f"{config.storage.path}: no database")
+    storage = SqliteStorage(Path(config.storage.path))
+    await storage.open()
+    try:
+        entries = [entry async for entry in storage.audit_entries()]
+        stored = await storage.verify_audit()
+    finally:
+        await storage.close()
+    if args.audit_command == "verify":
+        anchor = None
+        if args.anchor:
+            seq, _, digest = args.anchor.partition(":")
+            anchor = Anchor(int(seq), digest)
+        result = verify(entries, anchor=anchor) if anchor else stored
+        print(result.describe())
+        return 0 if result.ok else 1
+    text = to_json(entries) if args.format == "json" else None
+    if args.output == "-":
+        if text is None:
+            to_csv(entries, sys.stdout)
+        else:
+            print(text)
+    else:
+        with Path(args.output).open("w", encoding="utf-8", newline="") as out:
+            if text is None:
+                to_csv(entries, out)
+            else:
+                out.write(text)
+    print(f"{len(entries)} audit entries exported; {stored.describe()}", file=sys.stderr)
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    return asyncio.run(_audit(load_config(args.config), args))
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from simulators import OutagePlan, run_simulation  # noqa: PLC0415
 
@@ -276,6 +317,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_quarantine)
 
     _add_alarm_commands(sub)
+
+    p = sub.add_parser("audit", help="the tamper-evident audit trail")
+    audit_sub = p.add_subparsers(dest="audit_command", required=True)
+    q = audit_sub.add_parser("verify", help="check the hash chain; exit 1 naming the first bad entry")
+    q.add_argument("--config", required=True)
+    q.add_argument("--anchor", help="SEQ:HASH printed by an earlier verify, kept outside the database")
+    q.set_defaults(func=_cmd_audit)
+    q = audit_sub.add_parser("export", help="the audit trail for an inspector (CSV or JSON)")
+    q.add_argument("--config", required=True)
+    q.add_argument("--format", choices=("csv", "json"), default="csv")
+    q.add_argument("--output", "-o", default="-")
+    q.set_defaults(func=_cmd_audit)
 
     p = sub.add_parser("simulate", help="publish simulated device readings (SIMULATED data)")
     p.add_argument("--config", required=True)

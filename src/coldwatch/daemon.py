@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -14,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from coldwatch.alarms import run_ticks, start_alarming
 from coldwatch.api import ApiContext, build_router
+from coldwatch.audit import AuditDraft
 from coldwatch.auth import Authenticator
 from coldwatch.config import Config
 from coldwatch.errors import StorageError
@@ -53,6 +56,7 @@ class Daemon:
         async with contextlib.AsyncExitStack() as resources:
             resources.push_async_callback(storage.close)
             states = await storage.register_devices(config.devices)
+            await storage.record_audit([_config_loaded(config)])
             metrics = Metrics(self.registry, config.devices)
             engine, book = await start_alarming(config, storage, states, metrics)
             self.engine, self.book = engine, book
@@ -75,20 +79,10 @@ class Daemon:
                 on_notified=deliverer.kick,
             )
 
-            async def readiness() -> dict[str, bool]:
-                writable = True
-                try:
-                    await storage.check_writable()
-                except StorageError:
-                    writable = False
-                return {
-                    "broker_connected": source.connected.is_set(),
-                    "database_writable": writable and pipeline.last_write_ok,
-                }
-
             api = build_router(
                 ApiContext(config, storage, pipeline.submit, states, Authenticator(config.api, os.environ))
             )
+            readiness = functools.partial(_readiness, storage, source, pipeline)
             http = HttpServer(build_app(self.registry, readiness, api), config.http.host, config.http.port)
             self.http_port = http.port
             async with asyncio.TaskGroup() as tasks:
@@ -127,6 +121,33 @@ class Daemon:
                 metrics.broker_connects.inc()
 
         return update
+
+
+async def _readiness(storage: Storage, source: MqttSource, pipeline: Pipeline) -> dict[str, bool]:
+    """Connected to the broker, and the database takes writes."""
+    writable = True
+    try:
+        await storage.check_writable()
+    except StorageError:
+        writable = False
+    return {
+        "broker_connected": source.connected.is_set(),
+        "database_writable": writable and pipeline.last_write_ok,
+    }
+
+
+def _config_loaded(config: Config) -> AuditDraft:
+    """The audit entry that records which configuration the collector runs with."""
+    return AuditDraft(
+        at_us=time.time_ns() // 1000,
+        actor="coldwatch",
+        action="config.loaded",
+        object_type="config",
+        object_id=config.source,
+        old_value=None,
+        new_value=f"sha256 {config.sha256}",
+        reason="collector started with this configuration",
+    )
 
 
 async def run_until_signalled(daemon: Daemon) -> None:

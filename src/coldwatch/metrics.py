@@ -73,6 +73,8 @@ class _ScrapeTimeCollector(Collector):
         )
         now_us = int(now_s * 1e6)
         for alarm in owner.open_alarms():
+            if alarm.key.device_id not in owner.registered:
+                continue
             labels = [*owner.labels_of(alarm.key.device_id), alarm.key.metric, alarm.key.rule]
             alarms.add_metric([*labels, alarm.severity.label, alarm.state.value], 1.0)
             if alarm.shelved(now_us):
@@ -149,6 +151,7 @@ class Metrics:
             lambda: ({}, {}, 0, None)
         )
         self._labels = {d.id: (d.id, d.kind.value, d.site, d.area) for d in self.devices}
+        self.registered = frozenset(self._labels)
         self.readings = Counter(
             "coldwatch_readings",
             "Readings (messages) committed to storage, by device",
@@ -225,6 +228,11 @@ class Metrics:
         )
         self.storage_errors = Counter(
             "coldwatch_storage_errors", "Failed batch writes (retried)", registry=registry
+        )
+        self.rule_errors = Counter(
+            "coldwatch_rule_errors",
+            "Readings a rule failed on (logged; the reading is stored)",
+            registry=registry,
         )
         self.alarm_transitions = Counter(
             "coldwatch_alarm_transitions",

@@ -17,8 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from coldwatch.audit import AuditDraft
 from coldwatch.config import Config
 from coldwatch.errors import StorageError
+from coldwatch.export import format_ts
 from coldwatch.metrics import Metrics
 from coldwatch.mqtt import Delivery, backoff_delays
 from coldwatch.notify.planner import Notifier
@@ -61,6 +63,25 @@ class _Item:
     decoded: Decoded
     reply: asyncio.Future[Transition] | None = None
     outcome: Transition | None = None
+
+
+def audit_draft(transition: Transition) -> AuditDraft:
+    """The audit trail entry of one alarm transition (system or user)."""
+    alarm = transition.alarm
+    facts = (
+        f"{alarm.key.rule} on {alarm.key.device_id}/{alarm.key.metric}: value {alarm.value} "
+        f"limit {alarm.limit} at {format_ts(transition.ts_us)} (device time)"
+    )
+    return AuditDraft(
+        at_us=transition.received_us,
+        actor=transition.actor,
+        action=f"alarm.{transition.event}",
+        object_type="alarm",
+        object_id=str(alarm.id),
+        old_value=transition.from_state.value if transition.from_state else None,
+        new_value=f"{alarm.state.value} {alarm.severity.label}" + (" late" if alarm.late else ""),
+        reason=transition.reason or facts,
+    )
 
 
 class Pipeline:
@@ -196,7 +217,7 @@ class Pipeline:
                     decoded.buffered,
                     delivery.received_us,
                 )
-                self._alarms(batch, self.engine.ingest(reading), delivery.received_us)
+                self._alarms(batch, self._judge(reading), delivery.received_us)
             elif isinstance(decoded, Status):
                 state = self._tracker.state(decoded.device_id)
                 state.online = decoded.online
@@ -216,12 +237,23 @@ class Pipeline:
                         delivery.payload,
                     )
                 )
+        batch.audit = [audit_draft(t) for t in batch.transitions]
         if self.notifier is not None:
             # Every batch, ticks included: escalations fall due with time alone.
             batch.notifications = self.notifier.plan(
                 batch.transitions, self.book.open.values(), self._clock_us()
             )
         return batch
+
+    def _judge(self, reading: EngineReading) -> list[AlarmEvent]:
+        """The rules' verdict on one reading; a fault in a rule never stops the writer."""
+        try:
+            return self.engine.ingest(reading)
+        except Exception:
+            # The reading is stored all the same; the fault is logged and counted.
+            log.exception("rules failed on %s seq %d", reading.device_id, reading.seq)
+            self._metrics.rule_errors.inc()
+            return []
 
     def _user_action(self, batch: Batch, item: _Item, action: UserAction) -> None:
         now_us = self._clock_us()

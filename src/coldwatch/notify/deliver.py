@@ -30,6 +30,7 @@ import httpx
 import orjson
 
 from coldwatch import __version__
+from coldwatch.audit import AuditDraft
 from coldwatch.notify import outbox
 from coldwatch.notify.config import NotifyConfig
 from coldwatch.notify.messages import rfc3339
@@ -271,6 +272,17 @@ class Deliverer:
     ) -> None:
         at = self._clock_us() if at_us is None else at_us
         async with self._db_lock:
+            outcome = "delivered" if ok else ("failed, retrying" if next_attempt_us else "failed, given up")
+            audit = AuditDraft(
+                at_us=at,
+                actor="coldwatch",
+                action="notification.sent" if ok else "notification.failed",
+                object_type="notification",
+                object_id=row.notification_id,
+                old_value=None,
+                new_value=f"{row.channel.value} {row.target}: {outcome} (HTTP {status})",
+                reason=error or f"attempt {row.attempts + 1}",
+            )
             await outbox.record_attempt(
                 self._db,
                 row.id,
@@ -279,6 +291,7 @@ class Deliverer:
                 status=status,
                 error=error,
                 next_attempt_us=next_attempt_us,
+                audit=audit,
             )
         (self.delivered if ok else self.failed)[row.channel.value] += 1
         async with self.changed:

@@ -23,8 +23,11 @@ from pathlib import Path
 
 import aiosqlite
 
+from coldwatch.audit import AuditDraft
 from coldwatch.notify.model import AlarmFacts, Channel, HistoryEntry, OutboxItem
 from coldwatch.rules.model import Severity
+from coldwatch.storage.audit_sqlite import append as audit_append
+from coldwatch.storage.audit_sqlite import last_link
 
 __all__ = [
     "OUTBOX_SCHEMA",
@@ -176,6 +179,7 @@ async def record_attempt(
     status: int | None,
     error: str | None,
     next_attempt_us: int | None,
+    audit: AuditDraft | None = None,
 ) -> None:
     """Record one delivery attempt in a transaction of its own; ``ok`` marks the row delivered.
 
@@ -193,6 +197,9 @@ async def record_attempt(
             "WHERE id = ?",
             (error, int(ok), at_us, int(ok), next_attempt_us, outbox_id),
         )
+        if audit is not None:
+            # Every notification sent or failed is in the audit trail, in the same transaction.
+            await audit_append(db, [audit], *await last_link(db))
         await db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:

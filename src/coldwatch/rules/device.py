@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from coldwatch.rules.config import CommLossRule
 from coldwatch.rules.latch import Latch
+from coldwatch.rules.lifecycle import Alarm
 from coldwatch.rules.model import (
     US,
     AlarmEvent,
@@ -30,6 +31,7 @@ __all__ = ["DeviceRules"]
 
 DOOR_METRIC = "door_open"
 CHECKPOINT_EVERY = 64
+MAX_CHECKPOINTS = 32
 
 
 @dataclass(slots=True)
@@ -101,6 +103,7 @@ class DeviceRules:
     last_seen_us: dict[str, int] = field(default_factory=dict)  # per metric, and "" for any
     offline: bool = False
     too_late: int = 0
+    newest: tuple[int, int] | None = None  # (ts, seq) judged last, without a reorder horizon
 
     @classmethod
     def build(
@@ -138,7 +141,14 @@ class DeviceRules:
         # Communication loss is about arrival, not device time: it is never replayed.
         comm_events = self._comm_on_reading(reading)
         position = (reading.ts_us, reading.seq)
-        if not self.history or position > self.history[-1][:2] or self.horizon_us == 0:
+        if self.horizon_us == 0:
+            # No reorder horizon: readings at or behind the newest are not judged again.
+            if self.newest is not None and position <= self.newest:
+                self.too_late += 1
+                return comm_events
+            self.newest = position
+            return comm_events + self._judge(self.judged, reading, late=reading.buffered)
+        if not self.history or position > self.history[-1][:2]:
             events = self._judge(self.judged, reading, late=reading.buffered)
             self._remember(reading, events)
             return comm_events + events
@@ -172,7 +182,13 @@ class DeviceRules:
             return
         self.history.append((reading.ts_us, reading.seq, reading))
         self.emitted += events
-        if len(self.history) - self.checkpoints[-1][2] >= CHECKPOINT_EVERY:
+        last_cp_ts = self.checkpoints[-1][0]
+        # Checkpoints cost a copy of the rule state: take one every CHECKPOINT_EVERY readings
+        # and at most every 1/16 of the horizon, so a fast device is not copying all day.
+        if (
+            len(self.history) - self.checkpoints[-1][2] >= CHECKPOINT_EVERY
+            and reading.ts_us - last_cp_ts >= self.horizon_us // 16
+        ):
             self.checkpoints.append(
                 (reading.ts_us, reading.seq, len(self.history), copy.deepcopy(self.judged))
             )
@@ -185,6 +201,8 @@ class DeviceRules:
         for index, (ts, _, _, _) in enumerate(self.checkpoints):
             if ts <= newest - self.horizon_us:
                 keep_from = index
+        # Bounded by count too: a stuck or jumping device clock must not grow memory.
+        keep_from = max(keep_from, len(self.checkpoints) - MAX_CHECKPOINTS)
         if keep_from == 0:
             return
         drop = self.checkpoints[keep_from][2]
@@ -207,10 +225,8 @@ class DeviceRules:
         self.history.insert(index, (reading.ts_us, reading.seq, reading))
         replay = self.history[cp_len:]
         old = [e for e in self.emitted if e.ts_us > cp_ts]
-        before: dict[AlarmKey, Severity | None] = {}
-        for event in self.emitted:
-            if event.ts_us <= cp_ts:
-                before[event.key] = event.severity
+        # What each alarm was at the checkpoint: the severity a revocation falls back to.
+        before: dict[AlarmKey, Severity | None] = {latch.key: latch.active for latch in cp_state.latches}
         self.checkpoints = self.checkpoints[: base + 1]
         self.judged = copy.deepcopy(cp_state)
         self.emitted = [e for e in self.emitted if e.ts_us <= cp_ts]
@@ -225,10 +241,12 @@ class DeviceRules:
     # --- communication loss ---------------------------------------------------------
 
     def _comm_on_reading(self, reading: EngineReading) -> list[AlarmEvent]:
-        arrived = max(reading.received_us, reading.ts_us)
+        # Silence is timed by arrival (the collector's clock), not by the device's clock,
+        # which may be slow or fast; a reading without a receipt time counts at its own.
+        arrived = reading.received_us or reading.ts_us
         for metric in ("", *reading.values):
-            if reading.ts_us > self.last_seen_us.get(metric, -(2**63)):
-                self.last_seen_us[metric] = reading.ts_us
+            if arrived > self.last_seen_us.get(metric, -(2**63)):
+                self.last_seen_us[metric] = arrived
         self.offline = False
         events = []
         for comm in self.comm:
@@ -258,7 +276,8 @@ class DeviceRules:
         for comm in self.comm:
             if comm.raised_us is not None:
                 continue
-            last = self.last_seen_us.get(comm.spec.metric or "", self.started_us)
+            # Never before the collector started: after a restart its backlog arrives first.
+            last = max(self.last_seen_us.get(comm.spec.metric or "", self.started_us), self.started_us)
             if comm.cleared_us is not None:
                 last = max(last, comm.cleared_us)
             due = last + comm.timeout_us
@@ -275,6 +294,36 @@ class DeviceRules:
             Severity.ACTION if comm.spec.severity == "action" else Severity.ALERT,
             detail=detail,
         )
+
+    def alarm_keys(self) -> list[AlarmKey]:
+        """The alarm keys of this device's rules."""
+        return [latch.key for latch in self.judged.latches] + [comm.key for comm in self.comm]
+
+    def reconcile(self, active: list[Alarm]) -> None:
+        """Take the stored active alarms as the truth, and checkpoint here (after a restart)."""
+        stored = {alarm.key: alarm for alarm in active}
+        for latch in self.judged.latches:
+            alarm = stored.get(latch.key)
+            if alarm is not None:
+                latch.active = None
+                latch.run_start = {sev: s for sev, s in latch.run_start.items() if sev > alarm.severity}
+                latch.seed(alarm.severity, alarm.raised_ts_us)
+            elif latch.active is not None:
+                # Raised by the replay but never stored: judge afresh from the next reading.
+                latch.active = None
+                latch.run_start.clear()
+        for comm in self.comm:
+            alarm = stored.get(comm.key)
+            comm.raised_us = alarm.raised_ts_us if alarm is not None else None
+            comm.cleared_us = None
+        self.emitted = []
+        if self.horizon_us > 0:
+            # Late readings older than this point are not judged again: the replay before
+            # it could not know everything the live run knew.
+            last = self.history[-1][:2] if self.history else (-(2**63), -1)
+            self.checkpoints = [(last[0], last[1], len(self.history), copy.deepcopy(self.judged))]
+        elif self.history:
+            self.newest = self.history[-1][:2]
 
     def seed(self, key: AlarmKey, severity: Severity, since_us: int) -> None:
         """Restore an alarm known to be open (after a restart)."""

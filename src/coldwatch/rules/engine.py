@@ -27,6 +27,7 @@ from coldwatch.rules.config import (
 from coldwatch.rules.device import DeviceRules
 from coldwatch.rules.evaluators import HeldEvaluator, ProbeDisagreementEvaluator, ThresholdEvaluator
 from coldwatch.rules.forecast import ForecastEvaluator
+from coldwatch.rules.lifecycle import Alarm
 from coldwatch.rules.model import AlarmEvent, AlarmKey, EngineReading, RuleEvaluator, Severity
 from coldwatch.rules.profiles import rules_for
 from coldwatch.rules.windows import (
@@ -116,6 +117,19 @@ class Engine:
         device = self.devices.get(key.device_id)
         if device is not None:
             device.seed(key, severity, since_us)
+
+    def keys(self) -> set[AlarmKey]:
+        """Every alarm key the rules can raise."""
+        return {key for device in self.devices.values() for key in device.alarm_keys()}
+
+    def reconcile(self, active: Iterable[Alarm]) -> None:
+        """Make every device's alarm state match the stored active alarms (after a restart)."""
+        by_device: dict[str, list[Alarm]] = {device_id: [] for device_id in self.devices}
+        for alarm in active:
+            if alarm.key.device_id in by_device:
+                by_device[alarm.key.device_id].append(alarm)
+        for device_id, device in self.devices.items():
+            device.reconcile(by_device[device_id])
 
     def too_late(self) -> int:
         """Readings that arrived too far behind to be judged again."""

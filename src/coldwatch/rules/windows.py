@@ -263,6 +263,9 @@ def mean_kinetic_temperature_c(
     return -activation_k / log_mean - KELVIN
 
 
+ABSOLUTE_ZERO_C = -273.15
+
+
 class MktEvaluator:
     """Mean kinetic temperature of the readings in ``(ts - window, ts]`` above a limit.
 
@@ -290,7 +293,8 @@ class MktEvaluator:
     def update(self, ts_us: int, values: Mapping[str, float]) -> Signal | None:
         """Slide the window to ``ts_us`` and judge its MKT."""
         temp = values.get(self.metric)
-        if temp is None:
+        if temp is None or temp <= ABSOLUTE_ZERO_C:
+            # Not a temperature (a probe fault or a sentinel): it cannot enter the Arrhenius sum.
             return None
         points = self._points
         if points:

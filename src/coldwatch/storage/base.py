@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from coldwatch.audit import AuditDraft
 from coldwatch.config import DeviceConfig
 from coldwatch.notify.model import OutboxItem
 from coldwatch.payload import Telemetry
@@ -70,6 +71,7 @@ class Batch:
     devices: dict[str, DeviceState] = field(default_factory=dict)
     transitions: list[Transition] = field(default_factory=list)
     notifications: list[OutboxItem] = field(default_factory=list)
+    audit: list[AuditDraft] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.readings) + len(self.rejections)
@@ -124,6 +126,9 @@ class Storage(Protocol):
 
     async def counts(self) -> dict[str, int]:
         """Row counts by table, for health and tests."""
+
+    async def record_audit(self, drafts: list[AuditDraft]) -> None:
+        """Append audit entries in a transaction of their own."""
 
     async def open_alarms(self) -> tuple[list[Alarm], int]:
         """The alarms not yet closed, and the id the next alarm gets."""

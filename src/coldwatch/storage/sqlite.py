@@ -14,12 +14,14 @@ from typing import Final
 
 import aiosqlite
 
+from coldwatch.audit import AuditDraft, AuditEntry, VerifyResult
 from coldwatch.catalogue import KINDS
 from coldwatch.config import DeviceConfig
 from coldwatch.errors import StorageError
 from coldwatch.notify.outbox import OUTBOX_SCHEMA, enqueue
 from coldwatch.rules.lifecycle import Alarm, AlarmState, Transition
 from coldwatch.rules.model import AlarmKey, EngineReading, Severity
+from coldwatch.storage.audit_sqlite import AUDIT_SCHEMA, append, last_link, read_all, verify_stored
 from coldwatch.storage.base import (
     Batch,
     BatchResult,
@@ -124,6 +126,7 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX alarm_transitions_by_alarm ON alarm_transitions(alarm_id, id);
     """,
     OUTBOX_SCHEMA,
+    AUDIT_SCHEMA,
 )
 
 _INSERT_INCOMING = "INSERT INTO temp.incoming VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -237,59 +240,11 @@ class SqliteStorage:
     async def write_batch(self, batch: Batch) -> BatchResult:
         """Commit one batch in one transaction."""
         db = self._conn
-        devices = self._device_rowid
-        metrics = self._metric_rowid
-        rows = [
-            (devices[r.device_id], metrics[name], r.ts_us, r.seq, value, received_us, r.buffered)
-            for r, received_us in batch.readings
-            for name, value in r.values
-        ]
         try:
             await db.execute("BEGIN IMMEDIATE")
             try:
-                duplicates: frozenset[tuple[str, int, int]] = frozenset()
-                stored = 0
-                if rows:
-                    await db.executemany(_INSERT_INCOMING, rows)
-                    async with db.execute(_FIND_DUPLICATES) as cur:
-                        duplicates = frozenset(
-                            [(self._device_by_rowid[d], int(s), int(t)) async for d, s, t in cur]
-                        )
-                    async with db.execute(
-                        "INSERT OR IGNORE INTO readings SELECT * FROM temp.incoming"
-                    ) as cur:
-                        stored = cur.rowcount
-                    await db.execute("DELETE FROM temp.incoming")
-                if batch.rejections:
-                    await self._quarantine(batch)
-                if batch.gaps:
-                    await db.executemany(
-                        "INSERT INTO seq_gaps(device, first_missing, last_missing, detected_us) "
-                        "VALUES (?, ?, ?, ?)",
-                        [
-                            (devices[g.device_id], g.first_missing, g.last_missing, g.detected_us)
-                            for g in batch.gaps
-                        ],
-                    )
-                if batch.transitions:
-                    await self._write_transitions(batch.transitions)
-                if batch.notifications:
-                    await enqueue(db, batch.notifications)
-                if batch.devices:
-                    await db.executemany(
-                        "UPDATE devices SET last_seq=?, last_ts_us=?, last_received_us=?, online=? "
-                        "WHERE id=?",
-                        [
-                            (
-                                s.last_seq,
-                                s.last_ts_us,
-                                s.last_received_us,
-                                None if s.online is None else int(s.online),
-                                devices[device_id],
-                            )
-                            for device_id, s in batch.devices.items()
-                        ],
-                    )
+                stored, duplicates = await self._write_readings(batch)
+                await self._write_records(batch)
                 await db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -298,6 +253,58 @@ class SqliteStorage:
         except (sqlite3.Error, OverflowError, ValueError) as exc:
             raise StorageError(f"{self.path}: batch write failed: {exc}") from exc
         return BatchResult(stored=stored, duplicates=duplicates)
+
+    async def _write_readings(self, batch: Batch) -> tuple[int, frozenset[tuple[str, int, int]]]:
+        """Store the batch's readings; return how many rows were new and which readings were not."""
+        db = self._conn
+        devices, metrics = self._device_rowid, self._metric_rowid
+        rows = [
+            (devices[r.device_id], metrics[name], r.ts_us, r.seq, value, received_us, r.buffered)
+            for r, received_us in batch.readings
+            for name, value in r.values
+        ]
+        if not rows:
+            return 0, frozenset()
+        await db.executemany(_INSERT_INCOMING, rows)
+        async with db.execute(_FIND_DUPLICATES) as cur:
+            duplicates = frozenset([(self._device_by_rowid[d], int(s), int(t)) async for d, s, t in cur])
+        async with db.execute("INSERT OR IGNORE INTO readings SELECT * FROM temp.incoming") as cur:
+            stored = cur.rowcount
+        await db.execute("DELETE FROM temp.incoming")
+        return stored, duplicates
+
+    async def _write_records(self, batch: Batch) -> None:
+        """Everything else a batch carries, in the same transaction."""
+        db = self._conn
+        devices = self._device_rowid
+        if batch.rejections:
+            await self._quarantine(batch)
+        if batch.gaps:
+            await db.executemany(
+                "INSERT INTO seq_gaps(device, first_missing, last_missing, detected_us) VALUES (?, ?, ?, ?)",
+                [(devices[g.device_id], g.first_missing, g.last_missing, g.detected_us) for g in batch.gaps],
+            )
+        if batch.transitions:
+            await self._write_transitions(batch.transitions)
+        if batch.notifications:
+            await enqueue(db, batch.notifications)
+        if batch.audit:
+            # The link is read inside the transaction: the deliverer appends on its own connection.
+            await append(db, batch.audit, *await last_link(db))
+        if batch.devices:
+            await db.executemany(
+                "UPDATE devices SET last_seq=?, last_ts_us=?, last_received_us=?, online=? WHERE id=?",
+                [
+                    (
+                        s.last_seq,
+                        s.last_ts_us,
+                        s.last_received_us,
+                        None if s.online is None else int(s.online),
+                        devices[device_id],
+                    )
+                    for device_id, s in batch.devices.items()
+                ],
+            )
 
     async def _quarantine(self, batch: Batch) -> None:
         db = self._conn
@@ -500,6 +507,29 @@ class SqliteStorage:
                 received, buffered = received_us, is_buffered
         if current is not None:
             yield EngineReading(device_id, current[0], values, current[1], bool(buffered), received)
+
+    async def record_audit(self, drafts: list[AuditDraft]) -> None:
+        """Append audit entries in a transaction of their own (start-up, configuration)."""
+        db = self._conn
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                await append(db, drafts, *await last_link(db))
+                await db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: audit write failed: {exc}") from exc
+
+    async def verify_audit(self) -> VerifyResult:
+        """Check the whole audit chain."""
+        return await verify_stored(self._conn)
+
+    def audit_entries(self) -> AsyncIterator[AuditEntry]:
+        """Every audit entry in order."""
+        return read_all(self._conn)
 
     async def check_writable(self) -> None:
         """Take and release the write lock: proves the database accepts writes now."""
