@@ -32,6 +32,9 @@ __all__ = ["DeviceRules"]
 DOOR_METRIC = "door_open"
 CHECKPOINT_EVERY = 64
 MAX_CHECKPOINTS = 32
+# Readings kept for rewinding, whatever the horizon: memory per device stays bounded even
+# when a device clock is stuck or a high rate meets a long horizon.
+MAX_HISTORY = 4096
 
 
 @dataclass(slots=True)
@@ -185,9 +188,10 @@ class DeviceRules:
         last_cp_ts = self.checkpoints[-1][0]
         # Checkpoints cost a copy of the rule state: take one every CHECKPOINT_EVERY readings
         # and at most every 1/16 of the horizon, so a fast device is not copying all day.
-        if (
-            len(self.history) - self.checkpoints[-1][2] >= CHECKPOINT_EVERY
-            and reading.ts_us - last_cp_ts >= self.horizon_us // 16
+        since_checkpoint = len(self.history) - self.checkpoints[-1][2]
+        if (since_checkpoint >= CHECKPOINT_EVERY and reading.ts_us - last_cp_ts >= self.horizon_us // 16) or (
+            # A stuck device clock never moves time on: bound the history by count as well.
+            since_checkpoint >= CHECKPOINT_EVERY * 8
         ):
             self.checkpoints.append(
                 (reading.ts_us, reading.seq, len(self.history), copy.deepcopy(self.judged))
@@ -203,6 +207,11 @@ class DeviceRules:
                 keep_from = index
         # Bounded by count too: a stuck or jumping device clock must not grow memory.
         keep_from = max(keep_from, len(self.checkpoints) - MAX_CHECKPOINTS)
+        while (
+            keep_from < len(self.checkpoints) - 1
+            and len(self.history) - self.checkpoints[keep_from][2] > MAX_HISTORY
+        ):
+            keep_from += 1
         if keep_from == 0:
             return
         drop = self.checkpoints[keep_from][2]
