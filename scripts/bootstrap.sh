@@ -3,7 +3,7 @@
 # installed, and (when running as root on Debian) the system packages that are missing.
 # Usage: source scripts/bootstrap.sh EXTRAS REQUIRE_SERVICES(0|1)
 # With REQUIRE_SERVICES=1 (the tests) the real services the tests start must be
-# installable: Mosquitto and Prometheus Alertmanager. Missing ones are installed when
+# installable: Mosquitto, Prometheus (with promtool) and Prometheus Alertmanager. Missing ones are installed when
 # running as root; otherwise the script stops with a clear message (never a silent skip).
 set -euo pipefail
 
@@ -43,6 +43,13 @@ if ! cw_have mosquitto; then
   if ! cw_have mosquitto && [ "$cw_need_mosquitto" = 1 ]; then
     cw_die "Mosquitto is required by the tests and could not be installed (run as root, or apt-get install mosquitto)"
   fi
+fi
+if [ "$cw_need_mosquitto" = 1 ] && { ! cw_have prometheus || ! cw_have promtool; }; then
+  cw_apt_install prometheus || true
+  # The Debian package starts a system service we do not use; the tests start their own.
+  (systemctl disable --now prometheus || service prometheus stop) >/dev/null 2>&1 || true
+  { cw_have prometheus && cw_have promtool; } \
+    || cw_die "Prometheus (and promtool) are required by the tests and could not be installed (apt-get install prometheus)"
 fi
 if [ "$cw_need_mosquitto" = 1 ] && ! cw_have prometheus-alertmanager; then
   cw_apt_install prometheus-alertmanager || true

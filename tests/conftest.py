@@ -263,3 +263,33 @@ class DaemonProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+COMM_LOSS_OPEN = {
+    "device": "inc-1",
+    "kind": "incubator",
+    "site": "s",
+    "area": "lab",
+    "metric": "device",
+    "rule": "comm_loss",
+    "severity": "action",
+    "state": "active_unacknowledged",
+}
+
+
+def silent_incubator_config(path: Path, *, broker: RunningBroker, prefix: str, api: dict[str, Any]) -> Config:
+    """One incubator, inc-1, whose silence raises communication loss after 1 s; API users ``api``."""
+    return write_config(
+        path,
+        broker=broker,
+        prefix=prefix,
+        devices=[{"id": "inc-1", "kind": "incubator", "site": "s", "area": "lab"}],
+        rules={"devices": {"inc-1": [{"type": "comm_loss", "timeout_s": 1}]}},
+        api=api,
+    )
+
+
+async def raise_comm_loss(broker: RunningBroker, config: Config, running: InProcessDaemon) -> None:
+    """Publish one reading of inc-1, then wait for its silence to raise communication loss (alarm 1)."""
+    await publish_all(broker, [(telemetry_topic(config, "inc-1"), reading(0, {"temp_c": 37.0}))], clients=1)
+    await eventually(lambda: running.sample("coldwatch_alarms_open", COMM_LOSS_OPEN) == 1, what="an alarm")

@@ -13,7 +13,16 @@ import httpx
 import pytest
 
 from coldwatch.broker import RunningBroker
-from tests.conftest import eventually, publish_all, reading, running_daemon, telemetry_topic, write_config
+from tests.conftest import (
+    eventually,
+    publish_all,
+    raise_comm_loss,
+    reading,
+    running_daemon,
+    silent_incubator_config,
+    telemetry_topic,
+    write_config,
+)
 
 OPERATOR_TOKEN = "op-" + "7" * 40
 VIEWER_TOKEN = "view-" + "3" * 40
@@ -42,32 +51,9 @@ async def test_roles_reasons_and_attribution(
     broker: RunningBroker, prefix: str, tmp_path: Path, api_users: dict[str, object]
 ) -> None:
     """401 without a token, 403 for a viewer acting, 422 without a reason, 200 for a named operator."""
-    devices = [{"id": "inc-1", "kind": "incubator", "site": "s", "area": "lab"}]
-    config = write_config(
-        tmp_path / "c.yaml",
-        broker=broker,
-        prefix=prefix,
-        devices=devices,
-        api=api_users,
-        rules={"devices": {"inc-1": [{"type": "comm_loss", "timeout_s": 1}]}},
-    )
+    config = silent_incubator_config(tmp_path / "c.yaml", broker=broker, prefix=prefix, api=api_users)
     async with running_daemon(config) as running:
-        await publish_all(
-            broker, [(telemetry_topic(config, "inc-1"), reading(0, {"temp_c": 37.0}))], clients=1
-        )
-        labels = {
-            "device": "inc-1",
-            "kind": "incubator",
-            "site": "s",
-            "area": "lab",
-            "metric": "device",
-            "rule": "comm_loss",
-            "severity": "action",
-            "state": "active_unacknowledged",
-        }
-        await eventually(
-            lambda: running.sample("coldwatch_alarms_open", labels) == 1, what="an alarm to act on"
-        )
+        await raise_comm_loss(broker, config, running)
         async with httpx.AsyncClient(base_url=running.base_url, timeout=10) as client:
             alarms = (await client.get("/api/v1/alarms", headers=_auth(VIEWER_TOKEN))).json()
             alarm_id = alarms[0]["id"]
@@ -157,31 +143,9 @@ async def test_console_acknowledgement_is_attributed(
     broker: RunningBroker, prefix: str, tmp_path: Path, api_users: dict[str, object]
 ) -> None:
     """`coldwatch alarms ack` acknowledges through the daemon as the token's user; no token is refused."""
-    devices = [{"id": "inc-1", "kind": "incubator", "site": "s", "area": "lab"}]
-    config = write_config(
-        tmp_path / "c.yaml",
-        broker=broker,
-        prefix=prefix,
-        devices=devices,
-        api=api_users,
-        rules={"devices": {"inc-1": [{"type": "comm_loss", "timeout_s": 1}]}},
-    )
+    config = silent_incubator_config(tmp_path / "c.yaml", broker=broker, prefix=prefix, api=api_users)
     async with running_daemon(config) as running:
-        await publish_all(
-            broker, [(telemetry_topic(config, "inc-1"), reading(0, {"temp_c": 37.0}))], clients=1
-        )
-        await eventually(
-            lambda: (
-                sum(
-                    s.value
-                    for m in running.registry.collect()
-                    if m.name == "coldwatch_alarms_open"
-                    for s in m.samples
-                )
-                == 1
-            ),
-            what="an alarm",
-        )
+        await raise_comm_loss(broker, config, running)
         command = [
             sys.executable,
             "-m",

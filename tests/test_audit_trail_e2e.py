@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from coldwatch.broker import RunningBroker
-from tests.conftest import eventually, publish_all, reading, running_daemon, telemetry_topic, write_config
+from tests.conftest import raise_comm_loss, running_daemon, silent_incubator_config
 from tests.test_api import OPERATOR_TOKEN, VIEWER_TOKEN, api_users
 
 __all__ = ["api_users"]
@@ -36,26 +36,9 @@ def coldwatch(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 async def audited(broker: RunningBroker, prefix: str, tmp_path: Path, api_users: dict[str, object]) -> Path:
     """A collector run with an alarm raised and acknowledged by an operator; returns its config file."""
-    devices = [{"id": "inc-1", "kind": "incubator", "site": "s", "area": "lab"}]
-    config = write_config(
-        tmp_path / "c.yaml",
-        broker=broker,
-        prefix=prefix,
-        devices=devices,
-        api=api_users,
-        rules={"devices": {"inc-1": [{"type": "comm_loss", "timeout_s": 1}]}},
-    )
+    config = silent_incubator_config(tmp_path / "c.yaml", broker=broker, prefix=prefix, api=api_users)
     async with running_daemon(config) as running:
-        await publish_all(
-            broker, [(telemetry_topic(config, "inc-1"), reading(0, {"temp_c": 37.0}))], clients=1
-        )
-        await eventually(
-            lambda: (
-                running.sample("coldwatch_alarm_transitions_total", {"rule": "comm_loss", "event": "raised"})
-                == 1
-            ),
-            what="an alarm",
-        )
+        await raise_comm_loss(broker, config, running)
         async with httpx.AsyncClient(base_url=running.base_url, timeout=10) as client:
             done = await client.post(
                 "/api/v1/alarms/1/ack",
