@@ -19,7 +19,15 @@ from coldwatch.rules.lifecycle import AlarmBook
 from coldwatch.rules.model import US, EngineReading
 from simulators import build_models, encode_reading, timeline
 from simulators.fleet import telemetry_topic as sim_topic
-from tests.conftest import eventually, publish_all, reading, running_daemon, telemetry_topic, write_config
+from tests.conftest import (
+    COMM_LOSS_OPEN,
+    eventually,
+    publish_all,
+    reading,
+    running_daemon,
+    telemetry_topic,
+    write_config,
+)
 
 NO_COMM_LOSS = [{"type": "comm_loss", "timeout_s": 1, "enabled": False}]
 
@@ -173,16 +181,7 @@ async def test_silent_device_raises_communication_loss(
     async with running_daemon(config) as running:
         last = datetime.now(UTC).timestamp()
         await publish_all(broker, [(topic, reading(0, values, ts=last))], clients=1)
-        labels = {
-            "device": "inc-1",
-            "kind": "incubator",
-            "site": "s",
-            "area": "lab",
-            "metric": "device",
-            "rule": "comm_loss",
-            "severity": "action",
-            "state": "active_unacknowledged",
-        }
+        labels = COMM_LOSS_OPEN
         await eventually(
             lambda: running.sample("coldwatch_alarms_open", labels) == 1, timeout_s=15, what="comm loss"
         )
