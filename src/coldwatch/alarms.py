@@ -76,9 +76,6 @@ async def restore(
         since = newest - round(
             memory_s(engine.rules[device.id], device.interval_s, config.rules.reorder_horizon_s) * US
         )
-        for alarm in kept:
-            if alarm.key.device_id == device.id and alarm.active and alarm.raised_ts_us < since:
-                engine.seed(alarm.key, alarm.severity, alarm.raised_ts_us)
         async for reading in storage.readings_since(device.id, since):
             engine.ingest(reading)
             replayed += 1

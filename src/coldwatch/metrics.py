@@ -56,7 +56,7 @@ class _ScrapeTimeCollector(Collector):
         for device in owner.devices:
             last_us = owner.last_received_us.get(device.id)
             if last_us is not None:
-                age.add_metric(owner.device_labels(device), max(0.0, now_s - last_us / 1e6))
+                age.add_metric(owner.labels_of(device.id), max(0.0, now_s - last_us / 1e6))
         yield age
         depth = GaugeMetricFamily(
             "coldwatch_ingest_queue_depth", "Messages received but not yet committed to storage"
@@ -255,10 +255,6 @@ class Metrics:
             self.seq_missing.labels(*labels)
         for kind in KINDS:
             self.values.labels(kind.value)
-
-    def device_labels(self, device: DeviceConfig) -> tuple[str, str, str, str]:
-        """The label values that identify ``device``."""
-        return self._labels[device.id]
 
     def set_limits(self, limits: Iterable[tuple[str, str, str, str, str, float]]) -> None:
         """Publish every configured limit: (device, metric, rule, severity, direction, value)."""

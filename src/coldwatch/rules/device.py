@@ -333,14 +333,3 @@ class DeviceRules:
             self.checkpoints = [(last[0], last[1], len(self.history), copy.deepcopy(self.judged))]
         elif self.history:
             self.newest = self.history[-1][:2]
-
-    def seed(self, key: AlarmKey, severity: Severity, since_us: int) -> None:
-        """Restore an alarm known to be open (after a restart)."""
-        for comm in self.comm:
-            if comm.key == key:
-                comm.raised_us = since_us
-                return
-        for latch in self.judged.latches:
-            if latch.key == key:
-                latch.seed(severity, since_us)
-                return

@@ -28,7 +28,7 @@ from coldwatch.rules.device import DeviceRules
 from coldwatch.rules.evaluators import HeldEvaluator, ProbeDisagreementEvaluator, ThresholdEvaluator
 from coldwatch.rules.forecast import ForecastEvaluator
 from coldwatch.rules.lifecycle import Alarm
-from coldwatch.rules.model import AlarmEvent, AlarmKey, EngineReading, RuleEvaluator, Severity
+from coldwatch.rules.model import AlarmEvent, AlarmKey, EngineReading, RuleEvaluator
 from coldwatch.rules.profiles import rules_for
 from coldwatch.rules.windows import (
     ConsecutiveEvaluator,
@@ -111,12 +111,6 @@ class Engine:
         for device in self.devices.values():
             events += device.advance(now_us)
         return events
-
-    def seed(self, key: AlarmKey, severity: Severity, since_us: int) -> None:
-        """Restore an open alarm after a restart."""
-        device = self.devices.get(key.device_id)
-        if device is not None:
-            device.seed(key, severity, since_us)
 
     def keys(self) -> set[AlarmKey]:
         """Every alarm key the rules can raise."""
