@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from coldwatch.rules.config import HeldRule, ProbeDisagreementRule, SeverityName, ThresholdRule
+import numpy as np
+
 from coldwatch.rules.model import US, Severity, Signal
+from coldwatch.rules.vector import Floats, Ints, SignalArrays, graded, present
 
 __all__ = ["HeldEvaluator", "ProbeDisagreementEvaluator", "ThresholdEvaluator", "level_delays"]
 
@@ -53,6 +56,12 @@ class ThresholdEvaluator:
                 hold = severity
         return Signal.with_hold(level, hold, value, limit)
 
+    def signals(self, ts_us: Ints, values: Mapping[str, Floats]) -> SignalArrays:
+        """``update`` at every reading of a series, from a fresh state."""
+        index, value = present(dict(values), self.metric, len(ts_us))
+        level, keeps, limit = graded(value, self._levels, high=self._high)
+        return SignalArrays(index, level, keeps, value, limit, with_hold=True)
+
 
 class HeldEvaluator:
     """A boolean that must not stay true longer than each level's delay."""
@@ -70,6 +79,12 @@ class HeldEvaluator:
         if value is None:
             return None
         return Signal(self._worst if value >= 0.5 else None, value, 1.0)
+
+    def signals(self, ts_us: Ints, values: Mapping[str, Floats]) -> SignalArrays:
+        """``update`` at every reading of a series, from a fresh state."""
+        index, value = present(dict(values), self.metric, len(ts_us))
+        level = np.where(value >= 0.5, int(self._worst), 0).astype(np.int8)  # noqa: PLR2004 - a boolean
+        return SignalArrays(index, level, level, value, np.full(len(index), 1.0), with_hold=False)
 
 
 class ProbeDisagreementEvaluator:
@@ -100,3 +115,13 @@ class ProbeDisagreementEvaluator:
             if diff > clear_at:
                 hold = severity
         return Signal.with_hold(level, hold, diff, limit)
+
+    def signals(self, ts_us: Ints, values: Mapping[str, Floats]) -> SignalArrays:
+        """``update`` at every reading of a series, from a fresh state."""
+        size = len(ts_us)
+        a_index, _ = present(dict(values), self.metric, size)
+        b_index, _ = present(dict(values), self._other, size)
+        index = np.intersect1d(a_index, b_index).astype(np.int64)
+        diff = np.abs(values[self.metric][index] - values[self._other][index]) if len(index) else np.zeros(0)
+        level, keeps, limit = graded(diff, self._levels)
+        return SignalArrays(index, level, keeps, diff, limit, with_hold=True)

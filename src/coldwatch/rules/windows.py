@@ -24,6 +24,7 @@ from coldwatch.rules.config import (
 )
 from coldwatch.rules.evaluators import SEVERITY
 from coldwatch.rules.model import US, Severity, Signal
+from coldwatch.rules.vector import Floats, Ints, SignalArrays, graded, present
 
 __all__ = [
     "ConsecutiveEvaluator",
@@ -101,6 +102,28 @@ class RateEvaluator:
                 hold = severity
         return Signal.with_hold(level, hold, rate, limit)
 
+    def signals(self, ts_us: Ints, values: Mapping[str, Floats]) -> SignalArrays:
+        """``update`` at every reading of a series, from a fresh state."""
+        index, value = present(dict(values), self.metric, len(ts_us))
+        times = ts_us[index]
+        oldest = np.searchsorted(times, times - self._window_us, side="left")
+        valid = times > times[oldest]
+        rate = np.full(len(index), np.nan)
+        rate[valid] = (
+            (value[valid] - value[oldest[valid]])
+            * float(_US_PER_MIN)
+            / (times[valid] - times[oldest[valid]]).astype(np.float64)
+        )
+        if self._direction == "rise":
+            judged = rate
+        elif self._direction == "fall":
+            judged = -rate
+        else:
+            judged = np.abs(rate)
+        level, keeps, limit = graded(np.where(valid, judged, -np.inf), self._levels)
+        limit[~valid] = np.nan
+        return SignalArrays(index, level, keeps, rate, limit, with_hold=True)
+
 
 class ConsecutiveEvaluator:
     """N of the last M samples beyond a level's limit (strictly above). No delays, no margin."""
@@ -134,6 +157,20 @@ class ConsecutiveEvaluator:
             if self._beyond[index] >= n:
                 level, limit = severity, lim
         return Signal(level, value, limit)
+
+    def signals(self, ts_us: Ints, values: Mapping[str, Floats]) -> SignalArrays:
+        """``update`` at every reading of a series, from a fresh state."""
+        index, value = present(dict(values), self.metric, len(ts_us))
+        level = np.zeros(len(index), dtype=np.int8)
+        for (severity, lim, n), flags in zip(self._levels, self._flags, strict=True):
+            assert flags.maxlen is not None
+            beyond = np.concatenate([[0], np.cumsum(value > lim)])
+            last_m = beyond[1:] - beyond[np.maximum(np.arange(1, len(index) + 1) - flags.maxlen, 0)]
+            level[last_m >= n] = int(severity)
+        limit = np.full(len(index), self._levels[0][1])
+        for severity, lim, _ in self._levels:
+            limit[level == int(severity)] = lim
+        return SignalArrays(index, level, level, value, limit, with_hold=False)
 
 
 class EventsInWindowEvaluator:
@@ -176,6 +213,27 @@ class EventsInWindowEvaluator:
             if len(events) >= k:
                 level = severity
         return Signal(level, float(count), float(needed))
+
+    def signals(self, ts_us: Ints, values: Mapping[str, Floats]) -> SignalArrays:
+        """``update`` at every reading of a series, from a fresh state."""
+        index, value = present(dict(values), self.metric, len(ts_us))
+        times = ts_us[index]
+        level = np.zeros(len(index), dtype=np.int8)
+        count = np.zeros(len(index), dtype=np.int64)
+        needed = np.zeros(len(index), dtype=np.int64)
+        for position, (severity, lim, k) in enumerate(self._levels):
+            beyond = value > lim
+            events = times[beyond]
+            in_window = np.cumsum(beyond) - np.searchsorted(events, times - self._window_us, side="right")
+            chosen = in_window >= k
+            if position == 0:
+                chosen = np.ones(len(index), dtype=np.bool_)
+            count[chosen] = in_window[chosen]
+            needed[chosen] = k
+            level[in_window >= k] = int(severity)
+        return SignalArrays(
+            index, level, level, count.astype(np.float64), needed.astype(np.float64), with_hold=False
+        )
 
 
 class TimeOutOfRangeEvaluator:
@@ -239,6 +297,34 @@ class TimeOutOfRangeEvaluator:
             if total >= budget_us:
                 level, budget_s = severity, budget
         return Signal(level, total / US, budget_s)
+
+    def signals(self, ts_us: Ints, values: Mapping[str, Floats]) -> SignalArrays:
+        """``update`` at every reading of a series, from a fresh state (exact integer time)."""
+        index, value = present(dict(values), self.metric, len(ts_us))
+        times = ts_us[index]
+        out = np.zeros(len(index), dtype=np.bool_)
+        if self._low is not None:
+            out |= value < self._low
+        if self._high is not None:
+            out |= value > self._high
+        # Time held out of range up to each reading: the interval before it, when the reading
+        # before was out; and the part inside the window of the interval the window starts in.
+        held = np.zeros(len(index), dtype=np.int64)
+        if len(index) > 1:
+            held[1:] = np.where(out[:-1], np.diff(times), 0)
+        cumulative = np.cumsum(held)
+        window_start = times - self._window_us
+        first = np.searchsorted(times, window_start, side="left")
+        total = cumulative - cumulative[first]
+        partial = (first > 0) & out[np.maximum(first - 1, 0)]
+        total[partial] += times[first[partial]] - window_start[partial]
+        level = np.zeros(len(index), dtype=np.int8)
+        limit = np.full(len(index), self._levels[0][2])
+        for severity, budget_us, budget_s in self._levels:
+            met = total >= budget_us
+            level[met] = int(severity)
+            limit[met] = budget_s
+        return SignalArrays(index, level, level, total.astype(np.float64) / US, limit, with_hold=False)
 
 
 def mean_kinetic_temperature_c(
