@@ -348,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: the configured broker if reachable, else mosquitto if installed, else amqtt",
     )
     p.set_defaults(func=_cmd_demo)
+
+    from coldwatch.replay.command import add_parser as add_replay  # noqa: PLC0415 - keeps start-up light
+
+    add_replay(sub)
     return parser
 
 

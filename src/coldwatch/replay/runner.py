@@ -324,13 +324,17 @@ def choose_mode(streams: dict[str, DeviceStream], mode: EngineMode) -> Literal["
 
 
 def run_scenario(
-    loaded: LoadedScenario, *, mode: EngineMode = "auto", progress: Progress | None = None
+    loaded: LoadedScenario,
+    *,
+    mode: EngineMode = "auto",
+    progress: Progress | None = None,
+    streams: dict[str, DeviceStream] | None = None,
 ) -> ScenarioResult:
     """Replay one scenario in event time and judge its expectations."""
-    from coldwatch.replay.batch import batched_events  # noqa: PLC0415 - numpy-heavy, optional path
+    from coldwatch.replay.batch import batched_events  # noqa: PLC0415 - the batch imports this module
 
     began = time.perf_counter()
-    streams = build_streams(loaded.scenario)
+    streams = build_streams(loaded.scenario) if streams is None else streams
     chosen = choose_mode(streams, mode)
     engine = _engine(loaded)
     if chosen == "batched":

@@ -18,6 +18,7 @@ import numpy as np
 from coldwatch.rules.config import ForecastRule
 from coldwatch.rules.evaluators import SEVERITY
 from coldwatch.rules.model import US, Severity, Signal
+from coldwatch.rules.vector import Bools, Floats, Ints, SignalArrays, present
 
 __all__ = ["ForecastEvaluator"]
 
@@ -143,6 +144,41 @@ class ForecastEvaluator:
                 level, limit = severity, hours
         return Signal(level, prediction, limit)
 
+    def signals(self, ts_us: Ints, values: Mapping[str, Floats]) -> SignalArrays:
+        """``update`` at every reading of a series, from a fresh state (bit-identical sums)."""
+        size = len(ts_us)
+        level_index, _ = present(dict(values), self.metric, size)
+        temp_index, _ = present(dict(values), self._temp_metric, size)
+        index = np.union1d(level_index, temp_index).astype(np.int64)
+        step_ts = ts_us[index]
+        nan = np.full(size, np.nan)
+        level_y = values.get(self.metric, nan)[index]
+        temp_y = values.get(self._temp_metric, nan)[index]
+        level = _fit_series(step_ts, ~np.isnan(level_y), self._window_us, level_y)
+        temp = _fit_series(step_ts, ~np.isnan(temp_y), self._window_us, temp_y)
+        enough_l = level.count >= self._min_points
+        with np.errstate(invalid="ignore", divide="ignore"):
+            to_empty = np.where(
+                enough_l & (level.slope < 0), np.maximum(0.0, (level.at - self._empty_pct) / -level.slope), np.nan
+            )
+            to_empty = np.where(enough_l & (level.newest <= self._empty_pct), 0.0, to_empty)
+            enough_t = temp.count >= self._min_points
+            to_warm = np.where(
+                enough_t & (temp.slope > 0), np.maximum(0.0, (self._temp_limit_c - temp.at) / temp.slope), np.nan
+            )
+            to_warm = np.where(enough_t & (temp.newest >= self._temp_limit_c), 0.0, to_warm)
+        prediction = np.where(
+            np.isnan(to_empty), to_warm, np.where(np.isnan(to_warm), to_empty, np.minimum(to_empty, to_warm))
+        )
+        known = ~np.isnan(prediction)
+        grade = np.zeros(len(index), dtype=np.int8)
+        limit = np.where(known, self._levels[0][1], np.nan)
+        for severity, hours in self._levels:
+            below = known & (prediction < hours)
+            grade[below] = int(severity)
+            limit[below] = hours
+        return SignalArrays(index, grade, grade, prediction, limit, with_hold=False)
+
     def _hours_to_empty(self, ts_us: int) -> float | None:
         fit = self._level
         if len(fit.points) < self._min_points:
@@ -166,3 +202,94 @@ class ForecastEvaluator:
             return None
         now, slope = line
         return max(0.0, (self._temp_limit_c - now) / slope)
+
+
+@dataclass(frozen=True, slots=True)
+class _FitSeries:
+    """A fit's state after each step of a series: points held, newest value, and the line."""
+
+    count: Ints
+    newest: Floats
+    at: Floats  # fitted value at the step's time (NaN: no line)
+    slope: Floats  # per hour (NaN: no line)
+
+
+def _rebuilt(times: Ints, ys: Floats, origin_us: int, origin_y: float) -> tuple[float, float, float, float]:
+    """Exactly :meth:`_LinearFit._rebuild` over these points."""
+    dys = ys - origin_y
+    xs = (times - origin_us).astype(np.float64) / HOUR_US
+    return float(xs.sum()), float(dys.sum()), float(np.dot(xs, xs)), float(np.dot(xs, dys))
+
+
+def _fit_series(step_ts: Ints, step_has: Bools, window_us: int, ys_at_steps: Floats) -> _FitSeries:  # noqa: PLR0914 - one fit, step by step
+    """What a :class:`_LinearFit` fed at every step (``add`` where ``step_has``) holds after each.
+
+    The running sums are the same sequence of floating-point additions as the fit's:
+    each step first subtracts the points leaving the window, then adds its own point or
+    rebuilds; ``np.cumsum`` adds strictly left to right, so the sums are bit-identical.
+    """
+    steps = len(step_ts)
+    own = np.flatnonzero(step_has)  # steps that add a point
+    times = step_ts[own]
+    ys = ys_at_steps[own]
+    added = np.cumsum(step_has)  # points added up to each step
+    evicted = np.minimum(np.searchsorted(times, step_ts - window_us, side="right"), added)
+    count = added - evicted
+    # Which step evicts each point (points never evicted: none).
+    evict_step = np.searchsorted(evicted, np.arange(len(own)), side="right")
+    # Rebuilds: at an add that finds the fit empty, or a window past the origin.
+    alone = np.flatnonzero(count[own] == 1)
+    rebuild_at: list[int] = []  # indexes into ``own``
+    j = 0
+    while j < len(own):
+        rebuild_at.append(j)
+        past = int(np.searchsorted(times, times[j] + window_us, side="right"))
+        nxt = int(alone[np.searchsorted(alone, j, side="right")]) if alone.size and alone[-1] > j else len(own)
+        j = min(past, nxt)
+    # Ops in the order the fit performs them: per step, evictions (oldest first), then the add.
+    sub_points = np.flatnonzero(evict_step < steps)
+    op_step = np.concatenate([evict_step[sub_points], own])
+    op_kind = np.concatenate([np.zeros(len(sub_points), np.int8), np.ones(len(own), np.int8)])
+    op_point = np.concatenate([sub_points, np.arange(len(own))])
+    order = np.lexsort((op_point, op_kind, op_step))
+    op_step, op_kind, op_point = op_step[order], op_kind[order], op_point[order]
+    add_op = np.empty(len(own), dtype=np.int64)
+    add_op[op_point[op_kind == 1]] = np.flatnonzero(op_kind == 1)
+    rebuild_ops = add_op[np.asarray(rebuild_at, dtype=np.int64)]
+    sums = np.zeros((4, len(op_step)))
+    origin_of_op = np.zeros(len(op_step), dtype=np.int64)  # index into ``own`` of the origin point
+    bounds = [*rebuild_ops.tolist(), len(op_step)]
+    for segment, (begin, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        o = rebuild_at[segment]
+        origin_us, origin_y = int(times[o]), float(ys[o])
+        first = int(evicted[own[o]])
+        start = _rebuilt(times[first : o + 1], ys[first : o + 1], origin_us, origin_y)
+        points = op_point[begin + 1 : end]
+        sign = np.where(op_kind[begin + 1 : end] == 1, 1.0, -1.0)
+        x = sign * ((times[points] - origin_us).astype(np.float64) / HOUR_US)
+        x_plain = (times[points] - origin_us).astype(np.float64) / HOUR_US
+        dy = ys[points] - origin_y
+        terms = (x, sign * dy, x * x_plain, x * dy)
+        for row, (s0, term) in enumerate(zip(start, terms, strict=True)):
+            sums[row, begin:end] = np.cumsum(np.concatenate([[s0], term]))
+        origin_of_op[begin:end] = o
+    before_ops = np.searchsorted(op_step, np.arange(steps), side="right")
+    last_op = before_ops - 1  # the last op at or before each step (-1: none yet)
+    valid = (last_op >= 0) & (count >= 2)  # noqa: PLR2004 - a line needs two points
+    at = np.full(steps, np.nan)
+    slope = np.full(steps, np.nan)
+    k = np.flatnonzero(valid)
+    s = sums[:, last_op[k]]
+    n = count[k].astype(np.float64)
+    mean_x = s[0] / n
+    mean_dy = s[1] / n
+    var_x = s[2] / n - mean_x * mean_x
+    fitted = ~(var_x <= _DEGENERATE * (s[2] / n))
+    o = origin_of_op[last_op[k]]
+    slope_k = (s[3] / n - mean_x * mean_dy) / var_x
+    x_now = (step_ts[k] - times[o]).astype(np.float64) / HOUR_US
+    at_k = ys[o] + mean_dy + slope_k * (x_now - mean_x)
+    at[k[fitted]] = at_k[fitted]
+    slope[k[fitted]] = slope_k[fitted]
+    newest = np.where(added > 0, ys[np.maximum(added - 1, 0)] if len(ys) else 0.0, np.nan)
+    return _FitSeries(count, newest, at, slope)
