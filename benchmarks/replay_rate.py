@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from coldwatch.replay.runner import alarm_records, engine_events, run_scenario
@@ -77,14 +78,14 @@ def scenario(kind: str, days: float) -> LoadedScenario:
             "expect": [{"id": "BENCH", "device": device["id"], "rule": "device/comm_loss", "never": True}],
         }
     )
-    from pathlib import Path  # noqa: PLC0415
-
     return _resolve(Path(f"{kind}.yaml"), spec, json.dumps(SIGNALS[kind]))
 
 
 def main() -> int:
     """Run the benchmark; exit 1 when the batched path disagrees with the reading-by-reading one."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--days", type=float, default=30.0)
     parser.add_argument("--baseline-days", type=float, default=1.0)
     parser.add_argument("--kinds", nargs="+", default=list(SIGNALS))
@@ -125,15 +126,18 @@ def main() -> int:
                 "same_alarms_on_baseline_days": same,
             }
         )
-    print(f"{'device kind':<18}{'readings':>12}{'alarms':>8}{'batched/s':>14}{'reading/s':>12}{'x':>7}  target")
+    print(
+        f"{'device kind':<18}{'readings':>12}{'alarms':>8}{'batched/s':>14}{'reading/s':>12}{'x':>7}  target"
+    )
     for r in rows:
         print(
             f"{r['kind']:<18}{r['readings']:>12,}{r['alarms']:>8}{r['batched_per_s']:>14,}"
             f"{r['reading_by_reading_per_s']:>12,}{r['speed_up']:>7}  "
-            f"{'met' if r['meets_target'] else 'MISSED'} ({TARGET_PER_S:,}/s); same alarms: {r['same_alarms_on_baseline_days']}"
+            f"{'met' if r['meets_target'] else 'MISSED'} ({TARGET_PER_S:,}/s); "
+            f"same alarms: {r['same_alarms_on_baseline_days']}"
         )
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as out:
+        with Path(args.json).open("w", encoding="utf-8") as out:
             json.dump({"benchmark": "replay_rate", "days": args.days, "rows": rows}, out, indent=2)
     return 0 if agree else 1
 

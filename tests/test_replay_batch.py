@@ -23,8 +23,10 @@ def _both(loaded: LoadedScenario) -> tuple[list[EmittedEvent], list[EmittedEvent
 
 
 def _assert_same(reference: list[EmittedEvent], batched: list[EmittedEvent]) -> None:
-    """Same events (kind, key, time, severity, value, limit, lateness, detail), emitted at the same instants."""
-    assert [(e.emit_us, e.phase, e.event) for e in batched] == [(e.emit_us, e.phase, e.event) for e in reference]
+    """Same events (kind, key, time, severity, value, limit, lateness, detail) at the same instants."""
+    assert [(e.emit_us, e.phase, e.event) for e in batched] == [
+        (e.emit_us, e.phase, e.event) for e in reference
+    ]
 
 
 @pytest.mark.parametrize("path", LIBRARY, ids=[p.stem for p in LIBRARY])
@@ -49,7 +51,10 @@ METRICS = {
         "tilt_deg": (30.0, 30.0),
         "battery_pct": (30.0, 20.0),
     },
-    "particle_counter": {"particles_0_5um_m3": (300_000.0, 250_000.0), "particles_5_0um_m3": (2_000.0, 2_000.0)},
+    "particle_counter": {
+        "particles_0_5um_m3": (300_000.0, 250_000.0),
+        "particles_5_0um_m3": (2_000.0, 2_000.0),
+    },
 }
 
 EXTRA_RULES: dict[str, list[dict[str, Any]]] = {
@@ -96,7 +101,9 @@ def _segments(draw: st.DrawFn, mean: float, spread: float) -> list[dict[str, Any
             out.append({"step": {"to": value, "for": f"{minutes}m"}})
         else:
             sd = spread * draw(st.floats(0.01, 0.3))
-            out.append({"noise": {"mean": value, "sd": sd, "seed": draw(st.integers(0, 99)), "for": f"{minutes}m"}})
+            out.append(
+                {"noise": {"mean": value, "sd": sd, "seed": draw(st.integers(0, 99)), "for": f"{minutes}m"}}
+            )
     return out
 
 
@@ -114,7 +121,9 @@ def random_scenarios(draw: st.DrawFn) -> LoadedScenario:
     device: dict[str, Any] = {"id": "dev-1", "kind": kind, "site": "s1", "area": "a1"}
     if kind == "particle_counter":
         device["grade"] = draw(st.sampled_from(["A", "B", "C"]))
-    metrics = {m: _segments(draw, *ms) for m, ms in METRICS[kind].items() if draw(st.booleans()) or m == "temp_c"}
+    metrics = {
+        m: _segments(draw, *ms) for m, ms in METRICS[kind].items() if draw(st.booleans()) or m == "temp_c"
+    }
     timeline: dict[str, Any] = {
         "interval": draw(st.sampled_from([1, 5, 10, 30, 60])),
         "metrics": metrics,
@@ -158,7 +167,11 @@ def test_random_timelines_do_raise_alarms() -> None:
                 "dev-1": {
                     "interval": 10,
                     "metrics": {
-                        "temp_c": [{"hold": {"value": 37, "for": "30m"}}, {"ramp": {"to": 39, "over": "4m"}}, {"hold": {"for": "20m"}}],
+                        "temp_c": [
+                            {"hold": {"value": 37, "for": "30m"}},
+                            {"ramp": {"to": 39, "over": "4m"}},
+                            {"hold": {"for": "20m"}},
+                        ],
                         "co2_pct": [{"noise": {"mean": 5.4, "sd": 0.2, "seed": 1, "for": "3h"}}],
                     },
                     "gaps": [{"at": "2h", "for": "10m"}],

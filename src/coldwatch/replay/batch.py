@@ -12,7 +12,8 @@ checks that on every library scenario and on random timelines.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from itertools import pairwise
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from coldwatch.config import DeviceConfig
 from coldwatch.replay.runner import PHASE_READING, PHASE_TIMER, EmittedEvent, _action_times
 from coldwatch.replay.scenario import LoadedScenario
 from coldwatch.replay.timeline import DeviceStream
-from coldwatch.rules.config import CommLossRule, RulesConfig
+from coldwatch.rules.config import CommLossRule, RulesConfig, RuleSpec
 from coldwatch.rules.device import DOOR_METRIC
 from coldwatch.rules.engine import build_evaluator
 from coldwatch.rules.latch import Latch
@@ -41,7 +42,7 @@ def door_suppression(ts_us: Ints, values: dict[str, Floats], recovery_us: int) -
         return np.zeros(len(ts_us), dtype=np.bool_)
     given = ~np.isnan(door)
     last = np.maximum.accumulate(np.where(given, np.arange(len(door)), -1))
-    is_open = np.where(last >= 0, door[np.maximum(last, 0)] >= 0.5, False)  # noqa: PLR2004 - a boolean
+    is_open = np.where(last >= 0, door[np.maximum(last, 0)] >= 0.5, False)
     was_open = np.concatenate([[False], is_open[:-1]])
     closes = given & was_open & ~is_open
     last_close = np.maximum.accumulate(np.where(closes, np.arange(len(door)), -1))
@@ -98,7 +99,7 @@ def _feed_sparse(
         code = code * 2 + held
     bounds = [0, *(np.flatnonzero(np.diff(code)) + 1).tolist(), n]
     out: list[tuple[int, AlarmEvent]] = []
-    for begin, end in zip(bounds[:-1], bounds[1:], strict=True):
+    for begin, end in pairwise(bounds):
         position: int | None = begin
         while position is not None:
             reading = int(arrays.index[position])
@@ -119,11 +120,11 @@ def _feed_sparse(
 
 
 def _judged(
-    device: DeviceConfig, specs: list[object], rules: RulesConfig, stream: DeviceStream, order: int
+    device: DeviceConfig, specs: Sequence[RuleSpec], rules: RulesConfig, stream: DeviceStream, order: int
 ) -> list[_Sortable]:
     suppressed = door_suppression(stream.ts_us, stream.values, round(rules.door_recovery_s * US))
     out: list[_Sortable] = []
-    evaluators = [build_evaluator(s) for s in specs if not isinstance(s, CommLossRule)]  # type: ignore[arg-type]
+    evaluators = [build_evaluator(s) for s in specs if not isinstance(s, CommLossRule)]
     for rank, evaluator in enumerate(evaluators):
         batched: Callable[..., SignalArrays] | None = getattr(evaluator, "signals", None)
         arrays = batched(stream.ts_us, stream.values) if batched is not None else _fallback(evaluator, stream)
@@ -135,7 +136,7 @@ def _judged(
     return out
 
 
-def _comm_loss(  # noqa: PLR0913 - the parts of one device's timing
+def _comm_loss(  # noqa: PLR0917 - the parts of one device's timing
     device: DeviceConfig,
     rule: CommLossRule,
     stream: DeviceStream,
@@ -152,7 +153,9 @@ def _comm_loss(  # noqa: PLR0913 - the parts of one device's timing
     else:
         series = stream.values.get(rule.metric)
         carrying = (
-            np.zeros(0, dtype=np.int64) if series is None else np.flatnonzero(~np.isnan(series)).astype(np.int64)
+            np.zeros(0, dtype=np.int64)
+            if series is None
+            else np.flatnonzero(~np.isnan(series)).astype(np.int64)
         )
     arrivals = stream.received_us[carrying]
     previous = np.maximum(np.concatenate([[started_us], arrivals]), started_us)
@@ -164,7 +167,9 @@ def _comm_loss(  # noqa: PLR0913 - the parts of one device's timing
         tick = int(np.searchsorted(ticks, at, side="left"))
         if tick == len(ticks) or (gap < len(arrivals) and ticks[tick] > following[gap]):
             continue  # no timer ran between the deadline and the next reading
-        raised = AlarmEvent(EventKind.RAISED, key, at, severity, detail=f"no reading for {rule.timeout_s:g} s")
+        raised = AlarmEvent(
+            EventKind.RAISED, key, at, severity, detail=f"no reading for {rule.timeout_s:g} s"
+        )
         out.append((int(ticks[tick]), PHASE_TIMER, order[0], -1, 0, raised))
         if gap < len(arrivals):
             i = int(carrying[gap])
@@ -191,13 +196,8 @@ def batched_events(
         stream = streams.get(device.id)
         specs = list(rules_for(device, loaded.rules))
         if stream is None:
-            stream = DeviceStream(
-                device.id,
-                *(np.zeros(0, dtype=np.int64) for _ in range(2)),
-                np.zeros(0, dtype=np.bool_),
-                np.zeros(0, dtype=np.int64),
-                {},
-            )
+            none = np.zeros(0, dtype=np.int64)
+            stream = DeviceStream(device.id, none, none, np.zeros(0, dtype=np.bool_), none, {})
         rank = arrival_rank.get(device.id, len(streams))
         out += _judged(device, specs, loaded.rules, stream, rank)
         for spec in specs:
@@ -207,4 +207,3 @@ def batched_events(
             progress(len(stream))
     out.sort(key=lambda item: item[:5])
     return [EmittedEvent(emit, phase, event) for emit, phase, _, _, _, event in out]
-

@@ -59,11 +59,13 @@ def _check_config(loaded: LoadedScenario, config: Config) -> None:
     theirs = Engine(list(registered.values()), config.rules, started_us=0).all_limits()
     devices = {d.id for d in loaded.devices}
     if sorted(r for r in ours if r[0] in devices) != sorted(r for r in theirs if r[0] in devices):
-        msg = "the daemon's rules for the scenario's devices differ from the scenario's: the run would prove nothing"
+        msg = (
+            "the daemon's rules for the scenario's devices differ from the scenario's: it would prove nothing"
+        )
         raise ReplayViaBrokerError(msg)
 
 
-async def _publish(
+async def _publish(  # noqa: PLR0917 - one run's parts
     loaded: LoadedScenario,
     streams: dict[str, DeviceStream],
     config: Config,
@@ -150,7 +152,7 @@ def _records(alarms: list[Alarm], histories: History, origin_us: int) -> list[Al
                 device=alarm.key.device_id,
                 metric=alarm.key.metric,
                 rule=alarm.key.rule,
-                severity=max(reached, key=lambda s: ("alert", "action").index(s)),
+                severity=max(reached, key=("alert", "action").index),
                 state=alarm.state.value,
                 raised_s=raised_s,
                 reached_s=reached,
@@ -197,7 +199,8 @@ def replay_via_broker(
             replace(
                 r,
                 status="not_run",
-                detail=f"communication loss is timed by arrival: replay at --speed 1 to check it (ran at {speed:g})",
+                detail="communication loss is timed by arrival: replay at --speed 1 to check it "
+                f"(ran at {speed:g})",
             )
             if (r.expectation.device, r.expectation.rule) in timed_by_arrival
             else r

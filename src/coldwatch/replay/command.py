@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,7 +36,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         ),
     )
     p.add_argument("scenarios", nargs="+", type=Path, metavar="SCENARIO", help="scenario YAML files")
-    p.add_argument("--report", type=Path, metavar="DIR", help="write report.html, report.json, junit.xml, traceability.csv")
+    p.add_argument(
+        "--report",
+        type=Path,
+        metavar="DIR",
+        help="write report.html, report.json, junit.xml, traceability.csv",
+    )
     p.add_argument(
         "--engine",
         choices=["auto", "reading", "batched"],
@@ -44,11 +49,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="reading: the daemon's reading-by-reading path; batched: vectorised, same alarms (default: "
         "batched when readings arrive in order)",
     )
-    p.add_argument("--via-broker", action="store_true", help="publish through MQTT into the daemon of --config")
+    p.add_argument(
+        "--via-broker", action="store_true", help="publish through MQTT into the daemon of --config"
+    )
     p.add_argument("-c", "--config", type=Path, help="the running daemon's configuration (with --via-broker)")
-    p.add_argument("--speed", type=float, default=60.0, help="with --via-broker: scenario seconds per second (0: as fast as possible)")
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=60.0,
+        help="with --via-broker: scenario seconds per second (0: as fast as possible)",
+    )
     bar = p.add_mutually_exclusive_group()
-    bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress")
+    bar.add_argument(
+        "--progress", dest="progress", action="store_true", default=None, help="always show progress"
+    )
     bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress")
     p.set_defaults(func=_cmd_replay)
 
@@ -68,11 +82,21 @@ def _load(paths: Sequence[Path]) -> list[LoadedScenario] | None:
 def _run_one(loaded: LoadedScenario, args: argparse.Namespace) -> ScenarioResult:
     streams = build_streams(loaded.scenario)
     total = sum(len(s) for s in streams.values())
-    show = args.progress if args.progress is not None else sys.stderr.isatty() and total >= PROGRESS_MIN_READINGS
+    show = (
+        args.progress if args.progress is not None else sys.stderr.isatty() and total >= PROGRESS_MIN_READINGS
+    )
     with tqdm(
-        total=total, desc=loaded.name[:40], unit=" readings", unit_scale=True, disable=not show, file=sys.stderr
+        total=total,
+        desc=loaded.name[:40],
+        unit=" readings",
+        unit_scale=True,
+        disable=not show,
+        file=sys.stderr,
     ) as progress:
-        advance: Callable[[int], object] = progress.update
+
+        def advance(done: int) -> None:
+            progress.update(done)
+
         if args.via_broker:
             from coldwatch.replay.broker import replay_via_broker  # noqa: PLC0415 - needs the MQTT client
 
@@ -91,7 +115,8 @@ def _summary(result: ScenarioResult) -> None:
         print(f"      error: {error}")
     for r in result.results:
         if not r.passed:
-            print(f"      {r.status.upper().replace('_', ' ')} {r.expectation.id} ({r.expectation.label}): {r.detail}")
+            verdict = r.status.upper().replace("_", " ")
+            print(f"      {verdict} {r.expectation.id} ({r.expectation.label}): {r.detail}")
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -110,7 +135,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if args.report is not None:
         from coldwatch.replay.report import Provenance, write_report  # noqa: PLC0415 - plotting is heavy
 
-        provenance = Provenance.create(executed_at=executed_at, command=shlex.join(["coldwatch", *sys.argv[1:]]))
+        provenance = Provenance.create(
+            executed_at=executed_at, command=shlex.join(["coldwatch", *sys.argv[1:]])
+        )
         files = write_report(results, args.report, provenance=provenance)
         print(f"report: {files}", file=sys.stderr)
     failed = [r for r in results if not r.passed]

@@ -121,7 +121,10 @@ def engine_events(
     """The reading-by-reading engine phase: the daemon's code path, one reading at a time."""
     engine = _engine(loaded)
     out: list[EmittedEvent] = []
-    pending = _action_times(loaded)
+    end = loaded.scenario.start_us + loaded.scenario.duration_us
+    # Timers also run at each user action and at the scenario's end, in time order (a
+    # backfill may arrive after the end).
+    pending = sorted([*_action_times(loaded), end])
     done = 0
     for received, stream, index in merged_arrivals(streams):
         while pending and pending[0] <= received:
@@ -134,16 +137,12 @@ def engine_events(
             progress(65536)
     for at in pending:
         out += [EmittedEvent(at, PHASE_TIMER, e) for e in engine.advance(at)]
-    end = loaded.scenario.start_us + loaded.scenario.duration_us
-    out += [EmittedEvent(end, PHASE_TIMER, e) for e in engine.advance(end)]
     if progress is not None:
         progress(done % 65536)
     return out
 
 
-def _apply(
-    loaded: LoadedScenario, emitted: list[EmittedEvent]
-) -> tuple[list[Transition], list[str]]:
+def _apply(loaded: LoadedScenario, emitted: list[EmittedEvent]) -> tuple[list[Transition], list[str]]:
     """The lifecycle phase: events and user actions, in the order the collector meets them."""
     start = loaded.scenario.start_us
     actions = sorted(loaded.scenario.actions, key=lambda a: a.at)
@@ -226,7 +225,11 @@ def _fmt(seconds: float) -> str:
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
-    parts = [f"{int(days)}d" if days else "", f"{int(hours)}h" if hours else "", f"{int(minutes)}m" if minutes else ""]
+    parts = [
+        f"{int(days)}d" if days else "",
+        f"{int(hours)}h" if hours else "",
+        f"{int(minutes)}m" if minutes else "",
+    ]
     text = "".join(parts)
     if secs or not text:
         text += f"{secs:g}s"
@@ -261,7 +264,9 @@ def _check_one(exp: Expectation, alarms: list[AlarmRecord]) -> ExpectationResult
             return ExpectationResult(exp, "fail", f"{what} must never be raised; raised: {seen}", ids)
         return ExpectationResult(exp, "pass", f"{what} never raised", [])
     if exp.count is not None and len(candidates) != exp.count:
-        return ExpectationResult(exp, "fail", f"expected {exp.count} alarm(s) of {what}, got {len(candidates)}: {seen}", ids)
+        return ExpectationResult(
+            exp, "fail", f"expected {exp.count} alarm(s) of {what}, got {len(candidates)}: {seen}", ids
+        )
     matched: AlarmRecord | None = candidates[0] if candidates else None
     notes = [f"{len(candidates)} alarm(s) of {what}"] if exp.count is not None else []
     if exp.raised_within is not None:
@@ -283,7 +288,8 @@ def _check_one(exp: Expectation, alarms: list[AlarmRecord]) -> ExpectationResult
             return ExpectationResult(
                 exp,
                 "fail",
-                f"alarm #{matched.id} cleared at {_fmt(matched.cleared_s)}, not within [{_fmt(lo)}, {_fmt(hi)}]",
+                f"alarm #{matched.id} cleared at {_fmt(matched.cleared_s)}, "
+                f"not within [{_fmt(lo)}, {_fmt(hi)}]",
                 [matched.id],
             )
         notes.append(f"cleared at {_fmt(matched.cleared_s)}")

@@ -112,7 +112,7 @@ class SignalSegment(_Model):
         """Which segment this is."""
         for name in ("hold", "ramp", "step", "noise"):
             if getattr(self, name) is not None:
-                return name  # type: ignore[return-value]
+                return name
         raise AssertionError  # pragma: no cover - validated
 
     @property

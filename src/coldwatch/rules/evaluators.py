@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from coldwatch.rules.config import HeldRule, ProbeDisagreementRule, SeverityName, ThresholdRule
 import numpy as np
 
+from coldwatch.rules.config import HeldRule, ProbeDisagreementRule, SeverityName, ThresholdRule
 from coldwatch.rules.model import US, Severity, Signal
 from coldwatch.rules.vector import Floats, Ints, SignalArrays, graded, present
 
@@ -83,7 +83,7 @@ class HeldEvaluator:
     def signals(self, ts_us: Ints, values: Mapping[str, Floats]) -> SignalArrays:
         """``update`` at every reading of a series, from a fresh state."""
         index, value = present(dict(values), self.metric, len(ts_us))
-        level = np.where(value >= 0.5, int(self._worst), 0).astype(np.int8)  # noqa: PLR2004 - a boolean
+        level = np.where(value >= 0.5, int(self._worst), 0).astype(np.int8)
         return SignalArrays(index, level, level, value, np.full(len(index), 1.0), with_hold=False)
 
 

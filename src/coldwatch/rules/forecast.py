@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 
@@ -159,12 +160,16 @@ class ForecastEvaluator:
         enough_l = level.count >= self._min_points
         with np.errstate(invalid="ignore", divide="ignore"):
             to_empty = np.where(
-                enough_l & (level.slope < 0), np.maximum(0.0, (level.at - self._empty_pct) / -level.slope), np.nan
+                enough_l & (level.slope < 0),
+                np.maximum(0.0, (level.at - self._empty_pct) / -level.slope),
+                np.nan,
             )
             to_empty = np.where(enough_l & (level.newest <= self._empty_pct), 0.0, to_empty)
             enough_t = temp.count >= self._min_points
             to_warm = np.where(
-                enough_t & (temp.slope > 0), np.maximum(0.0, (self._temp_limit_c - temp.at) / temp.slope), np.nan
+                enough_t & (temp.slope > 0),
+                np.maximum(0.0, (self._temp_limit_c - temp.at) / temp.slope),
+                np.nan,
             )
             to_warm = np.where(enough_t & (temp.newest >= self._temp_limit_c), 0.0, to_warm)
         prediction = np.where(
@@ -221,7 +226,9 @@ def _rebuilt(times: Ints, ys: Floats, origin_us: int, origin_y: float) -> tuple[
     return float(xs.sum()), float(dys.sum()), float(np.dot(xs, xs)), float(np.dot(xs, dys))
 
 
-def _fit_series(step_ts: Ints, step_has: Bools, window_us: int, ys_at_steps: Floats) -> _FitSeries:  # noqa: PLR0914 - one fit, step by step
+def _fit_series(  # noqa: PLR0915 - one fit, step by step, as the running sums go
+    step_ts: Ints, step_has: Bools, window_us: int, ys_at_steps: Floats
+) -> _FitSeries:
     """What a :class:`_LinearFit` fed at every step (``add`` where ``step_has``) holds after each.
 
     The running sums are the same sequence of floating-point additions as the fit's:
@@ -232,7 +239,7 @@ def _fit_series(step_ts: Ints, step_has: Bools, window_us: int, ys_at_steps: Flo
     own = np.flatnonzero(step_has)  # steps that add a point
     times = step_ts[own]
     ys = ys_at_steps[own]
-    added = np.cumsum(step_has)  # points added up to each step
+    added: Ints = np.cumsum(step_has, dtype=np.int64)  # points added up to each step
     evicted = np.minimum(np.searchsorted(times, step_ts - window_us, side="right"), added)
     count = added - evicted
     # Which step evicts each point (points never evicted: none).
@@ -244,7 +251,9 @@ def _fit_series(step_ts: Ints, step_has: Bools, window_us: int, ys_at_steps: Flo
     while j < len(own):
         rebuild_at.append(j)
         past = int(np.searchsorted(times, times[j] + window_us, side="right"))
-        nxt = int(alone[np.searchsorted(alone, j, side="right")]) if alone.size and alone[-1] > j else len(own)
+        nxt = (
+            int(alone[np.searchsorted(alone, j, side="right")]) if alone.size and alone[-1] > j else len(own)
+        )
         j = min(past, nxt)
     # Ops in the order the fit performs them: per step, evictions (oldest first), then the add.
     sub_points = np.flatnonzero(evict_step < steps)
@@ -259,7 +268,7 @@ def _fit_series(step_ts: Ints, step_has: Bools, window_us: int, ys_at_steps: Flo
     sums = np.zeros((4, len(op_step)))
     origin_of_op = np.zeros(len(op_step), dtype=np.int64)  # index into ``own`` of the origin point
     bounds = [*rebuild_ops.tolist(), len(op_step)]
-    for segment, (begin, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+    for segment, (begin, end) in enumerate(pairwise(bounds)):
         o = rebuild_at[segment]
         origin_us, origin_y = int(times[o]), float(ys[o])
         first = int(evicted[own[o]])
@@ -275,20 +284,20 @@ def _fit_series(step_ts: Ints, step_has: Bools, window_us: int, ys_at_steps: Flo
         origin_of_op[begin:end] = o
     before_ops = np.searchsorted(op_step, np.arange(steps), side="right")
     last_op = before_ops - 1  # the last op at or before each step (-1: none yet)
-    valid = (last_op >= 0) & (count >= 2)  # noqa: PLR2004 - a line needs two points
+    valid = (last_op >= 0) & (count >= 2)
     at = np.full(steps, np.nan)
     slope = np.full(steps, np.nan)
     k = np.flatnonzero(valid)
     s = sums[:, last_op[k]]
-    n = count[k].astype(np.float64)
+    n: Floats = count[k].astype(np.float64)
     mean_x = s[0] / n
     mean_dy = s[1] / n
     var_x = s[2] / n - mean_x * mean_x
     fitted = ~(var_x <= _DEGENERATE * (s[2] / n))
-    o = origin_of_op[last_op[k]]
+    origins = origin_of_op[last_op[k]]
     slope_k = (s[3] / n - mean_x * mean_dy) / var_x
-    x_now = (step_ts[k] - times[o]).astype(np.float64) / HOUR_US
-    at_k = ys[o] + mean_dy + slope_k * (x_now - mean_x)
+    x_now = (step_ts[k] - times[origins]).astype(np.float64) / HOUR_US
+    at_k = ys[origins] + mean_dy + slope_k * (x_now - mean_x)
     at[k[fitted]] = at_k[fitted]
     slope[k[fitted]] = slope_k[fitted]
     newest = np.where(added > 0, ys[np.maximum(added - 1, 0)] if len(ys) else 0.0, np.nan)

@@ -1,0 +1,1 @@
+"""Validation replay: scenarios through the rules engine, evidence reports for QA."""
