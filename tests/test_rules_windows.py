@@ -456,11 +456,12 @@ def test_mkt_incremental_property(readings: list[tuple[int, float]], window_s: i
 # --- hold-time forecast ------------------------------------------------------------------
 
 
-def _forecast(window_s: float = HOUR, min_points: int = 4) -> ForecastEvaluator:
+def _forecast(window_s: float = HOUR, min_points: int = 4, min_span_s: float = 0) -> ForecastEvaluator:
     return ForecastEvaluator(
         ForecastRule(
             window_s=window_s,
             min_points=min_points,
+            min_span_s=min_span_s,
             levels={"alert": ForecastLevel(hours=4.05), "action": ForecastLevel(hours=2.05)},
         )
     )
@@ -486,15 +487,28 @@ def test_forecast_linear_level_gives_exact_hours_and_escalates() -> None:
 
 
 def test_forecast_warming_temperature_gives_hours_to_limit() -> None:
-    """A shipper warming 5 C/h from -180 C reaches -150 C in 6 - t hours; at -150 C it is 0."""
+    """A shipper warming 5 C/h from -180 C reaches -150 C in 6 - t hours; at -150 C the forecast stops."""
     evaluator = _forecast()
-    for k in range(37):
+    for k in range(36):
         hours = k / 6
         evaluator.update(at(hours * HOUR), {"ln2_level_pct": 80.0, "temp_c": -180.0 + 5.0 * hours})
         if k >= 3:
             assert evaluator.prediction_h == pytest.approx(6.0 - hours, abs=1e-9)
 
-    assert evaluator.prediction_h == 0.0
+    # At the limit the temperature rules judge, with their on-delay: no instant forecast alarm.
+    signal = evaluator.update(at(6 * HOUR), {"ln2_level_pct": 80.0, "temp_c": -150.0})
+    assert evaluator.prediction_h is None
+    assert signal == Signal(None)
+
+
+def test_forecast_waits_until_its_points_span_min_span() -> None:
+    """Ten noisy readings over minutes predict nothing; the same trend over the minimum span does."""
+    evaluator = _forecast(window_s=2 * HOUR, min_points=3, min_span_s=HOUR)
+    for k in range(6):  # every 10 minutes: 50 minutes of points
+        evaluator.update(at(k * 600), {"ln2_level_pct": 90.0 - k, "temp_c": -190.0})
+        assert evaluator.prediction_h is None
+    evaluator.update(at(3600), {"ln2_level_pct": 84.0, "temp_c": -190.0})
+    assert evaluator.prediction_h == pytest.approx(84.0 / 6.0, abs=1e-9)
 
 
 def test_forecast_takes_the_sooner_prediction() -> None:

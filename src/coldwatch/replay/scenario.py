@@ -197,6 +197,9 @@ class Action(_Model):
     acknowledge: UserStep
 
 
+EndState = Literal["active_unacknowledged", "active_acknowledged", "cleared_unacknowledged", "closed"]
+
+
 class Expectation(Target):
     """What must (or must not) happen to the alarms of one rule, traced to a requirement."""
 
@@ -206,7 +209,8 @@ class Expectation(Target):
     raised_within: tuple[Duration, Duration] | None = None
     cleared_within: tuple[Duration, Duration] | None = None
     acknowledged: bool | None = None  # the matched alarm's acknowledgement at the end
-    state: Literal["active_unack", "active_ack", "cleared_unack", "closed"] | None = None
+    # The alarm's state at the end, as the API and the store name it.
+    state: EndState | None = None
     late: bool | None = None  # raised from backfilled (late) data
     count: int | None = Field(None, ge=0)  # alarms of this rule (and severity) in the whole run
     never: bool = False

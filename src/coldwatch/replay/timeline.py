@@ -97,7 +97,7 @@ def _inside(t_us: Ints, at_s: float, for_s: float) -> Bools:
     return (t_us >= lo) & (t_us < lo + round(for_s * US))
 
 
-def _device_stream(device_id: str, spec: DeviceTimeline, start_us: int, duration_us: int) -> DeviceStream:
+def _device_stream(device_id: str, spec: DeviceTimeline, start_us: int, duration_us: int) -> DeviceStream:  # noqa: C901 - one step per timeline feature
     interval_us = round(spec.interval * US)
     end_us = duration_us if spec.end is None else min(duration_us, round(spec.end * US))
     t = np.arange(0, end_us, interval_us, dtype=np.int64)
@@ -114,12 +114,19 @@ def _device_stream(device_id: str, spec: DeviceTimeline, start_us: int, duration
     for gap in spec.gaps:
         keep &= ~_inside(t, gap.at, gap.duration)
     for outage in spec.outages:
-        inside = _inside(t, outage.at, outage.duration)
-        if outage.backfill:
-            buffered |= inside
-            received[inside] = round((outage.at + outage.duration) * US)
+        if not outage.backfill:
+            keep &= ~_inside(t, outage.at, outage.duration)
+    # Overlapping outages are one outage: the buffer empties when the network is back.
+    spans: list[list[float]] = []
+    for outage in sorted((o for o in spec.outages if o.backfill), key=lambda o: o.at):
+        if spans and outage.at <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], outage.at + outage.duration)
         else:
-            keep &= ~inside
+            spans.append([outage.at, outage.at + outage.duration])
+    for at, until in spans:
+        inside = _inside(t, at, until - at)
+        buffered |= inside
+        received[inside] = round(until * US)
     t, received, buffered = t[keep], received[keep], buffered[keep]
     values = {m: v[keep] for m, v in values.items()}
     if spec.points:

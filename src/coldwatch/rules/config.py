@@ -254,6 +254,8 @@ class ForecastRule(_Rule):
     empty_level_pct: float = 0.0
     window_s: float = Field(6 * 3600, gt=0)
     min_points: int = Field(10, ge=3)
+    # A fit over minutes extrapolates noise into a false alarm: each fit must span this long.
+    min_span_s: float = Field(3600, ge=0)
     levels: dict[SeverityName, ForecastLevel]
 
     def _default_id(self) -> str:

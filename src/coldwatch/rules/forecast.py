@@ -115,6 +115,7 @@ class ForecastEvaluator:
         self._empty_pct = spec.empty_level_pct
         self._window_us = round(spec.window_s * US)
         self._min_points = spec.min_points
+        self._min_span_us = round(spec.min_span_s * US)
         # (severity, hours) from the mildest level to the worst.
         self._levels = sorted((SEVERITY[name], level.hours) for name, level in spec.levels.items())
         self._level = _LinearFit()
@@ -157,7 +158,7 @@ class ForecastEvaluator:
         temp_y = values.get(self._temp_metric, nan)[index]
         level = _fit_series(step_ts, ~np.isnan(level_y), self._window_us, level_y)
         temp = _fit_series(step_ts, ~np.isnan(temp_y), self._window_us, temp_y)
-        enough_l = level.count >= self._min_points
+        enough_l = (level.count >= self._min_points) & (level.span_us >= self._min_span_us)
         with np.errstate(invalid="ignore", divide="ignore"):
             to_empty = np.where(
                 enough_l & (level.slope < 0),
@@ -165,13 +166,13 @@ class ForecastEvaluator:
                 np.nan,
             )
             to_empty = np.where(enough_l & (level.newest <= self._empty_pct), 0.0, to_empty)
-            enough_t = temp.count >= self._min_points
+            enough_t = (temp.count >= self._min_points) & (temp.span_us >= self._min_span_us)
+            enough_t &= ~(temp.newest >= self._temp_limit_c)
             to_warm = np.where(
                 enough_t & (temp.slope > 0),
                 np.maximum(0.0, (self._temp_limit_c - temp.at) / temp.slope),
                 np.nan,
             )
-            to_warm = np.where(enough_t & (temp.newest >= self._temp_limit_c), 0.0, to_warm)
         prediction = np.where(
             np.isnan(to_empty), to_warm, np.where(np.isnan(to_warm), to_empty, np.minimum(to_empty, to_warm))
         )
@@ -184,9 +185,13 @@ class ForecastEvaluator:
             limit[below] = hours
         return SignalArrays(index, grade, grade, prediction, limit, with_hold=False)
 
+    def _fits(self, fit: _LinearFit) -> bool:
+        points = fit.points
+        return len(points) >= self._min_points and points[-1][0] - points[0][0] >= self._min_span_us
+
     def _hours_to_empty(self, ts_us: int) -> float | None:
         fit = self._level
-        if len(fit.points) < self._min_points:
+        if not self._fits(fit):
             return None
         if fit.points[-1][1] <= self._empty_pct:
             return 0.0
@@ -198,10 +203,9 @@ class ForecastEvaluator:
 
     def _hours_to_warm(self, ts_us: int) -> float | None:
         fit = self._temp
-        if len(fit.points) < self._min_points:
+        # Already at the limit: the temperature rules judge it, with their own on-delay.
+        if not self._fits(fit) or fit.points[-1][1] >= self._temp_limit_c:
             return None
-        if fit.points[-1][1] >= self._temp_limit_c:
-            return 0.0
         line = fit.line(ts_us)
         if line is None or line[1] <= 0:
             return None
@@ -214,6 +218,7 @@ class _FitSeries:
     """A fit's state after each step of a series: points held, newest value, and the line."""
 
     count: Ints
+    span_us: Ints  # newest minus oldest point time (0 with fewer than two)
     newest: Floats
     at: Floats  # fitted value at the step's time (NaN: no line)
     slope: Floats  # per hour (NaN: no line)
@@ -301,4 +306,8 @@ def _fit_series(  # noqa: PLR0915 - one fit, step by step, as the running sums g
     at[k[fitted]] = at_k[fitted]
     slope[k[fitted]] = slope_k[fitted]
     newest = np.where(added > 0, ys[np.maximum(added - 1, 0)] if len(ys) else 0.0, np.nan)
-    return _FitSeries(count, newest, at, slope)
+    span = np.zeros(steps, dtype=np.int64)
+    held = np.flatnonzero(count > 0)
+    if len(times):
+        span[held] = times[added[held] - 1] - times[evicted[held]]
+    return _FitSeries(count, span, newest, at, slope)
