@@ -211,7 +211,15 @@ async def test_every_dashboard_panel_shows_data(broker: RunningBroker, prefix: s
     devices = [entry for kind in KINDS for entry in device_entries(kind, 2)]
     for entry in devices:
         entry["interval_s"] = 2
-    config = write_config(tmp_path / "c.yaml", broker=broker, prefix=prefix, devices=devices)
+    # The hold-time forecast waits for an hour of data by default; the panel needs one in seconds.
+    forecast = {"type": "forecast", "min_span_s": 10, "levels": {"alert": {"hours": 48}, "action": {"hours": 24}}}
+    config = write_config(
+        tmp_path / "c.yaml",
+        broker=broker,
+        prefix=prefix,
+        devices=devices,
+        rules={"profiles": {"cryoshipper": [forecast]}},
+    )
     stop_simulation = asyncio.Event()
     async with running_daemon(config) as running:
         target = f"127.0.0.1:{running.daemon.http_port}"
