@@ -212,7 +212,11 @@ async def test_every_dashboard_panel_shows_data(broker: RunningBroker, prefix: s
     for entry in devices:
         entry["interval_s"] = 2
     # The hold-time forecast waits for an hour of data by default; the panel needs one in seconds.
-    forecast = {"type": "forecast", "min_span_s": 10, "levels": {"alert": {"hours": 48}, "action": {"hours": 24}}}
+    forecast = {
+        "type": "forecast",
+        "min_span_s": 10,
+        "levels": {"alert": {"hours": 48}, "action": {"hours": 24}},
+    }
     config = write_config(
         tmp_path / "c.yaml",
         broker=broker,
