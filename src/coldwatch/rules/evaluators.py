@@ -121,7 +121,9 @@ class ProbeDisagreementEvaluator:
         size = len(ts_us)
         a_index, _ = present(dict(values), self.metric, size)
         b_index, _ = present(dict(values), self._other, size)
-        index = np.intersect1d(a_index, b_index).astype(np.int64)
+        both = np.zeros(size, dtype=np.bool_)
+        both[a_index] = True
+        index = b_index[both[b_index]]
         diff = np.abs(values[self.metric][index] - values[self._other][index]) if len(index) else np.zeros(0)
         level, keeps, limit = graded(diff, self._levels)
         return SignalArrays(index, level, keeps, diff, limit, with_hold=True)

@@ -151,7 +151,10 @@ class ForecastEvaluator:
         size = len(ts_us)
         level_index, _ = present(dict(values), self.metric, size)
         temp_index, _ = present(dict(values), self._temp_metric, size)
-        index = np.union1d(level_index, temp_index).astype(np.int64)
+        either = np.zeros(size, dtype=np.bool_)
+        either[level_index] = True
+        either[temp_index] = True
+        index = np.flatnonzero(either).astype(np.int64)
         step_ts = ts_us[index]
         nan = np.full(size, np.nan)
         level_y = values.get(self.metric, nan)[index]
