@@ -25,7 +25,7 @@ BATCH_DELAY_S = 0.05
 
 
 def _session() -> Properties:
-    props = Properties(PacketTypes.CONNECT)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = 3600
     return props
 
@@ -57,7 +57,7 @@ async def collect(host: str, port: int, prefix: str, db_path: str, messages: int
             async for message in client.messages:
                 if first is None:
                     first = time.perf_counter()
-                body = json.loads(message.payload)  # type: ignore[arg-type]
+                body = json.loads(message.payload)
                 device = str(message.topic).split("/")[-2]
                 for metric, value in body["values"].items():
                     rows.append((device, metric, body["ts"], body["seq"], float(value)))

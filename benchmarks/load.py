@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 
 __all__ = ["LoadSpec", "device_ids", "publish_load", "topic"]
 
@@ -59,7 +60,7 @@ def _publisher(spec: LoadSpec, part: int, ready: mp.synchronize.Barrier) -> None
     ids = device_ids(spec.devices)[part :: spec.processes]
     count = spec.messages // spec.processes + (1 if part < spec.messages % spec.processes else 0)
     client = paho.Client(
-        paho.CallbackAPIVersion.VERSION2, client_id=f"{spec.prefix}-load-{part}", protocol=paho.MQTTv5
+        CallbackAPIVersion.VERSION2, client_id=f"{spec.prefix}-load-{part}", protocol=paho.MQTTv5
     )
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
