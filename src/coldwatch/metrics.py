@@ -220,6 +220,20 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=registry,
         )
+        # Freshness, end to end: device clocks are assumed to be synchronised (NTP).
+        delay_buckets = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+        self.ingest_delay = Histogram(
+            "coldwatch_ingest_delay_seconds",
+            "From a live reading's device timestamp to its commit",
+            buckets=delay_buckets,
+            registry=registry,
+        )
+        self.alarm_delay = Histogram(
+            "coldwatch_alarm_delay_seconds",
+            "From the device timestamp of the live reading that raised or escalated an alarm to its commit",
+            buckets=delay_buckets,
+            registry=registry,
+        )
         self.batch_size = Histogram(
             "coldwatch_storage_batch_messages",
             "Messages per committed batch",

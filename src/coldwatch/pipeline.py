@@ -27,7 +27,7 @@ from coldwatch.notify.planner import Notifier
 from coldwatch.payload import Rejection, Status, Telemetry, decode
 from coldwatch.rules.engine import Engine
 from coldwatch.rules.lifecycle import AlarmBook, LifecycleError, Transition
-from coldwatch.rules.model import AlarmEvent, EngineReading
+from coldwatch.rules.model import AlarmEvent, EngineReading, EventKind
 from coldwatch.sequence import SeqEvent, SeqTracker
 from coldwatch.storage.base import Batch, BatchResult, DeviceState, QuarantineEntry, Storage
 
@@ -114,6 +114,7 @@ class Pipeline:
         self._clock_us = clock_us
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=config.ingest.queue_max)
         self._taken: list[_Item] = []  # taken from the queue, not yet committed
+        self._alarm_readings_us: list[int] = []  # live readings that raised an alarm, this batch
         self.committed = asyncio.Condition()
         self.last_write_ok = True
         self._closing = False
@@ -217,7 +218,12 @@ class Pipeline:
                     decoded.buffered,
                     delivery.received_us,
                 )
-                self._alarms(batch, self._judge(reading), delivery.received_us)
+                events = self._judge(reading)
+                if not decoded.buffered and any(
+                    e.kind in {EventKind.RAISED, EventKind.SEVERITY_CHANGED} for e in events
+                ):
+                    self._alarm_readings_us.append(decoded.ts_us)
+                self._alarms(batch, events, delivery.received_us)
             elif isinstance(decoded, Status):
                 state = self._tracker.state(decoded.device_id)
                 state.online = decoded.online
@@ -311,6 +317,7 @@ class Pipeline:
                 await asyncio.sleep(delay)
         self.last_write_ok = True
         self._metrics.batch_seconds.observe(time.perf_counter() - started)
+        self._observe_delays(batch)
         self._metrics.batch_size.observe(len(items))
         for item in items:
             if item.delivery is not None:
@@ -323,6 +330,15 @@ class Pipeline:
         self._account(batch, result)
         async with self.committed:
             self.committed.notify_all()
+
+    def _observe_delays(self, batch: Batch) -> None:
+        committed_us = self._clock_us()
+        for reading, _ in batch.readings:
+            if not reading.buffered:
+                self._metrics.ingest_delay.observe((committed_us - reading.ts_us) / 1e6)
+        for ts_us in self._alarm_readings_us:
+            self._metrics.alarm_delay.observe((committed_us - ts_us) / 1e6)
+        self._alarm_readings_us.clear()
 
     def _account(self, batch: Batch, result: BatchResult) -> None:
         metrics = self._metrics

@@ -1,0 +1,354 @@
+"""Ingest benchmark: coldwatch against the broker's ceiling and a hand-written baseline.
+
+    python benchmarks/ingest.py [--messages 200000] [--devices 1000] [--json FILE]
+
+One run, on this machine, with its own Mosquitto (the shipped configuration: nothing is
+dropped). The same load (QoS 1, four values per message, several publisher processes)
+is queued on the broker for each consumer's persistent session while it is stopped, and
+each then drains it, so all three are measured on the same messages at the rate they can
+take them, not the rate the publishers manage:
+
+- ceiling: ``mosquitto_sub -q 1`` (C) receiving the load;
+- baseline: ``benchmarks/baseline_collector.py``, aiomqtt + json + aiosqlite batches;
+- coldwatch: ``coldwatch run``, the full pipeline (validation, rules, storage with
+  fsync, metrics, acknowledgement after commit), counted in its database afterwards.
+
+Then, with coldwatch live: latency at a fixed 2,000 messages/s with excursions mixed
+in (publish to stored, publish to alarm raised, from the collector's histograms), peak
+resident memory with 10,000 registered devices all reporting, and bytes on disk per
+stored reading. Prints a table and writes JSON. A benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from load import AREA, SITE, LoadSpec, device_ids, publish_load
+
+from coldwatch.broker import free_port, start_mosquitto, stop_process, wait_listening
+
+PREFIX = "bench"
+MQTT_EXTRA: dict[str, Any] = {}
+TARGETS = {
+    "vs_baseline": 2.0,
+    "vs_ceiling": 0.6,
+    "alarm_p99_ms": 50.0,
+    "peak_rss_mb": 200.0,
+    "bytes_per_reading": 40.0,
+}
+
+
+class Bench:
+    """The run's broker and scratch folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.broker = start_mosquitto(root / "mosquitto", self.host, self.port)
+        wait_listening(self.host, self.port, self.broker, root / "mosquitto", 10)
+
+    def close(self) -> None:
+        stop_process(self.broker)
+
+    def load(self, messages: int, devices: int, **kw: Any) -> float:
+        return publish_load(LoadSpec(self.host, self.port, PREFIX, devices, messages, **kw))
+
+
+def ceiling(bench: Bench, messages: int, devices: int) -> dict[str, float]:
+    """mosquitto_sub -q 1 on a persistent session draining the queued load."""
+    binary = shutil.which("mosquitto_sub") or "/usr/bin/mosquitto_sub"
+    base = [binary, "-h", bench.host, "-p", str(bench.port), "-q", "1", "-c", "-i", f"{PREFIX}-sub",
+            "-V", "mqttv5", "-x", "3600", "-t", f"{PREFIX}/#"]  # fmt: skip
+    subprocess.run([*base, "-W", "1"], capture_output=True, check=False)  # create the session
+    publish_s = bench.load(messages, devices)
+    began = time.perf_counter()
+    subprocess.run([*base, "-C", str(messages)], stdout=subprocess.DEVNULL, check=True, timeout=600)
+    seconds = time.perf_counter() - began
+    return {"messages": messages, "seconds": seconds, "per_s": messages / seconds, "publish_s": publish_s}
+
+
+def baseline(bench: Bench, messages: int, devices: int) -> dict[str, float]:
+    """The hand-written aiomqtt + aiosqlite collector draining the queued load."""
+    db = bench.root / "baseline.db"
+    script = Path(__file__).resolve().parent / "baseline_collector.py"
+    args = [sys.executable, str(script), bench.host, str(bench.port), PREFIX, str(db)]
+    subprocess.run([*args, "0"], check=True, timeout=60)
+    bench.load(messages, devices)
+    done = subprocess.run([*args, str(messages)], check=True, timeout=1800, capture_output=True, text=True)
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    stored = (
+        sqlite3.connect(db).execute("SELECT count(DISTINCT device || '/' || seq) FROM readings").fetchone()[0]
+    )
+    return {
+        "messages": stored,
+        "seconds": figures["seconds"],
+        "per_s": figures["messages"] / figures["seconds"],
+    }
+
+
+def write_config(bench: Bench, folder: Path, devices: int, **rules: Any) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    mqtt: dict[str, Any] = {
+        "url": f"mqtt://{bench.host}:{bench.port}",
+        "client_id": f"{PREFIX}-{folder.name}",
+        "topic_prefix": PREFIX,
+        **MQTT_EXTRA,
+    }
+    config = {
+        "mqtt": mqtt,
+        "storage": {"path": str(folder / "coldwatch.db")},
+        "http": {"listen": f"127.0.0.1:{free_port()}"},
+        "devices": [{"id": d, "kind": "incubator", "site": SITE, "area": AREA} for d in device_ids(devices)],
+        **({"rules": rules} if rules else {}),
+    }  # fmt: skip
+    path = folder / "coldwatch.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+class Daemon:
+    """``coldwatch run`` as a child process."""
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        data = yaml.safe_load(config.read_text())
+        self.db = Path(data["storage"]["path"])
+        self.metrics_url = f"http://{data['http']['listen']}/metrics"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = (self.config.parent / "daemon.log").open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "coldwatch", "run", "--config", str(self.config)], stdout=log, stderr=log
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.scrape()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(120)
+
+    def scrape(self) -> dict[str, float]:
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as response:  # noqa: S310 - our own daemon
+            text = response.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    def values(self) -> int:
+        """Stored value rows (cheap enough to poll: scraping /metrics would load the collector)."""
+        con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30)
+        try:
+            return int(con.execute("SELECT count(*) FROM readings").fetchone()[0])
+        finally:
+            con.close()
+
+    def stored(self) -> int:
+        """Distinct readings (messages) stored, counted in the database."""
+        con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
+        try:
+            return int(
+                con.execute(
+                    "SELECT count(*) FROM (SELECT DISTINCT device, ts_us, seq FROM readings)"
+                ).fetchone()[0]
+            )
+        finally:
+            con.close()
+
+    def peak_rss_mb(self) -> float:
+        assert self.process is not None
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        line = next(x for x in status.splitlines() if x.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+
+
+def readings_total(metrics: dict[str, float]) -> float:
+    return sum(v for k, v in metrics.items() if k.startswith("coldwatch_readings_total"))
+
+
+def collector(bench: Bench, messages: int, devices: int) -> dict[str, float]:
+    """Coldwatch draining the queued load; zero loss checked in its database."""
+    daemon = Daemon(write_config(bench, bench.root / "throughput", devices))
+    daemon.start()  # creates the persistent session and its subscription
+    daemon.stop()
+    bench.load(messages, devices)
+    daemon.start()
+    began = time.perf_counter()
+    first: float | None = None
+    counted = 0.0
+    while counted < messages * 4:
+        counted = daemon.values()
+        now = time.perf_counter()
+        if first is None and counted > 0:
+            first, first_count = now, counted
+        if now - began > 1800:
+            break
+        time.sleep(0.25)
+    last = time.perf_counter()
+    daemon.stop()
+    stored = daemon.stored()
+    assert first is not None
+    size = sum(p.stat().st_size for p in daemon.db.parent.glob("coldwatch.db*"))
+    return {
+        "messages": stored,
+        "lost": messages - stored,
+        "seconds": last - first,
+        "per_s": (counted - first_count) / 4 / (last - first),
+        "bytes_per_reading": size / stored,
+        "bytes_per_value": size / (stored * 4),
+    }
+
+
+def quantile(metrics: dict[str, float], name: str, q: float) -> float | None:
+    """A quantile of a histogram, interpolated within its bucket (as Prometheus does)."""
+    buckets = sorted(
+        (float(k.split('le="')[1].split('"')[0]), v)
+        for k, v in metrics.items()
+        if k.startswith(f"{name}_bucket{{")
+    )
+    total = buckets[-1][1] if buckets else 0.0
+    if not total:
+        return None
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower_bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / max(count - lower_count, 1e-9)
+        lower_bound, lower_count = bound, count
+    return None
+
+
+def latency(bench: Bench, devices: int, rate: float, seconds: float) -> dict[str, Any]:
+    """Live at a fixed offered rate, excursions mixed in: delays from the collector's histograms."""
+    immediate = {
+        "type": "threshold",
+        "metric": "temp_c",
+        "direction": "high",
+        "levels": {"alert": {"limit": 40}},
+    }
+    daemon = Daemon(write_config(bench, bench.root / "latency", devices, profiles={"incubator": [immediate]}))
+    daemon.start()
+    try:
+        messages = int(rate * seconds)
+        bench.load(messages, devices, rate_per_s=rate, excursion_every=20)
+        time.sleep(1.0)
+        metrics = daemon.scrape()
+    finally:
+        daemon.stop()
+
+    def ms(name: str, q: float) -> float | None:
+        value = quantile(metrics, name, q)
+        return None if value is None else value * 1000
+
+    return {
+        "offered_per_s": rate,
+        "messages": messages,
+        "stored_p50_ms": ms("coldwatch_ingest_delay_seconds", 0.5),
+        "stored_p99_ms": ms("coldwatch_ingest_delay_seconds", 0.99),
+        "alarm_p50_ms": ms("coldwatch_alarm_delay_seconds", 0.5),
+        "alarm_p99_ms": ms("coldwatch_alarm_delay_seconds", 0.99),
+        "alarms_timed": metrics.get("coldwatch_alarm_delay_seconds_count", 0.0),
+    }
+
+
+def memory(bench: Bench, devices: int, per_device: int) -> dict[str, float]:
+    """Peak resident memory of the collector with ``devices`` registered, all reporting."""
+    daemon = Daemon(write_config(bench, bench.root / "memory", devices))
+    daemon.start()
+    try:
+        bench.load(devices * per_device, devices)
+        deadline = time.monotonic() + 600
+        while daemon.values() < devices * per_device * 4 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        daemon.scrape()  # a scrape too: the exposition of every device's series costs memory
+        peak = daemon.peak_rss_mb()
+    finally:
+        daemon.stop()
+    return {"devices": devices, "messages": devices * per_device, "peak_rss_mb": peak}
+
+
+def main() -> int:
+    """Run every measurement and print the table."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=2000.0, help="offered rate of the latency run")
+    parser.add_argument("--latency-s", type=float, default=20.0)
+    parser.add_argument("--memory-devices", type=int, default=10_000)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="coldwatch-bench-"))
+    bench = Bench(root)
+    try:
+        ceil = ceiling(bench, args.messages, args.devices)
+        base = baseline(bench, args.messages, args.devices)
+        ours = collector(bench, args.messages, args.devices)
+        lat = latency(bench, args.devices, args.rate, args.latency_s)
+        mem = memory(bench, args.memory_devices, 3)
+    finally:
+        bench.close()
+        shutil.rmtree(root, ignore_errors=True)
+    result = {
+        "benchmark": "ingest",
+        "load": {"messages": args.messages, "devices": args.devices, "values_per_message": 4, "qos": 1},
+        "ceiling_mosquitto_sub": ceil,
+        "baseline_aiomqtt_aiosqlite": base,
+        "coldwatch": ours,
+        "ratio_to_baseline": ours["per_s"] / base["per_s"],
+        "ratio_to_ceiling": ours["per_s"] / ceil["per_s"],
+        "latency": lat,
+        "memory": mem,
+        "targets": TARGETS,
+    }
+    rows = [
+        ("ceiling: mosquitto_sub -q 1", f"{ceil['per_s']:,.0f} msg/s", ""),
+        ("baseline: aiomqtt + aiosqlite", f"{base['per_s']:,.0f} msg/s", ""),
+        ("coldwatch: full pipeline", f"{ours['per_s']:,.0f} msg/s", f"lost {ours['lost']}"),
+        ("  ratio to baseline", f"{result['ratio_to_baseline']:.2f}x", f"target >= {TARGETS['vs_baseline']}x"),
+        ("  ratio to ceiling", f"{result['ratio_to_ceiling']:.2f}x", f"target >= {TARGETS['vs_ceiling']}x"),
+        (f"publish -> stored at {args.rate:,.0f}/s", f"p50 {lat['stored_p50_ms']} ms", f"p99 {lat['stored_p99_ms']} ms"),
+        (f"publish -> alarm at {args.rate:,.0f}/s", f"p50 {lat['alarm_p50_ms']} ms",
+         f"p99 {lat['alarm_p99_ms']} ms (target <= {TARGETS['alarm_p99_ms']:g})"),
+        (f"peak RSS, {mem['devices']:,} devices", f"{mem['peak_rss_mb']:.0f} MB", f"target <= {TARGETS['peak_rss_mb']:g}"),
+        ("bytes on disk per reading", f"{ours['bytes_per_reading']:.1f}",
+         f"{ours['bytes_per_value']:.1f} per value; target <= {TARGETS['bytes_per_reading']:g}"),
+    ]  # fmt: skip
+    for name, value, note in rows:
+        print(f"{name:<36}{value:>20}   {note}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0 if ours["lost"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
