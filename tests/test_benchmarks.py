@@ -1,0 +1,48 @@
+"""The benchmarks run end to end on a small load (their figures are for people, not asserts)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+
+
+@pytest.mark.slow
+def test_ingest_benchmark_runs_and_loses_nothing(tmp_path: Path) -> None:
+    """A small ingest run measures all three consumers, latency, memory and disk, with no reading lost."""
+    out = tmp_path / "ingest.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "ingest.py"), "--messages", "3000", "--devices", "50",
+         "--latency-s", "3", "--rate", "500", "--memory-devices", "300", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(out.read_text())
+    assert result["coldwatch"]["messages"] == 3000
+    assert result["coldwatch"]["lost"] == 0
+    assert result["baseline_aiomqtt_aiosqlite"]["messages"] == 3000
+    for consumer in ("ceiling_mosquitto_sub", "baseline_aiomqtt_aiosqlite", "coldwatch"):
+        assert result[consumer]["per_s"] > 0
+    assert result["latency"]["alarms_timed"] > 0
+    assert result["latency"]["alarm_p99_ms"] is not None
+    assert result["memory"]["peak_rss_mb"] > 0
+    assert "ratio to baseline" in done.stdout
+
+
+def test_replay_benchmark_runs_and_paths_agree(tmp_path: Path) -> None:
+    """A short replay benchmark prints rates and the batched path agrees with the reading-by-reading one."""
+    out = tmp_path / "replay.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "replay_rate.py"), "--days", "0.5", "--baseline-days", "0.1",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["kind"] for r in rows} == {"cryoshipper", "incubator", "particle_counter"}
+    assert all(r["same_alarms_on_baseline_days"] for r in rows)
