@@ -6,6 +6,7 @@ pins the exact timestamps (integer microseconds) of the events it produces.
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Iterable, Sequence
 
@@ -86,7 +87,7 @@ def device(
 ) -> DeviceRules:
     return DeviceRules.build(
         DEV,
-        list(evaluators),
+        [lambda ev=ev: copy.deepcopy(ev) for ev in evaluators],  # type: ignore[misc]
         list(comm),
         door_recovery_s=recovery_s,
         horizon_s=horizon_s,

@@ -41,7 +41,7 @@ def device(delay_s: int, margin: float, horizon_s: float = 10**6) -> DeviceRules
         levels={"action": ThresholdLevel(limit=LIMIT, delay_s=delay_s, margin=margin)},
     )
     return DeviceRules.build(
-        "dev", [ThresholdEvaluator(rule)], [], door_recovery_s=0, horizon_s=horizon_s, started_us=0
+        "dev", [lambda: ThresholdEvaluator(rule)], [], door_recovery_s=0, horizon_s=horizon_s, started_us=0
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from coldwatch.rules.config import CommLossRule
@@ -100,8 +101,10 @@ class DeviceRules:
     horizon_us: int
     started_us: int
     history: list[tuple[int, int, EngineReading]] = field(default_factory=list)  # (ts, seq, reading)
-    # (ts, seq, history length at the time, state before the readings after it)
-    checkpoints: list[tuple[int, int, int, _Judged]] = field(default_factory=list)
+    # (ts, seq, history length at the time, state before the readings after it; None: fresh)
+    checkpoints: list[tuple[int, int, int, _Judged | None]] = field(default_factory=list)
+    # Builds the state of no readings at all: the first checkpoint, without a copy per device.
+    fresh: Callable[[], _Judged] | None = None
     emitted: list[AlarmEvent] = field(default_factory=list)
     last_seen_us: dict[str, int] = field(default_factory=dict)  # per metric, and "" for any
     offline: bool = False
@@ -112,29 +115,36 @@ class DeviceRules:
     def build(
         cls,
         device_id: str,
-        evaluators: list[RuleEvaluator],
+        evaluators: Sequence[Callable[[], RuleEvaluator]],
         comm_rules: list[CommLossRule],
         *,
         door_recovery_s: float,
         horizon_s: float,
         started_us: int,
     ) -> DeviceRules:
-        """Rules of one device, fresh."""
-        latches = [Latch(AlarmKey(device_id, ev.metric, ev.rule), dict(ev.delays_us)) for ev in evaluators]
+        """Rules of one device, fresh; ``evaluators`` make each rule's evaluator in its initial state."""
         comm = [
             _CommLoss(r, AlarmKey(device_id, r.metric or "device", r.rule_id()), round(r.timeout_s * US))
             for r in comm_rules
         ]
+
+        def fresh() -> _Judged:
+            judged = [factory() for factory in evaluators]
+            # A latch only reads its delays: it shares the evaluator's.
+            latches = [Latch(AlarmKey(device_id, ev.metric, ev.rule), ev.delays_us) for ev in judged]
+            return _Judged(judged, latches)
+
         rules = cls(
             device_id,
-            _Judged(evaluators, latches),
+            fresh(),
             comm,
             round(door_recovery_s * US),
             round(horizon_s * US),
             started_us,
+            fresh=fresh,
         )
         if rules.horizon_us > 0:
-            rules.checkpoints.append((-(2**63), -1, 0, copy.deepcopy(rules.judged)))
+            rules.checkpoints.append((-(2**63), -1, 0, None))
         return rules
 
     # --- readings ------------------------------------------------------------------
@@ -235,9 +245,15 @@ class DeviceRules:
         replay = self.history[cp_len:]
         old = [e for e in self.emitted if e.ts_us > cp_ts]
         # What each alarm was at the checkpoint: the severity a revocation falls back to.
-        before: dict[AlarmKey, Severity | None] = {latch.key: latch.active for latch in cp_state.latches}
         self.checkpoints = self.checkpoints[: base + 1]
-        self.judged = copy.deepcopy(cp_state)
+        if cp_state is None:
+            assert self.fresh is not None
+            self.judged = self.fresh()
+        else:
+            self.judged = copy.deepcopy(cp_state)
+        before: dict[AlarmKey, Severity | None] = {
+            latch.key: None if cp_state is None else latch.active for latch in self.judged.latches
+        }
         self.emitted = [e for e in self.emitted if e.ts_us <= cp_ts]
         self.history = self.history[:cp_len]
         new: list[AlarmEvent] = []

@@ -7,6 +7,7 @@ reads the clock: ``advance(now_us)`` tells it the time for communication-loss ti
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 from coldwatch.config import DeviceConfig
@@ -75,11 +76,27 @@ class Engine:
         reorder_horizon_s: float | None = None,
     ) -> None:
         horizon_s = rules.reorder_horizon_s if reorder_horizon_s is None else reorder_horizon_s
-        self.rules = {d.id: rules_for(d, rules) for d in devices}
+        # Devices of one kind, grade and room state without rules of their own share one
+        # list of (immutable) rule specs: 10,000 devices must not mean 10,000 copies.
+        shared: dict[tuple[object, ...], list[RuleSpec]] = {}
+        factories: dict[int, Callable[[], RuleEvaluator]] = {}  # by spec (all alive during __init__)
+        self.rules = {}
+        for d in devices:
+            if d.id in rules.devices:
+                self.rules[d.id] = rules_for(d, rules)
+                continue
+            profile = (d.kind, d.grade, d.room_state)
+            if profile not in shared:
+                shared[profile] = rules_for(d, rules)
+            self.rules[d.id] = shared[profile]
         self.devices: dict[str, DeviceRules] = {}
         for device in devices:
             specs = self.rules[device.id]
-            evaluators = [build_evaluator(s) for s in specs if not isinstance(s, CommLossRule)]
+            evaluators = [
+                factories.setdefault(id(s), partial(build_evaluator, s))
+                for s in specs
+                if not isinstance(s, CommLossRule)
+            ]
             comm = [s for s in specs if isinstance(s, CommLossRule)]
             self.devices[device.id] = DeviceRules.build(
                 device.id,
