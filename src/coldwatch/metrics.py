@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from prometheus_client import (
     CollectorRegistry,
@@ -37,6 +38,107 @@ _DEVICE_LABELS = ("device", "kind", "site", "area")
 def render(registry: CollectorRegistry) -> bytes:
     """The exposition text of ``registry``."""
     return generate_latest(registry)
+
+
+@dataclass(slots=True)
+class _PerDevice:
+    """Per-device counters and latest values (device id -> value)."""
+
+    readings: dict[str, int] = field(default_factory=dict)
+    buffered: dict[str, int] = field(default_factory=dict)
+    seq_missing: dict[str, int] = field(default_factory=dict)
+    seq_restarts: dict[str, int] = field(default_factory=dict)
+    last_value: dict[str, dict[str, float]] = field(default_factory=dict)
+    last_ts_s: dict[str, float] = field(default_factory=dict)
+    online: dict[str, int] = field(default_factory=dict)
+    limits: Callable[[], Iterable[tuple[str, str, str, str, str, float]]] = list
+
+    def add(self, series: dict[str, int], device_id: str, amount: int = 1) -> None:
+        """Count ``amount`` more on a device's counter."""
+        series[device_id] = series.get(device_id, 0) + amount
+
+
+class _PerDeviceCollector(Collector):
+    """The per-device series, built from plain data when scraped."""
+
+    def __init__(self, owner: Metrics) -> None:
+        self._owner = owner
+
+    def collect(self) -> Iterable[Metric]:
+        owner = self._owner
+        data = owner.per_device
+        counters = (
+            (
+                "coldwatch_readings",
+                "Readings (messages) committed to storage, by device",
+                data.readings,
+                True,
+            ),
+            (
+                "coldwatch_seq_missing_readings",
+                "Readings missing from a device's sequence (lost before reaching the collector)",
+                data.seq_missing,
+                True,
+            ),
+            (
+                "coldwatch_seq_restarts",
+                "Times a device restarted its sequence counter",
+                data.seq_restarts,
+                False,
+            ),
+            (
+                "coldwatch_buffered_readings",
+                "Readings backfilled by a device from its buffer (not live)",
+                data.buffered,
+                False,
+            ),
+        )
+        for name, text, series, every_device in counters:
+            family = CounterMetricFamily(name, text, labels=_DEVICE_LABELS)
+            if every_device:  # a zero for every registered device: rates work from the start
+                for device in owner.devices:
+                    family.add_metric(owner.labels_of(device.id), series.get(device.id, 0))
+            else:
+                for device_id, count in series.items():
+                    family.add_metric(owner.labels_of(device_id), count)
+            yield family
+        last = GaugeMetricFamily(
+            "coldwatch_last_value",
+            "Latest value of each device metric (booleans as 0/1)",
+            labels=[*_DEVICE_LABELS, "metric"],
+        )
+        for device_id, values in data.last_value.items():
+            labels = owner.labels_of(device_id)
+            for metric, value in values.items():
+                last.add_metric([*labels, metric], value)
+        yield last
+        yield _device_gauge(
+            owner,
+            "coldwatch_device_last_reading_timestamp_seconds",
+            "Device timestamp of the newest reading, Unix seconds",
+            data.last_ts_s,
+        )
+        yield _device_gauge(
+            owner,
+            "coldwatch_device_online",
+            "1 when the device's retained status is online, 0 when offline",
+            data.online,
+        )
+        limits = GaugeMetricFamily(
+            "coldwatch_rule_limit",
+            "Every configured limit, for drawing limit lines",
+            labels=[*_DEVICE_LABELS, "metric", "rule", "severity", "direction"],
+        )
+        for device_id, metric, rule, severity, direction, value in data.limits():
+            limits.add_metric([*owner.labels_of(device_id), metric, rule, severity, direction], value)
+        yield limits
+
+
+def _device_gauge(owner: Metrics, name: str, text: str, series: Mapping[str, float]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, text, labels=_DEVICE_LABELS)
+    for device_id, value in series.items():
+        family.add_metric(owner.labels_of(device_id), value)
+    return family
 
 
 class _ScrapeTimeCollector(Collector):
@@ -152,12 +254,9 @@ class Metrics:
         )
         self._labels = {d.id: (d.id, d.kind.value, d.site, d.area) for d in self.devices}
         self.registered = frozenset(self._labels)
-        self.readings = Counter(
-            "coldwatch_readings",
-            "Readings (messages) committed to storage, by device",
-            _DEVICE_LABELS,
-            registry=registry,
-        )
+        # Per-device series are plain data, exposed by a collector at scrape time: with
+        # 10,000 devices a client-library child per series cost tens of megabytes.
+        self.per_device = _PerDevice()
         self.values = Counter(
             "coldwatch_values", "Metric values committed to storage", ["kind"], registry=registry
         )
@@ -170,42 +269,6 @@ class Metrics:
         self.duplicates = Counter(
             "coldwatch_duplicate_readings",
             "Redelivered readings recognised as already stored and skipped",
-            registry=registry,
-        )
-        self.seq_missing = Counter(
-            "coldwatch_seq_missing_readings",
-            "Readings missing from a device's sequence (lost before reaching the collector)",
-            _DEVICE_LABELS,
-            registry=registry,
-        )
-        self.seq_restarts = Counter(
-            "coldwatch_seq_restarts",
-            "Times a device restarted its sequence counter",
-            _DEVICE_LABELS,
-            registry=registry,
-        )
-        self.buffered = Counter(
-            "coldwatch_buffered_readings",
-            "Readings backfilled by a device from its buffer (not live)",
-            _DEVICE_LABELS,
-            registry=registry,
-        )
-        self.last_value = Gauge(
-            "coldwatch_last_value",
-            "Latest value of each device metric (booleans as 0/1)",
-            [*_DEVICE_LABELS, "metric"],
-            registry=registry,
-        )
-        self.last_ts = Gauge(
-            "coldwatch_device_last_reading_timestamp_seconds",
-            "Device timestamp of the newest reading, Unix seconds",
-            _DEVICE_LABELS,
-            registry=registry,
-        )
-        self.online = Gauge(
-            "coldwatch_device_online",
-            "1 when the device's retained status is online, 0 when offline",
-            _DEVICE_LABELS,
             registry=registry,
         )
         self.broker_connected = Gauge(
@@ -254,26 +317,16 @@ class Metrics:
             ["rule", "event"],
             registry=registry,
         )
-        self.rule_limit = Gauge(
-            "coldwatch_rule_limit",
-            "Every configured limit, for drawing limit lines",
-            [*_DEVICE_LABELS, "metric", "rule", "severity", "direction"],
-            registry=registry,
-        )
         registry.register(_ScrapeTimeCollector(self))
+        registry.register(_PerDeviceCollector(self))
         for reason in Reason:
             self.rejected.labels(reason.value)
-        for device in self.devices:
-            labels = self._labels[device.id]
-            self.readings.labels(*labels)
-            self.seq_missing.labels(*labels)
         for kind in KINDS:
             self.values.labels(kind.value)
 
-    def set_limits(self, limits: Iterable[tuple[str, str, str, str, str, float]]) -> None:
-        """Publish every configured limit: (device, metric, rule, severity, direction, value)."""
-        for device_id, metric, rule, severity, direction, value in limits:
-            self.rule_limit.labels(*self.labels_of(device_id), metric, rule, severity, direction).set(value)
+    def set_limits(self, limits: Callable[[], Iterable[tuple[str, str, str, str, str, float]]]) -> None:
+        """Publish every configured limit: (device, metric, rule, severity, direction, value), at scrape."""
+        self.per_device.limits = limits
 
     def labels_of(self, device_id: str) -> tuple[str, str, str, str]:
         """The label values of a registered device id."""

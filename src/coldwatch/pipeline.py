@@ -123,7 +123,7 @@ class Pipeline:
             if state.last_received_us is not None:
                 metrics.last_received_us[device_id] = state.last_received_us
             if state.online is not None:
-                metrics.online.labels(*metrics.labels_of(device_id)).set(int(state.online))
+                metrics.per_device.online[device_id] = int(state.online)
 
     @property
     def depth(self) -> int:
@@ -207,7 +207,7 @@ class Pipeline:
                 if observation.gap is not None:
                     batch.gaps.append(observation.gap)
                 if observation.event is SeqEvent.RESTART:
-                    metrics.seq_restarts.labels(*metrics.labels_of(decoded.device_id)).inc()
+                    metrics.per_device.add(metrics.per_device.seq_restarts, decoded.device_id)
                 batch.readings.append((decoded, delivery.received_us))
                 batch.devices[decoded.device_id] = self._tracker.state(decoded.device_id)
                 reading = EngineReading(
@@ -348,26 +348,26 @@ class Pipeline:
             else:
                 self._account_reading(reading, received_us)
         for gap in batch.gaps:
-            metrics.seq_missing.labels(*metrics.labels_of(gap.device_id)).inc(gap.count)
+            metrics.per_device.add(metrics.per_device.seq_missing, gap.device_id, gap.count)
         for rejection in batch.rejections:
             metrics.rejected.labels(rejection.reason).inc()
         for device_id, state in batch.devices.items():
             if state.online is not None:
-                metrics.online.labels(*metrics.labels_of(device_id)).set(int(state.online))
+                metrics.per_device.online[device_id] = int(state.online)
         for transition in batch.transitions:
             metrics.alarm_transitions.labels(transition.alarm.key.rule, transition.event).inc()
 
     def _account_reading(self, reading: Telemetry, received_us: int) -> None:
         metrics = self._metrics
-        labels = metrics.labels_of(reading.device_id)
-        metrics.readings.labels(*labels).inc()
+        series = metrics.per_device
+        series.add(series.readings, reading.device_id)
         metrics.values.labels(self._devices[reading.device_id].kind.value).inc(len(reading.values))
         if reading.buffered:
-            metrics.buffered.labels(*labels).inc()
+            series.add(series.buffered, reading.device_id)
         metrics.last_received_us[reading.device_id] = received_us
         state = self._tracker.state(reading.device_id)
         # Only the newest reading sets the "last value": a backfilled old one must not.
         if state.last_ts_us is None or reading.ts_us >= state.last_ts_us:
             for name, value in reading.values:
-                metrics.last_value.labels(*labels, name).set(value)
-            metrics.last_ts.labels(*labels).set(reading.ts_us / 1e6)
+                series.last_value.setdefault(reading.device_id, {})[name] = float(value)
+            series.last_ts_s[reading.device_id] = reading.ts_us / 1e6
