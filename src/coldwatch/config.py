@@ -228,6 +228,17 @@ class Config(_Model):
             raise ValueError("device ids must be unique")
         return devices
 
+    @model_validator(mode="after")
+    def _queue_holds_the_window(self) -> Self:
+        # Every unacknowledged message must fit in the ingest queue: the MQTT callback
+        # queues without waiting, and flow control keeps the broker from sending more.
+        if self.ingest.queue_max <= self.mqtt.receive_maximum:
+            raise ValueError(
+                f"ingest.queue_max ({self.ingest.queue_max}) must exceed mqtt.receive_maximum "
+                f"({self.mqtt.receive_maximum}), the messages the broker may send unacknowledged"
+            )
+        return self
+
     def device_map(self) -> dict[str, DeviceConfig]:
         """Registered devices by id."""
         return {d.id: d for d in self.devices}

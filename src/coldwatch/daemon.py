@@ -86,7 +86,7 @@ class Daemon:
             http = HttpServer(build_app(self.registry, readiness, api), config.http.host, config.http.port)
             self.http_port = http.port
             async with asyncio.TaskGroup() as tasks:
-                ingest = tasks.create_task(source.run(pipeline.consume), name="mqtt-ingest")
+                ingest = tasks.create_task(source.run(pipeline.offer), name="mqtt-ingest")
                 writer = tasks.create_task(pipeline.run_writer(), name="storage-writer")
                 server = tasks.create_task(http.serve(), name="http")
                 ticks = tasks.create_task(run_ticks(pipeline.tick), name="rule-timers")

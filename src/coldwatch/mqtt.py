@@ -15,7 +15,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import aiomqtt
@@ -105,7 +105,7 @@ class MqttSource:
         self._activity = asyncio.Event()
         self.connected = asyncio.Event()
 
-    def _make_client(self) -> aiomqtt.Client:
+    def _make_client(self, offer: Callable[[Delivery], None], connection: int) -> aiomqtt.Client:
         cfg = self._config
         broker = cfg.broker
         v5 = cfg.protocol == "5"
@@ -137,6 +137,26 @@ class MqttSource:
         # Must be set before CONNECT: the broker resends pending messages right after it.
         client._client.manual_ack_set(True)  # noqa: SLF001 - see module docstring
         _read_many(client._client)  # noqa: SLF001 - see _read_many
+        # Messages go straight from paho's callback to the consumer: aiomqtt's iterator costs
+        # a task and an asyncio.wait per message (benchmarks/ingest.py). Installed before
+        # CONNECT, as the broker resends a persistent session's messages right after it.
+        activity = self._activity
+
+        def on_message(_client: paho.Client, _userdata: object, message: paho.MQTTMessage) -> None:
+            activity.set()
+            offer(
+                Delivery(
+                    topic=message.topic,
+                    payload=bytes(message.payload),
+                    qos=message.qos,
+                    mid=message.mid,
+                    retain=message.retain,
+                    connection=connection,
+                    received_us=time.time_ns() // 1000,
+                )
+            )
+
+        client._client.on_message = on_message  # noqa: SLF001
         if not log.isEnabledFor(logging.DEBUG):
             # paho logs every packet it reads; a lost connection still surfaces as MqttError.
             client._client.disable_logger()  # noqa: SLF001 - a measured hot spot (benchmarks/ingest.py)
@@ -171,19 +191,21 @@ class MqttSource:
         except TimeoutError:
             return False
 
-    async def run(self, consume: Callable[[Delivery], Awaitable[None]]) -> None:
-        """Receive messages until cancelled, reconnecting with jittered backoff."""
+    async def run(self, offer: Callable[[Delivery], None]) -> None:
+        """Hand every message to ``offer`` (which must not block) until cancelled; reconnect with backoff.
+
+        ``offer`` runs in the event loop's thread, once per message, in arrival order.
+        """
         next_delay = backoff_delays(
             self._config.reconnect.initial_s, self._config.reconnect.max_s, random.Random()
         )
         broker = self._config.broker
         while True:
-            client = self._make_client()
+            self._connection += 1
+            client = self._make_client(offer, self._connection)
             try:
                 async with client:
-                    self._connection += 1
                     self._client = client
-                    connection = self._connection
                     self.connected.set()
                     self._on_connection_change(True)
                     log.info("connected to %s:%d as %s", broker.host, broker.port, self._config.client_id)
@@ -191,20 +213,8 @@ class MqttSource:
                         self._config.reconnect.initial_s, self._config.reconnect.max_s, random.Random()
                     )
                     await client.subscribe([(topic, 1) for topic in self._topics])
-                    async for message in client.messages:
-                        self._activity.set()
-                        payload = message.payload
-                        await consume(
-                            Delivery(
-                                topic=message.topic.value,
-                                payload=payload if isinstance(payload, bytes) else str(payload).encode(),
-                                qos=message.qos,
-                                mid=message.mid,
-                                retain=message.retain,
-                                connection=connection,
-                                received_us=time.time_ns() // 1000,
-                            )
-                        )
+                    async for _ in client.messages:  # none arrive here: this waits for a disconnect
+                        pass
             except aiomqtt.MqttError as exc:
                 log.warning("broker %s:%d: %s", broker.host, broker.port, exc)
             finally:

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -115,6 +116,7 @@ class Pipeline:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=config.ingest.queue_max)
         self._taken: list[_Item] = []  # taken from the queue, not yet committed
         self._alarm_readings_us: list[int] = []  # live readings that raised an alarm, this batch
+        self._overflow: deque[_Item] = deque()
         self.committed = asyncio.Condition()
         self.last_write_ok = True
         self._closing = False
@@ -128,12 +130,34 @@ class Pipeline:
     @property
     def depth(self) -> int:
         """Messages received and not yet committed."""
-        return self._queue.qsize() + len(self._taken)
+        return self._queue.qsize() + len(self._taken) + len(self._overflow)
+
+    def offer(self, delivery: Delivery) -> None:
+        """Decode one delivery and queue it for the writer without waiting (the MQTT callback).
+
+        The broker sends at most ``mqtt.receive_maximum`` messages unacknowledged, and the
+        queue is larger (checked by the configuration), so there is room: the backlog stays
+        at the broker, held by MQTT flow control, never in this process.
+        """
+        item = _Item(delivery, self._decode(delivery))
+        if self._closing:
+            return
+        if self._overflow or self._queue.full():
+            # Only without flow control (MQTT 3.1.1 on a broker that does not cap what it
+            # sends in flight): kept in order, counted in the queue depth.
+            self._overflow.append(item)
+            return
+        self._queue.put_nowait(item)
 
     async def consume(self, delivery: Delivery) -> None:
         """Decode one delivery and queue it for the writer (waits when the queue is full)."""
+        item = _Item(delivery, self._decode(delivery))
+        if not self._closing:
+            await self._queue.put(item)
+
+    def _decode(self, delivery: Delivery) -> Telemetry | Status | Rejection:
         ingest = self._config.ingest
-        decoded = decode(
+        return decode(
             delivery.topic,
             delivery.payload,
             self._clock_us(),
@@ -142,8 +166,6 @@ class Pipeline:
             max_payload_bytes=ingest.max_payload_bytes,
             max_future_skew_s=ingest.max_future_skew_s,
         )
-        if not self._closing:
-            await self._queue.put(_Item(delivery, decoded))
 
     def tick(self, now_us: int) -> None:
         """Queue a timer tick unless the queue is full (a later tick will do)."""
@@ -186,6 +208,8 @@ class Pipeline:
                     items.append(await self._queue.get())
             except TimeoutError:
                 break
+        while self._overflow and not self._queue.full():
+            self._queue.put_nowait(self._overflow.popleft())
         return items
 
     def _build(self, items: list[_Item]) -> Batch:
