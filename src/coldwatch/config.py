@@ -127,7 +127,7 @@ class StorageConfig(_Model):
 
     path: Path = Path("data/coldwatch.db")
     batch_max: int = Field(500, ge=1, le=100_000)
-    batch_max_delay_s: float = Field(0.05, ge=0, le=10)
+    batch_max_delay_s: float = Field(0.01, ge=0, le=10)
     quarantine_max_rows: int = Field(10_000, ge=10)
     retry_initial_s: float = Field(0.2, gt=0)
     retry_max_s: float = Field(10.0, gt=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import os
 import signal
@@ -91,6 +92,9 @@ class Daemon:
                 server = tasks.create_task(http.serve(), name="http")
                 ticks = tasks.create_task(run_ticks(pipeline.tick), name="rule-timers")
                 notify = tasks.create_task(deliverer.run(), name="notify-deliver")
+                # Configuration, rule state and imports live as long as the process: leave
+                # them out of the collector's scans (full collections stalled the loop).
+                gc.freeze()
                 self.on_ready(self)
                 await stop.wait()
                 log.info("stopping: committing %d queued message(s)", pipeline.depth)

@@ -7,7 +7,10 @@ recognised and skipped rather than stored twice.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Final
@@ -130,6 +133,9 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     AUDIT_SCHEMA,
 )
 
+log = logging.getLogger(__name__)
+CHECKPOINT_EVERY_S = 1.0
+
 _INSERT_INCOMING = "INSERT INTO temp.incoming VALUES (?, ?, ?, ?, ?, ?, ?)"
 _INSERT_GAP = "INSERT INTO seq_gaps(device, first_missing, last_missing, detected_us) VALUES (?, ?, ?, ?)"
 _UPDATE_DEVICE = "UPDATE devices SET last_seq=?, last_ts_us=?, last_received_us=?, online=? WHERE id=?"
@@ -155,6 +161,9 @@ class SqliteStorage:
         self._quarantine_max_rows = quarantine_max_rows
         self._synchronous = synchronous
         self._db: aiosqlite.Connection | None = None
+        self._checkpointer: aiosqlite.Connection | None = None
+        self._checkpointing: asyncio.Task[None] | None = None
+        self._checkpointed_at = 0.0
         self._device_rowid: dict[str, int] = {}
         self._metric_rowid: dict[str, int] = {}
         self._device_by_rowid: dict[int, str] = {}
@@ -178,6 +187,9 @@ class SqliteStorage:
             await db.execute(f"PRAGMA synchronous={self._synchronous}")
             await db.execute("PRAGMA foreign_keys=ON")
             await db.execute("PRAGMA busy_timeout=5000")
+            # Checkpoints run on a connection of their own (see _maybe_checkpoint): run by
+            # the committing connection, one stalled a batch for a hundred milliseconds.
+            await db.execute("PRAGMA wal_autocheckpoint=0")
             await self._migrate()
             await db.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS incoming (device INTEGER, metric INTEGER, "
@@ -207,8 +219,33 @@ class SqliteStorage:
         async with db.execute("SELECT name, id FROM metrics") as cur:
             self._metric_rowid = {str(name): int(rowid) async for name, rowid in cur}
 
+    def _maybe_checkpoint(self) -> None:
+        """Start a checkpoint of the write-ahead log on a second connection, at most every second."""
+        now = time.monotonic()
+        if (self._checkpointing is not None and not self._checkpointing.done()) or (
+            now - self._checkpointed_at < CHECKPOINT_EVERY_S
+        ):
+            return
+        self._checkpointed_at = now
+        self._checkpointing = asyncio.get_running_loop().create_task(self._checkpoint("PASSIVE"))
+
+    async def _checkpoint(self, mode: str) -> None:
+        try:
+            if self._checkpointer is None:
+                self._checkpointer = await aiosqlite.connect(self.path, isolation_level=None)
+                await self._checkpointer.execute("PRAGMA busy_timeout=5000")
+            await self._checkpointer.execute(f"PRAGMA wal_checkpoint({mode})")
+        except sqlite3.Error as exc:  # the next one retries; the log only grows meanwhile
+            log.warning("%s: checkpoint failed: %s", self.path, exc)
+
     async def close(self) -> None:
         """Close the connection (every batch is already committed)."""
+        if self._checkpointing is not None:
+            await self._checkpointing
+        if self._checkpointer is not None:
+            await self._checkpoint("TRUNCATE")
+            await self._checkpointer.close()
+            self._checkpointer = None
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -255,6 +292,7 @@ class SqliteStorage:
                 )
             except (sqlite3.Error, OverflowError, ValueError) as exc:
                 raise StorageError(f"{self.path}: batch write failed: {exc}") from exc
+            self._maybe_checkpoint()
             return result
         try:
             await db.execute("BEGIN IMMEDIATE")
@@ -268,6 +306,7 @@ class SqliteStorage:
                 raise
         except (sqlite3.Error, OverflowError, ValueError) as exc:
             raise StorageError(f"{self.path}: batch write failed: {exc}") from exc
+        self._maybe_checkpoint()
         return BatchResult(stored=stored, duplicates=duplicates)
 
     def _write_plain(self, conn: sqlite3.Connection, batch: Batch) -> BatchResult:
