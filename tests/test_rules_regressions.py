@@ -554,3 +554,36 @@ def test_stuck_device_clock_keeps_rule_memory_bounded() -> None:
     assert working_history <= bound
     assert stuck_history <= bound, f"stuck clock kept {stuck_history} (bound {bound})"
     assert (longer_history, longer_checkpoints) == (stuck_history, stuck_checkpoints), "no growth with time"
+
+
+def test_streamed_exposition_equals_the_registry_families() -> None:
+    """The /metrics text streamed from plain data says exactly what the registry's families say."""
+    from prometheus_client import CollectorRegistry, generate_latest  # noqa: PLC0415
+
+    from coldwatch.config import DeviceConfig  # noqa: PLC0415
+    from coldwatch.metrics import Metrics, render  # noqa: PLC0415
+    from coldwatch.rules.config import RulesConfig  # noqa: PLC0415
+    from coldwatch.rules.engine import Engine  # noqa: PLC0415
+
+    devices = [
+        DeviceConfig(id="inc-1", kind="incubator", site="s", area="a"),
+        DeviceConfig(id="pc-1", kind="particle_counter", site="s", area="b", grade="A"),
+    ]
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, devices)
+    metrics.set_limits(Engine(devices, RulesConfig(), started_us=0).all_limits)
+    data = metrics.per_device
+    data.add(data.readings, "inc-1", 3)
+    data.add(data.buffered, "pc-1")
+    data.last_value["inc-1"] = {"temp_c": 37.25, "door_open": 1.0}
+    data.last_ts_s["pc-1"] = 1.5e9
+    data.online["inc-1"] = 0
+    streamed = render(registry).decode().splitlines()
+    families = generate_latest(registry).decode().splitlines()
+    assert sorted(streamed) == sorted(families)
+    assert 'coldwatch_readings_total{area="a",device="inc-1",kind="incubator",site="s"} 3.0' in streamed
+    assert (
+        'coldwatch_last_value{area="a",device="inc-1",kind="incubator",metric="temp_c",site="s"} 37.25'
+        in streamed
+    )
+    assert any(line.startswith('coldwatch_rule_limit{area="b",device="pc-1"') for line in streamed)

@@ -94,7 +94,7 @@ async def start_alarming(
     engine = Engine(config.devices, config.rules, started_us=time.time_ns() // 1000)
     book = AlarmBook()
     await restore(config, engine, book, storage, states)
-    metrics.set_limits(engine.all_limits)
+    metrics.set_limits(engine.iter_limits)
     metrics.open_alarms = lambda: list(book.open.values())
     metrics.forecasts = engine.predictions_h
     metrics.too_late = engine.too_late

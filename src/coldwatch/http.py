@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import uvicorn
 from fastapi import APIRouter, FastAPI, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CollectorRegistry
 
 from coldwatch import __version__
-from coldwatch.metrics import CONTENT_TYPE, render
+from coldwatch.metrics import CONTENT_TYPE, render_chunks
 
 __all__ = ["HttpServer", "build_app"]
 
 log = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
+
+
+async def _in_loop(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """Chunks made in the event loop's thread (the state they read is the loop's), yielding between."""
+    for chunk in chunks:
+        yield chunk
+        await asyncio.sleep(0)
 
 
 def build_app(
@@ -32,7 +40,7 @@ def build_app(
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
-        return Response(render(registry), media_type=CONTENT_TYPE)
+        return StreamingResponse(_in_loop(render_chunks(registry)), media_type=CONTENT_TYPE)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

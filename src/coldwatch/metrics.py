@@ -7,8 +7,10 @@ Label values come from the device registry and fixed enums, never from payloads.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from weakref import WeakKeyDictionary
 
 from prometheus_client import (
     CollectorRegistry,
@@ -20,6 +22,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from coldwatch.catalogue import KINDS
 from coldwatch.config import DeviceConfig
@@ -37,7 +40,7 @@ _DEVICE_LABELS = ("device", "kind", "site", "area")
 
 def render(registry: CollectorRegistry) -> bytes:
     """The exposition text of ``registry``."""
-    return generate_latest(registry)
+    return b"".join(render_chunks(registry))
 
 
 @dataclass(slots=True)
@@ -58,13 +61,32 @@ class _PerDevice:
         series[device_id] = series.get(device_id, 0) + amount
 
 
+Series = tuple[str, str, str, tuple[str, ...], Iterable[tuple[tuple[str, ...], float]]]
+
+
 class _PerDeviceCollector(Collector):
-    """The per-device series, built from plain data when scraped."""
+    """The per-device series, built from plain data when scraped.
+
+    For the registry (tests, ``get_sample_value``) it yields metric families; the /metrics
+    endpoint instead streams their text (``render_chunks``): with 10,000 devices the
+    families' sample objects cost a hundred megabytes for every scrape.
+    """
 
     def __init__(self, owner: Metrics) -> None:
         self._owner = owner
 
     def collect(self) -> Iterable[Metric]:
+        if _STREAMING.get():
+            return
+        for name, kind, text, labels, samples in self.series():
+            family_type = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            family = family_type(name, text, labels=labels)
+            for values, value in samples:
+                family.add_metric(values, value)
+            yield family
+
+    def series(self) -> Iterator[Series]:
+        """(name, type, help, label names, samples) of each family, one family at a time."""
         owner = self._owner
         data = owner.per_device
         counters = (
@@ -93,52 +115,90 @@ class _PerDeviceCollector(Collector):
                 False,
             ),
         )
-        for name, text, series, every_device in counters:
-            family = CounterMetricFamily(name, text, labels=_DEVICE_LABELS)
-            if every_device:  # a zero for every registered device: rates work from the start
-                for device in owner.devices:
-                    family.add_metric(owner.labels_of(device.id), series.get(device.id, 0))
-            else:
-                for device_id, count in series.items():
-                    family.add_metric(owner.labels_of(device_id), count)
-            yield family
-        last = GaugeMetricFamily(
+        for name, text, counts, every_device in counters:
+            # A zero for every registered device where rates must work from the start.
+            ids = [d.id for d in owner.devices] if every_device else list(counts)
+            yield name, "counter", text, _DEVICE_LABELS, [(owner.labels_of(i), counts.get(i, 0)) for i in ids]
+        yield (
             "coldwatch_last_value",
+            "gauge",
             "Latest value of each device metric (booleans as 0/1)",
-            labels=[*_DEVICE_LABELS, "metric"],
+            (*_DEVICE_LABELS, "metric"),
+            [
+                ((*owner.labels_of(device_id), metric), value)
+                for device_id, values in list(data.last_value.items())
+                for metric, value in values.items()
+            ],
         )
-        for device_id, values in data.last_value.items():
-            labels = owner.labels_of(device_id)
-            for metric, value in values.items():
-                last.add_metric([*labels, metric], value)
-        yield last
-        yield _device_gauge(
-            owner,
-            "coldwatch_device_last_reading_timestamp_seconds",
-            "Device timestamp of the newest reading, Unix seconds",
-            data.last_ts_s,
-        )
-        yield _device_gauge(
-            owner,
-            "coldwatch_device_online",
-            "1 when the device's retained status is online, 0 when offline",
-            data.online,
-        )
-        limits = GaugeMetricFamily(
+        for name, text, values in (
+            (
+                "coldwatch_device_last_reading_timestamp_seconds",
+                "Device timestamp of the newest reading, Unix seconds",
+                data.last_ts_s,
+            ),
+            (
+                "coldwatch_device_online",
+                "1 when the device's retained status is online, 0 when offline",
+                data.online,
+            ),
+        ):
+            yield (
+                name,
+                "gauge",
+                text,
+                _DEVICE_LABELS,
+                [(owner.labels_of(i), v) for i, v in list(values.items())],
+            )
+        yield (
             "coldwatch_rule_limit",
+            "gauge",
             "Every configured limit, for drawing limit lines",
-            labels=[*_DEVICE_LABELS, "metric", "rule", "severity", "direction"],
+            (*_DEVICE_LABELS, "metric", "rule", "severity", "direction"),
+            (  # a generator: every device's limits are never all in memory at once
+                ((*owner.labels_of(device_id), metric, rule, severity, direction), value)
+                for device_id, metric, rule, severity, direction, value in data.limits()
+            ),
         )
-        for device_id, metric, rule, severity, direction, value in data.limits():
-            limits.add_metric([*owner.labels_of(device_id), metric, rule, severity, direction], value)
-        yield limits
+
+    def text_chunks(self) -> Iterator[bytes]:
+        """The exposition text of :meth:`series`, in chunks of at most ``_CHUNK_LINES`` lines."""
+        for name, kind, text, labels, samples in self.series():
+            sample = f"{name}_total" if kind == "counter" else name
+            lines = [f"# HELP {sample} {_escape_help(text)}\n# TYPE {sample} {kind}\n"]
+            order = sorted(range(len(labels)), key=labels.__getitem__)  # as the client library writes
+            for values, value in samples:
+                label_text = ",".join(f'{labels[i]}="{_escape(values[i])}"' for i in order)
+                lines.append(f"{sample}{{{label_text}}} {floatToGoString(value)}\n")  # type: ignore[no-untyped-call]
+                if len(lines) >= _CHUNK_LINES:
+                    yield "".join(lines).encode()
+                    lines = []
+            yield "".join(lines).encode()
 
 
-def _device_gauge(owner: Metrics, name: str, text: str, series: Mapping[str, float]) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(name, text, labels=_DEVICE_LABELS)
-    for device_id, value in series.items():
-        family.add_metric(owner.labels_of(device_id), value)
-    return family
+_STREAMING: ContextVar[bool] = ContextVar("coldwatch_metrics_streaming", default=False)
+_CHUNK_LINES = 2000
+_PER_DEVICE: WeakKeyDictionary[CollectorRegistry, _PerDeviceCollector] = WeakKeyDictionary()
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def render_chunks(registry: CollectorRegistry) -> Iterator[bytes]:
+    """The exposition text of ``registry``, the per-device series streamed in chunks."""
+    token = _STREAMING.set(True)
+    try:
+        head = generate_latest(registry)
+    finally:
+        _STREAMING.reset(token)
+    yield head
+    per_device = _PER_DEVICE.get(registry)
+    if per_device is not None:
+        yield from per_device.text_chunks()
 
 
 class _ScrapeTimeCollector(Collector):
@@ -318,7 +378,9 @@ class Metrics:
             registry=registry,
         )
         registry.register(_ScrapeTimeCollector(self))
-        registry.register(_PerDeviceCollector(self))
+        per_device = _PerDeviceCollector(self)
+        registry.register(per_device)
+        _PER_DEVICE[registry] = per_device
         for reason in Reason:
             self.rejected.labels(reason.value)
         for kind in KINDS:

@@ -6,7 +6,7 @@ reads the clock: ``advance(now_us)`` tells it the time for communication-loss ti
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -64,6 +64,14 @@ def build_evaluator(spec: RuleSpec) -> RuleEvaluator:
     return factory(spec)
 
 
+def _factory(spec: RuleSpec) -> Callable[[], RuleEvaluator]:
+    """What makes a device's evaluator of ``spec``: a stateless one is shared by every device."""
+    prototype = build_evaluator(spec)
+    if getattr(prototype, "stateless", False):
+        return lambda: prototype
+    return partial(build_evaluator, spec)
+
+
 class Engine:
     """Rule state of every registered device."""
 
@@ -93,9 +101,7 @@ class Engine:
         for device in devices:
             specs = self.rules[device.id]
             evaluators = [
-                factories.setdefault(id(s), partial(build_evaluator, s))
-                for s in specs
-                if not isinstance(s, CommLossRule)
+                factories.setdefault(id(s), _factory(s)) for s in specs if not isinstance(s, CommLossRule)
             ]
             comm = [s for s in specs if isinstance(s, CommLossRule)]
             self.devices[device.id] = DeviceRules.build(
@@ -163,11 +169,14 @@ class Engine:
         or the quantity of a derived limit (``rate_per_min``, ``budget_s``, ``held_s``,
         ``difference``, ``mkt_c``, ``hours_min``, ``timeout_s``).
         """
-        out: list[tuple[str, str, str, str, str, float]] = []
+        return list(self.iter_limits())
+
+    def iter_limits(self) -> Iterator[tuple[str, str, str, str, str, float]]:
+        """:meth:`all_limits`, one at a time (10,000 devices have a hundred thousand)."""
         for device_id, specs in self.rules.items():
             for spec in specs:
-                out += [(device_id, *row) for row in _limits_of(spec)]
-        return out
+                for row in _limits_of(spec):
+                    yield (device_id, *row)
 
     def limits(self) -> list[tuple[str, str, str, str, str, float]]:
         """The limits on a reading's own value (the lines a dashboard draws on its plot)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Self
 
 import numpy as np
 
@@ -22,6 +23,13 @@ def level_delays(levels: Mapping[SeverityName, object]) -> dict[Severity, int]:
 
 class ThresholdEvaluator:
     """High or low limits with per-level off-margins."""
+
+    # Judges each reading on its own: one instance serves every device with this rule,
+    # and a checkpoint need not copy it.
+    stateless = True
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Self:
+        return self
 
     def __init__(self, spec: ThresholdRule) -> None:
         self.rule = spec.rule_id()
@@ -66,6 +74,13 @@ class ThresholdEvaluator:
 class HeldEvaluator:
     """A boolean that must not stay true longer than each level's delay."""
 
+    # Judges each reading on its own: one instance serves every device with this rule,
+    # and a checkpoint need not copy it.
+    stateless = True
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Self:
+        return self
+
     def __init__(self, spec: HeldRule) -> None:
         self.rule = spec.rule_id()
         self.metric = spec.metric
@@ -89,6 +104,13 @@ class HeldEvaluator:
 
 class ProbeDisagreementEvaluator:
     """Two probes that should read alike: |a - b| above a limit."""
+
+    # Judges each reading on its own: one instance serves every device with this rule,
+    # and a checkpoint need not copy it.
+    stateless = True
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Self:
+        return self
 
     def __init__(self, spec: ProbeDisagreementRule) -> None:
         self.rule = spec.rule_id()
