@@ -192,9 +192,9 @@ def readings_total(metrics: dict[str, float]) -> float:
     return sum(v for k, v in metrics.items() if k.startswith("coldwatch_readings_total"))
 
 
-def collector(bench: Bench, messages: int, devices: int) -> dict[str, float]:
+def collector(bench: Bench, messages: int, devices: int, folder: str = "throughput") -> dict[str, float]:
     """Coldwatch draining the queued load; zero loss checked in its database."""
-    daemon = Daemon(write_config(bench, bench.root / "throughput", devices))
+    daemon = Daemon(write_config(bench, bench.root / folder, devices))
     daemon.start()  # creates the persistent session and its subscription
     daemon.stop()
     bench.load(messages, devices)
@@ -317,6 +317,11 @@ def main() -> int:
         ceil = ceiling(bench, args.messages, args.devices)
         base = baseline(bench, args.messages, args.devices)
         ours = collector(bench, args.messages, args.devices)
+        MQTT_EXTRA["protocol"] = "3.1.1"
+        try:
+            ours_311 = collector(bench, args.messages, args.devices, folder="throughput-311")
+        finally:
+            MQTT_EXTRA.clear()
         lat = latency(bench, args.devices, args.rate, args.latency_s)
         mem = memory(bench, args.memory_devices, 3)
     finally:
@@ -328,6 +333,7 @@ def main() -> int:
         "ceiling_mosquitto_sub": ceil,
         "baseline_aiomqtt_aiosqlite": base,
         "coldwatch": ours,
+        "coldwatch_mqtt_3_1_1": ours_311,
         "ratio_to_baseline": ours["per_s"] / base["per_s"],
         "ratio_to_ceiling": ours["per_s"] / ceil["per_s"],
         "latency": lat,
@@ -338,6 +344,7 @@ def main() -> int:
         ("ceiling: mosquitto_sub -q 1", f"{ceil['per_s']:,.0f} msg/s", ""),
         ("baseline: aiomqtt + aiosqlite", f"{base['per_s']:,.0f} msg/s", ""),
         ("coldwatch: full pipeline", f"{ours['per_s']:,.0f} msg/s", f"lost {ours['lost']}"),
+        ("coldwatch, mqtt.protocol 3.1.1", f"{ours_311['per_s']:,.0f} msg/s", f"lost {ours_311['lost']}"),
         ("  ratio to baseline", f"{result['ratio_to_baseline']:.2f}x", f"target >= {TARGETS['vs_baseline']}x"),
         ("  ratio to ceiling", f"{result['ratio_to_ceiling']:.2f}x", f"target >= {TARGETS['vs_ceiling']}x"),
         (f"publish -> stored at {args.rate:,.0f}/s", f"p50 {lat['stored_p50_ms']} ms", f"p99 {lat['stored_p99_ms']} ms"),
@@ -351,7 +358,7 @@ def main() -> int:
         print(f"{name:<36}{value:>20}   {note}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
-    return 0 if ours["lost"] == 0 else 1
+    return 0 if ours["lost"] == ours_311["lost"] == 0 else 1
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ def test_ingest_benchmark_runs_and_loses_nothing(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert result["coldwatch"]["messages"] == 3000
     assert result["coldwatch"]["lost"] == 0
+    assert result["coldwatch_mqtt_3_1_1"]["lost"] == 0
     assert result["baseline_aiomqtt_aiosqlite"]["messages"] == 3000
     for consumer in ("ceiling_mosquitto_sub", "baseline_aiomqtt_aiosqlite", "coldwatch"):
         assert result[consumer]["per_s"] > 0
