@@ -18,7 +18,7 @@ from itertools import pairwise
 import numpy as np
 
 from coldwatch.config import DeviceConfig
-from coldwatch.replay.runner import PHASE_READING, PHASE_TIMER, EmittedEvent, _action_times
+from coldwatch.replay.runner import PHASE_READING, PHASE_TIMER, EmittedEvent, action_times
 from coldwatch.replay.scenario import LoadedScenario
 from coldwatch.replay.timeline import DeviceStream
 from coldwatch.rules.config import CommLossRule, RulesConfig, RuleSpec
@@ -188,7 +188,7 @@ def batched_events(
     scenario = loaded.scenario
     end = scenario.start_us + scenario.duration_us
     arrivals = [s.received_us for s in streams.values()]
-    ticks = np.unique(np.concatenate([*arrivals, np.asarray([*_action_times(loaded), end], dtype=np.int64)]))
+    ticks = np.unique(np.concatenate([*arrivals, np.asarray([*action_times(loaded), end], dtype=np.int64)]))
     out: list[_Sortable] = []
     # Readings at one instant reach the engine in timeline order; timers run in device order.
     arrival_rank = {device_id: rank for rank, device_id in enumerate(streams)}

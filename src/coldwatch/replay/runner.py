@@ -108,7 +108,7 @@ def _engine(loaded: LoadedScenario) -> Engine:
     return Engine(loaded.devices, loaded.rules, started_us=loaded.scenario.start_us)
 
 
-def _action_times(loaded: LoadedScenario) -> list[int]:
+def action_times(loaded: LoadedScenario) -> list[int]:
     start = loaded.scenario.start_us
     return sorted(start + round(a.at * US) for a in loaded.scenario.actions)
 
@@ -124,7 +124,7 @@ def engine_events(
     end = loaded.scenario.start_us + loaded.scenario.duration_us
     # Timers also run at each user action and at the scenario's end, in time order (a
     # backfill may arrive after the end).
-    pending = sorted([*_action_times(loaded), end])
+    pending = sorted([*action_times(loaded), end])
     done = 0
     for received, stream, index in merged_arrivals(streams):
         while pending and pending[0] <= received:

@@ -297,7 +297,11 @@ class SqliteStorage:
         try:
             await db.execute("BEGIN IMMEDIATE")
             try:
-                stored, duplicates = await self._write_readings(batch)
+                stored, duplicates = await db._execute(  # type: ignore[no-untyped-call]  # noqa: SLF001
+                    self._store_readings,
+                    db._connection,  # noqa: SLF001
+                    batch,
+                )
                 await self._write_records(batch)
                 await db.execute("COMMIT")
             except BaseException:
@@ -313,15 +317,7 @@ class SqliteStorage:
         """Readings, gaps and device state in one transaction, on the connection's own thread."""
         conn.execute("BEGIN IMMEDIATE")
         try:
-            stored, duplicates = 0, frozenset[tuple[str, int, int]]()
-            rows = self._reading_rows(batch)
-            if rows:
-                conn.executemany(_INSERT_INCOMING, rows)
-                duplicates = frozenset(
-                    (self._device_by_rowid[d], int(s), int(t)) for d, s, t in conn.execute(_FIND_DUPLICATES)
-                )
-                stored = conn.execute("INSERT OR IGNORE INTO readings SELECT * FROM temp.incoming").rowcount
-                conn.execute("DELETE FROM temp.incoming")
+            stored, duplicates = self._store_readings(conn, batch)
             if batch.gaps:
                 conn.executemany(_INSERT_GAP, [self._gap_row(g) for g in batch.gaps])
             if batch.devices:
@@ -332,6 +328,24 @@ class SqliteStorage:
                 conn.execute("ROLLBACK")
             raise
         return BatchResult(stored=stored, duplicates=duplicates)
+
+    def _store_readings(
+        self, conn: sqlite3.Connection, batch: Batch
+    ) -> tuple[int, frozenset[tuple[str, int, int]]]:
+        """Store the batch's readings (in the open transaction, on the connection's thread).
+
+        Returns how many rows were new and which readings were stored already.
+        """
+        rows = self._reading_rows(batch)
+        if not rows:
+            return 0, frozenset()
+        conn.executemany(_INSERT_INCOMING, rows)
+        duplicates = frozenset(
+            (self._device_by_rowid[d], int(s), int(t)) for d, s, t in conn.execute(_FIND_DUPLICATES)
+        )
+        stored = conn.execute("INSERT OR IGNORE INTO readings SELECT * FROM temp.incoming").rowcount
+        conn.execute("DELETE FROM temp.incoming")
+        return stored, duplicates
 
     def _reading_rows(self, batch: Batch) -> list[tuple[int, int, int, int, float, int, bool]]:
         devices, metrics = self._device_rowid, self._metric_rowid
@@ -355,20 +369,6 @@ class SqliteStorage:
             )
             for device_id, s in batch.devices.items()
         ]
-
-    async def _write_readings(self, batch: Batch) -> tuple[int, frozenset[tuple[str, int, int]]]:
-        """Store the batch's readings; return how many rows were new and which readings were not."""
-        db = self._conn
-        rows = self._reading_rows(batch)
-        if not rows:
-            return 0, frozenset()
-        await db.executemany(_INSERT_INCOMING, rows)
-        async with db.execute(_FIND_DUPLICATES) as cur:
-            duplicates = frozenset([(self._device_by_rowid[d], int(s), int(t)) async for d, s, t in cur])
-        async with db.execute("INSERT OR IGNORE INTO readings SELECT * FROM temp.incoming") as cur:
-            stored = cur.rowcount
-        await db.execute("DELETE FROM temp.incoming")
-        return stored, duplicates
 
     async def _write_records(self, batch: Batch) -> None:
         """Everything else a batch carries, in the same transaction."""
