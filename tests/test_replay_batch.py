@@ -187,3 +187,41 @@ def test_random_timelines_do_raise_alarms() -> None:
     rules = {e.event.key.rule for e in reference}
     assert {"high", "rate", "time_out_of_range", "mkt", "comm_loss"} <= rules, rules
     _assert_same(reference, batched)
+
+
+def _record(**kw: Any) -> Any:
+    from coldwatch.replay.runner import AlarmRecord  # noqa: PLC0415
+
+    base: dict[str, Any] = {
+        "id": 1, "device": "inc-1", "metric": "temp_c", "rule": "high", "severity": "action",
+        "state": "closed", "raised_s": 60.0, "reached_s": {"action": 60.0}, "cleared_s": 120.0,
+        "acknowledged_by": None, "late": False, "revoked": False, "detail": "", "value": 39.0, "limit": 38.0,
+    }  # fmt: skip
+    return AlarmRecord(**{**base, **kw})
+
+
+def test_expectations_count_a_jump_past_a_severity_and_revoked_alarms() -> None:
+    """An alarm raised straight at action breaks 'never at alert'; a revoked one still breaks 'never'."""
+    from coldwatch.replay.runner import check_expectations  # noqa: PLC0415
+    from coldwatch.replay.scenario import Expectation  # noqa: PLC0415
+
+    never_alert = Expectation(id="R1", device="inc-1", rule="temp_c/high", severity="alert", never=True)
+    never_any = Expectation(id="R2", device="inc-1", rule="temp_c/high", never=True)
+    raised_at_alert = Expectation(
+        id="R3", device="inc-1", rule="temp_c/high", severity="alert", raised_within=(60, 60)
+    )
+    results = check_expectations([never_alert, never_any, raised_at_alert], [_record()])
+    assert [r.status for r in results] == ["fail", "fail", "pass"]
+    revoked = check_expectations([never_any], [_record(revoked=True, detail="revoked: late readings")])
+    assert revoked[0].status == "fail"
+    assert "(revoked)" in revoked[0].detail
+
+
+def test_count_zero_cannot_carry_clauses_it_would_never_check() -> None:
+    """count: 0 with a state (or clear, acknowledgement, lateness) clause is refused."""
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from coldwatch.replay.scenario import Expectation  # noqa: PLC0415
+
+    with pytest.raises(ValidationError, match="count: 0"):
+        Expectation(id="R", device="inc-1", rule="temp_c/high", count=0, state="closed")

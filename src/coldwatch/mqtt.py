@@ -144,6 +144,13 @@ class MqttSource:
 
         def on_message(_client: paho.Client, _userdata: object, message: paho.MQTTMessage) -> None:
             activity.set()
+            try:
+                deliver(message)
+            except Exception:  # never out of paho's read loop: the rest of its burst would be lost
+                # Unacknowledged, the message is redelivered on the next connection.
+                log.exception("could not take message %d on %s", message.mid, message.topic)
+
+        def deliver(message: paho.MQTTMessage) -> None:
             offer(
                 Delivery(
                     topic=message.topic,

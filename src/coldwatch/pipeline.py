@@ -139,21 +139,15 @@ class Pipeline:
         queue is larger (checked by the configuration), so there is room: the backlog stays
         at the broker, held by MQTT flow control, never in this process.
         """
-        item = _Item(delivery, self._decode(delivery))
         if self._closing:
             return
+        item = _Item(delivery, self._decode(delivery))
         if self._overflow or self._queue.full():
             # Only without flow control (MQTT 3.1.1 on a broker that does not cap what it
             # sends in flight): kept in order, counted in the queue depth.
             self._overflow.append(item)
             return
         self._queue.put_nowait(item)
-
-    async def consume(self, delivery: Delivery) -> None:
-        """Decode one delivery and queue it for the writer (waits when the queue is full)."""
-        item = _Item(delivery, self._decode(delivery))
-        if not self._closing:
-            await self._queue.put(item)
 
     def _decode(self, delivery: Delivery) -> Telemetry | Status | Rejection:
         ingest = self._config.ingest

@@ -236,32 +236,42 @@ def _fmt(seconds: float) -> str:
     return sign + text
 
 
+_RANK = {"alert": 1, "action": 2}
+
+
 def format_offset(seconds: float) -> str:
     """``1h2m3s``-style text of a scenario offset."""
     return _fmt(seconds)
 
 
 def _check_one(exp: Expectation, alarms: list[AlarmRecord]) -> ExpectationResult:  # noqa: C901, PLR0911, PLR0912 - one branch per clause
-    candidates = [
+    floor = _RANK[exp.severity] if exp.severity is not None else 0
+
+    def reached(a: AlarmRecord) -> float:
+        """When the alarm first stood at the expected severity or worse (a jump past it counts)."""
+        return min(t for sev, t in a.reached_s.items() if _RANK[sev] >= floor)
+
+    ours = [
         a
         for a in alarms
         if a.device == exp.device
         and a.rule == exp.rule
         and (exp.metric is None or a.metric == exp.metric)
-        and not a.revoked
+        and any(_RANK[sev] >= floor for sev in a.reached_s)
     ]
-    if exp.severity is not None:
-        candidates = [a for a in candidates if exp.severity in a.reached_s]
-
-    def reached(a: AlarmRecord) -> float:
-        return a.reached_s[exp.severity] if exp.severity is not None else a.raised_s
-
-    what = exp.label + (f" at {exp.severity}" if exp.severity else "")
+    # A revoked alarm was raised all the same (someone may have been paged): "never" sees it.
+    candidates = [a for a in ours if not a.revoked]
+    what = exp.label + (f" at {exp.severity} or worse" if exp.severity else "")
     seen = ", ".join(f"#{a.id} at {_fmt(reached(a))}" for a in candidates) or "none"
     ids = [a.id for a in candidates]
     if exp.never:
-        if candidates:
-            return ExpectationResult(exp, "fail", f"{what} must never be raised; raised: {seen}", ids)
+        if ours:
+            raised = ", ".join(
+                f"#{a.id} at {_fmt(reached(a))}{' (revoked)' if a.revoked else ''}" for a in ours
+            )
+            return ExpectationResult(
+                exp, "fail", f"{what} must never be raised; raised: {raised}", [a.id for a in ours]
+            )
         return ExpectationResult(exp, "pass", f"{what} never raised", [])
     if exp.count is not None and len(candidates) != exp.count:
         return ExpectationResult(
@@ -269,6 +279,8 @@ def _check_one(exp: Expectation, alarms: list[AlarmRecord]) -> ExpectationResult
         )
     matched: AlarmRecord | None = candidates[0] if candidates else None
     notes = [f"{len(candidates)} alarm(s) of {what}"] if exp.count is not None else []
+    if exp.raised_within is None and len(candidates) > 1:
+        notes.append(f"the first (#{candidates[0].id}) is checked")
     if exp.raised_within is not None:
         lo, hi = exp.raised_within
         inside = [a for a in candidates if lo <= reached(a) <= hi]

@@ -224,6 +224,11 @@ class Expectation(Target):
             raise ValueError("'never' cannot be combined with raise, clear, state or count expectations")
         if not self.never and self.raised_within is None and self.count is None:
             raise ValueError("give raised_within (or count), or never: true")
+        if self.count == 0 and any(
+            v is not None
+            for v in (self.raised_within, self.cleared_within, self.acknowledged, self.state, self.late)
+        ):
+            raise ValueError("count: 0 leaves no alarm to check the other clauses on (write never: true)")
         for name in ("raised_within", "cleared_within"):
             window = getattr(self, name)
             if window is not None and window[0] > window[1]:

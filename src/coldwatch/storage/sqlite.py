@@ -235,17 +235,23 @@ class SqliteStorage:
                 self._checkpointer = await aiosqlite.connect(self.path, isolation_level=None)
                 await self._checkpointer.execute("PRAGMA busy_timeout=5000")
             await self._checkpointer.execute(f"PRAGMA wal_checkpoint({mode})")
-        except sqlite3.Error as exc:  # the next one retries; the log only grows meanwhile
-            log.warning("%s: checkpoint failed: %s", self.path, exc)
+        except Exception:  # a task boundary: the next one retries; the log only grows meanwhile
+            log.exception("%s: checkpoint failed", self.path)
 
     async def close(self) -> None:
         """Close the connection (every batch is already committed)."""
-        if self._checkpointing is not None:
-            await self._checkpointing
-        if self._checkpointer is not None:
-            await self._checkpoint("TRUNCATE")
-            await self._checkpointer.close()
-            self._checkpointer = None
+        try:
+            if self._checkpointing is not None:
+                await self._checkpointing
+            if self._checkpointer is not None:
+                await self._checkpoint("TRUNCATE")
+        finally:
+            if self._checkpointer is not None:
+                await self._checkpointer.close()
+                self._checkpointer = None
+            await self._close_main()
+
+    async def _close_main(self) -> None:
         if self._db is not None:
             await self._db.close()
             self._db = None
