@@ -9,12 +9,12 @@ that the replay no longer produces are revoked; new ones are marked late.
 
 from __future__ import annotations
 
-import bisect
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from coldwatch.rules.config import CommLossRule
+from coldwatch.rules.history import History
 from coldwatch.rules.latch import Latch
 from coldwatch.rules.lifecycle import Alarm
 from coldwatch.rules.model import (
@@ -100,7 +100,7 @@ class DeviceRules:
     door_recovery_us: int
     horizon_us: int
     started_us: int
-    history: list[tuple[int, int, EngineReading]] = field(default_factory=list)  # (ts, seq, reading)
+    history: History = field(default_factory=lambda: History(""))
     # (ts, seq, history length at the time, state before the readings after it; None: fresh)
     checkpoints: list[tuple[int, int, int, _Judged | None]] = field(default_factory=list)
     # Builds the state of no readings at all: the first checkpoint, without a copy per device.
@@ -141,6 +141,7 @@ class DeviceRules:
             round(door_recovery_s * US),
             round(horizon_s * US),
             started_us,
+            history=History(device_id),
             fresh=fresh,
         )
         if rules.horizon_us > 0:
@@ -161,7 +162,7 @@ class DeviceRules:
                 return comm_events
             self.newest = position
             return comm_events + self._judge(self.judged, reading, late=reading.buffered)
-        if not self.history or position > self.history[-1][:2]:
+        if not len(self.history) or position > self.history.key(-1):
             events = self._judge(self.judged, reading, late=reading.buffered)
             self._remember(reading, events)
             return comm_events + events
@@ -193,7 +194,7 @@ class DeviceRules:
     def _remember(self, reading: EngineReading, events: list[AlarmEvent]) -> None:
         if self.horizon_us == 0:
             return
-        self.history.append((reading.ts_us, reading.seq, reading))
+        self.history.append(reading)
         self.emitted += events
         last_cp_ts = self.checkpoints[-1][0]
         # Checkpoints cost a copy of the rule state: take one every CHECKPOINT_EVERY readings
@@ -209,7 +210,7 @@ class DeviceRules:
             self._trim()
 
     def _trim(self) -> None:
-        newest = self.history[-1][0]
+        newest = self.history.key(-1)[0]
         # Keep the newest checkpoint at or before the horizon, and everything after it.
         keep_from = 0
         for index, (ts, _, _, _) in enumerate(self.checkpoints):
@@ -227,13 +228,13 @@ class DeviceRules:
         drop = self.checkpoints[keep_from][2]
         first_ts = self.checkpoints[keep_from][0]
         self.checkpoints = [(ts, seq, n - drop, st) for ts, seq, n, st in self.checkpoints[keep_from:]]
-        del self.history[:drop]
+        self.history.drop_front(drop)
         self.emitted = [e for e in self.emitted if e.ts_us > first_ts]
 
     def _rewind(self, reading: EngineReading) -> list[AlarmEvent]:
         position = (reading.ts_us, reading.seq)
-        index = bisect.bisect_left([(ts, seq) for ts, seq, _ in self.history], position)
-        if index < len(self.history) and self.history[index][:2] == position:
+        index = self.history.bisect_left(*position)
+        if index < len(self.history) and self.history.key(index) == position:
             return []  # the same reading again: already judged
         earlier = [i for i, cp in enumerate(self.checkpoints) if cp[:2] < position]
         if not earlier:
@@ -241,8 +242,8 @@ class DeviceRules:
             return []
         base = earlier[-1]
         cp_ts, _, cp_len, cp_state = self.checkpoints[base]
-        self.history.insert(index, (reading.ts_us, reading.seq, reading))
-        replay = self.history[cp_len:]
+        self.history.insert(index, reading)
+        replay = self.history.readings(cp_len)
         old = [e for e in self.emitted if e.ts_us > cp_ts]
         # What each alarm was at the checkpoint: the severity a revocation falls back to.
         self.checkpoints = self.checkpoints[: base + 1]
@@ -255,9 +256,9 @@ class DeviceRules:
             latch.key: None if cp_state is None else latch.active for latch in self.judged.latches
         }
         self.emitted = [e for e in self.emitted if e.ts_us <= cp_ts]
-        self.history = self.history[:cp_len]
+        self.history.truncate(cp_len)
         new: list[AlarmEvent] = []
-        for _, _, again in replay:
+        for again in replay:
             produced = self._judge(self.judged, again, late=True)
             new += produced
             self._remember(again, produced)
@@ -345,7 +346,7 @@ class DeviceRules:
         if self.horizon_us > 0:
             # Late readings older than this point are not judged again: the replay before
             # it could not know everything the live run knew.
-            last = self.history[-1][:2] if self.history else (-(2**63), -1)
+            last = self.history.key(-1) if len(self.history) else (-(2**63), -1)
             self.checkpoints = [(last[0], last[1], len(self.history), copy.deepcopy(self.judged))]
-        elif self.history:
-            self.newest = self.history[-1][:2]
+        elif len(self.history):
+            self.newest = self.history.key(-1)
