@@ -267,3 +267,35 @@ async def test_seq_gaps_counted_and_recorded(broker: RunningBroker, prefix: str,
     with sqlite3.connect(config.storage.path) as conn:
         gaps = conn.execute("SELECT first_missing, last_missing FROM seq_gaps ORDER BY id").fetchall()
     assert gaps == [(3, 4), (7, 9)]
+
+
+async def test_a_backlog_waits_at_the_broker_not_in_memory(
+    broker: RunningBroker, prefix: str, tmp_path: Path
+) -> None:
+    """A backlog ten times the ingest queue is drained whole; the collector holds at most its queue."""
+    devices = device_entries("incubator", 20)
+    config = write_config(
+        tmp_path / "c.yaml",
+        broker=broker,
+        prefix=prefix,
+        devices=devices,
+        mqtt={"receive_maximum": 100},
+        ingest={"queue_max": 600},
+    )
+    async with running_daemon(config):
+        pass  # creates the collector's persistent session
+    messages = [
+        (telemetry_topic(config, d["id"]), reading(seq, {"temp_c": 37.0, "co2_pct": 5.0}))
+        for seq in range(300)
+        for d in devices
+    ]
+    await publish_all(broker, messages)
+    async with running_daemon(config) as running:
+        await eventually(
+            lambda: distinct_messages(config.storage.path) == len(messages),
+            timeout_s=120,
+            what="the whole backlog stored",
+        )
+        assert running.daemon.pipeline is not None
+        assert running.daemon.pipeline.peak_depth <= 600
+        assert running.sample("coldwatch_ingest_read_pauses_total") > 0

@@ -47,6 +47,7 @@ class Daemon:
     storage: Storage | None = None
     engine: Engine | None = None
     book: AlarmBook | None = None
+    pipeline: Pipeline | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then commit what is queued and shut down in order."""
@@ -67,6 +68,10 @@ class Daemon:
                 config.mqtt,
                 [f"{prefix}/#"],
                 on_connection_change=self._connection_metric(metrics),
+                # Back-pressure: reading stops while the writer's queue is (nearly) full.
+                room=lambda: pipeline.has_room(),  # noqa: PLW0108 - pipeline is made below
+                wait_room=lambda: pipeline.wait_room(),  # noqa: PLW0108 - pipeline is made below
+                on_pause=metrics.read_pauses.inc,
             )
             pipeline = Pipeline(
                 config,
@@ -79,6 +84,7 @@ class Daemon:
                 notifier=notifier,
                 on_notified=deliverer.kick,
             )
+            self.pipeline = pipeline
 
             api = build_router(
                 ApiContext(config, storage, pipeline.submit, states, Authenticator(config.api, os.environ))

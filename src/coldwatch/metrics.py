@@ -326,6 +326,11 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.read_pauses = Counter(
+            "coldwatch_ingest_read_pauses",
+            "Times reading from the broker stopped because the ingest queue was full (back-pressure)",
+            registry=registry,
+        )
         self.duplicates = Counter(
             "coldwatch_duplicate_readings",
             "Redelivered readings recognised as already stored and skipped",

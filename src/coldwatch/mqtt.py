@@ -11,11 +11,12 @@ process dies is redelivered by the broker on the next connection.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import aiomqtt
@@ -49,7 +50,7 @@ class Delivery:
 READ_BURST = 256
 
 
-def _read_many(client: paho.Client) -> None:
+def _read_many(client: paho.Client, room: Callable[[], bool], pause: Callable[[], None]) -> None:
     """Make paho read every packet already received per call, not one per event-loop turn.
 
     aiomqtt calls ``loop_read()`` when the socket is readable; paho then reads one packet
@@ -64,6 +65,9 @@ def _read_many(client: paho.Client) -> None:
         for _ in range(READ_BURST):
             if client._sock is None:  # noqa: SLF001
                 return MQTTErrorCode.MQTT_ERR_NO_CONN
+            if not room():
+                pause()  # back-pressure: unread data stays in the socket, then in the broker
+                break
             rc = read_packet()
             if rc > 0:
                 return handle(rc)
@@ -72,6 +76,10 @@ def _read_many(client: paho.Client) -> None:
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     client.loop_read = loop_read  # type: ignore[method-assign]
+
+
+async def _always_room() -> None:
+    """The consumer always has room (no back-pressure)."""
 
 
 def backoff_delays(initial_s: float, max_s: float, rng: random.Random) -> Callable[[], float]:
@@ -96,6 +104,9 @@ class MqttSource:
         topics: Sequence[str],
         *,
         on_connection_change: Callable[[bool], None] = lambda _: None,
+        room: Callable[[], bool] = lambda: True,
+        wait_room: Callable[[], Awaitable[None]] | None = None,
+        on_pause: Callable[[], None] = lambda: None,
     ) -> None:
         self._config = config
         self._topics = list(topics)
@@ -104,6 +115,11 @@ class MqttSource:
         self._connection = 0
         self._activity = asyncio.Event()
         self.connected = asyncio.Event()
+        self._room = room
+        self._wait_room = wait_room or _always_room
+        self._paused = False
+        self._resuming: set[asyncio.Task[None]] = set()
+        self._on_pause = on_pause
 
     def _make_client(self, offer: Callable[[Delivery], None], connection: int) -> aiomqtt.Client:
         cfg = self._config
@@ -136,7 +152,7 @@ class MqttSource:
         )
         # Must be set before CONNECT: the broker resends pending messages right after it.
         client._client.manual_ack_set(True)  # noqa: SLF001 - see module docstring
-        _read_many(client._client)  # noqa: SLF001 - see _read_many
+        _read_many(client._client, self._room, functools.partial(self._pause, client))  # noqa: SLF001
         # Messages go straight from paho's callback to the consumer: aiomqtt's iterator costs
         # a task and an asyncio.wait per message (benchmarks/ingest.py). Installed before
         # CONNECT, as the broker resends a persistent session's messages right after it.
@@ -198,6 +214,41 @@ class MqttSource:
         except TimeoutError:
             return False
 
+    def _pause(self, client: aiomqtt.Client) -> None:
+        """Stop reading the socket until the consumer has room again (TCP back-pressure).
+
+        The broker honours the Receive Maximum only loosely (Mosquitto 2.0 sends far more
+        once acknowledgements flow; MQTT 3.1.1 has no such limit), so the collector stops
+        reading instead: what it has not read waits in the socket buffers and at the broker.
+        """
+        sock = client._client._sock  # noqa: SLF001
+        if self._paused or sock is None:
+            return
+        fd = sock.fileno()
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(fd)
+        self._paused = True
+        self._on_pause()
+
+        def read() -> None:  # what aiomqtt's reader does
+            try:
+                client._client.loop_read()  # noqa: SLF001
+            except Exception as exc:
+                if not client._disconnected.done():  # noqa: SLF001
+                    client._disconnected.set_exception(exc)  # noqa: SLF001
+
+        async def resume() -> None:
+            await self._wait_room()
+            self._paused = False
+            current = client._client._sock  # noqa: SLF001
+            if current is not None and current.fileno() == fd:
+                loop.add_reader(fd, read)
+                read()  # data may be waiting already
+
+        task = loop.create_task(resume())
+        self._resuming.add(task)
+        task.add_done_callback(self._resuming.discard)
+
     async def run(self, offer: Callable[[Delivery], None]) -> None:
         """Hand every message to ``offer`` (which must not block) until cancelled; reconnect with backoff.
 
@@ -226,6 +277,9 @@ class MqttSource:
                 log.warning("broker %s:%d: %s", broker.host, broker.port, exc)
             finally:
                 self._client = None
+                for task in self._resuming:  # a new connection gets a new socket and reader
+                    task.cancel()
+                self._paused = False
                 if self.connected.is_set():
                     self.connected.clear()
                     self._on_connection_change(False)

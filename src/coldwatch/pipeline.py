@@ -23,7 +23,7 @@ from coldwatch.config import Config
 from coldwatch.errors import StorageError
 from coldwatch.export import format_ts
 from coldwatch.metrics import Metrics
-from coldwatch.mqtt import Delivery, backoff_delays
+from coldwatch.mqtt import READ_BURST, Delivery, backoff_delays
 from coldwatch.notify.planner import Notifier
 from coldwatch.payload import Rejection, Status, Telemetry, decode
 from coldwatch.rules.engine import Engine
@@ -117,6 +117,10 @@ class Pipeline:
         self._taken: list[_Item] = []  # taken from the queue, not yet committed
         self._alarm_readings_us: list[int] = []  # live readings that raised an alarm, this batch
         self._overflow: deque[_Item] = deque()
+        self._room = asyncio.Event()
+        self.peak_depth = 0  # the most messages ever held (back-pressure bounds it)
+        # Reading stops this far below the queue's end: a read burst always fits.
+        self._room_below = max(1, config.ingest.queue_max - 2 * READ_BURST)
         self.committed = asyncio.Condition()
         self.last_write_ok = True
         self._closing = False
@@ -132,6 +136,16 @@ class Pipeline:
         """Messages received and not yet committed."""
         return self._queue.qsize() + len(self._taken) + len(self._overflow)
 
+    def has_room(self) -> bool:
+        """Whether the MQTT side may read more: a burst of reads must still fit in the queue."""
+        return not self._overflow and self._queue.qsize() < self._room_below
+
+    async def wait_room(self) -> None:
+        """Wait until :meth:`has_room` (the writer takes items out)."""
+        while not self.has_room():
+            self._room.clear()
+            await self._room.wait()
+
     def offer(self, delivery: Delivery) -> None:
         """Decode one delivery and queue it for the writer without waiting (the MQTT callback).
 
@@ -142,6 +156,7 @@ class Pipeline:
         if self._closing:
             return
         item = _Item(delivery, self._decode(delivery))
+        self.peak_depth = max(self.peak_depth, self.depth + 1)
         if self._overflow or self._queue.full():
             # Only without flow control (MQTT 3.1.1 on a broker that does not cap what it
             # sends in flight): kept in order, counted in the queue depth.
@@ -204,6 +219,8 @@ class Pipeline:
                 break
         while self._overflow and not self._queue.full():
             self._queue.put_nowait(self._overflow.popleft())
+        if self.has_room():
+            self._room.set()
         return items
 
     def _build(self, items: list[_Item]) -> Batch:
