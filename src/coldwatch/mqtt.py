@@ -261,9 +261,11 @@ class MqttSource:
         while True:
             self._connection += 1
             client = self._make_client(offer, self._connection)
+            # Before CONNECT: a resent message may be taken, committed and acknowledged
+            # before the connection's context is entered.
+            self._client = client
             try:
                 async with client:
-                    self._client = client
                     self.connected.set()
                     self._on_connection_change(True)
                     log.info("connected to %s:%d as %s", broker.host, broker.port, self._config.client_id)
