@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Self
 
 import numpy as np
@@ -11,9 +11,34 @@ from coldwatch.rules.config import HeldRule, ProbeDisagreementRule, SeverityName
 from coldwatch.rules.model import US, Severity, Signal
 from coldwatch.rules.vector import Floats, Ints, SignalArrays, graded, present
 
-__all__ = ["HeldEvaluator", "ProbeDisagreementEvaluator", "ThresholdEvaluator", "level_delays"]
+__all__ = [
+    "HeldEvaluator",
+    "ProbeDisagreementEvaluator",
+    "ThresholdEvaluator",
+    "graded_signal",
+    "level_delays",
+]
 
 SEVERITY = {"alert": Severity.ALERT, "action": Severity.ACTION}
+
+
+def graded_signal(
+    judged: float, levels: Sequence[tuple[Severity, float, float]], value: float, *, high: bool = True
+) -> Signal:
+    """The signal of ``judged`` against (severity, limit, clear-at) levels, mildest first.
+
+    A level is met strictly beyond its limit (the last met wins); a raised alarm keeps the
+    worst level whose clear-at is still passed (off-margin). ``graded`` is the array twin.
+    """
+    level: Severity | None = None
+    hold: Severity | None = None
+    limit = levels[0][1]
+    for severity, lim, clear_at in levels:
+        if judged > lim if high else judged < lim:
+            level, limit = severity, lim
+        if judged > clear_at if high else judged < clear_at:
+            hold = severity
+    return Signal.with_hold(level, hold, value, limit)
 
 
 def level_delays(levels: Mapping[SeverityName, object]) -> dict[Severity, int]:
@@ -52,17 +77,7 @@ class ThresholdEvaluator:
         value = values.get(self.metric)
         if value is None:
             return None
-        level: Severity | None = None
-        hold: Severity | None = None
-        limit = self._levels[0][1]
-        for severity, lim, clear_at in self._levels:
-            beyond = value > lim if self._high else value < lim
-            kept = value > clear_at if self._high else value < clear_at
-            if beyond:
-                level, limit = severity, lim
-            if kept:
-                hold = severity
-        return Signal.with_hold(level, hold, value, limit)
+        return graded_signal(value, self._levels, value, high=self._high)
 
     def signals(self, ts_us: Ints, values: Mapping[str, Floats]) -> SignalArrays:
         """``update`` at every reading of a series, from a fresh state."""
@@ -128,15 +143,7 @@ class ProbeDisagreementEvaluator:
         if a is None or b is None:
             return None
         diff = abs(a - b)
-        level: Severity | None = None
-        hold: Severity | None = None
-        limit = self._levels[0][1]
-        for severity, lim, clear_at in self._levels:
-            if diff > lim:
-                level, limit = severity, lim
-            if diff > clear_at:
-                hold = severity
-        return Signal.with_hold(level, hold, diff, limit)
+        return graded_signal(diff, self._levels, diff)
 
     def signals(self, ts_us: Ints, values: Mapping[str, Floats]) -> SignalArrays:
         """``update`` at every reading of a series, from a fresh state."""

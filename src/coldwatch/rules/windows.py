@@ -22,7 +22,7 @@ from coldwatch.rules.config import (
     RateRule,
     TimeOutOfRangeRule,
 )
-from coldwatch.rules.evaluators import SEVERITY
+from coldwatch.rules.evaluators import SEVERITY, graded_signal
 from coldwatch.rules.model import US, Severity, Signal
 from coldwatch.rules.vector import Floats, Ints, SignalArrays, graded, present
 
@@ -92,15 +92,7 @@ class RateEvaluator:
             judged = -rate
         else:
             judged = abs(rate)
-        level: Severity | None = None
-        hold: Severity | None = None
-        limit = self._levels[0][1]
-        for severity, lim, clear_at in self._levels:
-            if judged > lim:
-                level, limit = severity, lim
-            if judged > clear_at:
-                hold = severity
-        return Signal.with_hold(level, hold, rate, limit)
+        return graded_signal(judged, self._levels, rate)
 
     def signals(self, ts_us: Ints, values: Mapping[str, Floats]) -> SignalArrays:
         """``update`` at every reading of a series, from a fresh state."""
