@@ -11,7 +11,9 @@ take them, not the rate the publishers manage:
 - ceiling: ``mosquitto_sub -q 1`` (C) receiving the load;
 - baseline: ``benchmarks/baseline_collector.py``, aiomqtt + json + aiosqlite batches;
 - coldwatch: ``coldwatch run``, the full pipeline (validation, rules, storage with
-  fsync, metrics, acknowledgement after commit), counted in its database afterwards.
+  fsync, metrics, acknowledgement after commit), counted in its database afterwards;
+  on SQLite, and again on PostgreSQL (a private server started by the benchmark with
+  fsync and synchronous commit on, batches by COPY).
 
 Then, with coldwatch live: latency at a fixed 2,000 messages/s with excursions mixed
 in (publish to stored, publish to alarm raised, from the collector's histograms), peak
@@ -22,6 +24,7 @@ stored reading. Prints a table and writes JSON. A benchmark, not a test.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shutil
 import signal
@@ -34,12 +37,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load import AREA, SITE, LoadSpec, device_ids, publish_load
 
 from coldwatch.broker import free_port, start_mosquitto, stop_process, wait_listening
+from coldwatch.pgserver import RunningPostgres, start_postgres, stop_postgres
 
 PREFIX = "bench"
 MQTT_EXTRA: dict[str, Any] = {}
@@ -55,15 +60,25 @@ TARGETS = {
 class Bench:
     """The run's broker and scratch folder."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, postgres: bool = True) -> None:
         self.root = root
         self.host = "127.0.0.1"
         self.port = free_port()
         self.broker = start_mosquitto(root / "mosquitto", self.host, self.port)
         wait_listening(self.host, self.port, self.broker, root / "mosquitto", 10)
+        # Durable, as in production: a commit waits for its WAL flush.
+        self.postgres: RunningPostgres | None = start_postgres(durable=True) if postgres else None
 
     def close(self) -> None:
         stop_process(self.broker)
+        if self.postgres is not None:
+            stop_postgres(self.postgres)
+
+    def new_database(self, name: str) -> str:
+        """A new database on the benchmark's PostgreSQL; its URL."""
+        assert self.postgres is not None
+        pg_fetch(self.postgres.url(), f"CREATE DATABASE {name}")
+        return self.postgres.url(name)
 
     def load(self, messages: int, devices: int, **kw: Any) -> float:
         return publish_load(LoadSpec(self.host, self.port, PREFIX, devices, messages, **kw))
@@ -101,7 +116,20 @@ def baseline(bench: Bench, messages: int, devices: int) -> dict[str, float]:
     }
 
 
-def write_config(bench: Bench, folder: Path, devices: int, **rules: Any) -> Path:
+def pg_fetch(url: str, sql: str) -> list[Any]:
+    """Rows of ``sql`` on the PostgreSQL database at ``url``."""
+
+    async def run() -> list[Any]:
+        conn = await asyncpg.connect(url)
+        try:
+            return list(await conn.fetch(sql))
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def write_config(bench: Bench, folder: Path, devices: int, database: str | None = None, **rules: Any) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     mqtt: dict[str, Any] = {
         "url": f"mqtt://{bench.host}:{bench.port}",
@@ -111,7 +139,7 @@ def write_config(bench: Bench, folder: Path, devices: int, **rules: Any) -> Path
     }
     config = {
         "mqtt": mqtt,
-        "storage": {"path": str(folder / "coldwatch.db")},
+        "storage": {"path": database or str(folder / "coldwatch.db")},
         "http": {"listen": f"127.0.0.1:{free_port()}"},
         "devices": [{"id": d, "kind": "incubator", "site": SITE, "area": AREA} for d in device_ids(devices)],
         **({"rules": rules} if rules else {}),
@@ -127,7 +155,9 @@ class Daemon:
     def __init__(self, config: Path) -> None:
         self.config = config
         data = yaml.safe_load(config.read_text())
-        self.db = Path(data["storage"]["path"])
+        self.location = str(data["storage"]["path"])
+        self.postgres = self.location.startswith("postgresql://")
+        self.db = Path(self.location)
         self.metrics_url = f"http://{data['http']['listen']}/metrics"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -163,6 +193,11 @@ class Daemon:
 
     def values(self) -> int:
         """Stored value rows (cheap enough to poll: scraping /metrics would load the collector)."""
+        if self.postgres:
+            try:
+                return int(pg_fetch(self.location, "SELECT count(*) FROM readings")[0][0])
+            except asyncpg.UndefinedTableError:
+                return 0
         con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30)
         try:
             return int(con.execute("SELECT count(*) FROM readings").fetchone()[0])
@@ -171,6 +206,9 @@ class Daemon:
 
     def stored(self) -> int:
         """Distinct readings (messages) stored, counted in the database."""
+        if self.postgres:
+            sql = "SELECT count(*) FROM (SELECT DISTINCT device, ts_us, seq FROM readings) AS r"
+            return int(pg_fetch(self.location, sql)[0][0])
         con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
         try:
             return int(
@@ -180,6 +218,16 @@ class Daemon:
             )
         finally:
             con.close()
+
+    def size_bytes(self) -> int:
+        """Bytes on disk of the stored readings (SQLite: the files; PostgreSQL: the readings partitions)."""
+        if self.postgres:
+            sql = (
+                "SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0) FROM pg_inherits "
+                "WHERE inhparent = 'readings'::regclass"
+            )
+            return int(pg_fetch(self.location, sql)[0][0])
+        return sum(p.stat().st_size for p in self.db.parent.glob("coldwatch.db*"))
 
     def peak_rss_mb(self) -> float:
         assert self.process is not None
@@ -192,9 +240,11 @@ def readings_total(metrics: dict[str, float]) -> float:
     return sum(v for k, v in metrics.items() if k.startswith("coldwatch_readings_total"))
 
 
-def collector(bench: Bench, messages: int, devices: int, folder: str = "throughput") -> dict[str, float]:
+def collector(
+    bench: Bench, messages: int, devices: int, folder: str = "throughput", database: str | None = None
+) -> dict[str, float]:
     """Coldwatch draining the queued load; zero loss checked in its database."""
-    daemon = Daemon(write_config(bench, bench.root / folder, devices))
+    daemon = Daemon(write_config(bench, bench.root / folder, devices, database))
     daemon.start()  # creates the persistent session and its subscription
     daemon.stop()
     bench.load(messages, devices)
@@ -216,7 +266,7 @@ def collector(bench: Bench, messages: int, devices: int, folder: str = "throughp
     daemon.stop()
     stored = daemon.stored()
     assert first is not None
-    size = sum(p.stat().st_size for p in daemon.db.parent.glob("coldwatch.db*"))
+    size = daemon.size_bytes()
     return {
         "messages": stored,
         "lost": messages - stored,
@@ -313,9 +363,10 @@ def main() -> int:
     parser.add_argument("--latency-s", type=float, default=20.0)
     parser.add_argument("--memory-devices", type=int, default=10_000)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL run")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="coldwatch-bench-"))
-    bench = Bench(root)
+    bench = Bench(root, postgres=not args.no_postgres)
     try:
         ceil = ceiling(bench, args.messages, args.devices)
         base = baseline(bench, args.messages, args.devices)
@@ -325,6 +376,17 @@ def main() -> int:
             ours_311 = collector(bench, args.messages, args.devices, folder="throughput-311")
         finally:
             MQTT_EXTRA.clear()
+        ours_pg = (
+            collector(
+                bench,
+                args.messages,
+                args.devices,
+                folder="throughput-pg",
+                database=bench.new_database("bench_pg"),
+            )
+            if bench.postgres is not None
+            else None
+        )
         lat = latency(bench, args.devices, args.rate, args.latency_s)
         mem = memory(bench, args.memory_devices, 3)
     finally:
@@ -337,6 +399,7 @@ def main() -> int:
         "baseline_aiomqtt_aiosqlite": base,
         "coldwatch": ours,
         "coldwatch_mqtt_3_1_1": ours_311,
+        "coldwatch_postgresql": ours_pg,
         "ratio_to_baseline": ours["per_s"] / base["per_s"],
         "ratio_to_ceiling": ours["per_s"] / ceil["per_s"],
         "latency": lat,
@@ -352,6 +415,9 @@ def main() -> int:
             f"lost {ours['lost']}; peak RSS {ours['peak_rss_mb_draining']:.0f} MB draining the backlog",
         ),
         ("coldwatch, mqtt.protocol 3.1.1", f"{ours_311['per_s']:,.0f} msg/s", f"lost {ours_311['lost']}"),
+        *([("coldwatch on PostgreSQL", f"{ours_pg['per_s']:,.0f} msg/s",
+            (f"lost {ours_pg['lost']}; {ours_pg['per_s'] / ours['per_s']:.2f}x SQLite; "
+             f"{ours_pg['bytes_per_reading']:.0f} bytes/reading"))] if ours_pg else []),
         ("  ratio to baseline", f"{result['ratio_to_baseline']:.2f}x", f"target >= {TARGETS['vs_baseline']}x"),
         ("  ratio to ceiling", f"{result['ratio_to_ceiling']:.2f}x", f"target >= {TARGETS['vs_ceiling']}x"),
         (f"publish -> stored at {args.rate:,.0f}/s", f"p50 {lat['stored_p50_ms']} ms", f"p99 {lat['stored_p99_ms']} ms"),
@@ -365,7 +431,8 @@ def main() -> int:
         print(f"{name:<36}{value:>20}   {note}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
-    return 0 if ours["lost"] == ours_311["lost"] == 0 else 1
+    lost = ours["lost"] + ours_311["lost"] + (ours_pg["lost"] if ours_pg else 0)
+    return 0 if lost == 0 else 1
 
 
 if __name__ == "__main__":

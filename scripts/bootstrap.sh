@@ -3,7 +3,7 @@
 # installed, and (when running as root on Debian) the system packages that are missing.
 # Usage: source scripts/bootstrap.sh EXTRAS REQUIRE_SERVICES(0|1)
 # With REQUIRE_SERVICES=1 (the tests) the real services the tests start must be
-# installable: Mosquitto, Prometheus (with promtool) and Prometheus Alertmanager. Missing ones are installed when
+# installable: Mosquitto, Prometheus (with promtool), Prometheus Alertmanager and PostgreSQL. Missing ones are installed when
 # running as root; otherwise the script stops with a clear message (never a silent skip).
 set -euo pipefail
 
@@ -57,6 +57,14 @@ if [ "$cw_need_mosquitto" = 1 ] && ! cw_have prometheus-alertmanager; then
   (systemctl disable --now prometheus-alertmanager || service prometheus-alertmanager stop) >/dev/null 2>&1 || true
   cw_have prometheus-alertmanager \
     || cw_die "Prometheus Alertmanager is required by the tests and could not be installed (apt-get install prometheus-alertmanager)"
+fi
+
+cw_have_pg() { compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null; }
+if [ "$cw_need_mosquitto" = 1 ] && ! cw_have_pg; then
+  # The tests start PostgreSQL clusters of their own (initdb, postgres): only the binaries are needed.
+  cw_apt_install postgresql || true
+  cw_have_pg \
+    || cw_die "PostgreSQL server binaries are required by the tests and could not be installed (apt-get install postgresql)"
 fi
 
 cw_venv="$cw_root/.venv"

@@ -8,6 +8,7 @@ tests fail loudly: they are never skipped.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import aiomqtt
+import asyncpg
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
@@ -31,6 +33,7 @@ from prometheus_client import CollectorRegistry
 from coldwatch.broker import RunningBroker, free_port, start_mosquitto, stop_process, wait_listening
 from coldwatch.config import Config, load_config
 from coldwatch.daemon import Daemon
+from coldwatch.pgserver import RunningPostgres, start_postgres, stop_postgres
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +45,75 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBroker]:
     wait_listening(host, port, process, data_dir, 15)
     yield RunningBroker(host, port, "mosquitto", process)
     stop_process(process)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[RunningPostgres]:
+    """One private PostgreSQL for the session; each test gets a database of its own."""
+    server = start_postgres()
+    yield server
+    stop_postgres(server)
+
+
+@dataclass
+class Backend:
+    """A storage backend under test: where its database is, and a way to look inside it."""
+
+    name: str
+    location: str  # a SQLite path or a postgresql:// URL
+
+    @property
+    def postgres(self) -> bool:
+        """True for PostgreSQL."""
+        return self.name == "postgresql"
+
+    def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """Rows of ``sql`` through a separate connection (placeholders: ``?`` SQLite, ``$n`` PostgreSQL)."""
+        return db_query(self.location, sql, *args)
+
+
+def db_query(location: str | Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` on the database at ``location``, through a connection of their own."""
+    text = str(location)
+    if text.startswith("postgresql://"):
+
+        async def fetch() -> list[tuple[Any, ...]]:
+            conn = await asyncpg.connect(text)
+            try:
+                return [tuple(row) for row in await conn.fetch(sql, *args)]
+            finally:
+                await conn.close()
+
+        # Callable from sync helpers inside a running event loop: a loop of its own, in a thread.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, fetch()).result(30)
+    with sqlite3.connect(f"file:{text}?mode=ro", uri=True, timeout=10) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def new_pg_database(server: RunningPostgres) -> str:
+    """A new, empty database on ``server``; returns its URL."""
+    name = f"cw_{uuid.uuid4().hex[:12]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(server.url())
+        try:
+            await conn.execute(f"CREATE DATABASE {name}")
+        finally:
+            await conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, create()).result(30)
+    return server.url(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """Each storage backend in turn: a fresh SQLite file, or a fresh database on the private PostgreSQL."""
+    if request.param == "sqlite":
+        return Backend("sqlite", str(tmp_path / "data" / "coldwatch.db"))
+    server: RunningPostgres = request.getfixturevalue("pg_server")
+    return Backend("postgresql", new_pg_database(server))
 
 
 @pytest.fixture
@@ -130,16 +202,18 @@ async def publish_all(
 
 def distinct_messages(db: Path | str) -> int:
     """Distinct (device, seq, ts) readings stored, read through a separate connection."""
+    sql = "SELECT count(*) FROM (SELECT DISTINCT device, seq, ts_us FROM readings) AS d"
+    if str(db).startswith("postgresql://"):
+        try:
+            return int(db_query(db, sql)[0][0])
+        except asyncpg.UndefinedTableError:
+            return 0
     if not Path(db).exists():
         return 0
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
-        try:
-            row = conn.execute(
-                "SELECT count(*) FROM (SELECT DISTINCT device, seq, ts_us FROM readings)"
-            ).fetchone()
-        except sqlite3.OperationalError:
-            return 0
-    return int(row[0])
+    try:
+        return int(db_query(db, sql)[0][0])
+    except sqlite3.OperationalError:
+        return 0
 
 
 async def eventually(
@@ -277,8 +351,13 @@ COMM_LOSS_OPEN = {
 }
 
 
-def silent_incubator_config(path: Path, *, broker: RunningBroker, prefix: str, api: dict[str, Any]) -> Config:
-    """One incubator, inc-1, whose silence raises communication loss after 1 s; API users ``api``."""
+def silent_incubator_config(
+    path: Path, *, broker: RunningBroker, prefix: str, api: dict[str, Any], database: str | None = None
+) -> Config:
+    """One incubator, inc-1, whose silence raises communication loss after 1 s; API users ``api``.
+
+    ``database``: a SQLite path or PostgreSQL URL (default: coldwatch.db beside ``path``).
+    """
     return write_config(
         path,
         broker=broker,
@@ -286,6 +365,7 @@ def silent_incubator_config(path: Path, *, broker: RunningBroker, prefix: str, a
         devices=[{"id": "inc-1", "kind": "incubator", "site": "s", "area": "lab"}],
         rules={"devices": {"inc-1": [{"type": "comm_loss", "timeout_s": 1}]}},
         api=api,
+        storage={"path": database or str(path.parent / "coldwatch.db")},
     )
 
 

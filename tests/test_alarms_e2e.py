@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -21,6 +20,8 @@ from simulators import build_models, encode_reading, timeline
 from simulators.fleet import telemetry_topic as sim_topic
 from tests.conftest import (
     COMM_LOSS_OPEN,
+    Backend,
+    db_query,
     eventually,
     publish_all,
     reading,
@@ -34,19 +35,16 @@ NO_COMM_LOSS = [{"type": "comm_loss", "timeout_s": 1, "enabled": False}]
 
 def stored_alarms(db: Path | str) -> list[tuple[Any, ...]]:
     """(device, metric, rule, severity, state, raised_ts_us, cleared_ts_us) of every stored alarm."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
-        return conn.execute(
-            "SELECT device_id, metric, rule, severity, state, raised_ts_us, cleared_ts_us "
-            "FROM alarms ORDER BY id"
-        ).fetchall()
+    return db_query(
+        db,
+        "SELECT device_id, metric, rule, severity, state, raised_ts_us, cleared_ts_us "
+        "FROM alarms ORDER BY id",
+    )
 
 
 def transitions(db: Path | str) -> list[tuple[Any, ...]]:
     """(alarm, event, ts_us, severity) of every stored transition."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
-        return conn.execute(
-            "SELECT alarm_id, event, ts_us, severity FROM alarm_transitions ORDER BY id"
-        ).fetchall()
+    return db_query(db, "SELECT alarm_id, event, ts_us, severity FROM alarm_transitions ORDER BY id")
 
 
 def simulated(config: Config, span_s: float, force: Any, seed: int = 5) -> list[tuple[str, bytes]]:
@@ -61,7 +59,7 @@ def simulated(config: Config, span_s: float, force: Any, seed: int = 5) -> list[
 
 
 async def test_simulated_excursion_of_each_kind_raises_its_alarm(
-    broker: RunningBroker, prefix: str, tmp_path: Path
+    broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
 ) -> None:
     """A long door opening, a dry shipper and a particle burst each raise their profile's alarm."""
     devices = [
@@ -78,6 +76,7 @@ async def test_simulated_excursion_of_each_kind_raises_its_alarm(
     ]
     config = write_config(
         tmp_path / "c.yaml",
+        storage={"path": backend.location},
         broker=broker,
         prefix=prefix,
         devices=devices,
@@ -138,7 +137,7 @@ async def test_simulated_excursion_of_each_kind_raises_its_alarm(
     open_listed = [json.loads(line) for line in listed.stdout.splitlines()]
     assert {(a["device"], a["metric"], a["rule"]) for a in open_listed} >= {("ln2-1", "temp_c", "high")}
     assert all(a["state"] != "closed" for a in open_listed)
-    alarms = stored_alarms(config.storage.path)
+    alarms = stored_alarms(config.storage.location)
     by_rule = {(a[0], a[1], a[2]): a for a in alarms}
     door = by_rule[("inc-1", "door_open", "held_open")]
     assert door[3] == "alert", "open 400 s: past the 180 s alert delay, short of the 600 s action delay"
@@ -154,7 +153,7 @@ async def test_simulated_excursion_of_each_kind_raises_its_alarm(
     assert door[6] == _us(door_readings[closed][0]), "cleared at the first reading with the door closed"
     temp = by_rule[("ln2-1", "temp_c", "high")]
     assert temp[3] == "action", "the dry shipper warmed past -135 C"
-    history = [t for t in transitions(config.storage.path) if t[0] == alarms.index(temp) + 1]
+    history = [t for t in transitions(config.storage.location) if t[0] == alarms.index(temp) + 1]
     assert [t[1] for t in history][:2] == ["raised", "severity_changed"]
     assert [t[3] for t in history][:2] == ["alert", "action"]
     burst = by_rule[("pc-1", "particles_0_5um_m3", "consecutive")]
@@ -165,12 +164,13 @@ async def test_simulated_excursion_of_each_kind_raises_its_alarm(
 
 
 async def test_silent_device_raises_communication_loss(
-    broker: RunningBroker, prefix: str, tmp_path: Path
+    broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
 ) -> None:
     """A silent device raises communication loss with no reading arriving, and clears on the next one."""
     devices = [{"id": "inc-1", "kind": "incubator", "site": "s", "area": "lab"}]
     config = write_config(
         tmp_path / "c.yaml",
+        storage={"path": backend.location},
         broker=broker,
         prefix=prefix,
         devices=devices,
@@ -185,17 +185,16 @@ async def test_silent_device_raises_communication_loss(
         await eventually(
             lambda: running.sample("coldwatch_alarms_open", labels) == 1, timeout_s=15, what="comm loss"
         )
-        alarm = stored_alarms(config.storage.path)[0]
+        alarm = stored_alarms(config.storage.location)[0]
         assert alarm[:5] == ("inc-1", "device", "comm_loss", "action", "active_unacknowledged")
-        with sqlite3.connect(f"file:{config.storage.path}?mode=ro", uri=True) as conn:
-            received_us = conn.execute("SELECT max(received_us) FROM readings").fetchone()[0]
+        received_us = db_query(config.storage.location, "SELECT max(received_us) FROM readings")[0][0]
         # Silence is timed by arrival: stamped when it reached its timeout on the collector's clock.
         assert alarm[5] == received_us + 2 * US
         await publish_all(broker, [(topic, reading(1, values))], clients=1)
         await eventually(
             lambda: running.sample("coldwatch_alarms_open", labels) == 0, timeout_s=15, what="cleared"
         )
-    assert stored_alarms(config.storage.path)[0][4] == "cleared_unacknowledged"
+    assert stored_alarms(config.storage.location)[0][4] == "cleared_unacknowledged"
 
 
 def incubator_run(base_s: float) -> list[tuple[float, float]]:
@@ -205,12 +204,13 @@ def incubator_run(base_s: float) -> list[tuple[float, float]]:
 
 
 async def test_restart_mid_delay_and_mid_alarm_changes_nothing(
-    broker: RunningBroker, prefix: str, tmp_path: Path
+    broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
 ) -> None:
     """Restarting inside an on-delay and inside an open alarm leaves the history of an uninterrupted run."""
     devices = [{"id": "inc-1", "kind": "incubator", "site": "s", "area": "lab"}]
     config = write_config(
         tmp_path / "c.yaml",
+        storage={"path": backend.location},
         broker=broker,
         prefix=prefix,
         devices=devices,
@@ -226,7 +226,8 @@ async def test_restart_mid_delay_and_mid_alarm_changes_nothing(
         async with running_daemon(config) as running:
             await publish_all(broker, piece, clients=1)
             await eventually(
-                lambda n=piece[-1]: _stored(config.storage.path) >= messages.index(n) + 1, what="piece stored"
+                lambda n=piece[-1]: _stored(config.storage.location) >= messages.index(n) + 1,
+                what="piece stored",
             )
             del running
     expected = _uninterrupted(config, run)
@@ -234,8 +235,8 @@ async def test_restart_mid_delay_and_mid_alarm_changes_nothing(
     assert [e[0] for e in expected] == ["raised", "severity_changed", "cleared"]
     assert expected[0][1] == first_beyond_us + 120 * US, "raised when the 120 s delay elapsed"
     assert expected[1][1] == round(run[12][0] * US) + 120 * US, "escalated when the action delay elapsed"
-    assert [(t[1], t[2], t[3]) for t in transitions(config.storage.path)] == expected
-    assert len(stored_alarms(config.storage.path)) == 1, "raised once, not again after a restart"
+    assert [(t[1], t[2], t[3]) for t in transitions(config.storage.location)] == expected
+    assert len(stored_alarms(config.storage.location)) == 1, "raised once, not again after a restart"
 
 
 def _us(rfc3339: str) -> int:
@@ -244,8 +245,7 @@ def _us(rfc3339: str) -> int:
 
 
 def _stored(db: Path | str) -> int:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
-        return int(conn.execute("SELECT count(DISTINCT seq) FROM readings").fetchone()[0])
+    return int(db_query(db, "SELECT count(DISTINCT seq) FROM readings")[0][0])
 
 
 def _uninterrupted(config: Config, run: list[tuple[float, float]]) -> list[tuple[str, int, str]]:

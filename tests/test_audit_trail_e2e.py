@@ -10,11 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
 from coldwatch.broker import RunningBroker
-from tests.conftest import raise_comm_loss, running_daemon, silent_incubator_config
+from tests.conftest import Backend, db_query, raise_comm_loss, running_daemon, silent_incubator_config
 from tests.test_api import OPERATOR_TOKEN, VIEWER_TOKEN, api_users
 
 __all__ = ["api_users"]
@@ -34,9 +35,13 @@ def coldwatch(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-async def audited(broker: RunningBroker, prefix: str, tmp_path: Path, api_users: dict[str, object]) -> Path:
+async def audited(
+    broker: RunningBroker, prefix: str, tmp_path: Path, api_users: dict[str, object], backend: Backend
+) -> Path:
     """A collector run with an alarm raised and acknowledged by an operator; returns its config file."""
-    config = silent_incubator_config(tmp_path / "c.yaml", broker=broker, prefix=prefix, api=api_users)
+    config = silent_incubator_config(
+        tmp_path / "c.yaml", broker=broker, prefix=prefix, api=api_users, database=backend.location
+    )
     async with running_daemon(config) as running:
         await raise_comm_loss(broker, config, running)
         async with httpx.AsyncClient(base_url=running.base_url, timeout=10) as client:
@@ -85,10 +90,54 @@ async def test_trail_records_configuration_alarms_and_the_operator(audited: Path
         ),
     ],
 )
-async def test_tampering_with_one_row_is_found_and_named(audited: Path, tamper: str, kind: str) -> None:
+async def test_tampering_with_one_row_is_found_and_named(
+    audited: Path, backend: Backend, tamper: str, kind: str
+) -> None:
     """Changing, deleting or inserting one audit row in the database makes verify fail and name it."""
-    db = audited.parent / "coldwatch.db"
-    copy = audited.parent / f"tampered-{kind}.db"
+    if backend.postgres:
+        db, copy = backend.location, await tampered_pg_copy(backend.location, tamper, kind)
+    else:
+        db, copy = backend.location, str(audited.parent / f"tampered-{kind}.db")
+        tamper_sqlite_copy(db, copy, tamper, kind)
+    tampered_config = audited.parent / f"tampered-{kind}.yaml"
+    tampered_config.write_text(audited.read_text().replace(db, copy))
+    result = coldwatch(tampered_config, "audit", "verify")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "TAMPERED" in result.stdout
+    named = int(result.stdout.split(" at seq ")[1].split(":")[0])
+    seqs = [int(row[0]) for row in db_query(db, "SELECT seq FROM audit_log ORDER BY seq")]
+    target = seqs[len(seqs) // 2]
+    assert named in {target, target + 1}, result.stdout
+
+
+async def tampered_pg_copy(url: str, tamper: str, kind: str) -> str:
+    """A copy of the PostgreSQL database at ``url`` with one audit row tampered by its owner."""
+    base, _, name = url.rpartition("/")
+    copy_name = f"{name}_{kind}"
+    admin = await asyncpg.connect(f"{base}/postgres")
+    try:
+        await admin.execute(f"CREATE DATABASE {copy_name} TEMPLATE {name}")
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(f"{base}/{copy_name}")
+    try:
+        seqs = [row[0] for row in await conn.fetch("SELECT seq FROM audit_log ORDER BY seq")]
+        target = seqs[len(seqs) // 2]
+        # The owner can switch the guards off; the hash chain still gives them away.
+        await conn.execute("ALTER TABLE audit_log DISABLE TRIGGER USER")
+        if kind == "inserted":
+            await conn.execute(f"UPDATE audit_log SET seq = seq + 100000 WHERE seq > {target}")
+            await conn.execute("UPDATE audit_log SET seq = seq - 99999 WHERE seq > 100000")
+            await conn.execute(tamper.format(seq=target).replace("seq + 1000", "seq + 1"))
+        else:
+            await conn.execute(tamper.format(seq=target))
+    finally:
+        await conn.close()
+    return f"{base}/{copy_name}"
+
+
+def tamper_sqlite_copy(db: str, copy: str, tamper: str, kind: str) -> None:
+    """A copy of the SQLite file ``db`` at ``copy`` with one audit row tampered."""
     shutil.copy(db, copy)
     with sqlite3.connect(copy) as conn:
         seqs = [row[0] for row in conn.execute("SELECT seq FROM audit_log ORDER BY seq")]
@@ -102,10 +151,3 @@ async def test_tampering_with_one_row_is_found_and_named(audited: Path, tamper: 
             conn.execute(tamper.format(seq=target).replace("seq + 1000", "seq + 1"))
         else:
             conn.execute(tamper.format(seq=target))
-    tampered_config = audited.parent / f"tampered-{kind}.yaml"
-    tampered_config.write_text(audited.read_text().replace(str(db), str(copy)))
-    result = coldwatch(tampered_config, "audit", "verify")
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "TAMPERED" in result.stdout
-    named = int(result.stdout.split(" at seq ")[1].split(":")[0])
-    assert named in {target, target + 1}, result.stdout

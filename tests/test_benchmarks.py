@@ -14,7 +14,7 @@ BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
 @pytest.mark.slow
 def test_ingest_benchmark_runs_and_loses_nothing(tmp_path: Path) -> None:
-    """A small ingest run measures all three consumers, latency, memory and disk, with no reading lost."""
+    """A small ingest run measures every consumer (SQLite, PostgreSQL), latency, memory, disk; none lost."""
     out = tmp_path / "ingest.json"
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / "ingest.py"), "--messages", "3000", "--devices", "50",
@@ -26,6 +26,10 @@ def test_ingest_benchmark_runs_and_loses_nothing(tmp_path: Path) -> None:
     assert result["coldwatch"]["messages"] == 3000
     assert result["coldwatch"]["lost"] == 0
     assert result["coldwatch_mqtt_3_1_1"]["lost"] == 0
+    assert result["coldwatch_postgresql"]["messages"] == 3000
+    assert result["coldwatch_postgresql"]["lost"] == 0
+    assert result["coldwatch_postgresql"]["bytes_per_reading"] > 0
+    assert "coldwatch on PostgreSQL" in done.stdout
     assert result["baseline_aiomqtt_aiosqlite"]["messages"] == 3000
     for consumer in ("ceiling_mosquitto_sub", "baseline_aiomqtt_aiosqlite", "coldwatch"):
         assert result[consumer]["per_s"] > 0

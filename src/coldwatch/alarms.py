@@ -54,10 +54,20 @@ def memory_s(specs: list[RuleSpec], interval_s: float, horizon_s: float) -> floa
 
 
 async def restore(
-    config: Config, engine: Engine, book: AlarmBook, storage: Storage, states: dict[str, DeviceState]
+    config: Config,
+    engine: Engine,
+    book: AlarmBook,
+    storage: Storage,
+    states: dict[str, DeviceState],
+    *,
+    only_own_alarms: bool = False,
 ) -> int:
-    """Load open alarms into ``book`` and rebuild ``engine``; return the readings judged again."""
-    alarms, next_id = await storage.open_alarms()
+    """Load open alarms into ``book`` and rebuild ``engine``; return the readings judged again.
+
+    ``only_own_alarms``: load the open alarms of the configured devices only (a cluster
+    member's partition; the other alarms belong to other partitions).
+    """
+    alarms, next_id = await storage.open_alarms([d.id for d in config.devices] if only_own_alarms else None)
     known = engine.keys()
     kept = [a for a in alarms if a.key in known]
     for alarm in alarms:
@@ -88,12 +98,17 @@ async def restore(
 
 
 async def start_alarming(
-    config: Config, storage: Storage, states: dict[str, DeviceState], metrics: Metrics
+    config: Config,
+    storage: Storage,
+    states: dict[str, DeviceState],
+    metrics: Metrics,
+    *,
+    only_own_alarms: bool = False,
 ) -> tuple[Engine, AlarmBook]:
     """Build the rules engine and the alarm book, restore them, and publish their metrics."""
     engine = Engine(config.devices, config.rules, started_us=time.time_ns() // 1000)
     book = AlarmBook()
-    await restore(config, engine, book, storage, states)
+    await restore(config, engine, book, storage, states, only_own_alarms=only_own_alarms)
     metrics.set_limits(engine.iter_limits)
     metrics.open_alarms = lambda: list(book.open.values())
     metrics.forecasts = engine.predictions_h

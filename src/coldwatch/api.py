@@ -7,7 +7,7 @@ the daemon's single writer, in order with the readings.
 
 # No "from __future__ import annotations": FastAPI must see the local dependency aliases.
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -45,7 +45,7 @@ class ApiContext:
         config: Config,
         storage: Storage,
         submit: Callable[[UserAction], Awaitable[Transition]],
-        states: dict[str, DeviceState],
+        states: Mapping[str, DeviceState],
         authenticator: Authenticator,
     ) -> None:
         self.config = config

@@ -39,6 +39,7 @@ __all__ = [
     "AuditFormatError",
     "TamperKind",
     "VerifyResult",
+    "check_end",
     "entry_hash",
     "format_at",
     "from_json",
@@ -389,6 +390,27 @@ def _check_anchor(result: VerifyResult, anchor: Anchor, known: dict[str, int]) -
         "changed",
         result.last_seq,
         result.last_hash,
+    )
+
+
+def check_end(result: VerifyResult, high_water: int) -> VerifyResult:
+    """``result`` of an intact chain, failed as "deleted" if seqs up to ``high_water`` were issued.
+
+    ``high_water`` is the highest seq the database remembers issuing: entries cut off
+    the end of the trail leave the chain intact but fall short of it.
+    """
+    if not result.ok or high_water <= result.last_seq:
+        return result
+    first = result.last_seq + 1
+    return VerifyResult(
+        ok=False,
+        checked=result.checked,
+        first_bad_seq=first,
+        problem=f"seq {high_water} was issued but the trail ends at seq {result.last_seq}: "
+        f"the entries from seq {first} on were deleted",
+        kind="deleted",
+        last_seq=result.last_seq,
+        last_hash=result.last_hash,
     )
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from coldwatch import __version__
-from coldwatch.config import Config, load_config
+from coldwatch.config import Config, load_config, redact
 from coldwatch.errors import ColdwatchError, ConfigError
 from coldwatch.payload import parse_timestamp_us
 
@@ -52,31 +52,35 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from coldwatch.daemon import Daemon, run_until_signalled  # noqa: PLC0415 - keep CLI start fast
+    from coldwatch.cluster import ClusterDaemon  # noqa: PLC0415 - keep CLI start fast
+    from coldwatch.daemon import Daemon, run_until_signalled  # noqa: PLC0415
 
     config = load_config(args.config)
 
-    def ready(daemon: Daemon) -> None:
+    def ready(daemon: Daemon | ClusterDaemon) -> None:
+        role = f", cluster member {daemon.name}" if isinstance(daemon, ClusterDaemon) else ""
         log.info(
-            "coldwatch %s running: %d devices, metrics on http://%s:%s/metrics, data in %s",
+            "coldwatch %s running%s: %d devices, metrics on http://%s:%s/metrics, data in %s",
             __version__,
+            role,
             len(config.devices),
             config.http.host,
             daemon.http_port,
-            config.storage.path,
+            redact(config.storage.location),
         )
 
-    asyncio.run(run_until_signalled(Daemon(config, on_ready=ready)))
+    if config.cluster.enabled:
+        asyncio.run(run_until_signalled(ClusterDaemon(config, on_ready=ready)))
+    else:
+        asyncio.run(run_until_signalled(Daemon(config, on_ready=ready)))
     return 0
 
 
 async def _export(config: Config, args: argparse.Namespace) -> int:
     from coldwatch.export import write_csv  # noqa: PLC0415
-    from coldwatch.storage import open_storage  # noqa: PLC0415
+    from coldwatch.storage import open_existing  # noqa: PLC0415
 
-    if not Path(config.storage.path).exists():
-        raise ColdwatchError(f"{config.storage.path}: no database (has the collector run?)")
-    storage = open_storage(config.storage.path)
+    storage = open_existing(config.storage.location)
     await storage.open()
     try:
         if args.output == "-":
@@ -100,9 +104,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 async def _quarantine(config: Config, limit: int) -> int:
     from coldwatch.export import format_ts  # noqa: PLC0415
-    from coldwatch.storage import SqliteStorage  # noqa: PLC0415
+    from coldwatch.storage import open_existing  # noqa: PLC0415
 
-    storage = SqliteStorage(Path(config.storage.path))
+    storage = open_existing(config.storage.location)
     await storage.open()
     try:
         totals = await storage.rejection_totals()
@@ -132,9 +136,9 @@ def _cmd_quarantine(args: argparse.Namespace) -> int:
 
 async def _alarms_list(config: Config, args: argparse.Namespace) -> int:
     from coldwatch.export import format_ts  # noqa: PLC0415
-    from coldwatch.storage import SqliteStorage  # noqa: PLC0415
+    from coldwatch.storage import open_existing  # noqa: PLC0415
 
-    storage = SqliteStorage(Path(config.storage.path))
+    storage = open_existing(config.storage.location)
     await storage.open()
     try:
         alarms = await storage.alarms(open_only=args.open, device_id=args.device)
@@ -197,11 +201,9 @@ def _cmd_alarm_action(args: argparse.Namespace) -> int:
 
 async def _audit(config: Config, args: argparse.Namespace) -> int:
     from coldwatch.audit import Anchor, to_csv, to_json, verify  # noqa: PLC0415
-    from coldwatch.storage import SqliteStorage  # noqa: PLC0415
+    from coldwatch.storage import open_existing  # noqa: PLC0415
 
-    if not Path(config.storage.path).exists():
-        raise ColdwatchError(f"{config.storage.path}: no database")
-    storage = SqliteStorage(Path(config.storage.path))
+    storage = open_existing(config.storage.location)
     await storage.open()
     try:
         entries = [entry async for entry in storage.audit_entries()]

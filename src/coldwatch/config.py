@@ -33,6 +33,7 @@ from coldwatch.notify.config import NotifyConfig
 from coldwatch.rules.config import RulesConfig
 
 __all__ = [
+    "ClusterConfig",
     "Config",
     "DeviceConfig",
     "HttpConfig",
@@ -44,6 +45,14 @@ __all__ = [
 ]
 
 ENV_PREFIX = "COLDWATCH_"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def redact(url: str) -> str:
+    """A database URL without its password, for messages and logs."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
 SHORT_ENV: dict[str, tuple[str, ...]] = {
     "COLDWATCH_MQTT_URL": ("mqtt", "url"),
     "COLDWATCH_DB": ("storage", "path"),
@@ -123,14 +132,43 @@ def parse_broker_url(url: str) -> BrokerAddress:
 
 
 class StorageConfig(_Model):
-    """Where and how readings are stored."""
+    """Where and how readings are stored: a SQLite file (``path``) or PostgreSQL (``url``).
+
+    ``COLDWATCH_DB`` (or ``path``) holding a ``postgresql://`` URL selects PostgreSQL.
+    """
 
     path: Path = Path("data/coldwatch.db")
+    url: str | None = None
     batch_max: int = Field(500, ge=1, le=100_000)
     batch_max_delay_s: float = Field(0.01, ge=0, le=10)
     quarantine_max_rows: int = Field(10_000, ge=10)
     retry_initial_s: float = Field(0.2, gt=0)
     retry_max_s: float = Field(10.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_in_path(cls, data: Any) -> Any:
+        if isinstance(data, dict) and str(data.get("path", "")).startswith(POSTGRES_SCHEMES):
+            data = {**data, "url": str(data["path"])}
+            del data["path"]
+        return data
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(POSTGRES_SCHEMES):
+            raise ValueError("url must be a postgresql:// URL")
+        return value
+
+    @property
+    def location(self) -> str:
+        """The database: the PostgreSQL URL when set, else the SQLite path."""
+        return self.url or str(self.path)
+
+    @property
+    def postgres(self) -> bool:
+        """True when readings go to PostgreSQL."""
+        return self.url is not None
 
 
 class HttpConfig(_Model):
@@ -206,6 +244,27 @@ class DeviceConfig(_Model):
         return self
 
 
+class ClusterConfig(_Model):
+    """Several collectors sharing the devices through leases on partitions (PostgreSQL only).
+
+    Every member must have the same devices, ``partitions`` and ``mqtt.client_id``.
+    """
+
+    enabled: bool = False
+    # This member's name (unique in the cluster); default: host name and process id.
+    name: Identifier | None = None
+    partitions: int = Field(16, ge=1, le=4096)
+    # A dead member's partitions are taken over within about lease_s (plus one renewal period).
+    lease_s: float = Field(15.0, ge=1.0, le=3600.0)
+    # Alarm ids are reserved from the shared sequence in blocks of this size.
+    alarm_id_block: int = Field(10_000, ge=100)
+
+    @property
+    def renew_s(self) -> float:
+        """How often leases are renewed and the cluster looked at."""
+        return self.lease_s / 3
+
+
 class Config(_Model):
     """The whole configuration of one collector."""
 
@@ -216,6 +275,7 @@ class Config(_Model):
     rules: RulesConfig = RulesConfig()
     api: ApiConfig = ApiConfig()
     notify: NotifyConfig = NotifyConfig()
+    cluster: ClusterConfig = ClusterConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
     source: str = Field("<defaults>", exclude=True)
     sha256: str = Field("", exclude=True)
@@ -236,6 +296,15 @@ class Config(_Model):
             raise ValueError(
                 f"ingest.queue_max ({self.ingest.queue_max}) must exceed mqtt.receive_maximum "
                 f"({self.mqtt.receive_maximum}), the messages the broker may send unacknowledged"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _cluster_needs_postgres(self) -> Self:
+        if self.cluster.enabled and not self.storage.postgres:
+            raise ValueError(
+                "cluster.enabled needs PostgreSQL storage (storage.url or COLDWATCH_DB=postgresql://...): "
+                "the members share their readings, alarms and leases there"
             )
         return self
 

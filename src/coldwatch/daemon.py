@@ -10,8 +10,9 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
@@ -27,13 +28,25 @@ from coldwatch.mqtt import MqttSource
 from coldwatch.notifying import notifications
 from coldwatch.pipeline import Pipeline
 from coldwatch.rules.engine import Engine
-from coldwatch.rules.lifecycle import AlarmBook
-from coldwatch.storage import Storage, open_storage
+from coldwatch.rules.lifecycle import Alarm, AlarmBook
+from coldwatch.storage import DeviceState, Storage, open_storage
 
-__all__ = ["Daemon", "run_until_signalled"]
+__all__ = ["Daemon", "WorkerOptions", "config_loaded", "run_until_signalled"]
 
 log = logging.getLogger(__name__)
 DRAIN_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How a cluster member's per-partition Daemon differs from a standalone collector."""
+
+    partition: int
+    topics: list[str]  # the partition's devices only
+    open_storage: Callable[[], Storage]  # fenced by the partition's lease
+    alarm_ids: Callable[[], int]  # unique across the cluster
+    deliver: bool  # one member delivers notifications
+    resend_alarms: Callable[[], Iterable[Alarm]] | None  # every open alarm, for Alertmanager
 
 
 @dataclass
@@ -48,25 +61,37 @@ class Daemon:
     engine: Engine | None = None
     book: AlarmBook | None = None
     pipeline: Pipeline | None = None
+    readiness: Callable[[], Awaitable[dict[str, bool]]] | None = None
+    states: dict[str, DeviceState] | None = None
+    # A cluster member runs one Daemon per partition it owns (coldwatch.cluster) with these set:
+    worker: WorkerOptions | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then commit what is queued and shut down in order."""
-        config = self.config
-        storage = open_storage(config.storage.path, quarantine_max_rows=config.storage.quarantine_max_rows)
+        config, worker = self.config, self.worker
+        storage = self.storage = self._storage()
         await storage.open()
-        self.storage = storage
         async with contextlib.AsyncExitStack() as resources:
             resources.push_async_callback(storage.close)
-            states = await storage.register_devices(config.devices)
-            await storage.record_audit([_config_loaded(config)])
+            states = self.states = await storage.register_devices(config.devices)
+            if worker is None:
+                await storage.record_audit([config_loaded(config)])
             metrics = Metrics(self.registry, config.devices)
-            engine, book = await start_alarming(config, storage, states, metrics)
+            engine, book = await start_alarming(
+                config, storage, states, metrics, only_own_alarms=worker is not None
+            )
+            if worker is not None:
+                book.allocate = worker.alarm_ids
             self.engine, self.book = engine, book
-            notifier, deliverer = await resources.enter_async_context(notifications(config, book, metrics))
+            notifier, deliverer = await resources.enter_async_context(
+                notifications(
+                    config, book, metrics, storage, resend_alarms=worker.resend_alarms if worker else None
+                )
+            )
             prefix = config.mqtt.topic_prefix
             source = MqttSource(
                 config.mqtt,
-                [f"{prefix}/#"],
+                worker.topics if worker is not None else [f"{prefix}/#"],
                 on_connection_change=self._connection_metric(metrics),
                 # Back-pressure: reading stops while the writer's queue is (nearly) full.
                 room=lambda: pipeline.has_room(),  # noqa: PLW0108 - pipeline is made below
@@ -90,38 +115,45 @@ class Daemon:
                 ApiContext(config, storage, pipeline.submit, states, Authenticator(config.api, os.environ))
             )
             readiness = functools.partial(_readiness, storage, source, pipeline)
-            http = HttpServer(build_app(self.registry, readiness, api), config.http.host, config.http.port)
-            self.http_port = http.port
+            self.readiness = readiness
+            http = None
+            if worker is None:
+                http = HttpServer(
+                    build_app(self.registry, readiness, api), config.http.host, config.http.port
+                )
+                self.http_port = http.port
             async with asyncio.TaskGroup() as tasks:
                 ingest = tasks.create_task(source.run(pipeline.offer), name="mqtt-ingest")
                 writer = tasks.create_task(pipeline.run_writer(), name="storage-writer")
-                server = tasks.create_task(http.serve(), name="http")
+                server = tasks.create_task(http.serve(), name="http") if http is not None else None
                 ticks = tasks.create_task(run_ticks(pipeline.tick), name="rule-timers")
-                notify = tasks.create_task(deliverer.run(), name="notify-deliver")
+                deliver = worker is None or worker.deliver
+                notify = tasks.create_task(deliverer.run(), name="notify-deliver") if deliver else None
                 # Configuration, rule state and imports live as long as the process: leave
                 # them out of the collector's scans (full collections stalled the loop).
                 gc.freeze()
                 self.on_ready(self)
                 await stop.wait()
-                log.info("stopping: committing %d queued message(s)", pipeline.depth)
                 ticks.cancel()
-                pipeline.close_intake()
-                try:
-                    await asyncio.wait_for(pipeline.drain(), DRAIN_TIMEOUT_S)
-                except TimeoutError:
-                    log.warning("%d message(s) not committed; the broker will redeliver them", pipeline.depth)
-                if not await source.wait_quiet():
-                    log.warning("the broker kept sending during shutdown")
-                # In-flight notifications finish (and are recorded); pending ones wait in the outbox.
-                await deliverer.drain(5.0)
-                notify.cancel()
-                http.stop()
+                await _commit_queued(pipeline, source)
+                if notify is not None:
+                    # In-flight notifications finish (and are recorded); pending ones wait in the outbox.
+                    await deliverer.drain(5.0)
+                    notify.cancel()
                 writer.cancel()
                 ingest.cancel()
-                try:
-                    await asyncio.wait_for(asyncio.shield(server), 5)
-                except TimeoutError:
-                    server.cancel()
+                if http is not None and server is not None:
+                    http.stop()
+                    try:
+                        await asyncio.wait_for(asyncio.shield(server), 5)
+                    except TimeoutError:
+                        server.cancel()
+
+    def _storage(self) -> Storage:
+        if self.worker is not None:
+            return self.worker.open_storage()
+        cfg = self.config.storage
+        return open_storage(cfg.location, quarantine_max_rows=cfg.quarantine_max_rows)
 
     @staticmethod
     def _connection_metric(metrics: Metrics) -> Callable[[bool], None]:
@@ -131,6 +163,18 @@ class Daemon:
                 metrics.broker_connects.inc()
 
         return update
+
+
+async def _commit_queued(pipeline: Pipeline, source: MqttSource) -> None:
+    """Stop taking messages, commit what is queued, and wait until the broker stops sending."""
+    log.info("stopping: committing %d queued message(s)", pipeline.depth)
+    pipeline.close_intake()
+    try:
+        await asyncio.wait_for(pipeline.drain(), DRAIN_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("%d message(s) not committed; the broker will redeliver them", pipeline.depth)
+    if not await source.wait_quiet():
+        log.warning("the broker kept sending during shutdown")
 
 
 async def _readiness(storage: Storage, source: MqttSource, pipeline: Pipeline) -> dict[str, bool]:
@@ -146,7 +190,7 @@ async def _readiness(storage: Storage, source: MqttSource, pipeline: Pipeline) -
     }
 
 
-def _config_loaded(config: Config) -> AuditDraft:
+def config_loaded(config: Config, reason: str = "collector started with this configuration") -> AuditDraft:
     """The audit entry that records which configuration the collector runs with."""
     return AuditDraft(
         at_us=time.time_ns() // 1000,
@@ -156,11 +200,18 @@ def _config_loaded(config: Config) -> AuditDraft:
         object_id=config.source,
         old_value=None,
         new_value=f"sha256 {config.sha256}",
-        reason="collector started with this configuration",
+        reason=reason,
     )
 
 
-async def run_until_signalled(daemon: Daemon) -> None:
+class Runnable(Protocol):
+    """A collector or a cluster member."""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set."""
+
+
+async def run_until_signalled(daemon: Runnable) -> None:
     """Run ``daemon`` until SIGINT or SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -13,26 +13,38 @@ from coldwatch.notify import outbox
 from coldwatch.notify.deliver import Deliverer
 from coldwatch.notify.messages import alertmanager_resend
 from coldwatch.notify.planner import Notifier
-from coldwatch.rules.lifecycle import AlarmBook
+from coldwatch.rules.lifecycle import Alarm, AlarmBook
+from coldwatch.storage import Storage
+from coldwatch.storage.postgres import PostgresStorage
 
 __all__ = ["notifications"]
 
 
 @contextlib.asynccontextmanager
 async def notifications(
-    config: Config, book: AlarmBook, metrics: Metrics
+    config: Config,
+    book: AlarmBook,
+    metrics: Metrics,
+    storage: Storage,
+    *,
+    resend_alarms: Callable[[], Iterable[Alarm]] | None = None,
 ) -> AsyncIterator[tuple[Notifier, Deliverer]]:
     """The planner (restored from storage) and the deliverer, on a connection of their own."""
     devices = config.device_map()
     notifier = Notifier(config.notify, devices)
     # Its own connection: the deliverer's small transactions must not mix with batches.
-    db = await outbox.connect(Path(config.storage.path))
+    db: outbox.OutboxStore
+    if isinstance(storage, PostgresStorage):
+        db = storage.outbox()
+    else:
+        db = outbox.SqliteOutbox(await outbox.connect(Path(config.storage.path)), owned=True)
     try:
-        notifier.restore(await outbox.load_facts(db), book.open.values())
+        notifier.restore(await db.load_facts(), book.open.values())
         am = config.notify.alertmanager
 
         def resend(now_us: int) -> list[dict[str, Any]]:
-            return alertmanager_resend(book.open.values(), devices, now_us, am) if am else []
+            alarms = resend_alarms() if resend_alarms is not None else book.open.values()
+            return alertmanager_resend(alarms, devices, now_us, am) if am else []
 
         deliverer = Deliverer(db, config.notify, resend=resend if am else None)
         metrics.notifications = lambda: (

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -68,7 +67,7 @@ class Deliverer:
 
     def __init__(
         self,
-        db: aiosqlite.Connection,
+        db: aiosqlite.Connection | outbox.OutboxStore,
         config: NotifyConfig,
         *,
         resend: ResendSource | None = None,
@@ -77,7 +76,7 @@ class Deliverer:
         rng: random.Random | None = None,
         batch_limit: int = 100,
     ) -> None:
-        self._db = db
+        self._db: outbox.OutboxStore = outbox.SqliteOutbox(db) if isinstance(db, aiosqlite.Connection) else db
         self.config = config
         self._resend = resend if config.alertmanager is not None else None
         self._client = client
@@ -150,9 +149,9 @@ class Deliverer:
             now = self._clock_us()
             try:
                 async with self._db_lock:
-                    heads = await outbox.lane_heads(self._db)
-                    summary = await outbox.pending_summary(self._db)
-            except sqlite3.Error:
+                    heads = await self._db.lane_heads()
+                    summary = await self._db.pending_summary()
+            except Exception:  # a loop boundary: a database error of either backend is retried
                 log.exception("cannot read the notification outbox; retrying")
                 await self._sleep_until(now + round(self.config.retry_initial_s * US), now)
                 continue
@@ -192,7 +191,7 @@ class Deliverer:
                 if lane == ALERTMANAGER_LANE and resend_due:
                     await self._resend_now(client)
                 async with self._db_lock:
-                    rows = await outbox.due(self._db, self._clock_us(), self._batch_limit, lane=lane)
+                    rows = await self._db.due(self._clock_us(), self._batch_limit, lane=lane)
                 if not rows:
                     return
                 for row in rows:
@@ -283,8 +282,7 @@ class Deliverer:
                 new_value=f"{row.channel.value} {row.target}: {outcome} (HTTP {status})",
                 reason=error or f"attempt {row.attempts + 1}",
             )
-            await outbox.record_attempt(
-                self._db,
+            await self._db.record_attempt(
                 row.id,
                 at_us=at,
                 ok=ok,

@@ -20,6 +20,7 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import aiosqlite
 
@@ -32,13 +33,16 @@ from coldwatch.storage.audit_sqlite import last_link
 __all__ = [
     "OUTBOX_SCHEMA",
     "OutboxRow",
+    "OutboxStore",
     "PendingSummary",
+    "SqliteOutbox",
     "connect",
     "due",
     "enqueue",
     "escalations_sent",
     "lane_heads",
     "load_facts",
+    "parse_escalation",
     "pending_summary",
     "record_attempt",
 ]
@@ -112,6 +116,94 @@ class PendingSummary:
 
     count: int
     oldest_created_us: int | None
+
+
+class OutboxStore(Protocol):
+    """Where the deliverer finds its work: the outbox of the SQLite or PostgreSQL backend."""
+
+    async def due(
+        self, now_us: int, limit: int = 100, *, lane: tuple[Channel, str] | None = None
+    ) -> list[OutboxRow]:
+        """Rows due at ``now_us``, oldest first, none behind an older row of its lane waiting to retry."""
+
+    async def lane_heads(self) -> list[tuple[tuple[Channel, str], int]]:
+        """The oldest pending row of every lane."""
+
+    async def record_attempt(
+        self,
+        outbox_id: int,
+        *,
+        at_us: int,
+        ok: bool,
+        status: int | None,
+        error: str | None,
+        next_attempt_us: int | None,
+        audit: AuditDraft | None = None,
+    ) -> None:
+        """Record one delivery attempt in a transaction of its own."""
+
+    async def pending_summary(self) -> PendingSummary:
+        """How many rows wait for delivery, and since when the oldest does."""
+
+    async def load_facts(self) -> list[AlarmFacts]:
+        """What the planner needs to carry on after a restart, for every open alarm."""
+
+    async def close(self) -> None:
+        """Release what the store holds."""
+
+
+class SqliteOutbox:
+    """The outbox on a SQLite connection of the deliverer's own (the module's functions, bound)."""
+
+    def __init__(self, db: aiosqlite.Connection, *, owned: bool = False) -> None:
+        self.db = db
+        self._owned = owned
+
+    async def due(
+        self, now_us: int, limit: int = 100, *, lane: tuple[Channel, str] | None = None
+    ) -> list[OutboxRow]:
+        """See :func:`due`."""
+        return await due(self.db, now_us, limit, lane=lane)
+
+    async def lane_heads(self) -> list[tuple[tuple[Channel, str], int]]:
+        """See :func:`lane_heads`."""
+        return await lane_heads(self.db)
+
+    async def record_attempt(
+        self,
+        outbox_id: int,
+        *,
+        at_us: int,
+        ok: bool,
+        status: int | None,
+        error: str | None,
+        next_attempt_us: int | None,
+        audit: AuditDraft | None = None,
+    ) -> None:
+        """See :func:`record_attempt`."""
+        await record_attempt(
+            self.db,
+            outbox_id,
+            at_us=at_us,
+            ok=ok,
+            status=status,
+            error=error,
+            next_attempt_us=next_attempt_us,
+            audit=audit,
+        )
+
+    async def pending_summary(self) -> PendingSummary:
+        """See :func:`pending_summary`."""
+        return await pending_summary(self.db)
+
+    async def load_facts(self) -> list[AlarmFacts]:
+        """See :func:`load_facts`."""
+        return await load_facts(self.db)
+
+    async def close(self) -> None:
+        """Close the connection if this store opened it."""
+        if self._owned:
+            await self.db.close()
 
 
 async def connect(path: Path | str) -> aiosqlite.Connection:
@@ -217,7 +309,8 @@ async def pending_summary(db: aiosqlite.Connection) -> PendingSummary:
     return PendingSummary(int(row[0]), row[1]) if row else PendingSummary(0, None)
 
 
-def _parse_escalation(notification_id: str) -> tuple[int, int, int] | None:
+def parse_escalation(notification_id: str) -> tuple[int, int, int] | None:
+    """(episode start, tier, repeat) of an escalation notification id, None for other ids."""
     parts = notification_id.split("/")
     if len(parts) != 6 or parts[0] != "esc":  # esc/<alarm>/<since>/<tier>/<repeat>/<webhook>
         return None
@@ -234,7 +327,7 @@ async def escalations_sent(
         (alarm_id,),
     ) as cur:
         async for (nid,) in cur:
-            parsed = _parse_escalation(str(nid))
+            parsed = parse_escalation(str(nid))
             if parsed is not None and (since_us is None or parsed[0] == since_us):
                 sent.add((parsed[1], parsed[2]))
     return sent
@@ -268,7 +361,7 @@ async def load_facts(db: aiosqlite.Connection) -> list[AlarmFacts]:
     ) as cur:
         async for alarm_id, nid, channel, target in cur:
             key = int(alarm_id)
-            parsed = _parse_escalation(str(nid))
+            parsed = parse_escalation(str(nid))
             if parsed is not None:
                 sent.setdefault(key, set()).add(parsed)
             if channel == Channel.WEBHOOK.value:

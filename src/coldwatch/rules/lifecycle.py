@@ -9,7 +9,7 @@ A higher severity makes an acknowledged alarm unacknowledged again; a lower one 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 from coldwatch.errors import ColdwatchError
@@ -88,6 +88,8 @@ class AlarmBook:
 
     next_id: int = 1
     open: dict[AlarmKey, Alarm] = field(default_factory=dict)
+    # Where ids come from when several collectors share the store (else next_id counts up).
+    allocate: Callable[[], int] | None = None
     # The newest alarms of each key, closed ones too, so late data can correct them.
     recent: dict[AlarmKey, list[Alarm]] = field(default_factory=dict)
 
@@ -118,8 +120,9 @@ class AlarmBook:
             else:
                 out = []
             assert event.severity is not None
+            alarm_id = self.allocate() if self.allocate is not None else self.next_id
             alarm = Alarm(
-                self.next_id,
+                alarm_id,
                 event.key,
                 event.severity,
                 AlarmState.ACTIVE_UNACK,

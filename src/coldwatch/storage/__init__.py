@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from coldwatch.config import POSTGRES_SCHEMES
 from coldwatch.errors import StorageError
 from coldwatch.storage.base import (
     Batch,
@@ -25,16 +26,24 @@ __all__ = [
     "SeqGap",
     "SqliteStorage",
     "Storage",
+    "open_existing",
     "open_storage",
 ]
 
 
 def open_storage(location: str | Path, *, quarantine_max_rows: int = 10_000) -> Storage:
-    """Build the backend for ``location`` (a SQLite path); call ``open()`` on the result."""
+    """Build the backend for ``location`` (a SQLite path or a ``postgresql://`` URL); then ``open()`` it."""
     text = str(location)
-    if text.startswith(("postgresql://", "postgres://")):
-        msg = (
-            f"{text.rsplit('@', maxsplit=1)[-1]}: PostgreSQL storage is not available yet; use a SQLite path"
-        )
-        raise StorageError(msg)
+    if text.startswith(POSTGRES_SCHEMES):
+        from coldwatch.storage.postgres import PostgresStorage  # noqa: PLC0415 - asyncpg only when used
+
+        return PostgresStorage(text, quarantine_max_rows=quarantine_max_rows)
     return SqliteStorage(Path(text), quarantine_max_rows=quarantine_max_rows)
+
+
+def open_existing(location: str | Path) -> Storage:
+    """The backend of a database that must exist already (for the reading commands)."""
+    text = str(location)
+    if not text.startswith(POSTGRES_SCHEMES) and not Path(text).exists():
+        raise StorageError(f"{text}: no database (has the collector run?)")
+    return open_storage(text)

@@ -24,10 +24,12 @@ from coldwatch.audit import (
     AuditDraft,
     AuditEntry,
     VerifyResult,
+    check_end,
     seal,
     verify,
 )
 from coldwatch.errors import StorageError
+from coldwatch.storage.rows import audit_rows
 
 __all__ = ["AUDIT_SCHEMA", "append", "last_link", "read_all", "verify_stored"]
 
@@ -114,22 +116,7 @@ async def append(
         raise StorageError("audit entries must be appended inside the batch's transaction")
     await db.executemany(
         _INSERT,
-        [
-            (
-                e.seq,
-                e.at_us,
-                e.actor,
-                e.action,
-                e.object_type,
-                e.object_id,
-                e.old_value,
-                e.new_value,
-                e.reason,
-                e.prev_hash,
-                e.hash,
-            )
-            for e in entries
-        ],
+        audit_rows(entries),
     )
     return entries[-1].seq + 1, entries[-1].hash
 
@@ -177,17 +164,4 @@ async def verify_stored(db: aiosqlite.Connection, *, anchor: Anchor | None = Non
     result = verify([e async for e in read_all(db)], anchor=anchor)
     if not result.ok:
         return result
-    high_water = await _high_water(db)
-    if high_water <= result.last_seq:
-        return result
-    first = result.last_seq + 1
-    return VerifyResult(
-        ok=False,
-        checked=result.checked,
-        first_bad_seq=first,
-        problem=f"seq {high_water} was issued but the trail ends at seq {result.last_seq}: "
-        f"the entries from seq {first} on were deleted",
-        kind="deleted",
-        last_seq=result.last_seq,
-        last_hash=result.last_hash,
-    )
+    return check_end(result, await _high_water(db))

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from coldwatch.audit import AuditDraft
+from coldwatch.audit import AuditDraft, AuditEntry, VerifyResult
 from coldwatch.config import DeviceConfig
 from coldwatch.notify.model import OutboxItem
 from coldwatch.payload import Telemetry
-from coldwatch.rules.lifecycle import Alarm, Transition
-from coldwatch.rules.model import EngineReading
+from coldwatch.rules.lifecycle import Alarm, AlarmState, Transition
+from coldwatch.rules.model import AlarmKey, EngineReading, Severity
 
 __all__ = [
     "Batch",
@@ -21,6 +21,8 @@ __all__ = [
     "QuarantineEntry",
     "SeqGap",
     "Storage",
+    "alarm_from_row",
+    "group_readings",
 ]
 
 
@@ -98,6 +100,48 @@ class ExportRow:
     buffered: bool
 
 
+def alarm_from_row(r: Sequence[Any]) -> Alarm:
+    """An alarm from a row of the ``alarms`` table.
+
+    Columns: id, device, metric, rule, severity, state, raised_ts, raised_received, value,
+    limit, late, detail, cleared_ts, shelved_until, shelved_by, acknowledged_by.
+    """
+    return Alarm(
+        int(r[0]),
+        AlarmKey(r[1], r[2], r[3]),
+        Severity[str(r[4]).upper()],
+        AlarmState(r[5]),
+        int(r[6]),
+        int(r[7]),
+        r[8],
+        r[9],
+        bool(r[10]),
+        str(r[11]),
+        r[12],
+        r[13],
+        r[14],
+        r[15],
+    )
+
+
+def group_readings(
+    device_id: str, rows: Iterable[Sequence[Any]], names: dict[int, str]
+) -> Iterator[EngineReading]:
+    """Readings from value rows (ts_us, seq, metric id, value, received_us, buffered) in (ts, seq) order."""
+    current: tuple[int, int] | None = None
+    values: dict[str, float] = {}
+    received, buffered = 0, False
+    for ts_us, seq, metric, value, received_us, is_buffered in rows:
+        if current is not None and (ts_us, seq) != current:
+            yield EngineReading(device_id, current[0], values, current[1], buffered, received)
+            values = {}
+        current = (ts_us, seq)
+        values[names[metric]] = value
+        received, buffered = received_us, bool(is_buffered)
+    if current is not None:
+        yield EngineReading(device_id, current[0], values, current[1], buffered, received)
+
+
 class Storage(Protocol):
     """A storage backend. One writer; every method is safe to await from the event loop."""
 
@@ -130,8 +174,8 @@ class Storage(Protocol):
     async def record_audit(self, drafts: list[AuditDraft]) -> None:
         """Append audit entries in a transaction of their own."""
 
-    async def open_alarms(self) -> tuple[list[Alarm], int]:
-        """The alarms not yet closed, and the id the next alarm gets."""
+    async def open_alarms(self, devices: Sequence[str] | None = None) -> tuple[list[Alarm], int]:
+        """The alarms not yet closed (of ``devices`` only, when given), and the id the next alarm gets."""
 
     async def alarms(
         self,
@@ -158,6 +202,15 @@ class Storage(Protocol):
 
     async def alarm_history(self, alarm_id: int) -> list[dict[str, object]]:
         """Every transition of one alarm, oldest first."""
+
+    async def rejection_totals(self) -> dict[str, int]:
+        """Every rejection ever recorded, by reason (survives quarantine pruning)."""
+
+    async def verify_audit(self) -> VerifyResult:
+        """Check the whole audit chain."""
+
+    def audit_entries(self) -> AsyncIterator[AuditEntry]:
+        """Every audit entry in order."""
 
     def readings_since(self, device_id: str, since_us: int) -> AsyncIterator[EngineReading]:
         """A device's stored readings from ``since_us`` on, in (ts, seq) order (for restart)."""

@@ -22,8 +22,8 @@ from coldwatch.catalogue import KINDS
 from coldwatch.config import DeviceConfig
 from coldwatch.errors import StorageError
 from coldwatch.notify.outbox import OUTBOX_SCHEMA, enqueue
-from coldwatch.rules.lifecycle import Alarm, AlarmState, Transition
-from coldwatch.rules.model import AlarmKey, EngineReading, Severity
+from coldwatch.rules.lifecycle import Alarm, Transition
+from coldwatch.rules.model import EngineReading
 from coldwatch.storage.audit_sqlite import AUDIT_SCHEMA, append, last_link, read_all, verify_stored
 from coldwatch.storage.base import (
     Batch,
@@ -31,8 +31,10 @@ from coldwatch.storage.base import (
     DeviceState,
     ExportRow,
     QuarantineEntry,
-    SeqGap,
+    alarm_from_row,
+    group_readings,
 )
+from coldwatch.storage.rows import RowIds, alarm_rows, transition_rows
 
 __all__ = ["MIGRATIONS", "SqliteStorage"]
 
@@ -153,7 +155,7 @@ _EXPORT = """
 """
 
 
-class SqliteStorage:
+class SqliteStorage(RowIds):
     """The SQLite backend (the embedded default)."""
 
     def __init__(self, path: Path, *, quarantine_max_rows: int = 10_000, synchronous: str = "FULL") -> None:
@@ -164,9 +166,7 @@ class SqliteStorage:
         self._checkpointer: aiosqlite.Connection | None = None
         self._checkpointing: asyncio.Task[None] | None = None
         self._checkpointed_at = 0.0
-        self._device_rowid: dict[str, int] = {}
-        self._metric_rowid: dict[str, int] = {}
-        self._device_by_rowid: dict[int, str] = {}
+        super().__init__()
 
     @property
     def _conn(self) -> aiosqlite.Connection:
@@ -353,29 +353,6 @@ class SqliteStorage:
         conn.execute("DELETE FROM temp.incoming")
         return stored, duplicates
 
-    def _reading_rows(self, batch: Batch) -> list[tuple[int, int, int, int, float, int, bool]]:
-        devices, metrics = self._device_rowid, self._metric_rowid
-        return [
-            (devices[r.device_id], metrics[name], r.ts_us, r.seq, value, received_us, r.buffered)
-            for r, received_us in batch.readings
-            for name, value in r.values
-        ]
-
-    def _gap_row(self, gap: SeqGap) -> tuple[int, int, int, int]:
-        return (self._device_rowid[gap.device_id], gap.first_missing, gap.last_missing, gap.detected_us)
-
-    def _device_rows(self, batch: Batch) -> list[tuple[int | None, int | None, int | None, int | None, int]]:
-        return [
-            (
-                s.last_seq,
-                s.last_ts_us,
-                s.last_received_us,
-                None if s.online is None else int(s.online),
-                self._device_rowid[device_id],
-            )
-            for device_id, s in batch.devices.items()
-        ]
-
     async def _write_records(self, batch: Batch) -> None:
         """Everything else a batch carries, in the same transaction."""
         db = self._conn
@@ -416,7 +393,6 @@ class SqliteStorage:
 
     async def _write_transitions(self, transitions: list[Transition]) -> None:
         db = self._conn
-        latest = {t.alarm.id: t.alarm for t in transitions}
         await db.executemany(
             "INSERT INTO alarms(id, device_id, metric, rule, severity, state, raised_ts_us, "
             "raised_received_us, cleared_ts_us, value, limit_value, late, detail, shelved_until_us, "
@@ -425,53 +401,20 @@ class SqliteStorage:
             "cleared_ts_us=excluded.cleared_ts_us, value=excluded.value, limit_value=excluded.limit_value, "
             "detail=excluded.detail, shelved_until_us=excluded.shelved_until_us, "
             "shelved_by=excluded.shelved_by, acknowledged_by=excluded.acknowledged_by",
-            [
-                (
-                    a.id,
-                    a.key.device_id,
-                    a.key.metric,
-                    a.key.rule,
-                    a.severity.label,
-                    a.state.value,
-                    a.raised_ts_us,
-                    a.raised_received_us,
-                    a.cleared_ts_us,
-                    a.value,
-                    a.limit,
-                    int(a.late),
-                    a.detail,
-                    a.shelved_until_us,
-                    a.shelved_by,
-                    a.acknowledged_by,
-                )
-                for a in latest.values()
-            ],
+            alarm_rows(transitions),
         )
         await db.executemany(
             "INSERT INTO alarm_transitions(alarm_id, event, ts_us, received_us, from_state, to_state, "
             "severity, value, limit_value, late, actor, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    t.alarm.id,
-                    t.event,
-                    t.ts_us,
-                    t.received_us,
-                    t.from_state.value if t.from_state else None,
-                    t.alarm.state.value,
-                    t.alarm.severity.label,
-                    t.alarm.value,
-                    t.alarm.limit,
-                    int(t.alarm.late),
-                    t.actor,
-                    t.reason,
-                )
-                for t in transitions
-            ],
+            transition_rows(transitions),
         )
 
-    async def open_alarms(self) -> tuple[list[Alarm], int]:
-        """The alarms not yet closed, and the id the next alarm gets."""
-        alarms = await self.alarms(open_only=True)
+    async def open_alarms(self, devices: Sequence[str] | None = None) -> tuple[list[Alarm], int]:
+        """The alarms not yet closed (of ``devices`` only, when given), and the id the next alarm gets."""
+        alarms = await self.alarms(open_only=True, limit=1_000_000)
+        if devices is not None:
+            wanted = set(devices)
+            alarms = [a for a in alarms if a.key.device_id in wanted]
         async with self._conn.execute("SELECT coalesce(max(id), 0) + 1 FROM alarms") as cur:
             row = await cur.fetchone()
         return alarms, int(row[0]) if row else 1
@@ -513,25 +456,7 @@ class SqliteStorage:
             "limit": limit,
         }
         async with self._conn.execute(sql, params) as cur:
-            return [
-                Alarm(
-                    int(r[0]),
-                    AlarmKey(r[1], r[2], r[3]),
-                    Severity[str(r[4]).upper()],
-                    AlarmState(r[5]),
-                    int(r[6]),
-                    int(r[7]),
-                    r[8],
-                    r[9],
-                    bool(r[10]),
-                    str(r[11]),
-                    r[12],
-                    r[13],
-                    r[14],
-                    r[15],
-                )
-                async for r in cur
-            ]
+            return [alarm_from_row(r) async for r in cur]
 
     async def alarm_history(self, alarm_id: int) -> list[dict[str, object]]:
         """Every transition of one alarm, oldest first."""
@@ -580,20 +505,10 @@ class SqliteStorage:
             "SELECT ts_us, seq, metric, value, received_us, buffered FROM readings "
             "WHERE device = ? AND ts_us >= ? ORDER BY ts_us, seq"
         )
-        current: tuple[int, int] | None = None
-        values: dict[str, float] = {}
-        received = buffered = 0
         async with self._conn.execute(sql, (rowid, since_us)) as cur:
-            cur.arraysize = 2000
-            async for ts_us, seq, metric, value, received_us, is_buffered in cur:
-                if current is not None and (ts_us, seq) != current:
-                    yield EngineReading(device_id, current[0], values, current[1], bool(buffered), received)
-                    values = {}
-                current = (ts_us, seq)
-                values[names[metric]] = value
-                received, buffered = received_us, is_buffered
-        if current is not None:
-            yield EngineReading(device_id, current[0], values, current[1], bool(buffered), received)
+            rows = await cur.fetchall()  # one device's memory window: small
+        for reading in group_readings(device_id, rows, names):
+            yield reading
 
     async def record_audit(self, drafts: list[AuditDraft]) -> None:
         """Append audit entries in a transaction of their own (start-up, configuration)."""

@@ -1,4 +1,5 @@
-"""SQLite storage on real database files: migrations, batches, dedupe, quarantine, state, export."""
+"""Storage on both backends (a real SQLite file, a real PostgreSQL): migrations, batches, dedupe,
+quarantine, state, export."""
 
 from __future__ import annotations
 
@@ -11,12 +12,25 @@ from pathlib import Path
 
 import pytest
 
+from coldwatch.broker import free_port
 from coldwatch.catalogue import KINDS, Kind
 from coldwatch.config import DeviceConfig
 from coldwatch.errors import StorageError
 from coldwatch.payload import Telemetry
-from coldwatch.storage import Batch, DeviceState, ExportRow, QuarantineEntry, SeqGap, SqliteStorage
+from coldwatch.pgserver import RunningPostgres
+from coldwatch.storage import (
+    Batch,
+    DeviceState,
+    ExportRow,
+    QuarantineEntry,
+    SeqGap,
+    SqliteStorage,
+    Storage,
+    open_storage,
+)
+from coldwatch.storage.postgres import MIGRATIONS_PG, WEEK_US, PostgresStorage
 from coldwatch.storage.sqlite import MIGRATIONS
+from tests.conftest import Backend, new_pg_database
 
 US = 1_000_000
 T0 = 1_714_564_800 * US
@@ -40,7 +54,7 @@ def rejection(received_us: int, reason: str, device_id: str | None = None) -> Qu
 
 
 async def exported(
-    storage: SqliteStorage,
+    storage: Storage,
     device_id: str | None = None,
     since_us: int | None = None,
     until_us: int | None = None,
@@ -56,16 +70,16 @@ def query(path: Path, sql: str) -> list[tuple[object, ...]]:
 
 
 @pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[SqliteStorage]:
-    """An open storage in a fresh file with the incubator and the particle counter registered."""
-    store = SqliteStorage(tmp_path / "data" / "coldwatch.db", quarantine_max_rows=10)
+async def storage(backend: Backend) -> AsyncIterator[Storage]:
+    """An open storage in a fresh database with the incubator and the particle counter registered."""
+    store = open_storage(backend.location, quarantine_max_rows=10)
     await store.open()
     await store.register_devices([INC, PC])
     yield store
     await store.close()
 
 
-# --- migrations ------------------------------------------------------------------------
+# --- migrations (SQLite) ---------------------------------------------------------------
 
 
 async def test_open_creates_every_table_and_sets_user_version(tmp_path: Path) -> None:
@@ -117,18 +131,108 @@ async def test_open_fails_with_storage_error_when_the_folder_cannot_exist(tmp_pa
         await SqliteStorage(blocker / "coldwatch.db").open()
 
 
+# --- migrations and layout (PostgreSQL) -------------------------------------------------
+
+
+@pytest.fixture
+def pg_backend(pg_server: RunningPostgres) -> Backend:
+    """A fresh database on the private PostgreSQL."""
+    return Backend("postgresql", new_pg_database(pg_server))
+
+
+async def test_pg_open_creates_every_table_and_records_each_migration(pg_backend: Backend) -> None:
+    """Opening an empty database applies every migration once, in order, and partitions readings."""
+    for _ in range(3):
+        store = PostgresStorage(pg_backend.location)
+        await store.open()
+        await store.close()
+
+    tables = {
+        str(r[0]) for r in pg_backend.query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    }
+    versions = pg_backend.query("SELECT version FROM schema_migrations ORDER BY version")
+    partitioned = pg_backend.query(
+        "SELECT partstrat::text FROM pg_partitioned_table WHERE partrelid = 'readings'::regclass"
+    )
+    metric_names = {name for specs in KINDS.values() for name in specs}
+
+    assert tables >= TABLES | {"readings", "alarms", "alarm_transitions", "audit_log", "notification_outbox"}
+    assert versions == [(v,) for v in range(1, len(MIGRATIONS_PG) + 1)]
+    assert partitioned == [("r",)]  # range partitions (no TimescaleDB on this server)
+    assert pg_backend.query("SELECT value FROM storage_info WHERE key = 'layout'") == [("partitioned",)]
+    assert sorted(str(r[0]) for r in pg_backend.query("SELECT name FROM metrics")) == sorted(metric_names)
+
+
+async def test_pg_collectors_opening_together_migrate_once(pg_backend: Backend) -> None:
+    """Several collectors opening one new database at once: one migrates, none fails."""
+    stores = [PostgresStorage(pg_backend.location) for _ in range(4)]
+    await asyncio.gather(*(s.open() for s in stores))
+    await asyncio.gather(*(s.close() for s in stores))
+
+    assert pg_backend.query("SELECT count(*) FROM schema_migrations") == [(len(MIGRATIONS_PG),)]
+
+
+async def test_pg_schema_newer_than_the_code_is_refused(pg_backend: Backend) -> None:
+    """A database migrated by a newer coldwatch is not opened (and not downgraded)."""
+    store = PostgresStorage(pg_backend.location)
+    await store.open()
+    await store.pool.execute("INSERT INTO schema_migrations(version) VALUES ($1)", len(MIGRATIONS_PG) + 1)
+    await store.close()
+
+    with pytest.raises(StorageError, match="newer than this coldwatch"):
+        await PostgresStorage(pg_backend.location).open()
+
+
+async def test_pg_readings_land_in_weekly_partitions_made_on_demand(pg_backend: Backend) -> None:
+    """Readings of three weeks create three partitions, each holding only its own week."""
+    store = PostgresStorage(pg_backend.location)
+    await store.open()
+    try:
+        await store.register_devices([INC])
+        times = [T0, T0 + WEEK_US, T0 + 2 * WEEK_US + 5 * US]
+        batch = Batch(readings=[(reading("inc-01", i, t, ("temp_c", 37.0)), t) for i, t in enumerate(times)])
+        assert (await store.write_batch(batch)).stored == 3
+        # A second collector's storage sees the partitions made by the first.
+        other = PostgresStorage(pg_backend.location)
+        await other.open()
+        await other.register_devices([INC])
+        again = await other.write_batch(batch)
+        await other.close()
+    finally:
+        await store.close()
+
+    assert again.stored == 0
+    assert len(again.duplicates) == 3
+    placed = pg_backend.query("SELECT tableoid::regclass::text, ts_us FROM readings ORDER BY ts_us")
+    assert [name for name, _ in placed] == [f"readings_w{t // WEEK_US}" for t in times]
+    assert len({name for name, _ in placed}) == 3
+
+
+async def test_pg_unreachable_server_is_a_storage_error_without_the_password(
+    pg_server: RunningPostgres,
+) -> None:
+    """A server that does not answer gives StorageError naming where, never the password."""
+    url = f"postgresql://postgres:s3cret@127.0.0.1:{free_port()}/nowhere"
+
+    with pytest.raises(StorageError, match="cannot open database") as caught:
+        await PostgresStorage(url).open()
+
+    assert "s3cret" not in str(caught.value)
+    assert "postgres:***@127.0.0.1" in str(caught.value)
+
+
 async def test_unopened_storage_raises_storage_error(tmp_path: Path) -> None:
     """Using a storage before open() raises StorageError, not AttributeError."""
     with pytest.raises(StorageError, match="not open"):
         await SqliteStorage(tmp_path / "coldwatch.db").write_batch(Batch())
 
 
-async def test_reopen_keeps_data(storage: SqliteStorage) -> None:
+async def test_reopen_keeps_data(storage: Storage, backend: Backend) -> None:
     """Committed readings are still there after the storage is closed and reopened."""
     await storage.write_batch(Batch(readings=[(reading("inc-01", 1, T0, ("temp_c", 37.0)), T0 + US)]))
     await storage.close()
 
-    reopened = SqliteStorage(storage.path)
+    reopened = open_storage(backend.location)
     await reopened.open()
     try:
         await reopened.register_devices([INC, PC])
@@ -142,7 +246,7 @@ async def test_reopen_keeps_data(storage: SqliteStorage) -> None:
 # --- batches and dedupe ----------------------------------------------------------------
 
 
-async def test_write_batch_stores_one_row_per_metric_value(storage: SqliteStorage) -> None:
+async def test_write_batch_stores_one_row_per_metric_value(storage: Storage, backend: Backend) -> None:
     """A reading with three values stores three rows; the result counts them."""
     telemetry = reading("inc-01", 7, T0, ("temp_c", 37.1), ("co2_pct", 5.0), ("door_open", 0.0))
 
@@ -151,8 +255,7 @@ async def test_write_batch_stores_one_row_per_metric_value(storage: SqliteStorag
     assert result.stored == 3
     assert result.duplicates == frozenset()
     assert (await storage.counts())["readings"] == 3
-    device_rows = query(
-        storage.path,
+    device_rows = backend.query(
         "SELECT d.device_id, m.name, r.ts_us, r.seq, r.value, r.received_us, r.buffered FROM readings r "
         "JOIN devices d ON d.id = r.device JOIN metrics m ON m.id = r.metric ORDER BY m.name",
     )
@@ -164,7 +267,7 @@ async def test_write_batch_stores_one_row_per_metric_value(storage: SqliteStorag
 
 
 async def test_same_batch_twice_stores_nothing_and_reports_every_reading_duplicate(
-    storage: SqliteStorage,
+    storage: Storage,
 ) -> None:
     """A redelivered batch stores no row and reports each of its readings as a duplicate."""
     readings = [
@@ -183,7 +286,7 @@ async def test_same_batch_twice_stores_nothing_and_reports_every_reading_duplica
     assert (await storage.counts())["readings"] == 4
 
 
-async def test_partly_redelivered_batch_stores_only_the_new_readings(storage: SqliteStorage) -> None:
+async def test_partly_redelivered_batch_stores_only_the_new_readings(storage: Storage) -> None:
     """In a batch mixing old and new readings, only the new ones are stored and reported stored."""
     old = reading("inc-01", 1, T0, ("temp_c", 37.0))
     new = reading("inc-01", 2, T0 + 10 * US, ("temp_c", 37.2), ("co2_pct", 5.1))
@@ -202,7 +305,7 @@ async def test_partly_redelivered_batch_stores_only_the_new_readings(storage: Sq
     ]
 
 
-async def test_restarted_counter_is_not_a_duplicate(storage: SqliteStorage) -> None:
+async def test_restarted_counter_is_not_a_duplicate(storage: Storage) -> None:
     """The same seq at a different time (a device that restarted its counter) is stored again."""
     await storage.write_batch(Batch(readings=[(reading("inc-01", 0, T0, ("temp_c", 37.0)), T0)]))
 
@@ -217,7 +320,7 @@ async def test_restarted_counter_is_not_a_duplicate(storage: SqliteStorage) -> N
 # --- quarantine ------------------------------------------------------------------------
 
 
-async def test_quarantine_is_bounded_while_totals_keep_counting(storage: SqliteStorage) -> None:
+async def test_quarantine_is_bounded_while_totals_keep_counting(storage: Storage) -> None:
     """The quarantine keeps only the newest quarantine_max_rows entries; totals count all of them."""
     entries = [rejection(T0 + i, "invalid_json" if i % 2 else "bad_topic") for i in range(25)]
     entries[24] = rejection(T0 + 24, "kind_mismatch", device_id="inc-01")
@@ -234,12 +337,12 @@ async def test_quarantine_is_bounded_while_totals_keep_counting(storage: SqliteS
     assert await storage.quarantine(limit=3) == list(reversed(entries[22:]))
 
 
-async def test_rejection_totals_survive_reopen(storage: SqliteStorage) -> None:
+async def test_rejection_totals_survive_reopen(storage: Storage, backend: Backend) -> None:
     """Rejection totals are stored, not computed in memory: they survive a restart."""
     await storage.write_batch(Batch(rejections=[rejection(T0 + i, "too_large") for i in range(12)]))
     await storage.close()
 
-    reopened = SqliteStorage(storage.path, quarantine_max_rows=10)
+    reopened = open_storage(backend.location, quarantine_max_rows=10)
     await reopened.open()
     try:
         await reopened.write_batch(Batch(rejections=[rejection(T0 + 100, "too_large")]))
@@ -255,7 +358,7 @@ async def test_rejection_totals_survive_reopen(storage: SqliteStorage) -> None:
 # --- gaps and device state -------------------------------------------------------------
 
 
-async def test_gaps_and_device_state_persist_across_reopen(storage: SqliteStorage) -> None:
+async def test_gaps_and_device_state_persist_across_reopen(storage: Storage, backend: Backend) -> None:
     """Sequence gaps and per-device state are committed and returned by register_devices on restart."""
     inc_state = DeviceState(
         last_seq=12, last_ts_us=T0 + 120 * US, last_received_us=T0 + 121 * US, online=True
@@ -269,7 +372,7 @@ async def test_gaps_and_device_state_persist_across_reopen(storage: SqliteStorag
     await storage.write_batch(batch)
     await storage.close()
 
-    reopened = SqliteStorage(storage.path)
+    reopened = open_storage(backend.location)
     await reopened.open()
     try:
         states = await reopened.register_devices([INC, PC])
@@ -286,15 +389,16 @@ async def test_gaps_and_device_state_persist_across_reopen(storage: SqliteStorag
         "alarms": 0,
         "alarm_transitions": 0,
     }
-    gaps = query(
-        storage.path,
+    gaps = backend.query(
         "SELECT d.device_id, g.first_missing, g.last_missing, g.detected_us "
         "FROM seq_gaps g JOIN devices d ON d.id = g.device",
     )
     assert gaps == [("inc-01", 3, 11, T0 + 121 * US)]
 
 
-async def test_register_devices_returns_empty_state_for_new_devices(storage: SqliteStorage) -> None:
+async def test_register_devices_returns_empty_state_for_new_devices(
+    storage: Storage, backend: Backend
+) -> None:
     """A device never heard from has an empty state, and registering updates its site and area."""
     moved = DeviceConfig(id="inc-01", kind=Kind.INCUBATOR, site="plant-2", area="qc-lab")
     cryo = DeviceConfig(id="shipper-07", kind=Kind.CRYOSHIPPER, site="plant-1", area="dispatch")
@@ -302,7 +406,7 @@ async def test_register_devices_returns_empty_state_for_new_devices(storage: Sql
     states = await storage.register_devices([moved, cryo])
 
     assert states == {"inc-01": DeviceState(), "shipper-07": DeviceState()}
-    assert query(storage.path, "SELECT device_id, site, area FROM devices ORDER BY device_id") == [
+    assert backend.query("SELECT device_id, site, area FROM devices ORDER BY device_id") == [
         ("inc-01", "plant-2", "qc-lab"),
         ("pc-fill-a1", "plant-1", "fill-suite"),
         ("shipper-07", "plant-1", "dispatch"),
@@ -312,8 +416,11 @@ async def test_register_devices_returns_empty_state_for_new_devices(storage: Sql
 # --- writability -----------------------------------------------------------------------
 
 
-async def test_check_writable_fails_while_another_connection_holds_the_lock(storage: SqliteStorage) -> None:
-    """check_writable raises StorageError after its busy timeout while another writer holds the lock."""
+async def test_check_writable_fails_while_another_connection_holds_the_lock(tmp_path: Path) -> None:
+    """SQLite: check_writable raises StorageError after its busy timeout while another holds the lock."""
+    storage = SqliteStorage(tmp_path / "coldwatch.db")
+    await storage.open()
+    await storage.register_devices([INC, PC])
     await storage.check_writable()
     other = sqlite3.connect(storage.path, isolation_level=None)
     try:
@@ -331,6 +438,7 @@ async def test_check_writable_fails_while_another_connection_holds_the_lock(stor
     # Once the lock is released the same connection writes again.
     await storage.check_writable()
     result = await storage.write_batch(Batch(readings=[(reading("inc-01", 1, T0, ("temp_c", 37.0)), T0)]))
+    await storage.close()
     assert result.stored == 1
 
 
@@ -338,7 +446,7 @@ async def test_check_writable_fails_while_another_connection_holds_the_lock(stor
 
 
 @pytest.fixture
-async def filled(storage: SqliteStorage) -> SqliteStorage:
+async def filled(storage: Storage) -> Storage:
     """The storage with readings of two devices at three times, written out of order."""
     await storage.write_batch(
         Batch(
@@ -367,7 +475,7 @@ async def filled(storage: SqliteStorage) -> SqliteStorage:
     return storage
 
 
-async def test_export_orders_by_device_time_and_metric(filled: SqliteStorage) -> None:
+async def test_export_orders_by_device_time_and_metric(filled: Storage) -> None:
     """Export is ordered by device id, then reading time, then metric name, whatever the write order."""
     rows = await exported(filled)
 
@@ -411,7 +519,7 @@ async def test_export_orders_by_device_time_and_metric(filled: SqliteStorage) ->
     ],
 )
 async def test_export_filters(
-    filled: SqliteStorage,
+    filled: Storage,
     device_id: str | None,
     since_s: int | None,
     until_s: int | None,

@@ -1,0 +1,500 @@
+"""Several collectors sharing the devices: partitions leased in PostgreSQL, failover by lease expiry.
+
+The devices are split into ``cluster.partitions`` partitions by a hash of their id. Each
+member holds leases on some partitions (rows of ``partition_leases``, renewed every
+``lease_s / 3``) and runs, for each partition it holds, a collector of its own
+(:class:`coldwatch.daemon.Daemon` with :class:`~coldwatch.daemon.WorkerOptions`): its own
+MQTT session (client id ``<client_id>-pNNN``, persistent, subscribed to the partition's
+devices only), rules engine, alarm book and pipeline. So all of one device's readings and
+rule state stay on one member.
+
+When a member dies its leases run out; the others take its partitions over (each member
+aims at its fair share, ``ceil(partitions / live members)``). Taking over is a restart of
+that partition: the broker hands the partition's MQTT session, with everything queued for
+it, to the new owner; open alarms are loaded and recent readings judged again, as after a
+restart, so nothing is raised twice and nothing is forgotten. A member that cannot renew
+its leases stops its partitions before they can expire, and every batch checks its lease
+inside its transaction (a fence), so a stalled member cannot write after a takeover.
+
+No coordination service besides PostgreSQL: leases are rows, the clock is the database's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import math
+import os
+import re
+import socket
+import time
+import zlib
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from coldwatch.api import ApiContext, build_router
+from coldwatch.audit import AuditDraft
+from coldwatch.auth import Authenticator
+from coldwatch.config import Config, DeviceConfig
+from coldwatch.daemon import Daemon, WorkerOptions, config_loaded
+from coldwatch.errors import StorageError
+from coldwatch.http import HttpServer, build_app
+from coldwatch.metrics import render_chunks
+from coldwatch.pipeline import UserAction
+from coldwatch.rules.lifecycle import Alarm, LifecycleError, Transition
+from coldwatch.storage import DeviceState
+from coldwatch.storage.postgres import Fence, PostgresStorage
+
+__all__ = ["AlarmIds", "ClusterDaemon", "Leases", "member_name", "partition_of", "partition_topics"]
+
+log = logging.getLogger(__name__)
+
+
+def partition_of(device_id: str, partitions: int) -> int:
+    """The partition of a device: a stable hash of its id (the same on every member and version)."""
+    return zlib.crc32(device_id.encode()) % partitions
+
+
+def partition_topics(config: Config, devices: Iterable[DeviceConfig]) -> list[str]:
+    """Topic filters for exactly ``devices`` (site, area and kind are checked on arrival, as always)."""
+    prefix = config.mqtt.topic_prefix
+    return [f"{prefix}/+/+/+/{device.id}/#" for device in devices]
+
+
+def member_name(config: Config) -> str:
+    """The member's name: configured, or host name and process id."""
+    if config.cluster.name:
+        return config.cluster.name
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}"
+
+
+class AlarmIds:
+    """Alarm ids unique across the cluster: blocks of the shared sequence, the next one reserved ahead.
+
+    The book asks for an id synchronously; a block is fetched in the background as soon as
+    the current one is taken into use, so a whole block (``cluster.alarm_id_block``) must be
+    used up within one database round trip before an id is missing.
+    """
+
+    def __init__(self, storage: PostgresStorage, block: int) -> None:
+        self._storage = storage
+        self._block = block
+        self._ready: deque[range] = deque()
+        self._current: Iterator[int] = iter(())
+        self._fetching: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Reserve the first two blocks."""
+        self._ready.append(await self._storage.reserve_alarm_ids(self._block))
+        self._ready.append(await self._storage.reserve_alarm_ids(self._block))
+        self._current = iter(self._ready.popleft())
+
+    def __call__(self) -> int:
+        """The next id (synchronous: the alarm book asks while it applies events)."""
+        for alarm_id in self._current:
+            return alarm_id
+        if not self._ready:
+            raise StorageError("no alarm id reserved: a whole block was used before the next one arrived")
+        self._current = iter(self._ready.popleft())
+        self._fetching = asyncio.get_running_loop().create_task(self._fetch())
+        return next(self._current)
+
+    async def _fetch(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                self._ready.append(await self._storage.reserve_alarm_ids(self._block))
+            except StorageError:
+                log.exception("cannot reserve alarm ids; retrying")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            else:
+                return
+
+
+@dataclass
+class LeaseChange:
+    """What one renewal round decided."""
+
+    held: dict[int, int] = field(default_factory=dict)  # partition -> generation, after the round
+    acquired: dict[int, int] = field(default_factory=dict)
+    lost: set[int] = field(default_factory=set)
+    surplus: list[int] = field(default_factory=list)  # to hand back: more than the fair share
+    members: int = 1
+
+
+class Leases:
+    """The partition leases of one member, in PostgreSQL (``partition_leases``, ``collectors``)."""
+
+    def __init__(self, storage: PostgresStorage, name: str, partitions: int, lease_s: float) -> None:
+        self._storage = storage
+        self.name = name
+        self.partitions = partitions
+        self.lease_s = lease_s
+        self.held: dict[int, int] = {}
+
+    async def prepare(self) -> None:
+        """Create the partitions' rows; refuse a partition count other members do not share."""
+        async with self._storage.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO storage_info VALUES ('partitions', $1) ON CONFLICT (key) DO NOTHING",
+                str(self.partitions),
+            )
+            stored = int(await conn.fetchval("SELECT value FROM storage_info WHERE key = 'partitions'"))
+            if stored != self.partitions:
+                raise StorageError(
+                    f"the cluster has {stored} partitions and this member is configured with "
+                    f"{self.partitions}: every member must use the same cluster.partitions"
+                )
+            await conn.execute(
+                "INSERT INTO partition_leases(partition) SELECT generate_series(0, $1 - 1) "
+                "ON CONFLICT (partition) DO NOTHING",
+                self.partitions,
+            )
+
+    async def round(self) -> LeaseChange:
+        """Heartbeat, renew what is held, take free partitions up to the fair share; say what changed."""
+        lease = self.lease_s
+        change = LeaseChange()
+        async with self._storage.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO collectors(name, seen_at) VALUES ($1, now()) "
+                "ON CONFLICT (name) DO UPDATE SET seen_at = now()",
+                self.name,
+            )
+            renewed = await conn.fetch(
+                "UPDATE partition_leases SET expires_at = now() + make_interval(secs => $2) "
+                "WHERE owner = $1 AND expires_at > now() RETURNING partition, generation",
+                self.name,
+                lease,
+            )
+            held = {int(r[0]): int(r[1]) for r in renewed}
+            change.lost = {p for p, g in self.held.items() if held.get(p) != g}
+            change.members = int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM collectors WHERE seen_at > now() - make_interval(secs => $1)",
+                    lease,
+                )
+            )
+            fair = math.ceil(self.partitions / max(1, change.members))
+            if len(held) < fair:
+                taken = await conn.fetch(
+                    "UPDATE partition_leases SET owner = $1, expires_at = now() + make_interval(secs => $2), "
+                    "generation = generation + 1 WHERE partition IN (SELECT partition FROM partition_leases "
+                    "WHERE expires_at <= now() ORDER BY partition LIMIT $3 FOR UPDATE SKIP LOCKED) "
+                    "RETURNING partition, generation",
+                    self.name,
+                    lease,
+                    fair - len(held),
+                )
+                change.acquired = {int(r[0]): int(r[1]) for r in taken}
+                held.update(change.acquired)
+            elif len(held) > fair:
+                change.surplus = sorted(held)[fair:]
+        self.held = held
+        change.held = dict(held)
+        return change
+
+    async def release(self, partitions: Iterable[int]) -> None:
+        """Hand partitions back at once (their collectors have stopped and committed)."""
+        wanted = list(partitions)
+        if not wanted:
+            return
+        await self._storage.pool.execute(
+            "UPDATE partition_leases SET owner = NULL, expires_at = '-infinity' "
+            "WHERE owner = $1 AND partition = ANY($2::int[])",
+            self.name,
+            wanted,
+        )
+        for p in wanted:
+            self.held.pop(p, None)
+
+    async def leave(self) -> None:
+        """Release everything and leave the member list (a clean shutdown)."""
+        await self.release(list(self.held))
+        await self._storage.pool.execute("DELETE FROM collectors WHERE name = $1", self.name)
+
+
+@dataclass
+class _Worker:
+    partition: int
+    generation: int
+    daemon: Daemon
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+
+class _MergedMetrics(Collector):
+    """Every partition's metrics in one exposition, each sample labelled with its partition."""
+
+    def __init__(self, workers: Mapping[int, _Worker]) -> None:
+        self._workers = workers
+
+    def collect(self) -> Iterable[Metric]:
+        families: dict[str, Metric] = {}
+        for partition, worker in sorted(self._workers.items()):
+            text = b"".join(render_chunks(worker.daemon.registry)).decode()
+            for family in text_string_to_metric_families(text):
+                merged = families.get(family.name)
+                if merged is None:
+                    merged = families[family.name] = Metric(family.name, family.documentation, family.type)
+                for sample in family.samples:
+                    labels = {**sample.labels, "partition": str(partition)}
+                    merged.add_sample(sample.name, labels, sample.value, sample.timestamp, sample.exemplar)
+        return families.values()
+
+
+class _States(Mapping[str, DeviceState]):
+    """Device states for the API: live from the owning partition here, else as last stored."""
+
+    def __init__(self, owner: ClusterDaemon) -> None:
+        self._owner = owner
+
+    def __getitem__(self, device_id: str) -> DeviceState:
+        worker = self._owner.worker_of(device_id)
+        if worker is not None and worker.daemon.states is not None and device_id in worker.daemon.states:
+            return worker.daemon.states[device_id]
+        return self._owner.stored_states[device_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._owner.stored_states)
+
+    def __len__(self) -> int:
+        return len(self._owner.stored_states)
+
+
+@dataclass
+class ClusterDaemon:
+    """One cluster member: leases, a collector per held partition, one HTTP endpoint."""
+
+    config: Config
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    on_ready: Any = lambda _: None
+    http_port: int | None = None
+    name: str = ""
+    workers: dict[int, _Worker] = field(default_factory=dict)
+    stored_states: dict[str, DeviceState] = field(default_factory=dict)
+    open_alarms: list[Alarm] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._storage: PostgresStorage | None = None
+        self.name = self.name or member_name(self.config)
+        cc = self.config.cluster
+        self._by_partition: dict[int, list[DeviceConfig]] = {p: [] for p in range(cc.partitions)}
+        for device in self.config.devices:
+            self._by_partition[partition_of(device.id, cc.partitions)].append(device)
+        self._owned = Gauge(
+            "coldwatch_cluster_partitions_owned", "Partitions this member holds", registry=self.registry
+        )
+        self._members = Gauge(
+            "coldwatch_cluster_members", "Live members of the cluster, as last seen", registry=self.registry
+        )
+        self._changes = Counter(
+            "coldwatch_cluster_lease_changes",
+            "Partition leases acquired, lost and released by this member",
+            ["change"],
+            registry=self.registry,
+        )
+        self.registry.register(_MergedMetrics(self.workers))
+
+    def worker_of(self, device_id: str) -> _Worker | None:
+        """The local collector of the device's partition, if this member holds it."""
+        return self.workers.get(partition_of(device_id, self.config.cluster.partitions))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set; then stop every partition in order and hand the leases back."""
+        config = self.config
+        assert config.storage.url is not None  # Config refuses a cluster without PostgreSQL
+        storage = PostgresStorage(config.storage.url, quarantine_max_rows=config.storage.quarantine_max_rows)
+        await storage.open()
+        self._storage = storage
+        try:
+            self.stored_states = dict(await storage.register_devices(config.devices))
+            await storage.record_audit([self._joined()])
+            leases = Leases(storage, self.name, config.cluster.partitions, config.cluster.lease_s)
+            await leases.prepare()
+            ids = AlarmIds(storage, config.cluster.alarm_id_block)
+            await ids.start()
+            api = build_router(
+                ApiContext(
+                    config, storage, self._submit, _States(self), Authenticator(config.api, os.environ)
+                )
+            )
+            readiness = functools.partial(self._readiness, storage)
+            http = HttpServer(build_app(self.registry, readiness, api), config.http.host, config.http.port)
+            self.http_port = http.port
+            async with asyncio.TaskGroup() as tasks:
+                server = tasks.create_task(http.serve(), name="http")
+                manage = tasks.create_task(self._manage(storage, leases, ids, stop), name="cluster-leases")
+                self.on_ready(self)
+                await manage
+                http.stop()
+                try:
+                    await asyncio.wait_for(asyncio.shield(server), 5)
+                except TimeoutError:
+                    server.cancel()
+        finally:
+            await storage.close()
+
+    async def _manage(
+        self, storage: PostgresStorage, leases: Leases, ids: AlarmIds, stop: asyncio.Event
+    ) -> None:
+        renew_s = self.config.cluster.renew_s
+        renewed_at = time.monotonic()
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                change = await leases.round()
+            except (TimeoutError, StorageError, OSError) as exc:
+                log.warning("cannot renew partition leases: %s", exc)
+                change = None
+            except Exception as exc:  # asyncpg errors: the database is away; keep trying
+                log.warning("cannot renew partition leases: %s", exc)
+                change = None
+            if change is not None:
+                renewed_at = started
+                await self._apply(change, leases, ids, storage)
+            elif self.workers and time.monotonic() - renewed_at > self.config.cluster.lease_s - renew_s:
+                # Our leases may run out before we can renew them: stop writing before anyone takes over.
+                log.error(
+                    "leases not renewed for %.1f s: stopping every partition", time.monotonic() - renewed_at
+                )
+                await self._stop_workers(list(self.workers), reason="lost")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, renew_s - (time.monotonic() - started)))
+        await self._stop_workers(list(self.workers), reason="released")
+        with contextlib.suppress(Exception):
+            await leases.leave()
+
+    async def _apply(
+        self, change: LeaseChange, leases: Leases, ids: AlarmIds, storage: PostgresStorage
+    ) -> None:
+        self._members.set(change.members)
+        if change.lost:
+            log.warning("partition(s) %s lost to other members", sorted(change.lost))
+            await self._stop_workers(sorted(change.lost), reason="lost")
+        if change.surplus:
+            log.info("handing partition(s) %s over to other members", change.surplus)
+            await self._stop_workers(change.surplus, reason="released")
+            await leases.release(change.surplus)
+        for partition, generation in sorted(change.held.items()):
+            worker = self.workers.get(partition)
+            if partition in change.surplus:
+                continue
+            if worker is not None and (worker.generation != generation or worker.task.done()):
+                if worker.task.done() and not worker.task.cancelled() and worker.task.exception():
+                    log.error("partition %d stopped: %s", partition, worker.task.exception())
+                await self._stop_workers([partition], reason="restarted")
+                worker = None
+            if worker is None:
+                self._start_worker(partition, generation, ids)
+                if partition in change.acquired:
+                    self._changes.labels("acquired").inc()
+        self._owned.set(len(self.workers))
+        try:
+            self.open_alarms = await storage.alarms(open_only=True, limit=1_000_000)
+            self.stored_states.update(await storage.device_states())
+        except StorageError as exc:
+            log.warning("cannot refresh the cluster's view of alarms and devices: %s", exc)
+
+    def _start_worker(self, partition: int, generation: int, ids: AlarmIds) -> None:
+        config = self.config
+        devices = self._by_partition[partition]
+        mqtt = config.mqtt.model_copy(update={"client_id": f"{config.mqtt.client_id}-p{partition:03d}"})
+        worker_config = config.model_copy(update={"devices": devices, "mqtt": mqtt})
+        fence = Fence(partition, self.name, generation)
+        assert config.storage.url is not None
+
+        def open_storage() -> PostgresStorage:
+            return PostgresStorage(
+                str(config.storage.url),
+                quarantine_max_rows=config.storage.quarantine_max_rows,
+                pool_size=2,
+                fence=fence,
+            )
+
+        options = WorkerOptions(
+            partition=partition,
+            topics=partition_topics(config, devices),
+            open_storage=open_storage,
+            alarm_ids=ids,
+            # One member delivers the outbox: the holder of partition 0.
+            deliver=partition == 0,
+            resend_alarms=lambda: self.open_alarms,
+        )
+        daemon = Daemon(worker_config, worker=options)
+        stop = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(daemon.run(stop), name=f"partition-{partition}")
+        self.workers[partition] = _Worker(partition, generation, daemon, stop, task)
+        log.info("partition %d (generation %d, %d device(s)) started", partition, generation, len(devices))
+
+    async def _stop_workers(self, partitions: list[int], *, reason: str) -> None:
+        stopping = [self.workers.pop(p) for p in partitions if p in self.workers]
+        for worker in stopping:
+            worker.stop.set()
+        for worker in stopping:
+            try:
+                await asyncio.wait_for(asyncio.shield(worker.task), 30)
+            except TimeoutError:
+                worker.task.cancel()
+            except Exception:  # the partition's collector failed; it is stopped either way
+                log.exception("partition %d ended with an error", worker.partition)
+            self._changes.labels(reason).inc()
+            log.info("partition %d stopped (%s)", worker.partition, reason)
+        self._owned.set(len(self.workers))
+
+    async def _submit(self, action: UserAction) -> Transition:
+        for worker in self.workers.values():
+            book, pipeline = worker.daemon.book, worker.daemon.pipeline
+            if (
+                book is not None
+                and pipeline is not None
+                and any(a.id == action.alarm_id for a in book.open.values())
+            ):
+                return await pipeline.submit(action)
+        owner = await self._holder_of_alarm(action.alarm_id)
+        if owner is None:
+            raise LifecycleError(f"no open alarm {action.alarm_id}")
+        partition, member = owner
+        raise LifecycleError(
+            f"alarm {action.alarm_id} belongs to partition {partition}, held by cluster member "
+            f"{member or '(none: being taken over)'}, not {self.name}: send the action there"
+        )
+
+    async def _holder_of_alarm(self, alarm_id: int) -> tuple[int, str | None] | None:
+        """The partition of an open alarm and the member holding it, or None if no such open alarm."""
+        if self._storage is None:
+            return None
+        found = await self._storage.alarms(alarm_id=alarm_id, open_only=True, limit=1)
+        if not found:
+            return None
+        partition = partition_of(found[0].key.device_id, self.config.cluster.partitions)
+        member = await self._storage.pool.fetchval(
+            "SELECT owner FROM partition_leases WHERE partition = $1 AND expires_at > now()", partition
+        )
+        return partition, member
+
+    async def _readiness(self, storage: PostgresStorage) -> dict[str, bool]:
+        checks = {"database_writable": True, "partitions_held": bool(self.workers)}
+        try:
+            await storage.check_writable()
+        except StorageError:
+            checks["database_writable"] = False
+        for worker in self.workers.values():
+            if worker.daemon.readiness is not None:
+                part = await worker.daemon.readiness()
+                checks["broker_connected"] = checks.get("broker_connected", True) and part["broker_connected"]
+        return checks
+
+    def _joined(self) -> AuditDraft:
+        return config_loaded(self.config, f"cluster member {self.name} started with this configuration")

@@ -1,0 +1,137 @@
+"""The audit trail in PostgreSQL: an append-only, hash-chained ``audit_log`` table.
+
+The same chain as the SQLite trail (:mod:`coldwatch.storage.audit_sqlite`): entries are
+sealed by :func:`coldwatch.audit.seal` and checked by :func:`coldwatch.audit.verify`.
+Triggers refuse UPDATE, DELETE, TRUNCATE and out-of-chain INSERTs (defence in depth: a
+superuser can drop them, so the chain itself is what proves integrity). The highest seq
+ever issued is kept in ``audit_high_water``, written by the insert trigger in the same
+transaction, so entries cut off the end of the trail are reported as deleted.
+
+Several collectors (and their notification deliverers) append to one chain: every
+append takes a transaction-scoped advisory lock first, so links are read and extended
+by one writer at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, Final, TypeAlias
+
+import asyncpg
+
+from coldwatch.audit import (
+    FIRST_SEQ,
+    GENESIS_HASH,
+    Anchor,
+    AuditDraft,
+    AuditEntry,
+    VerifyResult,
+    check_end,
+    seal,
+    verify,
+)
+from coldwatch.errors import StorageError
+from coldwatch.storage.rows import audit_rows
+
+__all__ = ["AUDIT_LOCK", "AUDIT_SCHEMA_PG", "PgConnection", "append", "read_all", "verify_stored"]
+
+# A connection of its own or one lent by a pool.
+PgConnection: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
+
+AUDIT_LOCK: Final = 0x636F6C64_61756474  # "coldaudt": serialises appends to the chain
+
+AUDIT_SCHEMA_PG: Final = """
+    CREATE TABLE audit_log (
+        seq BIGINT PRIMARY KEY CHECK (seq >= 1),
+        at_us BIGINT NOT NULL,
+        actor TEXT NOT NULL CHECK (length(btrim(actor)) > 0),
+        action TEXT NOT NULL,
+        object_type TEXT NOT NULL,
+        object_id TEXT NOT NULL,
+        old_value TEXT,
+        new_value TEXT,
+        reason TEXT NOT NULL CHECK (length(btrim(reason)) > 0),
+        prev_hash TEXT NOT NULL CHECK (length(prev_hash) = 64),
+        hash TEXT NOT NULL CHECK (length(hash) = 64)
+    );
+    CREATE TABLE audit_high_water (
+        one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
+        seq BIGINT NOT NULL
+    );
+    INSERT INTO audit_high_water(seq) VALUES (0);
+    CREATE FUNCTION audit_log_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION 'audit_log is append-only: % refused', TG_OP;
+    END $$;
+    CREATE FUNCTION audit_log_chain() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        last_seq BIGINT;
+        last_hash TEXT;
+    BEGIN
+        SELECT seq, hash INTO last_seq, last_hash FROM audit_log ORDER BY seq DESC LIMIT 1;
+        IF NEW.seq <= coalesce(last_seq, 0)
+           OR NEW.prev_hash IS DISTINCT FROM coalesce(last_hash, repeat('0', 64)) THEN
+            RAISE EXCEPTION 'audit_log is append-only: INSERT out of chain refused';
+        END IF;
+        UPDATE audit_high_water SET seq = greatest(seq, NEW.seq);
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER audit_log_no_update BEFORE UPDATE OR DELETE ON audit_log
+        FOR EACH ROW EXECUTE FUNCTION audit_log_refuse();
+    CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+        FOR EACH STATEMENT EXECUTE FUNCTION audit_log_refuse();
+    CREATE TRIGGER audit_log_append_only BEFORE INSERT ON audit_log
+        FOR EACH ROW EXECUTE FUNCTION audit_log_chain();
+"""
+
+_INSERT: Final = (
+    "INSERT INTO audit_log(seq, at_us, actor, action, object_type, object_id, old_value, new_value, "
+    "reason, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+)
+_SELECT_ALL: Final = (
+    "SELECT seq, at_us, actor, action, object_type, object_id, old_value, new_value, reason, prev_hash, hash "
+    "FROM audit_log ORDER BY seq"
+)
+
+
+async def _high_water(conn: PgConnection) -> int:
+    value = await conn.fetchval("SELECT seq FROM audit_high_water")
+    return int(value or 0)
+
+
+async def last_link(conn: PgConnection) -> tuple[int, str]:
+    """The seq the next entry gets and the hash it chains to (genesis when empty)."""
+    row = await conn.fetchrow("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+    last_seq, last_hash = (int(row[0]), str(row[1])) if row else (FIRST_SEQ - 1, GENESIS_HASH)
+    return max(last_seq, await _high_water(conn)) + 1, last_hash
+
+
+async def append(conn: PgConnection, drafts: Iterable[AuditDraft]) -> None:
+    """Seal ``drafts`` onto the chain inside the caller's open transaction."""
+    drafts = list(drafts)
+    if not drafts:
+        return
+    if not conn.is_in_transaction():
+        raise StorageError("audit entries must be appended inside the batch's transaction")
+    # One appender at a time across every collector; released at COMMIT or ROLLBACK.
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_LOCK)
+    entries = seal(drafts, *await last_link(conn))
+    await conn.executemany(
+        _INSERT,
+        audit_rows(entries),
+    )
+
+
+async def read_all(conn: PgConnection) -> AsyncIterator[AuditEntry]:
+    """Every stored entry, in seq order, exactly as stored."""
+    async with conn.transaction(readonly=True, isolation="repeatable_read"):
+        async for r in conn.cursor(_SELECT_ALL, prefetch=2000):
+            yield AuditEntry(int(r[0]), int(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10])
+
+
+async def verify_stored(conn: PgConnection, *, anchor: Anchor | None = None) -> VerifyResult:
+    """Verify the stored chain, and that no entry was cut off its end (see the SQLite twin)."""
+    result = verify([e async for e in read_all(conn)], anchor=anchor)
+    if not result.ok:
+        return result
+    return check_end(result, await _high_water(conn))

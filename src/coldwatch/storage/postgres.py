@@ -1,0 +1,791 @@
+"""PostgreSQL storage through asyncpg: COPY for batches, versioned migrations, shared by collectors.
+
+The same protocol and the same guarantees as the SQLite backend: a batch is one
+transaction; readings are keyed by (device, metric, ts, seq), so a redelivered message is
+recognised and skipped. Readings go to a TimescaleDB hypertable (compressed after a week)
+when the extension can be created, else to a table range-partitioned by week on the
+device timestamp; partitions are created as readings arrive for them.
+
+Several collectors may share one database (see :mod:`coldwatch.cluster`): alarm ids come
+from a sequence, audit appends are serialised by an advisory lock, and partitions and
+registrations are created idempotently.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import asyncpg
+
+from coldwatch.audit import AuditDraft, AuditEntry, VerifyResult
+from coldwatch.catalogue import KINDS
+from coldwatch.config import DeviceConfig, redact
+from coldwatch.errors import StorageError
+from coldwatch.notify.model import AlarmFacts, Channel, HistoryEntry, OutboxItem
+from coldwatch.notify.outbox import OutboxRow, PendingSummary, parse_escalation
+from coldwatch.rules.lifecycle import Alarm, Transition
+from coldwatch.rules.model import EngineReading, Severity
+from coldwatch.storage import audit_pg
+from coldwatch.storage.audit_pg import PgConnection
+from coldwatch.storage.base import (
+    Batch,
+    BatchResult,
+    DeviceState,
+    ExportRow,
+    QuarantineEntry,
+    alarm_from_row,
+    group_readings,
+)
+from coldwatch.storage.rows import RowIds, alarm_rows, transition_rows
+
+__all__ = ["MIGRATIONS_PG", "Fence", "PostgresOutbox", "PostgresStorage"]
+
+log = logging.getLogger(__name__)
+
+WEEK_US: Final = 7 * 86_400 * 1_000_000
+MIGRATION_LOCK: Final = 0x636F6C64_6D696772  # "coldmigr"
+PARTITION_LOCK: Final = 0x636F6C64_70617274  # "coldpart"
+ALARM_ID_LOCK: Final = 0x636F6C64_616C6964  # "coldalid"
+
+# Each entry migrates from version N to N+1. Never edit a released entry: append one.
+# The readings table itself is made by _create_readings (its form depends on TimescaleDB).
+MIGRATIONS_PG: Final[tuple[str, ...]] = (
+    """
+    CREATE TABLE devices (
+        id BIGSERIAL PRIMARY KEY,
+        device_id TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        site TEXT NOT NULL,
+        area TEXT NOT NULL,
+        grade TEXT,
+        last_seq BIGINT,
+        last_ts_us BIGINT,
+        last_received_us BIGINT,
+        online BOOLEAN
+    );
+    CREATE TABLE metrics (
+        id SERIAL PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE
+    );
+    CREATE TABLE quarantine (
+        id BIGSERIAL PRIMARY KEY,
+        received_us BIGINT NOT NULL,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        device_id TEXT,
+        payload BYTEA NOT NULL
+    );
+    CREATE TABLE rejection_totals (
+        reason TEXT PRIMARY KEY,
+        total BIGINT NOT NULL
+    );
+    CREATE TABLE seq_gaps (
+        id BIGSERIAL PRIMARY KEY,
+        device BIGINT NOT NULL REFERENCES devices(id),
+        first_missing BIGINT NOT NULL,
+        last_missing BIGINT NOT NULL,
+        detected_us BIGINT NOT NULL
+    );
+    CREATE TABLE alarms (
+        id BIGINT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        state TEXT NOT NULL,
+        raised_ts_us BIGINT NOT NULL,
+        raised_received_us BIGINT NOT NULL,
+        cleared_ts_us BIGINT,
+        value DOUBLE PRECISION,
+        limit_value DOUBLE PRECISION,
+        late BOOLEAN NOT NULL,
+        detail TEXT NOT NULL,
+        shelved_until_us BIGINT,
+        shelved_by TEXT,
+        acknowledged_by TEXT
+    );
+    -- Alarm ids for every collector sharing the database (handed out in blocks).
+    CREATE SEQUENCE alarm_ids;
+    CREATE UNIQUE INDEX alarms_one_open ON alarms(device_id, metric, rule) WHERE state <> 'closed';
+    CREATE INDEX alarms_by_device ON alarms(device_id, raised_ts_us);
+    CREATE TABLE alarm_transitions (
+        id BIGSERIAL PRIMARY KEY,
+        alarm_id BIGINT NOT NULL REFERENCES alarms(id),
+        event TEXT NOT NULL,
+        ts_us BIGINT NOT NULL,
+        received_us BIGINT NOT NULL,
+        from_state TEXT,
+        to_state TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        value DOUBLE PRECISION,
+        limit_value DOUBLE PRECISION,
+        late BOOLEAN NOT NULL,
+        actor TEXT NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX alarm_transitions_by_alarm ON alarm_transitions(alarm_id, id);
+    CREATE TABLE notification_outbox (
+        id BIGSERIAL PRIMARY KEY,
+        notification_id TEXT NOT NULL UNIQUE,
+        channel TEXT NOT NULL,
+        target TEXT NOT NULL,
+        body BYTEA NOT NULL,
+        alarm_id BIGINT,
+        created_us BIGINT NOT NULL,
+        next_attempt_us BIGINT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        delivered_us BIGINT,
+        last_error TEXT
+    );
+    CREATE INDEX notification_outbox_pending ON notification_outbox(channel, target, id)
+        WHERE delivered_us IS NULL AND next_attempt_us IS NOT NULL;
+    CREATE INDEX notification_outbox_by_alarm ON notification_outbox(alarm_id);
+    CREATE TABLE notification_attempts (
+        id BIGSERIAL PRIMARY KEY,
+        outbox_id BIGINT NOT NULL REFERENCES notification_outbox(id),
+        at_us BIGINT NOT NULL,
+        ok BOOLEAN NOT NULL,
+        status INTEGER,
+        error TEXT
+    );
+    CREATE INDEX notification_attempts_by_outbox ON notification_attempts(outbox_id, id);
+    -- Which collector owns which partition of the devices, until when (coldwatch.cluster).
+    CREATE TABLE partition_leases (
+        partition INTEGER PRIMARY KEY,
+        owner TEXT,
+        expires_at TIMESTAMPTZ NOT NULL DEFAULT '-infinity',
+        generation BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE TABLE collectors (
+        name TEXT PRIMARY KEY,
+        seen_at TIMESTAMPTZ NOT NULL
+    );
+    """,
+    audit_pg.AUDIT_SCHEMA_PG,
+)
+
+_PLAIN_READINGS: Final = """
+    CREATE TABLE readings (
+        device BIGINT NOT NULL,
+        metric INTEGER NOT NULL,
+        ts_us BIGINT NOT NULL,
+        seq BIGINT NOT NULL,
+        value DOUBLE PRECISION NOT NULL,
+        received_us BIGINT NOT NULL,
+        buffered BOOLEAN NOT NULL,
+        PRIMARY KEY (device, metric, ts_us, seq)
+    )
+"""
+_INCOMING: Final = (
+    "CREATE TEMP TABLE IF NOT EXISTS incoming (device BIGINT, metric INTEGER, ts_us BIGINT, seq BIGINT, "
+    "value DOUBLE PRECISION, received_us BIGINT, buffered BOOLEAN) ON COMMIT DELETE ROWS"
+)
+_FIND_DUPLICATES: Final = """
+    SELECT DISTINCT i.device, i.seq, i.ts_us FROM incoming AS i
+    WHERE EXISTS (SELECT 1 FROM readings AS r WHERE r.device = i.device
+                  AND r.metric = i.metric AND r.ts_us = i.ts_us AND r.seq = i.seq)
+"""
+_INSERT_GAP: Final = (
+    "INSERT INTO seq_gaps(device, first_missing, last_missing, detected_us) VALUES ($1, $2, $3, $4)"
+)
+_UPDATE_DEVICE: Final = (
+    "UPDATE devices SET last_seq=$1, last_ts_us=$2, last_received_us=$3, online=$4 WHERE id=$5"
+)
+_UPSERT_ALARM: Final = (
+    "INSERT INTO alarms(id, device_id, metric, rule, severity, state, raised_ts_us, raised_received_us, "
+    "cleared_ts_us, value, limit_value, late, detail, shelved_until_us, shelved_by, acknowledged_by) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) "
+    "ON CONFLICT(id) DO UPDATE SET severity=excluded.severity, state=excluded.state, "
+    "cleared_ts_us=excluded.cleared_ts_us, value=excluded.value, limit_value=excluded.limit_value, "
+    "detail=excluded.detail, shelved_until_us=excluded.shelved_until_us, "
+    "shelved_by=excluded.shelved_by, acknowledged_by=excluded.acknowledged_by"
+)
+_INSERT_TRANSITION: Final = (
+    "INSERT INTO alarm_transitions(alarm_id, event, ts_us, received_us, from_state, to_state, "
+    "severity, value, limit_value, late, actor, reason) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+)
+_ALARMS: Final = (
+    "SELECT a.id, a.device_id, a.metric, a.rule, a.severity, a.state, a.raised_ts_us, "
+    "a.raised_received_us, a.value, a.limit_value, a.late, a.detail, a.cleared_ts_us, "
+    "a.shelved_until_us, a.shelved_by, a.acknowledged_by "
+    "FROM alarms AS a LEFT JOIN devices AS d ON d.device_id = a.device_id "
+    "WHERE (NOT $1 OR a.state <> 'closed') AND ($2::text IS NULL OR a.device_id = $2) "
+    "AND ($3::text IS NULL OR d.site = $3) AND ($4::text IS NULL OR a.severity = $4) "
+    "AND ($5::text IS NULL OR a.state = $5) AND ($6::bigint IS NULL OR a.raised_ts_us >= $6) "
+    "AND ($7::bigint IS NULL OR a.raised_ts_us < $7) AND ($8::bigint IS NULL OR a.id = $8) "
+    "AND ($9::text[] IS NULL OR a.device_id = ANY($9)) "
+    "ORDER BY a.raised_ts_us DESC, a.id DESC LIMIT $10"
+)
+_EXPORT: Final = """
+    SELECT d.device_id, d.kind, m.name, r.ts_us, r.value, r.received_us, r.buffered
+    FROM readings AS r JOIN devices AS d ON d.id = r.device JOIN metrics AS m ON m.id = r.metric
+    WHERE ($1::text IS NULL OR d.device_id = $1)
+      AND ($2::bigint IS NULL OR r.ts_us >= $2) AND ($3::bigint IS NULL OR r.ts_us < $3)
+    ORDER BY d.device_id, r.ts_us, r.seq, m.name
+"""
+
+
+class PostgresStorage(RowIds):
+    """The PostgreSQL backend (``COLDWATCH_DB=postgresql://...``)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        quarantine_max_rows: int = 10_000,
+        pool_size: int = 4,
+        timescale: bool | None = None,
+        fence: Fence | None = None,
+    ) -> None:
+        self.url = url
+        self.where = redact(url)
+        self._quarantine_max_rows = quarantine_max_rows
+        self._pool_size = pool_size
+        self._want_timescale = timescale  # None: use it when it can be created
+        self.fence = fence
+        self._pool: asyncpg.Pool[Any] | None = None
+        super().__init__()
+        self._partitions: set[int] = set()
+        self.layout = "unknown"  # "timescaledb" or "partitioned", once open
+
+    @property
+    def pool(self) -> asyncpg.Pool[Any]:
+        """The connection pool (open storage only)."""
+        if self._pool is None:
+            raise StorageError(f"{self.where}: storage is not open")
+        return self._pool
+
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.url, min_size=1, max_size=self._pool_size, init=_init_connection, command_timeout=60
+            )
+            async with self.pool.acquire() as conn:
+                await self._migrate(conn)
+                self.layout = str(await conn.fetchval("SELECT value FROM storage_info WHERE key = 'layout'"))
+                if self.layout == "partitioned":
+                    names = await conn.fetch(
+                        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                        "WHERE i.inhparent = 'readings'::regclass"
+                    )
+                    self._partitions = {int(n[0].rsplit("_w", 1)[1]) for n in names if "_w" in n[0]}
+                await conn.execute(
+                    "INSERT INTO metrics(name) SELECT unnest($1::text[]) ON CONFLICT (name) DO NOTHING",
+                    sorted({name for specs in KINDS.values() for name in specs}),
+                )
+                self._metric_rowid = {r[0]: r[1] for r in await conn.fetch("SELECT name, id FROM metrics")}
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            await self.close()
+            raise StorageError(f"{self.where}: cannot open database: {exc}") from exc
+
+    async def _migrate(self, conn: PgConnection) -> None:
+        async with conn.transaction():
+            # Collectors starting together: one migrates, the others wait and find it done.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS storage_info (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+            )
+            version = int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations"))
+            if version > len(MIGRATIONS_PG):
+                raise StorageError(
+                    f"{self.where}: schema version {version} is newer than this coldwatch "
+                    f"({len(MIGRATIONS_PG)})"
+                )
+            for target, script in enumerate(MIGRATIONS_PG[version:], start=version + 1):
+                await conn.execute(script)
+                if target == 1:
+                    await self._create_readings(conn)
+                await conn.execute("INSERT INTO schema_migrations(version) VALUES ($1)", target)
+
+    async def _create_readings(self, conn: PgConnection) -> None:
+        """The readings table: a compressed hypertable with TimescaleDB, else weekly partitions."""
+        available = await conn.fetchval("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
+        use = bool(available) if self._want_timescale is None else self._want_timescale
+        if use:
+            if not available:
+                raise StorageError(f"{self.where}: TimescaleDB was asked for but is not installed")
+            try:
+                async with conn.transaction():  # a savepoint: fall back when it cannot load
+                    await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+                    await conn.execute(_PLAIN_READINGS)
+                    await conn.execute(
+                        "SELECT create_hypertable('readings', 'ts_us', chunk_time_interval => $1::bigint)",
+                        WEEK_US,
+                    )
+                    # Integer time: TimescaleDB needs to know "now" in the column's unit.
+                    await conn.execute(
+                        "CREATE FUNCTION coldwatch_now_us() RETURNS BIGINT LANGUAGE SQL STABLE AS "
+                        "$$ SELECT (extract(epoch FROM now()) * 1000000)::bigint $$"
+                    )
+                    await conn.execute("SELECT set_integer_now_func('readings', 'coldwatch_now_us')")
+                    await conn.execute(
+                        "ALTER TABLE readings SET (timescaledb.compress, "
+                        "timescaledb.compress_segmentby = 'device, metric', "
+                        "timescaledb.compress_orderby = 'ts_us')"
+                    )
+                    await conn.execute("SELECT add_compression_policy('readings', $1::bigint)", WEEK_US)
+            except asyncpg.PostgresError as exc:
+                if self._want_timescale:
+                    raise
+                log.warning(
+                    "%s: TimescaleDB is installed but unusable (%s): partitioning instead", self.where, exc
+                )
+            else:
+                await conn.execute("INSERT INTO storage_info VALUES ('layout', 'timescaledb')")
+                return
+        await conn.execute(_PLAIN_READINGS.rstrip() + " PARTITION BY RANGE (ts_us)")
+        await conn.execute("INSERT INTO storage_info VALUES ('layout', 'partitioned')")
+
+    async def _ensure_partitions(self, weeks: Iterable[int]) -> None:
+        missing = sorted(set(weeks) - self._partitions)
+        if not missing or self.layout != "partitioned":
+            return
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK)
+            for week in missing:
+                await conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS readings_w{week} PARTITION OF readings "
+                    f"FOR VALUES FROM ({week * WEEK_US}) TO ({(week + 1) * WEEK_US})"
+                )
+        self._partitions.update(missing)
+
+    async def close(self) -> None:
+        """Close every connection (every batch is already committed)."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def register_devices(self, devices: Sequence[DeviceConfig]) -> dict[str, DeviceState]:
+        """Upsert the registered devices; return the remembered state of each."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.executemany(
+                    "INSERT INTO devices(device_id, kind, site, area, grade) VALUES ($1, $2, $3, $4, $5) "
+                    "ON CONFLICT(device_id) DO UPDATE SET kind=excluded.kind, site=excluded.site, "
+                    "area=excluded.area, grade=excluded.grade",
+                    [(d.id, d.kind.value, d.site, d.area, d.grade) for d in devices],
+                )
+                rows = await conn.fetch(
+                    "SELECT id, device_id, last_seq, last_ts_us, last_received_us, online FROM devices "
+                    "WHERE device_id = ANY($1::text[])",
+                    [d.id for d in devices],
+                )
+        except asyncpg.PostgresError as exc:
+            raise StorageError(f"{self.where}: cannot register devices: {exc}") from exc
+        states: dict[str, DeviceState] = {}
+        for rowid, device_id, last_seq, last_ts, last_recv, online in rows:
+            self._device_rowid[device_id] = rowid
+            self._device_by_rowid[rowid] = device_id
+            states[device_id] = DeviceState(last_seq, last_ts, last_recv, online)
+        return {d.id: states[d.id] for d in devices}
+
+    async def device_states(self) -> dict[str, DeviceState]:
+        """What is stored about every registered device (for members that do not hold it)."""
+        rows = await self.pool.fetch(
+            "SELECT device_id, last_seq, last_ts_us, last_received_us, online FROM devices"
+        )
+        return {r[0]: DeviceState(r[1], r[2], r[3], r[4]) for r in rows}
+
+    async def write_batch(self, batch: Batch) -> BatchResult:
+        """Commit one batch in one transaction (readings by COPY)."""
+        rows = self._reading_rows(batch)
+        try:
+            await self._ensure_partitions({row[2] // WEEK_US for row in rows})
+            async with self.pool.acquire() as conn, conn.transaction():
+                if self.fence is not None:
+                    await self._check_fence(conn, self.fence)
+                stored, duplicates = await self._store_readings(conn, rows)
+                if batch.rejections:
+                    await self._quarantine(conn, batch.rejections)
+                if batch.gaps:
+                    await conn.executemany(_INSERT_GAP, [self._gap_row(g) for g in batch.gaps])
+                if batch.transitions:
+                    await self._write_transitions(conn, batch.transitions)
+                if batch.notifications:
+                    await enqueue(conn, batch.notifications)
+                if batch.audit:
+                    await audit_pg.append(conn, batch.audit)
+                if batch.devices:
+                    await conn.executemany(_UPDATE_DEVICE, self._device_rows(batch))
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, OverflowError, ValueError) as exc:
+            raise StorageError(f"{self.where}: batch write failed: {exc}") from exc
+        return BatchResult(stored=stored, duplicates=duplicates)
+
+    async def _check_fence(self, conn: PgConnection, fence: Fence) -> None:
+        """Refuse the batch unless this collector still holds the partition's lease.
+
+        The lease row stays share-locked until COMMIT: a member taking the partition over
+        waits for this batch, then sees everything it wrote.
+        """
+        held = await conn.fetchval(
+            "SELECT 1 FROM partition_leases WHERE partition = $1 AND owner = $2 AND generation = $3 "
+            "AND expires_at > now() FOR SHARE",
+            fence.partition,
+            fence.owner,
+            fence.generation,
+        )
+        if held is None:
+            raise StorageError(
+                f"{self.where}: partition {fence.partition} is no longer leased to {fence.owner} "
+                f"(generation {fence.generation}): batch refused"
+            )
+
+    async def _store_readings(
+        self, conn: PgConnection, rows: list[tuple[int, int, int, int, float, int, bool]]
+    ) -> tuple[int, frozenset[tuple[str, int, int]]]:
+        if not rows:
+            return 0, frozenset()
+        await conn.copy_records_to_table("incoming", records=rows)
+        duplicates = frozenset(
+            (self._device_by_rowid[d], int(s), int(t)) for d, s, t in await conn.fetch(_FIND_DUPLICATES)
+        )
+        status = await conn.execute("INSERT INTO readings SELECT * FROM incoming ON CONFLICT DO NOTHING")
+        await conn.execute("TRUNCATE incoming")
+        return int(status.rsplit(" ", 1)[1]), duplicates
+
+    async def _quarantine(self, conn: PgConnection, rejections: list[QuarantineEntry]) -> None:
+        await conn.executemany(
+            "INSERT INTO quarantine(received_us, reason, detail, topic, device_id, payload) "
+            "VALUES ($1, $2, $3, $4, $5, $6)",
+            [(q.received_us, q.reason, q.detail, q.topic, q.device_id, q.payload) for q in rejections],
+        )
+        totals: dict[str, int] = {}
+        for q in rejections:
+            totals[q.reason] = totals.get(q.reason, 0) + 1
+        await conn.executemany(
+            "INSERT INTO rejection_totals(reason, total) VALUES ($1, $2) "
+            "ON CONFLICT(reason) DO UPDATE SET total = rejection_totals.total + excluded.total",
+            list(totals.items()),
+        )
+        await conn.execute(
+            "DELETE FROM quarantine WHERE id <= (SELECT max(id) FROM quarantine) - $1",
+            self._quarantine_max_rows,
+        )
+
+    async def _write_transitions(self, conn: PgConnection, transitions: list[Transition]) -> None:
+        await conn.executemany(_UPSERT_ALARM, alarm_rows(transitions))
+        await conn.executemany(_INSERT_TRANSITION, transition_rows(transitions))
+
+    async def reserve_alarm_ids(self, count: int) -> range:
+        """``count`` alarm ids no other collector will use (a block of the shared sequence)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", ALARM_ID_LOCK)
+            # Above every id handed out and every id stored.
+            floor = int(
+                await conn.fetchval(
+                    "SELECT greatest((SELECT coalesce(max(id), 0) FROM alarms), "
+                    "(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM alarm_ids))"
+                )
+            )
+            await conn.execute("SELECT setval('alarm_ids', $1)", floor + count)
+        return range(floor + 1, floor + count + 1)
+
+    async def open_alarms(self, devices: Sequence[str] | None = None) -> tuple[list[Alarm], int]:
+        """The alarms not yet closed (of ``devices`` when given), and the id the next alarm gets."""
+        alarms = await self.alarms(open_only=True, limit=1_000_000, devices=devices)
+        ids = await self.reserve_alarm_ids(1)
+        return alarms, ids.start
+
+    async def alarms(
+        self,
+        *,
+        open_only: bool = False,
+        device_id: str | None = None,
+        site: str | None = None,
+        severity: str | None = None,
+        state: str | None = None,
+        since_us: int | None = None,
+        until_us: int | None = None,
+        alarm_id: int | None = None,
+        limit: int = 1000,
+        devices: Sequence[str] | None = None,
+    ) -> list[Alarm]:
+        """Alarms matching every given filter, newest first (raised in [since, until))."""
+        rows = await self.pool.fetch(
+            _ALARMS,
+            open_only,
+            device_id,
+            site,
+            severity,
+            state,
+            since_us,
+            until_us,
+            alarm_id,
+            None if devices is None else list(devices),
+            limit,
+        )
+        return [alarm_from_row(r) for r in rows]
+
+    async def alarm_history(self, alarm_id: int) -> list[dict[str, object]]:
+        """Every transition of one alarm, oldest first."""
+        rows = await self.pool.fetch(
+            "SELECT event, ts_us, received_us, from_state, to_state, severity, value, limit_value, "
+            "late::int AS late, actor, reason FROM alarm_transitions WHERE alarm_id = $1 ORDER BY id",
+            alarm_id,
+        )
+        return [dict(r) for r in rows]
+
+    async def metric_readings(
+        self, device_id: str, metric: str, since_us: int | None, until_us: int | None, limit: int
+    ) -> list[tuple[int, float, int, bool]]:
+        """(ts_us, value, received_us, buffered) of one device metric in [since, until), oldest first."""
+        rowid, metric_id = self._device_rowid.get(device_id), self._metric_rowid.get(metric)
+        if rowid is None or metric_id is None:
+            return []
+        rows = await self.pool.fetch(
+            "SELECT ts_us, value, received_us, buffered FROM readings WHERE device = $1 AND metric = $2 "
+            "AND ts_us >= $3 AND ts_us < $4 ORDER BY ts_us, seq LIMIT $5",
+            rowid,
+            metric_id,
+            since_us if since_us is not None else -(2**63),
+            until_us or 2**63 - 1,
+            limit,
+        )
+        return [(int(t), float(v), int(r), bool(b)) for t, v, r, b in rows]
+
+    async def last_values(self, device_id: str) -> dict[str, float]:
+        """The metric values of a device's newest reading."""
+        rowid = self._device_rowid.get(device_id)
+        if rowid is None:
+            return {}
+        names = {v: k for k, v in self._metric_rowid.items()}
+        rows = await self.pool.fetch(
+            "SELECT metric, value FROM readings WHERE device = $1 AND ts_us = "
+            "(SELECT last_ts_us FROM devices WHERE id = $1)",
+            rowid,
+        )
+        return {names[m]: float(v) for m, v in rows}
+
+    async def readings_since(self, device_id: str, since_us: int) -> AsyncIterator[EngineReading]:
+        """A device's stored readings from ``since_us`` on, in (ts, seq) order."""
+        rowid = self._device_rowid.get(device_id)
+        if rowid is None:
+            return
+        names = {v: k for k, v in self._metric_rowid.items()}
+        rows = await self.pool.fetch(
+            "SELECT ts_us, seq, metric, value, received_us, buffered FROM readings "
+            "WHERE device = $1 AND ts_us >= $2 ORDER BY ts_us, seq",
+            rowid,
+            since_us,
+        )
+        for reading in group_readings(device_id, rows, names):
+            yield reading
+
+    async def record_audit(self, drafts: list[AuditDraft]) -> None:
+        """Append audit entries in a transaction of their own (start-up, configuration)."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await audit_pg.append(conn, drafts)
+        except asyncpg.PostgresError as exc:
+            raise StorageError(f"{self.where}: audit write failed: {exc}") from exc
+
+    async def verify_audit(self) -> VerifyResult:
+        """Check the whole audit chain."""
+        async with self.pool.acquire() as conn:
+            return await audit_pg.verify_stored(conn)
+
+    async def audit_entries(self) -> AsyncIterator[AuditEntry]:
+        """Every audit entry in order."""
+        async with self.pool.acquire() as conn:
+            async for entry in audit_pg.read_all(conn):
+                yield entry
+
+    async def check_writable(self) -> None:
+        """A write transaction that changes nothing: proves the database accepts writes now."""
+        try:
+            async with self.pool.acquire(timeout=5) as conn, conn.transaction():
+                await conn.execute("SELECT txid_current()")
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise StorageError(f"{self.where}: not writable: {exc}") from exc
+
+    async def export(
+        self, device_id: str | None, since_us: int | None, until_us: int | None
+    ) -> AsyncIterator[ExportRow]:
+        """Stream readings ordered by device, time and metric."""
+        async with self.pool.acquire() as conn, conn.transaction(readonly=True):
+            async for r in conn.cursor(_EXPORT, device_id, since_us, until_us, prefetch=2000):
+                yield ExportRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6])
+
+    async def quarantine(self, limit: int = 100) -> list[QuarantineEntry]:
+        """The most recent rejected messages, newest first."""
+        rows = await self.pool.fetch(
+            "SELECT received_us, reason, detail, topic, device_id, payload FROM quarantine "
+            "ORDER BY id DESC LIMIT $1",
+            limit,
+        )
+        return [QuarantineEntry(r[0], r[1], r[2], r[3], r[4], bytes(r[5])) for r in rows]
+
+    async def rejection_totals(self) -> dict[str, int]:
+        """Every rejection ever recorded, by reason (survives quarantine pruning)."""
+        return {
+            str(r[0]): int(r[1]) for r in await self.pool.fetch("SELECT reason, total FROM rejection_totals")
+        }
+
+    async def counts(self) -> dict[str, int]:
+        """Row counts by table."""
+        out: dict[str, int] = {}
+        for table in ("devices", "readings", "quarantine", "seq_gaps", "alarms", "alarm_transitions"):
+            out[table] = int(await self.pool.fetchval(f"SELECT count(*) FROM {table}"))  # noqa: S608
+        return out
+
+    def outbox(self) -> PostgresOutbox:
+        """The notification outbox on this database, for the deliverer."""
+        return PostgresOutbox(self.pool)
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """A partition lease a collector must still hold for its batches to commit."""
+
+    partition: int
+    owner: str
+    generation: int
+
+
+async def _init_connection(conn: PgConnection) -> None:
+    await conn.execute(_INCOMING)
+
+
+async def enqueue(conn: PgConnection, items: Iterable[OutboxItem]) -> None:
+    """Insert ``items`` (due at once) in the caller's transaction; an id already stored is skipped."""
+    rows = [
+        (i.notification_id, i.channel.value, i.target, i.body, i.alarm_id, i.created_us, i.created_us)
+        for i in items
+    ]
+    if rows:
+        await conn.executemany(
+            "INSERT INTO notification_outbox(notification_id, channel, target, body, alarm_id, "
+            "created_us, next_attempt_us, attempts) VALUES ($1, $2, $3, $4, $5, $6, $7, 0) "
+            "ON CONFLICT (notification_id) DO NOTHING",
+            rows,
+        )
+
+
+_DUE: Final = """
+    SELECT o.id, o.notification_id, o.channel, o.target, o.body, o.alarm_id, o.attempts, o.created_us
+    FROM notification_outbox AS o
+    WHERE o.delivered_us IS NULL AND o.next_attempt_us IS NOT NULL AND o.next_attempt_us <= $1
+      AND ($3::text IS NULL OR (o.channel = $3 AND o.target = $4))
+      AND NOT EXISTS (
+          SELECT 1 FROM notification_outbox AS p
+          WHERE p.channel = o.channel AND p.target = o.target AND p.id < o.id
+            AND p.delivered_us IS NULL AND p.next_attempt_us > $1)
+    ORDER BY o.id LIMIT $2
+"""
+
+
+class PostgresOutbox:
+    """The notification outbox in PostgreSQL: the same lanes and rules as the SQLite outbox."""
+
+    def __init__(self, pool: asyncpg.Pool[Any]) -> None:
+        self._pool = pool
+
+    async def due(
+        self, now_us: int, limit: int = 100, *, lane: tuple[Channel, str] | None = None
+    ) -> list[OutboxRow]:
+        """Rows due at ``now_us``, oldest first, none behind an older row of its lane waiting to retry."""
+        rows = await self._pool.fetch(
+            _DUE, now_us, limit, lane[0].value if lane else None, lane[1] if lane else None
+        )
+        return [
+            OutboxRow(int(r[0]), str(r[1]), Channel(r[2]), str(r[3]), bytes(r[4]), r[5], int(r[6]), int(r[7]))
+            for r in rows
+        ]
+
+    async def lane_heads(self) -> list[tuple[tuple[Channel, str], int]]:
+        """The oldest pending row of every lane: ((channel, target), next_attempt_us)."""
+        rows = await self._pool.fetch(
+            "SELECT channel, target, next_attempt_us FROM notification_outbox WHERE id IN "
+            "(SELECT min(id) FROM notification_outbox WHERE delivered_us IS NULL "
+            "AND next_attempt_us IS NOT NULL GROUP BY channel, target)"
+        )
+        return [((Channel(c), str(t)), int(n)) for c, t, n in rows]
+
+    async def record_attempt(
+        self,
+        outbox_id: int,
+        *,
+        at_us: int,
+        ok: bool,
+        status: int | None,
+        error: str | None,
+        next_attempt_us: int | None,
+        audit: AuditDraft | None = None,
+    ) -> None:
+        """Record one delivery attempt in a transaction of its own; ``ok`` marks the row delivered."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO notification_attempts(outbox_id, at_us, ok, status, error) "
+                "VALUES ($1, $2, $3, $4, $5)",
+                outbox_id,
+                at_us,
+                ok,
+                status,
+                error,
+            )
+            await conn.execute(
+                "UPDATE notification_outbox SET attempts = attempts + 1, last_error = $1, "
+                "delivered_us = CASE WHEN $2 THEN $3::bigint END, "
+                "next_attempt_us = CASE WHEN $2 THEN NULL ELSE $4::bigint END WHERE id = $5",
+                error,
+                ok,
+                at_us,
+                next_attempt_us,
+                outbox_id,
+            )
+            if audit is not None:
+                await audit_pg.append(conn, [audit])
+
+    async def pending_summary(self) -> PendingSummary:
+        """How many rows wait for delivery, and since when the oldest does."""
+        row = await self._pool.fetchrow(
+            "SELECT count(*), min(created_us) FROM notification_outbox "
+            "WHERE delivered_us IS NULL AND next_attempt_us IS NOT NULL"
+        )
+        return PendingSummary(int(row[0]), row[1]) if row else PendingSummary(0, None)
+
+    async def load_facts(self) -> list[AlarmFacts]:
+        """What the planner needs to carry on after a restart, for every open alarm."""
+        history: dict[int, list[HistoryEntry]] = {}
+        for alarm_id, event, received_us, severity in await self._pool.fetch(
+            "SELECT t.alarm_id, t.event, t.received_us, t.severity FROM alarm_transitions AS t "
+            "JOIN alarms AS a ON a.id = t.alarm_id WHERE a.state <> 'closed' ORDER BY t.alarm_id, t.id"
+        ):
+            history.setdefault(int(alarm_id), []).append(
+                HistoryEntry(str(event), int(received_us), Severity[str(severity).upper()])
+            )
+        sent: dict[int, set[tuple[int, int, int]]] = {}
+        notified: dict[int, set[str]] = {}
+        for alarm_id, nid, channel, target in await self._pool.fetch(
+            "SELECT alarm_id, notification_id, channel, target FROM notification_outbox "
+            "WHERE alarm_id = ANY($1::bigint[])",
+            sorted(history),
+        ):
+            key = int(alarm_id)
+            parsed = parse_escalation(str(nid))
+            if parsed is not None:
+                sent.setdefault(key, set()).add(parsed)
+            if channel == Channel.WEBHOOK.value:
+                notified.setdefault(key, set()).add(str(target))
+        return [
+            AlarmFacts(
+                alarm_id,
+                tuple(entries),
+                frozenset(sent.get(alarm_id, ())),
+                frozenset(notified.get(alarm_id, ())),
+            )
+            for alarm_id, entries in history.items()
+        ]
+
+    async def close(self) -> None:
+        """Nothing of its own to close: the pool belongs to the storage."""

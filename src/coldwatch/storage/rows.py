@@ -1,0 +1,90 @@
+"""The rows both backends write: one mapping from records to table rows, kept in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from coldwatch.audit import AuditEntry
+from coldwatch.rules.lifecycle import Transition
+from coldwatch.storage.base import Batch, SeqGap
+
+__all__ = ["RowIds", "alarm_rows", "audit_rows", "transition_rows"]
+
+
+class RowIds:
+    """Device and metric row ids of a backend, and the rows of a batch in terms of them."""
+
+    def __init__(self) -> None:
+        self._device_rowid: dict[str, int] = {}
+        self._device_by_rowid: dict[int, str] = {}
+        self._metric_rowid: dict[str, int] = {}
+
+    def _reading_rows(self, batch: Batch) -> list[tuple[int, int, int, int, float, int, bool]]:
+        devices, metrics = self._device_rowid, self._metric_rowid
+        return [
+            (devices[r.device_id], metrics[name], r.ts_us, r.seq, value, received_us, r.buffered)
+            for r, received_us in batch.readings
+            for name, value in r.values
+        ]
+
+    def _gap_row(self, gap: SeqGap) -> tuple[int, int, int, int]:
+        return (self._device_rowid[gap.device_id], gap.first_missing, gap.last_missing, gap.detected_us)
+
+    def _device_rows(self, batch: Batch) -> list[tuple[int | None, int | None, int | None, bool | None, int]]:
+        return [
+            (s.last_seq, s.last_ts_us, s.last_received_us, s.online, self._device_rowid[device_id])
+            for device_id, s in batch.devices.items()
+        ]
+
+
+def alarm_rows(transitions: Iterable[Transition]) -> list[tuple[object, ...]]:
+    """The newest state of every alarm the transitions touch, in the ``alarms`` column order."""
+    latest = {t.alarm.id: t.alarm for t in transitions}
+    return [
+        (
+            a.id,
+            a.key.device_id,
+            a.key.metric,
+            a.key.rule,
+            a.severity.label,
+            a.state.value,
+            a.raised_ts_us,
+            a.raised_received_us,
+            a.cleared_ts_us,
+            a.value,
+            a.limit,
+            a.late,
+            a.detail,
+            a.shelved_until_us,
+            a.shelved_by,
+            a.acknowledged_by,
+        )
+        for a in latest.values()
+    ]
+
+
+def transition_rows(transitions: Iterable[Transition]) -> list[tuple[object, ...]]:
+    """``alarm_transitions`` rows (without their id), in order."""
+    return [
+        (
+            t.alarm.id,
+            t.event,
+            t.ts_us,
+            t.received_us,
+            t.from_state.value if t.from_state else None,
+            t.alarm.state.value,
+            t.alarm.severity.label,
+            t.alarm.value,
+            t.alarm.limit,
+            t.alarm.late,
+            t.actor,
+            t.reason,
+        )
+        for t in transitions
+    ]
+
+
+def audit_rows(entries: Iterable[AuditEntry]) -> list[tuple[object, ...]]:
+    """``audit_log`` rows, in its column order (the entry's field order)."""
+    return [dataclasses.astuple(e) for e in entries]
