@@ -14,6 +14,7 @@ import pytest
 
 from coldwatch.broker import RunningBroker
 from tests.conftest import (
+    Backend,
     eventually,
     publish_all,
     raise_comm_loss,
@@ -48,10 +49,12 @@ def api_users(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
 
 
 async def test_roles_reasons_and_attribution(
-    broker: RunningBroker, prefix: str, tmp_path: Path, api_users: dict[str, object]
+    broker: RunningBroker, prefix: str, tmp_path: Path, api_users: dict[str, object], backend: Backend
 ) -> None:
     """401 without a token, 403 for a viewer acting, 422 without a reason, 200 for a named operator."""
-    config = silent_incubator_config(tmp_path / "c.yaml", broker=broker, prefix=prefix, api=api_users)
+    config = silent_incubator_config(
+        tmp_path / "c.yaml", broker=broker, prefix=prefix, api=api_users, database=backend.location
+    )
     async with running_daemon(config) as running:
         await raise_comm_loss(broker, config, running)
         async with httpx.AsyncClient(base_url=running.base_url, timeout=10) as client:
@@ -99,11 +102,18 @@ async def test_roles_reasons_and_attribution(
 
 
 async def test_reads_devices_and_readings(
-    broker: RunningBroker, prefix: str, tmp_path: Path, api_users: dict[str, object]
+    broker: RunningBroker, prefix: str, tmp_path: Path, api_users: dict[str, object], backend: Backend
 ) -> None:
     """Devices come with their newest reading; readings of one metric come back over a time range."""
     devices = [{"id": "inc-1", "kind": "incubator", "site": "s", "area": "lab"}]
-    config = write_config(tmp_path / "c.yaml", broker=broker, prefix=prefix, devices=devices, api=api_users)
+    config = write_config(
+        tmp_path / "c.yaml",
+        broker=broker,
+        prefix=prefix,
+        devices=devices,
+        api=api_users,
+        storage={"path": backend.location},
+    )
     base = time.time() - 600
     topic = telemetry_topic(config, "inc-1")
     async with running_daemon(config) as running:
@@ -140,10 +150,12 @@ def _auth(token: str) -> dict[str, str]:
 
 
 async def test_console_acknowledgement_is_attributed(
-    broker: RunningBroker, prefix: str, tmp_path: Path, api_users: dict[str, object]
+    broker: RunningBroker, prefix: str, tmp_path: Path, api_users: dict[str, object], backend: Backend
 ) -> None:
     """`coldwatch alarms ack` acknowledges through the daemon as the token's user; no token is refused."""
-    config = silent_incubator_config(tmp_path / "c.yaml", broker=broker, prefix=prefix, api=api_users)
+    config = silent_incubator_config(
+        tmp_path / "c.yaml", broker=broker, prefix=prefix, api=api_users, database=backend.location
+    )
     async with running_daemon(config) as running:
         await raise_comm_loss(broker, config, running)
         command = [

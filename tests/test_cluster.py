@@ -16,13 +16,14 @@ import pytest
 import yaml
 
 from coldwatch.broker import RunningBroker
-from coldwatch.cluster import AlarmIds, Leases, partition_of
+from coldwatch.cluster import ClusterDaemon, Leases, partition_of
 from coldwatch.config import Config, load_config
 from coldwatch.errors import StorageError
+from coldwatch.notify.model import Channel, OutboxItem
 from coldwatch.payload import Telemetry
 from coldwatch.pgserver import RunningPostgres
 from coldwatch.storage import Batch
-from coldwatch.storage.postgres import Fence, PostgresStorage
+from coldwatch.storage.postgres import OUTBOX_CHANNEL, AlarmIds, Fence, PostgresStorage
 from tests.conftest import (
     DaemonProcess,
     db_query,
@@ -34,6 +35,8 @@ from tests.conftest import (
     telemetry_topic,
 )
 from tests.test_alarms_e2e import NO_COMM_LOSS, _uninterrupted, incubator_run
+from tests.test_notify import Receiver
+from tests.test_notify_e2e import HOT, incubator, incubator_rules, publish
 
 US = 1_000_000
 PARTITIONS = 8
@@ -64,7 +67,7 @@ def owners(url: str) -> dict[int, str | None]:
         )
     except asyncpg.UndefinedTableError:
         return {}
-    return {int(p): o for p, o in rows}
+    return {int(p): o.split("#")[0] if o else None for p, o in rows}
 
 
 async def test_two_members_share_store_once_and_fail_over(
@@ -176,6 +179,69 @@ def victim_transitions(url: str, device_id: str) -> list[tuple[Any, ...]]:
     )
 
 
+async def test_a_member_delivers_every_partitions_notifications_and_idles_empty_ones(
+    broker: RunningBroker, prefix: str, tmp_path: Path, pg_server: RunningPostgres
+) -> None:
+    """Three devices over eight partitions: empty partitions run no collector (and do not crash), and
+    alarms raised in any partition reach the webhook, delivered by the holder of partition 0."""
+    url = new_pg_database(pg_server)
+    receiver = Receiver()
+    await receiver.start()
+    ids = ["inc-a", "inc-b", "inc-c"]
+    data: dict[str, Any] = {
+        "mqtt": {"url": broker.url, "client_id": f"{prefix}-collector", "topic_prefix": prefix},
+        "storage": {"url": url, "batch_max_delay_s": 0.02},
+        "http": {"listen": "127.0.0.1:0"},
+        "cluster": {"enabled": True, "name": "solo", "partitions": PARTITIONS, "lease_s": LEASE_S},
+        "rules": incubator_rules(*ids),
+        "notify": {
+            "webhooks": {"pager": {"url": f"{receiver.url}/pager", "timeout_s": 2}},
+            "escalation": [{"tiers": [{"after_s": 0, "notify": ["pager"]}]}],
+        },
+        "devices": [incubator(d) for d in ids],
+    }
+    path = tmp_path / "solo.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    config = load_config(path, environ={})
+    busy = {partition_of(d, PARTITIONS) for d in ids}
+    assert busy != {0}, "the check needs a device outside partition 0"
+    member = ClusterDaemon(config)
+    stop = asyncio.Event()
+    running = asyncio.create_task(member.run(stop))
+    try:
+        await eventually(
+            lambda: set(owners(url).values()) == {"solo"}, timeout_s=20, what="all partitions held"
+        )
+        await eventually(
+            lambda: set(member.workers) == busy, timeout_s=10, what="collectors for busy partitions"
+        )
+
+        async def subscribed() -> bool:
+            for worker in list(member.workers.values()):
+                check = worker.daemon.readiness
+                if check is None or not (await check())["broker_connected"]:
+                    return False
+            return True
+
+        await eventually(subscribed, timeout_s=20, what="every partition's session subscribed")
+        for seq, device in enumerate(ids):
+            await publish(broker, config, device, seq, HOT)
+        await eventually(
+            lambda: {r.body["alarm"]["device"] for r in receiver.received} >= set(ids),
+            timeout_s=20,
+            what="every partition's alarm at the webhook",
+        )
+        await asyncio.sleep(RENEW_S * 2)  # two more rounds: nothing crashed or restarted meanwhile
+        assert set(member.workers) == busy
+        assert not any(w.task.done() for w in member.workers.values())
+        assert member.registry.get_sample_value("coldwatch_cluster_partitions_owned") == PARTITIONS
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 60)
+        await receiver.stop()
+    assert set(owners(url).values()) == {None}, "a clean stop hands every lease back"
+
+
 # --- leases, fences and ids on their own ------------------------------------------------
 
 
@@ -239,6 +305,22 @@ async def test_a_fenced_batch_is_refused_once_the_lease_is_gone(store: PostgresS
     finally:
         await fenced.close()
     assert (await store.counts())["readings"] == 1
+
+
+async def test_a_batch_with_notifications_wakes_listeners_when_it_commits(store: PostgresStorage) -> None:
+    """The cluster's deliverer may run on another member: it hears of new outbox rows by NOTIFY."""
+    heard = asyncio.Event()
+    listener = await asyncpg.connect(store.url)
+    await listener.add_listener(OUTBOX_CHANNEL, lambda *_: heard.set())
+    try:
+        await store.write_batch(Batch(readings=[]))
+        await asyncio.sleep(0.3)
+        assert not heard.is_set(), "a batch without notifications says nothing"
+        item = OutboxItem("n-1", Channel.WEBHOOK, "pager", b"{}", None, 1_714_564_800 * US)
+        await store.write_batch(Batch(notifications=[item]))
+        await asyncio.wait_for(heard.wait(), 5)
+    finally:
+        await listener.close()
 
 
 async def test_alarm_ids_never_collide_between_members(store: PostgresStorage) -> None:

@@ -26,6 +26,7 @@ from coldwatch.storage import (
     SeqGap,
     SqliteStorage,
     Storage,
+    open_existing,
     open_storage,
 )
 from coldwatch.storage.postgres import MIGRATIONS_PG, WEEK_US, PostgresStorage
@@ -206,6 +207,26 @@ async def test_pg_readings_land_in_weekly_partitions_made_on_demand(pg_backend: 
     placed = pg_backend.query("SELECT tableoid::regclass::text, ts_us FROM readings ORDER BY ts_us")
     assert [name for name, _ in placed] == [f"readings_w{t // WEEK_US}" for t in times]
     assert len({name for name, _ in placed}) == 3
+
+
+async def test_pg_reading_commands_never_migrate(pg_backend: Backend) -> None:
+    """A reading command (export, audit) on a database no collector has migrated says so, and
+    creates nothing: an auditor's read-only role must be enough."""
+    reader = open_existing(pg_backend.location)
+    with pytest.raises(StorageError, match="start the collector once to migrate"):
+        await reader.open()
+    assert pg_backend.query("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+    writer = PostgresStorage(pg_backend.location)
+    await writer.open()
+    await writer.close()
+    reader = open_existing(pg_backend.location)
+    await reader.open()
+    try:
+        assert await reader.counts() == dict.fromkeys(
+            ("devices", "readings", "quarantine", "seq_gaps", "alarms", "alarm_transitions"), 0
+        )
+    finally:
+        await reader.close()
 
 
 async def test_pg_unreachable_server_is_a_storage_error_without_the_password(

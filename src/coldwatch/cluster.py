@@ -30,12 +30,13 @@ import os
 import re
 import socket
 import time
+import uuid
 import zlib
-from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -49,10 +50,12 @@ from coldwatch.daemon import Daemon, WorkerOptions, config_loaded
 from coldwatch.errors import StorageError
 from coldwatch.http import HttpServer, build_app
 from coldwatch.metrics import render_chunks
+from coldwatch.notify.deliver import Deliverer
+from coldwatch.notify.messages import alertmanager_resend
 from coldwatch.pipeline import UserAction
 from coldwatch.rules.lifecycle import Alarm, LifecycleError, Transition
 from coldwatch.storage import DeviceState
-from coldwatch.storage.postgres import Fence, PostgresStorage
+from coldwatch.storage.postgres import OUTBOX_CHANNEL, AlarmIds, Fence, PostgresStorage
 
 __all__ = ["AlarmIds", "ClusterDaemon", "Leases", "member_name", "partition_of", "partition_topics"]
 
@@ -76,50 +79,6 @@ def member_name(config: Config) -> str:
         return config.cluster.name
     host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:40] or "host"
     return f"{host}-{os.getpid()}"
-
-
-class AlarmIds:
-    """Alarm ids unique across the cluster: blocks of the shared sequence, the next one reserved ahead.
-
-    The book asks for an id synchronously; a block is fetched in the background as soon as
-    the current one is taken into use, so a whole block (``cluster.alarm_id_block``) must be
-    used up within one database round trip before an id is missing.
-    """
-
-    def __init__(self, storage: PostgresStorage, block: int) -> None:
-        self._storage = storage
-        self._block = block
-        self._ready: deque[range] = deque()
-        self._current: Iterator[int] = iter(())
-        self._fetching: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        """Reserve the first two blocks."""
-        self._ready.append(await self._storage.reserve_alarm_ids(self._block))
-        self._ready.append(await self._storage.reserve_alarm_ids(self._block))
-        self._current = iter(self._ready.popleft())
-
-    def __call__(self) -> int:
-        """The next id (synchronous: the alarm book asks while it applies events)."""
-        for alarm_id in self._current:
-            return alarm_id
-        if not self._ready:
-            raise StorageError("no alarm id reserved: a whole block was used before the next one arrived")
-        self._current = iter(self._ready.popleft())
-        self._fetching = asyncio.get_running_loop().create_task(self._fetch())
-        return next(self._current)
-
-    async def _fetch(self) -> None:
-        delay = 0.2
-        while True:
-            try:
-                self._ready.append(await self._storage.reserve_alarm_ids(self._block))
-            except StorageError:
-                log.exception("cannot reserve alarm ids; retrying")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-            else:
-                return
 
 
 @dataclass
@@ -275,7 +234,7 @@ class _States(Mapping[str, DeviceState]):
 
 @dataclass
 class ClusterDaemon:
-    """One cluster member: leases, a collector per held partition, one HTTP endpoint."""
+    """One cluster member: leases, a collector per held partition, the deliverer, one HTTP endpoint."""
 
     config: Config
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
@@ -287,8 +246,17 @@ class ClusterDaemon:
     open_alarms: list[Alarm] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._storage: PostgresStorage | None = None
         self.name = self.name or member_name(self.config)
+        # The lease owner: the name and a token of this process, so that two processes given
+        # the same name (a restart while the old one hangs) never pass each other's fences.
+        self.owner = f"{self.name}#{uuid.uuid4().hex[:8]}"
+        self._storage: PostgresStorage | None = None
+        self._held: dict[int, int] = {}  # partitions held (with or without a collector)
+        self._stopping: dict[int, asyncio.Task[None]] = {}
+        self._deliverer: Deliverer | None = None
+        self._delivering: asyncio.Task[None] | None = None
+        self._listener: asyncpg.Connection[Any] | None = None
+        self._renewed_at = time.monotonic()
         cc = self.config.cluster
         self._by_partition: dict[int, list[DeviceConfig]] = {p: [] for p in range(cc.partitions)}
         for device in self.config.devices:
@@ -314,14 +282,17 @@ class ClusterDaemon:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; then stop every partition in order and hand the leases back."""
         config = self.config
-        assert config.storage.url is not None  # Config refuses a cluster without PostgreSQL
-        storage = PostgresStorage(config.storage.url, quarantine_max_rows=config.storage.quarantine_max_rows)
+        url = str(config.storage.url)  # Config refuses a cluster without PostgreSQL
+        storage = PostgresStorage(url, quarantine_max_rows=config.storage.quarantine_max_rows)
         await storage.open()
         self._storage = storage
+        # Leases on a connection of their own: exports or a busy pool must not delay renewal.
+        lease_store = PostgresStorage(url, pool_size=1, migrate=False)
+        await lease_store.open()
         try:
             self.stored_states = dict(await storage.register_devices(config.devices))
             await storage.record_audit([self._joined()])
-            leases = Leases(storage, self.name, config.cluster.partitions, config.cluster.lease_s)
+            leases = Leases(lease_store, self.owner, config.cluster.partitions, config.cluster.lease_s)
             await leases.prepare()
             ids = AlarmIds(storage, config.cluster.alarm_id_block)
             await ids.start()
@@ -335,46 +306,58 @@ class ClusterDaemon:
             self.http_port = http.port
             async with asyncio.TaskGroup() as tasks:
                 server = tasks.create_task(http.serve(), name="http")
+                watchdog = tasks.create_task(self._watchdog(), name="cluster-watchdog")
                 manage = tasks.create_task(self._manage(storage, leases, ids, stop), name="cluster-leases")
                 self.on_ready(self)
                 await manage
+                watchdog.cancel()
                 http.stop()
                 try:
                     await asyncio.wait_for(asyncio.shield(server), 5)
                 except TimeoutError:
                     server.cancel()
         finally:
+            await lease_store.close()
             await storage.close()
 
     async def _manage(
         self, storage: PostgresStorage, leases: Leases, ids: AlarmIds, stop: asyncio.Event
     ) -> None:
         renew_s = self.config.cluster.renew_s
-        renewed_at = time.monotonic()
         while not stop.is_set():
             started = time.monotonic()
             try:
-                change = await leases.round()
-            except (TimeoutError, StorageError, OSError) as exc:
-                log.warning("cannot renew partition leases: %s", exc)
-                change = None
-            except Exception as exc:  # asyncpg errors: the database is away; keep trying
-                log.warning("cannot renew partition leases: %s", exc)
-                change = None
-            if change is not None:
-                renewed_at = started
-                await self._apply(change, leases, ids, storage)
-            elif self.workers and time.monotonic() - renewed_at > self.config.cluster.lease_s - renew_s:
-                # Our leases may run out before we can renew them: stop writing before anyone takes over.
-                log.error(
-                    "leases not renewed for %.1f s: stopping every partition", time.monotonic() - renewed_at
-                )
-                await self._stop_workers(list(self.workers), reason="lost")
+                async with asyncio.timeout(renew_s):
+                    change = await leases.round()
+            except Exception as exc:  # the database is away or slow: keep trying; the watchdog fences
+                log.warning("cannot renew partition leases: %s", exc or type(exc).__name__)
+            else:
+                self._renewed_at = started
+                try:
+                    await self._apply(change, leases, ids, storage)
+                except Exception:  # a loop boundary: the next round sets things right
+                    log.exception("cluster round failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(0.0, renew_s - (time.monotonic() - started)))
-        await self._stop_workers(list(self.workers), reason="released")
+        await self._set_delivering(held=False)
+        await self._stop_partitions(list(self.workers), reason="released", wait=True)
         with contextlib.suppress(Exception):
             await leases.leave()
+
+    async def _watchdog(self) -> None:
+        """Stop every partition at once when the leases may run out before they are renewed."""
+        cc = self.config.cluster
+        margin = cc.renew_s / 2
+        while True:
+            await asyncio.sleep(0.25)
+            if self.workers and time.monotonic() - self._renewed_at > cc.lease_s - margin:
+                log.error(
+                    "leases not renewed for %.1f s: stopping every partition before they can expire",
+                    time.monotonic() - self._renewed_at,
+                )
+                self._held.clear()
+                await self._set_delivering(held=False)
+                await self._stop_partitions(list(self.workers), reason="lost", wait=False)
 
     async def _apply(
         self, change: LeaseChange, leases: Leases, ids: AlarmIds, storage: PostgresStorage
@@ -382,38 +365,38 @@ class ClusterDaemon:
         self._members.set(change.members)
         if change.lost:
             log.warning("partition(s) %s lost to other members", sorted(change.lost))
-            await self._stop_workers(sorted(change.lost), reason="lost")
-        if change.surplus:
-            log.info("handing partition(s) %s over to other members", change.surplus)
-            await self._stop_workers(change.surplus, reason="released")
-            await leases.release(change.surplus)
-        for partition, generation in sorted(change.held.items()):
+            await self._stop_partitions(sorted(change.lost), reason="lost", wait=False)
+        surplus = [p for p in change.surplus if p not in self._stopping]
+        if surplus:
+            log.info("handing partition(s) %s over to other members", surplus)
+            for partition in surplus:
+                self._hand_over(partition, leases)
+        self._held = {p: g for p, g in change.held.items() if p not in change.surplus}
+        for partition, generation in sorted(self._held.items()):
             worker = self.workers.get(partition)
-            if partition in change.surplus:
-                continue
             if worker is not None and (worker.generation != generation or worker.task.done()):
                 if worker.task.done() and not worker.task.cancelled() and worker.task.exception():
                     log.error("partition %d stopped: %s", partition, worker.task.exception())
-                await self._stop_workers([partition], reason="restarted")
+                await self._stop_partitions([partition], reason="restarted", wait=False)
                 worker = None
-            if worker is None:
+            if worker is None and partition not in self._stopping and self._by_partition[partition]:
                 self._start_worker(partition, generation, ids)
                 if partition in change.acquired:
                     self._changes.labels("acquired").inc()
-        self._owned.set(len(self.workers))
-        try:
-            self.open_alarms = await storage.alarms(open_only=True, limit=1_000_000)
-            self.stored_states.update(await storage.device_states())
-        except StorageError as exc:
-            log.warning("cannot refresh the cluster's view of alarms and devices: %s", exc)
+        self._owned.set(len(self._held))
+        # One deliverer in the cluster: the holder of partition 0.
+        await self._set_delivering(held=0 in self._held)
+        if self._deliverer is not None:
+            self._deliverer.kick()  # other members plan notifications too: look at least every round
+        self.open_alarms = await storage.alarms(open_only=True, limit=1_000_000)
+        self.stored_states.update(await storage.device_states())
 
     def _start_worker(self, partition: int, generation: int, ids: AlarmIds) -> None:
         config = self.config
         devices = self._by_partition[partition]
         mqtt = config.mqtt.model_copy(update={"client_id": f"{config.mqtt.client_id}-p{partition:03d}"})
         worker_config = config.model_copy(update={"devices": devices, "mqtt": mqtt})
-        fence = Fence(partition, self.name, generation)
-        assert config.storage.url is not None
+        fence = Fence(partition, self.owner, generation)
 
         def open_storage() -> PostgresStorage:
             return PostgresStorage(
@@ -428,9 +411,7 @@ class ClusterDaemon:
             topics=partition_topics(config, devices),
             open_storage=open_storage,
             alarm_ids=ids,
-            # One member delivers the outbox: the holder of partition 0.
-            deliver=partition == 0,
-            resend_alarms=lambda: self.open_alarms,
+            on_notified=self._kick_deliverer,
         )
         daemon = Daemon(worker_config, worker=options)
         stop = asyncio.Event()
@@ -438,20 +419,80 @@ class ClusterDaemon:
         self.workers[partition] = _Worker(partition, generation, daemon, stop, task)
         log.info("partition %d (generation %d, %d device(s)) started", partition, generation, len(devices))
 
-    async def _stop_workers(self, partitions: list[int], *, reason: str) -> None:
+    def _hand_over(self, partition: int, leases: Leases) -> None:
+        """Stop the partition's collector (committing what it holds), then release its lease."""
+
+        async def hand_over() -> None:
+            await self._stop_partitions([partition], reason="released", wait=True)
+            await leases.release([partition])
+
+        self._held.pop(partition, None)
+        self._stopping[partition] = asyncio.get_running_loop().create_task(hand_over())
+        self._stopping[partition].add_done_callback(lambda _: self._stopping.pop(partition, None))
+
+    async def _stop_partitions(self, partitions: list[int], *, reason: str, wait: bool) -> None:
+        """Stop collectors; ``wait``: commit what they hold first.
+
+        Otherwise (a lost lease, whose batches the fence refuses anyway) they are cancelled
+        at once and the broker gives what they held to the partition's next holder.
+        """
         stopping = [self.workers.pop(p) for p in partitions if p in self.workers]
         for worker in stopping:
-            worker.stop.set()
+            if wait:
+                worker.stop.set()
+            else:
+                worker.task.cancel()
         for worker in stopping:
             try:
                 await asyncio.wait_for(asyncio.shield(worker.task), 30)
             except TimeoutError:
                 worker.task.cancel()
+            except asyncio.CancelledError:
+                if not worker.task.cancelled():
+                    raise
             except Exception:  # the partition's collector failed; it is stopped either way
                 log.exception("partition %d ended with an error", worker.partition)
             self._changes.labels(reason).inc()
             log.info("partition %d stopped (%s)", worker.partition, reason)
-        self._owned.set(len(self.workers))
+        self._owned.set(len(self._held))
+
+    async def _set_delivering(self, *, held: bool) -> None:
+        """Run the outbox deliverer while holding partition 0, and only then."""
+        if held and self._delivering is None and self._storage is not None:
+            am = self.config.notify.alertmanager
+            devices = self.config.device_map()
+
+            def resend(now_us: int) -> list[dict[str, Any]]:
+                return alertmanager_resend(self.open_alarms, devices, now_us, am) if am else []
+
+            self._deliverer = Deliverer(
+                self._storage.outbox(), self.config.notify, resend=resend if am else None
+            )
+            self._delivering = asyncio.get_running_loop().create_task(
+                self._deliverer.run(), name="notify-deliver"
+            )
+            try:
+                self._listener = await asyncpg.connect(str(self.config.storage.url), timeout=5)
+                await self._listener.add_listener(OUTBOX_CHANNEL, self._on_outbox)
+            except Exception as exc:  # rounds still wake the deliverer: slower, not lost
+                log.warning("cannot listen for new notifications: %s", exc)
+        elif not held and self._delivering is not None and self._deliverer is not None:
+            if self._listener is not None:
+                with contextlib.suppress(Exception):
+                    await self._listener.close(timeout=5)
+                self._listener = None
+            await self._deliverer.drain(5.0)
+            self._delivering.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._delivering
+            self._delivering = self._deliverer = None
+
+    def _on_outbox(self, *_: object) -> None:
+        self._kick_deliverer()
+
+    def _kick_deliverer(self) -> None:
+        if self._deliverer is not None:
+            self._deliverer.kick()
 
     async def _submit(self, action: UserAction) -> Transition:
         for worker in self.workers.values():
@@ -468,7 +509,8 @@ class ClusterDaemon:
         partition, member = owner
         raise LifecycleError(
             f"alarm {action.alarm_id} belongs to partition {partition}, held by cluster member "
-            f"{member or '(none: being taken over)'}, not {self.name}: send the action there"
+            f"{member.split('#')[0] if member else '(none: being taken over)'}, not {self.name}: "
+            "send the action there"
         )
 
     async def _holder_of_alarm(self, alarm_id: int) -> tuple[int, str | None] | None:
@@ -485,16 +527,17 @@ class ClusterDaemon:
         return partition, member
 
     async def _readiness(self, storage: PostgresStorage) -> dict[str, bool]:
-        checks = {"database_writable": True, "partitions_held": bool(self.workers)}
+        # Holding no partition is not a fault: a spare member waits for one to come free.
+        checks = {"database_writable": True}
         try:
             await storage.check_writable()
         except StorageError:
             checks["database_writable"] = False
-        for worker in self.workers.values():
+        for worker in list(self.workers.values()):
             if worker.daemon.readiness is not None:
                 part = await worker.daemon.readiness()
                 checks["broker_connected"] = checks.get("broker_connected", True) and part["broker_connected"]
         return checks
 
     def _joined(self) -> AuditDraft:
-        return config_loaded(self.config, f"cluster member {self.name} started with this configuration")
+        return config_loaded(self.config, f"cluster member {self.owner} started with this configuration")

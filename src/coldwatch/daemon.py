@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -28,8 +28,9 @@ from coldwatch.mqtt import MqttSource
 from coldwatch.notifying import notifications
 from coldwatch.pipeline import Pipeline
 from coldwatch.rules.engine import Engine
-from coldwatch.rules.lifecycle import Alarm, AlarmBook
+from coldwatch.rules.lifecycle import AlarmBook
 from coldwatch.storage import DeviceState, Storage, open_storage
+from coldwatch.storage.postgres import AlarmIds, PostgresStorage
 
 __all__ = ["Daemon", "WorkerOptions", "config_loaded", "run_until_signalled"]
 
@@ -45,8 +46,7 @@ class WorkerOptions:
     topics: list[str]  # the partition's devices only
     open_storage: Callable[[], Storage]  # fenced by the partition's lease
     alarm_ids: Callable[[], int]  # unique across the cluster
-    deliver: bool  # one member delivers notifications
-    resend_alarms: Callable[[], Iterable[Alarm]] | None  # every open alarm, for Alertmanager
+    on_notified: Callable[[], None]  # wakes the member's deliverer (the partitions plan, it sends)
 
 
 @dataclass
@@ -80,13 +80,10 @@ class Daemon:
             engine, book = await start_alarming(
                 config, storage, states, metrics, only_own_alarms=worker is not None
             )
-            if worker is not None:
-                book.allocate = worker.alarm_ids
+            book.allocate = await self._alarm_ids(storage)
             self.engine, self.book = engine, book
             notifier, deliverer = await resources.enter_async_context(
-                notifications(
-                    config, book, metrics, storage, resend_alarms=worker.resend_alarms if worker else None
-                )
+                notifications(config, book, metrics, storage)
             )
             prefix = config.mqtt.topic_prefix
             source = MqttSource(
@@ -107,7 +104,7 @@ class Daemon:
                 engine=engine,
                 book=book,
                 notifier=notifier,
-                on_notified=deliverer.kick,
+                on_notified=worker.on_notified if worker is not None else deliverer.kick,
             )
             self.pipeline = pipeline
 
@@ -127,8 +124,7 @@ class Daemon:
                 writer = tasks.create_task(pipeline.run_writer(), name="storage-writer")
                 server = tasks.create_task(http.serve(), name="http") if http is not None else None
                 ticks = tasks.create_task(run_ticks(pipeline.tick), name="rule-timers")
-                deliver = worker is None or worker.deliver
-                notify = tasks.create_task(deliverer.run(), name="notify-deliver") if deliver else None
+                notify = tasks.create_task(deliverer.run(), name="notify-deliver") if worker is None else None
                 # Configuration, rule state and imports live as long as the process: leave
                 # them out of the collector's scans (full collections stalled the loop).
                 gc.freeze()
@@ -148,6 +144,17 @@ class Daemon:
                         await asyncio.wait_for(asyncio.shield(server), 5)
                     except TimeoutError:
                         server.cancel()
+
+    async def _alarm_ids(self, storage: Storage) -> Callable[[], int] | None:
+        """Where alarm ids come from: the cluster's blocks, the shared sequence, or (SQLite) the book."""
+        if self.worker is not None:
+            return self.worker.alarm_ids
+        if isinstance(storage, PostgresStorage):
+            # Other collectors may write to the same database: ids from its shared sequence.
+            ids = AlarmIds(storage, 1000)
+            await ids.start()
+            return ids
+        return None
 
     def _storage(self) -> Storage:
         if self.worker is not None:

@@ -264,15 +264,18 @@ class MqttSource:
             # Before CONNECT: a resent message may be taken, committed and acknowledged
             # before the connection's context is entered.
             self._client = client
+            announced = False
             try:
                 async with client:
-                    self.connected.set()
                     self._on_connection_change(True)
+                    announced = True
                     log.info("connected to %s:%d as %s", broker.host, broker.port, self._config.client_id)
                     next_delay = backoff_delays(
                         self._config.reconnect.initial_s, self._config.reconnect.max_s, random.Random()
                     )
                     await client.subscribe([(topic, 1) for topic in self._topics])
+                    # Ready once subscribed: a new session receives nothing published before.
+                    self.connected.set()
                     async for _ in client.messages:  # none arrive here: this waits for a disconnect
                         pass
             except aiomqtt.MqttError as exc:
@@ -282,8 +285,8 @@ class MqttSource:
                 for task in self._resuming:  # a new connection gets a new socket and reader
                     task.cancel()
                 self._paused = False
-                if self.connected.is_set():
-                    self.connected.clear()
+                self.connected.clear()
+                if announced:
                     self._on_connection_change(False)
             delay = next_delay()
             log.info("reconnecting in %.1f s", delay)

@@ -44,6 +44,10 @@ def open_storage(location: str | Path, *, quarantine_max_rows: int = 10_000) -> 
 def open_existing(location: str | Path) -> Storage:
     """The backend of a database that must exist already (for the reading commands)."""
     text = str(location)
-    if not text.startswith(POSTGRES_SCHEMES) and not Path(text).exists():
+    if text.startswith(POSTGRES_SCHEMES):
+        from coldwatch.storage.postgres import PostgresStorage  # noqa: PLC0415 - asyncpg only when used
+
+        return PostgresStorage(text, migrate=False, pool_size=2)
+    if not Path(text).exists():
         raise StorageError(f"{text}: no database (has the collector run?)")
     return open_storage(text)

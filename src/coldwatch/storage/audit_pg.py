@@ -126,12 +126,18 @@ async def read_all(conn: PgConnection) -> AsyncIterator[AuditEntry]:
     """Every stored entry, in seq order, exactly as stored."""
     async with conn.transaction(readonly=True, isolation="repeatable_read"):
         async for r in conn.cursor(_SELECT_ALL, prefetch=2000):
-            yield AuditEntry(int(r[0]), int(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10])
+            yield _entry(r)
+
+
+def _entry(r: Any) -> AuditEntry:
+    return AuditEntry(int(r[0]), int(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10])
 
 
 async def verify_stored(conn: PgConnection, *, anchor: Anchor | None = None) -> VerifyResult:
     """Verify the stored chain, and that no entry was cut off its end (see the SQLite twin)."""
-    result = verify([e async for e in read_all(conn)], anchor=anchor)
-    if not result.ok:
-        return result
-    return check_end(result, await _high_water(conn))
+    # One snapshot for the entries and the high-water mark: members append meanwhile.
+    async with conn.transaction(readonly=True, isolation="repeatable_read"):
+        rows = await conn.fetch(_SELECT_ALL)
+        high_water = await _high_water(conn)
+    result = verify([_entry(r) for r in rows], anchor=anchor)
+    return check_end(result, high_water)

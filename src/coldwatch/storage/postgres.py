@@ -13,8 +13,12 @@ registrations are created idempotently.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+import re
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -41,7 +45,7 @@ from coldwatch.storage.base import (
 )
 from coldwatch.storage.rows import RowIds, alarm_rows, transition_rows
 
-__all__ = ["MIGRATIONS_PG", "Fence", "PostgresOutbox", "PostgresStorage"]
+__all__ = ["MIGRATIONS_PG", "OUTBOX_CHANNEL", "AlarmIds", "Fence", "PostgresOutbox", "PostgresStorage"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,7 @@ WEEK_US: Final = 7 * 86_400 * 1_000_000
 MIGRATION_LOCK: Final = 0x636F6C64_6D696772  # "coldmigr"
 PARTITION_LOCK: Final = 0x636F6C64_70617274  # "coldpart"
 ALARM_ID_LOCK: Final = 0x636F6C64_616C6964  # "coldalid"
+OUTBOX_CHANNEL: Final = "coldwatch_outbox"  # NOTIFY channel: notifications were enqueued
 
 # Each entry migrates from version N to N+1. Never edit a released entry: append one.
 # The readings table itself is made by _create_readings (its form depends on TimescaleDB).
@@ -241,6 +246,7 @@ class PostgresStorage(RowIds):
         pool_size: int = 4,
         timescale: bool | None = None,
         fence: Fence | None = None,
+        migrate: bool = True,
     ) -> None:
         self.url = url
         self.where = redact(url)
@@ -248,6 +254,7 @@ class PostgresStorage(RowIds):
         self._pool_size = pool_size
         self._want_timescale = timescale  # None: use it when it can be created
         self.fence = fence
+        self._migrate_on_open = migrate  # False: reading commands (an auditor's read-only role)
         self._pool: asyncpg.Pool[Any] | None = None
         super().__init__()
         self._partitions: set[int] = set()
@@ -267,22 +274,63 @@ class PostgresStorage(RowIds):
                 self.url, min_size=1, max_size=self._pool_size, init=_init_connection, command_timeout=60
             )
             async with self.pool.acquire() as conn:
-                await self._migrate(conn)
+                if self._migrate_on_open:
+                    await self._migrate(conn)
+                else:
+                    await self._check_version(conn)
                 self.layout = str(await conn.fetchval("SELECT value FROM storage_info WHERE key = 'layout'"))
+                if self.layout == "timescaledb":
+                    await self._check_timescale(conn)
                 if self.layout == "partitioned":
                     names = await conn.fetch(
                         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
                         "WHERE i.inhparent = 'readings'::regclass"
                     )
                     self._partitions = {int(n[0].rsplit("_w", 1)[1]) for n in names if "_w" in n[0]}
-                await conn.execute(
-                    "INSERT INTO metrics(name) SELECT unnest($1::text[]) ON CONFLICT (name) DO NOTHING",
-                    sorted({name for specs in KINDS.values() for name in specs}),
-                )
+                if self._migrate_on_open:
+                    await conn.execute(
+                        "INSERT INTO metrics(name) SELECT unnest($1::text[]) ON CONFLICT (name) DO NOTHING",
+                        sorted({name for specs in KINDS.values() for name in specs}),
+                    )
                 self._metric_rowid = {r[0]: r[1] for r in await conn.fetch("SELECT name, id FROM metrics")}
+                self._device_rowid = {
+                    r[0]: r[1] for r in await conn.fetch("SELECT device_id, id FROM devices")
+                }
+                self._device_by_rowid = {v: k for k, v in self._device_rowid.items()}
+            if self._migrate_on_open:
+                # This week's and next week's partitions now: creating one locks the table.
+                this_week = time.time_ns() // 1000 // WEEK_US
+                await self._ensure_partitions([this_week, this_week + 1])
         except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
             await self.close()
             raise StorageError(f"{self.where}: cannot open database: {exc}") from exc
+
+    async def _check_timescale(self, conn: PgConnection) -> None:
+        version = str(
+            await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
+        )
+        found = re.match(r"(\d+)\.(\d+)", version)
+        if found is None or (int(found[1]), int(found[2])) < (2, 11):
+            # Older versions refuse inserts into compressed chunks: a backfill older than a
+            # week would be refused (and retried) until its chunk is decompressed by hand.
+            log.warning(
+                "%s: TimescaleDB %s cannot insert into compressed chunks (2.11 can): "
+                "backfills older than the compression delay will be refused",
+                self.where,
+                version,
+            )
+
+    async def _check_version(self, conn: PgConnection) -> None:
+        """For reading commands: the schema must be exactly this coldwatch's (nothing is migrated)."""
+        try:
+            version = int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations"))
+        except asyncpg.UndefinedTableError:
+            version = 0
+        if version != len(MIGRATIONS_PG):
+            raise StorageError(
+                f"{self.where}: schema version {version}, this coldwatch reads version {len(MIGRATIONS_PG)}"
+                + (": start the collector once to migrate" if version < len(MIGRATIONS_PG) else "")
+            )
 
     async def _migrate(self, conn: PgConnection) -> None:
         async with conn.transaction():
@@ -347,7 +395,12 @@ class PostgresStorage(RowIds):
         await conn.execute("INSERT INTO storage_info VALUES ('layout', 'partitioned')")
 
     async def _ensure_partitions(self, weeks: Iterable[int]) -> None:
-        missing = sorted(set(weeks) - self._partitions)
+        wanted = set(weeks)
+        if wanted:
+            # Next week's partition a week early, so that no batch waits for the table lock
+            # at the week's turn.
+            wanted.add(max(wanted) + 1)
+        missing = sorted(wanted - self._partitions)
         if not missing or self.layout != "partitioned":
             return
         async with self.pool.acquire() as conn, conn.transaction():
@@ -372,8 +425,11 @@ class PostgresStorage(RowIds):
                 await conn.executemany(
                     "INSERT INTO devices(device_id, kind, site, area, grade) VALUES ($1, $2, $3, $4, $5) "
                     "ON CONFLICT(device_id) DO UPDATE SET kind=excluded.kind, site=excluded.site, "
-                    "area=excluded.area, grade=excluded.grade",
-                    [(d.id, d.kind.value, d.site, d.area, d.grade) for d in devices],
+                    "area=excluded.area, grade=excluded.grade "
+                    # Unchanged rows are not locked: members' batches update device state meanwhile.
+                    "WHERE (devices.kind, devices.site, devices.area, devices.grade) IS DISTINCT FROM "
+                    "(excluded.kind, excluded.site, excluded.area, excluded.grade)",
+                    sorted((d.id, d.kind.value, d.site, d.area, d.grade) for d in devices),
                 )
                 rows = await conn.fetch(
                     "SELECT id, device_id, last_seq, last_ts_us, last_received_us, online FROM devices "
@@ -413,6 +469,8 @@ class PostgresStorage(RowIds):
                     await self._write_transitions(conn, batch.transitions)
                 if batch.notifications:
                     await enqueue(conn, batch.notifications)
+                    # Wakes the cluster's deliverer, wherever it runs, when this commits.
+                    await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
                 if batch.audit:
                     await audit_pg.append(conn, batch.audit)
                 if batch.devices:
@@ -465,7 +523,7 @@ class PostgresStorage(RowIds):
         await conn.executemany(
             "INSERT INTO rejection_totals(reason, total) VALUES ($1, $2) "
             "ON CONFLICT(reason) DO UPDATE SET total = rejection_totals.total + excluded.total",
-            list(totals.items()),
+            sorted(totals.items()),  # one lock order for every member
         )
         await conn.execute(
             "DELETE FROM quarantine WHERE id <= (SELECT max(id) FROM quarantine) - $1",
@@ -478,6 +536,12 @@ class PostgresStorage(RowIds):
 
     async def reserve_alarm_ids(self, count: int) -> range:
         """``count`` alarm ids no other collector will use (a block of the shared sequence)."""
+        try:
+            return await self._reserve_alarm_ids(count)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise StorageError(f"{self.where}: cannot reserve alarm ids: {exc}") from exc
+
+    async def _reserve_alarm_ids(self, count: int) -> range:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", ALARM_ID_LOCK)
             # Above every id handed out and every id stored.
@@ -493,8 +557,9 @@ class PostgresStorage(RowIds):
     async def open_alarms(self, devices: Sequence[str] | None = None) -> tuple[list[Alarm], int]:
         """The alarms not yet closed (of ``devices`` when given), and the id the next alarm gets."""
         alarms = await self.alarms(open_only=True, limit=1_000_000, devices=devices)
-        ids = await self.reserve_alarm_ids(1)
-        return alarms, ids.start
+        # Collectors on PostgreSQL take ids from AlarmIds (the shared sequence); this is only
+        # the next id above every stored one, as on SQLite.
+        return alarms, int(await self.pool.fetchval("SELECT coalesce(max(id), 0) + 1 FROM alarms"))
 
     async def alarms(
         self,
@@ -641,6 +706,52 @@ class PostgresStorage(RowIds):
     def outbox(self) -> PostgresOutbox:
         """The notification outbox on this database, for the deliverer."""
         return PostgresOutbox(self.pool)
+
+
+class AlarmIds:
+    """Alarm ids unique across collectors sharing the database: blocks of the shared sequence.
+
+    The alarm book asks for an id synchronously, so two blocks are kept reserved ahead and
+    a new one is fetched (retrying until it arrives) whenever one is taken into use: two
+    whole blocks would have to be used up within one database round trip before an id is
+    missing, and then the batch fails loudly rather than reuse an id.
+    """
+
+    AHEAD: Final = 2
+
+    def __init__(self, storage: PostgresStorage, block: int) -> None:
+        self._storage = storage
+        self._block = block
+        self._ready: deque[range] = deque()
+        self._current: Iterator[int] = iter(())
+        self._fetching: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Reserve the first blocks."""
+        for _ in range(self.AHEAD + 1):
+            self._ready.append(await self._storage.reserve_alarm_ids(self._block))
+        self._current = iter(self._ready.popleft())
+
+    def __call__(self) -> int:
+        """The next id (synchronous: the alarm book asks while it applies events)."""
+        for alarm_id in self._current:
+            return alarm_id
+        if self._fetching is None or self._fetching.done():
+            self._fetching = asyncio.get_running_loop().create_task(self._fetch())
+        if not self._ready:
+            raise StorageError("no alarm id reserved: whole blocks were used before the next one arrived")
+        self._current = iter(self._ready.popleft())
+        return next(self._current)
+
+    async def _fetch(self) -> None:
+        delay = 0.2
+        while len(self._ready) < self.AHEAD:
+            try:
+                self._ready.append(await self._storage.reserve_alarm_ids(self._block))
+            except Exception:  # a task boundary: the database is away; ids must come eventually
+                log.exception("cannot reserve alarm ids; retrying")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
 
 @dataclass(frozen=True, slots=True)
