@@ -209,6 +209,16 @@ async def test_pg_readings_land_in_weekly_partitions_made_on_demand(pg_backend: 
     assert len({name for name, _ in placed}) == 3
 
 
+async def test_pg_timescaledb_asked_for_where_it_is_not_installed_is_refused(pg_backend: Backend) -> None:
+    """Detection: this server has no TimescaleDB; asking for it fails and leaves no half schema."""
+    assert pg_backend.query("SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'") == [
+        (0,)
+    ]
+    with pytest.raises(StorageError, match="TimescaleDB was asked for but is not installed"):
+        await PostgresStorage(pg_backend.location, timescale=True).open()
+    assert pg_backend.query("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+
+
 async def test_pg_reading_commands_never_migrate(pg_backend: Backend) -> None:
     """A reading command (export, audit) on a database no collector has migrated says so, and
     creates nothing: an auditor's read-only role must be enough."""
@@ -324,6 +334,20 @@ async def test_partly_redelivered_batch_stores_only_the_new_readings(storage: St
         ("co2_pct", T0 + 10 * US, T0 + 50 * US),
         ("temp_c", T0 + 10 * US, T0 + 50 * US),
     ]
+
+
+async def test_a_reading_twice_in_one_batch_is_stored_once_and_not_called_stored_before(
+    storage: Storage,
+) -> None:
+    """Two copies in one batch (redelivered before the first was committed): one stored, and the
+    reading is not reported as stored before, so it is still judged once."""
+    twice = reading("inc-01", 5, T0, ("temp_c", 37.0), ("co2_pct", 5.0))
+
+    result = await storage.write_batch(Batch(readings=[(twice, T0), (twice, T0 + US)]))
+
+    assert result.stored == 2
+    assert result.duplicates == frozenset()
+    assert (await storage.counts())["readings"] == 2
 
 
 async def test_restarted_counter_is_not_a_duplicate(storage: Storage) -> None:

@@ -189,16 +189,16 @@ _INCOMING: Final = (
     "CREATE TEMP TABLE IF NOT EXISTS incoming (device BIGINT, metric INTEGER, ts_us BIGINT, seq BIGINT, "
     "value DOUBLE PRECISION, received_us BIGINT, buffered BOOLEAN) ON COMMIT DELETE ROWS"
 )
-_FIND_DUPLICATES: Final = """
-    SELECT DISTINCT i.device, i.seq, i.ts_us FROM incoming AS i
-    WHERE EXISTS (SELECT 1 FROM readings AS r WHERE r.device = i.device
-                  AND r.metric = i.metric AND r.ts_us = i.ts_us AND r.seq = i.seq)
-"""
+_INSERT_READINGS: Final = (
+    "INSERT INTO readings SELECT * FROM incoming ON CONFLICT DO NOTHING RETURNING device, metric, ts_us, seq"
+)
 _INSERT_GAP: Final = (
     "INSERT INTO seq_gaps(device, first_missing, last_missing, detected_us) VALUES ($1, $2, $3, $4)"
 )
-_UPDATE_DEVICE: Final = (
-    "UPDATE devices SET last_seq=$1, last_ts_us=$2, last_received_us=$3, online=$4 WHERE id=$5"
+_UPDATE_DEVICES: Final = (
+    "UPDATE devices AS d SET last_seq = u.s, last_ts_us = u.t, last_received_us = u.r, online = u.o "
+    "FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::boolean[], $5::bigint[]) AS u(s, t, r, o, id) "
+    "WHERE d.id = u.id"
 )
 _UPSERT_ALARM: Final = (
     "INSERT INTO alarms(id, device_id, metric, rule, severity, state, raised_ts_us, raised_received_us, "
@@ -301,6 +301,9 @@ class PostgresStorage(RowIds):
                 # This week's and next week's partitions now: creating one locks the table.
                 this_week = time.time_ns() // 1000 // WEEK_US
                 await self._ensure_partitions([this_week, this_week + 1])
+        except StorageError:
+            await self.close()
+            raise
         except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
             await self.close()
             raise StorageError(f"{self.where}: cannot open database: {exc}") from exc
@@ -474,7 +477,11 @@ class PostgresStorage(RowIds):
                 if batch.audit:
                     await audit_pg.append(conn, batch.audit)
                 if batch.devices:
-                    await conn.executemany(_UPDATE_DEVICE, self._device_rows(batch))
+                    # One statement, rows in id order (one lock order for every member).
+                    columns = list(
+                        zip(*sorted(self._device_rows(batch), key=lambda row: row[4]), strict=True)
+                    )
+                    await conn.execute(_UPDATE_DEVICES, *(list(c) for c in columns))
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, OverflowError, ValueError) as exc:
             raise StorageError(f"{self.where}: batch write failed: {exc}") from exc
         return BatchResult(stored=stored, duplicates=duplicates)
@@ -503,13 +510,16 @@ class PostgresStorage(RowIds):
     ) -> tuple[int, frozenset[tuple[str, int, int]]]:
         if not rows:
             return 0, frozenset()
-        await conn.copy_records_to_table("incoming", records=rows)
-        duplicates = frozenset(
-            (self._device_by_rowid[d], int(s), int(t)) for d, s, t in await conn.fetch(_FIND_DUPLICATES)
-        )
-        status = await conn.execute("INSERT INTO readings SELECT * FROM incoming ON CONFLICT DO NOTHING")
-        await conn.execute("TRUNCATE incoming")
-        return int(status.rsplit(" ", 1)[1]), duplicates
+        await conn.copy_records_to_table("incoming", records=rows)  # emptied at COMMIT
+        inserted = await conn.fetch(_INSERT_READINGS)
+        if len(inserted) == len(rows):
+            return len(inserted), frozenset()
+        # A row not inserted whose key no other row of the batch inserted was stored before:
+        # its reading is a redelivery (as on SQLite, one such metric row is enough).
+        new = {tuple(r) for r in inserted}
+        before = {row[:4] for row in rows} - new
+        by_rowid = self._device_by_rowid
+        return len(inserted), frozenset((by_rowid[d], s, t) for d, _, t, s in before)
 
     async def _quarantine(self, conn: PgConnection, rejections: list[QuarantineEntry]) -> None:
         await conn.executemany(
