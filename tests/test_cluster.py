@@ -18,6 +18,7 @@ import yaml
 from coldwatch.broker import RunningBroker
 from coldwatch.cluster import ClusterDaemon, Leases, partition_of
 from coldwatch.config import Config, load_config
+from coldwatch.daemon import Daemon
 from coldwatch.errors import StorageError
 from coldwatch.notify.model import Channel, OutboxItem
 from coldwatch.payload import Telemetry
@@ -134,6 +135,7 @@ async def test_two_members_share_store_once_and_fail_over(
             lambda: set(owners(url).values()) == {"beta"}, timeout_s=LEASE_S * 4, what="beta holds everything"
         )
         moved_after_s = time.monotonic() - killed
+        print(f"partitions moved to the survivor {moved_after_s:.2f} s after the kill (lease {LEASE_S} s)")
         await eventually(
             lambda: stored_count(url) == len(background) + len(excursion), timeout_s=60, what="all stored"
         )
@@ -271,6 +273,23 @@ async def test_fair_share_and_handover_between_members(store: PostgresStorage) -
     taken = await b.round()
     assert sorted(taken.acquired) == [4, 5, 6, 7]
     assert all(g == 2 for g in taken.acquired.values())  # a new generation for the new holder
+
+
+async def test_a_collector_outside_the_cluster_is_refused_on_its_database(
+    store: PostgresStorage, broker: RunningBroker, prefix: str, tmp_path: Path
+) -> None:
+    """A standalone collector on a cluster's database would raise the members' alarms again."""
+    await Leases(store, "a", PARTITIONS, LEASE_S).prepare()
+    path = tmp_path / "standalone.yaml"
+    data = {
+        "mqtt": {"url": broker.url, "client_id": f"{prefix}-rogue", "topic_prefix": prefix},
+        "storage": {"url": store.url},
+        "http": {"listen": "127.0.0.1:0"},
+        "devices": [incubator("inc-a")],
+    }
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(StorageError, match=r"belongs to a cluster \(8 partitions\)"):
+        await Daemon(load_config(path, environ={})).run(asyncio.Event())
 
 
 async def test_a_member_with_another_partition_count_is_refused(store: PostgresStorage) -> None:

@@ -221,6 +221,25 @@ def test_short_environment_names_win_over_the_file() -> None:
     assert config.storage.batch_max == 200
 
 
+@pytest.mark.parametrize(
+    ("storage", "env", "location", "url"),
+    [
+        ("{url: 'postgresql://cw@db/cw'}", "/tmp/override.db", "/tmp/override.db", None),
+        ("{path: /tmp/file.db}", "postgresql://cw@db/cw", "postgresql://cw@db/cw", "postgresql://cw@db/cw"),
+        ("{path: 'postgresql://cw@db/cw'}", "/tmp/override.db", "/tmp/override.db", None),
+    ],
+    ids=["path-over-file-url", "url-over-file-path", "path-over-url-in-path"],
+)
+def test_coldwatch_db_chooses_the_backend_whatever_the_file_says(
+    storage: str, env: str, location: str, url: str | None
+) -> None:
+    """COLDWATCH_DB wins over the file in both directions: a SQLite path is never ignored."""
+    config = parse_config(f"storage: {storage}\n", "cfg.yaml", {"COLDWATCH_DB": env})
+
+    assert config.storage.location == location
+    assert config.storage.url == url
+
+
 def test_section_key_environment_names_win_over_the_file() -> None:
     """COLDWATCH_<SECTION>__<KEY> overrides one setting, coerced to the setting's type."""
     environ = {

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import shlex
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
@@ -143,3 +147,32 @@ async def test_csv_filters_are_passed_to_the_storage(storage: SqliteStorage) -> 
 def test_format_ts_is_rfc3339_utc_with_microseconds(ts_us: int, text: str) -> None:
     """format_ts renders epoch microseconds as RFC 3339 UTC without losing a microsecond."""
     assert format_ts(ts_us) == text
+
+
+async def test_export_into_a_closed_pipe_ends_quietly(storage: SqliteStorage, tmp_path: Path) -> None:
+    """`coldwatch export ... | head -1`: the reader leaving early is no error and prints no traceback."""
+    for seq in range(2, 3000):
+        await storage.write_batch(
+            Batch(readings=[(Telemetry("inc-01", seq, T0 + seq * US, False, (("temp_c", 37.0),)), T0)])
+        )
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"storage: {{path: '{storage.path}'}}\ndevices: [{{id: inc-01, kind: incubator, site: s, area: a}}]\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COLDWATCH_")}
+    command = (
+        f"{shlex.quote(sys.executable)} -m coldwatch export --config {shlex.quote(str(config))} | head -1"
+    )
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.stdout.splitlines() == [",".join(CSV_HEADER)]
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "BrokenPipeError" not in done.stderr
+    assert done.returncode == 0, done.stderr

@@ -533,10 +533,11 @@ class ClusterDaemon:
             await storage.check_writable()
         except StorageError:
             checks["database_writable"] = False
+        # Every partition must be subscribed and committing: one stuck partition makes the member unready.
         for worker in list(self.workers.values()):
             if worker.daemon.readiness is not None:
-                part = await worker.daemon.readiness()
-                checks["broker_connected"] = checks.get("broker_connected", True) and part["broker_connected"]
+                for name, ok in (await worker.daemon.readiness()).items():
+                    checks[name] = checks.get(name, True) and ok
         return checks
 
     def _joined(self) -> AuditDraft:

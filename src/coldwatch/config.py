@@ -362,6 +362,14 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tup
         parsed: Any = value
         if path == ("devices",):
             parsed = yaml.safe_load(value)
+        if name == "COLDWATCH_DB":
+            # Either backend: a URL selects PostgreSQL, a path SQLite (even if the file names a URL).
+            postgres = value.startswith(POSTGRES_SCHEMES)
+            data.setdefault("storage", {})["url"] = value if postgres else None
+            path = ("storage", "url") if postgres else path
+            if postgres:
+                origin[path] = f"environment variable {name}"
+                continue
         node = data
         for part in path[:-1]:
             node = node.setdefault(part, {})

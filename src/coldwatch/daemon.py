@@ -150,6 +150,14 @@ class Daemon:
         if self.worker is not None:
             return self.worker.alarm_ids
         if isinstance(storage, PostgresStorage):
+            partitions = await storage.cluster_partitions()
+            if partitions is not None:
+                # Its alarms and device state belong to the members' partitions: a collector
+                # outside the cluster would raise the same alarms again and block their batches.
+                raise StorageError(
+                    f"{storage.where}: this database belongs to a cluster ({partitions} partitions): "
+                    "run this collector as a member (cluster.enabled: true), or give it a database of its own"
+                )
             # Other collectors may write to the same database: ids from its shared sequence.
             ids = AlarmIds(storage, 1000)
             await ids.start()

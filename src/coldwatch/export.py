@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 from datetime import UTC, datetime
 from typing import TextIO
@@ -38,17 +39,19 @@ async def write_csv(
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_HEADER)
     rows = 0
-    async for row in storage.export(device_id, since_us, until_us):
-        writer.writerow(
-            (
-                row.device_id,
-                row.kind,
-                row.metric,
-                format_ts(row.ts_us),
-                _format_value(row.kind, row.metric, row.value),
-                format_ts(row.received_us),
-                "true" if row.buffered else "false",
+    # Closed even when writing fails (the reader went away), before the storage is closed.
+    async with contextlib.aclosing(storage.export(device_id, since_us, until_us)) as exported:
+        async for row in exported:
+            writer.writerow(
+                (
+                    row.device_id,
+                    row.kind,
+                    row.metric,
+                    format_ts(row.ts_us),
+                    _format_value(row.kind, row.metric, row.value),
+                    format_ts(row.received_us),
+                    "true" if row.buffered else "false",
+                )
             )
-        )
-        rows += 1
+            rows += 1
     return rows

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -162,7 +162,7 @@ class Storage(Protocol):
 
     def export(
         self, device_id: str | None, since_us: int | None, until_us: int | None
-    ) -> AsyncIterator[ExportRow]:
+    ) -> AsyncGenerator[ExportRow, None]:
         """Stream stored readings ordered by device, time and metric."""
 
     async def quarantine(self, limit: int = 100) -> list[QuarantineEntry]:

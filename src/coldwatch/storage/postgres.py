@@ -18,7 +18,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -448,6 +448,11 @@ class PostgresStorage(RowIds):
             states[device_id] = DeviceState(last_seq, last_ts, last_recv, online)
         return {d.id: states[d.id] for d in devices}
 
+    async def cluster_partitions(self) -> int | None:
+        """The partition count if cluster members have used this database, else None."""
+        value = await self.pool.fetchval("SELECT value FROM storage_info WHERE key = 'partitions'")
+        return None if value is None else int(value)
+
     async def device_states(self) -> dict[str, DeviceState]:
         """What is stored about every registered device (for members that do not hold it)."""
         rows = await self.pool.fetch(
@@ -685,7 +690,7 @@ class PostgresStorage(RowIds):
 
     async def export(
         self, device_id: str | None, since_us: int | None, until_us: int | None
-    ) -> AsyncIterator[ExportRow]:
+    ) -> AsyncGenerator[ExportRow, None]:
         """Stream readings ordered by device, time and metric."""
         async with self.pool.acquire() as conn, conn.transaction(readonly=True):
             async for r in conn.cursor(_EXPORT, device_id, since_us, until_us, prefetch=2000):

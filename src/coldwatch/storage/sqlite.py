@@ -11,7 +11,7 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -544,7 +544,7 @@ class SqliteStorage(RowIds):
 
     async def export(
         self, device_id: str | None, since_us: int | None, until_us: int | None
-    ) -> AsyncIterator[ExportRow]:
+    ) -> AsyncGenerator[ExportRow, None]:
         """Stream readings ordered by device, time and metric."""
         params = {"device": device_id, "since": since_us, "until": until_us}
         async with self._conn.execute(_EXPORT, params) as cur:
