@@ -11,15 +11,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import asyncpg
 import pytest
 import yaml
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from coldwatch.broker import RunningBroker
 from coldwatch.cluster import ClusterDaemon, Leases, partition_of
 from coldwatch.config import Config, load_config
 from coldwatch.daemon import Daemon
 from coldwatch.errors import StorageError
+from coldwatch.mqtt import _check_granted
 from coldwatch.notify.model import Channel, OutboxItem
 from coldwatch.payload import Telemetry
 from coldwatch.pgserver import RunningPostgres
@@ -360,3 +364,18 @@ def load_config_text(text: str) -> Config:
     from coldwatch.config import parse_config  # noqa: PLC0415
 
     return parse_config(text, environ={})
+
+
+def test_a_refused_subscription_is_not_readiness() -> None:
+    """A SUBACK refusal (MQTT v5 reason code or 3.1.1 0x80) raises, so the source reconnects and is
+    not reported ready: a partition the broker will not feed must not look healthy."""
+    granted_v5 = [
+        ReasonCode(PacketTypes.SUBACK, identifier=1),
+        ReasonCode(PacketTypes.SUBACK, identifier=0x87),
+    ]
+    with pytest.raises(aiomqtt.MqttError, match="refused the subscription to b/#"):
+        _check_granted(["a/#", "b/#"], granted_v5)
+    with pytest.raises(aiomqtt.MqttError, match="refused the subscription to a/#"):
+        _check_granted(["a/#", "b/#"], (0x80, 1))
+    _check_granted(["a/#", "b/#"], (1, 1))
+    _check_granted(["a/#"], [ReasonCode(PacketTypes.SUBACK, identifier=1)])

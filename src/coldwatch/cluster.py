@@ -32,7 +32,7 @@ import socket
 import time
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +46,7 @@ from coldwatch.api import ApiContext, build_router
 from coldwatch.audit import AuditDraft
 from coldwatch.auth import Authenticator
 from coldwatch.config import Config, DeviceConfig
-from coldwatch.daemon import Daemon, WorkerOptions, config_loaded
+from coldwatch.daemon import DRAIN_TIMEOUT_S, Daemon, WorkerOptions, config_loaded
 from coldwatch.errors import StorageError
 from coldwatch.http import HttpServer, build_app
 from coldwatch.metrics import render_chunks
@@ -256,6 +256,7 @@ class ClusterDaemon:
         self._deliverer: Deliverer | None = None
         self._delivering: asyncio.Task[None] | None = None
         self._listener: asyncpg.Connection[Any] | None = None
+        self._delivery_lock = asyncio.Lock()
         self._renewed_at = time.monotonic()
         cc = self.config.cluster
         self._by_partition: dict[int, list[DeviceConfig]] = {p: [] for p in range(cc.partitions)}
@@ -324,6 +325,7 @@ class ClusterDaemon:
         self, storage: PostgresStorage, leases: Leases, ids: AlarmIds, stop: asyncio.Event
     ) -> None:
         renew_s = self.config.cluster.renew_s
+        refresh = asyncio.get_running_loop().create_task(self._refresh(storage, stop), name="cluster-refresh")
         while not stop.is_set():
             started = time.monotonic()
             try:
@@ -334,62 +336,96 @@ class ClusterDaemon:
             else:
                 self._renewed_at = started
                 try:
-                    await self._apply(change, leases, ids, storage)
+                    async with asyncio.timeout(renew_s):
+                        await self._apply(change, leases, ids)
                 except Exception:  # a loop boundary: the next round sets things right
                     log.exception("cluster round failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(0.0, renew_s - (time.monotonic() - started)))
+        for partition in list(self.workers):
+            self._stop_partition(partition, reason="released", commit=True)
+        if self._stopping:
+            await asyncio.wait(list(self._stopping.values()))
         await self._set_delivering(held=False)
-        await self._stop_partitions(list(self.workers), reason="released", wait=True)
+        refresh.cancel()
         with contextlib.suppress(Exception):
             await leases.leave()
 
-    async def _watchdog(self) -> None:
-        """Stop every partition at once when the leases may run out before they are renewed."""
+    def _fresh(self) -> bool:
+        """Renewed recently enough that the leases cannot run out before the next renewal."""
         cc = self.config.cluster
-        margin = cc.renew_s / 2
+        return time.monotonic() - self._renewed_at <= cc.lease_s - cc.renew_s / 2
+
+    async def _watchdog(self) -> None:
+        """Stop every partition (and the deliverer) when the leases may run out before renewal."""
         while True:
             await asyncio.sleep(0.25)
-            if self.workers and time.monotonic() - self._renewed_at > cc.lease_s - margin:
+            if (self.workers or self._delivering is not None) and not self._fresh():
                 log.error(
                     "leases not renewed for %.1f s: stopping every partition before they can expire",
                     time.monotonic() - self._renewed_at,
                 )
                 self._held.clear()
+                for partition in list(self.workers):
+                    self._stop_partition(partition, reason="lost", commit=False)
                 await self._set_delivering(held=False)
-                await self._stop_partitions(list(self.workers), reason="lost", wait=False)
 
-    async def _apply(
-        self, change: LeaseChange, leases: Leases, ids: AlarmIds, storage: PostgresStorage
-    ) -> None:
+    async def _refresh(self, storage: PostgresStorage, stop: asyncio.Event) -> None:
+        """Keep the member's view of open alarms and device states current (off the renewal path)."""
+        while not stop.is_set():
+            try:
+                self.open_alarms = await storage.alarms(open_only=True, limit=1_000_000)
+                self.stored_states.update(await storage.device_states())
+            except Exception as exc:  # a task boundary: the view is only as old as the last success
+                log.warning("cannot refresh the cluster's view of alarms and devices: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.config.cluster.renew_s)
+
+    async def _apply(self, change: LeaseChange, leases: Leases, ids: AlarmIds) -> None:
         self._members.set(change.members)
         if change.lost:
             log.warning("partition(s) %s lost to other members", sorted(change.lost))
-            await self._stop_partitions(sorted(change.lost), reason="lost", wait=False)
-        surplus = [p for p in change.surplus if p not in self._stopping]
-        if surplus:
-            log.info("handing partition(s) %s over to other members", surplus)
-            for partition in surplus:
-                self._hand_over(partition, leases)
-        self._held = {p: g for p, g in change.held.items() if p not in change.surplus}
+            for partition in sorted(change.lost):
+                self._stop_partition(partition, reason="lost", commit=False)
+        self._hand_over(change.surplus, leases)
+        self._held = {
+            p: g for p, g in change.held.items() if p not in change.surplus and p not in self._stopping
+        }
+        self._run_held(change, ids)
+        self._owned.set(len(self._held))
+        # One deliverer in the cluster: the holder of partition 0.
+        await self._set_delivering(held=0 in self._held and self._fresh())
+        if self._deliverer is not None:
+            self._deliverer.kick()  # in case a NOTIFY was missed (listener reconnecting)
+
+    def _hand_over(self, surplus: list[int], leases: Leases) -> None:
+        """Stop surplus partitions in order (committing what they hold), then release their leases."""
+        for partition in surplus:
+            if partition in self._held or partition in self.workers:
+                log.info("handing partition %d over to another member", partition)
+                self._held.pop(partition, None)
+                self._stop_partition(
+                    partition,
+                    reason="released",
+                    commit=True,
+                    then=functools.partial(leases.release, [partition]),
+                )
+
+    def _run_held(self, change: LeaseChange, ids: AlarmIds) -> None:
+        """A collector for every held partition with devices, of the lease's generation."""
         for partition, generation in sorted(self._held.items()):
             worker = self.workers.get(partition)
             if worker is not None and (worker.generation != generation or worker.task.done()):
                 if worker.task.done() and not worker.task.cancelled() and worker.task.exception():
                     log.error("partition %d stopped: %s", partition, worker.task.exception())
-                await self._stop_partitions([partition], reason="restarted", wait=False)
-                worker = None
+                self._stop_partition(partition, reason="restarted", commit=False)
+                continue  # started again once the old collector has stopped
             if worker is None and partition not in self._stopping and self._by_partition[partition]:
+                if not self._fresh():
+                    break  # this round is too old to act on: the next one decides
                 self._start_worker(partition, generation, ids)
                 if partition in change.acquired:
                     self._changes.labels("acquired").inc()
-        self._owned.set(len(self._held))
-        # One deliverer in the cluster: the holder of partition 0.
-        await self._set_delivering(held=0 in self._held)
-        if self._deliverer is not None:
-            self._deliverer.kick()  # other members plan notifications too: look at least every round
-        self.open_alarms = await storage.alarms(open_only=True, limit=1_000_000)
-        self.stored_states.update(await storage.device_states())
 
     def _start_worker(self, partition: int, generation: int, ids: AlarmIds) -> None:
         config = self.config
@@ -419,73 +455,94 @@ class ClusterDaemon:
         self.workers[partition] = _Worker(partition, generation, daemon, stop, task)
         log.info("partition %d (generation %d, %d device(s)) started", partition, generation, len(devices))
 
-    def _hand_over(self, partition: int, leases: Leases) -> None:
-        """Stop the partition's collector (committing what it holds), then release its lease."""
+    def _stop_partition(
+        self,
+        partition: int,
+        *,
+        reason: str,
+        commit: bool,
+        then: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Stop a partition's collector in the background (not started again until it has stopped).
 
-        async def hand_over() -> None:
-            await self._stop_partitions([partition], reason="released", wait=True)
-            await leases.release([partition])
-
-        self._held.pop(partition, None)
-        self._stopping[partition] = asyncio.get_running_loop().create_task(hand_over())
-        self._stopping[partition].add_done_callback(lambda _: self._stopping.pop(partition, None))
-
-    async def _stop_partitions(self, partitions: list[int], *, reason: str, wait: bool) -> None:
-        """Stop collectors; ``wait``: commit what they hold first.
-
-        Otherwise (a lost lease, whose batches the fence refuses anyway) they are cancelled
-        at once and the broker gives what they held to the partition's next holder.
+        ``commit``: let it commit what it holds first (a hand-over). Otherwise (a lost lease,
+        whose batches the fence refuses anyway) it is cancelled at once and the broker gives
+        what it held to the partition's next holder. ``then`` runs once it has stopped.
         """
-        stopping = [self.workers.pop(p) for p in partitions if p in self.workers]
-        for worker in stopping:
-            if wait:
-                worker.stop.set()
-            else:
+        worker = self.workers.pop(partition, None)
+        if worker is None:
+            return
+        if commit:
+            worker.stop.set()
+        else:
+            worker.task.cancel()
+
+        async def finish() -> None:
+            done, _ = await asyncio.wait({worker.task}, timeout=DRAIN_TIMEOUT_S + 15)
+            if not done:
                 worker.task.cancel()
-        for worker in stopping:
-            try:
-                await asyncio.wait_for(asyncio.shield(worker.task), 30)
-            except TimeoutError:
-                worker.task.cancel()
-            except asyncio.CancelledError:
-                if not worker.task.cancelled():
-                    raise
-            except Exception:  # the partition's collector failed; it is stopped either way
-                log.exception("partition %d ended with an error", worker.partition)
+                await asyncio.wait({worker.task}, timeout=10)
+            if worker.task.done() and not worker.task.cancelled() and worker.task.exception() is not None:
+                log.error("partition %d ended with an error: %s", partition, worker.task.exception())
             self._changes.labels(reason).inc()
-            log.info("partition %d stopped (%s)", worker.partition, reason)
+            log.info("partition %d stopped (%s)", partition, reason)
+            if then is not None:
+                await then()
+
+        def forget(task: asyncio.Task[None]) -> None:
+            if self._stopping.get(partition) is task:
+                del self._stopping[partition]
+            if not task.cancelled() and task.exception() is not None:
+                log.error("stopping partition %d failed: %s", partition, task.exception())
+
+        stopping = asyncio.get_running_loop().create_task(finish(), name=f"stop-partition-{partition}")
+        stopping.add_done_callback(forget)
+        self._stopping[partition] = stopping
         self._owned.set(len(self._held))
 
     async def _set_delivering(self, *, held: bool) -> None:
-        """Run the outbox deliverer while holding partition 0, and only then."""
-        if held and self._delivering is None and self._storage is not None:
-            am = self.config.notify.alertmanager
-            devices = self.config.device_map()
+        """Run the outbox deliverer (and its NOTIFY listener) while holding partition 0, and only then."""
+        async with self._delivery_lock:
+            if held and self._storage is not None:
+                if self._deliverer is None:
+                    am = self.config.notify.alertmanager
+                    devices = self.config.device_map()
 
-            def resend(now_us: int) -> list[dict[str, Any]]:
-                return alertmanager_resend(self.open_alarms, devices, now_us, am) if am else []
+                    def resend(now_us: int) -> list[dict[str, Any]]:
+                        return alertmanager_resend(self.open_alarms, devices, now_us, am) if am else []
 
-            self._deliverer = Deliverer(
-                self._storage.outbox(), self.config.notify, resend=resend if am else None
-            )
-            self._delivering = asyncio.get_running_loop().create_task(
-                self._deliverer.run(), name="notify-deliver"
-            )
-            try:
-                self._listener = await asyncpg.connect(str(self.config.storage.url), timeout=5)
-                await self._listener.add_listener(OUTBOX_CHANNEL, self._on_outbox)
-            except Exception as exc:  # rounds still wake the deliverer: slower, not lost
-                log.warning("cannot listen for new notifications: %s", exc)
-        elif not held and self._delivering is not None and self._deliverer is not None:
-            if self._listener is not None:
-                with contextlib.suppress(Exception):
-                    await self._listener.close(timeout=5)
-                self._listener = None
-            await self._deliverer.drain(5.0)
-            self._delivering.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._delivering
-            self._delivering = self._deliverer = None
+                    self._deliverer = Deliverer(
+                        self._storage.outbox(), self.config.notify, resend=resend if am else None
+                    )
+                    self._delivering = asyncio.get_running_loop().create_task(
+                        self._deliverer.run(), name="notify-deliver"
+                    )
+                if self._listener is None or self._listener.is_closed():
+                    await self._listen()
+            elif not held and self._deliverer is not None:
+                deliverer, delivering = self._deliverer, self._delivering
+                self._deliverer = self._delivering = None
+                await self._unlisten()
+                await deliverer.drain(5.0)
+                if delivering is not None:
+                    delivering.cancel()
+                    await asyncio.wait({delivering}, timeout=10)
+
+    async def _listen(self) -> None:
+        await self._unlisten()
+        try:
+            listener = await asyncpg.connect(str(self.config.storage.url), timeout=5)
+            await listener.add_listener(OUTBOX_CHANNEL, self._on_outbox)
+        except Exception as exc:  # rounds still wake the deliverer: slower, not lost
+            log.warning("cannot listen for new notifications (retried every round): %s", exc)
+        else:
+            self._listener = listener
+
+    async def _unlisten(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None and not listener.is_closed():
+            with contextlib.suppress(Exception):
+                await listener.close(timeout=5)
 
     def _on_outbox(self, *_: object) -> None:
         self._kick_deliverer()

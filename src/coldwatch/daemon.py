@@ -71,6 +71,8 @@ class Daemon:
         config, worker = self.config, self.worker
         storage = self.storage = self._storage()
         await storage.open()
+        if worker is None and isinstance(storage, PostgresStorage):
+            await _refuse_cluster_database(storage)
         async with contextlib.AsyncExitStack() as resources:
             resources.push_async_callback(storage.close)
             states = self.states = await storage.register_devices(config.devices)
@@ -150,14 +152,6 @@ class Daemon:
         if self.worker is not None:
             return self.worker.alarm_ids
         if isinstance(storage, PostgresStorage):
-            partitions = await storage.cluster_partitions()
-            if partitions is not None:
-                # Its alarms and device state belong to the members' partitions: a collector
-                # outside the cluster would raise the same alarms again and block their batches.
-                raise StorageError(
-                    f"{storage.where}: this database belongs to a cluster ({partitions} partitions): "
-                    "run this collector as a member (cluster.enabled: true), or give it a database of its own"
-                )
             # Other collectors may write to the same database: ids from its shared sequence.
             ids = AlarmIds(storage, 1000)
             await ids.start()
@@ -178,6 +172,19 @@ class Daemon:
                 metrics.broker_connects.inc()
 
         return update
+
+
+async def _refuse_cluster_database(storage: PostgresStorage) -> None:
+    """Refuse, before writing anything, to run outside a cluster on a cluster's database."""
+    partitions = await storage.cluster_partitions()
+    if partitions is not None:
+        await storage.close()
+        # Its alarms and device state belong to the members' partitions: a collector outside
+        # the cluster would raise the same alarms again and block their batches.
+        raise StorageError(
+            f"{storage.where}: this database belongs to a cluster ({partitions} partitions): "
+            "run this collector as a member (cluster.enabled: true), or give it a database of its own"
+        )
 
 
 async def _commit_queued(pipeline: Pipeline, source: MqttSource) -> None:

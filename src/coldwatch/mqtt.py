@@ -24,6 +24,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from coldwatch.config import MqttConfig
 
@@ -273,7 +274,8 @@ class MqttSource:
                     next_delay = backoff_delays(
                         self._config.reconnect.initial_s, self._config.reconnect.max_s, random.Random()
                     )
-                    await client.subscribe([(topic, 1) for topic in self._topics])
+                    granted = await client.subscribe([(topic, 1) for topic in self._topics])
+                    _check_granted(self._topics, granted)
                     # Ready once subscribed: a new session receives nothing published before.
                     self.connected.set()
                     async for _ in client.messages:  # none arrive here: this waits for a disconnect
@@ -291,3 +293,15 @@ class MqttSource:
             delay = next_delay()
             log.info("reconnecting in %.1f s", delay)
             await asyncio.sleep(delay)
+
+
+def _check_granted(topics: Sequence[str], granted: Sequence[object]) -> None:
+    """Raise (and so reconnect later) when the broker refused a subscription: not ready without it."""
+    refused = [
+        topic
+        for topic, code in zip(topics, granted, strict=False)
+        if (code.is_failure if isinstance(code, ReasonCode) else int(str(code)) >= 0x80)
+    ]
+    if refused:
+        more = f" and {len(refused) - 3} more" if len(refused) > 3 else ""
+        raise aiomqtt.MqttError(f"the broker refused the subscription to {', '.join(refused[:3])}{more}")

@@ -271,7 +271,12 @@ class PostgresStorage(RowIds):
         """Connect and apply pending migrations."""
         try:
             self._pool = await asyncpg.create_pool(
-                self.url, min_size=1, max_size=self._pool_size, init=_init_connection, command_timeout=60
+                self.url,
+                min_size=1,
+                max_size=self._pool_size,
+                # The staging table of batches; reading commands write nothing (a standby will do).
+                init=_init_connection if self._migrate_on_open else None,
+                command_timeout=60,
             )
             async with self.pool.acquire() as conn:
                 if self._migrate_on_open:
