@@ -28,7 +28,7 @@ from coldwatch.audit import AuditDraft
 from coldwatch.notify.model import AlarmFacts, Channel, HistoryEntry, OutboxItem
 from coldwatch.rules.model import Severity
 from coldwatch.storage.audit_sqlite import append as audit_append
-from coldwatch.storage.audit_sqlite import last_link
+from coldwatch.storage.audit_sqlite import last_link, on_thread
 
 __all__ = [
     "OUTBOX_SCHEMA",
@@ -39,6 +39,7 @@ __all__ = [
     "connect",
     "due",
     "enqueue",
+    "enqueue_sync",
     "escalations_sent",
     "lane_heads",
     "load_facts",
@@ -220,19 +221,24 @@ async def enqueue(db: aiosqlite.Connection, items: Iterable[OutboxItem]) -> int:
 
     Runs in the caller's transaction: call it inside the batch that stores the transitions.
     """
+    return await on_thread(db, enqueue_sync, list(items))
+
+
+def enqueue_sync(conn: sqlite3.Connection, items: Iterable[OutboxItem]) -> int:
+    """:func:`enqueue` on the connection's own thread."""
     rows = [
         (i.notification_id, i.channel.value, i.target, i.body, i.alarm_id, i.created_us, i.created_us)
         for i in items
     ]
     if not rows:
         return 0
-    before = db.total_changes
-    await db.executemany(
+    before = conn.total_changes
+    conn.executemany(
         "INSERT OR IGNORE INTO notification_outbox(notification_id, channel, target, body, alarm_id, "
         "created_us, next_attempt_us, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
         rows,
     )
-    return db.total_changes - before
+    return conn.total_changes - before
 
 
 async def due(

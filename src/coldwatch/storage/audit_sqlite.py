@@ -12,8 +12,9 @@ only adopts it after COMMIT.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
-from typing import Any, Final
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 import aiosqlite
 
@@ -31,7 +32,16 @@ from coldwatch.audit import (
 from coldwatch.errors import StorageError
 from coldwatch.storage.rows import audit_rows
 
-__all__ = ["AUDIT_SCHEMA", "append", "last_link", "read_all", "verify_stored"]
+__all__ = [
+    "AUDIT_SCHEMA",
+    "append",
+    "append_sync",
+    "last_link",
+    "last_link_sync",
+    "on_thread",
+    "read_all",
+    "verify_stored",
+]
 
 # One migration script (append it to MIGRATIONS; never edit it once released).
 # AUTOINCREMENT makes SQLite remember the highest seq ever issued (sqlite_sequence), which
@@ -81,29 +91,62 @@ _SELECT_ALL: Final = (
 _HIGH_WATER: Final = "SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'"
 
 
+A = ParamSpec("A")
+R = TypeVar("R")
+
+
+def on_thread(
+    db: aiosqlite.Connection,
+    fn: Callable[Concatenate[sqlite3.Connection, A], R],
+    *args: A.args,
+    **kwargs: A.kwargs,
+) -> Awaitable[R]:
+    """Run ``fn(connection, ...)`` on ``db``'s own thread, in one trip.
+
+    Each await through a busy event loop costs more than the SQL of a batch. (aiosqlite's
+    ``_execute`` is what its own methods use; it has no public equivalent.)
+    """
+    result: Awaitable[R] = db._execute(fn, db._connection, *args, **kwargs)  # type: ignore[no-untyped-call]  # noqa: SLF001
+    return result
+
+
 async def _high_water(db: aiosqlite.Connection) -> int:
     """The highest seq ever inserted (0 if none), as SQLite remembers it."""
-    async with db.execute(_HIGH_WATER) as cur:
-        row = await cur.fetchone()
+    return await on_thread(db, _high_water_sync)
+
+
+def _high_water_sync(conn: sqlite3.Connection) -> int:
+    row = conn.execute(_HIGH_WATER).fetchone()
     return int(row[0]) if row else 0
 
 
 async def last_link(db: aiosqlite.Connection) -> tuple[int, str]:
-    """The seq the next entry gets and the hash it chains to (genesis when empty).
+    """The seq the next entry gets and the hash it chains to (genesis when empty)."""
+    return await on_thread(db, last_link_sync)
+
+
+def last_link_sync(conn: sqlite3.Connection) -> tuple[int, str]:
+    """:func:`last_link` on the connection's thread.
 
     The next seq comes after the highest seq ever issued, so entries deleted from the end
     leave a gap that :func:`verify` reports instead of being silently reused.
     """
-    async with db.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1") as cur:
-        row = await cur.fetchone()
+    row = conn.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
     last_seq, last_hash = (int(row[0]), str(row[1])) if row else (FIRST_SEQ - 1, GENESIS_HASH)
-    return max(last_seq, await _high_water(db)) + 1, last_hash
+    return max(last_seq, _high_water_sync(conn)) + 1, last_hash
 
 
 async def append(
     db: aiosqlite.Connection, drafts: Iterable[AuditDraft], next_seq: int, prev_hash: str
 ) -> tuple[int, str]:
-    """Seal ``drafts`` onto the chain inside the caller's open transaction; return the new link.
+    """Seal ``drafts`` onto the chain inside the caller's open transaction; return the new link."""
+    return await on_thread(db, append_sync, list(drafts), next_seq, prev_hash)
+
+
+def append_sync(
+    conn: sqlite3.Connection, drafts: Iterable[AuditDraft], next_seq: int, prev_hash: str
+) -> tuple[int, str]:
+    """:func:`append` on the connection's thread.
 
     Adopt the returned link only after the transaction commits: after a rollback the
     link passed in is still the right one.
@@ -111,13 +154,10 @@ async def append(
     entries = seal(drafts, next_seq, prev_hash)
     if not entries:
         return next_seq, prev_hash
-    if not db.in_transaction:
+    if not conn.in_transaction:
         # Outside a transaction each row would commit alone: a crash could keep half a batch.
         raise StorageError("audit entries must be appended inside the batch's transaction")
-    await db.executemany(
-        _INSERT,
-        audit_rows(entries),
-    )
+    conn.executemany(_INSERT, audit_rows(entries))
     return entries[-1].seq + 1, entries[-1].hash
 
 

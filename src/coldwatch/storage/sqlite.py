@@ -21,10 +21,19 @@ from coldwatch.audit import AuditDraft, AuditEntry, VerifyResult
 from coldwatch.catalogue import KINDS
 from coldwatch.config import DeviceConfig
 from coldwatch.errors import StorageError
-from coldwatch.notify.outbox import OUTBOX_SCHEMA, enqueue
+from coldwatch.notify.outbox import OUTBOX_SCHEMA, enqueue_sync
 from coldwatch.rules.lifecycle import Alarm, Transition
 from coldwatch.rules.model import EngineReading
-from coldwatch.storage.audit_sqlite import AUDIT_SCHEMA, append, last_link, read_all, verify_stored
+from coldwatch.storage.audit_sqlite import (
+    AUDIT_SCHEMA,
+    append,
+    append_sync,
+    last_link,
+    last_link_sync,
+    on_thread,
+    read_all,
+    verify_stored,
+)
 from coldwatch.storage.base import (
     Batch,
     BatchResult,
@@ -284,48 +293,35 @@ class SqliteStorage(RowIds):
         return {d.id: states[d.id] for d in devices}
 
     async def write_batch(self, batch: Batch) -> BatchResult:
-        """Commit one batch in one transaction."""
-        db = self._conn
-        if not (batch.rejections or batch.transitions or batch.notifications or batch.audit):
-            # The common batch (readings and device state only) is written in one trip to the
-            # connection's thread: each await is a round trip through a busy event loop, and
-            # with eight of them a batch took ten times its SQL time (benchmarks/ingest.py).
-            try:
-                result: BatchResult = await db._execute(  # type: ignore[no-untyped-call]  # noqa: SLF001
-                    self._write_plain,
-                    db._connection,  # noqa: SLF001
-                    batch,
-                )
-            except (sqlite3.Error, OverflowError, ValueError) as exc:
-                raise StorageError(f"{self.path}: batch write failed: {exc}") from exc
-            self._maybe_checkpoint()
-            return result
+        """Commit one batch in one transaction, in one trip to the connection's thread.
+
+        Each await is a round trip through a busy event loop: with one per statement, a
+        batch took ten times its SQL time, and an alarm's batch (transitions, audit,
+        notifications) the most (benchmarks/ingest.py).
+        """
         try:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                stored, duplicates = await db._execute(  # type: ignore[no-untyped-call]  # noqa: SLF001
-                    self._store_readings,
-                    db._connection,  # noqa: SLF001
-                    batch,
-                )
-                await self._write_records(batch)
-                await db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    await db.execute("ROLLBACK")
-                raise
+            result = await on_thread(self._conn, self._write, batch)
         except (sqlite3.Error, OverflowError, ValueError) as exc:
             raise StorageError(f"{self.path}: batch write failed: {exc}") from exc
         self._maybe_checkpoint()
-        return BatchResult(stored=stored, duplicates=duplicates)
+        return result
 
-    def _write_plain(self, conn: sqlite3.Connection, batch: Batch) -> BatchResult:
-        """Readings, gaps and device state in one transaction, on the connection's own thread."""
+    def _write(self, conn: sqlite3.Connection, batch: Batch) -> BatchResult:
+        """Everything a batch carries in one transaction, on the connection's own thread."""
         conn.execute("BEGIN IMMEDIATE")
         try:
             stored, duplicates = self._store_readings(conn, batch)
+            if batch.rejections:
+                self._quarantine(conn, batch.rejections)
             if batch.gaps:
                 conn.executemany(_INSERT_GAP, [self._gap_row(g) for g in batch.gaps])
+            if batch.transitions:
+                self._write_transitions(conn, batch.transitions)
+            if batch.notifications:
+                enqueue_sync(conn, batch.notifications)
+            if batch.audit:
+                # The link is read inside the transaction: the deliverer appends on its own connection.
+                append_sync(conn, batch.audit, *last_link_sync(conn))
             if batch.devices:
                 conn.executemany(_UPDATE_DEVICE, self._device_rows(batch))
             conn.execute("COMMIT")
@@ -353,47 +349,28 @@ class SqliteStorage(RowIds):
         conn.execute("DELETE FROM temp.incoming")
         return stored, duplicates
 
-    async def _write_records(self, batch: Batch) -> None:
-        """Everything else a batch carries, in the same transaction."""
-        db = self._conn
-        if batch.rejections:
-            await self._quarantine(batch)
-        if batch.gaps:
-            await db.executemany(_INSERT_GAP, [self._gap_row(g) for g in batch.gaps])
-        if batch.transitions:
-            await self._write_transitions(batch.transitions)
-        if batch.notifications:
-            await enqueue(db, batch.notifications)
-        if batch.audit:
-            # The link is read inside the transaction: the deliverer appends on its own connection.
-            await append(db, batch.audit, *await last_link(db))
-        if batch.devices:
-            await db.executemany(_UPDATE_DEVICE, self._device_rows(batch))
-
-    async def _quarantine(self, batch: Batch) -> None:
-        db = self._conn
-        await db.executemany(
+    def _quarantine(self, conn: sqlite3.Connection, rejections: list[QuarantineEntry]) -> None:
+        conn.executemany(
             "INSERT INTO quarantine(received_us, reason, detail, topic, device_id, payload) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            [(q.received_us, q.reason, q.detail, q.topic, q.device_id, q.payload) for q in batch.rejections],
+            [(q.received_us, q.reason, q.detail, q.topic, q.device_id, q.payload) for q in rejections],
         )
         totals: dict[str, int] = {}
-        for q in batch.rejections:
+        for q in rejections:
             totals[q.reason] = totals.get(q.reason, 0) + 1
-        await db.executemany(
+        conn.executemany(
             "INSERT INTO rejection_totals(reason, total) VALUES (?, ?) "
             "ON CONFLICT(reason) DO UPDATE SET total = total + excluded.total",
             list(totals.items()),
         )
         # Bounded: the oldest entries go first; their totals above remain.
-        await db.execute(
+        conn.execute(
             "DELETE FROM quarantine WHERE id <= (SELECT max(id) FROM quarantine) - ?",
             (self._quarantine_max_rows,),
         )
 
-    async def _write_transitions(self, transitions: list[Transition]) -> None:
-        db = self._conn
-        await db.executemany(
+    def _write_transitions(self, conn: sqlite3.Connection, transitions: list[Transition]) -> None:
+        conn.executemany(
             "INSERT INTO alarms(id, device_id, metric, rule, severity, state, raised_ts_us, "
             "raised_received_us, cleared_ts_us, value, limit_value, late, detail, shelved_until_us, "
             "shelved_by, acknowledged_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -403,7 +380,7 @@ class SqliteStorage(RowIds):
             "shelved_by=excluded.shelved_by, acknowledged_by=excluded.acknowledged_by",
             alarm_rows(transitions),
         )
-        await db.executemany(
+        conn.executemany(
             "INSERT INTO alarm_transitions(alarm_id, event, ts_us, received_us, from_state, to_state, "
             "severity, value, limit_value, late, actor, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             transition_rows(transitions),
