@@ -49,7 +49,7 @@ from coldwatch.config import Config, DeviceConfig
 from coldwatch.daemon import DRAIN_TIMEOUT_S, Daemon, WorkerOptions, config_loaded
 from coldwatch.errors import StorageError
 from coldwatch.http import HttpServer, build_app
-from coldwatch.metrics import render_chunks
+from coldwatch.metrics import render
 from coldwatch.notify.deliver import Deliverer
 from coldwatch.notify.messages import alertmanager_resend
 from coldwatch.pipeline import UserAction
@@ -202,7 +202,7 @@ class _MergedMetrics(Collector):
     def collect(self) -> Iterable[Metric]:
         families: dict[str, Metric] = {}
         for partition, worker in sorted(self._workers.items()):
-            text = b"".join(render_chunks(worker.daemon.registry)).decode()
+            text = render(worker.daemon.registry).decode()
             for family in text_string_to_metric_families(text):
                 merged = families.get(family.name)
                 if merged is None:
@@ -288,7 +288,7 @@ class ClusterDaemon:
         await storage.open()
         self._storage = storage
         # Leases on a connection of their own: exports or a busy pool must not delay renewal.
-        lease_store = PostgresStorage(url, pool_size=1, migrate=False)
+        lease_store = PostgresStorage(url, pool_size=1, migrate=False, writer=False)
         await lease_store.open()
         try:
             self.stored_states = dict(await storage.register_devices(config.devices))
@@ -440,10 +440,10 @@ class ClusterDaemon:
                 quarantine_max_rows=config.storage.quarantine_max_rows,
                 pool_size=2,
                 fence=fence,
+                migrate=False,  # the member migrated when it started
             )
 
         options = WorkerOptions(
-            partition=partition,
             topics=partition_topics(config, devices),
             open_storage=open_storage,
             alarm_ids=ids,

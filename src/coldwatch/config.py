@@ -363,13 +363,9 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tup
         if path == ("devices",):
             parsed = yaml.safe_load(value)
         if name == "COLDWATCH_DB":
-            # Either backend: a URL selects PostgreSQL, a path SQLite (even if the file names a URL).
-            postgres = value.startswith(POSTGRES_SCHEMES)
-            data.setdefault("storage", {})["url"] = value if postgres else None
-            path = ("storage", "url") if postgres else path
-            if postgres:
-                origin[path] = f"environment variable {name}"
-                continue
+            # It chooses the backend whatever the file says: a path clears the file's URL, and
+            # a URL in the path is moved to the URL by StorageConfig.
+            data.setdefault("storage", {})["url"] = None
         node = data
         for part in path[:-1]:
             node = node.setdefault(part, {})

@@ -42,7 +42,6 @@ DRAIN_TIMEOUT_S = 15.0
 class WorkerOptions:
     """How a cluster member's per-partition Daemon differs from a standalone collector."""
 
-    partition: int
     topics: list[str]  # the partition's devices only
     open_storage: Callable[[], Storage]  # fenced by the partition's lease
     alarm_ids: Callable[[], int]  # unique across the cluster
@@ -153,7 +152,7 @@ class Daemon:
             return self.worker.alarm_ids
         if isinstance(storage, PostgresStorage):
             # Other collectors may write to the same database: ids from its shared sequence.
-            ids = AlarmIds(storage, 1000)
+            ids = AlarmIds(storage, self.config.cluster.alarm_id_block)
             await ids.start()
             return ids
         return None

@@ -39,7 +39,8 @@ async def notifications(
     else:
         db = outbox.SqliteOutbox(await outbox.connect(Path(config.storage.path)), owned=True)
     try:
-        notifier.restore(await db.load_facts(), book.open.values())
+        # Only this collector's open alarms: a cluster partition restores its own.
+        notifier.restore(await db.load_facts([a.id for a in book.open.values()]), book.open.values())
         am = config.notify.alertmanager
 
         def resend(now_us: int) -> list[dict[str, Any]]:

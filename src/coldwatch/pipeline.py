@@ -34,6 +34,7 @@ from coldwatch.storage.base import Batch, BatchResult, DeviceState, QuarantineEn
 
 __all__ = ["Pipeline"]
 
+_RAISING = frozenset({EventKind.RAISED, EventKind.SEVERITY_CHANGED})  # events that page someone
 log = logging.getLogger(__name__)
 
 
@@ -254,9 +255,7 @@ class Pipeline:
                     delivery.received_us,
                 )
                 events = self._judge(reading)
-                if not decoded.buffered and any(
-                    e.kind in {EventKind.RAISED, EventKind.SEVERITY_CHANGED} for e in events
-                ):
+                if not decoded.buffered and any(e.kind in _RAISING for e in events):
                     self._alarm_readings_us.append(decoded.ts_us)
                 self._alarms(batch, events, delivery.received_us)
             elif isinstance(decoded, Status):

@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiosqlite
 
 from coldwatch.audit import AuditDraft
 from coldwatch.notify.model import AlarmFacts, Channel, HistoryEntry, OutboxItem
 from coldwatch.rules.model import Severity
-from coldwatch.storage.audit_sqlite import append as audit_append
-from coldwatch.storage.audit_sqlite import last_link, on_thread
+from coldwatch.storage.audit_sqlite import append_linked
+from coldwatch.storage.sqlite_thread import in_transaction, on_thread
 
 __all__ = [
     "OUTBOX_SCHEMA",
@@ -36,11 +36,13 @@ __all__ = [
     "OutboxStore",
     "PendingSummary",
     "SqliteOutbox",
+    "alarm_facts",
     "connect",
     "due",
     "enqueue",
     "enqueue_sync",
     "escalations_sent",
+    "histories",
     "lane_heads",
     "load_facts",
     "parse_escalation",
@@ -146,8 +148,8 @@ class OutboxStore(Protocol):
     async def pending_summary(self) -> PendingSummary:
         """How many rows wait for delivery, and since when the oldest does."""
 
-    async def load_facts(self) -> list[AlarmFacts]:
-        """What the planner needs to carry on after a restart, for every open alarm."""
+    async def load_facts(self, alarm_ids: Collection[int] | None = None) -> list[AlarmFacts]:
+        """What the planner needs to carry on after a restart, for every open alarm (of ``alarm_ids``)."""
 
     async def close(self) -> None:
         """Release what the store holds."""
@@ -197,9 +199,9 @@ class SqliteOutbox:
         """See :func:`pending_summary`."""
         return await pending_summary(self.db)
 
-    async def load_facts(self) -> list[AlarmFacts]:
+    async def load_facts(self, alarm_ids: Collection[int] | None = None) -> list[AlarmFacts]:
         """See :func:`load_facts`."""
-        return await load_facts(self.db)
+        return await load_facts(self.db, alarm_ids)
 
     async def close(self) -> None:
         """Close the connection if this store opened it."""
@@ -283,13 +285,13 @@ async def record_attempt(
 
     ``next_attempt_us`` None on a failure: give up (nothing more will be attempted).
     """
-    await db.execute("BEGIN IMMEDIATE")
-    try:
-        await db.execute(
+
+    def record(conn: sqlite3.Connection) -> None:
+        conn.execute(
             "INSERT INTO notification_attempts(outbox_id, at_us, ok, status, error) VALUES (?, ?, ?, ?, ?)",
             (outbox_id, at_us, int(ok), status, error),
         )
-        await db.execute(
+        conn.execute(
             "UPDATE notification_outbox SET attempts = attempts + 1, last_error = ?, "
             "delivered_us = CASE WHEN ? THEN ? END, next_attempt_us = CASE WHEN ? THEN NULL ELSE ? END "
             "WHERE id = ?",
@@ -297,12 +299,9 @@ async def record_attempt(
         )
         if audit is not None:
             # Every notification sent or failed is in the audit trail, in the same transaction.
-            await audit_append(db, [audit], *await last_link(db))
-        await db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            await db.execute("ROLLBACK")
-        raise
+            append_linked(conn, [audit])
+
+    await on_thread(db, in_transaction, record)
 
 
 async def pending_summary(db: aiosqlite.Connection) -> PendingSummary:
@@ -339,39 +338,57 @@ async def escalations_sent(
     return sent
 
 
-async def load_facts(db: aiosqlite.Connection) -> list[AlarmFacts]:
-    """What the planner needs to carry on after a restart, for every open alarm.
+async def load_facts(db: aiosqlite.Connection, alarm_ids: Collection[int] | None = None) -> list[AlarmFacts]:
+    """What the planner needs to carry on after a restart, for every open alarm (of ``alarm_ids``).
 
     Reads the SQLite backend's ``alarms`` and ``alarm_transitions`` tables (read-only) and
     the outbox.
     """
-    history: dict[int, list[HistoryEntry]] = {}
     try:
         async with db.execute(
             "SELECT t.alarm_id, t.event, t.received_us, t.severity FROM alarm_transitions AS t "
             "JOIN alarms AS a ON a.id = t.alarm_id WHERE a.state != 'closed' ORDER BY t.alarm_id, t.id"
         ) as cur:
-            async for alarm_id, event, received_us, severity in cur:
-                history.setdefault(int(alarm_id), []).append(
-                    HistoryEntry(str(event), int(received_us), Severity[str(severity).upper()])
-                )
+            history = histories(await cur.fetchall(), alarm_ids)
     except sqlite3.OperationalError as exc:  # no alarm tables: nothing is open
         if "no such table" not in str(exc):
             raise
-    sent: dict[int, set[tuple[int, int, int]]] = {}
-    notified: dict[int, set[str]] = {}
+        history = {}
     async with db.execute(
         "SELECT alarm_id, notification_id, channel, target FROM notification_outbox "
         "WHERE alarm_id IN (SELECT value FROM json_each(?))",
         (json.dumps(sorted(history)),),
     ) as cur:
-        async for alarm_id, nid, channel, target in cur:
-            key = int(alarm_id)
-            parsed = parse_escalation(str(nid))
-            if parsed is not None:
-                sent.setdefault(key, set()).add(parsed)
-            if channel == Channel.WEBHOOK.value:
-                notified.setdefault(key, set()).add(str(target))
+        return alarm_facts(history, await cur.fetchall())
+
+
+def histories(
+    rows: Iterable[Sequence[Any]], alarm_ids: Collection[int] | None = None
+) -> dict[int, list[HistoryEntry]]:
+    """Transitions (alarm id, event, received_us, severity) in order, by alarm (of ``alarm_ids``)."""
+    wanted = None if alarm_ids is None else set(alarm_ids)
+    history: dict[int, list[HistoryEntry]] = {}
+    for alarm_id, event, received_us, severity in rows:
+        if wanted is None or int(alarm_id) in wanted:
+            history.setdefault(int(alarm_id), []).append(
+                HistoryEntry(str(event), int(received_us), Severity[str(severity).upper()])
+            )
+    return history
+
+
+def alarm_facts(
+    history: dict[int, list[HistoryEntry]], outbox_rows: Iterable[Sequence[Any]]
+) -> list[AlarmFacts]:
+    """The facts of each alarm in ``history``, from its outbox rows (alarm id, id, channel, target)."""
+    sent: dict[int, set[tuple[int, int, int]]] = {}
+    notified: dict[int, set[str]] = {}
+    for alarm_id, nid, channel, target in outbox_rows:
+        key = int(alarm_id)
+        parsed = parse_escalation(str(nid))
+        if parsed is not None:
+            sent.setdefault(key, set()).add(parsed)
+        if channel == Channel.WEBHOOK.value:
+            notified.setdefault(key, set()).add(str(target))
     return [
         AlarmFacts(
             alarm_id, tuple(entries), frozenset(sent.get(alarm_id, ())), frozenset(notified.get(alarm_id, ()))

@@ -236,20 +236,17 @@ def _fmt(seconds: float) -> str:
     return sign + text
 
 
-_RANK = {"alert": 1, "action": 2}
-
-
 def format_offset(seconds: float) -> str:
     """``1h2m3s``-style text of a scenario offset."""
     return _fmt(seconds)
 
 
 def _check_one(exp: Expectation, alarms: list[AlarmRecord]) -> ExpectationResult:  # noqa: C901, PLR0911, PLR0912 - one branch per clause
-    floor = _RANK[exp.severity] if exp.severity is not None else 0
+    floor = Severity[exp.severity.upper()] if exp.severity is not None else 0
 
     def reached(a: AlarmRecord) -> float:
         """When the alarm first stood at the expected severity or worse (a jump past it counts)."""
-        return min(t for sev, t in a.reached_s.items() if _RANK[sev] >= floor)
+        return min(t for sev, t in a.reached_s.items() if Severity[sev.upper()] >= floor)
 
     ours = [
         a
@@ -257,7 +254,7 @@ def _check_one(exp: Expectation, alarms: list[AlarmRecord]) -> ExpectationResult
         if a.device == exp.device
         and a.rule == exp.rule
         and (exp.metric is None or a.metric == exp.metric)
-        and any(_RANK[sev] >= floor for sev in a.reached_s)
+        and any(Severity[sev.upper()] >= floor for sev in a.reached_s)
     ]
     # A revoked alarm was raised all the same (someone may have been paged): "never" sees it.
     candidates = [a for a in ours if not a.revoked]

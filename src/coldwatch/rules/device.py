@@ -253,7 +253,8 @@ class DeviceRules:
         else:
             self.judged = copy.deepcopy(cp_state)
         before: dict[AlarmKey, Severity | None] = {
-            latch.key: None if cp_state is None else latch.active for latch in self.judged.latches
+            latch.key: latch.active
+            for latch in self.judged.latches  # None in a fresh state
         }
         self.emitted = [e for e in self.emitted if e.ts_us <= cp_ts]
         self.history.truncate(cp_len)

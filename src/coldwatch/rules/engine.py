@@ -100,9 +100,14 @@ class Engine:
         self.devices: dict[str, DeviceRules] = {}
         for device in devices:
             specs = self.rules[device.id]
-            evaluators = [
-                factories.setdefault(id(s), _factory(s)) for s in specs if not isinstance(s, CommLossRule)
-            ]
+            evaluators = []
+            for s in specs:
+                if isinstance(s, CommLossRule):
+                    continue
+                factory = factories.get(id(s))
+                if factory is None:  # once per spec, not once per device
+                    factory = factories[id(s)] = _factory(s)
+                evaluators.append(factory)
             comm = [s for s in specs if isinstance(s, CommLossRule)]
             self.devices[device.id] = DeviceRules.build(
                 device.id,

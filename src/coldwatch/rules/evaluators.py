@@ -46,15 +46,20 @@ def level_delays(levels: Mapping[SeverityName, object]) -> dict[Severity, int]:
     return {SEVERITY[name]: round(getattr(level, "delay_s", 0.0) * US) for name, level in levels.items()}
 
 
-class ThresholdEvaluator:
-    """High or low limits with per-level off-margins."""
+class _Stateless:
+    """An evaluator that judges each reading on its own.
 
-    # Judges each reading on its own: one instance serves every device with this rule,
-    # and a checkpoint need not copy it.
+    One instance serves every device with its rule, and a checkpoint need not copy it.
+    """
+
     stateless = True
 
     def __deepcopy__(self, memo: dict[int, object]) -> Self:
         return self
+
+
+class ThresholdEvaluator(_Stateless):
+    """High or low limits with per-level off-margins."""
 
     def __init__(self, spec: ThresholdRule) -> None:
         self.rule = spec.rule_id()
@@ -86,15 +91,8 @@ class ThresholdEvaluator:
         return SignalArrays(index, level, keeps, value, limit, with_hold=True)
 
 
-class HeldEvaluator:
+class HeldEvaluator(_Stateless):
     """A boolean that must not stay true longer than each level's delay."""
-
-    # Judges each reading on its own: one instance serves every device with this rule,
-    # and a checkpoint need not copy it.
-    stateless = True
-
-    def __deepcopy__(self, memo: dict[int, object]) -> Self:
-        return self
 
     def __init__(self, spec: HeldRule) -> None:
         self.rule = spec.rule_id()
@@ -117,15 +115,8 @@ class HeldEvaluator:
         return SignalArrays(index, level, level, value, np.full(len(index), 1.0), with_hold=False)
 
 
-class ProbeDisagreementEvaluator:
+class ProbeDisagreementEvaluator(_Stateless):
     """Two probes that should read alike: |a - b| above a limit."""
-
-    # Judges each reading on its own: one instance serves every device with this rule,
-    # and a checkpoint need not copy it.
-    stateless = True
-
-    def __deepcopy__(self, memo: dict[int, object]) -> Self:
-        return self
 
     def __init__(self, spec: ProbeDisagreementRule) -> None:
         self.rule = spec.rule_id()

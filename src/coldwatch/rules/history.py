@@ -59,7 +59,7 @@ class History:
                 self._names.append(name)
                 self._values = np.hstack([self._values, np.full((len(self._ts), 1), np.nan)])
         if self._count == len(self._ts):
-            self._grow(max(8, 2 * self._count))
+            self._resize(max(8, 2 * self._count))
         n = self._count
         if index < n:
             for array in (self._ts, self._seq, self._received, self._buffered, self._values):
@@ -83,9 +83,6 @@ class History:
             out[:kept] = array[first : self._count]
             setattr(self, name, out)
         self._count = kept
-
-    def _grow(self, capacity: int) -> None:
-        self._resize(capacity)
 
     def reading(self, index: int) -> EngineReading:
         """Reading ``index``, as it was judged."""

@@ -47,7 +47,7 @@ def open_existing(location: str | Path) -> Storage:
     if text.startswith(POSTGRES_SCHEMES):
         from coldwatch.storage.postgres import PostgresStorage  # noqa: PLC0415 - asyncpg only when used
 
-        return PostgresStorage(text, migrate=False, pool_size=2)
+        return PostgresStorage(text, migrate=False, writer=False, pool_size=2)
     if not Path(text).exists():
         raise StorageError(f"{text}: no database (has the collector run?)")
     return open_storage(text)

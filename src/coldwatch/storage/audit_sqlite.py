@@ -13,8 +13,8 @@ only adopts it after COMMIT.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any, Concatenate, Final, ParamSpec, TypeVar
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, Final
 
 import aiosqlite
 
@@ -31,14 +31,15 @@ from coldwatch.audit import (
 )
 from coldwatch.errors import StorageError
 from coldwatch.storage.rows import audit_rows
+from coldwatch.storage.sqlite_thread import on_thread
 
 __all__ = [
     "AUDIT_SCHEMA",
     "append",
+    "append_linked",
     "append_sync",
     "last_link",
     "last_link_sync",
-    "on_thread",
     "read_all",
     "verify_stored",
 ]
@@ -91,25 +92,6 @@ _SELECT_ALL: Final = (
 _HIGH_WATER: Final = "SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'"
 
 
-A = ParamSpec("A")
-R = TypeVar("R")
-
-
-def on_thread(
-    db: aiosqlite.Connection,
-    fn: Callable[Concatenate[sqlite3.Connection, A], R],
-    *args: A.args,
-    **kwargs: A.kwargs,
-) -> Awaitable[R]:
-    """Run ``fn(connection, ...)`` on ``db``'s own thread, in one trip.
-
-    Each await through a busy event loop costs more than the SQL of a batch. (aiosqlite's
-    ``_execute`` is what its own methods use; it has no public equivalent.)
-    """
-    result: Awaitable[R] = db._execute(fn, db._connection, *args, **kwargs)  # type: ignore[no-untyped-call]  # noqa: SLF001
-    return result
-
-
 async def _high_water(db: aiosqlite.Connection) -> int:
     """The highest seq ever inserted (0 if none), as SQLite remembers it."""
     return await on_thread(db, _high_water_sync)
@@ -141,6 +123,11 @@ async def append(
 ) -> tuple[int, str]:
     """Seal ``drafts`` onto the chain inside the caller's open transaction; return the new link."""
     return await on_thread(db, append_sync, list(drafts), next_seq, prev_hash)
+
+
+def append_linked(conn: sqlite3.Connection, drafts: Iterable[AuditDraft]) -> tuple[int, str]:
+    """:func:`append_sync` from the stored link, inside the caller's open transaction."""
+    return append_sync(conn, drafts, *last_link_sync(conn))
 
 
 def append_sync(

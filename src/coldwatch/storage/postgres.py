@@ -18,7 +18,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -28,10 +28,10 @@ from coldwatch.audit import AuditDraft, AuditEntry, VerifyResult
 from coldwatch.catalogue import KINDS
 from coldwatch.config import DeviceConfig, redact
 from coldwatch.errors import StorageError
-from coldwatch.notify.model import AlarmFacts, Channel, HistoryEntry, OutboxItem
-from coldwatch.notify.outbox import OutboxRow, PendingSummary, parse_escalation
+from coldwatch.notify.model import AlarmFacts, Channel, OutboxItem
+from coldwatch.notify.outbox import OutboxRow, PendingSummary, alarm_facts, histories
 from coldwatch.rules.lifecycle import Alarm, Transition
-from coldwatch.rules.model import EngineReading, Severity
+from coldwatch.rules.model import EngineReading
 from coldwatch.storage import audit_pg
 from coldwatch.storage.audit_pg import PgConnection
 from coldwatch.storage.base import (
@@ -43,7 +43,7 @@ from coldwatch.storage.base import (
     alarm_from_row,
     group_readings,
 )
-from coldwatch.storage.rows import RowIds, alarm_rows, transition_rows
+from coldwatch.storage.rows import RowIds, alarm_rows, quarantine_rows, reason_totals, transition_rows
 
 __all__ = ["MIGRATIONS_PG", "OUTBOX_CHANNEL", "AlarmIds", "Fence", "PostgresOutbox", "PostgresStorage"]
 
@@ -247,6 +247,7 @@ class PostgresStorage(RowIds):
         timescale: bool | None = None,
         fence: Fence | None = None,
         migrate: bool = True,
+        writer: bool = True,
     ) -> None:
         self.url = url
         self.where = redact(url)
@@ -254,7 +255,11 @@ class PostgresStorage(RowIds):
         self._pool_size = pool_size
         self._want_timescale = timescale  # None: use it when it can be created
         self.fence = fence
-        self._migrate_on_open = migrate  # False: reading commands (an auditor's read-only role)
+        # migrate False: the schema must already be this version (a cluster's partitions, whose
+        # member migrated; reading commands). writer False: no batches (an auditor's read-only
+        # role, a standby will do).
+        self._migrate_on_open = migrate
+        self._writer = writer
         self._pool: asyncpg.Pool[Any] | None = None
         super().__init__()
         self._partitions: set[int] = set()
@@ -274,8 +279,7 @@ class PostgresStorage(RowIds):
                 self.url,
                 min_size=1,
                 max_size=self._pool_size,
-                # The staging table of batches; reading commands write nothing (a standby will do).
-                init=_init_connection if self._migrate_on_open else None,
+                init=_init_connection if self._writer else None,  # the batches' staging table
                 command_timeout=60,
             )
             async with self.pool.acquire() as conn:
@@ -298,11 +302,14 @@ class PostgresStorage(RowIds):
                         sorted({name for specs in KINDS.values() for name in specs}),
                     )
                 self._metric_rowid = {r[0]: r[1] for r in await conn.fetch("SELECT name, id FROM metrics")}
-                self._device_rowid = {
-                    r[0]: r[1] for r in await conn.fetch("SELECT device_id, id FROM devices")
-                }
-                self._device_by_rowid = {v: k for k, v in self._device_rowid.items()}
-            if self._migrate_on_open:
+                if not self._writer:
+                    # Readers register nothing: they look devices up as stored. (Writers learn
+                    # the row ids of their own devices when registering them.)
+                    self._device_rowid = {
+                        r[0]: r[1] for r in await conn.fetch("SELECT device_id, id FROM devices")
+                    }
+                    self._device_by_rowid = {v: k for k, v in self._device_rowid.items()}
+            if self._migrate_on_open and self.layout == "partitioned":
                 # This week's and next week's partitions now: creating one locks the table.
                 this_week = time.time_ns() // 1000 // WEEK_US
                 await self._ensure_partitions([this_week, this_week + 1])
@@ -409,7 +416,7 @@ class PostgresStorage(RowIds):
             # at the week's turn.
             wanted.add(max(wanted) + 1)
         missing = sorted(wanted - self._partitions)
-        if not missing or self.layout != "partitioned":
+        if not missing:
             return
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK)
@@ -469,7 +476,8 @@ class PostgresStorage(RowIds):
         """Commit one batch in one transaction (readings by COPY)."""
         rows = self._reading_rows(batch)
         try:
-            await self._ensure_partitions({row[2] // WEEK_US for row in rows})
+            if self.layout == "partitioned":
+                await self._ensure_partitions({r.ts_us // WEEK_US for r, _ in batch.readings})
             async with self.pool.acquire() as conn, conn.transaction():
                 if self.fence is not None:
                     await self._check_fence(conn, self.fence)
@@ -535,15 +543,12 @@ class PostgresStorage(RowIds):
         await conn.executemany(
             "INSERT INTO quarantine(received_us, reason, detail, topic, device_id, payload) "
             "VALUES ($1, $2, $3, $4, $5, $6)",
-            [(q.received_us, q.reason, q.detail, q.topic, q.device_id, q.payload) for q in rejections],
+            quarantine_rows(rejections),
         )
-        totals: dict[str, int] = {}
-        for q in rejections:
-            totals[q.reason] = totals.get(q.reason, 0) + 1
         await conn.executemany(
             "INSERT INTO rejection_totals(reason, total) VALUES ($1, $2) "
             "ON CONFLICT(reason) DO UPDATE SET total = rejection_totals.total + excluded.total",
-            sorted(totals.items()),  # one lock order for every member
+            reason_totals(rejections),
         )
         await conn.execute(
             "DELETE FROM quarantine WHERE id <= (SELECT max(id) FROM quarantine) - $1",
@@ -643,7 +648,7 @@ class PostgresStorage(RowIds):
         rowid = self._device_rowid.get(device_id)
         if rowid is None:
             return {}
-        names = {v: k for k, v in self._metric_rowid.items()}
+        names = self._metric_names()
         rows = await self.pool.fetch(
             "SELECT metric, value FROM readings WHERE device = $1 AND ts_us = "
             "(SELECT last_ts_us FROM devices WHERE id = $1)",
@@ -656,7 +661,7 @@ class PostgresStorage(RowIds):
         rowid = self._device_rowid.get(device_id)
         if rowid is None:
             return
-        names = {v: k for k, v in self._metric_rowid.items()}
+        names = self._metric_names()
         rows = await self.pool.fetch(
             "SELECT ts_us, seq, metric, value, received_us, buffered FROM readings "
             "WHERE device = $1 AND ts_us >= $2 ORDER BY ts_us, seq",
@@ -885,38 +890,22 @@ class PostgresOutbox:
         )
         return PendingSummary(int(row[0]), row[1]) if row else PendingSummary(0, None)
 
-    async def load_facts(self) -> list[AlarmFacts]:
-        """What the planner needs to carry on after a restart, for every open alarm."""
-        history: dict[int, list[HistoryEntry]] = {}
-        for alarm_id, event, received_us, severity in await self._pool.fetch(
-            "SELECT t.alarm_id, t.event, t.received_us, t.severity FROM alarm_transitions AS t "
-            "JOIN alarms AS a ON a.id = t.alarm_id WHERE a.state <> 'closed' ORDER BY t.alarm_id, t.id"
-        ):
-            history.setdefault(int(alarm_id), []).append(
-                HistoryEntry(str(event), int(received_us), Severity[str(severity).upper()])
+    async def load_facts(self, alarm_ids: Collection[int] | None = None) -> list[AlarmFacts]:
+        """What the planner needs to carry on after a restart, for every open alarm (of ``alarm_ids``)."""
+        history = histories(
+            await self._pool.fetch(
+                "SELECT t.alarm_id, t.event, t.received_us, t.severity FROM alarm_transitions AS t "
+                "JOIN alarms AS a ON a.id = t.alarm_id WHERE a.state <> 'closed' "
+                "AND ($1::bigint[] IS NULL OR t.alarm_id = ANY($1)) ORDER BY t.alarm_id, t.id",
+                None if alarm_ids is None else sorted(alarm_ids),
             )
-        sent: dict[int, set[tuple[int, int, int]]] = {}
-        notified: dict[int, set[str]] = {}
-        for alarm_id, nid, channel, target in await self._pool.fetch(
+        )
+        outbox_rows = await self._pool.fetch(
             "SELECT alarm_id, notification_id, channel, target FROM notification_outbox "
             "WHERE alarm_id = ANY($1::bigint[])",
             sorted(history),
-        ):
-            key = int(alarm_id)
-            parsed = parse_escalation(str(nid))
-            if parsed is not None:
-                sent.setdefault(key, set()).add(parsed)
-            if channel == Channel.WEBHOOK.value:
-                notified.setdefault(key, set()).add(str(target))
-        return [
-            AlarmFacts(
-                alarm_id,
-                tuple(entries),
-                frozenset(sent.get(alarm_id, ())),
-                frozenset(notified.get(alarm_id, ())),
-            )
-            for alarm_id, entries in history.items()
-        ]
+        )
+        return alarm_facts(history, outbox_rows)
 
     async def close(self) -> None:
         """Nothing of its own to close: the pool belongs to the storage."""

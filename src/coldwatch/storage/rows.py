@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Iterable
 
 from coldwatch.audit import AuditEntry
 from coldwatch.rules.lifecycle import Transition
-from coldwatch.storage.base import Batch, SeqGap
+from coldwatch.storage.base import Batch, QuarantineEntry, SeqGap
 
-__all__ = ["RowIds", "alarm_rows", "audit_rows", "transition_rows"]
+__all__ = ["RowIds", "alarm_rows", "audit_rows", "quarantine_rows", "reason_totals", "transition_rows"]
 
 
 class RowIds:
@@ -31,11 +32,25 @@ class RowIds:
     def _gap_row(self, gap: SeqGap) -> tuple[int, int, int, int]:
         return (self._device_rowid[gap.device_id], gap.first_missing, gap.last_missing, gap.detected_us)
 
+    def _metric_names(self) -> dict[int, str]:
+        """Metric names by row id."""
+        return {rowid: name for name, rowid in self._metric_rowid.items()}
+
     def _device_rows(self, batch: Batch) -> list[tuple[int | None, int | None, int | None, bool | None, int]]:
         return [
             (s.last_seq, s.last_ts_us, s.last_received_us, s.online, self._device_rowid[device_id])
             for device_id, s in batch.devices.items()
         ]
+
+
+def quarantine_rows(rejections: Iterable[QuarantineEntry]) -> list[tuple[object, ...]]:
+    """``quarantine`` rows (without their id)."""
+    return [(q.received_us, q.reason, q.detail, q.topic, q.device_id, q.payload) for q in rejections]
+
+
+def reason_totals(rejections: Iterable[QuarantineEntry]) -> list[tuple[str, int]]:
+    """How many of ``rejections`` have each reason, in reason order (one lock order for every writer)."""
+    return sorted(Counter(q.reason for q in rejections).items())
 
 
 def alarm_rows(transitions: Iterable[Transition]) -> list[tuple[object, ...]]:

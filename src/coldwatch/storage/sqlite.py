@@ -24,16 +24,7 @@ from coldwatch.errors import StorageError
 from coldwatch.notify.outbox import OUTBOX_SCHEMA, enqueue_sync
 from coldwatch.rules.lifecycle import Alarm, Transition
 from coldwatch.rules.model import EngineReading
-from coldwatch.storage.audit_sqlite import (
-    AUDIT_SCHEMA,
-    append,
-    append_sync,
-    last_link,
-    last_link_sync,
-    on_thread,
-    read_all,
-    verify_stored,
-)
+from coldwatch.storage.audit_sqlite import AUDIT_SCHEMA, append_linked, read_all, verify_stored
 from coldwatch.storage.base import (
     Batch,
     BatchResult,
@@ -43,7 +34,8 @@ from coldwatch.storage.base import (
     alarm_from_row,
     group_readings,
 )
-from coldwatch.storage.rows import RowIds, alarm_rows, transition_rows
+from coldwatch.storage.rows import RowIds, alarm_rows, quarantine_rows, reason_totals, transition_rows
+from coldwatch.storage.sqlite_thread import in_transaction, on_thread
 
 __all__ = ["MIGRATIONS", "SqliteStorage"]
 
@@ -300,35 +292,28 @@ class SqliteStorage(RowIds):
         notifications) the most (benchmarks/ingest.py).
         """
         try:
-            result = await on_thread(self._conn, self._write, batch)
+            result = await on_thread(self._conn, in_transaction, self._write, batch)
         except (sqlite3.Error, OverflowError, ValueError) as exc:
             raise StorageError(f"{self.path}: batch write failed: {exc}") from exc
         self._maybe_checkpoint()
         return result
 
     def _write(self, conn: sqlite3.Connection, batch: Batch) -> BatchResult:
-        """Everything a batch carries in one transaction, on the connection's own thread."""
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            stored, duplicates = self._store_readings(conn, batch)
-            if batch.rejections:
-                self._quarantine(conn, batch.rejections)
-            if batch.gaps:
-                conn.executemany(_INSERT_GAP, [self._gap_row(g) for g in batch.gaps])
-            if batch.transitions:
-                self._write_transitions(conn, batch.transitions)
-            if batch.notifications:
-                enqueue_sync(conn, batch.notifications)
-            if batch.audit:
-                # The link is read inside the transaction: the deliverer appends on its own connection.
-                append_sync(conn, batch.audit, *last_link_sync(conn))
-            if batch.devices:
-                conn.executemany(_UPDATE_DEVICE, self._device_rows(batch))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        """Everything a batch carries (in the caller's transaction, on the connection's thread)."""
+        stored, duplicates = self._store_readings(conn, batch)
+        if batch.rejections:
+            self._quarantine(conn, batch.rejections)
+        if batch.gaps:
+            conn.executemany(_INSERT_GAP, [self._gap_row(g) for g in batch.gaps])
+        if batch.transitions:
+            self._write_transitions(conn, batch.transitions)
+        if batch.notifications:
+            enqueue_sync(conn, batch.notifications)
+        if batch.audit:
+            # The link is read inside the transaction: the deliverer appends on its own connection.
+            append_linked(conn, batch.audit)
+        if batch.devices:
+            conn.executemany(_UPDATE_DEVICE, self._device_rows(batch))
         return BatchResult(stored=stored, duplicates=duplicates)
 
     def _store_readings(
@@ -353,15 +338,12 @@ class SqliteStorage(RowIds):
         conn.executemany(
             "INSERT INTO quarantine(received_us, reason, detail, topic, device_id, payload) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            [(q.received_us, q.reason, q.detail, q.topic, q.device_id, q.payload) for q in rejections],
+            quarantine_rows(rejections),
         )
-        totals: dict[str, int] = {}
-        for q in rejections:
-            totals[q.reason] = totals.get(q.reason, 0) + 1
         conn.executemany(
             "INSERT INTO rejection_totals(reason, total) VALUES (?, ?) "
             "ON CONFLICT(reason) DO UPDATE SET total = total + excluded.total",
-            list(totals.items()),
+            reason_totals(rejections),
         )
         # Bounded: the oldest entries go first; their totals above remain.
         conn.execute(
@@ -464,7 +446,7 @@ class SqliteStorage(RowIds):
         rowid = self._device_rowid.get(device_id)
         if rowid is None:
             return {}
-        names = {v: k for k, v in self._metric_rowid.items()}
+        names = self._metric_names()
         async with self._conn.execute(
             "SELECT metric, value FROM readings WHERE device = ?1 AND ts_us = "
             "(SELECT last_ts_us FROM devices WHERE id = ?1)",
@@ -477,7 +459,7 @@ class SqliteStorage(RowIds):
         rowid = self._device_rowid.get(device_id)
         if rowid is None:
             return
-        names = {v: k for k, v in self._metric_rowid.items()}
+        names = self._metric_names()
         sql = (
             "SELECT ts_us, seq, metric, value, received_us, buffered FROM readings "
             "WHERE device = ? AND ts_us >= ? ORDER BY ts_us, seq"
@@ -489,16 +471,8 @@ class SqliteStorage(RowIds):
 
     async def record_audit(self, drafts: list[AuditDraft]) -> None:
         """Append audit entries in a transaction of their own (start-up, configuration)."""
-        db = self._conn
         try:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                await append(db, drafts, *await last_link(db))
-                await db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    await db.execute("ROLLBACK")
-                raise
+            await on_thread(self._conn, in_transaction, append_linked, drafts)
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: audit write failed: {exc}") from exc
 
