@@ -22,7 +22,7 @@ from pathlib import Path
 from coldwatch.broker import free_port, stop_process
 from coldwatch.errors import StorageError
 
-__all__ = ["RunningPostgres", "find_pg_bindir", "running_postgres", "start_postgres"]
+__all__ = ["RunningPostgres", "find_pg_bindir", "running_postgres", "start_postgres", "stop_postgres"]
 
 
 @dataclass(frozen=True, slots=True)

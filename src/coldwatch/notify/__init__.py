@@ -8,6 +8,7 @@ can import :mod:`coldwatch.notify.config` without a cycle):
 - ``escalation``: pure due-time arithmetic of escalation tiers and repeats.
 - ``planner``: pure, stateful ``Notifier``: alarm transitions and open alarms in,
   outbox items out (enqueued in the batch transaction that stores the transitions).
-- ``outbox``: the SQLite outbox tables and queries (aiosqlite).
+- ``outbox``: the outbox protocol the deliverer reads through, and its SQLite form
+  (aiosqlite); the PostgreSQL form is in ``coldwatch.storage.postgres``.
 - ``deliver``: the shell that posts outbox rows over HTTP with persisted backoff.
 """

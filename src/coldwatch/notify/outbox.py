@@ -38,16 +38,12 @@ __all__ = [
     "SqliteOutbox",
     "alarm_facts",
     "connect",
-    "due",
     "enqueue",
     "enqueue_sync",
     "escalations_sent",
     "histories",
-    "lane_heads",
     "load_facts",
     "parse_escalation",
-    "pending_summary",
-    "record_attempt",
 ]
 
 # Append to the storage MIGRATIONS as one new entry (never edit a released entry).
@@ -156,7 +152,7 @@ class OutboxStore(Protocol):
 
 
 class SqliteOutbox:
-    """The outbox on a SQLite connection of the deliverer's own (the module's functions, bound)."""
+    """The outbox on a SQLite connection of the deliverer's own."""
 
     def __init__(self, db: aiosqlite.Connection, *, owned: bool = False) -> None:
         self.db = db
@@ -165,12 +161,25 @@ class SqliteOutbox:
     async def due(
         self, now_us: int, limit: int = 100, *, lane: tuple[Channel, str] | None = None
     ) -> list[OutboxRow]:
-        """See :func:`due`."""
-        return await due(self.db, now_us, limit, lane=lane)
+        """Rows due at ``now_us``, oldest first, none behind an older row of its lane waiting to retry."""
+        params = {
+            "now": now_us,
+            "limit": limit,
+            "channel": lane[0].value if lane else None,
+            "target": lane[1] if lane else None,
+        }
+        async with self.db.execute(_DUE, params) as cur:
+            return [
+                OutboxRow(
+                    int(r[0]), str(r[1]), Channel(r[2]), str(r[3]), bytes(r[4]), r[5], int(r[6]), int(r[7])
+                )
+                async for r in cur
+            ]
 
     async def lane_heads(self) -> list[tuple[tuple[Channel, str], int]]:
-        """See :func:`lane_heads`."""
-        return await lane_heads(self.db)
+        """The oldest pending row of every lane: ((channel, target), next_attempt_us)."""
+        async with self.db.execute(_LANE_HEADS) as cur:
+            return [((Channel(channel), str(target)), int(next_us)) async for channel, target, next_us in cur]
 
     async def record_attempt(
         self,
@@ -183,21 +192,37 @@ class SqliteOutbox:
         next_attempt_us: int | None,
         audit: AuditDraft | None = None,
     ) -> None:
-        """See :func:`record_attempt`."""
-        await record_attempt(
-            self.db,
-            outbox_id,
-            at_us=at_us,
-            ok=ok,
-            status=status,
-            error=error,
-            next_attempt_us=next_attempt_us,
-            audit=audit,
-        )
+        """Record one delivery attempt in a transaction of its own; ``ok`` marks the row delivered.
+
+        ``next_attempt_us`` None on a failure: give up (nothing more will be attempted).
+        """
+
+        def record(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO notification_attempts(outbox_id, at_us, ok, status, error) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (outbox_id, at_us, int(ok), status, error),
+            )
+            conn.execute(
+                "UPDATE notification_outbox SET attempts = attempts + 1, last_error = ?, "
+                "delivered_us = CASE WHEN ? THEN ? END, next_attempt_us = CASE WHEN ? THEN NULL ELSE ? END "
+                "WHERE id = ?",
+                (error, int(ok), at_us, int(ok), next_attempt_us, outbox_id),
+            )
+            if audit is not None:
+                # Every notification sent or failed is in the audit trail, in the same transaction.
+                append_linked(conn, [audit])
+
+        await on_thread(self.db, in_transaction, record)
 
     async def pending_summary(self) -> PendingSummary:
-        """See :func:`pending_summary`."""
-        return await pending_summary(self.db)
+        """How many rows wait for delivery, and since when the oldest does."""
+        async with self.db.execute(
+            "SELECT count(*), min(created_us) FROM notification_outbox "
+            "WHERE delivered_us IS NULL AND next_attempt_us IS NOT NULL"
+        ) as cur:
+            row = await cur.fetchone()
+        return PendingSummary(int(row[0]), row[1]) if row else PendingSummary(0, None)
 
     async def load_facts(self, alarm_ids: Collection[int] | None = None) -> list[AlarmFacts]:
         """See :func:`load_facts`."""
@@ -241,77 +266,6 @@ def enqueue_sync(conn: sqlite3.Connection, items: Iterable[OutboxItem]) -> int:
         rows,
     )
     return conn.total_changes - before
-
-
-async def due(
-    db: aiosqlite.Connection,
-    now_us: int,
-    limit: int = 100,
-    *,
-    lane: tuple[Channel, str] | None = None,
-) -> list[OutboxRow]:
-    """Rows due at ``now_us``, oldest first, none behind an older row of its lane waiting to retry."""
-    params = {
-        "now": now_us,
-        "limit": limit,
-        "channel": lane[0].value if lane else None,
-        "target": lane[1] if lane else None,
-    }
-    async with db.execute(_DUE, params) as cur:
-        return [
-            OutboxRow(int(r[0]), str(r[1]), Channel(r[2]), str(r[3]), bytes(r[4]), r[5], int(r[6]), int(r[7]))
-            async for r in cur
-        ]
-
-
-async def lane_heads(db: aiosqlite.Connection) -> list[tuple[tuple[Channel, str], int]]:
-    """The oldest pending row of every lane: ((channel, target), next_attempt_us)."""
-    async with db.execute(_LANE_HEADS) as cur:
-        return [((Channel(channel), str(target)), int(next_us)) async for channel, target, next_us in cur]
-
-
-async def record_attempt(
-    db: aiosqlite.Connection,
-    outbox_id: int,
-    *,
-    at_us: int,
-    ok: bool,
-    status: int | None,
-    error: str | None,
-    next_attempt_us: int | None,
-    audit: AuditDraft | None = None,
-) -> None:
-    """Record one delivery attempt in a transaction of its own; ``ok`` marks the row delivered.
-
-    ``next_attempt_us`` None on a failure: give up (nothing more will be attempted).
-    """
-
-    def record(conn: sqlite3.Connection) -> None:
-        conn.execute(
-            "INSERT INTO notification_attempts(outbox_id, at_us, ok, status, error) VALUES (?, ?, ?, ?, ?)",
-            (outbox_id, at_us, int(ok), status, error),
-        )
-        conn.execute(
-            "UPDATE notification_outbox SET attempts = attempts + 1, last_error = ?, "
-            "delivered_us = CASE WHEN ? THEN ? END, next_attempt_us = CASE WHEN ? THEN NULL ELSE ? END "
-            "WHERE id = ?",
-            (error, int(ok), at_us, int(ok), next_attempt_us, outbox_id),
-        )
-        if audit is not None:
-            # Every notification sent or failed is in the audit trail, in the same transaction.
-            append_linked(conn, [audit])
-
-    await on_thread(db, in_transaction, record)
-
-
-async def pending_summary(db: aiosqlite.Connection) -> PendingSummary:
-    """How many rows wait for delivery, and since when the oldest does."""
-    async with db.execute(
-        "SELECT count(*), min(created_us) FROM notification_outbox "
-        "WHERE delivered_us IS NULL AND next_attempt_us IS NOT NULL"
-    ) as cur:
-        row = await cur.fetchone()
-    return PendingSummary(int(row[0]), row[1]) if row else PendingSummary(0, None)
 
 
 def parse_escalation(notification_id: str) -> tuple[int, int, int] | None:
