@@ -10,7 +10,7 @@ that the replay no longer produces are revoked; new ones are marked late.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from coldwatch.rules.config import CommLossRule
@@ -38,14 +38,89 @@ MAX_CHECKPOINTS = 32
 MAX_HISTORY = 4096
 
 
+# A stateless evaluator's pre-check: True when ``update`` would return no signal or one
+# without a level (see ThresholdEvaluator.calm).
+Calm = Callable[[Mapping[str, float]], bool]
+
+
 @dataclass(slots=True)
 class _Judged:
     """The part of a device's state that is a function of its readings (checkpointed)."""
 
     evaluators: list[RuleEvaluator]
     latches: list[Latch]
+    # Per evaluator, fixed at build and shared by every copy of the state: whether it is
+    # stateless (``update`` changes nothing, a copy shares it) and its ``calm`` pre-check
+    # if it is and has one.
+    stateless: list[bool]
+    calm: list[Calm | None]
     door_open: bool = False
     door_closed_us: int | None = None
+    # (evaluator, latch, calm) of each rule, in order: what judging a reading walks through.
+    rules: list[tuple[RuleEvaluator, Latch, Calm | None]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.rules = list(zip(self.evaluators, self.latches, self.calm, strict=True))
+
+    @classmethod
+    def of(cls, evaluators: list[RuleEvaluator], latches: list[Latch]) -> _Judged:
+        """The state of no readings, with these evaluators and their latches."""
+        stateless = [bool(getattr(ev, "stateless", False)) for ev in evaluators]
+        calm: list[Calm | None] = [
+            getattr(ev, "calm", None) if shared else None
+            for ev, shared in zip(evaluators, stateless, strict=True)
+        ]
+        return cls(evaluators, latches, stateless, calm)
+
+    def save(self) -> _Saved:
+        """What a checkpoint keeps of this state: only what readings change, compactly.
+
+        A device holds a checkpoint every CHECKPOINT_EVERY readings for the whole reorder
+        horizon, so an idle latch is kept as None and all-idle latches as ``()``; stateless
+        evaluators, and a latch's key and delays, are never written and stay shared.
+        """
+        evaluators: tuple[RuleEvaluator | None, ...] = ()
+        if not all(self.stateless):
+            evaluators = tuple(
+                None if shared else copy.deepcopy(ev)
+                for ev, shared in zip(self.evaluators, self.stateless, strict=True)
+            )
+        latches = tuple(
+            None
+            if latch.active is None and not latch.run_start
+            else (latch.active, tuple(latch.run_start.items()))
+            for latch in self.latches
+        )
+        if not any(latches):
+            latches = ()
+        return _Saved(evaluators, latches, self.door_open, self.door_closed_us)
+
+    def restore(self, saved: _Saved) -> _Judged:
+        """A state of the same rules as this one, as ``saved`` (left as it is, for a later rewind)."""
+        evaluators = self.evaluators
+        if saved.evaluators:
+            evaluators = [
+                live if copied is None else copy.deepcopy(copied)
+                for live, copied in zip(self.evaluators, saved.evaluators, strict=True)
+            ]
+        latches = [Latch(latch.key, latch.delays_us) for latch in self.latches]
+        for latch, kept in zip(latches, saved.latches, strict=False):  # () when all idle
+            if kept is not None:
+                latch.active, run_start = kept
+                latch.run_start.update(run_start)
+        return _Judged(
+            list(evaluators), latches, self.stateless, self.calm, saved.door_open, saved.door_closed_us
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Saved:
+    """A checkpointed :class:`_Judged` (see ``_Judged.save``)."""
+
+    evaluators: tuple[RuleEvaluator | None, ...]  # copies of those with state; () if none has
+    latches: tuple[tuple[Severity | None, tuple[tuple[Severity, int], ...]] | None, ...]  # None: idle
+    door_open: bool
+    door_closed_us: int | None
 
 
 @dataclass(slots=True)
@@ -55,6 +130,7 @@ class _CommLoss:
     timeout_us: int
     raised_us: int | None = None
     cleared_us: int | None = None  # silence is measured from a clear too: a backfill ended it
+    arrived_us: int | None = None  # the latest arrival of a reading this rule watches
 
 
 def _difference(
@@ -102,11 +178,10 @@ class DeviceRules:
     started_us: int
     history: History = field(default_factory=lambda: History(""))
     # (ts, seq, history length at the time, state before the readings after it; None: fresh)
-    checkpoints: list[tuple[int, int, int, _Judged | None]] = field(default_factory=list)
+    checkpoints: list[tuple[int, int, int, _Saved | None]] = field(default_factory=list)
     # Builds the state of no readings at all: the first checkpoint, without a copy per device.
     fresh: Callable[[], _Judged] | None = None
     emitted: list[AlarmEvent] = field(default_factory=list)
-    last_seen_us: dict[str, int] = field(default_factory=dict)  # per metric, and "" for any
     offline: bool = False
     too_late: int = 0
     newest: tuple[int, int] | None = None  # (ts, seq) judged last, without a reorder horizon
@@ -132,7 +207,7 @@ class DeviceRules:
             judged = [factory() for factory in evaluators]
             # A latch only reads its delays: it shares the evaluator's.
             latches = [Latch(AlarmKey(device_id, ev.metric, ev.rule), ev.delays_us) for ev in judged]
-            return _Judged(judged, latches)
+            return _Judged.of(judged, latches)
 
         rules = cls(
             device_id,
@@ -154,19 +229,22 @@ class DeviceRules:
         """Judge one reading (rewinding if it is older than the newest judged)."""
         # Communication loss is about arrival, not device time: it is never replayed.
         comm_events = self._comm_on_reading(reading)
-        position = (reading.ts_us, reading.seq)
         if self.horizon_us == 0:
+            position = (reading.ts_us, reading.seq)
             # No reorder horizon: readings at or behind the newest are not judged again.
             if self.newest is not None and position <= self.newest:
                 self.too_late += 1
                 return comm_events
             self.newest = position
             return comm_events + self._judge(self.judged, reading, late=reading.buffered)
-        if not len(self.history) or position > self.history.key(-1):
+        if self.history.is_after_newest(reading.ts_us, reading.seq):
             events = self._judge(self.judged, reading, late=reading.buffered)
             self._remember(reading, events)
+        else:
+            events = self._rewind(reading)
+        if comm_events:
             return comm_events + events
-        return comm_events + self._rewind(reading)
+        return events
 
     def _judge(self, state: _Judged, reading: EngineReading, *, late: bool) -> list[AlarmEvent]:
         ts = reading.ts_us
@@ -181,7 +259,10 @@ class DeviceRules:
             state.door_closed_us is not None and ts - state.door_closed_us < self.door_recovery_us
         )
         events: list[AlarmEvent] = []
-        for evaluator, latch in zip(state.evaluators, state.latches, strict=True):
+        for evaluator, latch, calm in state.rules:
+            if latch.active is None and not latch.run_start and calm is not None and calm(values):
+                # The common case: fed a signal without a level, an idle latch stays idle.
+                continue
             signal = evaluator.update(ts, values)
             if signal is None:
                 continue
@@ -195,18 +276,17 @@ class DeviceRules:
         if self.horizon_us == 0:
             return
         self.history.append(reading)
-        self.emitted += events
-        last_cp_ts = self.checkpoints[-1][0]
+        if events:
+            self.emitted += events
+        last_cp_ts, _, last_cp_len, _ = self.checkpoints[-1]
         # Checkpoints cost a copy of the rule state: take one every CHECKPOINT_EVERY readings
         # and at most every 1/16 of the horizon, so a fast device is not copying all day.
-        since_checkpoint = len(self.history) - self.checkpoints[-1][2]
-        if (since_checkpoint >= CHECKPOINT_EVERY and reading.ts_us - last_cp_ts >= self.horizon_us // 16) or (
-            # A stuck device clock never moves time on: bound the history by count as well.
-            since_checkpoint >= CHECKPOINT_EVERY * 8
+        # A stuck device clock never moves time on: bound the history by count as well.
+        since_checkpoint = len(self.history) - last_cp_len
+        if since_checkpoint >= CHECKPOINT_EVERY and (
+            reading.ts_us - last_cp_ts >= self.horizon_us // 16 or since_checkpoint >= CHECKPOINT_EVERY * 8
         ):
-            self.checkpoints.append(
-                (reading.ts_us, reading.seq, len(self.history), copy.deepcopy(self.judged))
-            )
+            self.checkpoints.append((reading.ts_us, reading.seq, len(self.history), self.judged.save()))
             self._trim()
 
     def _trim(self) -> None:
@@ -251,7 +331,7 @@ class DeviceRules:
             assert self.fresh is not None
             self.judged = self.fresh()
         else:
-            self.judged = copy.deepcopy(cp_state)
+            self.judged = self.judged.restore(cp_state)
         before: dict[AlarmKey, Severity | None] = {
             latch.key: latch.active
             for latch in self.judged.latches  # None in a fresh state
@@ -271,15 +351,15 @@ class DeviceRules:
         # Silence is timed by arrival (the collector's clock), not by the device's clock,
         # which may be slow or fast; a reading without a receipt time counts at its own.
         arrived = reading.received_us or reading.ts_us
-        for metric in ("", *reading.values):
-            if arrived > self.last_seen_us.get(metric, -(2**63)):
-                self.last_seen_us[metric] = arrived
         self.offline = False
-        events = []
+        events: list[AlarmEvent] = []
         for comm in self.comm:
-            if comm.raised_us is not None and (
-                comm.spec.metric is None or comm.spec.metric in reading.values
-            ):
+            metric = comm.spec.metric
+            carried = metric is None or metric in reading.values
+            # (A metric named "" is timed by every reading, as the device is, but never cleared.)
+            if (carried or not metric) and (comm.arrived_us is None or arrived > comm.arrived_us):
+                comm.arrived_us = arrived
+            if comm.raised_us is not None and carried:
                 cleared = max(arrived, comm.raised_us)
                 events.append(AlarmEvent(EventKind.CLEARED, comm.key, cleared, None, late=reading.buffered))
                 comm.raised_us = None
@@ -304,7 +384,7 @@ class DeviceRules:
             if comm.raised_us is not None:
                 continue
             # Never before the collector started: after a restart its backlog arrives first.
-            last = max(self.last_seen_us.get(comm.spec.metric or "", self.started_us), self.started_us)
+            last = self.started_us if comm.arrived_us is None else max(comm.arrived_us, self.started_us)
             if comm.cleared_us is not None:
                 last = max(last, comm.cleared_us)
             due = last + comm.timeout_us
@@ -348,6 +428,6 @@ class DeviceRules:
             # Late readings older than this point are not judged again: the replay before
             # it could not know everything the live run knew.
             last = self.history.key(-1) if len(self.history) else (-(2**63), -1)
-            self.checkpoints = [(last[0], last[1], len(self.history), copy.deepcopy(self.judged))]
+            self.checkpoints = [(last[0], last[1], len(self.history), self.judged.save())]
         elif len(self.history):
             self.newest = self.history.key(-1)

@@ -76,6 +76,16 @@ class ThresholdEvaluator(_Stateless):
             )
             for name, level in spec.levels.items()
         )
+        # No level is met at or within the mildest limit (the lowest high one, the highest low one).
+        limits = [limit for _, limit, _ in self._levels]
+        self._calm_bound = min(limits) if self._high else max(limits)
+
+    def calm(self, values: Mapping[str, float]) -> bool:
+        """Whether ``update`` would give no signal, or one without a level (cheap, no signal built)."""
+        value = values.get(self.metric)
+        if value is None:
+            return True
+        return value <= self._calm_bound if self._high else value >= self._calm_bound
 
     def update(self, ts_us: int, values: Mapping[str, float]) -> Signal | None:  # noqa: ARG002
         """Judge one reading: beyond the limit (strict), or still within the off-margin."""
@@ -100,6 +110,11 @@ class HeldEvaluator(_Stateless):
         self.suppressible = False
         self.delays_us = level_delays(spec.levels)
         self._worst = max(SEVERITY[name] for name in spec.levels)
+
+    def calm(self, values: Mapping[str, float]) -> bool:
+        """Whether ``update`` would give no signal, or one without a level (cheap, no signal built)."""
+        value = values.get(self.metric)
+        return value is None or value < 0.5
 
     def update(self, ts_us: int, values: Mapping[str, float]) -> Signal | None:  # noqa: ARG002
         """True counts toward every level; the latch's delays decide which is reached."""
@@ -127,6 +142,12 @@ class ProbeDisagreementEvaluator(_Stateless):
         self._levels = sorted(
             (SEVERITY[name], level.limit, level.limit - level.margin) for name, level in spec.levels.items()
         )
+        self._calm_bound = min(limit for _, limit, _ in self._levels)
+
+    def calm(self, values: Mapping[str, float]) -> bool:
+        """Whether ``update`` would give no signal, or one without a level (cheap, no signal built)."""
+        a, b = values.get(self.metric), values.get(self._other)
+        return a is None or b is None or abs(a - b) <= self._calm_bound
 
     def update(self, ts_us: int, values: Mapping[str, float]) -> Signal | None:  # noqa: ARG002
         """Judge the difference when the reading carries both probes."""

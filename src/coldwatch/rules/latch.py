@@ -35,7 +35,12 @@ class Latch:
 
     def feed(self, ts_us: int, signal: Signal, *, late: bool = False) -> list[AlarmEvent]:
         """Account for the signal at ``ts_us``; return the events it causes, in time order."""
-        level, keeps = signal.level, signal.keeps()
+        level = signal.level
+        if level is None and self.active is None:
+            # Nothing raised, nothing met (most readings): every pending run ends, no event.
+            self.run_start.clear()
+            return []
+        keeps = signal.keeps()
         for severity in self.delays_us:  # only the severities this rule has levels for
             raised = self.active is not None and severity <= self.active
             # A pending run needs the strict condition; a raised one is kept within margin.

@@ -115,6 +115,12 @@ class RuleEvaluator(Protocol):
     ``update`` returns the rule's signal at that reading's time, or None when the
     reading carries nothing this rule judges (for example another metric). State must be
     plain data so that ``copy.deepcopy`` can checkpoint it.
+
+    Optionally, an evaluator whose ``update`` changes nothing has ``stateless = True``
+    (one instance serves every device; checkpoints share it), and then may have
+    ``calm(values) -> bool``: True only when ``update`` would return None or a signal
+    without a level. The device skips both ``update`` and the latch for such a reading
+    while the rule's alarm is idle (the common case): no signal is built for it.
     """
 
     rule: str
