@@ -133,8 +133,8 @@ class Collector:
             clock_us=lambda: self.clock.now_us,
         )
 
-    def _ack(self, _delivery: Delivery) -> None:
-        self.acked += 1
+    def _ack(self, deliveries: list[Delivery]) -> None:
+        self.acked += len(deliveries)
 
     def item(
         self,

@@ -17,24 +17,33 @@ import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from coldwatch.config import MqttConfig
+from coldwatch.mqtt_wire import (
+    PUBACK,
+    MalformedPacketError,
+    Publish,
+    decode_publish,
+    is_fast_publish,
+    next_packet,
+    pubacks,
+)
 
 __all__ = ["Delivery", "MqttSource", "backoff_delays"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(NamedTuple):
     """One message as received, with what is needed to acknowledge it later."""
 
     topic: str
@@ -46,37 +55,142 @@ class Delivery:
     received_us: int
 
 
-# Packets read per readiness callback: enough to amortise an event-loop turn, few enough
-# that timers and the writer run in between.
+# Bytes taken from the socket per readiness callback: a few hundred messages, enough to
+# amortise an event-loop turn, few enough that timers and the writer run in between.
+RECV_BYTES = 64 * 1024
+# Messages one receive can hold at most (the smallest PUBLISH is 4 bytes); the pipeline
+# keeps this much room below its queue's end.
 READ_BURST = 256
 
 
-def _read_many(client: paho.Client, room: Callable[[], bool], pause: Callable[[], None]) -> None:
-    """Make paho read every packet already received per call, not one per event-loop turn.
+class _ChunkReader:
+    """paho's ``loop_read`` replaced: one large ``recv`` per call, PUBLISH decoded in bulk.
 
-    aiomqtt calls ``loop_read()`` when the socket is readable; paho then reads one packet
-    (its burst counts only QoS 2 traffic), so every QoS 1 message cost a whole event-loop
-    turn with an epoll call. Reading on until the socket would block (or ``READ_BURST``
-    packets) cut that overhead (benchmarks/ingest.py). Uses paho's own packet reader.
+    paho reads every packet with at least three ``recv`` calls and builds a properties
+    object, a message object and a topic match for each PUBLISH: over half of the
+    collector's Python time (benchmarks/ingest.py). Here the socket is read in chunks,
+    split by :mod:`coldwatch.mqtt_wire`, PUBLISH packets of QoS 0 and 1 go straight to
+    ``deliver`` and every other packet (CONNACK, SUBACK, PINGRESP, DISCONNECT, QoS 2
+    flows) to paho's own handler, so the protocol state stays paho's.
+
+    ``room`` is asked before each message: without room, ``pause`` is called and what is
+    left stays in this buffer, in the socket and at the broker (back-pressure).
     """
-    read_packet = client._packet_read  # noqa: SLF001
-    handle = client._loop_rc_handle  # noqa: SLF001
 
-    def loop_read(max_packets: int = 1) -> MQTTErrorCode:  # noqa: ARG001 - paho's signature
-        for _ in range(READ_BURST):
-            if client._sock is None:  # noqa: SLF001
-                return MQTTErrorCode.MQTT_ERR_NO_CONN
-            if not room():
-                pause()  # back-pressure: unread data stays in the socket, then in the broker
-                break
-            rc = read_packet()
-            if rc > 0:
-                return handle(rc)
-            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
-                break
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
+    def __init__(
+        self,
+        client: paho.Client,
+        *,
+        v5: bool,
+        room: Callable[[], bool],
+        pause: Callable[[], None],
+        deliver: Callable[[Publish, int], None],
+    ) -> None:
+        self._client = client
+        self._v5 = v5
+        self._room = room
+        self._pause = pause
+        self._deliver = deliver
+        self._buffer = bytearray()
+        self._pos = 0  # start of the first packet not yet taken
+        self.held = False  # stopped for want of room; the next call resumes from the buffer
 
-    client.loop_read = loop_read  # type: ignore[method-assign]
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:  # noqa: ARG002 - paho's signature
+        """Take what the socket holds (paho's signature and return codes)."""
+        client = self._client
+        if client._sock is None:  # noqa: SLF001
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
+        self.held = False
+        if self._pos < len(self._buffer):
+            rc = self._take()
+            if rc or self.held:
+                return client._loop_rc_handle(rc) if rc else rc  # noqa: SLF001
+        try:
+            data = client._sock_recv(RECV_BYTES)  # noqa: SLF001 - maps TLS want-read/write for us
+        except BlockingIOError:
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        except OSError as exc:
+            log.warning("receive failed: %s", exc)
+            return client._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)  # noqa: SLF001
+        if not data:
+            return client._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)  # noqa: SLF001
+        client._last_bytes_received = time.monotonic()  # noqa: SLF001 - paho's keepalive reads it
+        self._buffer += data
+        rc = self._take()
+        if not rc and not self.held and _tls_pending(client):
+            # Decrypted bytes wait inside the TLS object: the socket will not wake us for them.
+            asyncio.get_running_loop().call_soon(self.loop_read)
+        return client._loop_rc_handle(rc) if rc else rc  # noqa: SLF001
+
+    def _take(self) -> MQTTErrorCode:
+        """Hand on every complete packet in the buffer while there is room."""
+        buffer, pos, room, deliver, v5 = self._buffer, self._pos, self._room, self._deliver, self._v5
+        received_us = time.time_ns() // 1000
+        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+        try:
+            while True:
+                found = next_packet(buffer, pos)
+                if found is None:
+                    break
+                first, start, end = found
+                if is_fast_publish(first):
+                    if not room():
+                        self.held = True
+                        self._pause()
+                        break
+                    deliver(decode_publish(first, buffer, start, end, v5=v5), received_us)
+                else:
+                    rc = self._to_paho(first, buffer[start:end])
+                pos = end
+                if rc:
+                    break
+        except MalformedPacketError as exc:
+            log.warning("%s; reconnecting", exc)
+            rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+        finally:
+            if pos == len(buffer):
+                buffer.clear()
+                pos = 0
+            elif pos > RECV_BYTES:
+                del buffer[:pos]
+                pos = 0
+            self._pos = pos
+        return rc
+
+    def _to_paho(self, first: int, body: bytearray) -> MQTTErrorCode:
+        """Let paho handle a packet other than a QoS 0/1 PUBLISH, as if it had read it."""
+        client = self._client
+        client._in_packet = {  # noqa: SLF001
+            "command": first,
+            "have_remaining": 1,
+            "remaining_count": [],
+            "remaining_mult": 1,
+            "remaining_length": len(body),
+            "packet": body,
+            "to_process": 0,
+            "pos": 0,
+        }
+        try:
+            return client._packet_handle()  # noqa: SLF001
+        except MalformedPacket as exc:
+            log.warning("malformed MQTT packet 0x%02x: %s; reconnecting", first, exc)
+            return MQTTErrorCode.MQTT_ERR_PROTOCOL
+        finally:
+            client._in_packet = {  # noqa: SLF001
+                "command": 0,
+                "have_remaining": 0,
+                "remaining_count": [],
+                "remaining_mult": 1,
+                "remaining_length": 0,
+                "packet": bytearray(),
+                "to_process": 0,
+                "pos": 0,
+            }
+
+
+def _tls_pending(client: paho.Client) -> bool:
+    sock = client._sock  # noqa: SLF001
+    return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
 
 
 async def _always_room() -> None:
@@ -153,47 +267,47 @@ class MqttSource:
         )
         # Must be set before CONNECT: the broker resends pending messages right after it.
         client._client.manual_ack_set(True)  # noqa: SLF001 - see module docstring
-        _read_many(client._client, self._room, functools.partial(self._pause, client))  # noqa: SLF001
-        # Messages go straight from paho's callback to the consumer: aiomqtt's iterator costs
-        # a task and an asyncio.wait per message (benchmarks/ingest.py). Installed before
-        # CONNECT, as the broker resends a persistent session's messages right after it.
         activity = self._activity
 
-        def on_message(_client: paho.Client, _userdata: object, message: paho.MQTTMessage) -> None:
+        def deliver(publish: Publish, received_us: int) -> None:
             activity.set()
             try:
-                deliver(message)
-            except Exception:  # never out of paho's read loop: the rest of its burst would be lost
+                offer(Delivery(*publish, connection, received_us))
+            except Exception:  # never out of the read loop: the rest of the chunk would be lost
                 # Unacknowledged, the message is redelivered on the next connection.
-                log.exception("could not take message %d on %s", message.mid, message.topic)
+                log.exception("could not take message %d on %s", publish.mid, publish.topic)
 
-        def deliver(message: paho.MQTTMessage) -> None:
-            offer(
-                Delivery(
-                    topic=message.topic,
-                    payload=bytes(message.payload),
-                    qos=message.qos,
-                    mid=message.mid,
-                    retain=message.retain,
-                    connection=connection,
-                    received_us=time.time_ns() // 1000,
-                )
-            )
-
-        client._client.on_message = on_message  # noqa: SLF001
+        # Installed before CONNECT, as the broker resends a persistent session's messages
+        # right after it; messages go straight to the consumer (aiomqtt's iterator costs a
+        # task and an asyncio.wait per message).
+        reader = _ChunkReader(
+            client._client,  # noqa: SLF001
+            v5=v5,
+            room=self._room,
+            pause=functools.partial(self._pause, client),
+            deliver=deliver,
+        )
+        client._client.loop_read = reader.loop_read  # type: ignore[method-assign]  # noqa: SLF001
         if not log.isEnabledFor(logging.DEBUG):
             # paho logs every packet it reads; a lost connection still surfaces as MqttError.
             client._client.disable_logger()  # noqa: SLF001 - a measured hot spot (benchmarks/ingest.py)
         return client
 
-    def ack(self, delivery: Delivery) -> None:
-        """Acknowledge a committed message, if the connection that delivered it still stands."""
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge committed messages, those whose delivering connection still stands.
+
+        Their PUBACKs go out back to back, as one write: one per message cost a packet
+        object, a queue entry and a writer registration each (benchmarks/ingest.py).
+        """
         client = self._client
-        if delivery.qos == 0 or client is None or delivery.connection != self._connection:
-            # A newer connection reuses message ids; the broker will resend this one and
-            # storage will recognise it as a duplicate.
+        if client is None:
             return
-        client._client.ack(delivery.mid, delivery.qos)  # noqa: SLF001 - see module docstring
+        current = self._connection
+        # A newer connection reuses message ids: the broker will resend those messages and
+        # storage will recognise them as duplicates.
+        mids = [d.mid for d in deliveries if d.qos == 1 and d.connection == current]
+        if mids:
+            client._client._packet_queue(PUBACK, pubacks(mids), 0, 0)  # noqa: SLF001 - see module docstring
 
     async def wait_quiet(self, idle_s: float = 0.2, timeout_s: float = 5.0) -> bool:
         """Wait until no message has arrived for ``idle_s`` (at most ``timeout_s``).

@@ -95,7 +95,7 @@ class Pipeline:
         storage: Storage,
         metrics: Metrics,
         states: dict[str, DeviceState],
-        ack: Callable[[Delivery], None],
+        ack: Callable[[list[Delivery]], None],
         *,
         engine: Engine,
         book: AlarmBook,
@@ -115,8 +115,9 @@ class Pipeline:
         self._on_notified = on_notified
         self._clock_us = clock_us
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=config.ingest.queue_max)
-        self._taken: list[_Item] = []  # taken from the queue, not yet committed
-        self._alarm_readings_us: list[int] = []  # live readings that raised an alarm, this batch
+        self._taken: list[_Item] = []  # taken from the queue for the next batch
+        self._writing: list[_Item] = []  # the batch being committed
+        self._alarm_readings_us: list[int] = []  # live readings that raised an alarm, next batch
         self._overflow: deque[_Item] = deque()
         self._room = asyncio.Event()
         self.peak_depth = 0  # the most messages ever held (back-pressure bounds it)
@@ -135,11 +136,19 @@ class Pipeline:
     @property
     def depth(self) -> int:
         """Messages received and not yet committed."""
-        return self._queue.qsize() + len(self._taken) + len(self._overflow)
+        return self._queue.qsize() + len(self._taken) + len(self._writing) + len(self._overflow)
 
     def has_room(self) -> bool:
         """Whether the MQTT side may read more: a burst of reads must still fit in the queue."""
-        return not self._overflow and self._queue.qsize() < self._room_below
+        # Every message held counts (queued, being batched and being committed): the
+        # configured queue size bounds what this process holds, not just the queue.
+        return not self._overflow and self.depth < self._room_below
+
+    def _done_writing(self) -> None:
+        """The batch being committed is done: its messages no longer count, so the reader may go on."""
+        self._writing = []
+        if self.has_room():
+            self._room.set()
 
     async def wait_room(self) -> None:
         """Wait until :meth:`has_room` (the writer takes items out)."""
@@ -183,10 +192,27 @@ class Pipeline:
             self._queue.put_nowait(_Item(None, Tick(now_us)))
 
     async def run_writer(self) -> None:
-        """Commit batches until cancelled."""
-        while True:
-            items = await self._take_batch()
-            await self._commit(items)
+        """Commit batches until cancelled.
+
+        The next batch is taken and judged while the previous one is being committed (on
+        the database's own thread or server), so the rules and the database work side by
+        side; batches still commit one at a time, in order.
+        """
+        committing: asyncio.Task[None] | None = None
+        try:
+            while True:
+                items = await self._take_batch()
+                batch, alarm_readings_us = self._build(items), self._alarm_readings_us
+                self._alarm_readings_us = []
+                if committing is not None:
+                    await committing
+                self._writing, self._taken = items, []
+                committing = asyncio.create_task(
+                    self._store(items, batch, alarm_readings_us), name="storage-commit"
+                )
+        finally:
+            if committing is not None and not committing.done():
+                committing.cancel()
 
     def close_intake(self) -> None:
         """Stop queueing new messages (shutdown).
@@ -326,12 +352,19 @@ class Pipeline:
             batch.transitions += self.book.apply(events, received_us)
 
     async def _commit(self, items: list[_Item]) -> None:
-        batch = self._build(items)
+        """Judge and commit one batch, with nothing in flight (the writer's step, unpipelined)."""
+        batch, alarm_readings_us = self._build(items), self._alarm_readings_us
+        self._alarm_readings_us = []
+        self._writing, self._taken = items, []
+        await self._store(items, batch, alarm_readings_us)
+
+    async def _store(self, items: list[_Item], batch: Batch, alarm_readings_us: list[int]) -> None:
+        """Commit a judged batch, then acknowledge its messages and account for it."""
         if not (
             batch.readings or batch.rejections or batch.transitions or batch.devices or batch.notifications
         ):
             # A timer tick that changed nothing: no transaction, no fsync.
-            self._taken = []
+            self._done_writing()
             async with self.committed:
                 self.committed.notify_all()
             return
@@ -351,28 +384,26 @@ class Pipeline:
                 await asyncio.sleep(delay)
         self.last_write_ok = True
         self._metrics.batch_seconds.observe(time.perf_counter() - started)
-        self._observe_delays(batch)
+        self._observe_delays(batch, alarm_readings_us)
         self._metrics.batch_size.observe(len(items))
+        self._ack([item.delivery for item in items if item.delivery is not None])
         for item in items:
-            if item.delivery is not None:
-                self._ack(item.delivery)
             if item.reply is not None and item.outcome is not None and not item.reply.done():
                 item.reply.set_result(item.outcome)
-        self._taken = []
+        self._done_writing()
         if batch.notifications:
             self._on_notified()
         self._account(batch, result)
         async with self.committed:
             self.committed.notify_all()
 
-    def _observe_delays(self, batch: Batch) -> None:
+    def _observe_delays(self, batch: Batch, alarm_readings_us: list[int]) -> None:
         committed_us = self._clock_us()
         for reading, _ in batch.readings:
             if not reading.buffered:
                 self._metrics.ingest_delay.observe((committed_us - reading.ts_us) / 1e6)
-        for ts_us in self._alarm_readings_us:
+        for ts_us in alarm_readings_us:
             self._metrics.alarm_delay.observe((committed_us - ts_us) / 1e6)
-        self._alarm_readings_us.clear()
 
     def _account(self, batch: Batch, result: BatchResult) -> None:
         metrics = self._metrics

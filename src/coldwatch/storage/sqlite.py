@@ -140,8 +140,16 @@ log = logging.getLogger(__name__)
 CHECKPOINT_EVERY_S = 1.0
 
 _INSERT_INCOMING = "INSERT INTO temp.incoming VALUES (?, ?, ?, ?, ?, ?, ?)"
+_INSERT_READINGS = "INSERT OR IGNORE INTO readings VALUES "
+# Rows per multi-row INSERT, largest first: any count is a sum of at most ten statements,
+# and only these few statement texts are ever prepared (and cached).
+_ROWS_PER_INSERT: Final = tuple(2**k for k in range(9, -1, -1))
 _INSERT_GAP = "INSERT INTO seq_gaps(device, first_missing, last_missing, detected_us) VALUES (?, ?, ?, ?)"
-_UPDATE_DEVICE = "UPDATE devices SET last_seq=?, last_ts_us=?, last_received_us=?, online=? WHERE id=?"
+_UPDATE_DEVICES_HEAD = (
+    "UPDATE devices SET last_seq = v.column1, last_ts_us = v.column2, last_received_us = v.column3, "
+    "online = v.column4 FROM (VALUES "
+)
+_UPDATE_DEVICES_TAIL = ") AS v WHERE devices.id = v.column5"
 _FIND_DUPLICATES = """
     SELECT DISTINCT i.device, i.seq, i.ts_us FROM temp.incoming AS i
     WHERE EXISTS (SELECT 1 FROM readings AS r WHERE r.device = i.device
@@ -154,6 +162,26 @@ _EXPORT = """
       AND (:since IS NULL OR r.ts_us >= :since) AND (:until IS NULL OR r.ts_us < :until)
     ORDER BY d.device_id, r.ts_us, r.seq, m.name
 """
+
+
+def _many(conn: sqlite3.Connection, head: str, rows: Sequence[tuple[object, ...]], tail: str = "") -> int:
+    """``head VALUES-rows tail`` for every row, in multi-row statements; the rows it changed.
+
+    ``executemany`` steps once per row, and each step releases and takes back the GIL:
+    while the event loop's thread runs Python, every row waited for it (up to the 5 ms
+    switch interval). A multi-row statement binds all its rows and takes the GIL back once.
+    """
+    width = len(rows[0])
+    one = "(" + ", ".join("?" * width) + ")"
+    changed = 0
+    at = 0
+    for size in _ROWS_PER_INSERT:
+        while len(rows) - at >= size:
+            chunk = rows[at : at + size]
+            sql = head + ", ".join([one] * size) + tail
+            changed += conn.execute(sql, [value for row in chunk for value in row]).rowcount
+            at += size
+    return changed
 
 
 class SqliteStorage(RowIds):
@@ -313,7 +341,7 @@ class SqliteStorage(RowIds):
             # The link is read inside the transaction: the deliverer appends on its own connection.
             append_linked(conn, batch.audit)
         if batch.devices:
-            conn.executemany(_UPDATE_DEVICE, self._device_rows(batch))
+            _many(conn, _UPDATE_DEVICES_HEAD, self._device_rows(batch), _UPDATE_DEVICES_TAIL)
         return BatchResult(stored=stored, duplicates=duplicates)
 
     def _store_readings(
@@ -326,6 +354,16 @@ class SqliteStorage(RowIds):
         rows = self._reading_rows(batch)
         if not rows:
             return 0, frozenset()
+        # Nearly every batch is all new: insert directly, and only when some row was
+        # ignored take the slower path that tells which readings were stored before
+        # (staging, a duplicate query and an insert from the stage cost 2.5 times as much).
+        conn.execute("SAVEPOINT readings")
+        stored = _many(conn, _INSERT_READINGS, rows)
+        if stored == len(rows):
+            conn.execute("RELEASE readings")
+            return stored, frozenset()
+        conn.execute("ROLLBACK TO readings")
+        conn.execute("RELEASE readings")
         conn.executemany(_INSERT_INCOMING, rows)
         duplicates = frozenset(
             (self._device_by_rowid[d], int(s), int(t)) for d, s, t in conn.execute(_FIND_DUPLICATES)
