@@ -51,3 +51,21 @@ def test_replay_benchmark_runs_and_paths_agree(tmp_path: Path) -> None:
     rows = json.loads(out.read_text())["rows"]
     assert {r["kind"] for r in rows} == {"cryoshipper", "incubator", "particle_counter"}
     assert all(r["same_alarms_on_baseline_days"] for r in rows)
+
+
+def test_engine_benchmark_runs_and_measures_retained_history() -> None:
+    """The engine benchmark judges a small feed twice alike and measures bytes per retained reading."""
+    rate = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "engine_rate.py"), "--devices", "50", "--readings", "5000",
+         "--repeat", "2"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert rate.returncode == 0, rate.stdout + rate.stderr
+    assert "readings/s" in rate.stdout
+    memory = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "engine_rate.py"), "--memory", "--devices", "20", "--readings",
+         "20000"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert memory.returncode == 0, memory.stdout + memory.stderr
+    assert "bytes per retained reading" in memory.stdout

@@ -38,6 +38,8 @@ T0 = 1_714_564_800 * US
 INC = DeviceConfig(id="inc-01", kind=Kind.INCUBATOR, site="plant-1", area="culture-lab")
 PC = DeviceConfig(id="pc-fill-a1", kind=Kind.PARTICLE_COUNTER, site="plant-1", area="fill-suite", grade="A")
 TABLES = {"devices", "metrics", "readings", "quarantine", "rejection_totals", "seq_gaps"}
+# SQLite's ``readings`` is a view over ``reading_rows`` (which keeps the arrival as a delay).
+SQLITE_TABLES = TABLES | {"reading_rows"}
 
 
 def reading(
@@ -90,9 +92,30 @@ async def test_open_creates_every_table_and_sets_user_version(tmp_path: Path) ->
     await store.open()
     await store.close()
 
-    tables = {str(name) for (name,) in query(path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    tables = {
+        str(name) for (name,) in query(path, "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
+    }
     assert query(path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
-    assert tables >= TABLES
+    assert tables >= SQLITE_TABLES
+
+
+async def test_readings_stored_before_the_arrival_delay_layout_keep_every_field(tmp_path: Path) -> None:
+    """A database of the previous version keeps its readings, arrival times included, once migrated."""
+    path = tmp_path / "old.db"
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        for version, script in enumerate(MIGRATIONS[:4], start=1):
+            conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={version};\nCOMMIT;")
+        conn.execute("INSERT INTO devices(device_id, kind, site, area) VALUES ('d1', 'incubator', 's', 'a')")
+        conn.execute("INSERT INTO metrics(name) VALUES ('temp_c')")
+        rows = [(1, 1, T0 + i * US, i, 37.0 + i / 100, T0 + i * US + 2_345, i % 2) for i in range(5)]
+        # Arrived a week "before" its time: a device clock far ahead.
+        rows.append((1, 1, T0 + 9 * US, 9, 36.5, T0 - 7 * 24 * 3600 * US, 1))
+        conn.executemany("INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    store = SqliteStorage(path)
+    await store.open()
+    await store.close()
+    assert query(path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
+    assert query(path, "SELECT * FROM readings ORDER BY ts_us") == rows
 
 
 async def test_migrations_are_applied_once(tmp_path: Path) -> None:

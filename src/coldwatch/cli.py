@@ -20,6 +20,7 @@ from coldwatch.payload import parse_timestamp_us
 __all__ = ["main"]
 
 log = logging.getLogger("coldwatch")
+SWITCH_INTERVAL_S = 0.0005  # see _cmd_run
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -70,6 +71,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             redact(config.storage.location),
         )
 
+    # The database thread gives the GIL back for every statement it runs and then waits
+    # for the event loop's thread to let go of it: up to the 5 ms default switch interval
+    # each time while messages are being judged. 0.5 ms: 14,000 -> 16,500 msg/s when
+    # draining a backlog (benchmarks/ingest.py).
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     if config.cluster.enabled:
         asyncio.run(run_until_signalled(ClusterDaemon(config, on_ready=ready)))
     else:

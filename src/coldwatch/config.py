@@ -92,8 +92,9 @@ class MqttConfig(_Model):
     protocol: Literal["5", "3.1.1"] = "5"
     session_expiry_s: int = Field(7 * 24 * 3600, gt=0)
     # How many unacknowledged QoS 1 messages the broker may have in flight to us. Messages
-    # are acknowledged only after they are committed, so this bounds what we hold in memory.
-    receive_maximum: int = Field(1000, ge=1, le=65535)
+    # are acknowledged only after they are committed, so this bounds what we hold in memory;
+    # it must hold two batches (one committing, one being judged) for the writer to keep up.
+    receive_maximum: int = Field(4000, ge=1, le=65535)
     keepalive_s: int = Field(30, ge=5)
     reconnect: ReconnectConfig = ReconnectConfig()
     ca_file: Path | None = None
@@ -139,7 +140,9 @@ class StorageConfig(_Model):
 
     path: Path = Path("data/coldwatch.db")
     url: str | None = None
-    batch_max: int = Field(500, ge=1, le=100_000)
+    # Under a backlog, larger transactions amortise the fsync and the write-ahead log's page
+    # writes: 500 -> 2,000 messages gave 17,000 -> 22,000 msg/s (benchmarks/ingest.py).
+    batch_max: int = Field(2000, ge=1, le=100_000)
     batch_max_delay_s: float = Field(0.01, ge=0, le=10)
     quarantine_max_rows: int = Field(10_000, ge=10)
     retry_initial_s: float = Field(0.2, gt=0)

@@ -58,8 +58,8 @@ class Delivery(NamedTuple):
 # Bytes taken from the socket per readiness callback: a few hundred messages, enough to
 # amortise an event-loop turn, few enough that timers and the writer run in between.
 RECV_BYTES = 64 * 1024
-# Messages one receive can hold at most (the smallest PUBLISH is 4 bytes); the pipeline
-# keeps this much room below its queue's end.
+# The pipeline stops reading this many messages below its queue's end. Room is asked
+# before every message, so this is a margin, not a bound on what one receive holds.
 READ_BURST = 256
 
 
@@ -139,11 +139,12 @@ class _ChunkReader:
                         self._pause()
                         break
                     deliver(decode_publish(first, buffer, start, end, v5=v5), received_us)
+                    pos = end
                 else:
+                    pos = end  # taken whatever paho makes of it: a failing packet is never retried
                     rc = self._to_paho(first, buffer[start:end])
-                pos = end
-                if rc:
-                    break
+                    if rc:
+                        break
         except MalformedPacketError as exc:
             log.warning("%s; reconnecting", exc)
             rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
@@ -174,6 +175,9 @@ class _ChunkReader:
             return client._packet_handle()  # noqa: SLF001
         except MalformedPacket as exc:
             log.warning("malformed MQTT packet 0x%02x: %s; reconnecting", first, exc)
+            return MQTTErrorCode.MQTT_ERR_PROTOCOL
+        except Exception:  # paho's decoders raise struct.error and others on a short packet
+            log.exception("MQTT packet 0x%02x could not be handled; reconnecting", first)
             return MQTTErrorCode.MQTT_ERR_PROTOCOL
         finally:
             client._in_packet = {  # noqa: SLF001

@@ -15,8 +15,8 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Literal, NamedTuple
 
 from coldwatch.audit import AuditDraft
 from coldwatch.config import Config
@@ -65,6 +65,14 @@ class _Item:
     decoded: Decoded
     reply: asyncio.Future[Transition] | None = None
     outcome: Transition | None = None
+
+
+class _Judged(NamedTuple):
+    """A batch judged by the rules, waiting for (or in) its commit."""
+
+    items: list[_Item]
+    batch: Batch
+    alarm_readings_us: list[int]  # live readings that raised an alarm in it
 
 
 def audit_draft(transition: Transition) -> AuditDraft:
@@ -116,7 +124,10 @@ class Pipeline:
         self._clock_us = clock_us
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=config.ingest.queue_max)
         self._taken: list[_Item] = []  # taken from the queue for the next batch
-        self._writing: list[_Item] = []  # the batch being committed
+        self._judged = 0  # messages of batches judged and not yet committed
+        # At most two batches between the queue and their commit: one being committed, one
+        # judged (or being judged) meanwhile.
+        self._ahead = asyncio.Semaphore(2)
         self._alarm_readings_us: list[int] = []  # live readings that raised an alarm, next batch
         self._overflow: deque[_Item] = deque()
         self._room = asyncio.Event()
@@ -136,7 +147,7 @@ class Pipeline:
     @property
     def depth(self) -> int:
         """Messages received and not yet committed."""
-        return self._queue.qsize() + len(self._taken) + len(self._writing) + len(self._overflow)
+        return self._queue.qsize() + len(self._taken) + self._judged + len(self._overflow)
 
     def has_room(self) -> bool:
         """Whether the MQTT side may read more: a burst of reads must still fit in the queue."""
@@ -144,9 +155,14 @@ class Pipeline:
         # configured queue size bounds what this process holds, not just the queue.
         return not self._overflow and self.depth < self._room_below
 
-    def _done_writing(self) -> None:
-        """The batch being committed is done: its messages no longer count, so the reader may go on."""
-        self._writing = []
+    def _judged_batch(self, items: list[_Item]) -> None:
+        """The batch being taken is judged: it waits for (or is in) its commit."""
+        self._judged += len(items)
+        self._taken = []
+
+    def _done_writing(self, items: list[_Item]) -> None:
+        """A batch is committed: its messages no longer count, so the reader may go on."""
+        self._judged -= len(items)
         if self.has_room():
             self._room.set()
 
@@ -196,23 +212,34 @@ class Pipeline:
 
         The next batch is taken and judged while the previous one is being committed (on
         the database's own thread or server), so the rules and the database work side by
-        side; batches still commit one at a time, in order.
+        side; batches still commit one at a time, in order. Both halves run in one task
+        group: a failure of either stops the writer at once.
         """
-        committing: asyncio.Task[None] | None = None
-        try:
-            while True:
-                items = await self._take_batch()
-                batch, alarm_readings_us = self._build(items), self._alarm_readings_us
-                self._alarm_readings_us = []
-                if committing is not None:
-                    await committing
-                self._writing, self._taken = items, []
-                committing = asyncio.create_task(
-                    self._store(items, batch, alarm_readings_us), name="storage-commit"
-                )
-        finally:
-            if committing is not None and not committing.done():
-                committing.cancel()
+        handoff: asyncio.Queue[_Judged] = asyncio.Queue(maxsize=1)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._judge_batches(handoff), name="rules-judge")
+            tasks.create_task(self._commit_batches(handoff), name="storage-commit")
+
+    async def _judge_batches(self, handoff: asyncio.Queue[_Judged]) -> None:
+        while True:
+            await self._ahead.acquire()  # released once a batch is committed
+            items = await self._take_batch()
+            try:
+                batch = self._build(items)
+            except BaseException:
+                # What is being committed is committed and acknowledged before the writer stops.
+                await handoff.join()
+                raise
+            alarm_readings_us, self._alarm_readings_us = self._alarm_readings_us, []
+            self._judged_batch(items)
+            await handoff.put(_Judged(items, batch, alarm_readings_us))
+
+    async def _commit_batches(self, handoff: asyncio.Queue[_Judged]) -> None:
+        while True:
+            judged = await handoff.get()
+            await self._store(judged)
+            handoff.task_done()
+            self._ahead.release()
 
     def close_intake(self) -> None:
         """Stop queueing new messages (shutdown).
@@ -271,7 +298,7 @@ class Pipeline:
                 if observation.event is SeqEvent.RESTART:
                     metrics.per_device.add(metrics.per_device.seq_restarts, decoded.device_id)
                 batch.readings.append((decoded, delivery.received_us))
-                batch.devices[decoded.device_id] = self._tracker.state(decoded.device_id)
+                batch.devices[decoded.device_id] = replace(self._tracker.state(decoded.device_id))
                 reading = EngineReading(
                     decoded.device_id,
                     decoded.ts_us,
@@ -287,7 +314,7 @@ class Pipeline:
             elif isinstance(decoded, Status):
                 state = self._tracker.state(decoded.device_id)
                 state.online = decoded.online
-                batch.devices[decoded.device_id] = state
+                batch.devices[decoded.device_id] = replace(state)
                 events = self.engine.status(
                     decoded.device_id, online=decoded.online, at_us=delivery.received_us
                 )
@@ -353,18 +380,19 @@ class Pipeline:
 
     async def _commit(self, items: list[_Item]) -> None:
         """Judge and commit one batch, with nothing in flight (the writer's step, unpipelined)."""
-        batch, alarm_readings_us = self._build(items), self._alarm_readings_us
-        self._alarm_readings_us = []
-        self._writing, self._taken = items, []
-        await self._store(items, batch, alarm_readings_us)
+        batch = self._build(items)
+        alarm_readings_us, self._alarm_readings_us = self._alarm_readings_us, []
+        self._judged_batch(items)
+        await self._store(_Judged(items, batch, alarm_readings_us))
 
-    async def _store(self, items: list[_Item], batch: Batch, alarm_readings_us: list[int]) -> None:
+    async def _store(self, judged: _Judged) -> None:
         """Commit a judged batch, then acknowledge its messages and account for it."""
+        items, batch, alarm_readings_us = judged
         if not (
             batch.readings or batch.rejections or batch.transitions or batch.devices or batch.notifications
         ):
             # A timer tick that changed nothing: no transaction, no fsync.
-            self._done_writing()
+            self._done_writing(items)
             async with self.committed:
                 self.committed.notify_all()
             return
@@ -390,7 +418,7 @@ class Pipeline:
         for item in items:
             if item.reply is not None and item.outcome is not None and not item.reply.done():
                 item.reply.set_result(item.outcome)
-        self._done_writing()
+        self._done_writing(items)
         if batch.notifications:
             self._on_notified()
         self._account(batch, result)
