@@ -338,7 +338,7 @@ def latency(bench: Bench, devices: int, rate: float, seconds: float) -> dict[str
 
 def memory(bench: Bench, devices: int, per_device: int) -> dict[str, float]:
     """Peak resident memory of the collector with ``devices`` registered, all reporting."""
-    daemon = Daemon(write_config(bench, bench.root / "memory", devices))
+    daemon = Daemon(write_config(bench, bench.root / f"memory-{per_device}", devices))
     daemon.start()
     try:
         bench.load(devices * per_device, devices)
@@ -411,11 +411,9 @@ def main() -> int:
         "ratio_to_ceiling": ours["per_s"] / ceil["per_s"],
         "latency": lat,
         "memory": mem,
+        # More readings per device: more rule history held for late data (benchmarks/engine_rate.py
+        # --memory measures it alone), and a longer backlog drained (the ingest queue fills).
         "memory_history_held": mem_held,
-        # What each reading kept for re-judging late data adds (the slope between both runs).
-        "bytes_per_held_reading": (mem_held["peak_rss_mb"] - mem["peak_rss_mb"])
-        * 2**20
-        / max(1, mem_held["messages"] - mem["messages"]),
         "targets": TARGETS,
     }
     rows = [
@@ -436,8 +434,8 @@ def main() -> int:
         (f"publish -> alarm at {args.rate:,.0f}/s", f"p50 {lat['alarm_p50_ms']} ms",
          f"p99 {lat['alarm_p99_ms']} ms (target <= {TARGETS['alarm_p99_ms']:g})"),
         (f"peak RSS, {mem['devices']:,} devices", f"{mem['peak_rss_mb']:.0f} MB", f"target <= {TARGETS['peak_rss_mb']:g}"),
-        (f"  after {args.memory_readings} readings each", f"{mem_held['peak_rss_mb']:.0f} MB",
-         f"{result['bytes_per_held_reading']:.0f} bytes per reading held for late data"),
+        (f"  {args.memory_readings} readings each", f"{mem_held['peak_rss_mb']:.0f} MB",
+         "rule history held for late data; a longer backlog drained"),
         ("bytes on disk per reading", f"{ours['bytes_per_reading']:.1f}",
          f"{ours['bytes_per_value']:.1f} per value; target <= {TARGETS['bytes_per_reading']:g}"),
     ]  # fmt: skip
