@@ -59,6 +59,13 @@ if [ "$cw_need_mosquitto" = 1 ] && ! cw_have prometheus-alertmanager; then
     || cw_die "Prometheus Alertmanager is required by the tests and could not be installed (apt-get install prometheus-alertmanager)"
 fi
 
+if [ "$cw_need_mosquitto" = 1 ] && ! command -v openssl >/dev/null; then
+  # The TLS tests make a certificate authority and a broker certificate with it.
+  cw_apt_install openssl || true
+  command -v openssl >/dev/null \
+    || cw_die "openssl is required by the TLS tests and could not be installed (apt-get install openssl)"
+fi
+
 cw_have_pg() { compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null; }
 if [ "$cw_need_mosquitto" = 1 ] && ! cw_have_pg; then
   # The tests start PostgreSQL clusters of their own (initdb, postgres): only the binaries are needed.

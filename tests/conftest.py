@@ -373,3 +373,30 @@ async def raise_comm_loss(broker: RunningBroker, config: Config, running: InProc
     """Publish one reading of inc-1, then wait for its silence to raise communication loss (alarm 1)."""
     await publish_all(broker, [(telemetry_topic(config, "inc-1"), reading(0, {"temp_c": 37.0}))], clients=1)
     await eventually(lambda: running.sample("coldwatch_alarms_open", COMM_LOSS_OPEN) == 1, what="an alarm")
+
+
+async def check_backlog_drained_within_queue(
+    config: Config, publish: Callable[[Sequence[tuple[str, bytes]]], Awaitable[None]], per_device: int = 300
+) -> None:
+    """Queue ``per_device`` readings of every device while the collector is away, then drain them.
+
+    All must be stored, reading must have paused on the way, and the collector must never
+    have held more messages than its ingest queue.
+    """
+    async with running_daemon(config):
+        pass  # creates the collector's persistent session
+    messages = [
+        (telemetry_topic(config, d.id), reading(seq, {"temp_c": 37.0, "co2_pct": 5.0}))
+        for seq in range(per_device)
+        for d in config.devices
+    ]
+    await publish(messages)
+    async with running_daemon(config) as running:
+        await eventually(
+            lambda: distinct_messages(config.storage.path) == len(messages),
+            timeout_s=120,
+            what="the whole backlog stored",
+        )
+        assert running.daemon.pipeline is not None
+        assert running.daemon.pipeline.peak_depth <= config.ingest.queue_max
+        assert running.sample("coldwatch_ingest_read_pauses_total") > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import sqlite3
@@ -15,6 +16,7 @@ from coldwatch.config import Config
 from coldwatch.payload import Reason
 from tests.conftest import (
     DaemonProcess,
+    check_backlog_drained_within_queue,
     device_entries,
     distinct_messages,
     eventually,
@@ -282,20 +284,4 @@ async def test_a_backlog_waits_at_the_broker_not_in_memory(
         mqtt={"receive_maximum": 100},
         ingest={"queue_max": 600},
     )
-    async with running_daemon(config):
-        pass  # creates the collector's persistent session
-    messages = [
-        (telemetry_topic(config, d["id"]), reading(seq, {"temp_c": 37.0, "co2_pct": 5.0}))
-        for seq in range(300)
-        for d in devices
-    ]
-    await publish_all(broker, messages)
-    async with running_daemon(config) as running:
-        await eventually(
-            lambda: distinct_messages(config.storage.path) == len(messages),
-            timeout_s=120,
-            what="the whole backlog stored",
-        )
-        assert running.daemon.pipeline is not None
-        assert running.daemon.pipeline.peak_depth <= 600
-        assert running.sample("coldwatch_ingest_read_pauses_total") > 0
+    await check_backlog_drained_within_queue(config, functools.partial(publish_all, broker))
