@@ -113,10 +113,12 @@ async def test_a_fault_judging_commits_the_batch_in_flight_first(
     """When judging the next batch fails, the batch being committed is still committed and acknowledged."""
     original = writer.pipeline._build
     started = asyncio.Event()
+    failed = asyncio.Event()
     release = asyncio.Event()
 
     def build(items: list[Any]) -> Any:
         if started.is_set():
+            failed.set()
             raise RuntimeError("rules fault")
         started.set()
         return original(items)
@@ -131,7 +133,10 @@ async def test_a_fault_judging_commits_the_batch_in_flight_first(
     for seq in (1, 2, 3, 4):
         writer.offer(seq, now - 10 + seq * 0.01)
     task = asyncio.create_task(writer.pipeline.run_writer())
-    await asyncio.sleep(0.1)
+    async with asyncio.timeout(5):
+        await failed.wait()
+    for _ in range(10):  # let every task run what it can
+        await asyncio.sleep(0)
     assert not task.done()  # the judge waits for the batch in flight
     release.set()
     async with asyncio.timeout(5):

@@ -99,9 +99,8 @@ async def test_open_creates_every_table_and_sets_user_version(tmp_path: Path) ->
     assert tables >= SQLITE_TABLES
 
 
-async def test_readings_stored_before_the_arrival_delay_layout_keep_every_field(tmp_path: Path) -> None:
-    """A database of the previous version keeps its readings, arrival times included, once migrated."""
-    path = tmp_path / "old.db"
+def previous_version_database(path: Path) -> list[tuple[int, int, int, int, float, int, int]]:
+    """A database of schema version 4 (arrival times stored whole) holding a few readings; its rows."""
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
         for version, script in enumerate(MIGRATIONS[:4], start=1):
             conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={version};\nCOMMIT;")
@@ -111,6 +110,39 @@ async def test_readings_stored_before_the_arrival_delay_layout_keep_every_field(
         # Arrived a week "before" its time: a device clock far ahead.
         rows.append((1, 1, T0 + 9 * US, 9, 36.5, T0 - 7 * 24 * 3600 * US, 1))
         conn.executemany("INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    return rows
+
+
+async def test_a_failed_migration_is_rolled_back_and_releases_the_database(tmp_path: Path) -> None:
+    """A migration that fails leaves the previous schema and data, and no lock held by the collector."""
+    path = tmp_path / "old.db"
+    rows = previous_version_database(path)
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE reading_rows (x)")  # in the way of migration 5, as a full disk would be
+    store = SqliteStorage(path)
+    with pytest.raises(StorageError, match="already exists"):
+        await store.open()
+    with closing(sqlite3.connect(path, timeout=0.5, isolation_level=None)) as conn:
+        conn.execute("BEGIN IMMEDIATE")  # the write lock is free
+        conn.execute("ROLLBACK")
+    assert query(path, "PRAGMA user_version") == [(4,)]
+    assert query(path, "SELECT * FROM readings ORDER BY ts_us") == rows
+
+
+async def test_reading_commands_refuse_an_older_schema_instead_of_upgrading_it(tmp_path: Path) -> None:
+    """A reading command never changes the tables under a running collector of the previous version."""
+    path = tmp_path / "old.db"
+    rows = previous_version_database(path)
+    with pytest.raises(StorageError, match="older than this coldwatch"):
+        await open_existing(path).open()
+    assert query(path, "PRAGMA user_version") == [(4,)]
+    assert query(path, "SELECT * FROM readings ORDER BY ts_us") == rows
+
+
+async def test_readings_stored_before_the_arrival_delay_layout_keep_every_field(tmp_path: Path) -> None:
+    """A database of the previous version keeps its readings, arrival times included, once migrated."""
+    path = tmp_path / "old.db"
+    rows = previous_version_database(path)
     store = SqliteStorage(path)
     await store.open()
     await store.close()

@@ -58,8 +58,8 @@ class Delivery(NamedTuple):
 # Bytes taken from the socket per readiness callback: a few hundred messages, enough to
 # amortise an event-loop turn, few enough that timers and the writer run in between.
 RECV_BYTES = 64 * 1024
-# The pipeline stops reading this many messages below its queue's end. Room is asked
-# before every message, so this is a margin, not a bound on what one receive holds.
+# The pipeline stops reading twice this many messages below its queue's end. Room is
+# asked before every message, so this is a margin, not a bound on what one receive holds.
 READ_BURST = 256
 
 
@@ -116,10 +116,9 @@ class _ChunkReader:
             return client._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)  # noqa: SLF001
         client._last_bytes_received = time.monotonic()  # noqa: SLF001 - paho's keepalive reads it
         self._buffer += data
+        # (A TLS record is at most 16 KiB: one receive takes it whole, so no decrypted bytes
+        # are left waiting in the TLS object, where the socket would not signal them.)
         rc = self._take()
-        if not rc and not self.held and _tls_pending(client):
-            # Decrypted bytes wait inside the TLS object: the socket will not wake us for them.
-            asyncio.get_running_loop().call_soon(self.loop_read)
         return client._loop_rc_handle(rc) if rc else rc  # noqa: SLF001
 
     def _take(self) -> MQTTErrorCode:
@@ -190,11 +189,6 @@ class _ChunkReader:
                 "to_process": 0,
                 "pos": 0,
             }
-
-
-def _tls_pending(client: paho.Client) -> bool:
-    sock = client._sock  # noqa: SLF001
-    return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
 
 
 async def _always_room() -> None:

@@ -439,7 +439,7 @@ class Pipeline:
             if (reading.device_id, reading.seq, reading.ts_us) in result.duplicates:
                 metrics.duplicates.inc()
             else:
-                self._account_reading(reading, received_us)
+                self._account_reading(reading, received_us, batch.devices[reading.device_id])
         for gap in batch.gaps:
             metrics.per_device.add(metrics.per_device.seq_missing, gap.device_id, gap.count)
         for rejection in batch.rejections:
@@ -450,7 +450,11 @@ class Pipeline:
         for transition in batch.transitions:
             metrics.alarm_transitions.labels(transition.alarm.key.rule, transition.event).inc()
 
-    def _account_reading(self, reading: Telemetry, received_us: int) -> None:
+    def _account_reading(self, reading: Telemetry, received_us: int, state: DeviceState) -> None:
+        """Metrics of one stored reading, given its device's state as of its own batch.
+
+        (The next batch may have been judged already: the tracker's state is ahead.)
+        """
         metrics = self._metrics
         series = metrics.per_device
         series.add(series.readings, reading.device_id)
@@ -458,7 +462,6 @@ class Pipeline:
         if reading.buffered:
             series.add(series.buffered, reading.device_id)
         metrics.last_received_us[reading.device_id] = received_us
-        state = self._tracker.state(reading.device_id)
         # Only the newest reading sets the "last value": a backfilled old one must not.
         if state.last_ts_us is None or reading.ts_us >= state.last_ts_us:
             for name, value in reading.values:

@@ -50,4 +50,4 @@ def open_existing(location: str | Path) -> Storage:
         return PostgresStorage(text, migrate=False, writer=False, pool_size=2)
     if not Path(text).exists():
         raise StorageError(f"{text}: no database (has the collector run?)")
-    return open_storage(text)
+    return SqliteStorage(Path(text), migrate=False)
