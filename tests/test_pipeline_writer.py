@@ -39,6 +39,7 @@ class Writer:
         self.acked: list[list[int]] = []  # seq of each acknowledged batch, in order
         self.device_row_at_ack: list[tuple[int, int]] = []  # (last_seq, stored readings) then
         self.on_ack: Callable[[], None] = lambda: None
+        self.registry = CollectorRegistry()
 
     def ack(self, deliveries: list[Delivery]) -> None:
         self.acked.append([json.loads(d.payload)["seq"] for d in deliveries])
@@ -48,10 +49,25 @@ class Writer:
         self.device_row_at_ack.append((last_seq, stored))
         self.on_ack()
 
-    def offer(self, seq: int, ts_s: float) -> None:
-        body = {"ts": ts_s, "seq": seq, "values": {"temp_c": 37.0, "co2_pct": 5.0}}
+    def offer(self, seq: int, ts_s: float, *, temp_c: float = 37.0, mid: int | None = None) -> None:
+        body = {"ts": ts_s, "seq": seq, "values": {"temp_c": temp_c, "co2_pct": 5.0}}
         now_us = time.time_ns() // 1000
-        self.pipeline.offer(Delivery(TOPIC, json.dumps(body).encode(), 1, seq + 1, False, 1, now_us))
+        mid = seq + 1 if mid is None else mid
+        self.pipeline.offer(Delivery(TOPIC, json.dumps(body).encode(), 1, mid, False, 1, now_us))
+
+    async def drain(self) -> None:
+        """Run the writer until everything offered is committed."""
+        task = asyncio.create_task(self.pipeline.run_writer())
+        try:
+            async with asyncio.timeout(10):
+                await self.pipeline.drain()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def sample(self, name: str) -> float:
+        return self.registry.get_sample_value(name, {"device": "inc-1", "kind": "incubator", "site": "s",
+                                                     "area": "a"}) or 0.0  # fmt: skip
 
 
 @pytest.fixture
@@ -62,9 +78,9 @@ async def writer(tmp_path: Path) -> AsyncIterator[Writer]:
     storage = SqliteStorage(Path(config.storage.path), synchronous="NORMAL")
     await storage.open()
     states = await storage.register_devices(config.devices)
-    metrics = Metrics(CollectorRegistry(), config.devices)
-    engine, book = await start_alarming(config, storage, states, metrics)
     writer = Writer(config, storage)
+    metrics = Metrics(writer.registry, config.devices)
+    engine, book = await start_alarming(config, storage, states, metrics)
     writer.pipeline = Pipeline(config, storage, metrics, states, writer.ack, engine=engine, book=book)
     try:
         yield writer
@@ -145,3 +161,28 @@ async def test_a_fault_judging_commits_the_batch_in_flight_first(
     assert caught.group_contains(RuntimeError, match="rules fault")
     assert writer.acked == [[1, 2]]
     assert writer.device_row_at_ack == [(2, 2)]
+
+
+async def test_a_message_received_twice_in_one_batch_is_kept_and_counted_once(writer: Writer) -> None:
+    """A redelivered copy arriving before the first is committed is stored, judged and counted once."""
+    now = time.time()
+    writer.offer(1, now - 1)
+    writer.offer(1, now - 1, mid=7)  # the broker's redelivery of the same message
+    await writer.drain()
+    assert writer.acked == [[1, 1]]
+    assert writer.device_row_at_ack == [(1, 1)]
+    assert writer.sample("coldwatch_readings_total") == 1
+    assert writer.registry.get_sample_value("coldwatch_duplicate_readings_total") == 1
+
+
+async def test_a_different_message_with_the_same_seq_and_time_is_not_taken_for_a_copy(writer: Writer) -> None:
+    """Only a byte-identical message is a copy: another with the same seq and time is stored as before."""
+    now = time.time()
+    writer.offer(1, now - 1)
+    writer.offer(1, now - 1, temp_c=39.0, mid=7)
+    await writer.drain()
+    with sqlite3.connect(writer.config.storage.path) as conn:
+        # The first value of each metric stays (the key is device, metric, time and seq).
+        temp = "SELECT value FROM readings WHERE metric = (SELECT id FROM metrics WHERE name = 'temp_c')"
+        assert conn.execute(temp).fetchall() == [(37.0,)]
+    assert writer.registry.get_sample_value("coldwatch_duplicate_readings_total") == 0

@@ -279,7 +279,7 @@ class Pipeline:
 
     def _build(self, items: list[_Item]) -> Batch:
         batch = Batch()
-        metrics = self._metrics
+        taken: dict[tuple[str, int, int], bytes] = {}  # (device, seq, ts) -> payload, this batch
         for item in items:
             decoded, delivery = item.decoded, item.delivery
             if isinstance(decoded, Tick):
@@ -290,27 +290,11 @@ class Pipeline:
                 continue
             assert delivery is not None
             if isinstance(decoded, Telemetry):
-                observation = self._tracker.observe(
-                    decoded.device_id, decoded.seq, decoded.ts_us, delivery.received_us
-                )
-                if observation.gap is not None:
-                    batch.gaps.append(observation.gap)
-                if observation.event is SeqEvent.RESTART:
-                    metrics.per_device.add(metrics.per_device.seq_restarts, decoded.device_id)
-                batch.readings.append((decoded, delivery.received_us))
-                batch.devices[decoded.device_id] = replace(self._tracker.state(decoded.device_id))
-                reading = EngineReading(
-                    decoded.device_id,
-                    decoded.ts_us,
-                    dict(decoded.values),
-                    decoded.seq,
-                    decoded.buffered,
-                    delivery.received_us,
-                )
-                events = self._judge(reading)
-                if not decoded.buffered and any(e.kind in _RAISING for e in events):
-                    self._alarm_readings_us.append(decoded.ts_us)
-                self._alarms(batch, events, delivery.received_us)
+                first = taken.setdefault((decoded.device_id, decoded.seq, decoded.ts_us), delivery.payload)
+                if first is not delivery.payload and first == delivery.payload:
+                    batch.copies += 1  # the same message again: acknowledged with the batch, kept once
+                else:
+                    self._telemetry(batch, decoded, delivery.received_us)
             elif isinstance(decoded, Status):
                 state = self._tracker.state(decoded.device_id)
                 state.online = decoded.online
@@ -337,6 +321,24 @@ class Pipeline:
                 batch.transitions, self.book.open.values(), self._clock_us()
             )
         return batch
+
+    def _telemetry(self, batch: Batch, decoded: Telemetry, received_us: int) -> None:
+        """Track, store and judge one reading."""
+        metrics = self._metrics
+        observation = self._tracker.observe(decoded.device_id, decoded.seq, decoded.ts_us, received_us)
+        if observation.gap is not None:
+            batch.gaps.append(observation.gap)
+        if observation.event is SeqEvent.RESTART:
+            metrics.per_device.add(metrics.per_device.seq_restarts, decoded.device_id)
+        batch.readings.append((decoded, received_us))
+        batch.devices[decoded.device_id] = replace(self._tracker.state(decoded.device_id))
+        reading = EngineReading(
+            decoded.device_id, decoded.ts_us, dict(decoded.values), decoded.seq, decoded.buffered, received_us
+        )
+        events = self._judge(reading)
+        if not decoded.buffered and any(e.kind in _RAISING for e in events):
+            self._alarm_readings_us.append(decoded.ts_us)
+        self._alarms(batch, events, received_us)
 
     def _judge(self, reading: EngineReading) -> list[AlarmEvent]:
         """The rules' verdict on one reading; a fault in a rule never stops the writer."""
@@ -435,6 +437,8 @@ class Pipeline:
 
     def _account(self, batch: Batch, result: BatchResult) -> None:
         metrics = self._metrics
+        if batch.copies:
+            metrics.duplicates.inc(batch.copies)
         for reading, received_us in batch.readings:
             if (reading.device_id, reading.seq, reading.ts_us) in result.duplicates:
                 metrics.duplicates.inc()

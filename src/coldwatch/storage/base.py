@@ -74,6 +74,9 @@ class Batch:
     transitions: list[Transition] = field(default_factory=list)
     notifications: list[OutboxItem] = field(default_factory=list)
     audit: list[AuditDraft] = field(default_factory=list)
+    # Messages received twice within this batch (a redelivery before the first copy was
+    # committed): neither stored nor judged again, counted as duplicates.
+    copies: int = 0
 
     def __len__(self) -> int:
         return len(self.readings) + len(self.rejections)
