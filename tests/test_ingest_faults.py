@@ -45,6 +45,17 @@ def fleet(n_each: int) -> list[dict[str, Any]]:
     return [e for kind in VALUES for e in device_entries(kind, n_each)]
 
 
+async def publish_paced(broker: RunningBroker, messages: list[tuple[str, bytes]]) -> None:
+    """Publish in steps of 500 a fifth of a second apart, so that the stream outlasts both kills.
+
+    Published at once, the whole load reached the broker within a second or two and the
+    collector stored it all before the second kill could come mid-stream.
+    """
+    for start in range(0, len(messages), 500):
+        await publish_all(broker, messages[start : start + 500], clients=5, window=100)
+        await asyncio.sleep(0.2)
+
+
 async def test_sigkill_twice_loses_and_duplicates_nothing(
     broker: RunningBroker, prefix: str, tmp_path: Path
 ) -> None:
@@ -69,7 +80,7 @@ async def test_sigkill_twice_loses_and_duplicates_nothing(
     with DaemonProcess(tmp_path / "c.yaml", tmp_path / "daemon.log") as daemon:
         daemon.start()
         await eventually(lambda: _ready(config), timeout_s=30, what="daemon ready")
-        publisher = asyncio.create_task(publish_all(broker, messages, clients=5, window=100))
+        publisher = asyncio.create_task(publish_paced(broker, messages))
         kills = 0
         for threshold in (1500, 5000):
             await eventually(
@@ -80,7 +91,7 @@ async def test_sigkill_twice_loses_and_duplicates_nothing(
             stored_at_kill = distinct_messages(db)
             assert stored_at_kill < 10_000, "the kill must come before everything is stored"
             daemon.start()
-        await asyncio.wait_for(publisher, 120)
+        await asyncio.wait_for(publisher, 180)
         await eventually(lambda: distinct_messages(db) >= 10_000, timeout_s=180, what="all 10,000 stored")
         # Whatever the broker still redelivers is recognised, never stored twice.
         await asyncio.sleep(1.0)
