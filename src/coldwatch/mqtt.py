@@ -17,7 +17,7 @@ import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -37,6 +37,9 @@ from coldwatch.mqtt_wire import (
     next_packet,
     pubacks,
 )
+
+if TYPE_CHECKING:
+    from paho.mqtt.client import _InPacket  # a TypedDict that exists for type checkers only
 
 __all__ = ["Delivery", "MqttSource", "backoff_delays"]
 
@@ -93,17 +96,17 @@ class _ChunkReader:
         self._deliver = deliver
         self._buffer = bytearray()
         self._pos = 0  # start of the first packet not yet taken
-        self.held = False  # stopped for want of room; the next call resumes from the buffer
+        self._held = False  # stopped for want of room; the next call resumes from the buffer
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:  # noqa: ARG002 - paho's signature
         """Take what the socket holds (paho's signature and return codes)."""
         client = self._client
         if client._sock is None:  # noqa: SLF001
             return MQTTErrorCode.MQTT_ERR_NO_CONN
-        self.held = False
+        self._held = False
         if self._pos < len(self._buffer):
             rc = self._take()
-            if rc or self.held:
+            if rc or self._held:
                 return client._loop_rc_handle(rc) if rc else rc  # noqa: SLF001
         try:
             data = client._sock_recv(RECV_BYTES)  # noqa: SLF001 - maps TLS want-read/write for us
@@ -134,7 +137,7 @@ class _ChunkReader:
                 first, start, end = found
                 if is_fast_publish(first):
                     if not room():
-                        self.held = True
+                        self._held = True
                         self._pause()
                         break
                     deliver(decode_publish(first, buffer, start, end, v5=v5), received_us)
@@ -160,16 +163,7 @@ class _ChunkReader:
     def _to_paho(self, first: int, body: bytearray) -> MQTTErrorCode:
         """Let paho handle a packet other than a QoS 0/1 PUBLISH, as if it had read it."""
         client = self._client
-        client._in_packet = {  # noqa: SLF001
-            "command": first,
-            "have_remaining": 1,
-            "remaining_count": [],
-            "remaining_mult": 1,
-            "remaining_length": len(body),
-            "packet": body,
-            "to_process": 0,
-            "pos": 0,
-        }
+        client._in_packet = _in_packet(first, body)  # noqa: SLF001
         try:
             return client._packet_handle()  # noqa: SLF001
         except MalformedPacket as exc:
@@ -179,16 +173,21 @@ class _ChunkReader:
             log.exception("MQTT packet 0x%02x could not be handled; reconnecting", first)
             return MQTTErrorCode.MQTT_ERR_PROTOCOL
         finally:
-            client._in_packet = {  # noqa: SLF001
-                "command": 0,
-                "have_remaining": 0,
-                "remaining_count": [],
-                "remaining_mult": 1,
-                "remaining_length": 0,
-                "packet": bytearray(),
-                "to_process": 0,
-                "pos": 0,
-            }
+            client._in_packet = _in_packet(0, bytearray())  # noqa: SLF001 - nothing half read
+
+
+def _in_packet(command: int, body: bytearray) -> _InPacket:
+    """What paho keeps of the packet it is reading: here ``body``, read whole (none: ``command`` 0)."""
+    return {
+        "command": command,
+        "have_remaining": 1 if command else 0,
+        "remaining_count": [],
+        "remaining_mult": 1,
+        "remaining_length": len(body),
+        "packet": body,
+        "to_process": 0,
+        "pos": 0,
+    }
 
 
 async def _always_room() -> None:

@@ -128,7 +128,6 @@ class Pipeline:
         # At most two batches between the queue and their commit: one being committed, one
         # judged (or being judged) meanwhile.
         self._ahead = asyncio.Semaphore(2)
-        self._alarm_readings_us: list[int] = []  # live readings that raised an alarm, next batch
         self._overflow: deque[_Item] = deque()
         self._room = asyncio.Event()
         self.peak_depth = 0  # the most messages ever held (back-pressure bounds it)
@@ -225,14 +224,13 @@ class Pipeline:
             await self._ahead.acquire()  # released once a batch is committed
             items = await self._take_batch()
             try:
-                batch = self._build(items)
+                judged = self._build(items)
             except BaseException:
                 # What is being committed is committed and acknowledged before the writer stops.
                 await handoff.join()
                 raise
-            alarm_readings_us, self._alarm_readings_us = self._alarm_readings_us, []
             self._judged_batch(items)
-            await handoff.put(_Judged(items, batch, alarm_readings_us))
+            await handoff.put(judged)
 
     async def _commit_batches(self, handoff: asyncio.Queue[_Judged]) -> None:
         while True:
@@ -277,8 +275,9 @@ class Pipeline:
             self._room.set()
         return items
 
-    def _build(self, items: list[_Item]) -> Batch:
+    def _build(self, items: list[_Item]) -> _Judged:
         batch = Batch()
+        raised_us: list[int] = []  # device times of live readings that raised an alarm
         taken: dict[tuple[str, int, int], bytes] = {}  # (device, seq, ts) -> payload, this batch
         for item in items:
             decoded, delivery = item.decoded, item.delivery
@@ -294,7 +293,7 @@ class Pipeline:
                 if first is not delivery.payload and first == delivery.payload:
                     batch.copies += 1  # the same message again: acknowledged with the batch, kept once
                 else:
-                    self._telemetry(batch, decoded, delivery.received_us)
+                    self._telemetry(batch, decoded, delivery.received_us, raised_us)
             elif isinstance(decoded, Status):
                 state = self._tracker.state(decoded.device_id)
                 state.online = decoded.online
@@ -320,9 +319,9 @@ class Pipeline:
             batch.notifications = self.notifier.plan(
                 batch.transitions, self.book.open.values(), self._clock_us()
             )
-        return batch
+        return _Judged(items, batch, raised_us)
 
-    def _telemetry(self, batch: Batch, decoded: Telemetry, received_us: int) -> None:
+    def _telemetry(self, batch: Batch, decoded: Telemetry, received_us: int, raised_us: list[int]) -> None:
         """Track, store and judge one reading."""
         metrics = self._metrics
         observation = self._tracker.observe(decoded.device_id, decoded.seq, decoded.ts_us, received_us)
@@ -337,7 +336,7 @@ class Pipeline:
         )
         events = self._judge(reading)
         if not decoded.buffered and any(e.kind in _RAISING for e in events):
-            self._alarm_readings_us.append(decoded.ts_us)
+            raised_us.append(decoded.ts_us)
         self._alarms(batch, events, received_us)
 
     def _judge(self, reading: EngineReading) -> list[AlarmEvent]:
@@ -382,10 +381,9 @@ class Pipeline:
 
     async def _commit(self, items: list[_Item]) -> None:
         """Judge and commit one batch, with nothing in flight (the writer's step, unpipelined)."""
-        batch = self._build(items)
-        alarm_readings_us, self._alarm_readings_us = self._alarm_readings_us, []
+        judged = self._build(items)
         self._judged_batch(items)
-        await self._store(_Judged(items, batch, alarm_readings_us))
+        await self._store(judged)
 
     async def _store(self, judged: _Judged) -> None:
         """Commit a judged batch, then acknowledge its messages and account for it."""

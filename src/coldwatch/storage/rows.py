@@ -21,10 +21,21 @@ class RowIds:
         self._device_by_rowid: dict[int, str] = {}
         self._metric_rowid: dict[str, int] = {}
 
-    def _reading_rows(self, batch: Batch) -> list[tuple[int, int, int, int, float, int, bool]]:
+    def _reading_rows(
+        self, batch: Batch, *, arrival_as_delay: bool = False
+    ) -> list[tuple[int, int, int, int, float, int, bool]]:
+        """Value rows of the batch's readings; with ``arrival_as_delay``, arrival after ``ts_us``."""
         devices, metrics = self._device_rowid, self._metric_rowid
         return [
-            (devices[r.device_id], metrics[name], r.ts_us, r.seq, value, received_us, r.buffered)
+            (
+                devices[r.device_id],
+                metrics[name],
+                r.ts_us,
+                r.seq,
+                value,
+                received_us - r.ts_us if arrival_as_delay else received_us,
+                r.buffered,
+            )
             for r, received_us in batch.readings
             for name, value in r.values
         ]

@@ -429,12 +429,7 @@ class SqliteStorage(RowIds):
 
         Returns how many rows were new and which readings were stored already.
         """
-        devices, metrics = self._device_rowid, self._metric_rowid
-        rows = [
-            (devices[r.device_id], metrics[name], r.ts_us, r.seq, value, received_us - r.ts_us, r.buffered)
-            for r, received_us in batch.readings
-            for name, value in r.values
-        ]
+        rows = self._reading_rows(batch, arrival_as_delay=True)  # SQLite's layout (migration 5)
         if not rows:
             return 0, frozenset()
         # Nearly every batch is all new: insert directly, and only when some row was
