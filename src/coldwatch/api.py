@@ -7,13 +7,15 @@ the daemon's single writer, in order with the readings.
 
 # No "from __future__ import annotations": FastAPI must see the local dependency aliases.
 
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
+from pydantic import BaseModel, ConfigDict
 
+from coldwatch.api_input import ID_MAX, ReasonText, Text, UtcTime, to_us
 from coldwatch.auth import Authenticator, User
 from coldwatch.config import Config
 from coldwatch.export import format_ts
@@ -28,13 +30,13 @@ class ReasonBody(BaseModel):
     """Why: mandatory for every action (EU GMP Annex 11)."""
 
     model_config = ConfigDict(extra="forbid")
-    reason: str = Field(min_length=1, max_length=2000, pattern=r"\S")
+    reason: ReasonText
 
 
 class ShelveBody(ReasonBody):
     """Shelve until a time (RFC 3339 with offset)."""
 
-    until: datetime
+    until: UtcTime
 
 
 class ApiContext:
@@ -47,12 +49,15 @@ class ApiContext:
         submit: Callable[[UserAction], Awaitable[Transition]],
         states: Mapping[str, DeviceState],
         authenticator: Authenticator,
+        *,
+        clock_us: Callable[[], int] = lambda: time.time_ns() // 1000,
     ) -> None:
         self.config = config
         self.storage = storage
         self.submit = submit
         self.states = states
         self.authenticator = authenticator
+        self.clock_us = clock_us
 
 
 def _alarm_json(alarm: Alarm) -> dict[str, Any]:
@@ -77,11 +82,10 @@ def _alarm_json(alarm: Alarm) -> dict[str, Any]:
 
 
 def _us(moment: datetime | None) -> int | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "times need a UTC offset")
-    return int(moment.timestamp()) * 1_000_000 + moment.microsecond
+    return None if moment is None else to_us(moment)
+
+
+AlarmId = Annotated[int, Path(ge=1, le=ID_MAX, description="an alarm id (1 to 2**63-1)")]
 
 
 def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901 - one closure per endpoint
@@ -111,12 +115,12 @@ def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901 - one closure per 
     @router.get("/alarms")
     async def list_alarms(  # noqa: PLR0917 - one query parameter per filter
         _: Viewer,
-        state: str | None = None,
-        device: str | None = None,
-        site: str | None = None,
-        severity: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        state: Text | None = None,
+        device: Text | None = None,
+        site: Text | None = None,
+        severity: Text | None = None,
+        since: UtcTime | None = None,
+        until: UtcTime | None = None,
         open_only: Annotated[bool, Query(alias="open")] = False,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
     ) -> list[dict[str, Any]]:
@@ -134,7 +138,7 @@ def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901 - one closure per 
         return [_alarm_json(a) for a in alarms]
 
     @router.get("/alarms/{alarm_id}")
-    async def get_alarm(alarm_id: int, _: Viewer) -> dict[str, Any]:
+    async def get_alarm(alarm_id: AlarmId, _: Viewer) -> dict[str, Any]:
         """One alarm with its full history."""
         found = await ctx.storage.alarms(alarm_id=alarm_id, limit=1)
         if not found:
@@ -155,19 +159,28 @@ def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901 - one closure per 
         return {"event": transition.event, "by": transition.actor, "alarm": _alarm_json(transition.alarm)}
 
     @router.post("/alarms/{alarm_id}/ack")
-    async def acknowledge(alarm_id: int, body: ReasonBody, user: Operator) -> dict[str, Any]:
+    async def acknowledge(alarm_id: AlarmId, body: ReasonBody, user: Operator) -> dict[str, Any]:
         """Acknowledge an alarm (operator or admin; a reason is required)."""
         return await act(UserAction("acknowledge", alarm_id, user.name, body.reason))
 
     @router.post("/alarms/{alarm_id}/shelve")
-    async def shelve(alarm_id: int, body: ShelveBody, user: Operator) -> dict[str, Any]:
-        """Shelve an alarm until a time (operator or admin; reason and end time required)."""
-        until = _us(body.until)
-        assert until is not None
+    async def shelve(alarm_id: AlarmId, body: ShelveBody, user: Operator) -> dict[str, Any]:
+        """Shelve an alarm until a time (operator or admin; reason and end time required).
+
+        The end may lie at most ``api.shelve_max_s`` ahead (default 30 days): checked here,
+        before anything is committed.
+        """
+        until = to_us(body.until)
+        longest_s = ctx.config.api.shelve_max_s
+        if until - ctx.clock_us() > longest_s * 1_000_000:
+            raise HTTPException(
+                422,
+                f"a shelve may last at most {longest_s:g} s (api.shelve_max_s): choose an earlier end",
+            )
         return await act(UserAction("shelve", alarm_id, user.name, body.reason, until))
 
     @router.post("/alarms/{alarm_id}/unshelve")
-    async def unshelve(alarm_id: int, body: ReasonBody, user: Operator) -> dict[str, Any]:
+    async def unshelve(alarm_id: AlarmId, body: ReasonBody, user: Operator) -> dict[str, Any]:
         """End a shelve early (operator or admin; a reason is required)."""
         return await act(UserAction("unshelve", alarm_id, user.name, body.reason))
 
@@ -196,10 +209,10 @@ def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901 - one closure per 
     @router.get("/readings")
     async def readings(
         _: Viewer,
-        device: str,
-        metric: str,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        device: Text,
+        metric: Text,
+        since: UtcTime | None = None,
+        until: UtcTime | None = None,
         limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
     ) -> list[dict[str, Any]]:
         """One device metric over a time range, oldest first."""

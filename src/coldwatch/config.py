@@ -215,6 +215,8 @@ class ApiConfig(_Model):
     """Who may use the HTTP API, and how."""
 
     users: dict[Identifier, UserConfig] = Field(default_factory=dict)
+    # The longest shelve a user may ask for: a shelve hides an alarm, so it must end.
+    shelve_max_s: float = Field(30 * 86_400.0, gt=0, le=366 * 86_400.0)
 
 
 class IngestConfig(_Model):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
 from coldwatch.catalogue import KINDS, Kind
@@ -15,9 +15,19 @@ __all__ = ["CSV_HEADER", "format_ts", "write_csv"]
 CSV_HEADER = ("device", "kind", "metric", "ts", "value", "received_at", "buffered")
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def format_ts(ts_us: int) -> str:
-    """RFC 3339 UTC with microseconds."""
-    return datetime.fromtimestamp(ts_us / 1_000_000, UTC).isoformat(timespec="microseconds")
+    """RFC 3339 UTC with microseconds, exact; any stored value renders, never raises.
+
+    A value outside years 1 to 9999 (only a damaged or hand-edited row holds one) is
+    written as ``out of range: <n> us since 1970-01-01T00:00:00Z``.
+    """
+    try:
+        return (_EPOCH + timedelta(microseconds=ts_us)).isoformat(timespec="microseconds")
+    except OverflowError:
+        return f"out of range: {ts_us} us since 1970-01-01T00:00:00Z"
 
 
 def _format_value(kind: str, metric: str, value: float) -> str:

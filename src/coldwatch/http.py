@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CollectorRegistry
 
 from coldwatch import __version__
+from coldwatch.api_input import EncodableJSONResponse, install_error_handlers
 from coldwatch.metrics import CONTENT_TYPE, render_chunks
 
 __all__ = ["HttpServer", "build_app"]
@@ -34,7 +35,8 @@ def build_app(
     registry: CollectorRegistry, readiness: ReadinessCheck, api: APIRouter | None = None
 ) -> FastAPI:
     """The HTTP application: metrics for Prometheus, probes, and the API when given."""
-    app = FastAPI(title="coldwatch", version=__version__)
+    app = FastAPI(title="coldwatch", version=__version__, default_response_class=EncodableJSONResponse)
+    install_error_handlers(app)
     if api is not None:
         app.include_router(api)
 

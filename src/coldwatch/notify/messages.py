@@ -95,7 +95,10 @@ _RUNBOOKS: dict[str, str] = {
 
 def rfc3339(ts_us: int) -> str:
     """An epoch-microsecond time as RFC 3339 UTC with milliseconds (``...T06:00:00.250Z``)."""
-    moment = _EPOCH + timedelta(microseconds=ts_us)
+    try:
+        moment = _EPOCH + timedelta(microseconds=ts_us)
+    except OverflowError:  # a damaged stored time: say so rather than fail the message
+        return f"out of range: {ts_us} us since 1970-01-01T00:00:00Z"
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

@@ -1,0 +1,95 @@
+"""What the HTTP API accepts and how it answers: bounded ids, representable times, safe text.
+
+Every input that reaches the storage or the alarm book is checked here first, so that a
+request the daemon cannot honour is refused with 422 before anything is committed, and
+every answer (validation errors included, which echo the input) can always be encoded.
+"""
+
+# No "from __future__ import annotations": FastAPI and pydantic read these aliases at run time.
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import AfterValidator, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+__all__ = [
+    "ID_MAX",
+    "EncodableJSONResponse",
+    "Text",
+    "UtcTime",
+    "install_error_handlers",
+    "to_us",
+]
+
+ID_MAX = 2**63 - 1  # ids are signed 64-bit integers in both databases
+
+
+def _encodable(text: str) -> str:
+    """Refuse what the databases cannot store: lone surrogates (not UTF-8) and NUL characters."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("text must be valid Unicode (no lone surrogates)") from exc
+    if "\x00" in text:
+        raise ValueError("text must not contain NUL characters")
+    return text
+
+
+def _representable(moment: datetime) -> datetime:
+    """A time with a UTC offset whose UTC form is a real date (year 1 to 9999)."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError("times need a UTC offset")
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("time is outside the representable range (years 1 to 9999 in UTC)") from exc
+
+
+Text = Annotated[str, Field(max_length=200), AfterValidator(_encodable)]
+"""A short free-text query parameter (device, metric, state filters)."""
+
+UtcTime = Annotated[datetime, AfterValidator(_representable)]
+"""An RFC 3339 time with an offset, converted to UTC; unrepresentable times are refused."""
+
+ReasonText = Annotated[str, Field(min_length=1, max_length=2000, pattern=r"\S"), AfterValidator(_encodable)]
+"""Why a user acts: mandatory, not blank, storable."""
+
+
+def to_us(moment: datetime) -> int:
+    """Epoch microseconds of an aware UTC time (exact; no float rounding)."""
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+class EncodableJSONResponse(JSONResponse):
+    """JSON that always encodes: a lone surrogate is written as its JSON escape, not a 500."""
+
+    def render(self, content: Any) -> bytes:
+        """Compact UTF-8 JSON; an unencodable character is written as its JSON escape."""
+        text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return text.encode("utf-8", "backslashreplace")
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = jsonable_encoder(exc.errors(), custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")})
+    return EncodableJSONResponse({"detail": errors}, status_code=422)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return EncodableJSONResponse(
+        {"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Error answers that encode whatever the request held."""
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -1,0 +1,181 @@
+"""The HTTP API answers every malformed request with a 4xx and never a 500 (running daemon, real database)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from coldwatch.broker import RunningBroker
+from coldwatch.config import Config
+from tests.conftest import Backend, raise_comm_loss, running_daemon, silent_incubator_config
+
+OPERATOR_TOKEN = "op-" + "8" * 40
+VIEWER_TOKEN = "view-" + "4" * 40
+ADMIN_TOKEN = "adm-" + "6" * 40
+TOKENS = {"operator": OPERATOR_TOKEN, "viewer": VIEWER_TOKEN, "admin": ADMIN_TOKEN}
+
+
+def api_section() -> dict[str, object]:
+    """An operator, a viewer and an admin, each with a hashed token."""
+    return {
+        "users": {
+            name: {"role": role, "token_sha256": hashlib.sha256(token.encode()).hexdigest()}
+            for name, role, token in (
+                ("olga", "operator", OPERATOR_TOKEN),
+                ("vera", "viewer", VIEWER_TOKEN),
+                ("ada", "admin", ADMIN_TOKEN),
+            )
+        }
+    }
+
+
+def auth(role: str) -> dict[str, str]:
+    """The bearer header of ``role``'s user."""
+    return {"Authorization": f"Bearer {TOKENS[role]}"}
+
+
+def config_for(tmp_path: Path, broker: RunningBroker, prefix: str, backend: Backend) -> Config:
+    """One silent incubator (communication loss after 1 s) on ``backend``."""
+    return silent_incubator_config(
+        tmp_path / "c.yaml", broker=broker, prefix=prefix, api=api_section(), database=backend.location
+    )
+
+
+async def test_ids_beyond_int64_are_refused(
+    broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
+) -> None:
+    """Alarm ids outside 1..2**63-1 in any route answer 422, the largest valid id a plain 404."""
+    config = config_for(tmp_path, broker, prefix, backend)
+    async with (
+        running_daemon(config) as running,
+        httpx.AsyncClient(base_url=running.base_url, timeout=10) as client,
+    ):
+        for bad in (2**63, 2**64 + 5, 10**30, 0, -1):
+            got = await client.get(f"/api/v1/alarms/{bad}", headers=auth("viewer"))
+            assert got.status_code == 422, (bad, got.status_code, got.text)
+            for action in ("ack", "unshelve"):
+                posted = await client.post(
+                    f"/api/v1/alarms/{bad}/{action}", json={"reason": "x"}, headers=auth("admin")
+                )
+                assert posted.status_code == 422, (bad, action, posted.text)
+        largest = await client.get(f"/api/v1/alarms/{2**63 - 1}", headers=auth("viewer"))
+        assert largest.status_code == 404, largest.text
+        acted = await client.post(
+            f"/api/v1/alarms/{2**63 - 1}/ack", json={"reason": "x"}, headers=auth("admin")
+        )
+        assert acted.status_code == 404, acted.text
+
+
+async def test_unencodable_reason_is_refused_with_a_readable_422(
+    broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
+) -> None:
+    """A reason with a lone surrogate or a NUL is refused with a 422 in valid JSON; nothing is recorded."""
+    config = config_for(tmp_path, broker, prefix, backend)
+    async with running_daemon(config) as running:
+        await raise_comm_loss(broker, config, running)
+        async with httpx.AsyncClient(base_url=running.base_url, timeout=10) as client:
+            headers = {**auth("operator"), "Content-Type": "application/json"}
+            for raw in (
+                b'{"reason": "ok \\ud800"}',
+                b'{"reason": "ok \\udfff x"}',
+                b'{"reason": "a\\u0000b"}',
+            ):
+                got = await client.post("/api/v1/alarms/1/ack", content=raw, headers=headers)
+                assert got.status_code == 422, (raw, got.status_code, got.text)
+                assert json.loads(got.content)["detail"]
+            # The same text in a place that is not checked (an unknown field) is echoed, still encodable.
+            extra = await client.post(
+                "/api/v1/alarms/1/ack", content=b'{"reason": "x", "\\ud800": "\\ud800"}', headers=headers
+            )
+            assert extra.status_code == 422, extra.text
+            assert json.loads(extra.content)["detail"]
+            alarm = (await client.get("/api/v1/alarms/1", headers=auth("viewer"))).json()
+            assert alarm["acknowledged_by"] is None
+
+
+async def test_unrepresentable_or_too_long_shelves_are_refused_before_commit(
+    broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
+) -> None:
+    """A shelve end past year 9999 in UTC, or past api.shelve_max_s, is a 422 and shelves nothing."""
+    config = config_for(tmp_path, broker, prefix, backend)
+    assert config.api.shelve_max_s == 30 * 86_400
+    async with running_daemon(config) as running:
+        await raise_comm_loss(broker, config, running)
+        async with httpx.AsyncClient(base_url=running.base_url, timeout=10) as client:
+            too_far = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() + 31 * 86_400))
+            for until in (
+                "9999-12-31T23:59:59-23:59",
+                "0001-01-01T00:00:00+23:59",
+                too_far,
+                "2030-01-01T00:00:00",
+            ):
+                got = await client.post(
+                    "/api/v1/alarms/1/shelve",
+                    json={"reason": "hold", "until": until},
+                    headers=auth("operator"),
+                )
+                assert got.status_code == 422, (until, got.status_code, got.text)
+                listed = await client.get("/api/v1/alarms", headers=auth("viewer"))
+                assert listed.status_code == 200, listed.text
+                assert listed.json()[0]["shelved_until"] is None
+            for query in ({"since": "9999-12-31T23:59:59-23:59"}, {"until": "0001-01-01T00:00:00+01:00"}):
+                got = await client.get("/api/v1/alarms", params=query, headers=auth("viewer"))
+                assert got.status_code == 422, (query, got.text)
+            soon = time.strftime("%Y-%m-%dT%H:%M:%S+02:00", time.gmtime(time.time() + 2 * 3600 + 3600))
+            done = await client.post(
+                "/api/v1/alarms/1/shelve", json={"reason": "hold", "until": soon}, headers=auth("operator")
+            )
+            assert done.status_code == 200, done.text
+            assert done.json()["alarm"]["shelved_until"].endswith("+00:00")
+
+
+@pytest.mark.parametrize("stored_us", [253_402_387_139_000_000, 2**63 - 1, -(2**63)])
+async def test_a_stored_out_of_range_time_never_breaks_reading(
+    broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend, stored_us: int
+) -> None:
+    """An alarm row already holding an out-of-range time lists and shows, marked, after a restart."""
+    config = config_for(tmp_path, broker, prefix, backend)
+    async with running_daemon(config) as running:
+        await raise_comm_loss(broker, config, running)
+    await _damage(backend, stored_us)
+    async with (
+        running_daemon(config) as running,
+        httpx.AsyncClient(base_url=running.base_url, timeout=10) as client,
+    ):
+        listed = await client.get("/api/v1/alarms", headers=auth("viewer"))
+        assert listed.status_code == 200, listed.text
+        assert listed.json()[0]["shelved_until"] == f"out of range: {stored_us} us since 1970-01-01T00:00:00Z"
+        one = await client.get("/api/v1/alarms/1", headers=auth("viewer"))
+        assert one.status_code == 200, one.text
+        assert one.json()["history"][0]["ts_at"].startswith("out of range")
+        acted = await client.post(
+            "/api/v1/alarms/1/unshelve", json={"reason": "fix"}, headers=auth("operator")
+        )
+        assert acted.status_code == 200, acted.text
+        assert acted.json()["alarm"]["shelved_until"] is None
+
+
+async def _damage(backend: Backend, stored_us: int) -> None:
+    """Write ``stored_us`` into alarm 1's shelve end and its first transition's time, as a bad row would."""
+    statements = (
+        "UPDATE alarms SET shelved_until_us = {p}, shelved_by = 'olga' WHERE id = 1",
+        "UPDATE alarm_transitions SET ts_us = {p} WHERE id = (SELECT min(id) FROM alarm_transitions)",
+    )
+    if backend.postgres:
+        conn = await asyncpg.connect(backend.location)
+        try:
+            for sql in statements:
+                await conn.execute(sql.format(p="$1"), stored_us)
+        finally:
+            await conn.close()
+        return
+    with sqlite3.connect(backend.location) as db:
+        for sql in statements:
+            db.execute(sql.format(p="?"), (stored_us,))
