@@ -27,6 +27,7 @@ from coldwatch.metrics import Metrics
 from coldwatch.mqtt import MqttSource
 from coldwatch.notifying import notifications
 from coldwatch.pipeline import Pipeline
+from coldwatch.readiness import WriteProbe
 from coldwatch.rules.engine import Engine
 from coldwatch.rules.lifecycle import AlarmBook
 from coldwatch.storage import DeviceState, Storage, open_storage
@@ -112,7 +113,7 @@ class Daemon:
             api = build_router(
                 ApiContext(config, storage, pipeline.submit, states, Authenticator(config.api, os.environ))
             )
-            readiness = functools.partial(_readiness, storage, source, pipeline)
+            readiness = functools.partial(_readiness, WriteProbe(storage, pipeline), source)
             self.readiness = readiness
             http = None
             if worker is None:
@@ -198,17 +199,9 @@ async def _commit_queued(pipeline: Pipeline, source: MqttSource) -> None:
         log.warning("the broker kept sending during shutdown")
 
 
-async def _readiness(storage: Storage, source: MqttSource, pipeline: Pipeline) -> dict[str, bool]:
-    """Connected to the broker, and the database takes writes."""
-    writable = True
-    try:
-        await storage.check_writable()
-    except StorageError:
-        writable = False
-    return {
-        "broker_connected": source.connected.is_set(),
-        "database_writable": writable and pipeline.last_write_ok,
-    }
+async def _readiness(probe: WriteProbe, source: MqttSource) -> dict[str, bool]:
+    """Connected to the broker, and the database takes writes (never disturbing the writer)."""
+    return {"broker_connected": source.connected.is_set(), "database_writable": await probe.writable()}
 
 
 def config_loaded(config: Config, reason: str = "collector started with this configuration") -> AuditDraft:

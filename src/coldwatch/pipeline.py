@@ -135,6 +135,7 @@ class Pipeline:
         self._room_below = max(1, config.ingest.queue_max - 2 * READ_BURST)
         self.committed = asyncio.Condition()
         self.last_write_ok = True
+        self.last_write_at: float | None = None  # monotonic time of the last commit (readiness)
         self._closing = False
         metrics.queue_depth = lambda: self.depth
         for device_id, state in states.items():
@@ -411,6 +412,7 @@ class Pipeline:
                 log.error("%s; retrying in %.1f s", exc, delay)  # noqa: TRY400 - expected, retried
                 await asyncio.sleep(delay)
         self.last_write_ok = True
+        self.last_write_at = time.monotonic()
         self._metrics.batch_seconds.observe(time.perf_counter() - started)
         self._observe_delays(batch, alarm_readings_us)
         self._metrics.batch_size.observe(len(items))

@@ -601,11 +601,13 @@ class SqliteStorage(RowIds):
         return read_all(self._conn)
 
     async def check_writable(self) -> None:
-        """Take and release the write lock: proves the database accepts writes now."""
-        db = self._conn
+        """Take and release the write lock: proves the database accepts writes now.
+
+        Both statements run in one trip to the connection's thread: a batch on the same
+        connection can never run between them.
+        """
         try:
-            await db.execute("BEGIN IMMEDIATE")
-            await db.execute("ROLLBACK")
+            await on_thread(self._conn, _take_write_lock)
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: not writable: {exc}") from exc
 
@@ -641,3 +643,8 @@ class SqliteStorage(RowIds):
                 row = await cur.fetchone()
                 out[table] = int(row[0]) if row else 0
         return out
+
+
+def _take_write_lock(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("ROLLBACK")
