@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 
 import aiomqtt
 import numpy as np
 
+from coldwatch.catalogue import KINDS, Kind
 from coldwatch.config import Config, parse_broker_url
 from coldwatch.errors import ColdwatchError
 from coldwatch.replay.runner import AlarmRecord, ScenarioResult, check_expectations
@@ -29,9 +31,16 @@ from coldwatch.rules.engine import Engine
 from coldwatch.rules.lifecycle import Alarm
 from coldwatch.rules.model import US
 from coldwatch.rules.profiles import rules_for
+from coldwatch.storage.base import QuarantineEntry
 from simulators.fleet import encode_payload, telemetry_topic
 
-__all__ = ["ReplayViaBrokerError", "replay_via_broker"]
+__all__ = [
+    "ReplayViaBrokerError",
+    "device_values",
+    "rejections_summary",
+    "replay_via_broker",
+    "stored_alarms",
+]
 
 STORED_TIMEOUT_S = 120.0
 
@@ -47,6 +56,27 @@ def _comm_loss_rules(loaded: LoadedScenario) -> set[tuple[str, str]]:
         for spec in rules_for(device, loaded.rules)
         if isinstance(spec, CommLossRule)
     }
+
+
+def device_values(kind: Kind, values: Mapping[str, float]) -> dict[str, float | bool]:
+    """A reading's values as its device sends them: booleans (door, lid) as true/false, not 0.0/1.0."""
+    specs = KINDS[kind]
+    out: dict[str, float | bool] = {}
+    for metric, value in values.items():
+        spec = specs.get(metric)
+        out[metric] = bool(value) if spec is not None and spec.boolean else value
+    return out
+
+
+def rejections_summary(entries: list[QuarantineEntry], devices: set[str], since_us: int) -> tuple[int, str]:
+    """How many of ``devices``' messages since ``since_us`` were rejected; why (reasons, counts, examples)."""
+    mine = [e for e in entries if e.device_id in devices and e.received_us >= since_us]
+    if not mine:
+        return 0, ""
+    counts = Counter(e.reason for e in mine)
+    example = {e.reason: e.detail for e in reversed(mine)}
+    parts = [f"{reason} x{count} (e.g. {example[reason]})" for reason, count in counts.most_common()]
+    return len(mine), f"the daemon rejected {len(mine)} message(s): " + "; ".join(parts)
 
 
 def _check_config(loaded: LoadedScenario, config: Config) -> None:
@@ -91,8 +121,10 @@ async def _publish(  # noqa: PLR0917 - one run's parts
                     await asyncio.sleep(wait)
             reading = stream.reading(index)
             ts = datetime.fromtimestamp((reading.ts_us + shift_us) / US, tz=UTC)
-            payload = encode_payload(ts, reading.seq, dict(reading.values), buffered=reading.buffered)
-            topic = telemetry_topic(devices[stream.device_id], config.mqtt.topic_prefix)
+            device = devices[stream.device_id]
+            values = device_values(device.kind, reading.values)
+            payload = encode_payload(ts, reading.seq, values, buffered=reading.buffered)
+            topic = telemetry_topic(device, config.mqtt.topic_prefix)
             await client.publish(topic, payload, qos=1)
             if progress is not None:
                 progress(1)
@@ -101,10 +133,14 @@ async def _publish(  # noqa: PLR0917 - one run's parts
 History = dict[int, list[dict[str, object]]]
 
 
-async def _stored(
-    streams: dict[str, DeviceStream], config: Config, shift_us: int
+async def stored_alarms(
+    streams: dict[str, DeviceStream], config: Config, shift_us: int, published_from_us: int
 ) -> tuple[list[Alarm], History]:
-    """Wait until the daemon has stored every reading; return its alarms of these devices."""
+    """Wait until the daemon has stored every reading; return its alarms of these devices.
+
+    A run that cannot complete (the daemon rejected readings published since
+    ``published_from_us``, or stored too few in time) fails naming the rejections.
+    """
     from coldwatch.storage import SqliteStorage  # noqa: PLC0415 - the daemon's own backend
 
     storage = SqliteStorage(config.storage.path)
@@ -121,9 +157,16 @@ async def _stored(
                 rows = await storage.metric_readings(device_id, metric, lo, hi, sent + 1)
                 if len(rows) >= sent:
                     break
-                if time.monotonic() > deadline:
+                rejected, why = rejections_summary(
+                    await storage.quarantine(limit=10_000), {device_id}, published_from_us
+                )
+                # Every reading is either stored or rejected: no point waiting for the rest.
+                if time.monotonic() > deadline or (rejected and len(rows) + rejected >= sent):
                     msg = f"the daemon stored {len(rows)} of {sent} {metric} readings of {device_id}"
-                    raise ReplayViaBrokerError(msg)
+                    _, why = rejections_summary(
+                        await storage.quarantine(limit=10_000), set(streams), published_from_us
+                    )
+                    raise ReplayViaBrokerError(f"{msg}; {why}" if why else f"{msg}; it rejected none")
                 await asyncio.sleep(0.2)
         # The daemon commits the alarms a batch raises with its readings: they are stored now.
         alarms: list[Alarm] = []
@@ -189,7 +232,7 @@ def replay_via_broker(
     origin_us = now_us if speed == 1 else now_us - duration - US
     shift_us = origin_us - loaded.scenario.start_us
     asyncio.run(_publish(loaded, streams, config, shift_us, speed, progress))
-    stored, histories = asyncio.run(_stored(streams, config, shift_us))
+    stored, histories = asyncio.run(stored_alarms(streams, config, shift_us, now_us))
     records = _records(stored, histories, origin_us)
     results = check_expectations(loaded.scenario.expect, records)
     if speed != 1:
