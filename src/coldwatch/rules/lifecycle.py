@@ -9,13 +9,14 @@ A higher severity makes an acknowledged alarm unacknowledged again; a lower one 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 
 from coldwatch.errors import ColdwatchError
 from coldwatch.rules.model import AlarmEvent, AlarmKey, EventKind, Severity
 
-__all__ = ["Alarm", "AlarmBook", "AlarmState", "LifecycleError", "Transition"]
+__all__ = ["Alarm", "AlarmBook", "AlarmState", "LifecycleError", "Transition", "what_changed"]
 
 # Alarms per key that late data may still correct (a flapping excursion within the
 # reorder horizon can produce many).
@@ -102,15 +103,16 @@ class AlarmBook:
     def apply(self, events: Iterable[AlarmEvent], received_us: int) -> list[Transition]:
         """Apply engine events; return the transitions to store."""
         out: list[Transition] = []
-        for event in events:
-            out += self._apply(event, received_us)
+        events = list(events)
+        for index, event in enumerate(events):
+            out += self._apply(event, received_us, events[index + 1 :])
         return out
 
-    def _apply(self, event: AlarmEvent, received_us: int) -> list[Transition]:
+    def _apply(self, event: AlarmEvent, received_us: int, later: Sequence[AlarmEvent]) -> list[Transition]:
         current = self.open.get(event.key)
         kind = event.kind
         if kind is EventKind.REVOKED:
-            return self._revoke(event, current, received_us)
+            return self._revoke(event, current, received_us, later)
         if kind is EventKind.RAISED:
             if current is not None and current.active:
                 return []  # one open alarm per key; the engine never raises twice
@@ -158,20 +160,26 @@ class AlarmBook:
         self._store(alarm)
         return [Transition(alarm, "cleared", event.ts_us, received_us, current.state)]
 
-    def _revoke(self, event: AlarmEvent, current: Alarm | None, received_us: int) -> list[Transition]:
-        """Late readings showed an earlier event did not happen as reported: correct, never delete."""
+    def _revoke(
+        self, event: AlarmEvent, current: Alarm | None, received_us: int, later: Sequence[AlarmEvent]
+    ) -> list[Transition]:
+        """Late readings showed an earlier event did not happen as reported: correct, never delete.
+
+        ``later``: the events that follow in the same judgement, among them the event that
+        replaces the revoked one (if any), so that the record says what actually changed.
+        """
         revoked = event.revokes
         if revoked is None:
             return []
-        why = f"{revoked.kind.value} revoked: late readings changed the excursion"
+        replacement = next((e for e in later if e.key == event.key and e.kind is revoked.kind), None)
+        changed = what_changed(revoked, replacement)
+        why = f"{revoked.kind.value} revoked: {changed}"
         candidates = [a for a in self.recent.get(event.key, []) if not a.detail.startswith("revoked")]
         if revoked.kind is EventKind.RAISED:
             alarm = next((a for a in candidates if a.raised_ts_us == revoked.ts_us), None)
             if alarm is None:
                 return []
-            new = replace(
-                alarm, state=AlarmState.CLOSED, detail="revoked: late readings showed no such excursion"
-            )
+            new = replace(alarm, state=AlarmState.CLOSED, detail=f"revoked: {changed}")
         elif revoked.kind is EventKind.SEVERITY_CHANGED:
             alarm = current
             if alarm is None or event.severity is None:
@@ -236,3 +244,41 @@ class AlarmBook:
         if alarm is None:
             raise LifecycleError(f"no open alarm {alarm_id}")
         return alarm
+
+
+def _at(ts_us: int) -> str:
+    """Device time as RFC 3339 UTC (seconds, or milliseconds when it has them)."""
+    try:
+        moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ts_us)
+    except OverflowError:
+        return f"{ts_us} us"
+    spec = "seconds" if ts_us % 1_000_000 == 0 else "milliseconds"
+    return moment.isoformat(timespec=spec).replace("+00:00", "Z")
+
+
+def _label(event: AlarmEvent) -> str:
+    return event.severity.label if event.severity is not None else "none"
+
+
+def what_changed(revoked: AlarmEvent, replacement: AlarmEvent | None) -> str:
+    """What late readings changed about ``revoked``, given the event that replaces it (None: none does)."""
+    old_at = _at(revoked.ts_us)
+    if replacement is None:
+        return {
+            EventKind.RAISED: f"late readings showed no excursion long enough to raise an alarm at {old_at}",
+            EventKind.CLEARED: f"late readings showed the excursion had not ended at {old_at}",
+        }.get(revoked.kind, f"late readings showed no change to {_label(revoked)} at {old_at}")
+    new_at = _at(replacement.ts_us)
+    moved = replacement.ts_us != revoked.ts_us
+    if revoked.kind is EventKind.RAISED:
+        change = (
+            f"moved the start of this excursion from {old_at} to {new_at}"
+            if moved
+            else f"changed its starting severity ({old_at}) from {_label(revoked)} to {_label(replacement)}"
+        )
+        return f"late readings {change}; a new alarm replaces this one"
+    if revoked.kind is EventKind.CLEARED:
+        return f"late readings moved the end of the excursion from {old_at} to {new_at}"
+    if moved:
+        return f"late readings moved the change to {_label(replacement)} from {old_at} to {new_at}"
+    return f"late readings changed the severity at {old_at} from {_label(revoked)} to {_label(replacement)}"
