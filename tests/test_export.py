@@ -18,7 +18,8 @@ from coldwatch.catalogue import Kind
 from coldwatch.config import DeviceConfig
 from coldwatch.export import CSV_HEADER, format_ts, write_csv
 from coldwatch.payload import Telemetry
-from coldwatch.storage import Batch, SqliteStorage
+from coldwatch.storage import Batch, SqliteStorage, open_storage
+from tests.conftest import Backend
 
 US = 1_000_000
 T0 = 1_714_564_800 * US  # 2024-05-01T12:00:00Z
@@ -63,7 +64,7 @@ async def test_csv_header_and_rows(storage: SqliteStorage) -> None:
     count = await write_csv(storage, out)
 
     text = out.getvalue()
-    assert text.splitlines()[0] == "device,kind,metric,ts,value,received_at,buffered"
+    assert text.splitlines()[0] == "device,kind,metric,ts,seq,value,received_at,buffered"
     assert _rows(text) == [
         list(CSV_HEADER),
         [
@@ -71,6 +72,7 @@ async def test_csv_header_and_rows(storage: SqliteStorage) -> None:
             "incubator",
             "door_open",
             "2024-05-01T12:00:00.123456+00:00",
+            "7",
             "true",
             "2024-05-01T12:00:01.500000+00:00",
             "false",
@@ -80,6 +82,7 @@ async def test_csv_header_and_rows(storage: SqliteStorage) -> None:
             "incubator",
             "temp_c",
             "2024-05-01T12:00:00.123456+00:00",
+            "7",
             "37.1",
             "2024-05-01T12:00:01.500000+00:00",
             "false",
@@ -89,6 +92,7 @@ async def test_csv_header_and_rows(storage: SqliteStorage) -> None:
             "cryoshipper",
             "lid_open",
             "2024-05-01T11:00:00.000000+00:00",
+            "3",
             "false",
             "2024-05-01T12:00:02.000000+00:00",
             "true",
@@ -98,6 +102,7 @@ async def test_csv_header_and_rows(storage: SqliteStorage) -> None:
             "cryoshipper",
             "temp_c",
             "2024-05-01T11:00:00.000000+00:00",
+            "3",
             "-185.25",
             "2024-05-01T12:00:02.000000+00:00",
             "true",
@@ -176,3 +181,28 @@ async def test_export_into_a_closed_pipe_ends_quietly(storage: SqliteStorage, tm
     assert "Traceback" not in done.stderr, done.stderr
     assert "BrokenPipeError" not in done.stderr
     assert done.returncode == 0, done.stderr
+
+
+async def test_readings_with_the_same_time_are_told_apart_by_seq(tmp_path: Path, backend: Backend) -> None:
+    """Two readings of one device with the same timestamp export as two rows, each with its own seq."""
+    store = open_storage(backend.location)
+    await store.open()
+    try:
+        await store.register_devices([INC])
+        await store.write_batch(
+            Batch(
+                readings=[
+                    (Telemetry("inc-01", seq, T0, False, (("temp_c", value),)), T0 + US)
+                    for seq, value in ((41, 37.0), (42, 37.4))
+                ]
+            )
+        )
+        out = io.StringIO()
+        assert await write_csv(store, out) == 2
+    finally:
+        await store.close()
+    rows = [dict(zip(CSV_HEADER, r, strict=True)) for r in _rows(out.getvalue())[1:]]
+    assert [(r["ts"], r["seq"], r["value"]) for r in rows] == [
+        (format_ts(T0), "41", "37.0"),
+        (format_ts(T0), "42", "37.4"),
+    ]

@@ -326,7 +326,7 @@ async def test_reopen_keeps_data(storage: Storage, backend: Backend) -> None:
     finally:
         await reopened.close()
 
-    assert rows == [ExportRow("inc-01", "incubator", "temp_c", T0, 37.0, T0 + US, False)]
+    assert rows == [ExportRow("inc-01", "incubator", "temp_c", T0, 37.0, T0 + US, False, 1)]
 
 
 # --- batches and dedupe ----------------------------------------------------------------
@@ -588,9 +588,9 @@ async def test_export_orders_by_device_time_and_metric(filled: Storage) -> None:
         ("pc-fill-a1", 20, "flow_lpm"),
         ("pc-fill-a1", 20, "particles_0_5um_m3"),
     ]
-    assert rows[2] == ExportRow("inc-01", "incubator", "door_open", T0 + 10 * US, 1.0, T0 + 11 * US, False)
+    assert rows[2] == ExportRow("inc-01", "incubator", "door_open", T0 + 10 * US, 1.0, T0 + 11 * US, False, 2)
     assert rows[4] == ExportRow(
-        "pc-fill-a1", "particle_counter", "flow_lpm", T0 + 10 * US, 28.1, T0 + 30 * US, True
+        "pc-fill-a1", "particle_counter", "flow_lpm", T0 + 10 * US, 28.1, T0 + 30 * US, True, 2
     )
 
 

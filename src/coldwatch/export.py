@@ -12,7 +12,7 @@ from coldwatch.storage.base import Storage
 
 __all__ = ["CSV_HEADER", "format_ts", "write_csv"]
 
-CSV_HEADER = ("device", "kind", "metric", "ts", "value", "received_at", "buffered")
+CSV_HEADER = ("device", "kind", "metric", "ts", "seq", "value", "received_at", "buffered")
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -58,6 +58,7 @@ async def write_csv(
                     row.kind,
                     row.metric,
                     format_ts(row.ts_us),
+                    row.seq,
                     _format_value(row.kind, row.metric, row.value),
                     format_ts(row.received_us),
                     "true" if row.buffered else "false",

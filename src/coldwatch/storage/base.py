@@ -101,6 +101,7 @@ class ExportRow:
     value: float
     received_us: int
     buffered: bool
+    seq: int  # the device's reading number: tells apart two readings with the same time
 
 
 def alarm_from_row(r: Sequence[Any]) -> Alarm:

@@ -227,7 +227,7 @@ _ALARMS: Final = (
     "ORDER BY a.raised_ts_us DESC, a.id DESC LIMIT $10"
 )
 _EXPORT: Final = """
-    SELECT d.device_id, d.kind, m.name, r.ts_us, r.value, r.received_us, r.buffered
+    SELECT d.device_id, d.kind, m.name, r.ts_us, r.value, r.received_us, r.buffered, r.seq
     FROM readings AS r JOIN devices AS d ON d.id = r.device JOIN metrics AS m ON m.id = r.metric
     WHERE ($1::text IS NULL OR d.device_id = $1)
       AND ($2::bigint IS NULL OR r.ts_us >= $2) AND ($3::bigint IS NULL OR r.ts_us < $3)
@@ -704,7 +704,7 @@ class PostgresStorage(RowIds):
         """Stream readings ordered by device, time and metric."""
         async with self.pool.acquire() as conn, conn.transaction(readonly=True):
             async for r in conn.cursor(_EXPORT, device_id, since_us, until_us, prefetch=2000):
-                yield ExportRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6])
+                yield ExportRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7])
 
     async def quarantine(self, limit: int = 100) -> list[QuarantineEntry]:
         """The most recent rejected messages, newest first."""

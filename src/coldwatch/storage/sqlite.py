@@ -179,7 +179,7 @@ _FIND_DUPLICATES = """
                   AND r.metric = i.metric AND r.ts_us = i.ts_us AND r.seq = i.seq)
 """
 _EXPORT = """
-    SELECT d.device_id, d.kind, m.name, r.ts_us, r.value, r.received_us, r.buffered
+    SELECT d.device_id, d.kind, m.name, r.ts_us, r.value, r.received_us, r.buffered, r.seq
     FROM readings AS r JOIN devices AS d ON d.id = r.device JOIN metrics AS m ON m.id = r.metric
     WHERE (:device IS NULL OR d.device_id = :device)
       AND (:since IS NULL OR r.ts_us >= :since) AND (:until IS NULL OR r.ts_us < :until)
@@ -618,8 +618,8 @@ class SqliteStorage(RowIds):
         params = {"device": device_id, "since": since_us, "until": until_us}
         async with self._conn.execute(_EXPORT, params) as cur:
             cur.arraysize = 2000
-            async for device, kind, metric, ts_us, value, received_us, buffered in cur:
-                yield ExportRow(device, kind, metric, ts_us, value, received_us, bool(buffered))
+            async for device, kind, metric, ts_us, value, received_us, buffered, seq in cur:
+                yield ExportRow(device, kind, metric, ts_us, value, received_us, bool(buffered), seq)
 
     async def quarantine(self, limit: int = 100) -> list[QuarantineEntry]:
         """The most recent rejected messages, newest first."""
