@@ -264,6 +264,7 @@ class MqttSource:
         )
         # Must be set before CONNECT: the broker resends pending messages right after it.
         client._client.manual_ack_set(True)  # noqa: SLF001 - see module docstring
+        client._client.on_socket_register_write = _register_write(client)  # noqa: SLF001
         activity = self._activity
 
         def deliver(publish: Publish, received_us: int) -> None:
@@ -404,6 +405,41 @@ class MqttSource:
             delay = next_delay()
             log.info("reconnecting in %.1f s", delay)
             await asyncio.sleep(delay)
+
+
+def _register_write(client: aiomqtt.Client) -> Callable[[paho.Client, object, object], None]:
+    """The write registration of aiomqtt, made safe against a connection lost in the same loop turn.
+
+    An acknowledgement asks for the socket's writability; aiomqtt schedules ``add_writer``
+    for the next turn of the loop. If the connection is lost before that turn, the socket
+    is closed by then and ``add_writer`` raised from a loop callback: an ERROR traceback
+    (Bad file descriptor) at every disconnect. Here a closed or replaced socket is skipped,
+    and an error from the selector is one warning line.
+    """
+    loop = asyncio.get_running_loop()
+    inner = client._client  # noqa: SLF001
+
+    def write() -> None:  # what aiomqtt's writer does: a failed write ends the connection
+        try:
+            inner.loop_write()
+        except Exception as exc:
+            if not client._disconnected.done():  # noqa: SLF001
+                client._disconnected.set_exception(exc)  # noqa: SLF001
+
+    def register(_: paho.Client, __: object, sock: object) -> None:
+        def add() -> None:
+            current = inner._sock  # noqa: SLF001
+            if current is None or current is not sock:  # closed (or replaced) since it was asked
+                return
+            try:
+                loop.add_writer(current.fileno(), write)
+            except (OSError, ValueError) as exc:
+                log.warning("broker connection closed while sending: %s", exc)
+
+        # paho may call this from the thread that connects: only schedule here.
+        loop.call_soon_threadsafe(add)
+
+    return register
 
 
 def _check_granted(topics: Sequence[str], granted: Sequence[object]) -> None:
