@@ -26,11 +26,20 @@ from coldwatch.metrics import Metrics
 from coldwatch.mqtt import READ_BURST, Delivery, backoff_delays
 from coldwatch.notify.planner import Notifier
 from coldwatch.payload import Rejection, Status, Telemetry, decode
+from coldwatch.recovery import (
+    INTEGRITY_RULE,
+    GapBook,
+    GapChange,
+    integrity_clear,
+    integrity_key,
+    integrity_raise,
+    resend_topic,
+)
 from coldwatch.rules.engine import Engine
 from coldwatch.rules.lifecycle import AlarmBook, LifecycleError, Transition
-from coldwatch.rules.model import AlarmEvent, EngineReading, EventKind
+from coldwatch.rules.model import AlarmEvent, EngineReading, EventKind, Severity
 from coldwatch.sequence import SeqEvent, SeqTracker
-from coldwatch.storage.base import Batch, BatchResult, DeviceState, QuarantineEntry, Storage
+from coldwatch.storage.base import Batch, BatchResult, DeviceState, QuarantineEntry, SeqGap, Storage
 
 __all__ = ["Pipeline"]
 
@@ -56,7 +65,20 @@ class UserAction:
     until_us: int | None = None
 
 
-Decoded = Telemetry | Status | Rejection | Tick | UserAction
+@dataclass(frozen=True, slots=True)
+class SessionLost:
+    """The broker answered a reconnect without the collector's session: its queue is gone."""
+
+    at_us: int
+    client_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResendEcho:
+    """A re-send request seen on our own subscription: acknowledged, nothing stored."""
+
+
+Decoded = Telemetry | Status | Rejection | Tick | UserAction | SessionLost | ResendEcho
 
 
 @dataclass(slots=True)
@@ -73,6 +95,20 @@ class _Judged(NamedTuple):
     items: list[_Item]
     batch: Batch
     alarm_readings_us: list[int]  # live readings that raised an alarm in it
+
+
+def gap_audit(gap: SeqGap, state: str, at_us: int, why: str) -> AuditDraft:
+    """The audit trail entry of a gap's state change (detected, recovered, lost)."""
+    return AuditDraft(
+        at_us=at_us,
+        actor="coldwatch",
+        action=f"seq_gap.{state}",
+        object_type="seq_gap",
+        object_id=f"{gap.device_id}:{gap.first_missing}-{gap.last_missing}",
+        old_value=None if state == "detected" else "open",
+        new_value="open" if state == "detected" else state,
+        reason=why,
+    )
 
 
 def audit_draft(transition: Transition) -> AuditDraft:
@@ -110,8 +146,22 @@ class Pipeline:
         notifier: Notifier | None = None,
         on_notified: Callable[[], None] = lambda: None,
         clock_us: Callable[[], int] = lambda: time.time_ns() // 1000,
+        resend: Callable[[str, bytes], bool] | None = None,
     ) -> None:
         self._config = config
+        self._states = states
+        ingest = config.ingest
+        self.gaps = GapBook(
+            ingest.gap_recovery_timeout_s,
+            ingest.resend_retry_s,
+            ingest.resend_max_attempts,
+            ingest.resend_max_per_s,
+        )
+        # Publishes a re-send request (topic, payload); False when it cannot now (not connected).
+        self._resend = resend
+        # Devices whose data-integrity alarm is active: it clears once nothing is missing.
+        self._watch = {k.device_id for k, a in book.open.items() if k.rule == INTEGRITY_RULE and a.active}
+        metrics.gaps_open.set_function(self.gaps.open_count)
         self._devices = config.device_map()
         self._storage = storage
         self._metrics = metrics
@@ -180,7 +230,11 @@ class Pipeline:
         """
         if self._closing:
             return
-        item = _Item(delivery, self._decode(delivery))
+        if delivery.topic.endswith("/resend"):
+            # Our own request (subscribed to the whole prefix): nothing to store.
+            item = _Item(delivery, ResendEcho())
+        else:
+            item = _Item(delivery, self._decode(delivery))
         self.peak_depth = max(self.peak_depth, self.depth + 1)
         if self._overflow or self._queue.full():
             # Only without flow control (MQTT 3.1.1 on a broker that does not cap what it
@@ -201,6 +255,19 @@ class Pipeline:
             max_future_skew_s=ingest.max_future_skew_s,
         )
 
+    def session_lost(self, at_us: int) -> None:
+        """Queue the news that the broker lost our session (ahead of any message it sends next)."""
+        item = _Item(None, SessionLost(at_us, self._config.mqtt.client_id))
+        if self._overflow or self._queue.full():
+            self._overflow.append(item)
+        else:
+            self._queue.put_nowait(item)
+
+    async def _load_gaps(self) -> None:
+        """Take up the gaps left open by the previous run."""
+        for gap, stored in await self._storage.open_gaps(list(self._devices)):
+            self.gaps.load(gap, stored)
+
     def tick(self, now_us: int) -> None:
         """Queue a timer tick unless the queue is full (a later tick will do)."""
         if not self._closing and not self._queue.full():
@@ -214,6 +281,7 @@ class Pipeline:
         side; batches still commit one at a time, in order. Both halves run in one task
         group: a failure of either stops the writer at once.
         """
+        await self._load_gaps()  # before the first batch is judged
         handoff: asyncio.Queue[_Judged] = asyncio.Queue(maxsize=1)
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._judge_batches(handoff), name="rules-judge")
@@ -287,6 +355,11 @@ class Pipeline:
             if isinstance(decoded, UserAction):
                 self._user_action(batch, item, decoded)
                 continue
+            if isinstance(decoded, SessionLost):
+                self._session_lost(batch, decoded)
+                continue
+            if isinstance(decoded, ResendEcho):
+                continue
             assert delivery is not None
             if isinstance(decoded, Telemetry):
                 first = taken.setdefault((decoded.device_id, decoded.seq, decoded.ts_us), delivery.payload)
@@ -313,7 +386,8 @@ class Pipeline:
                         delivery.payload,
                     )
                 )
-        batch.audit = [audit_draft(t) for t in batch.transitions]
+        self._recover(batch)
+        batch.audit += [audit_draft(t) for t in batch.transitions]
         if self.notifier is not None:
             # Every batch, ticks included: escalations fall due with time alone.
             batch.notifications = self.notifier.plan(
@@ -325,10 +399,18 @@ class Pipeline:
         """Track, store and judge one reading."""
         metrics = self._metrics
         observation = self._tracker.observe(decoded.device_id, decoded.seq, decoded.ts_us, received_us)
+        gaps = self.gaps
         if observation.gap is not None:
             batch.gaps.append(observation.gap)
+            gaps.open(observation.gap)
+            batch.audit.append(gap_audit(observation.gap, "detected", received_us, "re-send requested"))
         if observation.event is SeqEvent.RESTART:
             metrics.per_device.add(metrics.per_device.seq_restarts, decoded.device_id)
+            self._gap_changes(batch, gaps.restarted(decoded.device_id, received_us))
+        if gaps.gaps or gaps.probes:
+            self._gap_changes(batch, gaps.stored(decoded.device_id, decoded.seq, received_us))
+        if decoded.device_id in self._watch:
+            self._settle(batch, decoded.device_id, received_us)
         batch.readings.append((decoded, received_us))
         batch.devices[decoded.device_id] = replace(self._tracker.state(decoded.device_id))
         reading = EngineReading(
@@ -338,6 +420,83 @@ class Pipeline:
         if not decoded.buffered and any(e.kind in _RAISING for e in events):
             raised_us.append(decoded.ts_us)
         self._alarms(batch, events, received_us)
+
+    def _session_lost(self, batch: Batch, lost: SessionLost) -> None:
+        """Ask every device heard from for what came after its last reading; raise the alarm."""
+        last = {
+            device_id: state.last_seq
+            for device_id, state in self._states.items()
+            if state.last_seq is not None and device_id in self._devices
+        }
+        self.gaps.session_lost(last, lost.at_us)
+        batch.audit.append(
+            AuditDraft(
+                at_us=lost.at_us,
+                actor="coldwatch",
+                action="broker.session_lost",
+                object_type="mqtt_session",
+                object_id=lost.client_id,
+                old_value="session present",
+                new_value=f"new session; {len(last)} device(s) asked to re-send",
+                reason="the broker answered the reconnect without our persistent session: "
+                "messages it had queued for the collector are lost",
+            )
+        )
+        for device_id, seq in last.items():
+            detail = f"broker lost the collector's session: readings after seq {seq} may be missing"
+            self._integrity(batch, device_id, Severity.ALERT, lost.at_us, detail=detail)
+
+    def _integrity(
+        self,
+        batch: Batch,
+        device_id: str,
+        severity: Severity,
+        at_us: int,
+        *,
+        detail: str,
+        value: float | None = None,
+    ) -> None:
+        """Raise (or make more severe) the device's data-integrity alarm."""
+        current = self.book.open.get(integrity_key(device_id))
+        self._alarms(batch, integrity_raise(current, device_id, severity, at_us, detail, value=value), at_us)
+        self._watch.add(device_id)
+
+    def _settle(self, batch: Batch, device_id: str, at_us: int) -> None:
+        """Clear the device's data-integrity alarm once nothing is missing or asked for."""
+        if not self.gaps.pending(device_id):
+            self._watch.discard(device_id)
+            current = self.book.open.get(integrity_key(device_id))
+            self._alarms(batch, integrity_clear(current, device_id, at_us), at_us)
+
+    def _gap_changes(self, batch: Batch, changes: list[GapChange]) -> None:
+        """Record gaps that were recovered or lost; a lost one raises a data-integrity alarm."""
+        for change in changes:
+            gap = change.gap
+            batch.gap_updates.append((gap, change.state, change.at_us))
+            batch.audit.append(gap_audit(gap, change.state, change.at_us, change.why))
+            if change.state == "lost":
+                detail = f"seq {gap.first_missing}..{gap.last_missing} lost: {change.why}"
+                self._integrity(
+                    batch, gap.device_id, Severity.ACTION, change.at_us, detail=detail, value=gap.count
+                )
+            if gap.device_id in self._watch:
+                self._settle(batch, gap.device_id, change.at_us)
+
+    def _recover(self, batch: Batch) -> None:
+        """Give up on gaps past their recovery time; publish the re-send requests now due."""
+        gaps = self.gaps
+        if not (gaps.gaps or gaps.probes):
+            return
+        now_us = self._clock_us()
+        self._gap_changes(batch, gaps.expire(now_us))
+        if self._resend is None:
+            return
+        prefix = self._config.mqtt.topic_prefix
+        for request in gaps.due(now_us):
+            device = self._devices[request.device_id]
+            topic = resend_topic(prefix, device.site, device.area, device.kind.value, device.id)
+            if self._resend(topic, request.payload()):
+                self._metrics.resend_requests.inc()
 
     def _judge(self, reading: EngineReading) -> list[AlarmEvent]:
         """The rules' verdict on one reading; a fault in a rule never stops the writer."""
@@ -389,9 +548,16 @@ class Pipeline:
         """Commit a judged batch, then acknowledge its messages and account for it."""
         items, batch, alarm_readings_us = judged
         if not (
-            batch.readings or batch.rejections or batch.transitions or batch.devices or batch.notifications
+            batch.readings
+            or batch.rejections
+            or batch.transitions
+            or batch.devices
+            or batch.notifications
+            or batch.audit
+            or batch.gap_updates
         ):
             # A timer tick that changed nothing: no transaction, no fsync.
+            self._ack([item.delivery for item in items if item.delivery is not None])
             self._done_writing(items)
             async with self.committed:
                 self.committed.notify_all()
@@ -444,6 +610,8 @@ class Pipeline:
                 self._account_reading(reading, received_us, batch.devices[reading.device_id])
         for gap in batch.gaps:
             metrics.per_device.add(metrics.per_device.seq_missing, gap.device_id, gap.count)
+        for _, outcome, _ in batch.gap_updates:
+            metrics.gaps_resolved.labels(outcome).inc()
         for rejection in batch.rejections:
             metrics.rejected.labels(rejection.reason).inc()
         for device_id, state in batch.devices.items():

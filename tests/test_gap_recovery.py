@@ -1,0 +1,245 @@
+"""Readings lost upstream are asked for again: the re-send protocol, gap states, broker session loss."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from coldwatch.broker import RunningBroker, free_port, run_mosquitto
+from coldwatch.recovery import GapBook, integrity_key
+from coldwatch.storage import open_storage
+from coldwatch.storage.base import Batch, DeviceState, SeqGap
+from simulators.publisher import run_simulation
+from tests.conftest import (
+    Backend,
+    db_query,
+    device_entries,
+    distinct_messages,
+    eventually,
+    running_daemon,
+    write_config,
+)
+
+US = 1_000_000
+# The broker must lose what it acknowledged: no save of its state before the kill.
+NO_AUTOSAVE = "autosave_interval 3600\nautosave_on_changes false\n" + (
+    "user root\n" if os.geteuid() == 0 else ""  # keep the test's data directory writable for it
+)
+
+
+def book(**overrides: Any) -> GapBook:
+    """A gap book with test-sized bounds."""
+    settings: dict[str, Any] = {"timeout_s": 60.0, "retry_s": 5.0, "max_attempts": 3, "max_per_s": 10.0}
+    settings.update(overrides)
+    return GapBook(**settings)
+
+
+def test_gap_is_requested_with_bounded_retries() -> None:
+    """An open gap is asked for at once, again every retry_s, and at most max_attempts times."""
+    gaps = book()
+    gaps.open(SeqGap("inc-1", 10, 14, 0))
+    first = gaps.due(0)
+    assert [(r.device_id, r.from_seq, r.to_seq) for r in first] == [("inc-1", 10, 14)]
+    assert json.loads(first[0].payload()) == {"from_seq": 10, "to_seq": 14, "request_id": first[0].request_id}
+    assert gaps.due(4 * US) == []  # not before retry_s
+    sent = [r for t in range(5, 100, 5) for r in gaps.due(t * US)]
+    assert len(sent) == 2  # three attempts in all
+
+
+def test_requests_are_rate_limited_over_all_devices() -> None:
+    """However many gaps are open, no more than max_per_s requests go out per second."""
+    gaps = book(max_per_s=5.0, max_attempts=100, retry_s=0.001)
+    for i in range(50):
+        gaps.open(SeqGap(f"d{i}", 1, 1, 0))
+    per_second = [len(gaps.due(t * US)) for t in range(10)]
+    assert max(per_second) <= 5
+    assert sum(per_second) == 5 * 10
+
+
+def test_gap_recovered_only_when_every_missing_seq_is_stored() -> None:
+    """A gap is recovered once each missing seq is stored, in any order; other seqs do not count."""
+    gaps = book()
+    gap = SeqGap("inc-1", 10, 13, 0)
+    gaps.open(gap)
+    assert gaps.stored("inc-1", 9, 1) == []
+    assert gaps.stored("inc-1", 12, 1) == []
+    assert gaps.stored("inc-1", 10, 1) == []
+    assert gaps.stored("inc-1", 13, 1) == []
+    assert gaps.pending("inc-1")
+    (change,) = gaps.stored("inc-1", 11, 2)
+    assert (change.gap, change.state, change.at_us) == (gap, "recovered", 2)
+    assert not gaps.pending("inc-1")
+    assert gaps.due(10 * US) == []
+
+
+def test_gap_lost_after_timeout_or_counter_restart() -> None:
+    """A gap not filled within timeout_s is lost; a restarted seq counter loses the device's gaps at once."""
+    gaps = book(timeout_s=30.0)
+    gaps.open(SeqGap("a", 5, 6, 0))
+    gaps.open(SeqGap("b", 5, 6, 10 * US))
+    gaps.stored("a", 5, 1)
+    assert gaps.expire(29 * US) == []
+    (lost,) = gaps.expire(30 * US)
+    assert (lost.gap.device_id, lost.state) == ("a", "lost")
+    assert "1 reading(s)" in lost.why
+    (restarted,) = gaps.restarted("b", 31 * US)
+    assert restarted.state == "lost"
+    assert gaps.open_count() == 0
+
+
+def test_session_loss_asks_for_everything_after_the_last_seq_until_heard_from() -> None:
+    """After a lost session each device is asked for all after its last seq until a newer reading arrives."""
+    gaps = book()
+    gaps.session_lost({"a": 41, "b": 7}, 0)
+    requests = {r.device_id: (r.from_seq, r.to_seq) for r in gaps.due(0)}
+    assert requests == {"a": (42, None), "b": (8, None)}
+    gaps.stored("a", 41, 1)  # an old reading: still waiting
+    assert gaps.pending("a")
+    gaps.stored("a", 42, 1)
+    assert not gaps.pending("a")
+    assert [r.device_id for r in gaps.due(10 * US)] == ["b"]
+
+
+async def test_gap_states_stored_and_reloaded(backend: Backend, tmp_path: Path) -> None:
+    """Gaps are stored open, then recovered or lost; open ones are read back with the seqs stored since."""
+    config = write_config(
+        tmp_path / "c.yaml",
+        broker=RunningBroker("127.0.0.1", 1, "mosquitto"),
+        prefix="p",
+        devices=device_entries("incubator", 1),
+        storage={"url": backend.location} if backend.postgres else {"path": str(backend.location)},
+    )
+    storage = open_storage(config.storage.location)
+    await storage.open()
+    try:
+        await storage.register_devices(config.devices)
+        recovered, lost, still = (
+            SeqGap("inc-000", 2, 3, 10),
+            SeqGap("inc-000", 6, 7, 11),
+            SeqGap("inc-000", 9, 12, 12),
+        )
+        state = DeviceState(13, 13 * US, 13 * US)
+        await storage.write_batch(Batch(gaps=[recovered, lost, still], devices={"inc-000": state}))
+        await storage.write_batch(Batch(gap_updates=[(recovered, "recovered", 20), (lost, "lost", 21)]))
+        opened = await storage.open_gaps()
+        assert [g for g, _ in opened] == [still]
+        rows = backend.query("SELECT first_missing, state, resolved_us FROM seq_gaps ORDER BY first_missing")
+        assert [tuple(r) for r in rows] == [(2, "recovered", 20), (6, "lost", 21), (9, "open", None)]
+    finally:
+        await storage.close()
+
+
+async def test_lost_gap_raises_acknowledgeable_integrity_alarm(
+    broker: RunningBroker, prefix: str, tmp_path: Path
+) -> None:
+    """A gap nobody re-sends is asked for max_attempts times, then lost with a data-integrity alarm one can acknowledge."""
+    config = write_config(
+        tmp_path / "c.yaml",
+        broker=broker,
+        prefix=prefix,
+        devices=device_entries("incubator", 1),
+        ingest={"gap_recovery_timeout_s": 2.0, "resend_retry_s": 0.3, "resend_max_attempts": 2},
+    )
+    device = config.devices[0]
+    base = f"{prefix}/{device.site}/{device.area}/{device.kind.value}/{device.id}"
+    requests: list[dict[str, Any]] = []
+    async with aiomqtt.Client(broker.host, broker.port) as listener, running_daemon(config) as running:
+        await listener.subscribe(f"{base}/resend", qos=1)
+
+        async def listen() -> None:
+            async for message in listener.messages:
+                assert isinstance(message.payload, bytes)
+                requests.append(json.loads(message.payload))
+
+        task = asyncio.create_task(listen())
+        for seq in (0, 1, 5):
+            payload = json.dumps({"ts": 1.7e9 + seq, "seq": seq, "values": {"temp_c": 37.0}})
+            await listener.publish(f"{base}/telemetry", payload, qos=1)
+        db = config.storage.path
+        lost_sql = "SELECT state FROM seq_gaps"
+        await eventually(lambda: db_query(db, lost_sql) == [("lost",)], timeout_s=20, what="the gap lost")
+        pipeline = running.daemon.pipeline
+        assert pipeline is not None
+        alarm = pipeline.book.open[integrity_key(device.id)]
+        assert alarm.severity.label == "action"
+        assert "seq 2..4 lost" in alarm.detail
+        await asyncio.sleep(1.0)  # no request after the gap is given up
+        task.cancel()
+        assert [(r["from_seq"], r["to_seq"]) for r in requests] == [(2, 4), (2, 4)]
+        assert running.sample("coldwatch_resend_requests_total") == 2
+        assert running.sample("coldwatch_seq_gaps_resolved_total", {"state": "lost"}) == 1
+        from coldwatch.pipeline import UserAction  # noqa: PLC0415
+
+        done = await pipeline.submit(UserAction("acknowledge", alarm.id, "olga", "gap reviewed"))
+        assert done.alarm.state.value == "closed"
+        audit = db_query(db, "SELECT action FROM audit_log ORDER BY seq")
+        actions = [a for (a,) in audit]
+        assert "seq_gap.detected" in actions
+        assert "seq_gap.lost" in actions
+
+
+async def test_broker_sigkill_loses_no_reading(prefix: str, tmp_path: Path) -> None:
+    """Broker killed with SIGKILL mid-stream (no autosave): the session loss is seen and every reading ends up stored."""
+    port = free_port()
+    broker_dir = tmp_path / "broker"
+    devices = [dict(d, interval_s=0.02) for d in device_entries("incubator", 3)]
+    async with run_mosquitto(port, data_dir=broker_dir, extra=NO_AUTOSAVE) as broker:
+        config = write_config(
+            tmp_path / "c.yaml",
+            broker=broker,
+            prefix=prefix,
+            devices=devices,
+            # The collector comes back 1-2 s after the devices: what they publish meanwhile
+            # has no subscriber on the restarted broker and is lost there for certain.
+            mqtt={"reconnect": {"initial_s": 2.0, "max_s": 2.0}},
+            ingest={"resend_retry_s": 1.0, "gap_recovery_timeout_s": 120.0},
+        )
+        devices_back_fast = config.mqtt.reconnect.model_copy(update={"initial_s": 0.2, "max_s": 0.5})
+        sim_config = config.model_copy(
+            update={"mqtt": config.mqtt.model_copy(update={"reconnect": devices_back_fast})}
+        )
+        stop_sim = asyncio.Event()
+        async with running_daemon(config) as running:
+            sim = asyncio.create_task(run_simulation(sim_config, stop=stop_sim))
+            db = config.storage.path
+            await eventually(lambda: distinct_messages(db) >= 300, what="readings flowing")
+            assert broker.process is not None
+            broker.process.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(broker.process.wait)
+            await asyncio.sleep(0.5)
+            async with run_mosquitto(port, data_dir=broker_dir, extra=NO_AUTOSAVE):
+                await eventually(
+                    lambda: running.sample("coldwatch_broker_session_lost_total") == 1,
+                    timeout_s=30,
+                    what="the lost session noticed",
+                )
+                await asyncio.sleep(4.0)  # devices publish on; gaps are found and asked for
+                stop_sim.set()
+                stats = await sim
+                await eventually(
+                    lambda: distinct_messages(db) == stats.total,
+                    timeout_s=60,
+                    what=f"all {stats.total} readings stored",
+                )
+                states = db_query(db, "SELECT state, count(*) FROM seq_gaps GROUP BY state")
+                assert dict(states).get("recovered", 0) >= 1, "the broker lost acknowledged readings"
+                assert set(dict(states)) == {"recovered"}
+                assert sum(stats.resent.values()) > 0
+                per_device = db_query(
+                    db,
+                    "SELECT d.device_id, count(DISTINCT r.seq), min(r.seq), max(r.seq) "
+                    "FROM readings r JOIN devices d ON d.id = r.device GROUP BY d.device_id",
+                )
+                for device_id, count, low, high in per_device:
+                    assert count == high - low + 1 == stats.published[device_id]
+                alarms = db_query(db, "SELECT device_id, state FROM alarms WHERE rule = 'data_integrity'")
+                assert sorted(a for a, _ in alarms) == sorted(d["id"] for d in devices)
+                assert {s for _, s in alarms} == {"cleared_unacknowledged"}
+                actions = {a for (a,) in db_query(db, "SELECT action FROM audit_log")}
+                assert {"broker.session_lost", "seq_gap.detected", "seq_gap.recovered"} <= actions
