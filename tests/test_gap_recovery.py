@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import signal
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import httpx
 
 from coldwatch.broker import RunningBroker, free_port, run_mosquitto
-from coldwatch.recovery import GapBook, integrity_key
+from coldwatch.recovery import GapBook
 from coldwatch.storage import open_storage
 from coldwatch.storage.base import Batch, DeviceState, SeqGap
+from coldwatch.storage.sqlite import MIGRATIONS, SqliteStorage
 from simulators.publisher import run_simulation
 from tests.conftest import (
     Backend,
@@ -25,8 +30,10 @@ from tests.conftest import (
     running_daemon,
     write_config,
 )
+from tests.test_notify import Receiver
 
 US = 1_000_000
+TOKEN = "op-" + "5" * 40
 # The broker must lose what it acknowledged: no save of its state before the kill.
 NO_AUTOSAVE = "autosave_interval 3600\nautosave_on_changes false\n" + (
     "user root\n" if os.geteuid() == 0 else ""  # keep the test's data directory writable for it
@@ -138,54 +145,72 @@ async def test_gap_states_stored_and_reloaded(backend: Backend, tmp_path: Path) 
 async def test_lost_gap_raises_acknowledgeable_integrity_alarm(
     broker: RunningBroker, prefix: str, tmp_path: Path
 ) -> None:
-    """A gap nobody re-sends is asked for max_attempts times, then lost with a data-integrity alarm one can acknowledge."""
+    """An unanswered gap is asked for max_attempts times, then lost: an alarm listed, notified, acked."""
+    receiver = Receiver()
+    await receiver.start()
     config = write_config(
         tmp_path / "c.yaml",
         broker=broker,
         prefix=prefix,
         devices=device_entries("incubator", 1),
         ingest={"gap_recovery_timeout_s": 2.0, "resend_retry_s": 0.3, "resend_max_attempts": 2},
+        api={
+            "users": {
+                "olga": {"role": "operator", "token_sha256": hashlib.sha256(TOKEN.encode()).hexdigest()}
+            }
+        },
+        notify={
+            "webhooks": {"pager": {"url": f"{receiver.url}/pager"}},
+            "escalation": [{"tiers": [{"after_s": 0, "notify": ["pager"]}]}],
+        },
     )
     device = config.devices[0]
     base = f"{prefix}/{device.site}/{device.area}/{device.kind.value}/{device.id}"
     requests: list[dict[str, Any]] = []
-    async with aiomqtt.Client(broker.host, broker.port) as listener, running_daemon(config) as running:
-        await listener.subscribe(f"{base}/resend", qos=1)
+    try:
+        async with aiomqtt.Client(broker.host, broker.port) as listener, running_daemon(config) as running:
+            await listener.subscribe(f"{base}/resend", qos=1)
 
-        async def listen() -> None:
-            async for message in listener.messages:
-                assert isinstance(message.payload, bytes)
-                requests.append(json.loads(message.payload))
+            async def listen() -> None:
+                async for message in listener.messages:
+                    assert isinstance(message.payload, bytes)
+                    requests.append(json.loads(message.payload))
 
-        task = asyncio.create_task(listen())
-        for seq in (0, 1, 5):
-            payload = json.dumps({"ts": 1.7e9 + seq, "seq": seq, "values": {"temp_c": 37.0}})
-            await listener.publish(f"{base}/telemetry", payload, qos=1)
-        db = config.storage.path
-        lost_sql = "SELECT state FROM seq_gaps"
-        await eventually(lambda: db_query(db, lost_sql) == [("lost",)], timeout_s=20, what="the gap lost")
-        pipeline = running.daemon.pipeline
-        assert pipeline is not None
-        alarm = pipeline.book.open[integrity_key(device.id)]
-        assert alarm.severity.label == "action"
-        assert "seq 2..4 lost" in alarm.detail
-        await asyncio.sleep(1.0)  # no request after the gap is given up
-        task.cancel()
-        assert [(r["from_seq"], r["to_seq"]) for r in requests] == [(2, 4), (2, 4)]
-        assert running.sample("coldwatch_resend_requests_total") == 2
-        assert running.sample("coldwatch_seq_gaps_resolved_total", {"state": "lost"}) == 1
-        from coldwatch.pipeline import UserAction  # noqa: PLC0415
+            task = asyncio.create_task(listen())
+            for seq in (0, 1, 5):
+                payload = json.dumps({"ts": 1.7e9 + seq, "seq": seq, "values": {"temp_c": 37.0}})
+                await listener.publish(f"{base}/telemetry", payload, qos=1)
+            db = config.storage.path
+            lost_sql = "SELECT state FROM seq_gaps"
+            await eventually(lambda: db_query(db, lost_sql) == [("lost",)], timeout_s=20, what="the gap lost")
+            await asyncio.sleep(1.0)  # no request after the gap is given up
+            task.cancel()
+            assert [(r["from_seq"], r["to_seq"]) for r in requests] == [(2, 4), (2, 4)]
+            assert running.sample("coldwatch_resend_requests_total") == 2
+            assert running.sample("coldwatch_seq_gaps_resolved_total", {"state": "lost"}) == 1
 
-        done = await pipeline.submit(UserAction("acknowledge", alarm.id, "olga", "gap reviewed"))
-        assert done.alarm.state.value == "closed"
-        audit = db_query(db, "SELECT action FROM audit_log ORDER BY seq")
-        actions = [a for (a,) in audit]
-        assert "seq_gap.detected" in actions
-        assert "seq_gap.lost" in actions
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            async with httpx.AsyncClient(base_url=running.base_url, headers=headers, timeout=10) as client:
+                listed = (await client.get("/api/v1/alarms", params={"device": device.id})).json()
+                (alarm,) = [a for a in listed if a["rule"] == "data_integrity"]
+                assert (alarm["metric"], alarm["severity"]) == ("seq", "action")
+                assert "seq 2..4 lost" in alarm["detail"]
+                await eventually(
+                    lambda: any(r.body["alarm"]["rule"] == "data_integrity" for r in receiver.received),
+                    what="the data-integrity alarm notified",
+                )
+                acked = await client.post(
+                    f"/api/v1/alarms/{alarm['id']}/ack", json={"reason": "gap reviewed"}
+                )
+                assert acked.status_code == 200, acked.text
+            actions = [a for (a,) in db_query(db, "SELECT action FROM audit_log ORDER BY seq")]
+            assert {"seq_gap.detected", "seq_gap.lost", "alarm.acknowledged"} <= set(actions)
+    finally:
+        await receiver.stop()
 
 
 async def test_broker_sigkill_loses_no_reading(prefix: str, tmp_path: Path) -> None:
-    """Broker killed with SIGKILL mid-stream (no autosave): the session loss is seen and every reading ends up stored."""
+    """Broker SIGKILLed mid-stream without a save: the lost session is seen and every reading is stored."""
     port = free_port()
     broker_dir = tmp_path / "broker"
     devices = [dict(d, interval_s=0.02) for d in device_entries("incubator", 3)]
@@ -243,3 +268,25 @@ async def test_broker_sigkill_loses_no_reading(prefix: str, tmp_path: Path) -> N
                 assert {s for _, s in alarms} == {"cleared_unacknowledged"}
                 actions = {a for (a,) in db_query(db, "SELECT action FROM audit_log")}
                 assert {"broker.session_lost", "seq_gap.detected", "seq_gap.recovered"} <= actions
+
+
+async def test_gaps_recorded_before_the_upgrade_become_lost(tmp_path: Path) -> None:
+    """Upgrading a database keeps its gaps, recorded as lost (they were never asked for), and none is open."""
+    path = tmp_path / "old.db"
+    mine = next(i for i, script in enumerate(MIGRATIONS) if "seq_gaps ADD COLUMN state" in script)
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        for version, script in enumerate(MIGRATIONS[:mine], start=1):
+            conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={version};\nCOMMIT;")
+        conn.execute("INSERT INTO devices(device_id, kind, site, area) VALUES ('d1', 'incubator', 's', 'a')")
+        conn.execute(
+            "INSERT INTO seq_gaps(device, first_missing, last_missing, detected_us) VALUES (1, 5, 9, 77)"
+        )
+    store = SqliteStorage(path)
+    await store.open()
+    try:
+        assert await store.open_gaps() == []
+    finally:
+        await store.close()
+    assert db_query(path, "SELECT first_missing, last_missing, state, resolved_us FROM seq_gaps") == [
+        (5, 9, "lost", 77)
+    ]
