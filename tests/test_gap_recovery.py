@@ -290,3 +290,40 @@ async def test_gaps_recorded_before_the_upgrade_become_lost(tmp_path: Path) -> N
     assert db_query(path, "SELECT first_missing, last_missing, state, resolved_us FROM seq_gaps") == [
         (5, 9, "lost", 77)
     ]
+
+
+async def test_simulated_device_resends_requested_range_as_sent(
+    broker: RunningBroker, prefix: str, tmp_path: Path
+) -> None:
+    """A simulated device answers a re-send request with the range's readings: same ts and seq, buffered."""
+    devices = [dict(d, interval_s=0.05) for d in device_entries("incubator", 1)]
+    config = write_config(tmp_path / "c.yaml", broker=broker, prefix=prefix, devices=devices)
+    device = config.devices[0]
+    base = f"{prefix}/{device.site}/{device.area}/{device.kind.value}/{device.id}"
+    seen: list[dict[str, Any]] = []
+    stop = asyncio.Event()
+    async with aiomqtt.Client(broker.host, broker.port) as client:
+        await client.subscribe(f"{base}/telemetry", qos=1)
+        sim = asyncio.create_task(run_simulation(config, stop=stop))
+
+        async def until(check: Any) -> None:
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                seen.append(json.loads(message.payload))
+                if check():
+                    return
+
+        async with asyncio.timeout(20):
+            await until(lambda: len(seen) >= 6)
+            request = {"from_seq": 1, "to_seq": 3, "request_id": "t-1"}
+            await client.publish(f"{base}/resend", json.dumps(request), qos=1)
+            await until(lambda: sum(1 for m in seen if m.get("buffered")) >= 3)
+        stop.set()
+        stats = await sim
+    originals = {m["seq"]: m for m in seen if not m.get("buffered")}
+    again = [m for m in seen if m.get("buffered")]
+    assert [m["seq"] for m in again] == [1, 2, 3]
+    for message in again:
+        assert message["ts"] == originals[message["seq"]]["ts"]
+        assert message["values"] == originals[message["seq"]]["values"]
+    assert stats.resent[device.id] == 3
