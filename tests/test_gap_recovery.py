@@ -327,3 +327,46 @@ async def test_simulated_device_resends_requested_range_as_sent(
         assert message["ts"] == originals[message["seq"]]["ts"]
         assert message["values"] == originals[message["seq"]]["values"]
     assert stats.resent[device.id] == 3
+
+
+async def test_open_gap_is_asked_for_again_after_a_restart_and_recovered(
+    broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
+) -> None:
+    """A gap still open when the collector stops is asked for again by the next run and ends recovered."""
+    config = write_config(
+        tmp_path / "c.yaml",
+        broker=broker,
+        prefix=prefix,
+        devices=device_entries("incubator", 1),
+        storage={"url": backend.location} if backend.postgres else {"path": str(backend.location)},
+        ingest={"resend_retry_s": 0.3, "resend_max_attempts": 50},
+    )
+    device = config.devices[0]
+    base = f"{prefix}/{device.site}/{device.area}/{device.kind.value}/{device.id}"
+
+    def payload(seq: int, **extra: Any) -> str:
+        return json.dumps({"ts": 1.7e9 + seq, "seq": seq, "values": {"temp_c": 37.0}, **extra})
+
+    def gap_states() -> list[tuple[Any, ...]]:
+        return backend.query("SELECT state FROM seq_gaps")
+
+    async with aiomqtt.Client(broker.host, broker.port) as device_link:
+        async with running_daemon(config):
+            for seq in (0, 1, 5):
+                await device_link.publish(f"{base}/telemetry", payload(seq), qos=1)
+            await eventually(lambda: gap_states() == [("open",)], what="the gap recorded open")
+        await device_link.subscribe(f"{base}/resend", qos=1)
+        async with running_daemon(config):
+            async with asyncio.timeout(20):
+                async for message in device_link.messages:
+                    assert isinstance(message.payload, bytes)
+                    request = json.loads(message.payload)
+                    break
+            assert (request["from_seq"], request["to_seq"]) == (2, 4)
+            for seq in (2, 3, 4):
+                await device_link.publish(f"{base}/telemetry", payload(seq, buffered=True), qos=1)
+            await eventually(lambda: gap_states() == [("recovered",)], what="the gap recovered")
+    actions = [a for (a,) in backend.query("SELECT action FROM audit_log ORDER BY seq")]
+    assert actions.count("seq_gap.detected") == 1
+    assert actions.count("seq_gap.recovered") == 1
+    assert backend.query("SELECT count(*) FROM alarms WHERE rule = 'data_integrity'") == [(0,)]
