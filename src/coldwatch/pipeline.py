@@ -26,20 +26,12 @@ from coldwatch.metrics import Metrics
 from coldwatch.mqtt import READ_BURST, Delivery, backoff_delays
 from coldwatch.notify.planner import Notifier
 from coldwatch.payload import Rejection, Status, Telemetry, decode
-from coldwatch.recovery import (
-    INTEGRITY_RULE,
-    GapBook,
-    GapChange,
-    integrity_clear,
-    integrity_key,
-    integrity_raise,
-    resend_topic,
-)
+from coldwatch.recovering import Recovery, SessionLost
 from coldwatch.rules.engine import Engine
 from coldwatch.rules.lifecycle import AlarmBook, LifecycleError, Transition
-from coldwatch.rules.model import AlarmEvent, EngineReading, EventKind, Severity
+from coldwatch.rules.model import AlarmEvent, EngineReading, EventKind
 from coldwatch.sequence import SeqEvent, SeqTracker
-from coldwatch.storage.base import Batch, BatchResult, DeviceState, QuarantineEntry, SeqGap, Storage
+from coldwatch.storage.base import Batch, BatchResult, DeviceState, QuarantineEntry, Storage
 
 __all__ = ["Pipeline"]
 
@@ -66,14 +58,6 @@ class UserAction:
 
 
 @dataclass(frozen=True, slots=True)
-class SessionLost:
-    """The broker answered a reconnect without the collector's session: its queue is gone."""
-
-    at_us: int
-    client_id: str
-
-
-@dataclass(frozen=True, slots=True)
 class ResendEcho:
     """A re-send request seen on our own subscription: acknowledged, nothing stored."""
 
@@ -95,20 +79,6 @@ class _Judged(NamedTuple):
     items: list[_Item]
     batch: Batch
     alarm_readings_us: list[int]  # live readings that raised an alarm in it
-
-
-def gap_audit(gap: SeqGap, state: str, at_us: int, why: str) -> AuditDraft:
-    """The audit trail entry of a gap's state change (detected, recovered, lost)."""
-    return AuditDraft(
-        at_us=at_us,
-        actor="coldwatch",
-        action=f"seq_gap.{state}",
-        object_type="seq_gap",
-        object_id=f"{gap.device_id}:{gap.first_missing}-{gap.last_missing}",
-        old_value=None if state == "detected" else "open",
-        new_value="open" if state == "detected" else state,
-        reason=why,
-    )
 
 
 def audit_draft(transition: Transition) -> AuditDraft:
@@ -149,19 +119,8 @@ class Pipeline:
         resend: Callable[[str, bytes], bool] | None = None,
     ) -> None:
         self._config = config
-        self._states = states
-        ingest = config.ingest
-        self.gaps = GapBook(
-            ingest.gap_recovery_timeout_s,
-            ingest.resend_retry_s,
-            ingest.resend_max_attempts,
-            ingest.resend_max_per_s,
-        )
-        # Publishes a re-send request (topic, payload); False when it cannot now (not connected).
-        self._resend = resend
-        # Devices whose data-integrity alarm is active: it clears once nothing is missing.
-        self._watch = {k.device_id for k, a in book.open.items() if k.rule == INTEGRITY_RULE and a.active}
-        metrics.gaps_open.set_function(self.gaps.open_count)
+        # Readings missing upstream: asked for again (``resend`` publishes a request).
+        self.recovery = Recovery(config, book, metrics, states, alarms=self._alarms, resend=resend)
         self._devices = config.device_map()
         self._storage = storage
         self._metrics = metrics
@@ -265,8 +224,7 @@ class Pipeline:
 
     async def _load_gaps(self) -> None:
         """Take up the gaps left open by the previous run."""
-        for gap, stored in await self._storage.open_gaps(list(self._devices)):
-            self.gaps.load(gap, stored)
+        self.recovery.load(await self._storage.open_gaps(list(self._devices)))
 
     def tick(self, now_us: int) -> None:
         """Queue a timer tick unless the queue is full (a later tick will do)."""
@@ -356,7 +314,7 @@ class Pipeline:
                 self._user_action(batch, item, decoded)
                 continue
             if isinstance(decoded, SessionLost):
-                self._session_lost(batch, decoded)
+                self.recovery.session_lost(batch, decoded)
                 continue
             if isinstance(decoded, ResendEcho):
                 continue
@@ -386,7 +344,7 @@ class Pipeline:
                         delivery.payload,
                     )
                 )
-        self._recover(batch)
+        self.recovery.step(batch, self._clock_us())
         batch.audit += [audit_draft(t) for t in batch.transitions]
         if self.notifier is not None:
             # Every batch, ticks included: escalations fall due with time alone.
@@ -399,18 +357,11 @@ class Pipeline:
         """Track, store and judge one reading."""
         metrics = self._metrics
         observation = self._tracker.observe(decoded.device_id, decoded.seq, decoded.ts_us, received_us)
-        gaps = self.gaps
         if observation.gap is not None:
             batch.gaps.append(observation.gap)
-            gaps.open(observation.gap)
-            batch.audit.append(gap_audit(observation.gap, "detected", received_us, "re-send requested"))
         if observation.event is SeqEvent.RESTART:
             metrics.per_device.add(metrics.per_device.seq_restarts, decoded.device_id)
-            self._gap_changes(batch, gaps.restarted(decoded.device_id, received_us))
-        if gaps.gaps or gaps.probes:
-            self._gap_changes(batch, gaps.stored(decoded.device_id, decoded.seq, received_us))
-        if decoded.device_id in self._watch:
-            self._settle(batch, decoded.device_id, received_us)
+        self.recovery.reading(batch, decoded.device_id, decoded.seq, observation, received_us)
         batch.readings.append((decoded, received_us))
         batch.devices[decoded.device_id] = replace(self._tracker.state(decoded.device_id))
         reading = EngineReading(
@@ -420,83 +371,6 @@ class Pipeline:
         if not decoded.buffered and any(e.kind in _RAISING for e in events):
             raised_us.append(decoded.ts_us)
         self._alarms(batch, events, received_us)
-
-    def _session_lost(self, batch: Batch, lost: SessionLost) -> None:
-        """Ask every device heard from for what came after its last reading; raise the alarm."""
-        last = {
-            device_id: state.last_seq
-            for device_id, state in self._states.items()
-            if state.last_seq is not None and device_id in self._devices
-        }
-        self.gaps.session_lost(last, lost.at_us)
-        batch.audit.append(
-            AuditDraft(
-                at_us=lost.at_us,
-                actor="coldwatch",
-                action="broker.session_lost",
-                object_type="mqtt_session",
-                object_id=lost.client_id,
-                old_value="session present",
-                new_value=f"new session; {len(last)} device(s) asked to re-send",
-                reason="the broker answered the reconnect without our persistent session: "
-                "messages it had queued for the collector are lost",
-            )
-        )
-        for device_id, seq in last.items():
-            detail = f"broker lost the collector's session: readings after seq {seq} may be missing"
-            self._integrity(batch, device_id, Severity.ALERT, lost.at_us, detail=detail)
-
-    def _integrity(
-        self,
-        batch: Batch,
-        device_id: str,
-        severity: Severity,
-        at_us: int,
-        *,
-        detail: str,
-        value: float | None = None,
-    ) -> None:
-        """Raise (or make more severe) the device's data-integrity alarm."""
-        current = self.book.open.get(integrity_key(device_id))
-        self._alarms(batch, integrity_raise(current, device_id, severity, at_us, detail, value=value), at_us)
-        self._watch.add(device_id)
-
-    def _settle(self, batch: Batch, device_id: str, at_us: int) -> None:
-        """Clear the device's data-integrity alarm once nothing is missing or asked for."""
-        if not self.gaps.pending(device_id):
-            self._watch.discard(device_id)
-            current = self.book.open.get(integrity_key(device_id))
-            self._alarms(batch, integrity_clear(current, device_id, at_us), at_us)
-
-    def _gap_changes(self, batch: Batch, changes: list[GapChange]) -> None:
-        """Record gaps that were recovered or lost; a lost one raises a data-integrity alarm."""
-        for change in changes:
-            gap = change.gap
-            batch.gap_updates.append((gap, change.state, change.at_us))
-            batch.audit.append(gap_audit(gap, change.state, change.at_us, change.why))
-            if change.state == "lost":
-                detail = f"seq {gap.first_missing}..{gap.last_missing} lost: {change.why}"
-                self._integrity(
-                    batch, gap.device_id, Severity.ACTION, change.at_us, detail=detail, value=gap.count
-                )
-            if gap.device_id in self._watch:
-                self._settle(batch, gap.device_id, change.at_us)
-
-    def _recover(self, batch: Batch) -> None:
-        """Give up on gaps past their recovery time; publish the re-send requests now due."""
-        gaps = self.gaps
-        if not (gaps.gaps or gaps.probes):
-            return
-        now_us = self._clock_us()
-        self._gap_changes(batch, gaps.expire(now_us))
-        if self._resend is None:
-            return
-        prefix = self._config.mqtt.topic_prefix
-        for request in gaps.due(now_us):
-            device = self._devices[request.device_id]
-            topic = resend_topic(prefix, device.site, device.area, device.kind.value, device.id)
-            if self._resend(topic, request.payload()):
-                self._metrics.resend_requests.inc()
 
     def _judge(self, reading: EngineReading) -> list[AlarmEvent]:
         """The rules' verdict on one reading; a fault in a rule never stops the writer."""
