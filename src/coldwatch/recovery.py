@@ -20,6 +20,7 @@ within ``timeout_s``, or the device restarted its numbering).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 US = 1_000_000
+INF = float("inf")
 INTEGRITY_RULE = "data_integrity"
 INTEGRITY_METRIC = "seq"
 GapState = Literal["recovered", "lost"]
@@ -84,6 +86,11 @@ class _Open:
     attempts: int = 0
     next_due_us: int = 0
 
+    def request(self, device_id: str) -> ResendRequest:
+        """Ask for everything still missing (one range: from the first to the last)."""
+        lo, hi = self.missing[0][0], self.missing[-1][1]
+        return ResendRequest(device_id, lo, hi, f"{device_id}:{lo}-{hi}:{self.attempts}")
+
     def fill(self, seq: int) -> bool:
         """Strike ``seq`` off; True when it was missing."""
         for i, (lo, hi) in enumerate(self.missing):
@@ -111,6 +118,11 @@ class _Probe:
     attempts: int = 0
     next_due_us: int = 0
 
+    def request(self, device_id: str) -> ResendRequest:
+        """Ask for everything after ``after_seq``."""
+        first = self.after_seq + 1
+        return ResendRequest(device_id, first, None, f"{device_id}:{first}-:{self.attempts}")
+
 
 @dataclass(slots=True)
 class GapBook:
@@ -124,24 +136,32 @@ class GapBook:
     probes: dict[str, _Probe] = field(default_factory=dict)
     _tokens: float = 0.0
     _refilled_us: int | None = None
+    # Nothing is due, or expires, before these: most calls (one per batch) cost nothing.
+    _due_us: float = INF
+    _expires_us: float = INF
 
     def load(self, gap: SeqGap, stored: set[int]) -> None:
         """Restore an open gap after a restart, less the ``seq`` numbers stored since."""
         entry = _Open(gap, [[gap.first_missing, gap.last_missing]])
         for seq in sorted(stored):
             entry.fill(seq)
-        self.gaps.setdefault(gap.device_id, []).append(entry)
+        self._add(entry)
 
     def open(self, gap: SeqGap) -> None:
         """A new gap: asked for at the next :meth:`due`."""
-        self.gaps.setdefault(gap.device_id, []).append(
-            _Open(gap, [[gap.first_missing, gap.last_missing]], next_due_us=gap.detected_us)
-        )
+        self._add(_Open(gap, [[gap.first_missing, gap.last_missing]], next_due_us=gap.detected_us))
+
+    def _add(self, entry: _Open) -> None:
+        self.gaps.setdefault(entry.gap.device_id, []).append(entry)
+        self._due_us = min(self._due_us, entry.next_due_us)
+        self._expires_us = min(self._expires_us, entry.gap.detected_us + round(self.timeout_s * US))
 
     def session_lost(self, last_seqs: dict[str, int], at_us: int) -> None:
         """The broker lost our session: ask each device for everything after its last ``seq``."""
         for device_id, last_seq in last_seqs.items():
             self.probes[device_id] = _Probe(last_seq, next_due_us=at_us)
+        if last_seqs:
+            self._due_us = min(self._due_us, at_us)
 
     def pending(self, device_id: str) -> bool:
         """Whether readings of ``device_id`` are (or may be) still missing."""
@@ -175,10 +195,16 @@ class GapBook:
 
     def expire(self, now_us: int) -> list[GapChange]:
         """Gaps not filled within ``timeout_s`` of their detection: lost."""
+        if now_us < self._expires_us:
+            return []
         timeout_us = round(self.timeout_s * US)
         lost: list[GapChange] = []
+        self._expires_us = INF
         for device_id, entries in list(self.gaps.items()):
             expired = [e for e in entries if now_us >= e.gap.detected_us + timeout_us]
+            for entry in entries:
+                if now_us < entry.gap.detected_us + timeout_us:
+                    self._expires_us = min(self._expires_us, entry.gap.detected_us + timeout_us)
             if not expired:
                 continue
             for entry in expired:
@@ -190,31 +216,41 @@ class GapBook:
 
     def due(self, now_us: int) -> list[ResendRequest]:
         """The requests to publish now, within the attempt and rate bounds."""
+        if now_us < self._due_us:
+            return []
         self._refill(now_us)
         retry_us = round(self.retry_s * US)
         out: list[ResendRequest] = []
+        # The earliest time a request falls due again, found on the way (exhausted ones never).
+        self._due_us = INF
+        for device_id, entry in self._askers():
+            if not self._ask(device_id, entry, now_us, retry_us, out):
+                self._due_us = now_us  # rate-limited: the rest is due at the next call
+                break
+        return out
+
+    def _askers(self) -> Iterator[tuple[str, _Open | _Probe]]:
         for device_id, entries in self.gaps.items():
             for entry in entries:
-                if self._tokens < 1:
-                    return out
-                if entry.attempts >= self.max_attempts or entry.next_due_us > now_us or not entry.missing:
-                    continue
-                entry.attempts += 1
-                entry.next_due_us = now_us + retry_us
-                self._tokens -= 1
-                lo, hi = entry.missing[0][0], entry.missing[-1][1]
-                out.append(ResendRequest(device_id, lo, hi, f"{device_id}:{lo}-{hi}:{entry.attempts}"))
-        for device_id, probe in self.probes.items():
+                yield device_id, entry
+        yield from self.probes.items()
+
+    def _ask(
+        self, device_id: str, entry: _Open | _Probe, now_us: int, retry_us: int, out: list[ResendRequest]
+    ) -> bool:
+        """Ask for ``entry`` if it is due; False when the rate bound allows no more now."""
+        if entry.attempts >= self.max_attempts:
+            return True
+        if entry.next_due_us <= now_us:
             if self._tokens < 1:
-                return out
-            if probe.attempts >= self.max_attempts or probe.next_due_us > now_us:
-                continue
-            probe.attempts += 1
-            probe.next_due_us = now_us + retry_us
+                return False
+            entry.attempts += 1
+            entry.next_due_us = now_us + retry_us
             self._tokens -= 1
-            first = probe.after_seq + 1
-            out.append(ResendRequest(device_id, first, None, f"{device_id}:{first}-:{probe.attempts}"))
-        return out
+            out.append(entry.request(device_id))
+        if entry.attempts < self.max_attempts:
+            self._due_us = min(self._due_us, entry.next_due_us)
+        return True
 
     def _refill(self, now_us: int) -> None:
         burst = max(1.0, self.max_per_s)
