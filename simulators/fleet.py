@@ -31,6 +31,8 @@ __all__ = [
     "build_models",
     "encode_payload",
     "encode_reading",
+    "parse_resend_request",
+    "resend_topic",
     "status_topic",
     "telemetry_topic",
     "timeline",
@@ -89,6 +91,25 @@ def telemetry_topic(device: DeviceConfig, prefix: str = "coldwatch") -> str:
 def status_topic(device: DeviceConfig, prefix: str = "coldwatch") -> str:
     """Return the topic of the device's retained online/offline status and last will."""
     return f"{prefix}/{device.site}/{device.area}/{device.kind.value}/{device.id}/status"
+
+
+def resend_topic(device: DeviceConfig, prefix: str = "coldwatch") -> str:
+    """Return the topic on which the collector asks the device to re-send readings."""
+    return f"{prefix}/{device.site}/{device.area}/{device.kind.value}/{device.id}/resend"
+
+
+def parse_resend_request(payload: bytes) -> tuple[int, int | None] | None:
+    """``(from_seq, to_seq)`` of a re-send request (``to_seq`` None: all after), None if malformed."""
+    try:
+        body = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(body, dict):
+        return None
+    first, last = body.get("from_seq"), body.get("to_seq")
+    if type(first) is not int or first < 0 or not (last is None or type(last) is int):
+        return None
+    return first, last
 
 
 def encode_payload(

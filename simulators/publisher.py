@@ -9,6 +9,11 @@ to a few hundred devices.
 A device link keeps a bounded backlog. While its connection is down (broker restart,
 network), readings wait there, flagged ``buffered``, and are sent on reconnect, as a
 logger backfills; when the backlog is full the oldest reading is dropped (a seq gap).
+
+It also keeps the last ``HISTORY_MAX`` readings it sent, as a logger keeps its memory,
+and answers re-send requests on its ``resend`` topic (``{"from_seq", "to_seq"}``) from
+it: the readings held in that range are published again with ``buffered: true`` and
+their original ``ts`` and ``seq``. A reading sent before the history's start is gone.
 """
 
 from __future__ import annotations
@@ -26,7 +31,14 @@ from typing import TYPE_CHECKING
 import aiomqtt
 
 from coldwatch.config import BrokerAddress, parse_broker_url
-from simulators.fleet import encode_reading, status_topic, telemetry_topic, timeline
+from simulators.fleet import (
+    encode_reading,
+    parse_resend_request,
+    resend_topic,
+    status_topic,
+    telemetry_topic,
+    timeline,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -40,6 +52,7 @@ __all__ = ["SimulationStats", "run_simulation"]
 log = logging.getLogger(__name__)
 
 BACKLOG_MAX = 100_000
+HISTORY_MAX = 100_000  # readings sent that a re-send request can still ask for
 # After the timeline ends, links get this long to send their backlog and say offline.
 DRAIN_TIMEOUT_S = 10.0
 OFFLINE_TIMEOUT_S = 2.0
@@ -57,6 +70,8 @@ class SimulationStats:
     """Readings lost because a device's backlog overflowed."""
     connects: dict[str, int] = field(default_factory=dict)
     """Successful connections; more than 1 means the device reconnected."""
+    resent: dict[str, int] = field(default_factory=dict)
+    """Readings published again on the collector's request (not counted in ``published``)."""
 
     @property
     def total(self) -> int:
@@ -81,16 +96,18 @@ class _DeviceLink:
         self.device = device
         self._telemetry_topic = telemetry_topic(device, prefix)
         self._status_topic = status_topic(device, prefix)
+        self._resend_topic = resend_topic(device, prefix)
         self._broker = broker
         self._ca_file = ca_file
         self._mqtt_v5 = mqtt_v5
         self._backoff_s = backoff_s
         self._stats = stats
-        self._backlog: deque[Reading] = deque()
+        self._backlog: deque[tuple[Reading, bool]] = deque()  # (reading, sent again on request)
+        self._history: dict[int, Reading] = {}  # by seq, oldest first
         self._wakeup = asyncio.Event()
         self._closing = False
         self._connected = False
-        for counter in (stats.published, stats.buffered, stats.dropped, stats.connects):
+        for counter in (stats.published, stats.buffered, stats.dropped, stats.connects, stats.resent):
             counter[device.id] = 0
 
     def submit(self, reading: Reading) -> None:
@@ -100,8 +117,15 @@ class _DeviceLink:
         if len(self._backlog) >= BACKLOG_MAX:
             self._backlog.popleft()
             self._stats.dropped[self.device.id] += 1
-        self._backlog.append(reading)
+        self._backlog.append((reading, False))
         self._wakeup.set()
+
+    def resend(self, first: int, last: int | None) -> int:
+        """Queue the readings sent with ``first <= seq <= last`` again; return how many."""
+        held = [r for seq, r in self._history.items() if seq >= first and (last is None or seq <= last)]
+        self._backlog.extend((replace(r, buffered=True), True) for r in held)
+        self._wakeup.set()
+        return len(held)
 
     def close(self) -> None:
         """Ask the link to send what it holds, publish ``offline`` and stop."""
@@ -151,6 +175,7 @@ class _DeviceLink:
             self._connected = True
             self._stats.connects[self.device.id] += 1
             try:
+                await client.subscribe(self._resend_topic, qos=1)
                 await client.publish(self._status_topic, b"online", qos=1, retain=True)
                 async with asyncio.TaskGroup() as group:
                     watcher = group.create_task(self._watch(client), name=f"sim-{self.device.id}-watch")
@@ -163,26 +188,40 @@ class _DeviceLink:
             finally:
                 self._connected = False
 
-    @staticmethod
-    async def _watch(client: aiomqtt.Client) -> None:
-        """Raise MqttError as soon as the connection drops, even while the device is idle."""
-        # The link subscribes to nothing, so the message iterator only ever ends, on a drop.
-        async for _ in client.messages:
-            pass
+    async def _watch(self, client: aiomqtt.Client) -> None:
+        """Answer re-send requests; raise MqttError as soon as the connection drops."""
+        async for message in client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            request = parse_resend_request(payload)
+            if request is None:
+                log.warning("device %s: malformed re-send request ignored", self.device.id)
+                continue
+            self.resend(*request)
 
     async def _drain(self, client: aiomqtt.Client) -> None:
         while True:
             self._wakeup.clear()
             while self._backlog:
-                reading = self._backlog[0]
+                reading, again = self._backlog[0]
                 await client.publish(self._telemetry_topic, encode_reading(reading), qos=1)
                 # Pop only once acknowledged: a reading lost with the connection is resent.
                 self._backlog.popleft()
+                if again:
+                    self._stats.resent[self.device.id] += 1
+                    continue
                 self._stats.published[self.device.id] += 1
                 self._stats.buffered[self.device.id] += int(reading.buffered)
+                self._remember(reading)
             if self._closing:
                 return
             await self._wakeup.wait()
+
+    def _remember(self, reading: Reading) -> None:
+        """Keep a sent reading for re-send requests (the oldest goes when the history is full)."""
+        history = self._history
+        history[reading.seq] = reading
+        if len(history) > HISTORY_MAX:
+            del history[next(iter(history))]
 
     async def _say_offline(self, client: aiomqtt.Client) -> None:
         # A clean disconnect discards the will, so a cancelled device states it itself.

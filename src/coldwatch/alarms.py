@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from coldwatch.config import Config
 from coldwatch.metrics import Metrics
+from coldwatch.recovery import integrity_key
 from coldwatch.rules.config import (
     CommLossRule,
     ConsecutiveRule,
@@ -68,7 +69,9 @@ async def restore(
     member's partition; the other alarms belong to other partitions).
     """
     alarms, next_id = await storage.open_alarms([d.id for d in config.devices] if only_own_alarms else None)
-    known = engine.keys()
+    judged = engine.keys()
+    # Data-integrity alarms come from gap recovery (coldwatch.recovery), not from a rule.
+    known = judged | {integrity_key(d.id) for d in config.devices}
     kept = [a for a in alarms if a.key in known]
     for alarm in alarms:
         if alarm.key not in known:
@@ -92,7 +95,7 @@ async def restore(
     # The stored alarms are the record: whatever the replay could not know (state from
     # before its span, readings that were too late when they arrived), the engine now
     # agrees with them exactly, and judges on from here.
-    engine.reconcile([a for a in kept if a.active])
+    engine.reconcile([a for a in kept if a.active and a.key in judged])
     log.info("rules restored: %d open alarm(s), %d reading(s) judged again", len(book.open), replayed)
     return replayed
 

@@ -225,6 +225,12 @@ class IngestConfig(_Model):
     max_payload_bytes: int = Field(64 * 1024, ge=256)
     max_future_skew_s: float = Field(300.0, ge=0)
     queue_max: int = Field(20_000, ge=10)
+    # Readings missing upstream (seq gaps, a lost broker session) are asked for again on
+    # the device's resend topic; a gap not filled within this time is recorded as lost.
+    gap_recovery_timeout_s: float = Field(3600.0, gt=0)
+    resend_retry_s: float = Field(30.0, gt=0)  # a request not yet answered is repeated after this
+    resend_max_attempts: int = Field(5, ge=1)  # requests per gap (or per device after a session loss)
+    resend_max_per_s: float = Field(20.0, gt=0)  # re-send requests published per second at most
 
 
 class DeviceConfig(_Model):

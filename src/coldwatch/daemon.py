@@ -88,6 +88,7 @@ class Daemon:
                 notifications(config, book, metrics, storage)
             )
             prefix = config.mqtt.topic_prefix
+            pipeline: Pipeline  # made below: the source's callbacks and the pipeline need each other
             source = MqttSource(
                 config.mqtt,
                 worker.topics if worker is not None else [f"{prefix}/#"],
@@ -96,6 +97,9 @@ class Daemon:
                 room=lambda: pipeline.has_room(),  # noqa: PLW0108 - pipeline is made below
                 wait_room=lambda: pipeline.wait_room(),  # noqa: PLW0108 - pipeline is made below
                 on_pause=metrics.read_pauses.inc,
+                on_session_lost=lambda: _session_lost(metrics, pipeline),
+                # A run that stored readings before had a session the broker should still hold.
+                expect_session=any(s.last_seq is not None for s in states.values()),
             )
             pipeline = Pipeline(
                 config,
@@ -107,6 +111,7 @@ class Daemon:
                 book=book,
                 notifier=notifier,
                 on_notified=worker.on_notified if worker is not None else deliverer.kick,
+                resend=source.publish,
             )
             self.pipeline = pipeline
 
@@ -172,6 +177,12 @@ class Daemon:
                 metrics.broker_connects.inc()
 
         return update
+
+
+def _session_lost(metrics: Metrics, pipeline: Pipeline) -> None:
+    """The broker lost our session: count it and let the pipeline ask the devices to re-send."""
+    metrics.broker_session_lost.inc()
+    pipeline.session_lost(time.time_ns() // 1000)
 
 
 async def _refuse_cluster_database(storage: PostgresStorage) -> None:

@@ -342,6 +342,25 @@ class Metrics:
         self.broker_connects = Counter(
             "coldwatch_broker_connects", "Successful connections to the MQTT broker", registry=registry
         )
+        self.broker_session_lost = Counter(
+            "coldwatch_broker_session_lost",
+            "Reconnects the broker answered without the collector's persistent session (its queue lost)",
+            registry=registry,
+        )
+        self.resend_requests = Counter(
+            "coldwatch_resend_requests",
+            "Requests published asking a device to re-send readings it sent but the collector lacks",
+            registry=registry,
+        )
+        self.gaps_resolved = Counter(
+            "coldwatch_seq_gaps_resolved",
+            "Seq gaps that reached their final state: recovered (all re-sent) or lost",
+            ["state"],
+            registry=registry,
+        )
+        self.gaps_open = Gauge(
+            "coldwatch_seq_gaps_open", "Seq gaps neither recovered nor lost yet", registry=registry
+        )
         self.batch_seconds = Histogram(
             "coldwatch_storage_batch_write_seconds",
             "Time to commit one batch",

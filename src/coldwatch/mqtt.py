@@ -17,7 +17,7 @@ import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -219,8 +219,15 @@ class MqttSource:
         room: Callable[[], bool] = lambda: True,
         wait_room: Callable[[], Awaitable[None]] | None = None,
         on_pause: Callable[[], None] = lambda: None,
+        on_session_lost: Callable[[], None] = lambda: None,
+        expect_session: bool = False,
     ) -> None:
         self._config = config
+        # Whether the broker should hold a session of ours: once we had one (this run, or
+        # a previous run that stored readings), CONNACK without it means the broker lost it.
+        self._expect_session = expect_session
+        self._session_present = False
+        self._on_session_lost = on_session_lost
         self._topics = list(topics)
         self._on_connection_change = on_connection_change
         self._client: aiomqtt.Client | None = None
@@ -265,6 +272,14 @@ class MqttSource:
         # Must be set before CONNECT: the broker resends pending messages right after it.
         client._client.manual_ack_set(True)  # noqa: SLF001 - see module docstring
         client._client.on_socket_register_write = _register_write(client)  # noqa: SLF001
+        aiomqtt_on_connect = client._client.on_connect  # noqa: SLF001
+        assert aiomqtt_on_connect is not None  # set by aiomqtt.Client.__init__
+
+        def on_connect(*args: Any) -> None:  # (client, userdata, flags, reason code, properties)
+            self._session_present = bool(args[2].session_present)
+            aiomqtt_on_connect(*args)
+
+        client._client.on_connect = on_connect  # noqa: SLF001 - aiomqtt keeps no session flag
         activity = self._activity
 
         def deliver(publish: Publish, received_us: int) -> None:
@@ -306,6 +321,32 @@ class MqttSource:
         mids = [d.mid for d in deliveries if d.qos == 1 and d.connection == current]
         if mids:
             client._client._packet_queue(PUBACK, pubacks(mids), 0, 0)  # noqa: SLF001 - see module docstring
+
+    def publish(self, topic: str, payload: bytes) -> bool:
+        """Publish at QoS 1 without waiting (re-send requests); False when not connected now.
+
+        paho numbers outgoing messages on its own; the manual PUBACKs of incoming messages
+        use the broker's ids, so the two never mix, and a paused reader still writes.
+        """
+        client = self._client
+        if client is None or not self.connected.is_set():
+            return False
+        info = client._client.publish(topic, payload, qos=1)  # noqa: SLF001 - aiomqtt's publish awaits
+        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _check_session(self) -> None:
+        """Tell when the broker answered without the session it should have kept for us."""
+        cfg = self._config
+        # (The session is always persistent: clean start off, an expiry above zero.)
+        if self._expect_session and not self._session_present:
+            log.warning(
+                "the broker %s:%d has lost our session: messages it held for us are lost; "
+                "asking the devices to re-send",
+                cfg.broker.host,
+                cfg.broker.port,
+            )
+            self._on_session_lost()
+        self._expect_session = True
 
     async def wait_quiet(self, idle_s: float = 0.2, timeout_s: float = 5.0) -> bool:
         """Wait until no message has arrived for ``idle_s`` (at most ``timeout_s``).
@@ -383,6 +424,8 @@ class MqttSource:
                     self._on_connection_change(True)
                     announced = True
                     log.info("connected to %s:%d as %s", broker.host, broker.port, self._config.client_id)
+                    # Before subscribing: nothing of the new session arrives ahead of this news.
+                    self._check_session()
                     next_delay = backoff_delays(
                         self._config.reconnect.initial_s, self._config.reconnect.max_s, random.Random()
                     )

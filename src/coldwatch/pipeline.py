@@ -26,6 +26,7 @@ from coldwatch.metrics import Metrics
 from coldwatch.mqtt import READ_BURST, Delivery, backoff_delays
 from coldwatch.notify.planner import Notifier
 from coldwatch.payload import Rejection, Status, Telemetry, decode
+from coldwatch.recovering import Recovery, SessionLost
 from coldwatch.rules.engine import Engine
 from coldwatch.rules.lifecycle import AlarmBook, LifecycleError, Transition
 from coldwatch.rules.model import AlarmEvent, EngineReading, EventKind
@@ -56,7 +57,12 @@ class UserAction:
     until_us: int | None = None
 
 
-Decoded = Telemetry | Status | Rejection | Tick | UserAction
+@dataclass(frozen=True, slots=True)
+class ResendEcho:
+    """A re-send request seen on our own subscription: acknowledged, nothing stored."""
+
+
+Decoded = Telemetry | Status | Rejection | Tick | UserAction | SessionLost | ResendEcho
 
 
 @dataclass(slots=True)
@@ -110,8 +116,11 @@ class Pipeline:
         notifier: Notifier | None = None,
         on_notified: Callable[[], None] = lambda: None,
         clock_us: Callable[[], int] = lambda: time.time_ns() // 1000,
+        resend: Callable[[str, bytes], bool] | None = None,
     ) -> None:
         self._config = config
+        # Readings missing upstream: asked for again (``resend`` publishes a request).
+        self.recovery = Recovery(config, book, metrics, states, alarms=self._alarms, resend=resend)
         self._devices = config.device_map()
         self._storage = storage
         self._metrics = metrics
@@ -181,7 +190,11 @@ class Pipeline:
         """
         if self._closing:
             return
-        item = _Item(delivery, self._decode(delivery))
+        if delivery.topic.endswith("/resend"):
+            # Our own request (subscribed to the whole prefix): nothing to store.
+            item = _Item(delivery, ResendEcho())
+        else:
+            item = _Item(delivery, self._decode(delivery))
         self.peak_depth = max(self.peak_depth, self.depth + 1)
         if self._overflow or self._queue.full():
             # Only without flow control (MQTT 3.1.1 on a broker that does not cap what it
@@ -202,6 +215,18 @@ class Pipeline:
             max_future_skew_s=ingest.max_future_skew_s,
         )
 
+    def session_lost(self, at_us: int) -> None:
+        """Queue the news that the broker lost our session (ahead of any message it sends next)."""
+        item = _Item(None, SessionLost(at_us, self._config.mqtt.client_id))
+        if self._overflow or self._queue.full():
+            self._overflow.append(item)
+        else:
+            self._queue.put_nowait(item)
+
+    async def _load_gaps(self) -> None:
+        """Take up the gaps left open by the previous run."""
+        self.recovery.load(await self._storage.open_gaps(list(self._devices)))
+
     def tick(self, now_us: int) -> None:
         """Queue a timer tick unless the queue is full (a later tick will do)."""
         if not self._closing and not self._queue.full():
@@ -215,6 +240,7 @@ class Pipeline:
         side; batches still commit one at a time, in order. Both halves run in one task
         group: a failure of either stops the writer at once.
         """
+        await self._load_gaps()  # before the first batch is judged
         handoff: asyncio.Queue[_Judged] = asyncio.Queue(maxsize=1)
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._judge_batches(handoff), name="rules-judge")
@@ -288,6 +314,11 @@ class Pipeline:
             if isinstance(decoded, UserAction):
                 self._user_action(batch, item, decoded)
                 continue
+            if isinstance(decoded, SessionLost):
+                self.recovery.session_lost(batch, decoded)
+                continue
+            if isinstance(decoded, ResendEcho):
+                continue
             assert delivery is not None
             if isinstance(decoded, Telemetry):
                 first = taken.setdefault((decoded.device_id, decoded.seq, decoded.ts_us), delivery.payload)
@@ -314,7 +345,8 @@ class Pipeline:
                         delivery.payload,
                     )
                 )
-        batch.audit = [audit_draft(t) for t in batch.transitions]
+        self.recovery.step(batch, self._clock_us())
+        batch.audit += [audit_draft(t) for t in batch.transitions]
         if self.notifier is not None:
             # Every batch, ticks included: escalations fall due with time alone.
             batch.notifications = self.notifier.plan(
@@ -330,6 +362,7 @@ class Pipeline:
             batch.gaps.append(observation.gap)
         if observation.event is SeqEvent.RESTART:
             metrics.per_device.add(metrics.per_device.seq_restarts, decoded.device_id)
+        self.recovery.reading(batch, decoded.device_id, decoded.seq, observation, received_us)
         batch.readings.append((decoded, received_us))
         batch.devices[decoded.device_id] = replace(self._tracker.state(decoded.device_id))
         reading = EngineReading(
@@ -390,9 +423,16 @@ class Pipeline:
         """Commit a judged batch, then acknowledge its messages and account for it."""
         items, batch, alarm_readings_us = judged
         if not (
-            batch.readings or batch.rejections or batch.transitions or batch.devices or batch.notifications
+            batch.readings
+            or batch.rejections
+            or batch.transitions
+            or batch.devices
+            or batch.notifications
+            or batch.audit
+            or batch.gap_updates
         ):
             # A timer tick that changed nothing: no transaction, no fsync.
+            self._ack([item.delivery for item in items if item.delivery is not None])
             self._done_writing(items)
             async with self.committed:
                 self.committed.notify_all()
@@ -446,6 +486,8 @@ class Pipeline:
                 self._account_reading(reading, received_us, batch.devices[reading.device_id])
         for gap in batch.gaps:
             metrics.per_device.add(metrics.per_device.seq_missing, gap.device_id, gap.count)
+        for _, outcome, _ in batch.gap_updates:
+            metrics.gaps_resolved.labels(outcome).inc()
         for rejection in batch.rejections:
             metrics.rejected.labels(rejection.reason).inc()
         for device_id, state in batch.devices.items():

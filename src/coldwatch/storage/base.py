@@ -74,6 +74,8 @@ class Batch:
     transitions: list[Transition] = field(default_factory=list)
     notifications: list[OutboxItem] = field(default_factory=list)
     audit: list[AuditDraft] = field(default_factory=list)
+    # Gaps that reached their final state: (gap, "recovered" or "lost", when).
+    gap_updates: list[tuple[SeqGap, str, int]] = field(default_factory=list)
     # Messages received twice within this batch (a redelivery before the first copy was
     # committed): neither stored nor judged again, counted as duplicates.
     copies: int = 0
@@ -177,6 +179,9 @@ class Storage(Protocol):
 
     async def record_audit(self, drafts: list[AuditDraft]) -> None:
         """Append audit entries in a transaction of their own."""
+
+    async def open_gaps(self, devices: Sequence[str] | None = None) -> list[tuple[SeqGap, set[int]]]:
+        """Gaps neither recovered nor lost (of ``devices`` when given), with the missing seqs stored since."""
 
     async def open_alarms(self, devices: Sequence[str] | None = None) -> tuple[list[Alarm], int]:
         """The alarms not yet closed (of ``devices`` only, when given), and the id the next alarm gets."""

@@ -40,6 +40,7 @@ from coldwatch.storage.base import (
     DeviceState,
     ExportRow,
     QuarantineEntry,
+    SeqGap,
     alarm_from_row,
     group_readings,
 )
@@ -171,6 +172,14 @@ MIGRATIONS_PG: Final[tuple[str, ...]] = (
     );
     """,
     audit_pg.AUDIT_SCHEMA_PG,
+    # Gap states (coldwatch.recovery), as in SQLite: open, recovered or lost; gaps recorded
+    # before re-send requests existed were never asked for and are recorded as lost.
+    """
+    ALTER TABLE seq_gaps ADD COLUMN state TEXT NOT NULL DEFAULT 'open';
+    ALTER TABLE seq_gaps ADD COLUMN resolved_us BIGINT;
+    UPDATE seq_gaps SET state = 'lost', resolved_us = detected_us;
+    CREATE INDEX seq_gaps_open ON seq_gaps(device) WHERE state = 'open';
+    """,
 )
 
 _PLAIN_READINGS: Final = """
@@ -194,6 +203,17 @@ _INSERT_READINGS: Final = (
 )
 _INSERT_GAP: Final = (
     "INSERT INTO seq_gaps(device, first_missing, last_missing, detected_us) VALUES ($1, $2, $3, $4)"
+)
+_RESOLVE_GAP: Final = (
+    "UPDATE seq_gaps SET state = $1, resolved_us = $2 WHERE device = $3 AND first_missing = $4 "
+    "AND last_missing = $5 AND detected_us = $6 AND state = 'open'"
+)
+_OPEN_GAPS: Final = (
+    "SELECT d.device_id, g.first_missing, g.last_missing, g.detected_us, "
+    "ARRAY(SELECT DISTINCT r.seq FROM readings AS r WHERE r.device = g.device "
+    "AND r.seq BETWEEN g.first_missing AND g.last_missing) "
+    "FROM seq_gaps AS g JOIN devices AS d ON d.id = g.device "
+    "WHERE g.state = 'open' AND ($1::text[] IS NULL OR d.device_id = ANY($1)) ORDER BY g.id"
 )
 _UPDATE_DEVICES: Final = (
     "UPDATE devices AS d SET last_seq = u.s, last_ts_us = u.t, last_received_us = u.r, online = u.o "
@@ -484,8 +504,7 @@ class PostgresStorage(RowIds):
                 stored, duplicates = await self._store_readings(conn, rows)
                 if batch.rejections:
                     await self._quarantine(conn, batch.rejections)
-                if batch.gaps:
-                    await conn.executemany(_INSERT_GAP, [self._gap_row(g) for g in batch.gaps])
+                await self._write_gaps(conn, batch)
                 if batch.transitions:
                     await self._write_transitions(conn, batch.transitions)
                 if batch.notifications:
@@ -555,6 +574,13 @@ class PostgresStorage(RowIds):
             self._quarantine_max_rows,
         )
 
+    async def _write_gaps(self, conn: PgConnection, batch: Batch) -> None:
+        """New gaps, then the gaps that were recovered or lost (possibly the same, in one batch)."""
+        if batch.gaps:
+            await conn.executemany(_INSERT_GAP, [self._gap_row(g) for g in batch.gaps])
+        if batch.gap_updates:
+            await conn.executemany(_RESOLVE_GAP, self._gap_update_rows(batch))
+
     async def _write_transitions(self, conn: PgConnection, transitions: list[Transition]) -> None:
         await conn.executemany(_UPSERT_ALARM, alarm_rows(transitions))
         await conn.executemany(_INSERT_TRANSITION, transition_rows(transitions))
@@ -578,6 +604,14 @@ class PostgresStorage(RowIds):
             )
             await conn.execute("SELECT setval('alarm_ids', $1)", floor + count)
         return range(floor + 1, floor + count + 1)
+
+    async def open_gaps(self, devices: Sequence[str] | None = None) -> list[tuple[SeqGap, set[int]]]:
+        """Gaps still open (of ``devices`` when given), each with the missing seqs stored since."""
+        try:
+            rows = await self.pool.fetch(_OPEN_GAPS, None if devices is None else list(devices))
+        except (asyncpg.PostgresError, OSError) as exc:
+            raise StorageError(f"{self.where}: cannot read open gaps: {exc}") from exc
+        return [(SeqGap(r[0], r[1], r[2], r[3]), {int(s) for s in r[4]}) for r in rows]
 
     async def open_alarms(self, devices: Sequence[str] | None = None) -> tuple[list[Alarm], int]:
         """The alarms not yet closed (of ``devices`` when given), and the id the next alarm gets."""

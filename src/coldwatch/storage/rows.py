@@ -43,6 +43,12 @@ class RowIds:
     def _gap_row(self, gap: SeqGap) -> tuple[int, int, int, int]:
         return (self._device_rowid[gap.device_id], gap.first_missing, gap.last_missing, gap.detected_us)
 
+    def _gap_update_rows(self, batch: Batch) -> list[tuple[str, int, int, int, int, int]]:
+        return [
+            (state, at_us, self._device_rowid[g.device_id], g.first_missing, g.last_missing, g.detected_us)
+            for g, state, at_us in batch.gap_updates
+        ]
+
     def _metric_names(self) -> dict[int, str]:
         """Metric names by row id."""
         return {rowid: name for name, rowid in self._metric_rowid.items()}

@@ -31,6 +31,7 @@ from coldwatch.storage.base import (
     DeviceState,
     ExportRow,
     QuarantineEntry,
+    SeqGap,
     alarm_from_row,
     group_readings,
 )
@@ -155,6 +156,15 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         SELECT device, metric, ts_us, seq, value, ts_us + received_delay_us AS received_us, buffered
         FROM reading_rows;
     """,
+    # Gap states (coldwatch.recovery): open until every missing reading is stored again
+    # (recovered) or the recovery time runs out (lost). Gaps recorded before re-send
+    # requests existed were never asked for: they are recorded as lost.
+    """
+    ALTER TABLE seq_gaps ADD COLUMN state TEXT NOT NULL DEFAULT 'open';
+    ALTER TABLE seq_gaps ADD COLUMN resolved_us INTEGER;
+    UPDATE seq_gaps SET state = 'lost', resolved_us = detected_us;
+    CREATE INDEX seq_gaps_open ON seq_gaps(device) WHERE state = 'open';
+    """,
 )
 
 log = logging.getLogger(__name__)
@@ -168,6 +178,15 @@ _MOST_ROWS: Final = 512
 # UPDATE ... FROM (VALUES ...) needs 3.33.
 MIN_SQLITE: Final = (3, 33, 0)
 _INSERT_GAP = "INSERT INTO seq_gaps(device, first_missing, last_missing, detected_us) VALUES (?, ?, ?, ?)"
+_RESOLVE_GAP = (
+    "UPDATE seq_gaps SET state = ?, resolved_us = ? WHERE device = ? AND first_missing = ? "
+    "AND last_missing = ? AND detected_us = ? AND state = 'open'"
+)
+_OPEN_GAPS = (
+    "SELECT d.device_id, g.first_missing, g.last_missing, g.detected_us FROM seq_gaps AS g "
+    "JOIN devices AS d ON d.id = g.device WHERE g.state = 'open' ORDER BY g.id"
+)
+_STORED_SEQS = "SELECT DISTINCT seq FROM reading_rows WHERE device = ? AND seq BETWEEN ? AND ?"
 _UPDATE_DEVICES_HEAD = (
     "UPDATE devices SET last_seq = v.column1, last_ts_us = v.column2, last_received_us = v.column3, "
     "online = v.column4 FROM (VALUES "
@@ -405,6 +424,8 @@ class SqliteStorage(RowIds):
             self._quarantine(conn, batch.rejections)
         if batch.gaps:
             conn.executemany(_INSERT_GAP, [self._gap_row(g) for g in batch.gaps])
+        if batch.gap_updates:
+            conn.executemany(_RESOLVE_GAP, self._gap_update_rows(batch))
         if batch.transitions:
             self._write_transitions(conn, batch.transitions)
         if batch.notifications:
@@ -483,6 +504,24 @@ class SqliteStorage(RowIds):
             "severity, value, limit_value, late, actor, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             transition_rows(transitions),
         )
+
+    async def open_gaps(self, devices: Sequence[str] | None = None) -> list[tuple[SeqGap, set[int]]]:
+        """Gaps still open (of ``devices`` when given), each with the missing seqs stored since."""
+        wanted = None if devices is None else set(devices)
+        out: list[tuple[SeqGap, set[int]]] = []
+        try:
+            async with self._conn.execute(_OPEN_GAPS) as cur:
+                rows = list(await cur.fetchall())
+            for device_id, first, last, detected_us in rows:
+                if wanted is not None and device_id not in wanted:
+                    continue
+                args = (self._device_rowid[device_id], first, last)
+                async with self._conn.execute(_STORED_SEQS, args) as cur:
+                    stored = {int(r[0]) for r in await cur.fetchall()}
+                out.append((SeqGap(device_id, int(first), int(last), int(detected_us)), stored))
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: cannot read open gaps: {exc}") from exc
+        return out
 
     async def open_alarms(self, devices: Sequence[str] | None = None) -> tuple[list[Alarm], int]:
         """The alarms not yet closed (of ``devices`` only, when given), and the id the next alarm gets."""
