@@ -44,6 +44,7 @@ from prometheus_client.registry import Collector
 
 from coldwatch.api import ApiContext, build_router
 from coldwatch.audit import AuditDraft
+from coldwatch.audit_keys import current_signer, load_signer
 from coldwatch.auth import Authenticator
 from coldwatch.config import Config, DeviceConfig
 from coldwatch.daemon import DRAIN_TIMEOUT_S, Daemon, WorkerOptions, config_loaded
@@ -284,6 +285,8 @@ class ClusterDaemon:
         """Run until ``stop`` is set; then stop every partition in order and hand the leases back."""
         config = self.config
         url = str(config.storage.url)  # Config refuses a cluster without PostgreSQL
+        # Every member seals its appends with the site's key (its tasks inherit the signer).
+        current_signer.set(load_signer(config))
         storage = PostgresStorage(url, quarantine_max_rows=config.storage.quarantine_max_rows)
         await storage.open()
         self._storage = storage
