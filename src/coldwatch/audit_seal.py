@@ -306,6 +306,9 @@ def check_trail(  # noqa: C901, PLR0911, PLR0912 - one walk, each branch one fin
         return TrailReport(
             False, chain, None, "unsigned", "no public key given: the signatures were not checked"
         )
+    cut = _cut_off(entries, trusted, anchors, last)
+    if cut is not None:
+        return TrailReport(False, chain, last + 1, "deleted", cut)
     if not ordered:
         return TrailReport(
             False,
@@ -393,6 +396,37 @@ def check_trail(  # noqa: C901, PLR0911, PLR0912 - one walk, each branch one fin
         checked += 1
     notes = tuple(walk.notes)
     return TrailReport(True, chain, signed_from=origin, signed_to=last, anchors=checked, notes=notes)
+
+
+def _cut_off(
+    entries: Sequence[AuditEntry],
+    trusted: Mapping[str, Ed25519PublicKey],
+    anchors: Sequence[AnchorRecord],
+    last: int,
+) -> str | None:
+    """Why the trail's end was cut off, if a validly signed anchor lies beyond it."""
+    keys = dict(trusted)
+    for entry in entries:
+        if entry.action == KEY_ROTATED and entry.new_value is not None:
+            try:
+                new_key = public_key_from_text(entry.new_value)
+            except AuditKeyError:
+                continue
+            keys[key_id(new_key)] = new_key
+    for record in anchors:
+        key = keys.get(record.key_id)
+        if (
+            record.seq > last
+            and key is not None
+            and _valid(
+                key, record.signature, _anchor_message(record.origin, record.seq, record.hash, record.at_us)
+            )
+        ):
+            return (
+                f"the anchor of seq {record.seq} (kept outside the database) lies beyond the trail's end at"
+                f" seq {last}: entries from seq {last + 1} on were deleted"
+            )
+    return None
 
 
 def _anchor_problem(

@@ -232,7 +232,7 @@ async def guard_problems(conn: PgConnection) -> list[str]:
         row = found.get(name)
         if row is None:
             problems.append(f"{name} missing")
-        elif row[3] == "D":
+        elif row[3] not in {b"O", b"A"}:  # "char": fires (O)rigin/local or (A)lways; not D or R
             problems.append(f"{name} disabled")
         elif (
             row[1] != table
