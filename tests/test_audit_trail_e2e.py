@@ -25,7 +25,12 @@ from coldwatch.audit_keys import anchor_path, key_path, public_pem, read_anchors
 from coldwatch.audit_seal import GUARDS_RESTORED, KEY_REPLACED, Signer
 from coldwatch.broker import RunningBroker
 from coldwatch.config import load_config
-from coldwatch.storage.audit_sqlite import GUARDS
+from coldwatch.daemon import config_loaded
+from coldwatch.storage import open_storage
+from coldwatch.storage import postgres as postgres_storage
+from coldwatch.storage import sqlite as sqlite_storage
+from coldwatch.storage.audit_pg import SEALS_SCHEMA_PG
+from coldwatch.storage.audit_sqlite import GUARDS, SEALS_SCHEMA
 from tests.conftest import (
     Backend,
     db_query,
@@ -523,3 +528,41 @@ async def test_the_chain_head_is_anchored_at_intervals_while_running(
         await eventually(
             lambda: any(a.seq >= raised for a in read_anchors(path)), what="an anchor of the alarm's entry"
         )
+
+
+async def test_an_older_trail_upgrades_and_is_reported_as_written_before_signing_began(
+    *,
+    broker: RunningBroker,
+    prefix: str,
+    tmp_path: Path,
+    api_users: dict[str, object],
+    backend: Backend,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Unsigned entries of a database from before signing stay verifiable; verify says where signing began."""
+    config = silent_incubator_config(
+        tmp_path / "c.yaml", broker=broker, prefix=prefix, api=api_users, database=backend.location
+    )
+    # The database as the release before signing left it: its schema, its unsigned entries.
+    if backend.postgres:
+        older_pg = postgres_storage.MIGRATIONS_PG[: postgres_storage.MIGRATIONS_PG.index(SEALS_SCHEMA_PG)]
+        monkeypatch.setattr(postgres_storage, "MIGRATIONS_PG", older_pg)
+    else:
+        older = sqlite_storage.MIGRATIONS[: sqlite_storage.MIGRATIONS.index(SEALS_SCHEMA)]
+        monkeypatch.setattr(sqlite_storage, "MIGRATIONS", older)
+    storage = open_storage(backend.location)
+    await storage.open()
+    try:
+        await storage.record_audit(
+            [config_loaded(config, reason=f"older release, start {i}") for i in range(3)]
+        )
+    finally:
+        await storage.close()
+    assert not backend.query("SELECT 1 FROM audit_log WHERE seq > 3")
+    monkeypatch.undo()
+    async with running_daemon(config):
+        pass
+    result = coldwatch(tmp_path / "c.yaml", "audit", "verify")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "signed from seq 4 to seq" in result.stdout
+    assert "seqs 1 to 3 were written before signing began" in result.stdout
