@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import dataclasses
 import hashlib
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import aiosqlite
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from coldwatch.audit import (
@@ -32,8 +34,17 @@ from coldwatch.audit import (
     to_json,
     verify,
 )
-from coldwatch.audit_keys import rotation_draft
-from coldwatch.audit_seal import AuditKeyError, Seal, Signer, anchor_line, check_trail, parse_anchor_line
+from coldwatch.audit_keys import load_signer, rotation_draft
+from coldwatch.audit_seal import (
+    AuditKeyError,
+    Seal,
+    Signer,
+    anchor_line,
+    check_trail,
+    key_id,
+    parse_anchor_line,
+)
+from coldwatch.config import parse_config
 from coldwatch.errors import StorageError
 from coldwatch.storage import SqliteStorage
 from coldwatch.storage.audit_sqlite import AUDIT_SCHEMA, append, last_link, read_all, verify_stored
@@ -865,3 +876,26 @@ async def test_guards_altered_are_reported_and_restored(tmp_path: Path) -> None:
             tamper(tmp_path / "c.db", "DELETE FROM audit_log WHERE seq = 1")
     finally:
         await storage.close()
+
+
+def test_a_signing_key_from_the_environment_is_used_and_never_shown(tmp_path: Path) -> None:
+    """COLDWATCH_AUDIT__SIGNING_KEY (PEM or base64 seed) signs; the configuration never shows it."""
+    key = Ed25519PrivateKey.generate()
+    seed = base64.b64encode(
+        key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+    ).decode()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    for text in (seed, pem):
+        config = parse_config(
+            f"storage: {{path: {tmp_path / 'c.db'}}}\n", environ={"COLDWATCH_AUDIT__SIGNING_KEY": text}
+        )
+        signer = load_signer(config)
+        assert signer.key_id == key_id(key.public_key())
+        shown = repr(config) + str(config.model_dump()) + config.model_dump_json() + repr(signer)
+        assert seed not in shown
+        assert pem.splitlines()[1] not in shown
+    assert not (tmp_path / "c.db.audit-key").exists(), "no key file is made when the key is configured"
