@@ -280,7 +280,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _add_audit_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("audit", help="the tamper-evident audit trail")
     audit_sub = p.add_subparsers(dest="audit_command", required=True)
-    q = audit_sub.add_parser("verify", help="check the chain, its signatures, the anchor file and the guards; exit 1 naming the first bad entry")
+    q = audit_sub.add_parser(
+        "verify",
+        help="check the chain, its signatures, the anchor file and the guards; exit 1 naming what is wrong",
+    )
     q.add_argument("--config", required=True)
     q.add_argument("--anchor", help="SEQ:HASH printed by an earlier verify, kept outside the database")
     q.add_argument(
