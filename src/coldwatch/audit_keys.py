@@ -251,6 +251,9 @@ async def start_up_checks(storage: Storage, signer: Signer, now_us: int) -> list
             )
         )
     head = await storage.audit_head()
+    if head is not None and head.key_id != signer.key_id:
+        # Only now the scan for the rotation entry that may have named this key.
+        head = await storage.audit_head(with_rotation=True)
     mine = public_key_text(signer.public_key)
     if head is not None and head.key_id != signer.key_id and head.rotated_to != mine:
         log.warning(

@@ -135,7 +135,7 @@ class AuditHead:
     hash: str
     origin: int
     key_id: str
-    rotated_to: str | None  # the public key named by the last rotation entry, if any
+    rotated_to: str | None  # the public key named by the last rotation entry (when asked for)
 
 
 @dataclass(frozen=True, slots=True)

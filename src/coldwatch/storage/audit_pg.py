@@ -275,12 +275,14 @@ async def evidence(conn: PgConnection) -> AuditEvidence:
     )
 
 
-async def head(conn: PgConnection) -> AuditHead | None:
-    """The last signed entry, the seq signing began at, and the last rotation's new key."""
+async def head(conn: PgConnection, *, with_rotation: bool = False) -> AuditHead | None:
+    """The last signed entry, the seq signing began at, and (if asked: a scan) the last rotation's key."""
     row = await conn.fetchrow(_HEAD)
     if row is None:
         return None
-    rotated = await conn.fetchval(
-        "SELECT new_value FROM audit_log WHERE action = $1 ORDER BY seq DESC LIMIT 1", KEY_ROTATED
-    )
+    rotated = None
+    if with_rotation:
+        rotated = await conn.fetchval(
+            "SELECT new_value FROM audit_log WHERE action = $1 ORDER BY seq DESC LIMIT 1", KEY_ROTATED
+        )
     return AuditHead(int(row[0]), row[1], int(row[3]), row[2], rotated)

@@ -277,12 +277,14 @@ def evidence_sync(conn: sqlite3.Connection) -> AuditEvidence:
         conn.execute("COMMIT")
 
 
-def head_sync(conn: sqlite3.Connection) -> AuditHead | None:
-    """The last signed entry, the seq signing began at, and the last rotation's new key."""
+def head_sync(conn: sqlite3.Connection, *, with_rotation: bool = False) -> AuditHead | None:
+    """The last signed entry, the seq signing began at, and (if asked: a scan) the last rotation's key."""
     row = conn.execute(_HEAD).fetchone()
     if row is None:
         return None
-    rotated = conn.execute(
-        "SELECT new_value FROM audit_log WHERE action = ? ORDER BY seq DESC LIMIT 1", (KEY_ROTATED,)
-    ).fetchone()
+    rotated = None
+    if with_rotation:
+        rotated = conn.execute(
+            "SELECT new_value FROM audit_log WHERE action = ? ORDER BY seq DESC LIMIT 1", (KEY_ROTATED,)
+        ).fetchone()
     return AuditHead(int(row[0]), str(row[1]), int(row[3]), str(row[2]), rotated[0] if rotated else None)

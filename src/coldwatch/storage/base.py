@@ -219,8 +219,8 @@ class Storage(Protocol):
     async def audit_evidence(self) -> AuditEvidence:
         """Entries, seals, high-water mark and guard problems, in one snapshot."""
 
-    async def audit_head(self) -> AuditHead | None:
-        """The last signed entry (None before signing began)."""
+    async def audit_head(self, *, with_rotation: bool = False) -> AuditHead | None:
+        """The last signed entry (None before signing began); the last rotation's key if asked."""
 
     async def restore_audit_guards(self) -> list[str]:
         """Recreate missing, disabled or altered append-only guards; return their names."""

@@ -698,10 +698,10 @@ class PostgresStorage(RowIds):
         async with self.pool.acquire() as conn:
             return await audit_pg.evidence(conn)
 
-    async def audit_head(self) -> AuditHead | None:
-        """The last signed entry (None before signing began)."""
+    async def audit_head(self, *, with_rotation: bool = False) -> AuditHead | None:
+        """The last signed entry (None before signing began); the last rotation's key if asked."""
         async with self.pool.acquire() as conn:
-            return await audit_pg.head(conn)
+            return await audit_pg.head(conn, with_rotation=with_rotation)
 
     async def restore_audit_guards(self) -> list[str]:
         """Recreate missing, disabled or altered append-only guards; return their names."""

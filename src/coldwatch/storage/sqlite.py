@@ -616,9 +616,9 @@ class SqliteStorage(RowIds):
         """Entries, seals, high-water mark and guard problems, in one snapshot."""
         return await on_thread(self._conn, evidence_sync)
 
-    async def audit_head(self) -> AuditHead | None:
-        """The last signed entry (None before signing began)."""
-        return await on_thread(self._conn, head_sync)
+    async def audit_head(self, *, with_rotation: bool = False) -> AuditHead | None:
+        """The last signed entry (None before signing began); the last rotation's key if asked."""
+        return await on_thread(self._conn, head_sync, with_rotation=with_rotation)
 
     async def restore_audit_guards(self) -> list[str]:
         """Recreate missing or altered append-only guards; return their names."""
