@@ -565,3 +565,26 @@ async def test_an_older_trail_upgrades_and_is_reported_as_written_before_signing
     assert result.returncode == 0, result.stdout + result.stderr
     assert "signed from seq 4 to seq" in result.stdout
     assert "seqs 1 to 3 were written before signing began" in result.stdout
+
+
+async def test_an_anchor_file_that_cannot_be_written_is_counted_and_ingest_goes_on(
+    broker: RunningBroker, prefix: str, tmp_path: Path, api_users: dict[str, object]
+) -> None:
+    """A failed anchor write is counted in coldwatch_audit_anchor_failures_total; the collector runs on."""
+    blocked = tmp_path / "not-a-file"
+    blocked.mkdir()
+    config = write_config(
+        tmp_path / "c.yaml",
+        broker=broker,
+        prefix=prefix,
+        devices=[{"id": "inc-1", "kind": "incubator", "site": "s", "area": "lab"}],
+        rules={"devices": {"inc-1": [{"type": "comm_loss", "timeout_s": 1}]}},
+        api=api_users,
+        audit={"anchor_file": str(blocked), "anchor_interval_s": 1},
+    )
+    async with running_daemon(config) as running:
+        await raise_comm_loss(broker, config, running)
+        await eventually(
+            lambda: running.sample("coldwatch_audit_anchor_failures_total") >= 1, what="an anchor failure"
+        )
+        assert running.sample("coldwatch_broker_connected") == 1

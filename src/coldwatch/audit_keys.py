@@ -26,6 +26,7 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -207,7 +208,7 @@ class Anchorer:
     def __init__(self, storage: Storage, signer: Signer, path: Path, interval_s: float) -> None:
         self._storage, self._signer, self._path, self._interval_s = storage, signer, path, interval_s
         self._last: int | None = None
-        self.failures = 0
+        self.on_failure: Callable[[], None] = lambda: None  # the daemon counts failures in a metric
 
     async def run(self) -> None:
         """Anchor every ``interval_s`` until cancelled."""
@@ -224,7 +225,7 @@ class Anchorer:
             record = self._signer.anchor(head.origin, head.seq, head.hash, time.time_ns() // 1000)
             await asyncio.to_thread(append_anchor, self._path, record)
         except Exception as exc:  # a task boundary: anchoring must not stop the collector
-            self.failures += 1
+            self.on_failure()
             log.error("audit trail: could not anchor the chain head to %s: %s", self._path, exc)  # noqa: TRY400
             return None
         self._last = head.seq

@@ -86,6 +86,8 @@ class Daemon:
                 # The final anchor, once the last batch is committed (storage closes after it).
                 resources.push_async_callback(anchorer.anchor_now)
             metrics = Metrics(self.registry, config.devices)
+            if anchorer is not None:
+                anchorer.on_failure = metrics.audit_anchor_failures.inc
             engine, book = await start_alarming(
                 config, storage, states, metrics, only_own_alarms=worker is not None
             )

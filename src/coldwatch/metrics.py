@@ -342,6 +342,11 @@ class Metrics:
         self.broker_connects = Counter(
             "coldwatch_broker_connects", "Successful connections to the MQTT broker", registry=registry
         )
+        self.audit_anchor_failures = Counter(
+            "coldwatch_audit_anchor_failures",
+            "Times the audit trail's chain head could not be written to the anchor file",
+            registry=registry,
+        )
         self.batch_seconds = Histogram(
             "coldwatch_storage_batch_write_seconds",
             "Time to commit one batch",
