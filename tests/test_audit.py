@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import dataclasses
 import hashlib
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import aiosqlite
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from coldwatch.audit import (
     CSV_HEADER,
@@ -31,7 +34,19 @@ from coldwatch.audit import (
     to_json,
     verify,
 )
+from coldwatch.audit_keys import load_signer, rotation_draft
+from coldwatch.audit_seal import (
+    AuditKeyError,
+    Seal,
+    Signer,
+    anchor_line,
+    check_trail,
+    key_id,
+    parse_anchor_line,
+)
+from coldwatch.config import parse_config
 from coldwatch.errors import StorageError
+from coldwatch.storage import SqliteStorage
 from coldwatch.storage.audit_sqlite import AUDIT_SCHEMA, append, last_link, read_all, verify_stored
 
 US = 1_000_000
@@ -674,3 +689,213 @@ async def test_verify_names_an_entry_changed_by_editing_the_file_bytes(trail: Pa
         assert (await stored(db))[3].reason == "CAPA-0004 withdrawn"
         result = await verify_stored(db)
     assert (result.ok, result.first_bad_seq, result.kind) == (False, 4, "changed")
+
+
+# --- signatures and anchors (coldwatch.audit_seal): the pure core -------------------
+
+
+def sealed_trail(
+    batches: Sequence[Sequence[AuditDraft]], signers: Sequence[Signer | None]
+) -> tuple[list[AuditEntry], list[Seal]]:
+    """Entries appended batch by batch, each batch sealed by its signer (None: appended without a key)."""
+    entries: list[AuditEntry] = []
+    seals: list[Seal] = []
+    for drafts, signer in zip(batches, signers, strict=True):
+        prev = entries[-1].hash if entries else GENESIS_HASH
+        added = seal(drafts, len(entries) + 1, prev)
+        entries.extend(added)
+        if signer is not None:
+            origin = seals[0].from_seq if seals else added[0].seq
+            seals.append(signer.seal(origin, added[0].seq, added[-1].seq, added[-1].hash))
+    return entries, seals
+
+
+def new_signer() -> Signer:
+    """A signer with a fresh Ed25519 key."""
+    return Signer(Ed25519PrivateKey.generate())
+
+
+def trusting(*signers: Signer) -> dict[str, Ed25519PublicKey]:
+    """The public keys of ``signers`` as an inspector holds them."""
+    return {s.key_id: s.public_key for s in signers}
+
+
+def batches(*sizes: int) -> list[list[AuditDraft]]:
+    """Consecutive test drafts cut into batches of ``sizes``."""
+    out, i = [], 1
+    for size in sizes:
+        out.append([draft(j) for j in range(i, i + size)])
+        i += size
+    return out
+
+
+def test_check_trail_accepts_a_sealed_trail_and_says_what_is_covered() -> None:
+    """A trail sealed batch by batch verifies with the public key and reports the signed range."""
+    key = new_signer()
+    entries, seals = sealed_trail(batches(3, 1, 2), [key, key, key])
+    report = check_trail(entries, seals, high_water=6, trusted=trusting(key))
+    assert (report.ok, report.signed_from, report.signed_to) == (True, 1, 6), report.describe()
+    assert "signed from seq 1 to seq 6" in report.describe()
+
+
+def test_check_trail_names_entries_appended_at_the_end_without_the_key() -> None:
+    """A well-formed entry appended after the last seal is covered by no signature: inserted."""
+    key = new_signer()
+    entries, seals = sealed_trail(batches(3, 1), [key, None])
+    report = check_trail(entries, seals, high_water=4, trusted=trusting(key))
+    assert (report.ok, report.kind, report.first_bad_seq) == (False, "inserted", 4)
+
+
+def test_check_trail_names_entries_slipped_in_between_two_appends() -> None:
+    """Entries between two seals' ranges (later sealed over by the collector) are named as inserted."""
+    key = new_signer()
+    entries, seals = sealed_trail(batches(2, 2, 1), [key, None, key])
+    report = check_trail(entries, seals, high_water=5, trusted=trusting(key))
+    assert (report.ok, report.kind, report.first_bad_seq) == (False, "inserted", 3)
+
+
+def test_check_trail_refuses_seals_made_with_an_untrusted_key() -> None:
+    """Seals made with a key the inspector does not trust do not vouch for anything."""
+    key, forger = new_signer(), new_signer()
+    entries, seals = sealed_trail(batches(2, 2), [key, forger])
+    report = check_trail(entries, seals, high_water=4, trusted=trusting(key))
+    assert (report.ok, report.kind, report.first_bad_seq) == (False, "inserted", 3)
+
+
+def test_check_trail_names_a_rewritten_chain_by_its_broken_signature() -> None:
+    """Recomputing every hash from a changed entry on keeps the chain but breaks the seal over it."""
+    key = new_signer()
+    entries, seals = sealed_trail(batches(2, 3), [key, key])
+    forged = seal([draft(3, reason="nothing to see"), draft(4), draft(5)], 3, entries[1].hash)
+    report = check_trail([*entries[:2], *forged], seals, high_water=5, trusted=trusting(key))
+    assert (report.ok, report.kind, report.first_bad_seq) == (False, "changed", 3)
+
+
+def test_check_trail_names_removed_first_seals() -> None:
+    """Removing the first seals moves where signing seems to begin, and breaks every later seal."""
+    key = new_signer()
+    entries, seals = sealed_trail(batches(2, 2), [key, key])
+    report = check_trail(entries, seals[1:], high_water=4, trusted=trusting(key))
+    assert (report.ok, report.kind) == (False, "changed")
+
+
+def test_check_trail_follows_a_rotation_and_retires_the_old_key() -> None:
+    """A rotation entry sealed by the old key hands over to the new one; the old key may not sign after it."""
+    old, new = new_signer(), new_signer()
+    rotation = rotation_draft(old, new, T0, "qa.lead", "yearly rotation")
+    entries, seals = sealed_trail([[draft(1)], [rotation], [draft(3)]], [old, old, new])
+    report = check_trail(entries, seals, high_water=3, trusted=trusting(old))
+    assert report.ok, report.describe()
+    assert any("rotated" in note for note in report.notes)
+    entries, seals = sealed_trail([[draft(1)], [rotation], [draft(3)]], [old, old, old])
+    report = check_trail(entries, seals, high_water=3, trusted=trusting(old, new))
+    assert (report.ok, report.kind, report.first_bad_seq) == (False, "inserted", 3)
+    assert "retired" in str(report.problem)
+
+
+def test_check_trail_accepts_a_replacement_key_only_when_it_is_trusted() -> None:
+    """After a lost key, the new key's seals verify only if the inspector gives that key, and it is noted."""
+    old, new = new_signer(), new_signer()
+    entries, seals = sealed_trail(batches(2, 2), [old, new])
+    assert not check_trail(entries, seals, high_water=4, trusted=trusting(old)).ok
+    report = check_trail(entries, seals, high_water=4, trusted=trusting(old, new))
+    assert report.ok, report.describe()
+    assert any("without a rotation entry" in note for note in report.notes)
+
+
+def test_check_trail_without_a_key_or_a_seal_does_not_call_the_trail_intact() -> None:
+    """No public key, or no seal at all, is never reported as intact."""
+    key = new_signer()
+    entries, seals = sealed_trail(batches(2), [key])
+    assert check_trail(entries, seals, high_water=2, trusted={}).kind == "unsigned"
+    assert check_trail(entries, [], high_water=2, trusted=trusting(key)).kind == "unsigned"
+
+
+def test_check_trail_reports_unsigned_entries_as_before_signing_began() -> None:
+    """Entries written before the first seal are held by the chain and reported as before signing began."""
+    key = new_signer()
+    entries, seals = sealed_trail(batches(3, 2), [None, key])
+    report = check_trail(entries, seals, high_water=5, trusted=trusting(key))
+    assert (report.ok, report.signed_from) == (True, 4)
+    assert "seqs 1 to 3 were written before signing began" in report.describe()
+
+
+def test_check_trail_names_a_cut_end_from_a_signed_anchor() -> None:
+    """An anchor beyond the trail's end shows the last entries deleted, whatever the database says."""
+    key = new_signer()
+    entries, seals = sealed_trail(batches(2, 1), [key, key])
+    anchor = key.anchor(1, 3, entries[2].hash, T0)
+    report = check_trail(entries[:2], seals[:1], high_water=2, trusted=trusting(key), anchors=[anchor])
+    assert (report.ok, report.kind, report.first_bad_seq) == (False, "deleted", 3)
+
+
+def test_check_trail_names_a_rewrite_before_an_anchor_and_an_edited_anchor() -> None:
+    """An anchor whose hash differs from the trail's, or whose signature fails, is reported."""
+    key = new_signer()
+    entries, seals = sealed_trail(batches(2, 1), [key, key])
+    good = key.anchor(1, 2, entries[1].hash, T0)
+    assert check_trail(entries, seals, high_water=3, trusted=trusting(key), anchors=[good]).anchors == 1
+    other = key.anchor(1, 2, "f" * 64, T0)
+    report = check_trail(entries, seals, high_water=3, trusted=trusting(key), anchors=[other])
+    assert (report.kind, report.first_bad_seq) == ("changed", 2)
+    edited = dataclasses.replace(good, at_us=T0 + 1)
+    report = check_trail(entries, seals, high_water=3, trusted=trusting(key), anchors=[edited])
+    assert "anchor file was edited" in str(report.problem)
+
+
+def test_anchor_lines_round_trip_and_the_signer_never_shows_its_key() -> None:
+    """An anchor line reads back identical; a signer's repr names its key id only."""
+    key = new_signer()
+    record = key.anchor(1, 7, "a" * 64, T0)
+    assert parse_anchor_line(anchor_line(record)) == record
+    assert repr(key) == f"Signer({key.key_id})"
+    with pytest.raises(AuditKeyError):
+        parse_anchor_line('{"seq": "7"}')
+
+
+# --- append-only guards on SQLite -----------------------------------------------------
+
+
+async def test_guards_altered_are_reported_and_restored(tmp_path: Path) -> None:
+    """A guard replaced by a do-nothing trigger is reported, and restoring puts the refusing one back."""
+    storage = SqliteStorage(tmp_path / "c.db")
+    await storage.open()
+    try:
+        await storage.record_audit([draft(1), draft(2)])
+        tamper(
+            tmp_path / "c.db",
+            "DROP TRIGGER audit_log_no_delete",
+            "CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log BEGIN SELECT 1; END",
+            "DROP TRIGGER audit_seals_no_update",
+        )
+        found = (await storage.audit_evidence()).guard_problems
+        assert found == ["audit_log_no_delete altered", "audit_seals_no_update missing"]
+        assert await storage.restore_audit_guards() == ["audit_log_no_delete", "audit_seals_no_update"]
+        assert (await storage.audit_evidence()).guard_problems == []
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            tamper(tmp_path / "c.db", "DELETE FROM audit_log WHERE seq = 1")
+    finally:
+        await storage.close()
+
+
+def test_a_signing_key_from_the_environment_is_used_and_never_shown(tmp_path: Path) -> None:
+    """COLDWATCH_AUDIT__SIGNING_KEY (PEM or base64 seed) signs; the configuration never shows it."""
+    key = Ed25519PrivateKey.generate()
+    seed = base64.b64encode(
+        key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+    ).decode()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    for text in (seed, pem):
+        config = parse_config(
+            f"storage: {{path: {tmp_path / 'c.db'}}}\n", environ={"COLDWATCH_AUDIT__SIGNING_KEY": text}
+        )
+        signer = load_signer(config)
+        assert signer.key_id == key_id(key.public_key())
+        shown = repr(config) + str(config.model_dump()) + config.model_dump_json() + repr(signer)
+        assert seed not in shown
+        assert pem.splitlines()[1] not in shown
+    assert not (tmp_path / "c.db.audit-key").exists(), "no key file is made when the key is configured"

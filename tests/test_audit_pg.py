@@ -194,3 +194,24 @@ async def test_collectors_appending_at_once_keep_one_chain(store: PostgresStorag
     )
     result = await store.verify_audit()
     assert (result.ok, result.checked) == (True, N + 40)
+
+
+async def test_guards_disabled_or_altered_are_reported_and_restored(store: PostgresStorage) -> None:
+    """A disabled guard or a do-nothing guard function is reported, and restoring makes them refuse again."""
+    await tamper(
+        store,
+        "ALTER TABLE audit_seals DISABLE TRIGGER audit_seals_no_truncate",
+        "CREATE OR REPLACE FUNCTION audit_log_refuse() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RETURN OLD; END $$",
+    )
+    found = (await store.audit_evidence()).guard_problems
+    assert found == [
+        "audit_log_no_update altered",
+        "audit_log_no_truncate altered",
+        "audit_seals_no_truncate disabled",
+    ]
+    restored = await store.restore_audit_guards()
+    assert restored == ["audit_log_no_update", "audit_log_no_truncate", "audit_seals_no_truncate"]
+    assert (await store.audit_evidence()).guard_problems == []
+    with pytest.raises(asyncpg.RaiseError, match="append-only"):
+        await tamper(store, "DELETE FROM audit_log WHERE seq = 1")

@@ -11,6 +11,8 @@ can recompute every hash from some entry onwards, cut entries off the end or app
 well-formed ones. :func:`verify` therefore reports the number of entries and the last
 seq and hash (the "anchor"); print or export the anchor regularly, keep it outside the
 database, and pass it back as ``anchor`` to prove nothing up to it was rewritten or cut.
+The collector also signs the chain and anchors it outside the database by itself
+(:mod:`coldwatch.audit_seal`), which closes these gaps for anyone without the signing key.
 
 No I/O and no clock: callers pass the time in ``at_us`` (UTC microseconds since epoch).
 """

@@ -207,24 +207,20 @@ def _cmd_alarm_action(args: argparse.Namespace) -> int:
 
 
 async def _audit(config: Config, args: argparse.Namespace) -> int:
-    from coldwatch.audit import Anchor, to_csv, to_json, verify  # noqa: PLC0415
+    from coldwatch.audit import to_csv, to_json  # noqa: PLC0415
     from coldwatch.storage import open_existing  # noqa: PLC0415
 
     storage = open_existing(config.storage.location)
     await storage.open()
     try:
+        if args.audit_command == "verify":
+            from coldwatch.audit_verify import verify_command  # noqa: PLC0415
+
+            return verify_command(config, await storage.audit_evidence(), args)
         entries = [entry async for entry in storage.audit_entries()]
         stored = await storage.verify_audit()
     finally:
         await storage.close()
-    if args.audit_command == "verify":
-        anchor = None
-        if args.anchor:
-            seq, _, digest = args.anchor.partition(":")
-            anchor = Anchor(int(seq), digest)
-        result = verify(entries, anchor=anchor) if anchor else stored
-        print(result.describe())
-        return 0 if result.ok else 1
     text = to_json(entries) if args.format == "json" else None
     if args.output == "-":
         if text is None:
@@ -243,6 +239,15 @@ async def _audit(config: Config, args: argparse.Namespace) -> int:
 
 def _cmd_audit(args: argparse.Namespace) -> int:
     return asyncio.run(_audit(load_config(args.config), args))
+
+
+def _cmd_audit_keys(args: argparse.Namespace) -> int:
+    from coldwatch.audit_verify import public_key_command, rotate_key_command  # noqa: PLC0415
+
+    config = load_config(args.config)
+    if args.audit_command == "public-key":
+        return public_key_command(config)
+    return asyncio.run(rotate_key_command(config, actor=args.actor, reason=args.reason))
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -270,6 +275,40 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from coldwatch.demo import run_demo  # noqa: PLC0415
 
     return asyncio.run(run_demo(config_path=args.config, data_dir=Path(args.data), broker=args.broker))
+
+
+def _add_audit_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("audit", help="the tamper-evident audit trail")
+    audit_sub = p.add_subparsers(dest="audit_command", required=True)
+    q = audit_sub.add_parser(
+        "verify",
+        help="check the chain, its signatures, the anchor file and the guards; exit 1 naming what is wrong",
+    )
+    q.add_argument("--config", required=True)
+    q.add_argument("--anchor", help="SEQ:HASH printed by an earlier verify, kept outside the database")
+    q.add_argument(
+        "--public-key",
+        action="append",
+        type=Path,
+        help="a trusted public key file (repeatable; default: the configured signing key's)",
+    )
+    q.add_argument("--anchor-file", type=Path, help="the anchor file (default: the configured one)")
+    q.set_defaults(func=_cmd_audit)
+    q = audit_sub.add_parser("public-key", help="print the signing key's public key (PEM), for inspectors")
+    q.add_argument("--config", required=True)
+    q.set_defaults(func=_cmd_audit_keys)
+    q = audit_sub.add_parser(
+        "rotate-key", help="replace the signing key: the old key signs an entry naming the new one"
+    )
+    q.add_argument("--config", required=True)
+    q.add_argument("--actor", required=True, help="who rotates the key (recorded in the audit trail)")
+    q.add_argument("--reason", required=True, help="why (recorded in the audit trail)")
+    q.set_defaults(func=_cmd_audit_keys)
+    q = audit_sub.add_parser("export", help="the audit trail for an inspector (CSV or JSON)")
+    q.add_argument("--config", required=True)
+    q.add_argument("--format", choices=("csv", "json"), default="csv")
+    q.add_argument("--output", "-o", default="-")
+    q.set_defaults(func=_cmd_audit)
 
 
 def _add_alarm_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -327,17 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_alarm_commands(sub)
 
-    p = sub.add_parser("audit", help="the tamper-evident audit trail")
-    audit_sub = p.add_subparsers(dest="audit_command", required=True)
-    q = audit_sub.add_parser("verify", help="check the hash chain; exit 1 naming the first bad entry")
-    q.add_argument("--config", required=True)
-    q.add_argument("--anchor", help="SEQ:HASH printed by an earlier verify, kept outside the database")
-    q.set_defaults(func=_cmd_audit)
-    q = audit_sub.add_parser("export", help="the audit trail for an inspector (CSV or JSON)")
-    q.add_argument("--config", required=True)
-    q.add_argument("--format", choices=("csv", "json"), default="csv")
-    q.add_argument("--output", "-o", default="-")
-    q.set_defaults(func=_cmd_audit)
+    _add_audit_commands(sub)
 
     p = sub.add_parser("simulate", help="publish simulated device readings (SIMULATED data)")
     p.add_argument("--config", required=True)

@@ -44,6 +44,7 @@ from prometheus_client.registry import Collector
 
 from coldwatch.api import ApiContext, build_router
 from coldwatch.audit import AuditDraft
+from coldwatch.audit_keys import Anchorer, anchor_path, current_signer, load_signer, start_up_checks
 from coldwatch.auth import Authenticator
 from coldwatch.config import Config, DeviceConfig
 from coldwatch.daemon import DRAIN_TIMEOUT_S, Daemon, WorkerOptions, config_loaded
@@ -284,6 +285,9 @@ class ClusterDaemon:
         """Run until ``stop`` is set; then stop every partition in order and hand the leases back."""
         config = self.config
         url = str(config.storage.url)  # Config refuses a cluster without PostgreSQL
+        # Every member seals its appends with the site's key (its tasks inherit the signer).
+        signer = load_signer(config)
+        current_signer.set(signer)
         storage = PostgresStorage(url, quarantine_max_rows=config.storage.quarantine_max_rows)
         await storage.open()
         self._storage = storage
@@ -292,7 +296,9 @@ class ClusterDaemon:
         await lease_store.open()
         try:
             self.stored_states = dict(await storage.register_devices(config.devices))
-            await storage.record_audit([self._joined()])
+            checks = await start_up_checks(storage, signer, time.time_ns() // 1000)
+            await storage.record_audit([*checks, self._joined()])
+            anchorer = Anchorer(storage, signer, anchor_path(config), config.audit.anchor_interval_s)
             leases = Leases(lease_store, self.owner, config.cluster.partitions, config.cluster.lease_s)
             await leases.prepare()
             ids = AlarmIds(storage, config.cluster.alarm_id_block)
@@ -309,14 +315,17 @@ class ClusterDaemon:
                 server = tasks.create_task(http.serve(), name="http")
                 watchdog = tasks.create_task(self._watchdog(), name="cluster-watchdog")
                 manage = tasks.create_task(self._manage(storage, leases, ids, stop), name="cluster-leases")
+                anchoring = tasks.create_task(anchorer.run(), name="audit-anchor")
                 self.on_ready(self)
                 await manage
                 watchdog.cancel()
+                anchoring.cancel()
                 http.stop()
                 try:
                     await asyncio.wait_for(asyncio.shield(server), 5)
                 except TimeoutError:
                     server.cancel()
+            await anchorer.anchor_now()
         finally:
             await lease_store.close()
             await storage.close()

@@ -33,6 +33,7 @@ from coldwatch.notify.config import NotifyConfig
 from coldwatch.rules.config import RulesConfig
 
 __all__ = [
+    "AuditConfig",
     "ClusterConfig",
     "Config",
     "DeviceConfig",
@@ -277,6 +278,21 @@ class ClusterConfig(_Model):
         return self.lease_s / 3
 
 
+class AuditConfig(_Model):
+    """The audit trail's signing key and its anchors outside the database (coldwatch.audit_keys).
+
+    Unset paths lie beside the SQLite database (``<db>.audit-key``, ``<db>.audit-anchors.jsonl``),
+    or beside the configuration file with PostgreSQL. ``signing_key`` (PEM, or base64 of the 32-byte Ed25519
+    seed), usually from ``COLDWATCH_AUDIT__SIGNING_KEY``, takes precedence over the file.
+    """
+
+    signing_key_file: Path | None = None
+    signing_key: SecretStr | None = None
+    anchor_file: Path | None = None
+    # The chain head is also anchored at every clean shutdown.
+    anchor_interval_s: float = Field(300.0, ge=1.0, le=86_400.0)
+
+
 class Config(_Model):
     """The whole configuration of one collector."""
 
@@ -288,6 +304,7 @@ class Config(_Model):
     api: ApiConfig = ApiConfig()
     notify: NotifyConfig = NotifyConfig()
     cluster: ClusterConfig = ClusterConfig()
+    audit: AuditConfig = AuditConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
     source: str = Field("<defaults>", exclude=True)
     sha256: str = Field("", exclude=True)

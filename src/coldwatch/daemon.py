@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry
 from coldwatch.alarms import run_ticks, start_alarming
 from coldwatch.api import ApiContext, build_router
 from coldwatch.audit import AuditDraft
+from coldwatch.audit_keys import Anchorer, anchor_path, current_signer, load_signer, start_up_checks
+from coldwatch.audit_seal import Signer
 from coldwatch.auth import Authenticator
 from coldwatch.config import Config
 from coldwatch.errors import StorageError
@@ -66,19 +68,27 @@ class Daemon:
     # A cluster member runs one Daemon per partition it owns (coldwatch.cluster) with these set:
     worker: WorkerOptions | None = None
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event) -> None:  # noqa: PLR0915 - the one place that wires a collector
         """Run until ``stop`` is set, then commit what is queued and shut down in order."""
         config, worker = self.config, self.worker
+        # Every audit append in this collector's tasks is sealed with this key (coldwatch.audit_keys).
+        signer = load_signer(config)
+        current_signer.set(signer)
         storage = self.storage = self._storage()
         await storage.open()
         if worker is None and isinstance(storage, PostgresStorage):
             await _refuse_cluster_database(storage)
+        anchorer = None
         async with contextlib.AsyncExitStack() as resources:
             resources.push_async_callback(storage.close)
             states = self.states = await storage.register_devices(config.devices)
             if worker is None:
-                await storage.record_audit([config_loaded(config)])
+                anchorer = await _start_audit(config, storage, signer)
+                # The final anchor, once the last batch is committed (storage closes after it).
+                resources.push_async_callback(anchorer.anchor_now)
             metrics = Metrics(self.registry, config.devices)
+            if anchorer is not None:
+                anchorer.on_failure = metrics.audit_anchor_failures.inc
             engine, book = await start_alarming(
                 config, storage, states, metrics, only_own_alarms=worker is not None
             )
@@ -132,12 +142,15 @@ class Daemon:
                 server = tasks.create_task(http.serve(), name="http") if http is not None else None
                 ticks = tasks.create_task(run_ticks(pipeline.tick), name="rule-timers")
                 notify = tasks.create_task(deliverer.run(), name="notify-deliver") if worker is None else None
+                anchoring = tasks.create_task(anchorer.run(), name="audit-anchor") if anchorer else None
                 # Configuration, rule state and imports live as long as the process: leave
                 # them out of the collector's scans (full collections stalled the loop).
                 gc.freeze()
                 self.on_ready(self)
                 await stop.wait()
                 ticks.cancel()
+                if anchoring is not None:
+                    anchoring.cancel()
                 await _commit_queued(pipeline, source)
                 if notify is not None:
                     # In-flight notifications finish (and are recorded); pending ones wait in the outbox.
@@ -183,6 +196,13 @@ def _session_lost(metrics: Metrics, pipeline: Pipeline) -> None:
     """The broker lost our session: count it and let the pipeline ask the devices to re-send."""
     metrics.broker_session_lost.inc()
     pipeline.session_lost(time.time_ns() // 1000)
+
+
+async def _start_audit(config: Config, storage: Storage, signer: Signer) -> Anchorer:
+    """Restore the audit trail's guards, record the start, and make the anchorer."""
+    checks = await start_up_checks(storage, signer, time.time_ns() // 1000)
+    await storage.record_audit([*checks, config_loaded(config)])
+    return Anchorer(storage, signer, anchor_path(config), config.audit.anchor_interval_s)
 
 
 async def _refuse_cluster_database(storage: PostgresStorage) -> None:

@@ -361,6 +361,11 @@ class Metrics:
         self.gaps_open = Gauge(
             "coldwatch_seq_gaps_open", "Seq gaps neither recovered nor lost yet", registry=registry
         )
+        self.audit_anchor_failures = Counter(
+            "coldwatch_audit_anchor_failures",
+            "Times the audit trail's chain head could not be written to the anchor file",
+            registry=registry,
+        )
         self.batch_seconds = Histogram(
             "coldwatch_storage_batch_write_seconds",
             "Time to commit one batch",

@@ -14,6 +14,7 @@ by one writer at a time.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, Final, TypeAlias
 
@@ -30,10 +31,24 @@ from coldwatch.audit import (
     seal,
     verify,
 )
+from coldwatch.audit_keys import current_signer
+from coldwatch.audit_seal import KEY_ROTATED, AuditEvidence, AuditHead, Seal
 from coldwatch.errors import StorageError
 from coldwatch.storage.rows import audit_rows
 
-__all__ = ["AUDIT_LOCK", "AUDIT_SCHEMA_PG", "PgConnection", "append", "read_all", "verify_stored"]
+__all__ = [
+    "AUDIT_LOCK",
+    "AUDIT_SCHEMA_PG",
+    "SEALS_SCHEMA_PG",
+    "PgConnection",
+    "append",
+    "evidence",
+    "guard_problems",
+    "head",
+    "read_all",
+    "restore_guards",
+    "verify_stored",
+]
 
 # A connection of its own or one lent by a pool.
 PgConnection: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
@@ -84,6 +99,62 @@ AUDIT_SCHEMA_PG: Final = """
         FOR EACH ROW EXECUTE FUNCTION audit_log_chain();
 """
 
+# The signatures over the chain (coldwatch.audit_seal): one row per append, on its last seq.
+SEALS_SCHEMA_PG: Final = """
+    CREATE TABLE audit_seals (
+        seq BIGINT PRIMARY KEY,
+        from_seq BIGINT NOT NULL CHECK (from_seq <= seq),
+        key_id TEXT NOT NULL,
+        signature TEXT NOT NULL
+    );
+    CREATE FUNCTION audit_seals_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION 'audit_seals is append-only: % refused', TG_OP;
+    END $$;
+    CREATE TRIGGER audit_seals_no_update BEFORE UPDATE OR DELETE ON audit_seals
+        FOR EACH ROW EXECUTE FUNCTION audit_seals_refuse();
+    CREATE TRIGGER audit_seals_no_truncate BEFORE TRUNCATE ON audit_seals
+        FOR EACH STATEMENT EXECUTE FUNCTION audit_seals_refuse();
+"""
+
+# The append-only guards as the migrations created them: checked and restored at start-up,
+# reported by verify. A trigger's events are its pg_trigger.tgtype bits (row 1, before 2,
+# insert 4, delete 8, update 16, truncate 32).
+_FUNCTIONS: Final = {
+    m.group(1): m.group(2)
+    for m in re.finditer(
+        r"CREATE FUNCTION (\w+)\(\) RETURNS trigger LANGUAGE plpgsql AS \$\$(.*?)\$\$;",
+        AUDIT_SCHEMA_PG + SEALS_SCHEMA_PG,
+        re.DOTALL,
+    )
+}
+_TRIGGERS: Final = {
+    m.group(1): (m.group(0), m.group(2), m.group(3))
+    for m in re.finditer(
+        r"CREATE TRIGGER (\w+) .*? ON (\w+)\s+FOR EACH \w+ EXECUTE FUNCTION (\w+)\(\);",
+        AUDIT_SCHEMA_PG + SEALS_SCHEMA_PG,
+        re.DOTALL,
+    )
+}
+_TGTYPE: Final = {
+    "audit_log_no_update": 27,
+    "audit_log_no_truncate": 34,
+    "audit_log_append_only": 7,
+    "audit_seals_no_update": 27,
+    "audit_seals_no_truncate": 34,
+}
+_GUARDS_NOW: Final = (
+    "SELECT t.tgname, c.relname, t.tgtype, t.tgenabled, p.proname, p.prosrc "
+    "FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_proc p ON p.oid = t.tgfoid "
+    "WHERE NOT t.tgisinternal AND t.tgrelid IN ('audit_log'::regclass, 'audit_seals'::regclass)"
+)
+_INSERT_SEAL: Final = "INSERT INTO audit_seals(seq, from_seq, key_id, signature) VALUES ($1, $2, $3, $4)"
+_ORIGIN: Final = "SELECT from_seq FROM audit_seals ORDER BY seq LIMIT 1"
+_HEAD: Final = (
+    "SELECT s.seq, l.hash, s.key_id, (SELECT from_seq FROM audit_seals ORDER BY seq LIMIT 1) "
+    "FROM audit_seals s JOIN audit_log l ON l.seq = s.seq ORDER BY s.seq DESC LIMIT 1"
+)
+
 _INSERT: Final = (
     "INSERT INTO audit_log(seq, at_us, actor, action, object_type, object_id, old_value, new_value, "
     "reason, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
@@ -120,6 +191,12 @@ async def append(conn: PgConnection, drafts: Iterable[AuditDraft]) -> None:
         _INSERT,
         audit_rows(entries),
     )
+    signer = current_signer.get()
+    if signer is not None:
+        first = await conn.fetchval(_ORIGIN)
+        origin = entries[0].seq if first is None else int(first)
+        sealed = signer.seal(origin, entries[0].seq, entries[-1].seq, entries[-1].hash)
+        await conn.execute(_INSERT_SEAL, sealed.seq, sealed.from_seq, sealed.key_id, sealed.signature)
 
 
 async def read_all(conn: PgConnection) -> AsyncIterator[AuditEntry]:
@@ -141,3 +218,71 @@ async def verify_stored(conn: PgConnection, *, anchor: Anchor | None = None) -> 
         high_water = await _high_water(conn)
     result = verify([_entry(r) for r in rows], anchor=anchor)
     return check_end(result, high_water)
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.split())
+
+
+async def guard_problems(conn: PgConnection) -> list[str]:
+    """The append-only guards that are missing, disabled or differ from their definition."""
+    found = {r[0]: r for r in await conn.fetch(_GUARDS_NOW)}
+    problems = []
+    for name, (_, table, function) in _TRIGGERS.items():
+        row = found.get(name)
+        if row is None:
+            problems.append(f"{name} missing")
+        elif row[3] not in {b"O", b"A"}:  # "char": fires (O)rigin/local or (A)lways; not D or R
+            problems.append(f"{name} disabled")
+        elif (
+            row[1] != table
+            or row[2] != _TGTYPE[name]
+            or row[4] != function
+            or _normal(row[5]) != _normal(_FUNCTIONS[function])
+        ):
+            problems.append(f"{name} altered")
+    return problems
+
+
+async def restore_guards(conn: PgConnection) -> list[str]:
+    """Recreate the guards that are missing, disabled or altered (in the caller's transaction)."""
+    restored = []
+    for problem in await guard_problems(conn):
+        name = problem.split()[0]
+        statement, table, function = _TRIGGERS[name]
+        body = _FUNCTIONS[function]
+        await conn.execute(
+            f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $${body}$$"
+        )
+        await conn.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+        await conn.execute(statement)
+        restored.append(name)
+    return restored
+
+
+async def evidence(conn: PgConnection) -> AuditEvidence:
+    """Entries, seals, high-water mark and guard problems, in one snapshot."""
+    async with conn.transaction(readonly=True, isolation="repeatable_read"):
+        rows = await conn.fetch(_SELECT_ALL)
+        seals = await conn.fetch("SELECT seq, from_seq, key_id, signature FROM audit_seals ORDER BY seq")
+        high_water = await _high_water(conn)
+        problems = await guard_problems(conn)
+    return AuditEvidence(
+        [_entry(r) for r in rows],
+        [Seal(int(r[0]), int(r[1]), r[2], r[3]) for r in seals],
+        high_water,
+        problems,
+    )
+
+
+async def head(conn: PgConnection, *, with_rotation: bool = False) -> AuditHead | None:
+    """The last signed entry, the seq signing began at, and (if asked: a scan) the last rotation's key."""
+    row = await conn.fetchrow(_HEAD)
+    if row is None:
+        return None
+    rotated = None
+    if with_rotation:
+        rotated = await conn.fetchval(
+            "SELECT new_value FROM audit_log WHERE action = $1 ORDER BY seq DESC LIMIT 1", KEY_ROTATED
+        )
+    return AuditHead(int(row[0]), row[1], int(row[3]), row[2], rotated)

@@ -12,6 +12,7 @@ only adopts it after COMMIT.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, Final
@@ -29,12 +30,15 @@ from coldwatch.audit import (
     seal,
     verify,
 )
+from coldwatch.audit_keys import current_signer
+from coldwatch.audit_seal import KEY_ROTATED, AuditEvidence, AuditHead, Seal
 from coldwatch.errors import StorageError
 from coldwatch.storage.rows import audit_rows
 from coldwatch.storage.sqlite_thread import on_thread
 
 __all__ = [
     "AUDIT_SCHEMA",
+    "SEALS_SCHEMA",
     "append",
     "append_linked",
     "append_sync",
@@ -80,6 +84,38 @@ AUDIT_SCHEMA: Final = """
         SELECT RAISE(ABORT, 'audit_log is append-only: INSERT out of chain refused');
     END;
 """
+
+# The signatures over the chain (coldwatch.audit_seal): one row per append, on its last seq.
+SEALS_SCHEMA: Final = """
+    CREATE TABLE audit_seals (
+        seq INTEGER PRIMARY KEY,
+        from_seq INTEGER NOT NULL CHECK (from_seq <= seq),
+        key_id TEXT NOT NULL,
+        signature TEXT NOT NULL
+    );
+    CREATE TRIGGER audit_seals_no_update BEFORE UPDATE ON audit_seals
+    BEGIN
+        SELECT RAISE(ABORT, 'audit_seals is append-only: UPDATE refused');
+    END;
+    CREATE TRIGGER audit_seals_no_delete BEFORE DELETE ON audit_seals
+    BEGIN
+        SELECT RAISE(ABORT, 'audit_seals is append-only: DELETE refused');
+    END;
+"""
+
+# Every append-only guard by name, exactly as the migrations created it: checked and restored
+# at start-up, reported by verify.
+GUARDS: Final = {
+    m.group(1): m.group(0)
+    for m in re.finditer(r"CREATE TRIGGER (\w+).*?\bEND;", AUDIT_SCHEMA + SEALS_SCHEMA, re.DOTALL)
+}
+
+_INSERT_SEAL: Final = "INSERT INTO audit_seals(seq, from_seq, key_id, signature) VALUES (?, ?, ?, ?)"
+_ORIGIN: Final = "SELECT from_seq FROM audit_seals ORDER BY seq LIMIT 1"
+_HEAD: Final = (
+    "SELECT s.seq, l.hash, s.key_id, (SELECT from_seq FROM audit_seals ORDER BY seq LIMIT 1) "
+    "FROM audit_seals s JOIN audit_log l ON l.seq = s.seq ORDER BY s.seq DESC LIMIT 1"
+)
 
 _INSERT: Final = (
     "INSERT INTO audit_log(seq, at_us, actor, action, object_type, object_id, old_value, new_value, "
@@ -145,6 +181,12 @@ def append_sync(
         # Outside a transaction each row would commit alone: a crash could keep half a batch.
         raise StorageError("audit entries must be appended inside the batch's transaction")
     conn.executemany(_INSERT, audit_rows(entries))
+    signer = current_signer.get()
+    if signer is not None:
+        row = conn.execute(_ORIGIN).fetchone()
+        origin = int(row[0]) if row else entries[0].seq
+        sealed = signer.seal(origin, entries[0].seq, entries[-1].seq, entries[-1].hash)
+        conn.execute(_INSERT_SEAL, (sealed.seq, sealed.from_seq, sealed.key_id, sealed.signature))
     return entries[-1].seq + 1, entries[-1].hash
 
 
@@ -192,3 +234,57 @@ async def verify_stored(db: aiosqlite.Connection, *, anchor: Anchor | None = Non
     if not result.ok:
         return result
     return check_end(result, await _high_water(db))
+
+
+def _normal(sql: str) -> str:
+    return " ".join(sql.rstrip().rstrip(";").split())
+
+
+def guard_problems_sync(conn: sqlite3.Connection) -> list[str]:
+    """The append-only guards that are missing or differ from their definition."""
+    stored = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").fetchall())
+    problems = []
+    for name, sql in GUARDS.items():
+        if name not in stored:
+            problems.append(f"{name} missing")
+        elif _normal(stored[name]) != _normal(sql):
+            problems.append(f"{name} altered")
+    return problems
+
+
+def restore_guards_sync(conn: sqlite3.Connection) -> list[str]:
+    """Recreate the guards that are missing or altered (in the caller's transaction); their names."""
+    restored = []
+    for problem in guard_problems_sync(conn):
+        name = problem.split()[0]
+        conn.execute(f'DROP TRIGGER IF EXISTS "{name}"')
+        conn.execute(GUARDS[name])
+        restored.append(name)
+    return restored
+
+
+def evidence_sync(conn: sqlite3.Connection) -> AuditEvidence:
+    """Entries, seals, high-water mark and guard problems, read in one transaction (one snapshot)."""
+    conn.execute("BEGIN")
+    try:
+        entries = [_entry(r) for r in conn.execute(_SELECT_ALL).fetchall()]
+        seals = [
+            Seal(int(r[0]), int(r[1]), str(r[2]), str(r[3]))
+            for r in conn.execute("SELECT seq, from_seq, key_id, signature FROM audit_seals ORDER BY seq")
+        ]
+        return AuditEvidence(entries, seals, _high_water_sync(conn), guard_problems_sync(conn))
+    finally:
+        conn.execute("COMMIT")
+
+
+def head_sync(conn: sqlite3.Connection, *, with_rotation: bool = False) -> AuditHead | None:
+    """The last signed entry, the seq signing began at, and (if asked: a scan) the last rotation's key."""
+    row = conn.execute(_HEAD).fetchone()
+    if row is None:
+        return None
+    rotated = None
+    if with_rotation:
+        rotated = conn.execute(
+            "SELECT new_value FROM audit_log WHERE action = ? ORDER BY seq DESC LIMIT 1", (KEY_ROTATED,)
+        ).fetchone()
+    return AuditHead(int(row[0]), str(row[1]), int(row[3]), str(row[2]), rotated[0] if rotated else None)

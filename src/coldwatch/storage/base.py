@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from coldwatch.audit import AuditDraft, AuditEntry, VerifyResult
+from coldwatch.audit_seal import AuditEvidence, AuditHead
 from coldwatch.config import DeviceConfig
 from coldwatch.notify.model import OutboxItem
 from coldwatch.payload import Telemetry
@@ -220,6 +221,15 @@ class Storage(Protocol):
 
     def audit_entries(self) -> AsyncIterator[AuditEntry]:
         """Every audit entry in order."""
+
+    async def audit_evidence(self) -> AuditEvidence:
+        """Entries, seals, high-water mark and guard problems, in one snapshot."""
+
+    async def audit_head(self, *, with_rotation: bool = False) -> AuditHead | None:
+        """The last signed entry (None before signing began); the last rotation's key if asked."""
+
+    async def restore_audit_guards(self) -> list[str]:
+        """Recreate missing, disabled or altered append-only guards; return their names."""
 
     def readings_since(self, device_id: str, since_us: int) -> AsyncIterator[EngineReading]:
         """A device's stored readings from ``since_us`` on, in (ts, seq) order (for restart)."""

@@ -25,6 +25,7 @@ from typing import Any, Final
 import asyncpg
 
 from coldwatch.audit import AuditDraft, AuditEntry, VerifyResult
+from coldwatch.audit_seal import AuditEvidence, AuditHead
 from coldwatch.catalogue import KINDS
 from coldwatch.config import DeviceConfig, redact
 from coldwatch.errors import StorageError
@@ -180,6 +181,8 @@ MIGRATIONS_PG: Final[tuple[str, ...]] = (
     UPDATE seq_gaps SET state = 'lost', resolved_us = detected_us;
     CREATE INDEX seq_gaps_open ON seq_gaps(device) WHERE state = 'open';
     """,
+    # Signatures over the audit chain; entries written before stay verifiable by the chain.
+    audit_pg.SEALS_SCHEMA_PG,
 )
 
 _PLAIN_READINGS: Final = """
@@ -723,6 +726,26 @@ class PostgresStorage(RowIds):
         async with self.pool.acquire() as conn:
             async for entry in audit_pg.read_all(conn):
                 yield entry
+
+    async def audit_evidence(self) -> AuditEvidence:
+        """Entries, seals, high-water mark and guard problems, in one snapshot."""
+        async with self.pool.acquire() as conn:
+            return await audit_pg.evidence(conn)
+
+    async def audit_head(self, *, with_rotation: bool = False) -> AuditHead | None:
+        """The last signed entry (None before signing began); the last rotation's key if asked."""
+        async with self.pool.acquire() as conn:
+            return await audit_pg.head(conn, with_rotation=with_rotation)
+
+    async def restore_audit_guards(self) -> list[str]:
+        """Recreate missing, disabled or altered append-only guards; return their names."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                # One restorer at a time across the collectors sharing the database.
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", audit_pg.AUDIT_LOCK)
+                return await audit_pg.restore_guards(conn)
+        except asyncpg.PostgresError as exc:
+            raise StorageError(f"{self.where}: restoring the audit guards failed: {exc}") from exc
 
     async def check_writable(self) -> None:
         """A write transaction that changes nothing: proves the database accepts writes now."""

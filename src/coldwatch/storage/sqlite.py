@@ -18,13 +18,23 @@ from typing import Final
 import aiosqlite
 
 from coldwatch.audit import AuditDraft, AuditEntry, VerifyResult
+from coldwatch.audit_seal import AuditEvidence, AuditHead
 from coldwatch.catalogue import KINDS
 from coldwatch.config import DeviceConfig
 from coldwatch.errors import StorageError
 from coldwatch.notify.outbox import OUTBOX_SCHEMA, enqueue_sync
 from coldwatch.rules.lifecycle import Alarm, Transition
 from coldwatch.rules.model import EngineReading
-from coldwatch.storage.audit_sqlite import AUDIT_SCHEMA, append_linked, read_all, verify_stored
+from coldwatch.storage.audit_sqlite import (
+    AUDIT_SCHEMA,
+    SEALS_SCHEMA,
+    append_linked,
+    evidence_sync,
+    head_sync,
+    read_all,
+    restore_guards_sync,
+    verify_stored,
+)
 from coldwatch.storage.base import (
     Batch,
     BatchResult,
@@ -165,6 +175,8 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     UPDATE seq_gaps SET state = 'lost', resolved_us = detected_us;
     CREATE INDEX seq_gaps_open ON seq_gaps(device) WHERE state = 'open';
     """,
+    # Signatures over the audit chain; entries written before stay verifiable by the chain.
+    SEALS_SCHEMA,
 )
 
 log = logging.getLogger(__name__)
@@ -638,6 +650,21 @@ class SqliteStorage(RowIds):
     def audit_entries(self) -> AsyncIterator[AuditEntry]:
         """Every audit entry in order."""
         return read_all(self._conn)
+
+    async def audit_evidence(self) -> AuditEvidence:
+        """Entries, seals, high-water mark and guard problems, in one snapshot."""
+        return await on_thread(self._conn, evidence_sync)
+
+    async def audit_head(self, *, with_rotation: bool = False) -> AuditHead | None:
+        """The last signed entry (None before signing began); the last rotation's key if asked."""
+        return await on_thread(self._conn, head_sync, with_rotation=with_rotation)
+
+    async def restore_audit_guards(self) -> list[str]:
+        """Recreate missing or altered append-only guards; return their names."""
+        try:
+            return await on_thread(self._conn, in_transaction, restore_guards_sync)
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: restoring the audit guards failed: {exc}") from exc
 
     async def check_writable(self) -> None:
         """Take and release the write lock: proves the database accepts writes now.

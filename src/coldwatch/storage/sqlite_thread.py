@@ -7,6 +7,7 @@ whole transaction on the connection's thread in one trip.
 
 from __future__ import annotations
 
+import contextvars
 import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Concatenate, ParamSpec, TypeVar
@@ -28,8 +29,11 @@ def on_thread(
     """Run ``fn(connection, ...)`` on ``db``'s own thread, in one trip.
 
     (aiosqlite's ``_execute`` is what its own methods use; it has no public equivalent.)
+    ``fn`` runs in a copy of the caller's context: context variables (the audit signer)
+    reach the thread as they would an awaited coroutine.
     """
-    result: Awaitable[R] = db._execute(fn, db._connection, *args, **kwargs)  # type: ignore[no-untyped-call]  # noqa: SLF001
+    ctx = contextvars.copy_context()
+    result: Awaitable[R] = db._execute(ctx.run, fn, db._connection, *args, **kwargs)  # type: ignore[no-untyped-call]  # noqa: SLF001
     return result
 
 
