@@ -186,7 +186,12 @@ class Notifier:
             f"{alarm.severity.label}/{alarm.state.value}"
         )
         body = orjson.dumps(alerts)
-        return [OutboxItem(nid, Channel.ALERTMANAGER, ALERTMANAGER_TARGET, body, alarm.id, now_us)]
+        # Alertmanager knows an alert by its labels: a later alarm on the same device, metric
+        # and rule is the same alert there, so its updates keep one order.
+        key = f"alert/{alarm.key.device_id}/{alarm.key.metric}/{alarm.key.rule}"
+        return [
+            OutboxItem(nid, Channel.ALERTMANAGER, ALERTMANAGER_TARGET, body, alarm.id, now_us, order_key=key)
+        ]
 
     def _escalate(self, alarm: Alarm, now_us: int) -> tuple[list[OutboxItem], set[str]]:
         """Escalation items due for ``alarm``, and the webhooks paged by a first tier."""

@@ -21,7 +21,7 @@ from coldwatch.audit import AuditDraft, AuditEntry, VerifyResult
 from coldwatch.catalogue import KINDS
 from coldwatch.config import DeviceConfig
 from coldwatch.errors import StorageError
-from coldwatch.notify.outbox import OUTBOX_SCHEMA, enqueue_sync
+from coldwatch.notify.outbox import OUTBOX_DEAD_LETTER_SCHEMA, OUTBOX_SCHEMA, enqueue_sync
 from coldwatch.rules.lifecycle import Alarm, Transition
 from coldwatch.rules.model import EngineReading
 from coldwatch.storage.audit_sqlite import AUDIT_SCHEMA, append_linked, read_all, verify_stored
@@ -155,6 +155,7 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         SELECT device, metric, ts_us, seq, value, ts_us + received_delay_us AS received_us, buffered
         FROM reading_rows;
     """,
+    OUTBOX_DEAD_LETTER_SCHEMA,
 )
 
 log = logging.getLogger(__name__)
