@@ -394,13 +394,23 @@ class Received:
 class Receiver:
     """A real HTTP receiver (FastAPI on uvicorn, in this event loop) recording every POST.
 
-    ``fail_first`` requests are answered 503; with ``gate`` set, requests wait for it.
+    ``fail_first`` requests are answered 503; with ``gate`` set, requests wait for it;
+    ``answer(path, body)``, if set, gives the status and headers of each answer: a
+    non-2xx one is recorded in ``refused`` instead of ``received``.
     """
 
-    def __init__(self, port: int = 0, *, fail_first: int = 0) -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        *,
+        fail_first: int = 0,
+        answer: Callable[[str, Any], tuple[int, dict[str, str]]] | None = None,
+    ) -> None:
         self.port = port
         self.fail_first = fail_first
+        self.answer = answer
         self.received: list[Received] = []
+        self.refused: list[Received] = []
         self.requests = 0
         self.gate: asyncio.Event | None = None
         self.arrived = asyncio.Event()
@@ -421,10 +431,12 @@ class Receiver:
                 self.fail_first -= 1
                 return Response(b"busy", status_code=503)
             body = orjson.loads(await request.body())
-            self.received.append(Received(f"/{path}", dict(request.headers), body))
+            status, headers = self.answer(f"/{path}", body) if self.answer else (200, {})
+            ok = 200 <= status < 300
+            (self.received if ok else self.refused).append(Received(f"/{path}", dict(request.headers), body))
             async with self.changed:
                 self.changed.notify_all()
-            return Response(status_code=200)
+            return Response(b"" if ok else b"refused", status_code=status, headers=headers)
 
         return app
 
@@ -495,7 +507,7 @@ def query(path: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
 
 @contextlib.asynccontextmanager
 async def delivering(
-    db: aiosqlite.Connection, config: NotifyConfig, **kwargs: Any
+    db: aiosqlite.Connection | outbox.OutboxStore, config: NotifyConfig, **kwargs: Any
 ) -> AsyncIterator[Deliverer]:
     """A deliverer running in this event loop until the block ends, then drained."""
     deliverer = Deliverer(db, config, **kwargs)
