@@ -225,31 +225,35 @@ def config_for(receiver: Receiver, **extra: Any) -> NotifyConfig:
 async def test_rejected_alarm_is_dead_lettered_without_holding_back_other_alarms(backend: Backend) -> None:
     """One alarm's notifications rejected with 400: the others go out at once; it is dead-lettered visibly."""
     async with Receiver(answer=rejecting) as receiver, outbox_of(backend) as (storage, store):
-        config = config_for(receiver, dead_letter_after_rejections=3)
-        # The rejected alarm first (its raise and its clear), then three others.
+        # Retries of the rejected alarm at least 1.5 s apart: the others must not wait for one.
+        config = config_for(receiver, dead_letter_after_rejections=2, retry_initial_s=3, retry_max_s=5)
+        # The rejected alarm first (its raise and its clear); three others once it was rejected.
         await storage.write_batch(Batch(notifications=plan_raise_and_clear(config, REJECTED_ALARM)))
-        others = plan_raises(config, [104, 105, 106])
-        await storage.write_batch(Batch(notifications=others))
         async with delivering(store, config) as deliverer:
-            await wait_delivery(deliverer, lambda: deliverer.dead_lettered["webhook"] == 2, timeout_s=20)
+            await receiver.wait_for(lambda: bool(receiver.refused))
+            enqueued_us = now_us()
+            await storage.write_batch(Batch(notifications=plan_raises(config, [104, 105, 106])))
+            deliverer.kick()
+            await wait_delivery(deliverer, lambda: deliverer.dead_lettered["webhook"] == 2, timeout_s=30)
             await receiver.wait_for(lambda: len(receiver.bodies("/lead")) == 2, timeout_s=10)
             await receiver.wait_for(lambda: len(undeliverable_alerts(receiver)) == 2, timeout_s=10)
             summary = await store.pending_summary()
     oncall = [b["alarm"]["id"] for b in receiver.bodies("/oncall")]
     assert sorted(oncall) == [104, 105, 106]
     refused = [(r.body["alarm"]["id"], r.body["event"]) for r in receiver.refused]
-    # Three rejections of the raise, then (only then: per-alarm order) three of the clear.
-    assert refused == [(REJECTED_ALARM, "raised")] * 3 + [(REJECTED_ALARM, "cleared")] * 3
+    # Two rejections of the raise, then (only then: per-alarm order) two of the clear.
+    assert refused == [(REJECTED_ALARM, "raised")] * 2 + [(REJECTED_ALARM, "cleared")] * 2
 
     rows = backend.query(
         "SELECT notification_id, alarm_id, delivered_us, dead_lettered_us, next_attempt_us, rejections "
         "FROM notification_outbox WHERE target = 'oncall' ORDER BY id"
     )
     dead = [r for r in rows if r[3] is not None]
-    assert [(r[1], r[2], r[4], r[5]) for r in dead] == [(REJECTED_ALARM, None, None, 3)] * 2
+    assert [(r[1], r[2], r[4], r[5]) for r in dead] == [(REJECTED_ALARM, None, None, 2)] * 2
     delivered = [r for r in rows if r[2] is not None]
     assert sorted(r[1] for r in delivered) == [104, 105, 106]
-    # Independence: every other alarm was delivered before the rejected one was even given up.
+    # Independence: every other alarm was delivered at once, not at the rejected one's next retry.
+    assert max(r[2] for r in delivered) - enqueued_us < 1 * US
     assert max(r[2] for r in delivered) < min(r[3] for r in dead)
 
     # Visible: counted, stored, audited, and told through the other channels.
