@@ -502,9 +502,11 @@ async def test_receiver_rejecting_one_alarm_forever_silences_nothing_else(
                         "repeat_s": REPEAT_S,
                     }
                 ],
-                "retry_initial_s": 1,
-                "retry_max_s": 2,
-                "dead_letter_after_rejections": 4,
+                # Retries of a rejected row 4-8 s apart: longer than the bound of any tier below,
+                # so nothing of inc-04 can arrive on time by riding on an inc-03 retry.
+                "retry_initial_s": 8,
+                "retry_max_s": 8,
+                "dead_letter_after_rejections": 3,
             },
         )
         async with running_daemon(config) as running:
@@ -544,7 +546,7 @@ async def test_receiver_rejecting_one_alarm_forever_silences_nothing_else(
                 lambda: (
                     running.sample("coldwatch_notifications_dead_lettered_total", {"channel": "webhook"}) >= 1
                 ),
-                timeout_s=30,
+                timeout_s=40,
                 what="an inc-03 notification dead-lettered",
             )
             await eventually(
@@ -575,7 +577,7 @@ async def test_receiver_rejecting_one_alarm_forever_silences_nothing_else(
     inc_03 = receiver.refused[0].body["alarm"]["id"]
     assert all(nid.endswith("/pager") and nid.split("/")[1] == str(inc_03) for nid, *_ in dead)
     assert all(
-        (rejections, next_us, delivered) == (4, None, None) for _, rejections, next_us, delivered in dead
+        (rejections, next_us, delivered) == (3, None, None) for _, rejections, next_us, delivered in dead
     )
     audited = rows(db, "SELECT object_id FROM audit_log WHERE action = 'notification.dead_lettered'")
     assert {a for (a,) in audited} == {nid for nid, *_ in dead}
