@@ -15,7 +15,12 @@ Notification ids (unique per receiver):
 - ``am/<alarm>/<event>/<ts_us>/<received_us>/<severity>/<state>``: Alertmanager update;
 - ``esc/<alarm>/<since_us>/<tier>/<repeat>/<webhook>``: an escalation-chain notification;
 - ``evt/<alarm>/<event>/<ts_us>/<received_us>/<webhook>``: news of a change (severity,
-  clear, revoke) for a webhook already notified about the alarm.
+  clear, revoke) for a webhook already notified about the alarm;
+- ``dl/<receiver>/<failed id>``: not planned here: the deliverer's notice that a
+  notification was dead-lettered (:mod:`coldwatch.notify.failures`).
+
+Webhook items are delivered in order per alarm, Alertmanager items per alert identity
+(their ``order_key``): one alarm's failing notification never holds back another's.
 """
 
 from __future__ import annotations
