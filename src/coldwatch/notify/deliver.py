@@ -112,10 +112,14 @@ class Deliverer:
         self.dead_letters = 0  # rows in the dead-letter state, as of the last wake-up
         # Receivers taken to be down: retried no earlier than this (new rows still probe).
         self._down_until: dict[Lane, int] = {}
+        # Down receivers whose new rows were not among the first due rows (a long backlog):
+        # not spawned again for new rows until the next kick, so the loop never spins.
+        self._no_fresh: set[Lane] = set()
         self.changed = asyncio.Condition()  # notified after every attempt
 
     def kick(self) -> None:
         """Wake up: new items were enqueued (call after the batch that stored them commits)."""
+        self._no_fresh.clear()
         self._wake.set()
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -178,7 +182,8 @@ class Deliverer:
                 if head.lane in self._lanes:
                     continue
                 start_us = head.next_attempt_us
-                if not head.fresh:  # a new notification probes a receiver taken to be down at once
+                # A new notification probes a receiver taken to be down at once.
+                if not head.fresh or head.lane in self._no_fresh:
                     start_us = max(start_us, self._down_until.get(head.lane, 0))
                 if start_us <= now:
                     self._spawn(tasks, client, head.lane)
@@ -217,6 +222,8 @@ class Deliverer:
                 probing = self._down_until.get(lane, 0) > now
                 if probing:  # down: only new notifications are tried before the retry time
                     groups = [g for g in groups if g[0].attempts == 0]
+                    if not groups:
+                        self._no_fresh.add(lane)
                 if not groups or not await self._pass(client, lane, groups, probing=probing):
                     return
         except Exception:
