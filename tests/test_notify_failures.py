@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 
 from coldwatch.notify import outbox
@@ -34,7 +35,7 @@ from coldwatch.notify.planner import Notifier
 from coldwatch.rules.lifecycle import AlarmState, Transition
 from coldwatch.rules.model import AlarmKey
 from coldwatch.storage import Batch, SqliteStorage
-from coldwatch.storage.postgres import PostgresStorage
+from coldwatch.storage.postgres import MIGRATIONS_PG, PostgresStorage
 from coldwatch.storage.sqlite import MIGRATIONS
 from tests.conftest import Backend
 from tests.test_notify import DEVICES, T0, Receiver, delivering, make_alarm, now_us, raised, wait_delivery
@@ -354,38 +355,75 @@ async def test_new_notification_gets_through_while_other_alarms_keep_failing(tmp
     assert deliverer.dead_lettered == {}
 
 
-async def test_existing_outbox_upgrades_with_order_keys_and_dead_letters(tmp_path: Path) -> None:
-    """An outbox from before dead letters upgrades: order keys filled in, given-up rows dead-lettered."""
-    path = tmp_path / "coldwatch.db"
+OLD_ROWS = [  # (notification_id, channel, target, alarm_id, next_attempt_us, attempts, delivered_us)
+    ("am/5/raised", "alertmanager", "alertmanager", 5, None, 1, 20),  # delivered
+    ("esc/5/1/0/0/pager", "webhook", "pager", 5, None, 1, None),  # given up: receiver removed
+    ("esc/5/1/0/0/oncall", "webhook", "oncall", 5, 30, 2, None),  # retrying
+]
+ALARM_5 = (
+    "INSERT INTO alarms(id, device_id, metric, rule, severity, state, raised_ts_us, raised_received_us, "
+    "late, detail) "
+    "VALUES (5, 'inc-01', 'temp_c', 'high', 'alert', 'active_unacknowledged', 1, 1, {false}, '')"
+)
+
+
+def old_sqlite_outbox(path: Path) -> None:
+    """A SQLite database of the schema before dead letters, with an alarm and three outbox rows."""
     before = MIGRATIONS.index(outbox.OUTBOX_DEAD_LETTER_SCHEMA)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with closing(sqlite3.connect(path)) as db:
         for version, script in enumerate(MIGRATIONS[:before], start=1):
             db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={version};\nCOMMIT;")
-        db.execute(
-            "INSERT INTO alarms(id, device_id, metric, rule, severity, state, raised_ts_us, "
-            "raised_received_us, late, detail) "
-            "VALUES (5, 'inc-01', 'temp_c', 'high', 'alert', 'active_unacknowledged', 1, 1, 0, '')"
-        )
+        db.execute(ALARM_5.format(false=0))
         db.executemany(
             "INSERT INTO notification_outbox(notification_id, channel, target, body, alarm_id, created_us, "
             "next_attempt_us, attempts, delivered_us) VALUES (?, ?, ?, x'5b5d', ?, 10, ?, ?, ?)",
-            [
-                ("am/5/raised", "alertmanager", "alertmanager", 5, None, 1, 20),  # delivered
-                ("esc/5/1/0/0/pager", "webhook", "pager", 5, None, 1, None),  # given up
-                ("esc/5/1/0/0/oncall", "webhook", "oncall", 5, 30, 2, None),  # retrying
-            ],
+            OLD_ROWS,
         )
         db.execute("INSERT INTO notification_attempts(outbox_id, at_us, ok) VALUES (2, 15, 0)")
         db.commit()
-    storage = SqliteStorage(path)
-    await storage.open()
-    await storage.close()
-    assert sqlite_query(
-        path,
-        "SELECT notification_id, order_key, dead_lettered_us, rejections FROM notification_outbox "
-        "ORDER BY id",
+
+
+async def old_postgres_outbox(url: str) -> None:
+    """A PostgreSQL database of the schema before dead letters, with an alarm and three outbox rows."""
+    before = MIGRATIONS_PG.index(outbox.OUTBOX_DEAD_LETTER_SCHEMA_PG)
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "CREATE TABLE schema_migrations "
+            "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        await conn.execute("CREATE TABLE storage_info (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        for version, script in enumerate(MIGRATIONS_PG[:before], start=1):
+            await conn.execute(script)
+            if version == 1:
+                await PostgresStorage(url, timescale=False)._create_readings(conn)
+            await conn.execute("INSERT INTO schema_migrations(version) VALUES ($1)", version)
+        await conn.execute(ALARM_5.format(false="false"))
+        await conn.executemany(
+            "INSERT INTO notification_outbox(notification_id, channel, target, body, alarm_id, created_us, "
+            "next_attempt_us, attempts, delivered_us) VALUES ($1, $2, $3, '\\x5b5d', $4, 10, $5, $6, $7)",
+            OLD_ROWS,
+        )
+        await conn.execute("INSERT INTO notification_attempts(outbox_id, at_us, ok) VALUES (2, 15, false)")
+    finally:
+        await conn.close()
+
+
+async def test_existing_outbox_upgrades_with_order_keys_and_dead_letters(backend: Backend) -> None:
+    """An outbox from before dead letters upgrades: order keys filled in, given-up rows dead-lettered."""
+    if backend.postgres:
+        await old_postgres_outbox(backend.location)
+    else:
+        old_sqlite_outbox(Path(backend.location))
+    async with outbox_of(backend) as (_, store):
+        assert (await store.pending_summary()).dead_lettered == 1
+        heads = await store.lane_heads()
+    assert backend.query(
+        "SELECT notification_id, order_key, dead_lettered_us, rejections FROM notification_outbox ORDER BY id"
     ) == [
         ("am/5/raised", "alert/inc-01/temp_c/high", None, 0),
         ("esc/5/1/0/0/pager", "alarm/5", 15, 0),
         ("esc/5/1/0/0/oncall", "alarm/5", None, 0),
     ]
+    assert [(h.lane, h.next_attempt_us, h.fresh) for h in heads] == [((Channel.WEBHOOK, "oncall"), 30, False)]
