@@ -290,9 +290,15 @@ async def test_webhook_down_30_s_across_a_restart_gets_every_notification_once(
     ids = [r[1] for r in outbox]
     assert len(ids) == len(set(ids)) == 5
     assert all(r[2] == "pager" and r[4] is not None and r[5] is None for r in outbox)
-    # Each exactly once, in outbox (lane) order, keyed by the Idempotency-Key header.
+    # Each exactly once, in outbox order per alarm, keyed by the Idempotency-Key header.
     keys = [r.headers["idempotency-key"] for r in receiver.received]
-    assert keys == [r.body["notification_id"] for r in receiver.received] == ids
+    assert keys == [r.body["notification_id"] for r in receiver.received]
+    assert sorted(keys) == sorted(ids)
+    alarm_of = {r.body["notification_id"]: r.body["alarm"]["id"] for r in receiver.received}
+    for alarm_id in set(alarm_of.values()):
+        assert [k for k in keys if alarm_of[k] == alarm_id] == [i for i in ids if alarm_of[i] == alarm_id]
+    # An outage is retried, never given up: nothing was dead-lettered.
+    assert rows(db, "SELECT count(*) FROM notification_outbox WHERE dead_lettered_us IS NOT NULL") == [(0,)]
     assert all(r.path == "/pager" for r in receiver.received)
     events = Counter((r.body["alarm"]["device"], r.body["event"]) for r in receiver.received)
     assert events == Counter(
@@ -339,8 +345,8 @@ TIER2_BOUND_S = 2.5  # rule timers tick every second; the rest is delivery on lo
 class StampingReceiver(Receiver):
     """A :class:`Receiver` that also notes when each notification id first arrived (wall clock)."""
 
-    def __init__(self, port: int = 0) -> None:
-        super().__init__(port)
+    def __init__(self, port: int = 0, **options: Any) -> None:
+        super().__init__(port, **options)
         self.arrived_at: dict[str, float] = {}
 
     def _app(self) -> FastAPI:
@@ -457,3 +463,127 @@ async def test_unacknowledged_alarm_escalates_on_time_and_acknowledged_one_never
         "SELECT count(*) FROM notification_outbox WHERE alarm_id = ? AND target = 'tier2'",
         acked_id,
     ) == [(0,)]
+
+
+# --- 4. One receiver rejects one alarm's notifications forever ---------------------------
+
+REPEAT_S = 3.0
+
+
+async def test_receiver_rejecting_one_alarm_forever_silences_nothing_else(
+    broker: RunningBroker, prefix: str, tmp_path: Path, alertmanager: RunningAlertmanager
+) -> None:
+    """A pager rejecting inc-03 forever gets inc-04's tiers and repeats on time; inc-03 is dead-lettered."""
+
+    def reject_inc_03(path: str, body: Any) -> tuple[int, dict[str, str]]:
+        if path == "/pager" and body["alarm"]["device"] == "inc-03":
+            return 400, {}
+        return 200, {}
+
+    async with StampingReceiver(answer=reject_inc_03) as receiver:
+        config = write_config(
+            tmp_path / "c.yaml",
+            broker=broker,
+            prefix=prefix,
+            devices=[incubator("inc-03"), incubator("inc-04")],
+            rules=incubator_rules("inc-03", "inc-04"),
+            notify={
+                "alertmanager": {"url": alertmanager.url, "resend_s": 5},
+                "webhooks": {
+                    "pager": {"url": f"{receiver.url}/pager"},
+                    "lead": {"url": f"{receiver.url}/lead"},
+                },
+                "escalation": [
+                    {
+                        "tiers": [
+                            {"after_s": 0, "notify": ["pager"]},
+                            {"after_s": TIER2_AFTER_S, "notify": ["pager", "lead"]},
+                        ],
+                        "repeat_s": REPEAT_S,
+                    }
+                ],
+                # Retries of a rejected row 4-8 s apart: longer than the bound of any tier below,
+                # so nothing of inc-04 can arrive on time by riding on an inc-03 retry.
+                "retry_initial_s": 8,
+                "retry_max_s": 8,
+                "dead_letter_after_rejections": 3,
+            },
+        )
+        async with running_daemon(config) as running:
+            await publish(broker, config, "inc-03", 0, HOT)
+
+            def refused_inc_03() -> bool:
+                return any(r.body["alarm"]["device"] == "inc-03" for r in receiver.refused)
+
+            await receiver.wait_for(refused_inc_03, timeout_s=10)
+            await publish(broker, config, "inc-04", 0, HOT)
+
+            def pager_inc_04(tier: int, repeat: int) -> list[Received]:
+                return [
+                    r
+                    for r in receiver.on("/pager")
+                    if r.body["alarm"]["device"] == "inc-04"
+                    and (r.body["tier"], r.body["repeat"]) == (tier, repeat)
+                ]
+
+            await receiver.wait_for(lambda: bool(pager_inc_04(0, 0)), timeout_s=10)
+            (first,) = pager_inc_04(0, 0)
+            since = episode_since_us(first.body["notification_id"]) / US
+            # The first tier, the next tier and the first repeat, each within the bound of its time.
+            for tier, repeat, due_s in ((0, 0, 0.0), (1, 0, TIER2_AFTER_S), (1, 1, TIER2_AFTER_S + REPEAT_S)):
+                await receiver.wait_for(
+                    lambda t=tier, r=repeat: bool(pager_inc_04(t, r)),  # type: ignore[misc]
+                    timeout_s=max(0.1, since + due_s + TIER2_BOUND_S + 2 - time.time()),
+                )
+                (got,) = pager_inc_04(tier, repeat)
+                arrived = receiver.arrived_at[got.body["notification_id"]]
+                assert since + due_s - 0.001 <= arrived <= since + due_s + TIER2_BOUND_S, (tier, repeat)
+            # Meanwhile the pager kept rejecting inc-03, and goes on doing so.
+            assert refused_inc_03()
+
+            # The dead letter is visible: metric, outbox state, audit trail, the other channels.
+            await eventually(
+                lambda: (
+                    running.sample("coldwatch_notifications_dead_lettered_total", {"channel": "webhook"}) >= 1
+                ),
+                timeout_s=40,
+                what="an inc-03 notification dead-lettered",
+            )
+            await eventually(
+                lambda: running.sample("coldwatch_notifications_dead_letters") >= 1,
+                timeout_s=10,
+                what="the dead-letter gauge",
+            )
+
+            def notices() -> list[Received]:
+                return [r for r in receiver.on("/lead") if r.body["event"] == "undeliverable"]
+
+            await receiver.wait_for(lambda: bool(notices()), timeout_s=10)
+
+            async def undeliverable_in_alertmanager() -> bool:
+                return any(
+                    a["labels"]["alertname"] == "ColdwatchNotificationUndeliverable"
+                    for a in await am_alerts(alertmanager.url)
+                )
+
+            await poll(undeliverable_in_alertmanager, "the dead letter reported in Alertmanager")
+    db = config.storage.path
+    dead = rows(
+        db,
+        "SELECT notification_id, rejections, next_attempt_us, delivered_us FROM notification_outbox "
+        "WHERE dead_lettered_us IS NOT NULL ORDER BY id",
+    )
+    assert dead
+    inc_03 = receiver.refused[0].body["alarm"]["id"]
+    assert all(nid.endswith("/pager") and nid.split("/")[1] == str(inc_03) for nid, *_ in dead)
+    assert all(
+        (rejections, next_us, delivered) == (3, None, None) for _, rejections, next_us, delivered in dead
+    )
+    audited = rows(db, "SELECT object_id FROM audit_log WHERE action = 'notification.dead_lettered'")
+    assert {a for (a,) in audited} == {nid for nid, *_ in dead}
+    (notice, *_) = notices()
+    assert notice.body["alarm"]["device"] == "inc-03"
+    assert notice.body["undelivered"]["receiver"] == "pager"
+    assert notice.body["undelivered"]["status"] == 400
+    # Nothing about inc-04 was ever refused, failed or dead-lettered.
+    assert all(r.body["alarm"]["device"] == "inc-03" for r in receiver.refused)

@@ -48,6 +48,7 @@ ALERTS = (
     "ColdwatchHighRejectionRate",
     "ColdwatchDatabaseWritesFailing",
     "ColdwatchNotificationsFailing",
+    "ColdwatchNotificationDeadLettered",
 )
 KINDS = ("particle_counter", "incubator", "cryoshipper")
 # Long enough for every 1m window in the dashboards to hold several 1 s scrapes.

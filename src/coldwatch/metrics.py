@@ -288,6 +288,21 @@ def _notification_families(owner: Metrics, now_s: float) -> Iterable[Metric]:
     )
     age.add_metric([], max(0.0, now_s - oldest_us / 1e6) if oldest_us is not None else 0.0)
     yield age
+    dead_by_channel, dead_rows = owner.notification_dead_letters()
+    dead = CounterMetricFamily(
+        "coldwatch_notifications_dead_lettered",
+        "Notifications given up on (rejected permanently too often, or receiver removed), by channel",
+        labels=["channel"],
+    )
+    for channel in ("alertmanager", "webhook"):
+        dead.add_metric([channel], float(dead_by_channel.get(channel, 0)))
+    yield dead
+    stored = GaugeMetricFamily(
+        "coldwatch_notifications_dead_letters",
+        "Notifications in the dead-letter state in the outbox (never delivered, no longer retried)",
+    )
+    stored.add_metric([], float(dead_rows))
+    yield stored
 
 
 class Metrics:
@@ -312,6 +327,8 @@ class Metrics:
         self.notifications: Callable[[], tuple[Mapping[str, int], Mapping[str, int], int, int | None]] = (
             lambda: ({}, {}, 0, None)
         )
+        # (dead-lettered since start by channel, dead-lettered rows stored)
+        self.notification_dead_letters: Callable[[], tuple[Mapping[str, int], int]] = lambda: ({}, 0)
         self._labels = {d.id: (d.id, d.kind.value, d.site, d.area) for d in self.devices}
         self.registered = frozenset(self._labels)
         # Per-device series are plain data, exposed by a collector at scrape time: with

@@ -54,6 +54,7 @@ async def notifications(
             deliverer.pending,
             deliverer.oldest_pending_us,
         )
+        metrics.notification_dead_letters = lambda: (deliverer.dead_lettered, deliverer.dead_letters)
         yield notifier, deliverer
     finally:
         await db.close()

@@ -10,5 +10,7 @@ can import :mod:`coldwatch.notify.config` without a cycle):
   outbox items out (enqueued in the batch transaction that stores the transitions).
 - ``outbox``: the outbox protocol the deliverer reads through, and its SQLite form
   (aiosqlite); the PostgreSQL form is in ``coldwatch.storage.postgres``.
+- ``failures``: pure verdicts on receivers' answers (outage or permanent rejection),
+  Retry-After, and the notices of a dead-lettered notification to the other channels.
 - ``deliver``: the shell that posts outbox rows over HTTP with persisted backoff.
 """

@@ -116,6 +116,13 @@ class NotifyConfig(_Model):
     escalation: list[EscalationPolicy] = Field(default_factory=list)
     retry_initial_s: float = Field(1.0, gt=0)
     retry_max_s: float = Field(60.0, gt=0)
+    # A notification its receiver rejects permanently (4xx other than 408 and 429) this
+    # many times is dead-lettered: no longer retried, counted, audited and reported
+    # through the other channels. Outages (5xx, timeouts, refused connections) are
+    # retried for as long as they last.
+    dead_letter_after_rejections: int = Field(3, ge=1)
+    # A Retry-After longer than this is cut to it (a receiver must not mute on-call).
+    retry_after_max_s: float = Field(300.0, gt=0)
 
     @model_validator(mode="after")
     def _known_webhooks(self) -> Self:

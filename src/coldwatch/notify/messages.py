@@ -34,6 +34,9 @@ Webhook (``POST`` to the configured URL, header ``Idempotency-Key: <notification
     - ``notification_id``: stable idempotency key, also sent as ``Idempotency-Key``: a
       retried delivery carries the same one, so a receiver can drop duplicates.
     - ``sent_at``: RFC 3339 UTC time of this delivery attempt.
+
+    A notification that was dead-lettered is reported to the other webhooks with
+    ``event: "undeliverable"`` and a body of its own (see :mod:`coldwatch.notify.failures`).
 """
 
 from __future__ import annotations

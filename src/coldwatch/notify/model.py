@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from coldwatch.rules.model import Severity
 
-__all__ = ["ALERTMANAGER_TARGET", "AlarmFacts", "Channel", "HistoryEntry", "OutboxItem"]
+__all__ = ["ALERTMANAGER_TARGET", "AlarmFacts", "Channel", "HistoryEntry", "OutboxItem", "order_key_of"]
 
 # The target of every Alertmanager row: there is one Alertmanager (cluster) per collector.
 ALERTMANAGER_TARGET = "alertmanager"
@@ -26,6 +26,13 @@ class OutboxItem:
 
     ``notification_id`` is stable (derived from stored facts only), so planning the same
     notification twice, for example after a restart, stores it once.
+
+    ``order_key`` names the sequence the item must be delivered in, per receiver: rows of one
+    receiver with the same key go out in order, one at a time, and a row waiting for a retry
+    holds back only the later rows of its key. Webhooks order by alarm (``alarm/<id>``);
+    Alertmanager by the alert's identity (``alert/<device>/<metric>/<rule>``), because a
+    later alarm on the same device, metric and rule has the same labels there. Empty: by
+    alarm, or alone when there is no alarm.
     """
 
     notification_id: str
@@ -34,6 +41,14 @@ class OutboxItem:
     body: bytes  # JSON; webhook bodies get ``sent_at`` added when sent
     alarm_id: int | None
     created_us: int
+    order_key: str = ""
+
+
+def order_key_of(item: OutboxItem) -> str:
+    """The order key an item is stored with (see :class:`OutboxItem`)."""
+    if item.order_key:
+        return item.order_key
+    return f"alarm/{item.alarm_id}" if item.alarm_id is not None else f"id/{item.notification_id}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,10 +7,13 @@ due rows and records every attempt in a transaction of its own. Rows are never d
 the outbox and its attempts are the audit trail of who was told what, and when.
 
 A row is *pending* while ``delivered_us IS NULL AND next_attempt_us IS NOT NULL``;
-``next_attempt_us`` NULL on an undelivered row means nothing more will be attempted (its
-receiver was removed from the configuration). Each (channel, target) is a FIFO lane: a
-row is not due while an older row of its lane waits for a retry, so a receiver sees an
-alarm's notifications in order (Alertmanager must see "firing" before "resolved").
+``next_attempt_us`` NULL on an undelivered row means nothing more will be attempted: the
+row is *dead-lettered* (``dead_lettered_us`` says when): its receiver rejected it
+permanently too often, or was removed from the configuration. Rows of one receiver
+(channel, target) with the same ``order_key`` (one alarm; for Alertmanager one alert
+identity) are delivered in order: a row is not due while an older row of its key waits
+for a retry. Rows of other keys are not held back, so one alarm's failing notification
+never delays another alarm's.
 """
 
 from __future__ import annotations
@@ -25,13 +28,19 @@ from typing import Any, Protocol
 import aiosqlite
 
 from coldwatch.audit import AuditDraft
-from coldwatch.notify.model import AlarmFacts, Channel, HistoryEntry, OutboxItem
+from coldwatch.notify.failures import DEAD_LETTER_PREFIX
+from coldwatch.notify.model import AlarmFacts, Channel, HistoryEntry, OutboxItem, order_key_of
 from coldwatch.rules.model import Severity
 from coldwatch.storage.audit_sqlite import append_linked
 from coldwatch.storage.sqlite_thread import in_transaction, on_thread
 
 __all__ = [
+    "LANE_HEADS",
+    "OUTBOX_DEAD_LETTER_SCHEMA",
+    "OUTBOX_DEAD_LETTER_SCHEMA_PG",
     "OUTBOX_SCHEMA",
+    "SUMMARY",
+    "LaneHead",
     "OutboxRow",
     "OutboxStore",
     "PendingSummary",
@@ -43,6 +52,7 @@ __all__ = [
     "escalations_sent",
     "histories",
     "load_facts",
+    "outbox_row",
     "parse_escalation",
 ]
 
@@ -77,21 +87,61 @@ CREATE TABLE notification_attempts (
 CREATE INDEX notification_attempts_by_outbox ON notification_attempts(outbox_id, id);
 """
 
+# Appended to both backends' migrations: order keys (per-alarm delivery order instead of
+# one queue per receiver), permanent rejections counted, dead letters marked. Rows given up
+# before (their receiver was removed) become dead letters; existing rows get the key the
+# planner gives them now.
+_DEAD_LETTER_MIGRATION = """
+ALTER TABLE notification_outbox ADD COLUMN order_key TEXT;
+ALTER TABLE notification_outbox ADD COLUMN rejections INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE notification_outbox ADD COLUMN dead_lettered_us {bigint};
+UPDATE notification_outbox SET order_key = CASE
+    WHEN channel = 'alertmanager' AND alarm_id IS NOT NULL THEN coalesce(
+        (SELECT 'alert/' || a.device_id || '/' || a.metric || '/' || a.rule
+         FROM alarms AS a WHERE a.id = notification_outbox.alarm_id),
+        'alarm/' || alarm_id)
+    WHEN alarm_id IS NOT NULL THEN 'alarm/' || alarm_id
+    ELSE 'id/' || notification_id END;
+UPDATE notification_outbox SET dead_lettered_us = coalesce(
+    (SELECT max(at_us) FROM notification_attempts AS t WHERE t.outbox_id = notification_outbox.id),
+    created_us)
+    WHERE delivered_us IS NULL AND next_attempt_us IS NULL;
+DROP INDEX notification_outbox_pending;
+-- The pending rows of each receiver and order key, in order: what the deliverer reads.
+CREATE INDEX notification_outbox_pending ON notification_outbox(channel, target, order_key, id)
+    WHERE delivered_us IS NULL AND next_attempt_us IS NOT NULL;
+CREATE INDEX notification_outbox_dead ON notification_outbox(dead_lettered_us)
+    WHERE dead_lettered_us IS NOT NULL;
+"""
+OUTBOX_DEAD_LETTER_SCHEMA = _DEAD_LETTER_MIGRATION.format(bigint="INTEGER")
+OUTBOX_DEAD_LETTER_SCHEMA_PG = _DEAD_LETTER_MIGRATION.format(bigint="BIGINT")
+
 _DUE = """
-    SELECT o.id, o.notification_id, o.channel, o.target, o.body, o.alarm_id, o.attempts, o.created_us
+    SELECT o.id, o.notification_id, o.channel, o.target, o.body, o.alarm_id, o.attempts, o.created_us,
+           o.order_key, o.rejections
     FROM notification_outbox AS o
     WHERE o.delivered_us IS NULL AND o.next_attempt_us IS NOT NULL AND o.next_attempt_us <= :now
       AND (:channel IS NULL OR (o.channel = :channel AND o.target = :target))
       AND NOT EXISTS (
           SELECT 1 FROM notification_outbox AS p
-          WHERE p.channel = o.channel AND p.target = o.target AND p.id < o.id
+          WHERE p.channel = o.channel AND p.target = o.target AND p.order_key = o.order_key AND p.id < o.id
             AND p.delivered_us IS NULL AND p.next_attempt_us > :now)
     ORDER BY o.id LIMIT :limit
 """
-_LANE_HEADS = """
-    SELECT channel, target, next_attempt_us FROM notification_outbox
+# Per receiver: the earliest next attempt among the first pending rows of its order keys,
+# and whether one of them was never attempted (a new notification).
+LANE_HEADS = """
+    SELECT channel, target, min(next_attempt_us), max(CASE WHEN attempts = 0 THEN 1 ELSE 0 END)
+    FROM notification_outbox
     WHERE id IN (SELECT min(id) FROM notification_outbox
-                 WHERE delivered_us IS NULL AND next_attempt_us IS NOT NULL GROUP BY channel, target)
+                 WHERE delivered_us IS NULL AND next_attempt_us IS NOT NULL
+                 GROUP BY channel, target, order_key)
+    GROUP BY channel, target
+"""
+SUMMARY = """
+    SELECT count(*), min(created_us),
+           (SELECT count(*) FROM notification_outbox WHERE dead_lettered_us IS NOT NULL)
+    FROM notification_outbox WHERE delivered_us IS NULL AND next_attempt_us IS NOT NULL
 """
 
 
@@ -107,6 +157,33 @@ class OutboxRow:
     alarm_id: int | None
     attempts: int
     created_us: int
+    order_key: str = ""
+    rejections: int = 0  # permanent rejections so far
+
+
+def outbox_row(r: Sequence[Any]) -> OutboxRow:
+    """An :class:`OutboxRow` from a row of the due query (either backend)."""
+    return OutboxRow(
+        int(r[0]),
+        str(r[1]),
+        Channel(r[2]),
+        str(r[3]),
+        bytes(r[4]),
+        r[5],
+        int(r[6]),
+        int(r[7]),
+        str(r[8] or ""),
+        int(r[9]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LaneHead:
+    """What the deliverer needs to know about one receiver's pending rows to schedule it."""
+
+    lane: tuple[Channel, str]
+    next_attempt_us: int  # the earliest next attempt of a row not held back by an older one
+    fresh: bool  # a row never attempted is due (a new notification)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +192,7 @@ class PendingSummary:
 
     count: int
     oldest_created_us: int | None
+    dead_lettered: int = 0  # rows in the dead-letter state (never delivered, no longer retried)
 
 
 class OutboxStore(Protocol):
@@ -123,10 +201,10 @@ class OutboxStore(Protocol):
     async def due(
         self, now_us: int, limit: int = 100, *, lane: tuple[Channel, str] | None = None
     ) -> list[OutboxRow]:
-        """Rows due at ``now_us``, oldest first, none behind an older row of its lane waiting to retry."""
+        """Rows due at ``now_us``, oldest first, none behind an older row of its key that waits to retry."""
 
-    async def lane_heads(self) -> list[tuple[tuple[Channel, str], int]]:
-        """The oldest pending row of every lane."""
+    async def lane_heads(self) -> list[LaneHead]:
+        """Per receiver with pending rows: when the next is due, and whether a new one is."""
 
     async def record_attempt(
         self,
@@ -138,8 +216,15 @@ class OutboxStore(Protocol):
         error: str | None,
         next_attempt_us: int | None,
         audit: AuditDraft | None = None,
+        rejected: bool = False,
+        dead: bool = False,
+        notices: Sequence[OutboxItem] = (),
     ) -> None:
-        """Record one delivery attempt in a transaction of its own."""
+        """Record one delivery attempt in a transaction of its own.
+
+        ``rejected``: a permanent rejection (counted on the row). ``dead``: the row is
+        dead-lettered; ``notices`` (about it, to other receivers) are enqueued with it.
+        """
 
     async def pending_summary(self) -> PendingSummary:
         """How many rows wait for delivery, and since when the oldest does."""
@@ -161,7 +246,7 @@ class SqliteOutbox:
     async def due(
         self, now_us: int, limit: int = 100, *, lane: tuple[Channel, str] | None = None
     ) -> list[OutboxRow]:
-        """Rows due at ``now_us``, oldest first, none behind an older row of its lane waiting to retry."""
+        """Rows due at ``now_us``, oldest first, none behind an older row of its key that waits to retry."""
         params = {
             "now": now_us,
             "limit": limit,
@@ -169,17 +254,15 @@ class SqliteOutbox:
             "target": lane[1] if lane else None,
         }
         async with self.db.execute(_DUE, params) as cur:
-            return [
-                OutboxRow(
-                    int(r[0]), str(r[1]), Channel(r[2]), str(r[3]), bytes(r[4]), r[5], int(r[6]), int(r[7])
-                )
-                async for r in cur
-            ]
+            return [outbox_row(r) async for r in cur]
 
-    async def lane_heads(self) -> list[tuple[tuple[Channel, str], int]]:
-        """The oldest pending row of every lane: ((channel, target), next_attempt_us)."""
-        async with self.db.execute(_LANE_HEADS) as cur:
-            return [((Channel(channel), str(target)), int(next_us)) async for channel, target, next_us in cur]
+    async def lane_heads(self) -> list[LaneHead]:
+        """Per receiver with pending rows: when the next is due, and whether a new one is."""
+        async with self.db.execute(LANE_HEADS) as cur:
+            return [
+                LaneHead((Channel(channel), str(target)), int(next_us), bool(fresh))
+                async for channel, target, next_us, fresh in cur
+            ]
 
     async def record_attempt(
         self,
@@ -191,10 +274,14 @@ class SqliteOutbox:
         error: str | None,
         next_attempt_us: int | None,
         audit: AuditDraft | None = None,
+        rejected: bool = False,
+        dead: bool = False,
+        notices: Sequence[OutboxItem] = (),
     ) -> None:
         """Record one delivery attempt in a transaction of its own; ``ok`` marks the row delivered.
 
-        ``next_attempt_us`` None on a failure: give up (nothing more will be attempted).
+        ``rejected`` counts a permanent rejection; ``dead`` dead-letters the row (nothing
+        more will be attempted) and enqueues ``notices`` in the same transaction.
         """
 
         def record(conn: sqlite3.Connection) -> None:
@@ -205,10 +292,24 @@ class SqliteOutbox:
             )
             conn.execute(
                 "UPDATE notification_outbox SET attempts = attempts + 1, last_error = ?, "
-                "delivered_us = CASE WHEN ? THEN ? END, next_attempt_us = CASE WHEN ? THEN NULL ELSE ? END "
-                "WHERE id = ?",
-                (error, int(ok), at_us, int(ok), next_attempt_us, outbox_id),
+                "rejections = rejections + ?, delivered_us = CASE WHEN ? THEN ? END, "
+                "next_attempt_us = CASE WHEN ? OR ? THEN NULL ELSE ? END, "
+                "dead_lettered_us = CASE WHEN ? THEN ? END WHERE id = ?",
+                (
+                    error,
+                    int(rejected),
+                    int(ok),
+                    at_us,
+                    int(ok),
+                    int(dead),
+                    next_attempt_us,
+                    int(dead),
+                    at_us,
+                    outbox_id,
+                ),
             )
+            if notices:
+                enqueue_sync(conn, notices)
             if audit is not None:
                 # Every notification sent or failed is in the audit trail, in the same transaction.
                 append_linked(conn, [audit])
@@ -217,12 +318,9 @@ class SqliteOutbox:
 
     async def pending_summary(self) -> PendingSummary:
         """How many rows wait for delivery, and since when the oldest does."""
-        async with self.db.execute(
-            "SELECT count(*), min(created_us) FROM notification_outbox "
-            "WHERE delivered_us IS NULL AND next_attempt_us IS NOT NULL"
-        ) as cur:
+        async with self.db.execute(SUMMARY) as cur:
             row = await cur.fetchone()
-        return PendingSummary(int(row[0]), row[1]) if row else PendingSummary(0, None)
+        return PendingSummary(int(row[0]), row[1], int(row[2])) if row else PendingSummary(0, None)
 
     async def load_facts(self, alarm_ids: Collection[int] | None = None) -> list[AlarmFacts]:
         """See :func:`load_facts`."""
@@ -254,7 +352,16 @@ async def enqueue(db: aiosqlite.Connection, items: Iterable[OutboxItem]) -> int:
 def enqueue_sync(conn: sqlite3.Connection, items: Iterable[OutboxItem]) -> int:
     """:func:`enqueue` on the connection's own thread."""
     rows = [
-        (i.notification_id, i.channel.value, i.target, i.body, i.alarm_id, i.created_us, i.created_us)
+        (
+            i.notification_id,
+            i.channel.value,
+            i.target,
+            i.body,
+            i.alarm_id,
+            i.created_us,
+            i.created_us,
+            order_key_of(i),
+        )
         for i in items
     ]
     if not rows:
@@ -262,7 +369,7 @@ def enqueue_sync(conn: sqlite3.Connection, items: Iterable[OutboxItem]) -> int:
     before = conn.total_changes
     conn.executemany(
         "INSERT OR IGNORE INTO notification_outbox(notification_id, channel, target, body, alarm_id, "
-        "created_us, next_attempt_us, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+        "created_us, next_attempt_us, attempts, order_key) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
         rows,
     )
     return conn.total_changes - before
@@ -341,7 +448,8 @@ def alarm_facts(
         parsed = parse_escalation(str(nid))
         if parsed is not None:
             sent.setdefault(key, set()).add(parsed)
-        if channel == Channel.WEBHOOK.value:
+        # A notice about a dead letter does not make its receiver one of the alarm's audience.
+        if channel == Channel.WEBHOOK.value and not str(nid).startswith(DEAD_LETTER_PREFIX):
             notified.setdefault(key, set()).add(str(target))
     return [
         AlarmFacts(

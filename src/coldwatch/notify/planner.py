@@ -15,7 +15,12 @@ Notification ids (unique per receiver):
 - ``am/<alarm>/<event>/<ts_us>/<received_us>/<severity>/<state>``: Alertmanager update;
 - ``esc/<alarm>/<since_us>/<tier>/<repeat>/<webhook>``: an escalation-chain notification;
 - ``evt/<alarm>/<event>/<ts_us>/<received_us>/<webhook>``: news of a change (severity,
-  clear, revoke) for a webhook already notified about the alarm.
+  clear, revoke) for a webhook already notified about the alarm;
+- ``dl/<receiver>/<failed id>``: not planned here: the deliverer's notice that a
+  notification was dead-lettered (:mod:`coldwatch.notify.failures`).
+
+Webhook items are delivered in order per alarm, Alertmanager items per alert identity
+(their ``order_key``): one alarm's failing notification never holds back another's.
 """
 
 from __future__ import annotations
@@ -186,7 +191,12 @@ class Notifier:
             f"{alarm.severity.label}/{alarm.state.value}"
         )
         body = orjson.dumps(alerts)
-        return [OutboxItem(nid, Channel.ALERTMANAGER, ALERTMANAGER_TARGET, body, alarm.id, now_us)]
+        # Alertmanager knows an alert by its labels: a later alarm on the same device, metric
+        # and rule is the same alert there, so its updates keep one order.
+        key = f"alert/{alarm.key.device_id}/{alarm.key.metric}/{alarm.key.rule}"
+        return [
+            OutboxItem(nid, Channel.ALERTMANAGER, ALERTMANAGER_TARGET, body, alarm.id, now_us, order_key=key)
+        ]
 
     def _escalate(self, alarm: Alarm, now_us: int) -> tuple[list[OutboxItem], set[str]]:
         """Escalation items due for ``alarm``, and the webhooks paged by a first tier."""

@@ -29,8 +29,18 @@ from coldwatch.audit_seal import AuditEvidence, AuditHead
 from coldwatch.catalogue import KINDS
 from coldwatch.config import DeviceConfig, redact
 from coldwatch.errors import StorageError
-from coldwatch.notify.model import AlarmFacts, Channel, OutboxItem
-from coldwatch.notify.outbox import OutboxRow, PendingSummary, alarm_facts, histories
+from coldwatch.notify.model import AlarmFacts, Channel, OutboxItem, order_key_of
+from coldwatch.notify.outbox import (
+    LANE_HEADS,
+    OUTBOX_DEAD_LETTER_SCHEMA_PG,
+    SUMMARY,
+    LaneHead,
+    OutboxRow,
+    PendingSummary,
+    alarm_facts,
+    histories,
+    outbox_row,
+)
 from coldwatch.rules.lifecycle import Alarm, Transition
 from coldwatch.rules.model import EngineReading
 from coldwatch.storage import audit_pg
@@ -183,6 +193,7 @@ MIGRATIONS_PG: Final[tuple[str, ...]] = (
     """,
     # Signatures over the audit chain; entries written before stay verifiable by the chain.
     audit_pg.SEALS_SCHEMA_PG,
+    OUTBOX_DEAD_LETTER_SCHEMA_PG,
 )
 
 _PLAIN_READINGS: Final = """
@@ -852,33 +863,43 @@ async def _init_connection(conn: PgConnection) -> None:
 async def enqueue(conn: PgConnection, items: Iterable[OutboxItem]) -> None:
     """Insert ``items`` (due at once) in the caller's transaction; an id already stored is skipped."""
     rows = [
-        (i.notification_id, i.channel.value, i.target, i.body, i.alarm_id, i.created_us, i.created_us)
+        (
+            i.notification_id,
+            i.channel.value,
+            i.target,
+            i.body,
+            i.alarm_id,
+            i.created_us,
+            i.created_us,
+            order_key_of(i),
+        )
         for i in items
     ]
     if rows:
         await conn.executemany(
             "INSERT INTO notification_outbox(notification_id, channel, target, body, alarm_id, "
-            "created_us, next_attempt_us, attempts) VALUES ($1, $2, $3, $4, $5, $6, $7, 0) "
+            "created_us, next_attempt_us, attempts, order_key) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8) "
             "ON CONFLICT (notification_id) DO NOTHING",
             rows,
         )
 
 
 _DUE: Final = """
-    SELECT o.id, o.notification_id, o.channel, o.target, o.body, o.alarm_id, o.attempts, o.created_us
+    SELECT o.id, o.notification_id, o.channel, o.target, o.body, o.alarm_id, o.attempts, o.created_us,
+           o.order_key, o.rejections
     FROM notification_outbox AS o
     WHERE o.delivered_us IS NULL AND o.next_attempt_us IS NOT NULL AND o.next_attempt_us <= $1
       AND ($3::text IS NULL OR (o.channel = $3 AND o.target = $4))
       AND NOT EXISTS (
           SELECT 1 FROM notification_outbox AS p
-          WHERE p.channel = o.channel AND p.target = o.target AND p.id < o.id
+          WHERE p.channel = o.channel AND p.target = o.target AND p.order_key = o.order_key AND p.id < o.id
             AND p.delivered_us IS NULL AND p.next_attempt_us > $1)
     ORDER BY o.id LIMIT $2
 """
 
 
 class PostgresOutbox:
-    """The notification outbox in PostgreSQL: the same lanes and rules as the SQLite outbox."""
+    """The notification outbox in PostgreSQL: the same order keys and rules as the SQLite outbox."""
 
     def __init__(self, pool: asyncpg.Pool[Any]) -> None:
         self._pool = pool
@@ -886,23 +907,16 @@ class PostgresOutbox:
     async def due(
         self, now_us: int, limit: int = 100, *, lane: tuple[Channel, str] | None = None
     ) -> list[OutboxRow]:
-        """Rows due at ``now_us``, oldest first, none behind an older row of its lane waiting to retry."""
+        """Rows due at ``now_us``, oldest first, none behind an older row of its key that waits to retry."""
         rows = await self._pool.fetch(
             _DUE, now_us, limit, lane[0].value if lane else None, lane[1] if lane else None
         )
-        return [
-            OutboxRow(int(r[0]), str(r[1]), Channel(r[2]), str(r[3]), bytes(r[4]), r[5], int(r[6]), int(r[7]))
-            for r in rows
-        ]
+        return [outbox_row(r) for r in rows]
 
-    async def lane_heads(self) -> list[tuple[tuple[Channel, str], int]]:
-        """The oldest pending row of every lane: ((channel, target), next_attempt_us)."""
-        rows = await self._pool.fetch(
-            "SELECT channel, target, next_attempt_us FROM notification_outbox WHERE id IN "
-            "(SELECT min(id) FROM notification_outbox WHERE delivered_us IS NULL "
-            "AND next_attempt_us IS NOT NULL GROUP BY channel, target)"
-        )
-        return [((Channel(c), str(t)), int(n)) for c, t, n in rows]
+    async def lane_heads(self) -> list[LaneHead]:
+        """Per receiver with pending rows: when the next is due, and whether a new one is."""
+        rows = await self._pool.fetch(LANE_HEADS)
+        return [LaneHead((Channel(c), str(t)), int(n), bool(f)) for c, t, n, f in rows]
 
     async def record_attempt(
         self,
@@ -914,8 +928,11 @@ class PostgresOutbox:
         error: str | None,
         next_attempt_us: int | None,
         audit: AuditDraft | None = None,
+        rejected: bool = False,
+        dead: bool = False,
+        notices: Sequence[OutboxItem] = (),
     ) -> None:
-        """Record one delivery attempt in a transaction of its own; ``ok`` marks the row delivered."""
+        """Record one delivery attempt in a transaction of its own (see ``SqliteOutbox.record_attempt``)."""
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO notification_attempts(outbox_id, at_us, ok, status, error) "
@@ -928,24 +945,26 @@ class PostgresOutbox:
             )
             await conn.execute(
                 "UPDATE notification_outbox SET attempts = attempts + 1, last_error = $1, "
-                "delivered_us = CASE WHEN $2 THEN $3::bigint END, "
-                "next_attempt_us = CASE WHEN $2 THEN NULL ELSE $4::bigint END WHERE id = $5",
+                "rejections = rejections + $6, delivered_us = CASE WHEN $2 THEN $3::bigint END, "
+                "next_attempt_us = CASE WHEN $2 OR $7 THEN NULL ELSE $4::bigint END, "
+                "dead_lettered_us = CASE WHEN $7 THEN $3::bigint END WHERE id = $5",
                 error,
                 ok,
                 at_us,
                 next_attempt_us,
                 outbox_id,
+                int(rejected),
+                dead,
             )
+            if notices:
+                await enqueue(conn, notices)
             if audit is not None:
                 await audit_pg.append(conn, [audit])
 
     async def pending_summary(self) -> PendingSummary:
         """How many rows wait for delivery, and since when the oldest does."""
-        row = await self._pool.fetchrow(
-            "SELECT count(*), min(created_us) FROM notification_outbox "
-            "WHERE delivered_us IS NULL AND next_attempt_us IS NOT NULL"
-        )
-        return PendingSummary(int(row[0]), row[1]) if row else PendingSummary(0, None)
+        row = await self._pool.fetchrow(SUMMARY)
+        return PendingSummary(int(row[0]), row[1], int(row[2])) if row else PendingSummary(0, None)
 
     async def load_facts(self, alarm_ids: Collection[int] | None = None) -> list[AlarmFacts]:
         """What the planner needs to carry on after a restart, for every open alarm (of ``alarm_ids``)."""

@@ -22,7 +22,7 @@ from coldwatch.audit_seal import AuditEvidence, AuditHead
 from coldwatch.catalogue import KINDS
 from coldwatch.config import DeviceConfig
 from coldwatch.errors import StorageError
-from coldwatch.notify.outbox import OUTBOX_SCHEMA, enqueue_sync
+from coldwatch.notify.outbox import OUTBOX_DEAD_LETTER_SCHEMA, OUTBOX_SCHEMA, enqueue_sync
 from coldwatch.rules.lifecycle import Alarm, Transition
 from coldwatch.rules.model import EngineReading
 from coldwatch.storage.audit_sqlite import (
@@ -177,6 +177,7 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """,
     # Signatures over the audit chain; entries written before stay verifiable by the chain.
     SEALS_SCHEMA,
+    OUTBOX_DEAD_LETTER_SCHEMA,
 )
 
 log = logging.getLogger(__name__)
