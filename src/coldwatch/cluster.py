@@ -284,7 +284,11 @@ class ClusterDaemon:
         """Run until ``stop`` is set; then stop every partition in order and hand the leases back."""
         config = self.config
         url = str(config.storage.url)  # Config refuses a cluster without PostgreSQL
-        storage = PostgresStorage(url, quarantine_max_rows=config.storage.quarantine_max_rows)
+        storage = PostgresStorage(
+            url,
+            quarantine_max_rows=config.storage.quarantine_max_rows,
+            quarantine_max_bytes=config.storage.quarantine_max_bytes,
+        )
         await storage.open()
         self._storage = storage
         # Leases on a connection of their own: exports or a busy pool must not delay renewal.
@@ -438,6 +442,7 @@ class ClusterDaemon:
             return PostgresStorage(
                 str(config.storage.url),
                 quarantine_max_rows=config.storage.quarantine_max_rows,
+                quarantine_max_bytes=config.storage.quarantine_max_bytes,
                 pool_size=2,
                 fence=fence,
                 migrate=False,  # the member migrated when it started

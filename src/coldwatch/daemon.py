@@ -108,11 +108,14 @@ class Daemon:
                 on_notified=worker.on_notified if worker is not None else deliverer.kick,
             )
             self.pipeline = pipeline
+            metrics.oldest_unacked_us, metrics.unacked = source.oldest_unacked_us, source.unacked
 
             api = build_router(
                 ApiContext(config, storage, pipeline.submit, states, Authenticator(config.api, os.environ))
             )
-            readiness = functools.partial(_readiness, storage, source, pipeline)
+            readiness = functools.partial(
+                _readiness, storage, source, pipeline, config.ingest.max_unacked_age_s
+            )
             self.readiness = readiness
             http = None
             if worker is None:
@@ -161,7 +164,11 @@ class Daemon:
         if self.worker is not None:
             return self.worker.open_storage()
         cfg = self.config.storage
-        return open_storage(cfg.location, quarantine_max_rows=cfg.quarantine_max_rows)
+        return open_storage(
+            cfg.location,
+            quarantine_max_rows=cfg.quarantine_max_rows,
+            quarantine_max_bytes=cfg.quarantine_max_bytes,
+        )
 
     @staticmethod
     def _connection_metric(metrics: Metrics) -> Callable[[bool], None]:
@@ -198,16 +205,21 @@ async def _commit_queued(pipeline: Pipeline, source: MqttSource) -> None:
         log.warning("the broker kept sending during shutdown")
 
 
-async def _readiness(storage: Storage, source: MqttSource, pipeline: Pipeline) -> dict[str, bool]:
-    """Connected to the broker, and the database takes writes."""
+async def _readiness(
+    storage: Storage, source: MqttSource, pipeline: Pipeline, max_unacked_age_s: float
+) -> dict[str, bool]:
+    """Connected to the broker, the database takes writes, and no message is held unacknowledged for long."""
     writable = True
     try:
         await storage.check_writable()
     except StorageError:
         writable = False
+    oldest_us = source.oldest_unacked_us()
+    held_s = 0.0 if oldest_us is None else time.time_ns() / 1e9 - oldest_us / 1e6
     return {
         "broker_connected": source.connected.is_set(),
         "database_writable": writable and pipeline.last_write_ok,
+        "messages_acknowledged": held_s <= max_unacked_age_s,
     }
 
 

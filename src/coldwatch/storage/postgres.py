@@ -35,6 +35,7 @@ from coldwatch.rules.model import EngineReading
 from coldwatch.storage import audit_pg
 from coldwatch.storage.audit_pg import PgConnection
 from coldwatch.storage.base import (
+    QUARANTINE_MAX_BYTES,
     Batch,
     BatchResult,
     DeviceState,
@@ -171,6 +172,12 @@ MIGRATIONS_PG: Final[tuple[str, ...]] = (
     );
     """,
     audit_pg.AUDIT_SCHEMA_PG,
+    # The quarantine keeps a prefix of each payload, with the whole payload's size and
+    # SHA-256 (-1 and '': the row predates this and its payload is whole).
+    """
+    ALTER TABLE quarantine ADD COLUMN payload_size BIGINT NOT NULL DEFAULT -1,
+        ADD COLUMN payload_sha256 TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 _PLAIN_READINGS: Final = """
@@ -192,6 +199,16 @@ _INCOMING: Final = (
 _INSERT_READINGS: Final = (
     "INSERT INTO readings SELECT * FROM incoming ON CONFLICT DO NOTHING RETURNING device, metric, ts_us, seq"
 )
+# Every entry older than the newest ones whose kept payloads add up to the bound
+# (octet_length reads a stored value's size without fetching it).
+_PRUNE_QUARANTINE_BYTES: Final = """
+    DELETE FROM quarantine WHERE id <= (
+        SELECT max(id) FROM (
+            SELECT id, sum(octet_length(payload)) OVER (ORDER BY id DESC ROWS UNBOUNDED PRECEDING) AS kept
+            FROM quarantine
+        ) AS k WHERE kept > $1
+    )
+"""
 _INSERT_GAP: Final = (
     "INSERT INTO seq_gaps(device, first_missing, last_missing, detected_us) VALUES ($1, $2, $3, $4)"
 )
@@ -243,6 +260,7 @@ class PostgresStorage(RowIds):
         url: str,
         *,
         quarantine_max_rows: int = 10_000,
+        quarantine_max_bytes: int = QUARANTINE_MAX_BYTES,
         pool_size: int = 4,
         timescale: bool | None = None,
         fence: Fence | None = None,
@@ -252,6 +270,7 @@ class PostgresStorage(RowIds):
         self.url = url
         self.where = redact(url)
         self._quarantine_max_rows = quarantine_max_rows
+        self._quarantine_max_bytes = quarantine_max_bytes
         self._pool_size = pool_size
         self._want_timescale = timescale  # None: use it when it can be created
         self.fence = fence
@@ -541,8 +560,8 @@ class PostgresStorage(RowIds):
 
     async def _quarantine(self, conn: PgConnection, rejections: list[QuarantineEntry]) -> None:
         await conn.executemany(
-            "INSERT INTO quarantine(received_us, reason, detail, topic, device_id, payload) "
-            "VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO quarantine(received_us, reason, detail, topic, device_id, payload, payload_size, "
+            "payload_sha256) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             quarantine_rows(rejections),
         )
         await conn.executemany(
@@ -554,6 +573,7 @@ class PostgresStorage(RowIds):
             "DELETE FROM quarantine WHERE id <= (SELECT max(id) FROM quarantine) - $1",
             self._quarantine_max_rows,
         )
+        await conn.execute(_PRUNE_QUARANTINE_BYTES, self._quarantine_max_bytes)
 
     async def _write_transitions(self, conn: PgConnection, transitions: list[Transition]) -> None:
         await conn.executemany(_UPSERT_ALARM, alarm_rows(transitions))
@@ -709,11 +729,11 @@ class PostgresStorage(RowIds):
     async def quarantine(self, limit: int = 100) -> list[QuarantineEntry]:
         """The most recent rejected messages, newest first."""
         rows = await self.pool.fetch(
-            "SELECT received_us, reason, detail, topic, device_id, payload FROM quarantine "
-            "ORDER BY id DESC LIMIT $1",
+            "SELECT received_us, reason, detail, topic, device_id, payload, payload_size, payload_sha256 "
+            "FROM quarantine ORDER BY id DESC LIMIT $1",
             limit,
         )
-        return [QuarantineEntry(r[0], r[1], r[2], r[3], r[4], bytes(r[5])) for r in rows]
+        return [QuarantineEntry(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), r[6], r[7]) for r in rows]
 
     async def rejection_totals(self) -> dict[str, int]:
         """Every rejection ever recorded, by reason (survives quarantine pruning)."""

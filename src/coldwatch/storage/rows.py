@@ -56,7 +56,10 @@ class RowIds:
 
 def quarantine_rows(rejections: Iterable[QuarantineEntry]) -> list[tuple[object, ...]]:
     """``quarantine`` rows (without their id)."""
-    return [(q.received_us, q.reason, q.detail, q.topic, q.device_id, q.payload) for q in rejections]
+    return [
+        (q.received_us, q.reason, q.detail, q.topic, q.device_id, q.payload, q.payload_size, q.payload_sha256)
+        for q in rejections
+    ]
 
 
 def reason_totals(rejections: Iterable[QuarantineEntry]) -> list[tuple[str, int]]:

@@ -26,6 +26,7 @@ from coldwatch.rules.lifecycle import Alarm, Transition
 from coldwatch.rules.model import EngineReading
 from coldwatch.storage.audit_sqlite import AUDIT_SCHEMA, append_linked, read_all, verify_stored
 from coldwatch.storage.base import (
+    QUARANTINE_MAX_BYTES,
     Batch,
     BatchResult,
     DeviceState,
@@ -155,11 +156,27 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         SELECT device, metric, ts_us, seq, value, ts_us + received_delay_us AS received_us, buffered
         FROM reading_rows;
     """,
+    # The quarantine keeps a prefix of each payload, with the whole payload's size and
+    # SHA-256 (-1 and '': the row predates this and its payload is whole).
+    """
+    ALTER TABLE quarantine ADD COLUMN payload_size INTEGER NOT NULL DEFAULT -1;
+    ALTER TABLE quarantine ADD COLUMN payload_sha256 TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 log = logging.getLogger(__name__)
 CHECKPOINT_EVERY_S = 1.0
 
+# Every entry older than the newest ones whose kept payloads add up to the bound (length()
+# of a blob reads its size from the record header, not the blob).
+_PRUNE_QUARANTINE_BYTES = """
+    DELETE FROM quarantine WHERE id <= (
+        SELECT max(id) FROM (
+            SELECT id, sum(length(payload)) OVER (ORDER BY id DESC ROWS UNBOUNDED PRECEDING) AS kept
+            FROM quarantine
+        ) WHERE kept > ?
+    )
+"""
 _INSERT_INCOMING = "INSERT INTO temp.incoming VALUES (?, ?, ?, ?, ?, ?, ?)"
 _INSERT_READINGS = "INSERT OR IGNORE INTO reading_rows VALUES "
 # Rows per multi-row statement at most; a power of two, so that any count is a sum of a
@@ -223,6 +240,7 @@ class SqliteStorage(RowIds):
         path: Path,
         *,
         quarantine_max_rows: int = 10_000,
+        quarantine_max_bytes: int = QUARANTINE_MAX_BYTES,
         synchronous: str = "FULL",
         migrate: bool = True,
     ) -> None:
@@ -232,6 +250,7 @@ class SqliteStorage(RowIds):
         # tables under it; the collector upgrades the schema when it starts.
         self._migrate_on_open = migrate
         self._quarantine_max_rows = quarantine_max_rows
+        self._quarantine_max_bytes = quarantine_max_bytes
         self._synchronous = synchronous
         self._db: aiosqlite.Connection | None = None
         self._checkpointer: aiosqlite.Connection | None = None
@@ -452,8 +471,8 @@ class SqliteStorage(RowIds):
 
     def _quarantine(self, conn: sqlite3.Connection, rejections: list[QuarantineEntry]) -> None:
         conn.executemany(
-            "INSERT INTO quarantine(received_us, reason, detail, topic, device_id, payload) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO quarantine(received_us, reason, detail, topic, device_id, payload, payload_size, "
+            "payload_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             quarantine_rows(rejections),
         )
         conn.executemany(
@@ -461,11 +480,12 @@ class SqliteStorage(RowIds):
             "ON CONFLICT(reason) DO UPDATE SET total = total + excluded.total",
             reason_totals(rejections),
         )
-        # Bounded: the oldest entries go first; their totals above remain.
+        # Bounded in rows and in payload bytes: the oldest entries go first; their totals above remain.
         conn.execute(
             "DELETE FROM quarantine WHERE id <= (SELECT max(id) FROM quarantine) - ?",
             (self._quarantine_max_rows,),
         )
+        conn.execute(_PRUNE_QUARANTINE_BYTES, (self._quarantine_max_bytes,))
 
     def _write_transitions(self, conn: sqlite3.Connection, transitions: list[Transition]) -> None:
         conn.executemany(
@@ -622,8 +642,8 @@ class SqliteStorage(RowIds):
     async def quarantine(self, limit: int = 100) -> list[QuarantineEntry]:
         """The most recent rejected messages, newest first."""
         async with self._conn.execute(
-            "SELECT received_us, reason, detail, topic, device_id, payload FROM quarantine "
-            "ORDER BY id DESC LIMIT ?",
+            "SELECT received_us, reason, detail, topic, device_id, payload, payload_size, payload_sha256 "
+            "FROM quarantine ORDER BY id DESC LIMIT ?",
             (limit,),
         ) as cur:
             return [QuarantineEntry(*row) async for row in cur]
