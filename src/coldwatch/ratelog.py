@@ -42,9 +42,9 @@ class RateLimitedLog:
             self._left_out[key] = self._left_out.get(key, 0) + 1
             return False
         left_out = self._left_out.pop(key, 0)
-        if left_out:
+        if left_out and last is not None:
             message += " (%d more like it since the last one logged, %.0f s ago)"
-            args = (*args, left_out, now - (last or now))
+            args = (*args, left_out, now - last)
         self._last[key] = now
         self._logger.error(message, *args, exc_info=True)  # noqa: LOG014 - called in except blocks
         return True
