@@ -28,11 +28,12 @@ from coldwatch.payload import Reason, decode
 from coldwatch.pgserver import RunningPostgres
 from coldwatch.rules.model import EngineReading
 from coldwatch.storage import Batch, BatchResult, SqliteStorage
-from coldwatch.storage.postgres import PostgresStorage
+from coldwatch.storage.postgres import MIGRATIONS_PG, PostgresStorage
 from coldwatch.storage.sqlite import MIGRATIONS
 from tests.conftest import (
     Backend,
     InProcessDaemon,
+    db_query,
     device_entries,
     distinct_messages,
     eventually,
@@ -401,37 +402,50 @@ async def test_sqlite_quarantine_of_an_older_schema_upgrades(tmp_path: Path) -> 
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
         for version, script in enumerate(MIGRATIONS[:mine], start=1):
             conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={version};\nCOMMIT;")
-        conn.execute(
+        conn.executemany(
             "INSERT INTO quarantine(received_us, reason, detail, topic, device_id, payload) "
-            "VALUES (1, 'invalid_utf8', 'd', 't', NULL, ?)",
-            (OLD_PAYLOAD,),
+            "VALUES (?, 'invalid_utf8', 'd', 't', NULL, ?)",
+            [(1, OLD_PAYLOAD), (2, OLD_PAYLOAD * 2), (3, OLD_PAYLOAD)],
         )
     storage = SqliteStorage(path)
     await storage.open()
     try:
-        [entry] = await storage.quarantine()
+        entry = (await storage.quarantine())[-1]
     finally:
         await storage.close()
+    n = len(OLD_PAYLOAD)
+    offsets = [row[0] for row in db_query(path, "SELECT kept_from FROM quarantine ORDER BY id")]
+    assert offsets == [0, n, 3 * n], "the byte bound counts the rows kept before the upgrade"
     assert entry.payload == OLD_PAYLOAD
     assert entry.payload_size == len(OLD_PAYLOAD)
     assert entry.payload_sha256 == hashlib.sha256(OLD_PAYLOAD).hexdigest()
     assert not entry.truncated
 
 
-async def test_pg_quarantine_rows_from_before_the_upgrade_read_whole(pg_server: RunningPostgres) -> None:
-    """A PostgreSQL row with the upgrade's defaults (no size, no hash) reads back whole, both computed."""
+async def test_pg_quarantine_of_an_older_schema_upgrades(
+    pg_server: RunningPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL rows quarantined before the upgrade read back whole, with size, hash and byte offsets."""
     url = new_pg_database(pg_server)
+    mine = next(i for i, script in enumerate(MIGRATIONS_PG) if "payload_sha256" in script)
+    with monkeypatch.context() as older:  # a collector of the version before
+        older.setattr("coldwatch.storage.postgres.MIGRATIONS_PG", MIGRATIONS_PG[:mine])
+        storage = PostgresStorage(url)
+        await storage.open()
+        await storage.pool.executemany(
+            "INSERT INTO quarantine(received_us, reason, detail, topic, device_id, payload) "
+            "VALUES ($1, 'invalid_utf8', 'd', 't', NULL, $2)",
+            [(1, OLD_PAYLOAD), (2, OLD_PAYLOAD * 2), (3, OLD_PAYLOAD)],
+        )
+        await storage.close()
     storage = PostgresStorage(url)
     await storage.open()
     try:
-        # What the migration leaves in rows quarantined before it: the column defaults.
-        await storage.pool.execute(
-            "INSERT INTO quarantine(received_us, reason, detail, topic, device_id, payload) "
-            "VALUES (1, 'invalid_utf8', 'd', 't', NULL, $1)",
-            OLD_PAYLOAD,
-        )
-        [entry] = await storage.quarantine()
+        entry = (await storage.quarantine())[-1]
     finally:
         await storage.close()
-    assert (entry.payload, entry.payload_size, entry.truncated) == (OLD_PAYLOAD, len(OLD_PAYLOAD), False)
+    n = len(OLD_PAYLOAD)
+    offsets = [row[0] for row in db_query(url, "SELECT kept_from FROM quarantine ORDER BY id")]
+    assert offsets == [0, n, 3 * n], "the byte bound counts the rows kept before the upgrade"
+    assert (entry.payload, entry.payload_size, entry.truncated) == (OLD_PAYLOAD, n, False)
     assert entry.payload_sha256 == hashlib.sha256(OLD_PAYLOAD).hexdigest()

@@ -174,9 +174,18 @@ MIGRATIONS_PG: Final[tuple[str, ...]] = (
     audit_pg.AUDIT_SCHEMA_PG,
     # The quarantine keeps a prefix of each payload, with the whole payload's size and
     # SHA-256 (-1 and '': the row predates this and its payload is whole).
+    # kept_from: where the entry's kept payload starts in the sequence of every payload
+    # byte the quarantine kept, so that the byte bound deletes by an index range.
     """
     ALTER TABLE quarantine ADD COLUMN payload_size BIGINT NOT NULL DEFAULT -1,
-        ADD COLUMN payload_sha256 TEXT NOT NULL DEFAULT '';
+        ADD COLUMN payload_sha256 TEXT NOT NULL DEFAULT '',
+        ADD COLUMN kept_from BIGINT NOT NULL DEFAULT 0;
+    UPDATE quarantine AS q SET kept_from = o.start FROM (
+        SELECT id, coalesce(sum(octet_length(payload)) OVER (
+            ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS start
+        FROM quarantine
+    ) AS o WHERE q.id = o.id;
+    CREATE INDEX quarantine_by_offset ON quarantine(kept_from);
     """,
 )
 
@@ -199,16 +208,9 @@ _INCOMING: Final = (
 _INSERT_READINGS: Final = (
     "INSERT INTO readings SELECT * FROM incoming ON CONFLICT DO NOTHING RETURNING device, metric, ts_us, seq"
 )
-# Every entry older than the newest ones whose kept payloads add up to the bound
-# (octet_length reads a stored value's size without fetching it).
-_PRUNE_QUARANTINE_BYTES: Final = """
-    DELETE FROM quarantine WHERE id <= (
-        SELECT max(id) FROM (
-            SELECT id, sum(octet_length(payload)) OVER (ORDER BY id DESC ROWS UNBOUNDED PRECEDING) AS kept
-            FROM quarantine
-        ) AS k WHERE kept > $1
-    )
-"""
+# Where the newest entry's kept payload ends (octet_length reads a value's stored size).
+_QUARANTINE_END: Final = "SELECT kept_from + octet_length(payload) FROM quarantine ORDER BY id DESC LIMIT 1"
+QUARANTINE_LOCK: Final = 0x636F6C64_71756172  # "coldquar"
 _INSERT_GAP: Final = (
     "INSERT INTO seq_gaps(device, first_missing, last_missing, detected_us) VALUES ($1, $2, $3, $4)"
 )
@@ -559,10 +561,14 @@ class PostgresStorage(RowIds):
         return len(inserted), frozenset((by_rowid[d], s, t) for d, _, t, s in before)
 
     async def _quarantine(self, conn: PgConnection, rejections: list[QuarantineEntry]) -> None:
+        # Collectors sharing the database number the kept bytes one after another (taken
+        # before the totals' row locks, in every writer: one lock order).
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", QUARANTINE_LOCK)
+        rows, end = quarantine_rows(rejections, int(await conn.fetchval(_QUARANTINE_END) or 0))
         await conn.executemany(
             "INSERT INTO quarantine(received_us, reason, detail, topic, device_id, payload, payload_size, "
-            "payload_sha256) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            quarantine_rows(rejections),
+            "payload_sha256, kept_from) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            rows,
         )
         await conn.executemany(
             "INSERT INTO rejection_totals(reason, total) VALUES ($1, $2) "
@@ -573,7 +579,8 @@ class PostgresStorage(RowIds):
             "DELETE FROM quarantine WHERE id <= (SELECT max(id) FROM quarantine) - $1",
             self._quarantine_max_rows,
         )
-        await conn.execute(_PRUNE_QUARANTINE_BYTES, self._quarantine_max_bytes)
+        # The entries kept are the newest whose payloads lie wholly in the last max_bytes.
+        await conn.execute("DELETE FROM quarantine WHERE kept_from < $1", end - self._quarantine_max_bytes)
 
     async def _write_transitions(self, conn: PgConnection, transitions: list[Transition]) -> None:
         await conn.executemany(_UPSERT_ALARM, alarm_rows(transitions))

@@ -158,25 +158,26 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """,
     # The quarantine keeps a prefix of each payload, with the whole payload's size and
     # SHA-256 (-1 and '': the row predates this and its payload is whole).
+    # kept_from: where the entry's kept payload starts in the sequence of every payload
+    # byte the quarantine kept, so that the byte bound deletes by an index range.
     """
     ALTER TABLE quarantine ADD COLUMN payload_size INTEGER NOT NULL DEFAULT -1;
     ALTER TABLE quarantine ADD COLUMN payload_sha256 TEXT NOT NULL DEFAULT '';
+    ALTER TABLE quarantine ADD COLUMN kept_from INTEGER NOT NULL DEFAULT 0;
+    UPDATE quarantine SET kept_from = o.start FROM (
+        SELECT id, coalesce(sum(length(payload)) OVER (
+            ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS start
+        FROM quarantine
+    ) AS o WHERE quarantine.id = o.id;
+    CREATE INDEX quarantine_by_offset ON quarantine(kept_from);
     """,
 )
 
 log = logging.getLogger(__name__)
 CHECKPOINT_EVERY_S = 1.0
 
-# Every entry older than the newest ones whose kept payloads add up to the bound (length()
-# of a blob reads its size from the record header, not the blob).
-_PRUNE_QUARANTINE_BYTES = """
-    DELETE FROM quarantine WHERE id <= (
-        SELECT max(id) FROM (
-            SELECT id, sum(length(payload)) OVER (ORDER BY id DESC ROWS UNBOUNDED PRECEDING) AS kept
-            FROM quarantine
-        ) WHERE kept > ?
-    )
-"""
+# Where the newest entry's kept payload ends (length() of a blob reads the record header).
+_QUARANTINE_END = "SELECT kept_from + length(payload) FROM quarantine ORDER BY id DESC LIMIT 1"
 _INSERT_INCOMING = "INSERT INTO temp.incoming VALUES (?, ?, ?, ?, ?, ?, ?)"
 _INSERT_READINGS = "INSERT OR IGNORE INTO reading_rows VALUES "
 # Rows per multi-row statement at most; a power of two, so that any count is a sum of a
@@ -470,10 +471,12 @@ class SqliteStorage(RowIds):
         return stored, duplicates
 
     def _quarantine(self, conn: sqlite3.Connection, rejections: list[QuarantineEntry]) -> None:
+        newest = conn.execute(_QUARANTINE_END).fetchone()
+        rows, end = quarantine_rows(rejections, newest[0] if newest else 0)
         conn.executemany(
             "INSERT INTO quarantine(received_us, reason, detail, topic, device_id, payload, payload_size, "
-            "payload_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            quarantine_rows(rejections),
+            "payload_sha256, kept_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
         )
         conn.executemany(
             "INSERT INTO rejection_totals(reason, total) VALUES (?, ?) "
@@ -485,7 +488,8 @@ class SqliteStorage(RowIds):
             "DELETE FROM quarantine WHERE id <= (SELECT max(id) FROM quarantine) - ?",
             (self._quarantine_max_rows,),
         )
-        conn.execute(_PRUNE_QUARANTINE_BYTES, (self._quarantine_max_bytes,))
+        # The entries kept are the newest whose payloads lie wholly in the last max_bytes.
+        conn.execute("DELETE FROM quarantine WHERE kept_from < ?", (end - self._quarantine_max_bytes,))
 
     def _write_transitions(self, conn: sqlite3.Connection, transitions: list[Transition]) -> None:
         conn.executemany(
