@@ -183,9 +183,12 @@ def bad_messages(
         Reason.WRONG_TYPE: (topic, json.dumps({"ts": now, "seq": 1, "values": {"temp_c": "37.0"}}).encode()),
         Reason.UNKNOWN_METRIC: (topic, reading(1, {"ln2_level_pct": 50.0})),
         Reason.BAD_STATUS: (topic.replace("/telemetry", "/status"), b"maybe"),
+        Reason.DUPLICATE_KEY: (topic, b'{"ts": %d, "seq": 1, "values": {"temp_c": 9, "temp_c": 3}}' % now),
+        Reason.OUT_OF_RANGE: (topic, reading(1, {"rh_pct": 1e300})),
     }
-    assert set(makers) == set(Reason), "every rejection reason is exercised"
-    reasons = list(Reason)
+    # internal_error: a fault of the collector itself (tests/test_poison.py injects one).
+    assert set(makers) == set(Reason) - {Reason.INTERNAL_ERROR}, "every rejection reason is exercised"
+    reasons = list(makers)
     rng.shuffle(reasons)
     return [(*makers[reasons[i % len(reasons)]], reasons[i % len(reasons)]) for i in range(n)]
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from typing import NamedTuple
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from coldwatch.catalogue import Kind
-from coldwatch.config import DeviceConfig
+from coldwatch.config import DeviceConfig, IngestConfig
 from coldwatch.payload import Reason, Rejection, Status, Telemetry, decode
 
 US = 1_000_000
@@ -91,6 +95,9 @@ def test_boolean_metric_becomes_one_or_zero(value: bool, number: float) -> None:
 
 
 # --- every reason ----------------------------------------------------------------------
+
+
+DEEP = b'{"ts": "' + TS.encode() + b'", "seq": 1, "values": {"temp_c": ' + b"[" * 2000 + b"]" * 2000 + b"}}"
 
 
 class Case(NamedTuple):
@@ -182,12 +189,65 @@ CASES = [
     Case("unknown-metric", INC_TELEMETRY, body(values={"flow_lpm": 28.3}), Reason.UNKNOWN_METRIC),
     Case("bad-status", INC_STATUS, b"maybe", Reason.BAD_STATUS),
     Case("bad-status-json-object", INC_STATUS, b'{"online": true}', Reason.BAD_STATUS),
+    # Poison: each of these once raised out of the decoder instead of being rejected.
+    Case("nested-2000-deep", INC_TELEMETRY, DEEP, Reason.INVALID_JSON),
+    Case(
+        "nested-2000-deep-objects", INC_TELEMETRY, b'{"a":' * 2000 + b"1" + b"}" * 2000, Reason.INVALID_JSON
+    ),
+    Case(
+        "ts-1e308", INC_TELEMETRY, b'{"ts": 1e308, "seq": 1, "values": {"temp_c": 37.0}}', Reason.INVALID_TS
+    ),
+    Case("ts-minus-1e308", INC_TELEMETRY, body(ts=-1e308), Reason.INVALID_TS),
+    Case("ts-after-year-9999", INC_TELEMETRY, body(ts=253_402_300_800), Reason.INVALID_TS),
+    Case("ts-before-year-1-utc", INC_TELEMETRY, body(ts="0001-01-01T00:00:00+23:59"), Reason.INVALID_TS),
+    # Plausibility.
+    Case("rh-1e300", INC_TELEMETRY, body(values={"rh_pct": 1e300}), Reason.OUT_OF_RANGE),
+    Case("rh-above-100", INC_TELEMETRY, body(values={"rh_pct": 100.01}), Reason.OUT_OF_RANGE),
+    Case("co2-negative", INC_TELEMETRY, body(values={"co2_pct": -0.5}), Reason.OUT_OF_RANGE),
+    Case("below-absolute-zero", INC_TELEMETRY, body(values={"temp_c": -273.16}), Reason.OUT_OF_RANGE),
+    Case("temp-1e6", INC_TELEMETRY, body(values={"temp_c": 1e6}), Reason.OUT_OF_RANGE),
+    Case("negative-count", PC_TELEMETRY, body(values={"particles_0_5um_m3": -1}), Reason.OUT_OF_RANGE),
+    Case("negative-flow", PC_TELEMETRY, body(values={"flow_lpm": -28.3}), Reason.OUT_OF_RANGE),
+    Case(
+        "one-bad-value-rejects-all",
+        INC_TELEMETRY,
+        body(values={"temp_c": 37.0, "co2_pct": 5.0, "rh_pct": 101.0}),
+        Reason.OUT_OF_RANGE,
+    ),
+    # Duplicate keys: which value the device meant is unknown.
+    Case(
+        "duplicate-value-key",
+        INC_TELEMETRY,
+        b'{"ts": "' + TS.encode() + b'", "seq": 1, "values": {"temp_c": 99, "temp_c": 37}}',
+        Reason.DUPLICATE_KEY,
+    ),
+    Case(
+        "duplicate-top-level-key",
+        INC_TELEMETRY,
+        b'{"ts": "' + TS.encode() + b'", "seq": 1, "seq": 2, "values": {"temp_c": 37}}',
+        Reason.DUPLICATE_KEY,
+    ),
+    Case(
+        "duplicate-key-spaced",
+        INC_TELEMETRY,
+        b'{"ts" : "' + TS.encode() + b'" , "seq"\n:\t1, "values" :{"temp_c"  : 99, "temp_c"\r\n: 37}}',
+        Reason.DUPLICATE_KEY,
+    ),
+    Case(
+        "duplicate-key-escaped",
+        INC_TELEMETRY,
+        b'{"ts": "' + TS.encode() + b'", "seq": 1, "values": {"temp_c": 99, "\\u0074emp_c": 37}}',
+        Reason.DUPLICATE_KEY,
+    ),
 ]
+
+# Produced by the pipeline, not by decode: when decoding or judging a message fails.
+NOT_FROM_DECODE = {Reason.INTERNAL_ERROR}
 
 
 def test_reason_table_covers_every_reason() -> None:
-    """The table below produces every Reason, so a new Reason cannot go untested."""
-    assert {case.reason for case in CASES} == set(Reason)
+    """The table below produces every Reason decode can give, so a new Reason cannot go untested."""
+    assert {case.reason for case in CASES} == set(Reason) - NOT_FROM_DECODE
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -350,3 +410,123 @@ def test_custom_topic_prefix() -> None:
     assert isinstance(accepted, Telemetry)
     assert isinstance(refused, Rejection)
     assert refused.reason is Reason.BAD_TOPIC
+
+
+# --- plausibility ----------------------------------------------------------------------
+
+CRYO = DeviceConfig(id="ln2-01", kind=Kind.CRYOSHIPPER, site="plant-1", area="store")
+CRYO_TELEMETRY = "coldwatch/plant-1/store/cryoshipper/ln2-01/telemetry"
+
+
+@pytest.mark.parametrize(
+    ("topic", "values"),
+    [
+        (INC_TELEMETRY, {"rh_pct": 0.0, "co2_pct": 100.0, "temp_c": -273.15}),
+        (INC_TELEMETRY, {"rh_pct": 100, "co2_pct": 0, "temp_c": 1000}),
+        (CRYO_TELEMETRY, {"tilt_deg": 180.0, "ln2_level_pct": 0.0, "battery_pct": 100.0, "temp_b_c": -196.0}),
+        (PC_TELEMETRY, {"particles_0_5um_m3": 0, "particles_5_0um_m3": 29, "flow_lpm": 0.0}),
+    ],
+)
+def test_values_at_the_edges_of_their_plausible_range_are_accepted(
+    topic: str, values: dict[str, float]
+) -> None:
+    """The plausible ranges are inclusive: 0 and 100 %, absolute zero, 180 degrees of tilt pass."""
+    decoded = decode(topic, body(values=values), NOW_US, {**DEVICES, CRYO.id: CRYO})
+
+    assert isinstance(decoded, Telemetry), decoded
+
+
+def test_configured_range_replaces_the_default() -> None:
+    """ingest.plausible_ranges narrows (or widens) a metric's range; a side left out keeps its default."""
+    ingest = IngestConfig.model_validate({"plausible_ranges": {"temp_c": {"max": 60}, "co2_pct": {"min": 1}}})
+    ranges = ingest.ranges()
+
+    assert ranges["temp_c"] == (-273.15, 60.0)
+    assert ranges["co2_pct"] == (1.0, 100.0)
+    hot = decode(INC_TELEMETRY, body(values={"temp_c": 60.5}), NOW_US, DEVICES, ranges=ranges)
+    low_co2 = decode(INC_TELEMETRY, body(values={"co2_pct": 0.5}), NOW_US, DEVICES, ranges=ranges)
+    assert isinstance(hot, Rejection)
+    assert hot.reason is Reason.OUT_OF_RANGE
+    assert isinstance(low_co2, Rejection)
+    assert low_co2.reason is Reason.OUT_OF_RANGE
+    assert isinstance(
+        decode(INC_TELEMETRY, body(values={"temp_c": 60}), NOW_US, DEVICES, ranges=ranges), Telemetry
+    )
+
+
+@pytest.mark.parametrize(
+    "ranges",
+    [
+        {"door_open": {"min": 0}},  # a boolean has no range
+        {"temp_f": {"max": 1}},  # no such metric
+        {"rh_pct": {"min": 50, "max": 40}},
+        {"rh_pct": {"min": 101}},  # above the default max that it keeps
+        {"rh_pct": {"max": float("inf")}},
+        {"rh_pct": {"low": 0}},  # extra="forbid"
+    ],
+)
+def test_bad_plausible_range_is_refused(ranges: dict[str, object]) -> None:
+    """A range for an unknown or boolean metric, an empty range or a non-finite bound fails validation."""
+    with pytest.raises(ValidationError):
+        IngestConfig.model_validate({"plausible_ranges": ranges})
+
+
+# --- duplicate keys --------------------------------------------------------------------
+
+
+def test_pretty_printed_payload_without_duplicates_is_accepted() -> None:
+    """Whitespace before colons or after strings (which makes the cheap key count inexact) rejects nothing."""
+    doc = {"seq": 7, "values": {"temp_c": 37.1, "co2_pct": 5.0}, "ts": TS}
+    for payload in (
+        json.dumps(doc, indent=2).encode(),
+        json.dumps(doc, separators=(" , ", " : ")).encode(),
+        b'{"seq" :7,"values":{"temp_c"\t:37.1},"ts":"' + TS.encode() + b'"\n}',
+    ):
+        decoded = decode(INC_TELEMETRY, payload, NOW_US, DEVICES)
+        assert isinstance(decoded, Telemetry), (payload, decoded)
+
+
+_WS = st.text(alphabet=" \t\n\r", max_size=2)
+_INCUBATOR_NUMBERS = ["temp_c", "co2_pct", "rh_pct"]
+
+
+@st.composite
+def _written_payloads(draw: st.DrawFn) -> tuple[bytes, list[str], list[str]]:
+    """A telemetry payload written by hand: top-level and value keys (maybe repeated, maybe
+    escaped), arbitrary JSON whitespace; with the keys as written."""
+    top = draw(
+        st.lists(st.sampled_from(["ts", "seq"]), min_size=2, max_size=3).filter(
+            lambda k: set(k) == {"ts", "seq"}
+        )
+    )
+    names = draw(st.lists(st.sampled_from(_INCUBATOR_NUMBERS), min_size=1, max_size=4))
+
+    def key(name: str) -> str:
+        escaped = draw(st.booleans())
+        text = f"\\u{ord(name[0]):04x}{name[1:]}" if escaped else name
+        return f'"{text}"{draw(_WS)}:{draw(_WS)}'
+
+    def member(name: str, value: str) -> str:
+        return f"{draw(_WS)}{key(name)}{value}{draw(_WS)}"
+
+    scalars = {"ts": f'"{TS}"', "seq": "7"}
+    members = [member(name, scalars[name]) for name in top]
+    inner = ",".join(member(name, str(draw(st.integers(0, 100)))) for name in names)
+    members.insert(draw(st.integers(0, len(members))), member("values", "{" + inner + "}"))
+    return ("{" + ",".join(members) + "}").encode(), top, names
+
+
+@given(_written_payloads())
+@settings(max_examples=400)
+def test_duplicate_keys_are_always_found(written: tuple[bytes, list[str], list[str]]) -> None:
+    """Whatever the whitespace and escapes, a key named twice rejects the payload, and only that."""
+    payload, top, names = written
+
+    decoded = decode(INC_TELEMETRY, payload, NOW_US, DEVICES)
+
+    if len(set(top)) < len(top) or len(set(names)) < len(names):
+        assert isinstance(decoded, Rejection), payload
+        assert decoded.reason is Reason.DUPLICATE_KEY, (payload, decoded)
+    else:
+        assert isinstance(decoded, Telemetry), (payload, decoded)
+        assert [name for name, _ in decoded.values] == names

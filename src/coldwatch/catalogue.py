@@ -10,7 +10,7 @@ import enum
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["KINDS", "Kind", "MetricSpec", "metric_spec"]
+__all__ = ["DEFAULT_RANGES", "KINDS", "Kind", "MetricSpec", "metric_spec"]
 
 
 class Kind(enum.StrEnum):
@@ -56,6 +56,27 @@ KINDS: Final[dict[Kind, dict[str, MetricSpec]]] = {
         MetricSpec("tilt_deg", "deg", description="tilt from vertical"),
         MetricSpec("battery_pct", "%", description="logger battery"),
     ),
+}
+
+
+ABSOLUTE_ZERO_C: Final = -273.15
+
+# The physically plausible range of each numeric metric (inclusive), by metric name: a
+# value outside it is a broken sensor or a broken device, never a reading to store. Wide on
+# purpose (a rule judges the process; this only judges physics and the instruments);
+# ``ingest.plausible_ranges`` in the configuration overrides any of them.
+DEFAULT_RANGES: Final[dict[str, tuple[float, float]]] = {
+    "particles_0_5um_m3": (0.0, 1e10),  # ISO 9 allows 3.52e7 per m3 at 0.5 um
+    "particles_5_0um_m3": (0.0, 1e10),
+    "flow_lpm": (0.0, 1000.0),  # counters sample 28.3 to 100 L/min
+    "sample_volume_l": (0.0, 1e6),
+    "temp_c": (ABSOLUTE_ZERO_C, 1000.0),
+    "temp_b_c": (ABSOLUTE_ZERO_C, 1000.0),
+    "co2_pct": (0.0, 100.0),
+    "rh_pct": (0.0, 100.0),
+    "ln2_level_pct": (0.0, 100.0),
+    "tilt_deg": (0.0, 180.0),
+    "battery_pct": (0.0, 100.0),
 }
 
 

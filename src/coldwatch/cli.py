@@ -130,6 +130,9 @@ async def _quarantine(config: Config, limit: int) -> int:
                     "detail": entry.detail,
                     "topic": entry.topic,
                     "device": entry.device_id,
+                    "size": entry.payload_size,
+                    "sha256": entry.payload_sha256,
+                    "truncated": entry.truncated,  # only a prefix of the payload was kept
                     "payload": entry.payload.decode("utf-8", errors="backslashreplace")[:2000],
                 }
             )

@@ -288,7 +288,11 @@ class ClusterDaemon:
         # Every member seals its appends with the site's key (its tasks inherit the signer).
         signer = load_signer(config)
         current_signer.set(signer)
-        storage = PostgresStorage(url, quarantine_max_rows=config.storage.quarantine_max_rows)
+        storage = PostgresStorage(
+            url,
+            quarantine_max_rows=config.storage.quarantine_max_rows,
+            quarantine_max_bytes=config.storage.quarantine_max_bytes,
+        )
         await storage.open()
         self._storage = storage
         # Leases on a connection of their own: exports or a busy pool must not delay renewal.
@@ -447,6 +451,7 @@ class ClusterDaemon:
             return PostgresStorage(
                 str(config.storage.url),
                 quarantine_max_rows=config.storage.quarantine_max_rows,
+                quarantine_max_bytes=config.storage.quarantine_max_bytes,
                 pool_size=2,
                 fence=fence,
                 migrate=False,  # the member migrated when it started

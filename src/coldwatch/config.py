@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from coldwatch.catalogue import Kind
+from coldwatch.catalogue import DEFAULT_RANGES, Kind
 from coldwatch.errors import ConfigError, ConfigProblem
 from coldwatch.notify.config import NotifyConfig
 from coldwatch.rules.config import RulesConfig
@@ -40,6 +40,7 @@ __all__ = [
     "HttpConfig",
     "IngestConfig",
     "MqttConfig",
+    "PlausibleRange",
     "StorageConfig",
     "load_config",
     "parse_config",
@@ -147,8 +148,19 @@ class StorageConfig(_Model):
     batch_max: int = Field(2000, ge=1, le=100_000)
     batch_max_delay_s: float = Field(0.01, ge=0, le=10)
     quarantine_max_rows: int = Field(10_000, ge=10)
+    # The quarantine is bounded in bytes too: each rejected payload is kept up to this many
+    # bytes (with its full size and SHA-256), and the oldest entries go once the kept
+    # payloads exceed quarantine_max_bytes.
+    quarantine_payload_bytes: int = Field(4096, ge=0, le=1024 * 1024)
+    quarantine_max_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
     retry_initial_s: float = Field(0.2, gt=0)
     retry_max_s: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_payload_fits(self) -> Self:
+        if self.quarantine_payload_bytes > self.quarantine_max_bytes:
+            raise ValueError("quarantine_payload_bytes must not exceed quarantine_max_bytes")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -220,6 +232,13 @@ class ApiConfig(_Model):
     shelve_max_s: float = Field(30 * 86_400.0, gt=0, le=366 * 86_400.0)
 
 
+class PlausibleRange(_Model):
+    """A metric's physically plausible values, inclusive; a side left out keeps its default."""
+
+    min: float | None = Field(None, allow_inf_nan=False)
+    max: float | None = Field(None, allow_inf_nan=False)
+
+
 class IngestConfig(_Model):
     """Limits applied to every incoming message."""
 
@@ -232,6 +251,34 @@ class IngestConfig(_Model):
     resend_retry_s: float = Field(30.0, gt=0)  # a request not yet answered is repeated after this
     resend_max_attempts: int = Field(5, ge=1)  # requests per gap (or per device after a session loss)
     resend_max_per_s: float = Field(20.0, gt=0)  # re-send requests published per second at most
+    # Overrides of the default plausible ranges (coldwatch.catalogue.DEFAULT_RANGES), by metric.
+    plausible_ranges: dict[str, PlausibleRange] = Field(default_factory=dict)
+    # Messages held unacknowledged longer than this make /readyz fail (a batch takes
+    # milliseconds; a database retrying for longer, or a stuck message, shows here).
+    max_unacked_age_s: float = Field(30.0, gt=0)
+
+    @field_validator("plausible_ranges")
+    @classmethod
+    def _known_metrics(cls, ranges: dict[str, PlausibleRange]) -> dict[str, PlausibleRange]:
+        for name, given in ranges.items():
+            if name not in DEFAULT_RANGES:
+                known = ", ".join(sorted(DEFAULT_RANGES))
+                raise ValueError(f"{name!r} is not a numeric metric (one of {known})")
+            low, high = _merged(name, given)
+            if low > high:
+                raise ValueError(f"{name}: min {low:g} is above max {high:g}")
+        return ranges
+
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        """The plausible range of every numeric metric: the defaults with the overrides applied."""
+        return {name: _merged(name, self.plausible_ranges.get(name)) for name in DEFAULT_RANGES}
+
+
+def _merged(name: str, given: PlausibleRange | None) -> tuple[float, float]:
+    low, high = DEFAULT_RANGES[name]
+    if given is None:
+        return low, high
+    return (low if given.min is None else given.min, high if given.max is None else given.max)
 
 
 class DeviceConfig(_Model):

@@ -124,11 +124,14 @@ class Daemon:
                 resend=source.publish,
             )
             self.pipeline = pipeline
+            metrics.oldest_unacked_us, metrics.unacked = source.oldest_unacked_us, source.unacked
 
             api = build_router(
                 ApiContext(config, storage, pipeline.submit, states, Authenticator(config.api, os.environ))
             )
-            readiness = functools.partial(_readiness, WriteProbe(storage, pipeline), source)
+            readiness = functools.partial(
+                _readiness, WriteProbe(storage, pipeline), source, config.ingest.max_unacked_age_s
+            )
             self.readiness = readiness
             http = None
             if worker is None:
@@ -180,7 +183,11 @@ class Daemon:
         if self.worker is not None:
             return self.worker.open_storage()
         cfg = self.config.storage
-        return open_storage(cfg.location, quarantine_max_rows=cfg.quarantine_max_rows)
+        return open_storage(
+            cfg.location,
+            quarantine_max_rows=cfg.quarantine_max_rows,
+            quarantine_max_bytes=cfg.quarantine_max_bytes,
+        )
 
     @staticmethod
     def _connection_metric(metrics: Metrics) -> Callable[[bool], None]:
@@ -230,9 +237,15 @@ async def _commit_queued(pipeline: Pipeline, source: MqttSource) -> None:
         log.warning("the broker kept sending during shutdown")
 
 
-async def _readiness(probe: WriteProbe, source: MqttSource) -> dict[str, bool]:
-    """Connected to the broker, and the database takes writes (never disturbing the writer)."""
-    return {"broker_connected": source.connected.is_set(), "database_writable": await probe.writable()}
+async def _readiness(probe: WriteProbe, source: MqttSource, max_unacked_age_s: float) -> dict[str, bool]:
+    """Connected, the database takes writes (writer undisturbed), nothing held unacknowledged long."""
+    oldest_us = source.oldest_unacked_us()
+    held_s = 0.0 if oldest_us is None else time.time_ns() / 1e9 - oldest_us / 1e6
+    return {
+        "broker_connected": source.connected.is_set(),
+        "database_writable": await probe.writable(),
+        "messages_acknowledged": held_s <= max_unacked_age_s,
+    }
 
 
 def config_loaded(config: Config, reason: str = "collector started with this configuration") -> AuditDraft:

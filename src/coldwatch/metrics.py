@@ -225,6 +225,19 @@ class _ScrapeTimeCollector(Collector):
         )
         depth.add_metric([], float(owner.queue_depth()))
         yield depth
+        oldest_us = owner.oldest_unacked_us()
+        held = GaugeMetricFamily(
+            "coldwatch_oldest_unacked_message_age_seconds",
+            "Age of the oldest message received and not yet acknowledged to the broker (0 when none); "
+            "a batch takes milliseconds: alert when this stays above a few seconds",
+        )
+        held.add_metric([], max(0.0, now_s - oldest_us / 1e6) if oldest_us is not None else 0.0)
+        yield held
+        unacked = GaugeMetricFamily(
+            "coldwatch_unacked_messages", "Messages received and not yet acknowledged to the broker"
+        )
+        unacked.add_metric([], float(owner.unacked()))
+        yield unacked
         alarms = GaugeMetricFamily(
             "coldwatch_alarms_open",
             "Open alarms (1 per alarm) by device, metric, rule, severity and lifecycle state",
@@ -320,6 +333,8 @@ class Metrics:
         self.clock = clock
         self.last_received_us: dict[str, int] = {}
         self.queue_depth: Callable[[], int] = lambda: 0
+        self.oldest_unacked_us: Callable[[], int | None] = lambda: None
+        self.unacked: Callable[[], int] = lambda: 0
         self.open_alarms: Callable[[], Iterable[Alarm]] = list
         self.forecasts: Callable[[], dict[str, float | None]] = dict
         self.too_late: Callable[[], int] = lambda: 0

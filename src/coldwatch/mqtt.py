@@ -37,6 +37,7 @@ from coldwatch.mqtt_wire import (
     next_packet,
     pubacks,
 )
+from coldwatch.ratelog import RateLimitedLog
 
 if TYPE_CHECKING:
     from paho.mqtt.client import _InPacket  # a TypedDict that exists for type checkers only
@@ -239,6 +240,11 @@ class MqttSource:
         self._paused = False
         self._resuming: set[asyncio.Task[None]] = set()
         self._on_pause = on_pause
+        # QoS 1 messages of the current connection not yet acknowledged: message id -> when
+        # received, oldest first (a dict keeps insertion order). What the broker counts
+        # against our Receive Maximum; a message held here for long is stuck.
+        self._unacked: dict[int, int] = {}
+        self._faults = RateLimitedLog(log)
 
     def _make_client(self, offer: Callable[[Delivery], None], connection: int) -> aiomqtt.Client:
         cfg = self._config
@@ -281,14 +287,20 @@ class MqttSource:
 
         client._client.on_connect = on_connect  # noqa: SLF001 - aiomqtt keeps no session flag
         activity = self._activity
+        unacked = self._unacked = {}
+        faults = self._faults
 
         def deliver(publish: Publish, received_us: int) -> None:
             activity.set()
+            if publish.qos == 1:
+                unacked.setdefault(publish.mid, received_us)
             try:
                 offer(Delivery(*publish, connection, received_us))
             except Exception:  # never out of the read loop: the rest of the chunk would be lost
-                # Unacknowledged, the message is redelivered on the next connection.
-                log.exception("could not take message %d on %s", publish.mid, publish.topic)
+                # Unacknowledged, the message is redelivered on the next connection; until
+                # then it shows as held (oldest_unacked_us). The consumer rejects what it
+                # cannot decode, so this is a fault of the consumer itself.
+                faults.exception("offer", "could not take message %d on %s", publish.mid, publish.topic[:200])
 
         # Installed before CONNECT, as the broker resends a persistent session's messages
         # right after it; messages go straight to the consumer (aiomqtt's iterator costs a
@@ -321,6 +333,17 @@ class MqttSource:
         mids = [d.mid for d in deliveries if d.qos == 1 and d.connection == current]
         if mids:
             client._client._packet_queue(PUBACK, pubacks(mids), 0, 0)  # noqa: SLF001 - see module docstring
+            unacked = self._unacked
+            for mid in mids:
+                unacked.pop(mid, None)
+
+    def oldest_unacked_us(self) -> int | None:
+        """When the oldest message not yet acknowledged on this connection was received (None: none)."""
+        return next(iter(self._unacked.values()), None)
+
+    def unacked(self) -> int:
+        """How many messages of this connection are not yet acknowledged."""
+        return len(self._unacked)
 
     def publish(self, topic: str, payload: bytes) -> bool:
         """Publish at QoS 1 without waiting (re-send requests); False when not connected now.
@@ -439,6 +462,8 @@ class MqttSource:
                 log.warning("broker %s:%d: %s", broker.host, broker.port, exc)
             finally:
                 self._client = None
+                # A new connection resends them under new message ids.
+                self._unacked = {}
                 for task in self._resuming:  # a new connection gets a new socket and reader
                     task.cancel()
                 self._paused = False

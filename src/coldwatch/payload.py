@@ -9,16 +9,19 @@ from __future__ import annotations
 import enum
 import json
 import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
 import orjson
 
-from coldwatch.catalogue import KINDS, Kind
+from coldwatch.catalogue import DEFAULT_RANGES, KINDS, Kind
 from coldwatch.config import DeviceConfig
 
 __all__ = [
+    "Range",
     "Reason",
     "Rejection",
     "Status",
@@ -30,8 +33,11 @@ __all__ = [
 US: Final = 1_000_000
 # Readings stamped before 2000-01-01 come from a device whose clock was never set.
 MIN_TS_US: Final = 946_684_800 * US
+# Epoch seconds beyond 9999-12-31: no clock means that; multiplied out, 1e308 overflows.
+MAX_TS_S: Final = 253_402_300_799
 MAX_SEQ: Final = 2**63 - 1  # a signed 64-bit integer in every database
 TOP_LEVEL_KEYS: Final = frozenset({"ts", "seq", "values", "buffered"})
+_QUOTE_THEN_SPACE: Final = re.compile(rb'"[ \t\n\r]')  # JSON whitespace after a string
 
 
 class Reason(enum.StrEnum):
@@ -54,6 +60,14 @@ class Reason(enum.StrEnum):
     WRONG_TYPE = "wrong_type"
     UNKNOWN_METRIC = "unknown_metric"
     BAD_STATUS = "bad_status"
+    DUPLICATE_KEY = "duplicate_key"
+    OUT_OF_RANGE = "out_of_range"
+    # The collector failed on the message (a fault of coldwatch, not necessarily of the
+    # device): rejected, quarantined and acknowledged all the same, never retried forever.
+    INTERNAL_ERROR = "internal_error"
+
+
+Range = tuple[float, float]  # inclusive (lowest, highest) plausible value of a metric
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +114,13 @@ def decode(
     prefix: str = "coldwatch",
     max_payload_bytes: int = 64 * 1024,
     max_future_skew_s: float = 300.0,
+    ranges: Mapping[str, Range] | None = None,
 ) -> Telemetry | Status | Rejection:
-    """Decode one MQTT message into a :class:`Telemetry`, a :class:`Status` or a :class:`Rejection`."""
+    """Decode one MQTT message into a :class:`Telemetry`, a :class:`Status` or a :class:`Rejection`.
+
+    ``ranges``: the plausible range of each metric (default: the catalogue's); a value
+    outside it rejects the whole message.
+    """
     device_id: str | None = None
     try:
         device, leaf = _route(topic, devices, prefix)
@@ -110,7 +129,9 @@ def decode(
             raise _Reject(Reason.TOO_LARGE, f"{len(payload)} bytes > {max_payload_bytes}")
         if leaf == "status":
             return _decode_status(device.id, payload)
-        return _decode_telemetry(device, payload, now_us, max_future_skew_s)
+        return _decode_telemetry(
+            device, payload, now_us, max_future_skew_s, DEFAULT_RANGES if ranges is None else ranges
+        )
     except _Reject as rej:
         return Rejection(rej.reason, rej.detail, device_id or rej.device_id)
 
@@ -169,13 +190,54 @@ def _has_non_finite_literal(payload: bytes) -> bool:
 
     try:
         json.loads(payload, parse_constant=constant)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested too deep for the standard library's parser
         return False
     return found
 
 
+def _key_tokens_at_most(payload: bytes) -> int:
+    """An upper bound on the object keys written in ``payload`` (duplicates included).
+
+    A key is a string whose closing quote is followed by optional JSON whitespace and a
+    colon, so that quote is followed by ``:`` or by whitespace: each key adds one to
+    exactly one of the two counts. A quote inside a string only adds more. Compact and
+    ``json.dumps`` output have no quote followed by whitespace, so the bound is exact and
+    costs one count and one search.
+    """
+    colons = payload.count(b'":')
+    if _QUOTE_THEN_SPACE.search(payload) is None:
+        return colons
+    return colons + len(_QUOTE_THEN_SPACE.findall(payload))
+
+
+def _reject_duplicate(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook``: an object as a dict, rejected when it names a key twice."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Reject(Reason.DUPLICATE_KEY, f"key {key[:40]!r} appears twice in one object")
+            seen.add(key)
+    return out
+
+
+def _check_unique_keys(payload: bytes, parsed_keys: int) -> None:
+    """Reject ``payload`` if one of its objects names a key twice (orjson keeps the last one silently).
+
+    ``parsed_keys``: how many keys the parsed objects hold. When the bound on the keys
+    written equals it, none was dropped; otherwise (rare) a parse that sees every pair decides.
+    """
+    if _key_tokens_at_most(payload) == parsed_keys:
+        return
+    try:
+        json.loads(payload, object_pairs_hook=_reject_duplicate)
+    except (ValueError, RecursionError) as exc:  # orjson parsed it; the standard library should too
+        raise _Reject(Reason.INVALID_JSON, str(exc)[:200]) from None
+
+
 def _decode_telemetry(
-    device: DeviceConfig, payload: bytes, now_us: int, max_future_skew_s: float
+    device: DeviceConfig, payload: bytes, now_us: int, max_future_skew_s: float, ranges: Mapping[str, Range]
 ) -> Telemetry:
     body = _loads(payload)
     if not isinstance(body, dict):
@@ -203,10 +265,16 @@ def _decode_telemetry(
         raise _Reject(Reason.MISSING_FIELD, "'values' is required")
     if not isinstance(values, dict) or not values:
         raise _Reject(Reason.WRONG_TYPE, "'values' must be a non-empty object")
-    return Telemetry(device.id, seq, ts_us, buffered, _decode_values(device.kind, values))
+    decoded = _decode_values(device.kind, values, ranges)
+    # Only now, for a message otherwise accepted: its objects are this one and ``values``
+    # (every other field is a scalar). A duplicate elsewhere fails some check above.
+    _check_unique_keys(payload, len(body) + len(values))
+    return Telemetry(device.id, seq, ts_us, buffered, decoded)
 
 
-def _decode_values(kind: Kind, values: dict[str, Any]) -> tuple[tuple[str, float], ...]:
+def _decode_values(
+    kind: Kind, values: dict[str, Any], ranges: Mapping[str, Range]
+) -> tuple[tuple[str, float], ...]:
     specs = KINDS[kind]
     out: list[tuple[str, float]] = []
     for name, value in values.items():
@@ -222,6 +290,10 @@ def _decode_values(kind: Kind, values: dict[str, Any]) -> tuple[tuple[str, float
             number = float(value)
             if not math.isfinite(number):
                 raise _Reject(Reason.NON_FINITE, f"{name!r} is not finite")
+            plausible = ranges.get(name)
+            if plausible is not None and not plausible[0] <= number <= plausible[1]:
+                low, high = plausible
+                raise _Reject(Reason.OUT_OF_RANGE, f"{name!r} {number:.6g} is outside {low:g}..{high:g}")
             out.append((name, number))
         else:
             raise _Reject(Reason.WRONG_TYPE, f"{name!r} must be a number")
@@ -233,6 +305,8 @@ def parse_timestamp_us(value: Any) -> int:
     if type(value) is int or type(value) is float:
         if not math.isfinite(value):
             raise _Reject(Reason.NON_FINITE, "'ts' is not finite")
+        if not 0 <= value <= MAX_TS_S:
+            raise _Reject(Reason.INVALID_TS, f"'ts' {value:.6g} is not epoch seconds up to the year 9999")
         ts_us = round(value * US)
     elif isinstance(value, str):
         try:
@@ -242,7 +316,10 @@ def parse_timestamp_us(value: Any) -> int:
             raise _Reject(Reason.INVALID_TS, f"'ts' {value[:40]!r} is not RFC 3339") from None
         if moment.tzinfo is None or ("T" not in value.upper() and " " not in value):
             raise _Reject(Reason.INVALID_TS, f"'ts' {value[:40]!r} has no date-time with UTC offset")
-        ts_us = int(moment.timestamp()) * US + moment.microsecond
+        try:
+            ts_us = int(moment.timestamp()) * US + moment.microsecond
+        except (OverflowError, ValueError):  # e.g. year 1 with a positive offset is before year 1 UTC
+            raise _Reject(Reason.INVALID_TS, f"'ts' {value[:40]!r} is out of range") from None
     else:
         raise _Reject(Reason.WRONG_TYPE, "'ts' must be an RFC 3339 string or epoch seconds")
     if ts_us < MIN_TS_US:

@@ -25,7 +25,8 @@ from coldwatch.export import format_ts
 from coldwatch.metrics import Metrics
 from coldwatch.mqtt import READ_BURST, Delivery, backoff_delays
 from coldwatch.notify.planner import Notifier
-from coldwatch.payload import Rejection, Status, Telemetry, decode
+from coldwatch.payload import Reason, Rejection, Status, Telemetry, decode
+from coldwatch.ratelog import RateLimitedLog
 from coldwatch.recovering import Recovery, SessionLost
 from coldwatch.rules.engine import Engine
 from coldwatch.rules.lifecycle import AlarmBook, LifecycleError, Transition
@@ -37,6 +38,12 @@ __all__ = ["Pipeline"]
 
 _RAISING = frozenset({EventKind.RAISED, EventKind.SEVERITY_CHANGED})  # events that page someone
 log = logging.getLogger(__name__)
+_DETAIL_CHARS = 300  # of an internal error's message, in its quarantine entry
+
+
+def internal_error(exc: Exception, device_id: str | None = None) -> Rejection:
+    """The rejection of a message the collector failed on (its own fault, caught)."""
+    return Rejection(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:_DETAIL_CHARS], device_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +138,9 @@ class Pipeline:
         self.notifier = notifier
         self._on_notified = on_notified
         self._clock_us = clock_us
+        self._ranges = config.ingest.ranges()
+        # Faults on single messages are counted exactly but logged once a minute per kind.
+        self._faults = RateLimitedLog(log)
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=config.ingest.queue_max)
         self._taken: list[_Item] = []  # taken from the queue for the next batch
         self._judged = 0  # messages of batches judged and not yet committed
@@ -194,7 +204,12 @@ class Pipeline:
             # Our own request (subscribed to the whole prefix): nothing to store.
             item = _Item(delivery, ResendEcho())
         else:
-            item = _Item(delivery, self._decode(delivery))
+            try:
+                decoded = self._decode(delivery)
+            except Exception as exc:
+                self._faults.exception("decode", "could not decode a message on %s", delivery.topic[:200])
+                decoded = internal_error(exc)
+            item = _Item(delivery, decoded)
         self.peak_depth = max(self.peak_depth, self.depth + 1)
         if self._overflow or self._queue.full():
             # Only without flow control (MQTT 3.1.1 on a broker that does not cap what it
@@ -213,6 +228,7 @@ class Pipeline:
             prefix=self._config.mqtt.topic_prefix,
             max_payload_bytes=ingest.max_payload_bytes,
             max_future_skew_s=ingest.max_future_skew_s,
+            ranges=self._ranges,
         )
 
     def session_lost(self, at_us: int) -> None:
@@ -307,44 +323,10 @@ class Pipeline:
         raised_us: list[int] = []  # device times of live readings that raised an alarm
         taken: dict[tuple[str, int, int], bytes] = {}  # (device, seq, ts) -> payload, this batch
         for item in items:
-            decoded, delivery = item.decoded, item.delivery
-            if isinstance(decoded, Tick):
-                self._alarms(batch, self.engine.advance(decoded.now_us), decoded.now_us)
-                continue
-            if isinstance(decoded, UserAction):
-                self._user_action(batch, item, decoded)
-                continue
-            if isinstance(decoded, SessionLost):
-                self.recovery.session_lost(batch, decoded)
-                continue
-            if isinstance(decoded, ResendEcho):
-                continue
-            assert delivery is not None
-            if isinstance(decoded, Telemetry):
-                first = taken.setdefault((decoded.device_id, decoded.seq, decoded.ts_us), delivery.payload)
-                if first is not delivery.payload and first == delivery.payload:
-                    batch.copies += 1  # the same message again: acknowledged with the batch, kept once
-                else:
-                    self._telemetry(batch, decoded, delivery.received_us, raised_us)
-            elif isinstance(decoded, Status):
-                state = self._tracker.state(decoded.device_id)
-                state.online = decoded.online
-                batch.devices[decoded.device_id] = replace(state)
-                events = self.engine.status(
-                    decoded.device_id, online=decoded.online, at_us=delivery.received_us
-                )
-                self._alarms(batch, events, delivery.received_us)
-            else:
-                batch.rejections.append(
-                    QuarantineEntry(
-                        delivery.received_us,
-                        decoded.reason.value,
-                        decoded.detail,
-                        delivery.topic,
-                        decoded.device_id,
-                        delivery.payload,
-                    )
-                )
+            try:
+                self._take_item(batch, item, taken, raised_us)
+            except Exception as exc:
+                self._isolate(batch, item, exc)
         self.recovery.step(batch, self._clock_us())
         batch.audit += [audit_draft(t) for t in batch.transitions]
         if self.notifier is not None:
@@ -353,6 +335,85 @@ class Pipeline:
                 batch.transitions, self.book.open.values(), self._clock_us()
             )
         return _Judged(items, batch, raised_us)
+
+    def _take_item(
+        self, batch: Batch, item: _Item, taken: dict[tuple[str, int, int], bytes], raised_us: list[int]
+    ) -> None:
+        """Add one item to the batch: judged, stored, rejected or applied."""
+        decoded, delivery = item.decoded, item.delivery
+        if isinstance(decoded, Tick):
+            self._alarms(batch, self.engine.advance(decoded.now_us), decoded.now_us)
+            return
+        if isinstance(decoded, UserAction):
+            self._user_action(batch, item, decoded)
+            return
+        if isinstance(decoded, SessionLost):
+            self.recovery.session_lost(batch, decoded)
+            return
+        if isinstance(decoded, ResendEcho):
+            return
+        assert delivery is not None
+        if isinstance(decoded, Telemetry):
+            key = (decoded.device_id, decoded.seq, decoded.ts_us)
+            first = taken.setdefault(key, delivery.payload)
+            if first is not delivery.payload and first == delivery.payload:
+                batch.copies += 1  # the same message again: acknowledged with the batch, kept once
+                return
+            try:
+                self._telemetry(batch, decoded, delivery.received_us, raised_us)
+            except BaseException:
+                if taken.get(key) is delivery.payload:
+                    del taken[key]  # a later copy is not a copy of something stored
+                raise
+        elif isinstance(decoded, Status):
+            state = self._tracker.state(decoded.device_id)
+            state.online = decoded.online
+            batch.devices[decoded.device_id] = replace(state)
+            events = self.engine.status(decoded.device_id, online=decoded.online, at_us=delivery.received_us)
+            self._alarms(batch, events, delivery.received_us)
+        else:
+            self._reject(batch, delivery, decoded)
+
+    def _reject(self, batch: Batch, delivery: Delivery, rejection: Rejection) -> None:
+        batch.rejections.append(
+            QuarantineEntry.of(
+                received_us=delivery.received_us,
+                reason=rejection.reason.value,
+                detail=rejection.detail,
+                topic=delivery.topic,
+                device_id=rejection.device_id,
+                payload=delivery.payload,
+                keep_bytes=self._config.storage.quarantine_payload_bytes,
+            )
+        )
+
+    def _isolate(self, batch: Batch, item: _Item, exc: Exception) -> None:
+        """One item failed while being judged: the batch goes on without it.
+
+        A message becomes an ``internal_error`` rejection (quarantined, counted and
+        acknowledged with the batch: never redelivered forever); a user action fails to
+        its caller; a timer tick is skipped (the next one comes within a second).
+        """
+        self._faults.exception("judge", "could not judge %s", type(item.decoded).__name__)
+        delivery = item.delivery
+        if delivery is not None:
+            device_id = getattr(item.decoded, "device_id", None)
+            self._drop_reading(batch, item.decoded)
+            self._reject(batch, delivery, internal_error(exc, device_id))
+        elif item.reply is not None and not item.reply.done():
+            item.outcome = None
+            item.reply.set_exception(exc)
+
+    @staticmethod
+    def _drop_reading(batch: Batch, decoded: Decoded) -> None:
+        """Take the reading of a failed message out of ``batch``, if it was added already.
+
+        A reading is added before it is judged, and the rules' and alarms' own faults are
+        caught there (the reading is stored, the fault counted): what can fail after it is
+        the tracking of its device, whose sequence state then counts it as seen.
+        """
+        if batch.readings and batch.readings[-1][0] is decoded:
+            batch.readings.pop()
 
     def _telemetry(self, batch: Batch, decoded: Telemetry, received_us: int, raised_us: list[int]) -> None:
         """Track, store and judge one reading."""
@@ -371,17 +432,23 @@ class Pipeline:
         events = self._judge(reading)
         if not decoded.buffered and any(e.kind in _RAISING for e in events):
             raised_us.append(decoded.ts_us)
-        self._alarms(batch, events, received_us)
+        try:
+            self._alarms(batch, events, received_us)
+        except Exception:
+            self._rule_fault(reading)
 
     def _judge(self, reading: EngineReading) -> list[AlarmEvent]:
         """The rules' verdict on one reading; a fault in a rule never stops the writer."""
         try:
             return self.engine.ingest(reading)
         except Exception:
-            # The reading is stored all the same; the fault is logged and counted.
-            log.exception("rules failed on %s seq %d", reading.device_id, reading.seq)
-            self._metrics.rule_errors.inc()
+            self._rule_fault(reading)
             return []
+
+    def _rule_fault(self, reading: EngineReading) -> None:
+        """A rule or the alarm lifecycle failed on a valid reading: stored all the same, counted, logged."""
+        self._metrics.rule_errors.inc()
+        self._faults.exception("rules", "rules failed on %s seq %d", reading.device_id, reading.seq)
 
     def _user_action(self, batch: Batch, item: _Item, action: UserAction) -> None:
         now_us = self._clock_us()

@@ -7,6 +7,7 @@ from pathlib import Path
 from coldwatch.config import POSTGRES_SCHEMES
 from coldwatch.errors import StorageError
 from coldwatch.storage.base import (
+    QUARANTINE_MAX_BYTES,
     Batch,
     BatchResult,
     DeviceState,
@@ -31,14 +32,23 @@ __all__ = [
 ]
 
 
-def open_storage(location: str | Path, *, quarantine_max_rows: int = 10_000) -> Storage:
+def open_storage(
+    location: str | Path,
+    *,
+    quarantine_max_rows: int = 10_000,
+    quarantine_max_bytes: int = QUARANTINE_MAX_BYTES,
+) -> Storage:
     """Build the backend for ``location`` (a SQLite path or a ``postgresql://`` URL); then ``open()`` it."""
     text = str(location)
     if text.startswith(POSTGRES_SCHEMES):
         from coldwatch.storage.postgres import PostgresStorage  # noqa: PLC0415 - asyncpg only when used
 
-        return PostgresStorage(text, quarantine_max_rows=quarantine_max_rows)
-    return SqliteStorage(Path(text), quarantine_max_rows=quarantine_max_rows)
+        return PostgresStorage(
+            text, quarantine_max_rows=quarantine_max_rows, quarantine_max_bytes=quarantine_max_bytes
+        )
+    return SqliteStorage(
+        Path(text), quarantine_max_rows=quarantine_max_rows, quarantine_max_bytes=quarantine_max_bytes
+    )
 
 
 def open_existing(location: str | Path) -> Storage:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -15,6 +16,7 @@ from coldwatch.rules.lifecycle import Alarm, AlarmState, Transition
 from coldwatch.rules.model import AlarmKey, EngineReading, Severity
 
 __all__ = [
+    "QUARANTINE_MAX_BYTES",
     "Batch",
     "BatchResult",
     "DeviceState",
@@ -27,9 +29,16 @@ __all__ = [
 ]
 
 
+QUARANTINE_MAX_BYTES = 64 * 1024 * 1024  # the default bound on the quarantine's kept payloads
+
+
 @dataclass(frozen=True, slots=True)
 class QuarantineEntry:
-    """A rejected message, kept with its reason and raw bytes for inspection."""
+    """A rejected message, kept with its reason and (a prefix of) its raw bytes for inspection.
+
+    ``payload`` may be only the first bytes of what was received: ``payload_size`` and
+    ``payload_sha256`` (hex) describe the whole message.
+    """
 
     received_us: int
     reason: str
@@ -37,6 +46,43 @@ class QuarantineEntry:
     topic: str
     device_id: str | None
     payload: bytes
+    payload_size: int = -1  # of the whole payload; -1: ``payload`` is whole
+    payload_sha256: str = ""  # of the whole payload (hex); "": computed from ``payload``
+
+    def __post_init__(self) -> None:
+        if self.payload_size < 0:
+            object.__setattr__(self, "payload_size", len(self.payload))
+        if not self.payload_sha256:
+            object.__setattr__(self, "payload_sha256", hashlib.sha256(self.payload).hexdigest())
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        received_us: int,
+        reason: str,
+        detail: str,
+        topic: str,
+        device_id: str | None,
+        payload: bytes,
+        keep_bytes: int,
+    ) -> QuarantineEntry:
+        """An entry keeping at most ``keep_bytes`` of ``payload``, with its full size and SHA-256."""
+        return cls(
+            received_us,
+            reason,
+            detail,
+            topic,
+            device_id,
+            payload[:keep_bytes],
+            len(payload),
+            hashlib.sha256(payload).hexdigest(),
+        )
+
+    @property
+    def truncated(self) -> bool:
+        """Whether only a prefix of the payload was kept."""
+        return self.payload_size > len(self.payload)
 
 
 @dataclass(frozen=True, slots=True)

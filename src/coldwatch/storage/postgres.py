@@ -46,6 +46,7 @@ from coldwatch.rules.model import EngineReading
 from coldwatch.storage import audit_pg
 from coldwatch.storage.audit_pg import PgConnection
 from coldwatch.storage.base import (
+    QUARANTINE_MAX_BYTES,
     Batch,
     BatchResult,
     DeviceState,
@@ -194,6 +195,21 @@ MIGRATIONS_PG: Final[tuple[str, ...]] = (
     # Signatures over the audit chain; entries written before stay verifiable by the chain.
     audit_pg.SEALS_SCHEMA_PG,
     OUTBOX_DEAD_LETTER_SCHEMA_PG,
+    # The quarantine keeps a prefix of each payload, with the whole payload's size and
+    # SHA-256 (-1 and '': the row predates this and its payload is whole).
+    # kept_from: where the entry's kept payload starts in the sequence of every payload
+    # byte the quarantine kept, so that the byte bound deletes by an index range.
+    """
+    ALTER TABLE quarantine ADD COLUMN payload_size BIGINT NOT NULL DEFAULT -1,
+        ADD COLUMN payload_sha256 TEXT NOT NULL DEFAULT '',
+        ADD COLUMN kept_from BIGINT NOT NULL DEFAULT 0;
+    UPDATE quarantine AS q SET kept_from = o.start FROM (
+        SELECT id, coalesce(sum(octet_length(payload)) OVER (
+            ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS start
+        FROM quarantine
+    ) AS o WHERE q.id = o.id;
+    CREATE INDEX quarantine_by_offset ON quarantine(kept_from);
+    """,
 )
 
 _PLAIN_READINGS: Final = """
@@ -215,6 +231,9 @@ _INCOMING: Final = (
 _INSERT_READINGS: Final = (
     "INSERT INTO readings SELECT * FROM incoming ON CONFLICT DO NOTHING RETURNING device, metric, ts_us, seq"
 )
+# Where the newest entry's kept payload ends (octet_length reads a value's stored size).
+_QUARANTINE_END: Final = "SELECT kept_from + octet_length(payload) FROM quarantine ORDER BY id DESC LIMIT 1"
+QUARANTINE_LOCK: Final = 0x636F6C64_71756172  # "coldquar"
 _INSERT_GAP: Final = (
     "INSERT INTO seq_gaps(device, first_missing, last_missing, detected_us) VALUES ($1, $2, $3, $4)"
 )
@@ -277,6 +296,7 @@ class PostgresStorage(RowIds):
         url: str,
         *,
         quarantine_max_rows: int = 10_000,
+        quarantine_max_bytes: int = QUARANTINE_MAX_BYTES,
         pool_size: int = 4,
         timescale: bool | None = None,
         fence: Fence | None = None,
@@ -286,6 +306,7 @@ class PostgresStorage(RowIds):
         self.url = url
         self.where = redact(url)
         self._quarantine_max_rows = quarantine_max_rows
+        self._quarantine_max_bytes = quarantine_max_bytes
         self._pool_size = pool_size
         self._want_timescale = timescale  # None: use it when it can be created
         self.fence = fence
@@ -573,10 +594,14 @@ class PostgresStorage(RowIds):
         return len(inserted), frozenset((by_rowid[d], s, t) for d, _, t, s in before)
 
     async def _quarantine(self, conn: PgConnection, rejections: list[QuarantineEntry]) -> None:
+        # Collectors sharing the database number the kept bytes one after another (taken
+        # before the totals' row locks, in every writer: one lock order).
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", QUARANTINE_LOCK)
+        rows, end = quarantine_rows(rejections, int(await conn.fetchval(_QUARANTINE_END) or 0))
         await conn.executemany(
-            "INSERT INTO quarantine(received_us, reason, detail, topic, device_id, payload) "
-            "VALUES ($1, $2, $3, $4, $5, $6)",
-            quarantine_rows(rejections),
+            "INSERT INTO quarantine(received_us, reason, detail, topic, device_id, payload, payload_size, "
+            "payload_sha256, kept_from) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            rows,
         )
         await conn.executemany(
             "INSERT INTO rejection_totals(reason, total) VALUES ($1, $2) "
@@ -587,6 +612,8 @@ class PostgresStorage(RowIds):
             "DELETE FROM quarantine WHERE id <= (SELECT max(id) FROM quarantine) - $1",
             self._quarantine_max_rows,
         )
+        # The entries kept are the newest whose payloads lie wholly in the last max_bytes.
+        await conn.execute("DELETE FROM quarantine WHERE kept_from < $1", end - self._quarantine_max_bytes)
 
     async def _write_gaps(self, conn: PgConnection, batch: Batch) -> None:
         """New gaps, then the gaps that were recovered or lost (possibly the same, in one batch)."""
@@ -777,11 +804,11 @@ class PostgresStorage(RowIds):
     async def quarantine(self, limit: int = 100) -> list[QuarantineEntry]:
         """The most recent rejected messages, newest first."""
         rows = await self.pool.fetch(
-            "SELECT received_us, reason, detail, topic, device_id, payload FROM quarantine "
-            "ORDER BY id DESC LIMIT $1",
+            "SELECT received_us, reason, detail, topic, device_id, payload, payload_size, payload_sha256 "
+            "FROM quarantine ORDER BY id DESC LIMIT $1",
             limit,
         )
-        return [QuarantineEntry(r[0], r[1], r[2], r[3], r[4], bytes(r[5])) for r in rows]
+        return [QuarantineEntry(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), r[6], r[7]) for r in rows]
 
     async def rejection_totals(self) -> dict[str, int]:
         """Every rejection ever recorded, by reason (survives quarantine pruning)."""

@@ -60,9 +60,20 @@ class RowIds:
         ]
 
 
-def quarantine_rows(rejections: Iterable[QuarantineEntry]) -> list[tuple[object, ...]]:
-    """``quarantine`` rows (without their id)."""
-    return [(q.received_us, q.reason, q.detail, q.topic, q.device_id, q.payload) for q in rejections]
+def quarantine_rows(
+    rejections: Iterable[QuarantineEntry], kept_from: int
+) -> tuple[list[tuple[object, ...]], int]:
+    """``quarantine`` rows (without their id), and where the next kept payload starts.
+
+    ``kept_from`` numbers every payload byte the quarantine ever kept, in order: where the
+    newest entry's payload ends. The byte bound deletes by a range of it, never summing.
+    """
+    rows: list[tuple[object, ...]] = []
+    for q in rejections:
+        whole = (q.received_us, q.reason, q.detail, q.topic, q.device_id, q.payload)
+        rows.append((*whole, q.payload_size, q.payload_sha256, kept_from))
+        kept_from += len(q.payload)
+    return rows, kept_from
 
 
 def reason_totals(rejections: Iterable[QuarantineEntry]) -> list[tuple[str, int]]:

@@ -36,6 +36,7 @@ from coldwatch.storage.audit_sqlite import (
     verify_stored,
 )
 from coldwatch.storage.base import (
+    QUARANTINE_MAX_BYTES,
     Batch,
     BatchResult,
     DeviceState,
@@ -178,11 +179,28 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     # Signatures over the audit chain; entries written before stay verifiable by the chain.
     SEALS_SCHEMA,
     OUTBOX_DEAD_LETTER_SCHEMA,
+    # The quarantine keeps a prefix of each payload, with the whole payload's size and
+    # SHA-256 (-1 and '': the row predates this and its payload is whole).
+    # kept_from: where the entry's kept payload starts in the sequence of every payload
+    # byte the quarantine kept, so that the byte bound deletes by an index range.
+    """
+    ALTER TABLE quarantine ADD COLUMN payload_size INTEGER NOT NULL DEFAULT -1;
+    ALTER TABLE quarantine ADD COLUMN payload_sha256 TEXT NOT NULL DEFAULT '';
+    ALTER TABLE quarantine ADD COLUMN kept_from INTEGER NOT NULL DEFAULT 0;
+    UPDATE quarantine SET kept_from = o.start FROM (
+        SELECT id, coalesce(sum(length(payload)) OVER (
+            ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS start
+        FROM quarantine
+    ) AS o WHERE quarantine.id = o.id;
+    CREATE INDEX quarantine_by_offset ON quarantine(kept_from);
+    """,
 )
 
 log = logging.getLogger(__name__)
 CHECKPOINT_EVERY_S = 1.0
 
+# Where the newest entry's kept payload ends (length() of a blob reads the record header).
+_QUARANTINE_END = "SELECT kept_from + length(payload) FROM quarantine ORDER BY id DESC LIMIT 1"
 _INSERT_INCOMING = "INSERT INTO temp.incoming VALUES (?, ?, ?, ?, ?, ?, ?)"
 _INSERT_READINGS = "INSERT OR IGNORE INTO reading_rows VALUES "
 # Rows per multi-row statement at most; a power of two, so that any count is a sum of a
@@ -255,6 +273,7 @@ class SqliteStorage(RowIds):
         path: Path,
         *,
         quarantine_max_rows: int = 10_000,
+        quarantine_max_bytes: int = QUARANTINE_MAX_BYTES,
         synchronous: str = "FULL",
         migrate: bool = True,
     ) -> None:
@@ -264,6 +283,7 @@ class SqliteStorage(RowIds):
         # tables under it; the collector upgrades the schema when it starts.
         self._migrate_on_open = migrate
         self._quarantine_max_rows = quarantine_max_rows
+        self._quarantine_max_bytes = quarantine_max_bytes
         self._synchronous = synchronous
         self._db: aiosqlite.Connection | None = None
         self._checkpointer: aiosqlite.Connection | None = None
@@ -485,21 +505,25 @@ class SqliteStorage(RowIds):
         return stored, duplicates
 
     def _quarantine(self, conn: sqlite3.Connection, rejections: list[QuarantineEntry]) -> None:
+        newest = conn.execute(_QUARANTINE_END).fetchone()
+        rows, end = quarantine_rows(rejections, newest[0] if newest else 0)
         conn.executemany(
-            "INSERT INTO quarantine(received_us, reason, detail, topic, device_id, payload) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            quarantine_rows(rejections),
+            "INSERT INTO quarantine(received_us, reason, detail, topic, device_id, payload, payload_size, "
+            "payload_sha256, kept_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
         )
         conn.executemany(
             "INSERT INTO rejection_totals(reason, total) VALUES (?, ?) "
             "ON CONFLICT(reason) DO UPDATE SET total = total + excluded.total",
             reason_totals(rejections),
         )
-        # Bounded: the oldest entries go first; their totals above remain.
+        # Bounded in rows and in payload bytes: the oldest entries go first; their totals above remain.
         conn.execute(
             "DELETE FROM quarantine WHERE id <= (SELECT max(id) FROM quarantine) - ?",
             (self._quarantine_max_rows,),
         )
+        # The entries kept are the newest whose payloads lie wholly in the last max_bytes.
+        conn.execute("DELETE FROM quarantine WHERE kept_from < ?", (end - self._quarantine_max_bytes,))
 
     def _write_transitions(self, conn: sqlite3.Connection, transitions: list[Transition]) -> None:
         conn.executemany(
@@ -691,8 +715,8 @@ class SqliteStorage(RowIds):
     async def quarantine(self, limit: int = 100) -> list[QuarantineEntry]:
         """The most recent rejected messages, newest first."""
         async with self._conn.execute(
-            "SELECT received_us, reason, detail, topic, device_id, payload FROM quarantine "
-            "ORDER BY id DESC LIMIT ?",
+            "SELECT received_us, reason, detail, topic, device_id, payload, payload_size, payload_sha256 "
+            "FROM quarantine ORDER BY id DESC LIMIT ?",
             (limit,),
         ) as cur:
             return [QuarantineEntry(*row) async for row in cur]
