@@ -109,9 +109,9 @@ async def sample(port: int, name: str, labels: dict[str, str] | None = None) -> 
     return 0.0
 
 
-async def lost_leases(port: int) -> bool:
-    """The member's /metrics counts partitions it lost."""
-    return await sample(port, "coldwatch_cluster_lease_changes_total", {"change": "lost"}) > 0
+async def lost_leases(port: int) -> float:
+    """How many partitions the member has stopped as lost (its /metrics)."""
+    return await sample(port, "coldwatch_cluster_lease_changes_total", {"change": "lost"})
 
 
 async def ready(port: int) -> bool:
@@ -273,10 +273,12 @@ async def stalled_member_is_taken_over(
                 )
             finally:
                 stall.thaw()
+
             # Awake again, it notices its partitions are gone, stops serving them and rejoins.
-            await eventually(
-                lambda: lost_leases(ports[STALLED]), timeout_s=30, what=f"{STALLED} counting its lost leases"
-            )
+            async def stopped_all() -> bool:
+                return await lost_leases(ports[STALLED]) >= len(mine)
+
+            await eventually(stopped_all, timeout_s=30, what=f"{STALLED} stopping every partition it lost")
             await eventually(
                 lambda: Counter(owners(url).values())[STALLED] >= 2, timeout_s=40, what=f"{STALLED} rejoined"
             )
