@@ -23,6 +23,7 @@ from coldwatch.cluster import ClusterDaemon, Leases, partition_of
 from coldwatch.config import Config, load_config
 from coldwatch.daemon import Daemon
 from coldwatch.errors import StorageError
+from coldwatch.leases import session_settings
 from coldwatch.mqtt import _check_granted
 from coldwatch.notify.model import Channel, OutboxItem
 from coldwatch.payload import Telemetry
@@ -328,6 +329,61 @@ async def test_a_fenced_batch_is_refused_once_the_lease_is_gone(store: PostgresS
     finally:
         await fenced.close()
     assert (await store.counts())["readings"] == 1
+
+
+async def test_a_takeover_ends_a_batch_left_open_by_a_stalled_holder(store: PostgresStorage) -> None:
+    """A batch left open by a stalled member (holding its partition's fence) does not hold the partition
+    once the lease has run out: the next holder takes it at once, ending that batch, which never commits."""
+    a, b = Leases(store, "a", 1, 1.0), Leases(store, "b", 1, 1.0)
+    await a.prepare()
+    generation = (await a.round()).acquired[0]
+    cfg = load_config_text(
+        f"devices: [{{id: inc-01, kind: incubator, site: s, area: lab}}]\nstorage: {{url: '{store.url}'}}\n"
+    )
+    fenced = PostgresStorage(store.url, fence=Fence(0, "a", generation))
+    await fenced.open()
+    try:
+        await fenced.register_devices(cfg.devices)
+        # A batch's first steps, then the member stalls: the transaction stays open on the server.
+        conn = await asyncpg.connect(store.url)
+        try:
+            batch = conn.transaction()
+            await batch.start()
+            await fenced._check_fence(conn, Fence(0, "a", generation))
+            await conn.execute("UPDATE devices SET last_seq = 42 WHERE device_id = 'inc-01'")
+            await asyncio.sleep(1.2)  # the lease runs out; the stalled member never renews it
+            taken = await b.round()
+            assert taken.acquired == {0: generation + 1}
+            assert taken.ended == 1
+            # The session is gone (how the client reports it depends on when it hears of it).
+            with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)):
+                await batch.commit()
+        finally:
+            conn.terminate()
+    finally:
+        await fenced.close()
+    assert await store.pool.fetchval("SELECT last_seq FROM devices WHERE device_id = 'inc-01'") != 42
+
+
+async def test_a_lease_round_left_open_by_a_stalled_member_does_not_block_the_takeover(
+    store: PostgresStorage,
+) -> None:
+    """A member stalled inside its lease round (its lease rows locked) is ended by the server before its
+    leases run out (idle_in_transaction_session_timeout below the lease), so the takeover proceeds."""
+    lease_s = 1.0
+    a, b = Leases(store, "a", 1, lease_s), Leases(store, "b", 1, lease_s)
+    await a.prepare()
+    await a.round()
+    # The member's lease session, stalled in its next round: its lease row locked, never committed.
+    conn = await asyncpg.connect(store.url, server_settings=session_settings(lease_s, "lease"))
+    try:
+        renewal = conn.transaction()
+        await renewal.start()
+        await conn.execute("UPDATE partition_leases SET expires_at = expires_at WHERE owner = 'a'")
+        await asyncio.sleep(lease_s + 0.2)  # the lease runs out meanwhile
+        assert (await b.round()).acquired == {0: 2}
+    finally:
+        conn.terminate()
 
 
 async def test_a_batch_with_notifications_wakes_listeners_when_it_commits(store: PostgresStorage) -> None:

@@ -14,7 +14,8 @@ that partition: the broker hands the partition's MQTT session, with everything q
 it, to the new owner; open alarms are loaded and recent readings judged again, as after a
 restart, so nothing is raised twice and nothing is forgotten. A member that cannot renew
 its leases stops its partitions before they can expire, and every batch checks its lease
-inside its transaction (a fence), so a stalled member cannot write after a takeover.
+inside its transaction (a fence), so a stalled member cannot write after a takeover. A
+takeover never waits for a stalled member: see :mod:`coldwatch.leases`.
 
 No coordination service besides PostgreSQL: leases are rows, the clock is the database's.
 """
@@ -25,7 +26,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 import os
 import re
 import socket
@@ -50,6 +50,7 @@ from coldwatch.config import Config, DeviceConfig
 from coldwatch.daemon import DRAIN_TIMEOUT_S, Daemon, WorkerOptions, config_loaded
 from coldwatch.errors import StorageError
 from coldwatch.http import HttpServer, build_app
+from coldwatch.leases import LeaseChange, Leases, session_settings
 from coldwatch.metrics import render
 from coldwatch.notify.deliver import Deliverer
 from coldwatch.notify.messages import alertmanager_resend
@@ -80,109 +81,6 @@ def member_name(config: Config) -> str:
         return config.cluster.name
     host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:40] or "host"
     return f"{host}-{os.getpid()}"
-
-
-@dataclass
-class LeaseChange:
-    """What one renewal round decided."""
-
-    held: dict[int, int] = field(default_factory=dict)  # partition -> generation, after the round
-    acquired: dict[int, int] = field(default_factory=dict)
-    lost: set[int] = field(default_factory=set)
-    surplus: list[int] = field(default_factory=list)  # to hand back: more than the fair share
-    members: int = 1
-
-
-class Leases:
-    """The partition leases of one member, in PostgreSQL (``partition_leases``, ``collectors``)."""
-
-    def __init__(self, storage: PostgresStorage, name: str, partitions: int, lease_s: float) -> None:
-        self._storage = storage
-        self.name = name
-        self.partitions = partitions
-        self.lease_s = lease_s
-        self.held: dict[int, int] = {}
-
-    async def prepare(self) -> None:
-        """Create the partitions' rows; refuse a partition count other members do not share."""
-        async with self._storage.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO storage_info VALUES ('partitions', $1) ON CONFLICT (key) DO NOTHING",
-                str(self.partitions),
-            )
-            stored = int(await conn.fetchval("SELECT value FROM storage_info WHERE key = 'partitions'"))
-            if stored != self.partitions:
-                raise StorageError(
-                    f"the cluster has {stored} partitions and this member is configured with "
-                    f"{self.partitions}: every member must use the same cluster.partitions"
-                )
-            await conn.execute(
-                "INSERT INTO partition_leases(partition) SELECT generate_series(0, $1 - 1) "
-                "ON CONFLICT (partition) DO NOTHING",
-                self.partitions,
-            )
-
-    async def round(self) -> LeaseChange:
-        """Heartbeat, renew what is held, take free partitions up to the fair share; say what changed."""
-        lease = self.lease_s
-        change = LeaseChange()
-        async with self._storage.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO collectors(name, seen_at) VALUES ($1, now()) "
-                "ON CONFLICT (name) DO UPDATE SET seen_at = now()",
-                self.name,
-            )
-            renewed = await conn.fetch(
-                "UPDATE partition_leases SET expires_at = now() + make_interval(secs => $2) "
-                "WHERE owner = $1 AND expires_at > now() RETURNING partition, generation",
-                self.name,
-                lease,
-            )
-            held = {int(r[0]): int(r[1]) for r in renewed}
-            change.lost = {p for p, g in self.held.items() if held.get(p) != g}
-            change.members = int(
-                await conn.fetchval(
-                    "SELECT count(*) FROM collectors WHERE seen_at > now() - make_interval(secs => $1)",
-                    lease,
-                )
-            )
-            fair = math.ceil(self.partitions / max(1, change.members))
-            if len(held) < fair:
-                taken = await conn.fetch(
-                    "UPDATE partition_leases SET owner = $1, expires_at = now() + make_interval(secs => $2), "
-                    "generation = generation + 1 WHERE partition IN (SELECT partition FROM partition_leases "
-                    "WHERE expires_at <= now() ORDER BY partition LIMIT $3 FOR UPDATE SKIP LOCKED) "
-                    "RETURNING partition, generation",
-                    self.name,
-                    lease,
-                    fair - len(held),
-                )
-                change.acquired = {int(r[0]): int(r[1]) for r in taken}
-                held.update(change.acquired)
-            elif len(held) > fair:
-                change.surplus = sorted(held)[fair:]
-        self.held = held
-        change.held = dict(held)
-        return change
-
-    async def release(self, partitions: Iterable[int]) -> None:
-        """Hand partitions back at once (their collectors have stopped and committed)."""
-        wanted = list(partitions)
-        if not wanted:
-            return
-        await self._storage.pool.execute(
-            "UPDATE partition_leases SET owner = NULL, expires_at = '-infinity' "
-            "WHERE owner = $1 AND partition = ANY($2::int[])",
-            self.name,
-            wanted,
-        )
-        for p in wanted:
-            self.held.pop(p, None)
-
-    async def leave(self) -> None:
-        """Release everything and leave the member list (a clean shutdown)."""
-        await self.release(list(self.held))
-        await self._storage.pool.execute("DELETE FROM collectors WHERE name = $1", self.name)
 
 
 @dataclass
@@ -275,6 +173,12 @@ class ClusterDaemon:
             ["change"],
             registry=self.registry,
         )
+        self._ended = Counter(
+            "coldwatch_cluster_stalled_sessions_ended",
+            "Database sessions of a stalled member, still inside a batch after its lease ran out, "
+            "ended by this member to take its partitions over",
+            registry=self.registry,
+        )
         self.registry.register(_MergedMetrics(self.workers))
 
     def worker_of(self, device_id: str) -> _Worker | None:
@@ -288,22 +192,30 @@ class ClusterDaemon:
         # Every member seals its appends with the site's key (its tasks inherit the signer).
         signer = load_signer(config)
         current_signer.set(signer)
+        lease_s = config.cluster.lease_s
         storage = PostgresStorage(
             url,
             quarantine_max_rows=config.storage.quarantine_max_rows,
             quarantine_max_bytes=config.storage.quarantine_max_bytes,
+            server_settings=session_settings(lease_s, "member"),
         )
         await storage.open()
         self._storage = storage
         # Leases on a connection of their own: exports or a busy pool must not delay renewal.
-        lease_store = PostgresStorage(url, pool_size=1, migrate=False, writer=False)
+        lease_store = PostgresStorage(
+            url,
+            pool_size=1,
+            migrate=False,
+            writer=False,
+            server_settings=session_settings(lease_s, "lease"),
+        )
         await lease_store.open()
         try:
             self.stored_states = dict(await storage.register_devices(config.devices))
             checks = await start_up_checks(storage, signer, time.time_ns() // 1000)
             await storage.record_audit([*checks, self._joined()])
             anchorer = Anchorer(storage, signer, anchor_path(config), config.audit.anchor_interval_s)
-            leases = Leases(lease_store, self.owner, config.cluster.partitions, config.cluster.lease_s)
+            leases = Leases(lease_store, self.owner, config.cluster.partitions, lease_s)
             await leases.prepare()
             ids = AlarmIds(storage, config.cluster.alarm_id_block)
             await ids.start()
@@ -345,7 +257,7 @@ class ClusterDaemon:
                 async with asyncio.timeout(renew_s):
                     change = await leases.round()
             except Exception as exc:  # the database is away or slow: keep trying; the watchdog fences
-                log.warning("cannot renew partition leases: %s", exc or type(exc).__name__)
+                log.warning("cannot renew partition leases: %s", str(exc) or type(exc).__name__)
             else:
                 self._renewed_at = started
                 try:
@@ -396,6 +308,7 @@ class ClusterDaemon:
 
     async def _apply(self, change: LeaseChange, leases: Leases, ids: AlarmIds) -> None:
         self._members.set(change.members)
+        self._ended.inc(change.ended)
         if change.lost:
             log.warning("partition(s) %s lost to other members", sorted(change.lost))
             for partition in sorted(change.lost):
@@ -455,6 +368,7 @@ class ClusterDaemon:
                 pool_size=2,
                 fence=fence,
                 migrate=False,  # the member migrated when it started
+                server_settings=session_settings(config.cluster.lease_s, "writer"),
             )
 
         options = WorkerOptions(
@@ -545,7 +459,11 @@ class ClusterDaemon:
     async def _listen(self) -> None:
         await self._unlisten()
         try:
-            listener = await asyncpg.connect(str(self.config.storage.url), timeout=5)
+            listener = await asyncpg.connect(
+                str(self.config.storage.url),
+                timeout=5,
+                server_settings=session_settings(self.config.cluster.lease_s, "member"),
+            )
             await listener.add_listener(OUTBOX_CHANNEL, self._on_outbox)
         except Exception as exc:  # rounds still wake the deliverer: slower, not lost
             log.warning("cannot listen for new notifications (retried every round): %s", exc)

@@ -314,7 +314,7 @@ class ClusterConfig(_Model):
     # This member's name (unique in the cluster); default: host name and process id.
     name: Identifier | None = None
     partitions: int = Field(16, ge=1, le=4096)
-    # A dead member's partitions are taken over within about lease_s (plus one renewal period).
+    # A dead or stalled member's partitions are taken over within lease_s plus one renewal period.
     lease_s: float = Field(15.0, ge=1.0, le=3600.0)
     # Alarm ids are reserved from the shared sequence in blocks of this size.
     alarm_id_block: int = Field(10_000, ge=100)

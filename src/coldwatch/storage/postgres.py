@@ -18,7 +18,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -58,7 +58,15 @@ from coldwatch.storage.base import (
 )
 from coldwatch.storage.rows import RowIds, alarm_rows, quarantine_rows, reason_totals, transition_rows
 
-__all__ = ["MIGRATIONS_PG", "OUTBOX_CHANNEL", "AlarmIds", "Fence", "PostgresOutbox", "PostgresStorage"]
+__all__ = [
+    "FENCE_LOCK",
+    "MIGRATIONS_PG",
+    "OUTBOX_CHANNEL",
+    "AlarmIds",
+    "Fence",
+    "PostgresOutbox",
+    "PostgresStorage",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +75,8 @@ MIGRATION_LOCK: Final = 0x636F6C64_6D696772  # "coldmigr"
 PARTITION_LOCK: Final = 0x636F6C64_70617274  # "coldpart"
 ALARM_ID_LOCK: Final = 0x636F6C64_616C6964  # "coldalid"
 OUTBOX_CHANNEL: Final = "coldwatch_outbox"  # NOTIFY channel: notifications were enqueued
+# With a partition number, the fence of that partition's batches (see coldwatch.leases).
+FENCE_LOCK: Final = 0x63776665  # "cwfe"
 
 # Each entry migrates from version N to N+1. Never edit a released entry: append one.
 # The readings table itself is made by _create_readings (its form depends on TimescaleDB).
@@ -302,6 +312,7 @@ class PostgresStorage(RowIds):
         fence: Fence | None = None,
         migrate: bool = True,
         writer: bool = True,
+        server_settings: Mapping[str, str] | None = None,
     ) -> None:
         self.url = url
         self.where = redact(url)
@@ -315,6 +326,7 @@ class PostgresStorage(RowIds):
         # role, a standby will do).
         self._migrate_on_open = migrate
         self._writer = writer
+        self._server_settings = dict(server_settings or {})  # session settings (a cluster's timeouts)
         self._pool: asyncpg.Pool[Any] | None = None
         super().__init__()
         self._partitions: set[int] = set()
@@ -336,6 +348,7 @@ class PostgresStorage(RowIds):
                 max_size=self._pool_size,
                 init=_init_connection if self._writer else None,  # the batches' staging table
                 command_timeout=60,
+                server_settings=self._server_settings,
             )
             async with self.pool.acquire() as conn:
                 if self._migrate_on_open:
@@ -555,18 +568,30 @@ class PostgresStorage(RowIds):
                     )
                     await conn.execute(_UPDATE_DEVICES, *(list(c) for c in columns))
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, OverflowError, ValueError) as exc:
-            raise StorageError(f"{self.where}: batch write failed: {exc}") from exc
+            raise self._batch_failed(exc) from exc
         return BatchResult(stored=stored, duplicates=duplicates)
+
+    def _batch_failed(self, exc: Exception) -> BaseException:
+        """What a failed batch raises: a StorageError (retried), or the cancellation it hides."""
+        if _cancelling():
+            # The driver's clean-up (a ROLLBACK on a dead connection) failed and its error
+            # replaced the cancellation: stop as asked, rather than be retried as a failed batch.
+            return asyncio.CancelledError()
+        return StorageError(f"{self.where}: batch write failed: {exc}")
 
     async def _check_fence(self, conn: PgConnection, fence: Fence) -> None:
         """Refuse the batch unless this collector still holds the partition's lease.
 
-        The lease row stays share-locked until COMMIT: a member taking the partition over
-        waits for this batch, then sees everything it wrote.
+        The partition's fence stays held (shared) until COMMIT, and a member taking the
+        partition over takes it exclusively first (ending this session if it has stalled):
+        the batch either commits before the takeover or reads the new owner here. Taken
+        before the lease is read, in a statement of its own (a statement reads rows as of
+        its start).
         """
+        await conn.execute("SELECT pg_advisory_xact_lock_shared($1, $2)", FENCE_LOCK, fence.partition)
         held = await conn.fetchval(
             "SELECT 1 FROM partition_leases WHERE partition = $1 AND owner = $2 AND generation = $3 "
-            "AND expires_at > now() FOR SHARE",
+            "AND expires_at > now()",
             fence.partition,
             fence.owner,
             fence.generation,
@@ -881,6 +906,12 @@ class Fence:
     partition: int
     owner: str
     generation: int
+
+
+def _cancelling() -> bool:
+    """The current task has been asked to cancel (even if the CancelledError was lost on the way)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def _init_connection(conn: PgConnection) -> None:
