@@ -100,6 +100,32 @@ async def test_unencodable_reason_is_refused_with_a_readable_422(
             assert alarm["acknowledged_by"] is None
 
 
+async def test_non_finite_numbers_in_a_body_are_refused_with_a_readable_422(
+    broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
+) -> None:
+    """NaN and infinities (which Python's JSON reader accepts) anywhere in a body get a 422 in valid JSON."""
+    config = config_for(tmp_path, broker, prefix, backend)
+    async with running_daemon(config) as running:
+        await raise_comm_loss(broker, config, running)
+        async with httpx.AsyncClient(base_url=running.base_url, timeout=10) as client:
+            headers = {**auth("operator"), "Content-Type": "application/json"}
+            for path, raw in (
+                ("ack", b'{"reason": NaN}'),
+                ("ack", b'{"reason": 1e999}'),
+                ("unshelve", b'{"reason": "x", "extra": -Infinity}'),
+                ("shelve", b'{"reason": "hold", "until": Infinity}'),
+                ("shelve", b'{"reason": "hold", "until": [NaN, 1e999]}'),
+            ):
+                got = await client.post(f"/api/v1/alarms/1/{path}", content=raw, headers=headers)
+                assert got.status_code == 422, (raw, got.status_code, got.text)
+                # Strict JSON (no NaN tokens), and the offending input is named.
+                detail = json.loads(got.content, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+                assert detail["detail"], got.text
+            alarm = (await client.get("/api/v1/alarms/1", headers=auth("viewer"))).json()
+            assert alarm["acknowledged_by"] is None
+            assert alarm["shelved_until"] is None
+
+
 async def test_unrepresentable_or_too_long_shelves_are_refused_before_commit(
     broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
 ) -> None:

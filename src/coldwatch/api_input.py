@@ -8,6 +8,7 @@ every answer (validation errors included, which echo the input) can always be en
 # No "from __future__ import annotations": FastAPI and pydantic read these aliases at run time.
 
 import json
+import math
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -67,12 +68,30 @@ def to_us(moment: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+def _finite(content: Any) -> Any:
+    """``content`` with every NaN or infinity written as a string (JSON has no such numbers)."""
+    if isinstance(content, float) and not math.isfinite(content):
+        return str(content)
+    if isinstance(content, dict):
+        return {key: _finite(value) for key, value in content.items()}
+    if isinstance(content, list | tuple):
+        return [_finite(value) for value in content]
+    return content
+
+
 class EncodableJSONResponse(JSONResponse):
-    """JSON that always encodes: a lone surrogate is written as its JSON escape, not a 500."""
+    """JSON that always encodes: a lone surrogate is written as its JSON escape, not a 500.
+
+    A NaN or an infinity (Python's JSON reader accepts ``NaN`` and ``1e999`` in a request,
+    and a validation error echoes them) is written as a string: JSON has no such numbers.
+    """
 
     def render(self, content: Any) -> bytes:
         """Compact UTF-8 JSON; an unencodable character is written as its JSON escape."""
-        text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        try:
+            text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        except ValueError:  # a non-finite number: rare, so only then is the content walked
+            text = json.dumps(_finite(content), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         return text.encode("utf-8", "backslashreplace")
 
 
