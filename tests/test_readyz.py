@@ -156,7 +156,7 @@ class _Writer:
 async def test_probe_answers_from_the_writer_and_checks_only_when_idle(
     tmp_path: Path, backend: Backend
 ) -> None:
-    """A fresh commit answers alone, a failed or stalled one says not writable, an idle writer gets one shared check."""
+    """A fresh commit answers alone, a failed or stalled batch: not writable; idle: one shared check."""
     storage = open_storage(backend.location)
     await storage.open()
     try:

@@ -268,6 +268,11 @@ def what_changed(revoked: AlarmEvent, replacement: AlarmEvent | None) -> str:
             EventKind.RAISED: f"late readings showed no excursion long enough to raise an alarm at {old_at}",
             EventKind.CLEARED: f"late readings showed the excursion had not ended at {old_at}",
         }.get(revoked.kind, f"late readings showed no change to {_label(revoked)} at {old_at}")
+    if replacement.identity() == revoked.identity():
+        # Revoked only because an earlier event of this excursion changed (everything after
+        # the first difference is judged again): this one stands and is issued again.
+        kind = revoked.kind.value
+        return f"late readings changed an earlier event of this excursion; its {kind} at {old_at} stands"
     new_at = _at(replacement.ts_us)
     moved = replacement.ts_us != revoked.ts_us
     if revoked.kind is EventKind.RAISED:
