@@ -205,3 +205,22 @@ async def _damage(backend: Backend, stored_us: int) -> None:
     with sqlite3.connect(backend.location) as db:
         for sql in statements:
             db.execute(sql.format(p="?"), (stored_us,))
+
+
+async def test_an_until_at_the_epoch_is_a_bound_not_no_bound(
+    broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
+) -> None:
+    """Readings ``until`` 1970-01-01T00:00:00Z are those before the epoch (none), not every reading."""
+    config = config_for(tmp_path, broker, prefix, backend)
+    async with running_daemon(config) as running:
+        await raise_comm_loss(broker, config, running)
+        async with httpx.AsyncClient(base_url=running.base_url, timeout=10) as client:
+            query = {"device": "inc-1", "metric": "temp_c"}
+            everything = await client.get("/api/v1/readings", params=query, headers=auth("viewer"))
+            assert len(everything.json()) == 1, everything.text
+            for until in ("1970-01-01T00:00:00Z", "1970-01-01T01:00:00+01:00"):
+                got = await client.get(
+                    "/api/v1/readings", params={**query, "until": until}, headers=auth("viewer")
+                )
+                assert got.status_code == 200, got.text
+                assert got.json() == [], (until, got.text)
