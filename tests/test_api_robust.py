@@ -148,6 +148,8 @@ async def test_unrepresentable_or_too_long_shelves_are_refused_before_commit(
                     headers=auth("operator"),
                 )
                 assert got.status_code == 422, (until, got.status_code, got.text)
+                if until == too_far:  # the limit in words a user reads: seconds and days
+                    assert "at most 2592000 s (30 days" in got.json()["detail"], got.text
                 listed = await client.get("/api/v1/alarms", headers=auth("viewer"))
                 assert listed.status_code == 200, listed.text
                 assert listed.json()[0]["shelved_until"] is None

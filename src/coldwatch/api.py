@@ -175,7 +175,8 @@ def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901 - one closure per 
         if until - ctx.clock_us() > longest_s * 1_000_000:
             raise HTTPException(
                 422,
-                f"a shelve may last at most {longest_s:g} s (api.shelve_max_s): choose an earlier end",
+                f"a shelve may last at most {longest_s:.0f} s ({longest_s / 86_400:.4g} days, "
+                "api.shelve_max_s): choose an earlier end",
             )
         return await act(UserAction("shelve", alarm_id, user.name, body.reason, until))
 
