@@ -6,6 +6,7 @@ import hashlib
 import json
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -124,6 +125,37 @@ async def test_non_finite_numbers_in_a_body_are_refused_with_a_readable_422(
             alarm = (await client.get("/api/v1/alarms/1", headers=auth("viewer"))).json()
             assert alarm["acknowledged_by"] is None
             assert alarm["shelved_until"] is None
+
+
+async def test_a_body_over_the_limit_is_refused_before_it_is_read(
+    broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
+) -> None:
+    """A body over 64 KiB, declared or chunked, token or none, is a 413; the longest reason still acts."""
+    config = config_for(tmp_path, broker, prefix, backend)
+    async with running_daemon(config) as running:
+        await raise_comm_loss(broker, config, running)
+        async with httpx.AsyncClient(base_url=running.base_url, timeout=30) as client:
+            big = b'{"reason": "' + b"a" * (1 << 20) + b'"}'
+
+            async def chunked() -> AsyncIterator[bytes]:
+                for start in range(0, len(big), 4096):
+                    yield big[start : start + 4096]
+
+            for token in ({}, auth("operator")):
+                headers = {**token, "Content-Type": "application/json"}
+                for content in (big, chunked()):
+                    got = await client.post("/api/v1/alarms/1/ack", content=content, headers=headers)
+                    assert got.status_code == 413, (headers, got.status_code, got.text[:200])
+                    assert len(got.content) < 1000
+                    assert "at most 65536 bytes" in got.json()["detail"], got.text
+            # The longest reason a user may give, in its longest JSON form, is within the limit.
+            longest = b'{"reason": "' + b"\\ud83d\\ude00" * 2000 + b'"}'
+            acted = await client.post(
+                "/api/v1/alarms/1/ack",
+                content=longest,
+                headers={**auth("operator"), "Content-Type": "application/json"},
+            )
+            assert acted.status_code == 200, acted.text[:200]
 
 
 async def test_unrepresentable_or_too_long_shelves_are_refused_before_commit(
