@@ -222,6 +222,26 @@ async def test_a_stored_out_of_range_time_never_breaks_reading(
         assert acted.json()["alarm"]["shelved_until"] is None
 
 
+async def test_a_stored_time_that_is_not_an_integer_never_breaks_reading(
+    broker: RunningBroker, prefix: str, tmp_path: Path
+) -> None:
+    """A transition time SQLite kept as a REAL (it stores what it is given) shows, marked, in the history."""
+    stored = 1_500_000_000_000_000.5
+    backend = Backend("sqlite", str(tmp_path / "data" / "coldwatch.db"))
+    config = config_for(tmp_path, broker, prefix, backend)
+    async with running_daemon(config) as running:
+        await raise_comm_loss(broker, config, running)
+    with sqlite3.connect(backend.location) as db:
+        db.execute("UPDATE alarm_transitions SET received_us = ? WHERE alarm_id = 1", (stored,))
+    async with (
+        running_daemon(config) as running,
+        httpx.AsyncClient(base_url=running.base_url, timeout=10) as client,
+    ):
+        one = await client.get("/api/v1/alarms/1", headers=auth("viewer"))
+        assert one.status_code == 200, one.text
+        assert one.json()["history"][0]["received_at"] == f"not a time: {stored!r}"
+
+
 async def _damage(backend: Backend, stored_us: int) -> None:
     """Write ``stored_us`` into alarm 1's shelve end and its first transition's time, as a bad row would."""
     statements = (

@@ -85,6 +85,13 @@ def _us(moment: datetime | None) -> int | None:
     return None if moment is None else to_us(moment)
 
 
+def _stored_at(value: object) -> str:
+    """A stored time as RFC 3339, whatever a damaged row holds (SQLite keeps a REAL or TEXT as given)."""
+    if isinstance(value, int):
+        return format_ts(value)
+    return f"not a time: {value!r}"
+
+
 AlarmId = Annotated[int, Path(ge=1, le=ID_MAX, description="an alarm id (1 to 2**63-1)")]
 
 
@@ -146,8 +153,7 @@ def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901 - one closure per 
         history = await ctx.storage.alarm_history(alarm_id)
         for step in history:
             for key in ("ts_us", "received_us"):
-                value = step.pop(key)
-                step[key.removesuffix("_us") + "_at"] = format_ts(int(str(value)))
+                step[key.removesuffix("_us") + "_at"] = _stored_at(step.pop(key))
         return {**_alarm_json(found[0]), "history": history}
 
     async def act(action: UserAction) -> dict[str, Any]:
