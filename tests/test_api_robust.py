@@ -161,14 +161,16 @@ async def test_a_body_over_the_limit_is_refused_before_it_is_read(
 async def test_unrepresentable_or_too_long_shelves_are_refused_before_commit(
     broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
 ) -> None:
-    """A shelve end past year 9999 in UTC, or past api.shelve_max_s, is a 422 and shelves nothing."""
+    """A shelve end in the past, after year 9999 in UTC or beyond api.shelve_max_s: 422, nothing shelved."""
     config = config_for(tmp_path, broker, prefix, backend)
     assert config.api.shelve_max_s == 30 * 86_400
     async with running_daemon(config) as running:
         await raise_comm_loss(broker, config, running)
         async with httpx.AsyncClient(base_url=running.base_url, timeout=10) as client:
             too_far = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() + 31 * 86_400))
+            past = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() - 60))
             for until in (
+                past,
                 "9999-12-31T23:59:59-23:59",
                 "0001-01-01T00:00:00+23:59",
                 too_far,
