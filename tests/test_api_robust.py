@@ -6,6 +6,7 @@ import hashlib
 import json
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -100,17 +101,76 @@ async def test_unencodable_reason_is_refused_with_a_readable_422(
             assert alarm["acknowledged_by"] is None
 
 
+async def test_non_finite_numbers_in_a_body_are_refused_with_a_readable_422(
+    broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
+) -> None:
+    """NaN and infinities (which Python's JSON reader accepts) anywhere in a body get a 422 in valid JSON."""
+    config = config_for(tmp_path, broker, prefix, backend)
+    async with running_daemon(config) as running:
+        await raise_comm_loss(broker, config, running)
+        async with httpx.AsyncClient(base_url=running.base_url, timeout=10) as client:
+            headers = {**auth("operator"), "Content-Type": "application/json"}
+            for path, raw in (
+                ("ack", b'{"reason": NaN}'),
+                ("ack", b'{"reason": 1e999}'),
+                ("unshelve", b'{"reason": "x", "extra": -Infinity}'),
+                ("shelve", b'{"reason": "hold", "until": Infinity}'),
+                ("shelve", b'{"reason": "hold", "until": [NaN, 1e999]}'),
+            ):
+                got = await client.post(f"/api/v1/alarms/1/{path}", content=raw, headers=headers)
+                assert got.status_code == 422, (raw, got.status_code, got.text)
+                # Strict JSON (no NaN tokens), and the offending input is named.
+                detail = json.loads(got.content, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+                assert detail["detail"], got.text
+            alarm = (await client.get("/api/v1/alarms/1", headers=auth("viewer"))).json()
+            assert alarm["acknowledged_by"] is None
+            assert alarm["shelved_until"] is None
+
+
+async def test_a_body_over_the_limit_is_refused_before_it_is_read(
+    broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
+) -> None:
+    """A body over 64 KiB, declared or chunked, token or none, is a 413; the longest reason still acts."""
+    config = config_for(tmp_path, broker, prefix, backend)
+    async with running_daemon(config) as running:
+        await raise_comm_loss(broker, config, running)
+        async with httpx.AsyncClient(base_url=running.base_url, timeout=30) as client:
+            big = b'{"reason": "' + b"a" * (1 << 20) + b'"}'
+
+            async def chunked() -> AsyncIterator[bytes]:
+                for start in range(0, len(big), 4096):
+                    yield big[start : start + 4096]
+
+            for token in ({}, auth("operator")):
+                headers = {**token, "Content-Type": "application/json"}
+                for content in (big, chunked()):
+                    got = await client.post("/api/v1/alarms/1/ack", content=content, headers=headers)
+                    assert got.status_code == 413, (headers, got.status_code, got.text[:200])
+                    assert len(got.content) < 1000
+                    assert "at most 65536 bytes" in got.json()["detail"], got.text
+            # The longest reason a user may give, in its longest JSON form, is within the limit.
+            longest = b'{"reason": "' + b"\\ud83d\\ude00" * 2000 + b'"}'
+            acted = await client.post(
+                "/api/v1/alarms/1/ack",
+                content=longest,
+                headers={**auth("operator"), "Content-Type": "application/json"},
+            )
+            assert acted.status_code == 200, acted.text[:200]
+
+
 async def test_unrepresentable_or_too_long_shelves_are_refused_before_commit(
     broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
 ) -> None:
-    """A shelve end past year 9999 in UTC, or past api.shelve_max_s, is a 422 and shelves nothing."""
+    """A shelve end in the past, after year 9999 in UTC or beyond api.shelve_max_s: 422, nothing shelved."""
     config = config_for(tmp_path, broker, prefix, backend)
     assert config.api.shelve_max_s == 30 * 86_400
     async with running_daemon(config) as running:
         await raise_comm_loss(broker, config, running)
         async with httpx.AsyncClient(base_url=running.base_url, timeout=10) as client:
             too_far = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() + 31 * 86_400))
+            past = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() - 60))
             for until in (
+                past,
                 "9999-12-31T23:59:59-23:59",
                 "0001-01-01T00:00:00+23:59",
                 too_far,
@@ -122,6 +182,8 @@ async def test_unrepresentable_or_too_long_shelves_are_refused_before_commit(
                     headers=auth("operator"),
                 )
                 assert got.status_code == 422, (until, got.status_code, got.text)
+                if until == too_far:  # the limit in words a user reads: seconds and days
+                    assert "at most 2592000 s (30 days" in got.json()["detail"], got.text
                 listed = await client.get("/api/v1/alarms", headers=auth("viewer"))
                 assert listed.status_code == 200, listed.text
                 assert listed.json()[0]["shelved_until"] is None
@@ -162,6 +224,26 @@ async def test_a_stored_out_of_range_time_never_breaks_reading(
         assert acted.json()["alarm"]["shelved_until"] is None
 
 
+async def test_a_stored_time_that_is_not_an_integer_never_breaks_reading(
+    broker: RunningBroker, prefix: str, tmp_path: Path
+) -> None:
+    """A transition time SQLite kept as a REAL (it stores what it is given) shows, marked, in the history."""
+    stored = 1_500_000_000_000_000.5
+    backend = Backend("sqlite", str(tmp_path / "data" / "coldwatch.db"))
+    config = config_for(tmp_path, broker, prefix, backend)
+    async with running_daemon(config) as running:
+        await raise_comm_loss(broker, config, running)
+    with sqlite3.connect(backend.location) as db:
+        db.execute("UPDATE alarm_transitions SET received_us = ? WHERE alarm_id = 1", (stored,))
+    async with (
+        running_daemon(config) as running,
+        httpx.AsyncClient(base_url=running.base_url, timeout=10) as client,
+    ):
+        one = await client.get("/api/v1/alarms/1", headers=auth("viewer"))
+        assert one.status_code == 200, one.text
+        assert one.json()["history"][0]["received_at"] == f"not a time: {stored!r}"
+
+
 async def _damage(backend: Backend, stored_us: int) -> None:
     """Write ``stored_us`` into alarm 1's shelve end and its first transition's time, as a bad row would."""
     statements = (
@@ -179,3 +261,22 @@ async def _damage(backend: Backend, stored_us: int) -> None:
     with sqlite3.connect(backend.location) as db:
         for sql in statements:
             db.execute(sql.format(p="?"), (stored_us,))
+
+
+async def test_an_until_at_the_epoch_is_a_bound_not_no_bound(
+    broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
+) -> None:
+    """Readings ``until`` 1970-01-01T00:00:00Z are those before the epoch (none), not every reading."""
+    config = config_for(tmp_path, broker, prefix, backend)
+    async with running_daemon(config) as running:
+        await raise_comm_loss(broker, config, running)
+        async with httpx.AsyncClient(base_url=running.base_url, timeout=10) as client:
+            query = {"device": "inc-1", "metric": "temp_c"}
+            everything = await client.get("/api/v1/readings", params=query, headers=auth("viewer"))
+            assert len(everything.json()) == 1, everything.text
+            for until in ("1970-01-01T00:00:00Z", "1970-01-01T01:00:00+01:00"):
+                got = await client.get(
+                    "/api/v1/readings", params={**query, "until": until}, headers=auth("viewer")
+                )
+                assert got.status_code == 200, got.text
+                assert got.json() == [], (until, got.text)

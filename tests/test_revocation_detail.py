@@ -69,3 +69,34 @@ def test_a_withdrawn_raise_says_no_alarm_was_due() -> None:
     assert [(s[0], s[1]) for s in steps] == [
         ("revoked", f"revoked: late readings showed no excursion long enough to raise an alarm at {_at(120)}")
     ]
+
+
+def test_an_unchanged_end_revoked_with_a_moved_start_is_not_said_to_have_moved() -> None:
+    """A clear revoked only because the start before it moved says the end stands, not that it moved."""
+    rules, book = _rules(), AlarmBook()
+    for t_s, value in ((0, 25.0), (60, 25.0), (120, 25.0), (180, 25.0), (300, 5.0)):
+        _feed(rules, book, t_s, value)
+    steps = _feed(rules, book, 30, 5.0)  # late: the excursion began at 60 s; it still ended at 300 s
+    reasons = [s[2] for s in steps if s[0] == "revoked"]
+    stands = f"late readings changed an earlier event; this cleared at {_at(300)} stands"
+    assert reasons[0] == f"cleared revoked: {stands}", reasons
+    moved = f"late readings moved the start of this excursion from {_at(120)} to {_at(180)}"
+    assert reasons[1].startswith(f"raised revoked: {moved}"), reasons
+    assert [s[0] for s in steps][-2:] == ["raised", "cleared"]
+
+
+def test_a_withdrawn_excursion_is_not_said_to_have_moved_to_a_later_one() -> None:
+    """Late readings that withdraw one excursion leave a later, unchanged one standing, not as its move."""
+    rules, book = _rules(), AlarmBook()
+    for t_s, value in ((0, 25.0), (60, 25.0), (120, 25.0), (150, 5.0), (200, 25.0), (260, 25.0), (320, 25.0)):
+        _feed(rules, book, t_s, value)
+    steps = _feed(rules, book, 90, 5.0)  # late: the first excursion never lasted its 120 s delay
+    reasons = [s[2] for s in steps if s[0] == "revoked"]
+    assert reasons == [
+        f"raised revoked: late readings changed an earlier event; this raised at {_at(320)} stands",
+        (
+            "cleared revoked: late readings showed no excursion long enough to raise an alarm; "
+            f"its end at {_at(150)} goes with it"
+        ),
+        f"raised revoked: late readings showed no excursion long enough to raise an alarm at {_at(120)}",
+    ], reasons

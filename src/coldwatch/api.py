@@ -85,6 +85,25 @@ def _us(moment: datetime | None) -> int | None:
     return None if moment is None else to_us(moment)
 
 
+def _stored_at(value: object) -> str:
+    """A stored time as RFC 3339, whatever a damaged row holds (SQLite keeps a REAL or TEXT as given)."""
+    if isinstance(value, int):
+        return format_ts(value)
+    return f"not a time: {value!r}"
+
+
+def _check_shelve_end(ahead_us: int, longest_s: float) -> None:
+    """Refuse (422) a shelve that ends now or before, or more than ``longest_s`` ahead."""
+    if ahead_us <= 0:  # invalid input, like a too-long one: not a conflict with the alarm's state
+        raise HTTPException(422, "a shelve must end in the future")
+    if ahead_us > longest_s * 1_000_000:
+        raise HTTPException(
+            422,
+            f"a shelve may last at most {longest_s:.0f} s ({longest_s / 86_400:.4g} days, "
+            "api.shelve_max_s): choose an earlier end",
+        )
+
+
 AlarmId = Annotated[int, Path(ge=1, le=ID_MAX, description="an alarm id (1 to 2**63-1)")]
 
 
@@ -146,8 +165,7 @@ def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901 - one closure per 
         history = await ctx.storage.alarm_history(alarm_id)
         for step in history:
             for key in ("ts_us", "received_us"):
-                value = step.pop(key)
-                step[key.removesuffix("_us") + "_at"] = format_ts(int(str(value)))
+                step[key.removesuffix("_us") + "_at"] = _stored_at(step.pop(key))
         return {**_alarm_json(found[0]), "history": history}
 
     async def act(action: UserAction) -> dict[str, Any]:
@@ -171,12 +189,7 @@ def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901 - one closure per 
         before anything is committed.
         """
         until = to_us(body.until)
-        longest_s = ctx.config.api.shelve_max_s
-        if until - ctx.clock_us() > longest_s * 1_000_000:
-            raise HTTPException(
-                422,
-                f"a shelve may last at most {longest_s:g} s (api.shelve_max_s): choose an earlier end",
-            )
+        _check_shelve_end(until - ctx.clock_us(), ctx.config.api.shelve_max_s)
         return await act(UserAction("shelve", alarm_id, user.name, body.reason, until))
 
     @router.post("/alarms/{alarm_id}/unshelve")

@@ -8,6 +8,7 @@ every answer (validation errors included, which echo the input) can always be en
 # No "from __future__ import annotations": FastAPI and pydantic read these aliases at run time.
 
 import json
+import math
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -17,9 +18,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
+    "BODY_MAX_BYTES",
     "ID_MAX",
+    "BodyLimit",
     "EncodableJSONResponse",
     "Text",
     "UtcTime",
@@ -28,6 +32,9 @@ __all__ = [
 ]
 
 ID_MAX = 2**63 - 1  # ids are signed 64-bit integers in both databases
+# A reason of 2,000 characters, each written as a 12-byte surrogate-pair escape, and a time
+# fit in 24 KiB; a body is read whole and parsed in the collector's event loop.
+BODY_MAX_BYTES = 64 * 1024
 
 
 def _encodable(text: str) -> str:
@@ -67,12 +74,30 @@ def to_us(moment: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+def _finite(content: Any) -> Any:
+    """``content`` with every NaN or infinity written as a string (JSON has no such numbers)."""
+    if isinstance(content, float) and not math.isfinite(content):
+        return str(content)
+    if isinstance(content, dict):
+        return {key: _finite(value) for key, value in content.items()}
+    if isinstance(content, list | tuple):
+        return [_finite(value) for value in content]
+    return content
+
+
 class EncodableJSONResponse(JSONResponse):
-    """JSON that always encodes: a lone surrogate is written as its JSON escape, not a 500."""
+    """JSON that always encodes: a lone surrogate is written as its JSON escape, not a 500.
+
+    A NaN or an infinity (Python's JSON reader accepts ``NaN`` and ``1e999`` in a request,
+    and a validation error echoes them) is written as a string: JSON has no such numbers.
+    """
 
     def render(self, content: Any) -> bytes:
         """Compact UTF-8 JSON; an unencodable character is written as its JSON escape."""
-        text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        try:
+            text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        except ValueError:  # a non-finite number: rare, so only then is the content walked
+            text = json.dumps(_finite(content), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         return text.encode("utf-8", "backslashreplace")
 
 
@@ -87,6 +112,47 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return EncodableJSONResponse(
         {"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
     )
+
+
+class BodyLimit:
+    """Refuse a request body over ``max_bytes`` with 413, before it is held or parsed.
+
+    The API shares the collector's event loop: a body of 100 MB, even without a token,
+    held it for half a second while it was read and parsed (and an authenticated one
+    came back whole in the 422 that echoed it). A declared length is refused at once; a
+    chunked body is counted as it arrives.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int = BODY_MAX_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on with its body counted."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.max_bytes:
+            await self._too_large()(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:  # raised inside the app: answered by its error handler
+                raise StarletteHTTPException(413, self._detail())
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _detail(self) -> str:
+        return f"a request body may hold at most {self.max_bytes} bytes"
+
+    def _too_large(self) -> JSONResponse:
+        return EncodableJSONResponse({"detail": self._detail()}, status_code=413)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CollectorRegistry
 
 from coldwatch import __version__
-from coldwatch.api_input import EncodableJSONResponse, install_error_handlers
+from coldwatch.api_input import BodyLimit, EncodableJSONResponse, install_error_handlers
 from coldwatch.metrics import CONTENT_TYPE, render_chunks
 
 __all__ = ["HttpServer", "build_app"]
@@ -37,6 +37,7 @@ def build_app(
     """The HTTP application: metrics for Prometheus, probes, and the API when given."""
     app = FastAPI(title="coldwatch", version=__version__, default_response_class=EncodableJSONResponse)
     install_error_handlers(app)
+    app.add_middleware(BodyLimit)
     if api is not None:
         app.include_router(api)
 

@@ -155,6 +155,7 @@ class Pipeline:
         self.committed = asyncio.Condition()
         self.last_write_ok = True
         self.last_write_at: float | None = None  # monotonic time of the last commit (readiness)
+        self.writing_since: float | None = None  # monotonic start of the batch write in progress
         self._closing = False
         metrics.queue_depth = lambda: self.depth
         for device_id, state in states.items():
@@ -506,6 +507,7 @@ class Pipeline:
             return
         storage_cfg = self._config.storage
         next_delay = backoff_delays(storage_cfg.retry_initial_s, storage_cfg.retry_max_s, random.Random())
+        self.writing_since = time.monotonic()
         while True:
             started = time.perf_counter()
             try:
@@ -520,6 +522,7 @@ class Pipeline:
                 await asyncio.sleep(delay)
         self.last_write_ok = True
         self.last_write_at = time.monotonic()
+        self.writing_since = None
         self._metrics.batch_seconds.observe(time.perf_counter() - started)
         self._observe_delays(batch, alarm_readings_us)
         self._metrics.batch_size.observe(len(items))

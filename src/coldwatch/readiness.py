@@ -2,10 +2,11 @@
 
 A readiness probe may come fifty times a second. While readings flow, the writer's own
 outcome answers it: a batch committed moments ago proves the database takes writes, and
-a failed one (being retried) proves it does not. Only when the writer has been idle does
-the probe ask the database itself, with a check the backend runs in one step of its own
-(never statements interleaved with a batch), at most once per freshness interval, with
-concurrent probes sharing that one answer.
+a failed one (being retried), or one still not committed after the freshness interval,
+proves it does not. Only when the writer has been idle does the probe ask the database
+itself, with a check the backend runs in one step of its own (never statements
+interleaved with a batch), at most once per freshness interval, with concurrent probes
+sharing that one answer.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ class WriteOutcome(Protocol):
     @property
     def last_write_at(self) -> float | None:
         """Monotonic time of the last committed batch (None before the first)."""
+
+    @property
+    def writing_since(self) -> float | None:
+        """Monotonic time at which the batch being written now was started (None: none is)."""
 
 
 class Checkable(Protocol):
@@ -61,6 +66,12 @@ class WriteProbe:
     async def writable(self) -> bool:
         """True if the database takes writes now (as far as a probe can tell without writing)."""
         if not self._writer.last_write_ok:
+            return False
+        writing = self._writer.writing_since
+        if writing is not None and self._clock() - writing >= self._fresh_s:
+            # A batch that has not committed in that time (a lock held by someone else, a
+            # connection that stopped answering): the database is not taking our writes,
+            # whatever a check on another connection would say.
             return False
         committed = self._writer.last_write_at
         if committed is not None and self._clock() - committed < self._fresh_s:

@@ -103,16 +103,18 @@ class AlarmBook:
     def apply(self, events: Iterable[AlarmEvent], received_us: int) -> list[Transition]:
         """Apply engine events; return the transitions to store."""
         out: list[Transition] = []
-        events = list(events)
-        for index, event in enumerate(events):
-            out += self._apply(event, received_us, events[index + 1 :])
+        judgement = list(events)
+        for event in judgement:
+            out += self._apply(event, received_us, judgement)
         return out
 
-    def _apply(self, event: AlarmEvent, received_us: int, later: Sequence[AlarmEvent]) -> list[Transition]:
+    def _apply(
+        self, event: AlarmEvent, received_us: int, judgement: Sequence[AlarmEvent]
+    ) -> list[Transition]:
         current = self.open.get(event.key)
         kind = event.kind
         if kind is EventKind.REVOKED:
-            return self._revoke(event, current, received_us, later)
+            return self._revoke(event, current, received_us, judgement)
         if kind is EventKind.RAISED:
             if current is not None and current.active:
                 return []  # one open alarm per key; the engine never raises twice
@@ -161,18 +163,21 @@ class AlarmBook:
         return [Transition(alarm, "cleared", event.ts_us, received_us, current.state)]
 
     def _revoke(
-        self, event: AlarmEvent, current: Alarm | None, received_us: int, later: Sequence[AlarmEvent]
+        self, event: AlarmEvent, current: Alarm | None, received_us: int, judgement: Sequence[AlarmEvent]
     ) -> list[Transition]:
         """Late readings showed an earlier event did not happen as reported: correct, never delete.
 
-        ``later``: the events that follow in the same judgement, among them the event that
-        replaces the revoked one (if any), so that the record says what actually changed.
+        ``judgement``: every event of the same judgement, among them the event that replaces
+        the revoked one (if any), so that the record says what actually changed.
         """
         revoked = event.revokes
         if revoked is None:
             return []
-        replacement = next((e for e in later if e.key == event.key and e.kind is revoked.kind), None)
-        changed = what_changed(revoked, replacement)
+        replacement = _replacement(revoked, judgement)
+        withdrawn = (
+            revoked.kind is EventKind.CLEARED and replacement is None and _raise_withdrawn(revoked, judgement)
+        )
+        changed = what_changed(revoked, replacement, excursion_withdrawn=withdrawn)
         why = f"{revoked.kind.value} revoked: {changed}"
         candidates = [a for a in self.recent.get(event.key, []) if not a.detail.startswith("revoked")]
         if revoked.kind is EventKind.RAISED:
@@ -260,14 +265,59 @@ def _label(event: AlarmEvent) -> str:
     return event.severity.label if event.severity is not None else "none"
 
 
-def what_changed(revoked: AlarmEvent, replacement: AlarmEvent | None) -> str:
-    """What late readings changed about ``revoked``, given the event that replaces it (None: none does)."""
+def _replacement(revoked: AlarmEvent, judgement: Sequence[AlarmEvent]) -> AlarmEvent | None:
+    """The new event that replaces ``revoked``, if any.
+
+    The first of its key and kind that does not re-issue another event revoked in the same
+    judgement (that one stands: it is not where ``revoked`` moved to).
+    """
+    reissued = {e.revokes.identity() for e in judgement if e.revokes is not None and e.revokes is not revoked}
+    return next(
+        (
+            e
+            for e in judgement
+            if e.key == revoked.key and e.kind is revoked.kind and e.identity() not in reissued
+        ),
+        None,
+    )
+
+
+def _raise_withdrawn(cleared: AlarmEvent, judgement: Sequence[AlarmEvent]) -> bool:
+    """True if ``cleared`` is a clear whose raise is revoked in the same judgement, with no replacement."""
+    if cleared.kind is not EventKind.CLEARED:
+        return False
+    raises = [
+        e.revokes
+        for e in judgement
+        if e.revokes is not None
+        and e.revokes.key == cleared.key
+        and e.revokes.kind is EventKind.RAISED
+        and e.revokes.ts_us <= cleared.ts_us
+    ]
+    latest = max(raises, key=lambda e: e.ts_us, default=None)
+    return latest is not None and _replacement(latest, judgement) is None
+
+
+def what_changed(
+    revoked: AlarmEvent, replacement: AlarmEvent | None, *, excursion_withdrawn: bool = False
+) -> str:
+    """What late readings changed about ``revoked``, given the event that replaces it (None: none does).
+
+    ``excursion_withdrawn``: for a clear, the raise it ended is revoked too, with no replacement.
+    """
     old_at = _at(revoked.ts_us)
     if replacement is None:
+        no_raise = "late readings showed no excursion long enough to raise an alarm"
         return {
-            EventKind.RAISED: f"late readings showed no excursion long enough to raise an alarm at {old_at}",
-            EventKind.CLEARED: f"late readings showed the excursion had not ended at {old_at}",
+            EventKind.RAISED: f"{no_raise} at {old_at}",
+            EventKind.CLEARED: f"{no_raise}; its end at {old_at} goes with it"
+            if excursion_withdrawn
+            else f"late readings showed the excursion had not ended at {old_at}",
         }.get(revoked.kind, f"late readings showed no change to {_label(revoked)} at {old_at}")
+    if replacement.identity() == revoked.identity():
+        # Revoked only because an earlier event changed (everything after the first
+        # difference is judged again): this one stands and is issued again.
+        return f"late readings changed an earlier event; this {revoked.kind.value} at {old_at} stands"
     new_at = _at(replacement.ts_us)
     moved = replacement.ts_us != revoked.ts_us
     if revoked.kind is EventKind.RAISED:

@@ -738,7 +738,7 @@ class PostgresStorage(RowIds):
             rowid,
             metric_id,
             since_us if since_us is not None else -(2**63),
-            until_us or 2**63 - 1,
+            until_us if until_us is not None else 2**63 - 1,
             limit,
         )
         return [(int(t), float(v), int(r), bool(b)) for t, v, r, b in rows]

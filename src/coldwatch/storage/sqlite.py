@@ -629,7 +629,13 @@ class SqliteStorage(RowIds):
         async with self._conn.execute(
             "SELECT ts_us, value, received_us, buffered FROM readings WHERE device = ? AND metric = ? "
             "AND ts_us >= ? AND ts_us < ? ORDER BY ts_us, seq LIMIT ?",
-            (rowid, metric_id, since_us if since_us is not None else -(2**63), until_us or 2**63 - 1, limit),
+            (
+                rowid,
+                metric_id,
+                since_us if since_us is not None else -(2**63),
+                until_us if until_us is not None else 2**63 - 1,
+                limit,
+            ),
         ) as cur:
             return [(int(t), float(v), int(r), bool(b)) async for t, v, r, b in cur]
 
