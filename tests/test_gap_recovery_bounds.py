@@ -1,0 +1,249 @@
+"""Gap recovery under abuse: bounded gaps and requests, fair turns, restarts and reused seq numbers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from prometheus_client import CollectorRegistry
+
+from coldwatch.broker import RunningBroker
+from coldwatch.metrics import Metrics
+from coldwatch.payload import Telemetry
+from coldwatch.recovering import Recovery
+from coldwatch.recovery import GapBook
+from coldwatch.rules.lifecycle import AlarmBook
+from coldwatch.sequence import Observation, SeqEvent
+from coldwatch.storage import open_storage
+from coldwatch.storage.base import Batch, DeviceState, SeqGap
+from simulators.fleet import Reading
+from simulators.publisher import SimulationStats, _DeviceLink
+from tests.conftest import (
+    Backend,
+    db_query,
+    device_entries,
+    distinct_messages,
+    eventually,
+    running_daemon,
+    write_config,
+)
+
+US = 1_000_000
+
+
+def book(**overrides: Any) -> GapBook:
+    """A gap book with test-sized bounds."""
+    settings: dict[str, Any] = {"timeout_s": 60.0, "retry_s": 5.0, "max_attempts": 3, "max_per_s": 10.0}
+    settings.update(overrides)
+    return GapBook(**settings)
+
+
+def test_gap_fully_stored_before_a_restart_is_recovered_at_load() -> None:
+    """A gap whose every missing seq was stored before a restart is reported recovered, never asked for."""
+    gaps = book()
+    gap = SeqGap("inc-1", 3, 5, 0)
+    (change,) = gaps.load(gap, {3, 4, 5}, 7)
+    assert (change.gap, change.state, change.at_us) == (gap, "recovered", 7)
+    assert gaps.due(0) == []
+    assert gaps.open_count() == 0
+
+
+def test_open_gaps_per_device_are_bounded() -> None:
+    """Beyond max_open gaps on one device the oldest is given up as lost; other devices keep theirs."""
+    gaps = book(max_open=3)
+    gaps.open(SeqGap("other", 1, 1, 0))
+    lost = [c for i in range(10) for c in gaps.open(SeqGap("flood", 2 * i + 1, 2 * i + 1, i))]
+    assert [c.gap.first_missing for c in lost] == [1, 3, 5, 7, 9, 11, 13]
+    assert {c.state for c in lost} == {"lost"}
+    assert gaps.open_count() == 4
+    assert [e.gap.first_missing for e in gaps.gaps["flood"]] == [15, 17, 19]
+    assert len(gaps.load(SeqGap("flood", 21, 21, 10), set(), 11)) == 1  # the bound holds after a restart
+
+
+def test_requests_take_turns_between_devices() -> None:
+    """A device with many open gaps cannot hold back another device's request: devices take turns."""
+    gaps = book(max_per_s=2.0, max_attempts=1)
+    for i in range(20):
+        gaps.open(SeqGap("flood", 2 * i + 1, 2 * i + 1, 0))
+    gaps.open(SeqGap("quiet", 10, 12, 0))
+    first = gaps.due(0)
+    assert len(first) == 2
+    assert {r.device_id for r in first} == {"flood", "quiet"}
+    later = [r.device_id for t in range(1, 30) for r in gaps.due(t * US)]
+    assert later.count("flood") == 19
+    assert "quiet" not in later
+
+
+def test_request_not_published_keeps_its_attempt(tmp_path: Path) -> None:
+    """A re-send request that could not be published (no broker connection) is not counted as an attempt."""
+    config = write_config(
+        tmp_path / "c.yaml",
+        broker=RunningBroker("127.0.0.1", 1, "mosquitto"),
+        prefix="p",
+        devices=device_entries("incubator", 1),
+        ingest={"resend_max_attempts": 2, "resend_retry_s": 1.0},
+    )
+    connected = False
+    published: list[tuple[str, bytes]] = []
+
+    def publish(topic: str, payload: bytes) -> bool:
+        if connected:
+            published.append((topic, payload))
+        return connected
+
+    metrics = Metrics(CollectorRegistry(), config.devices)
+    recovery = Recovery(config, AlarmBook(), metrics, {}, alarms=lambda _b, _e, _t: None, resend=publish)
+    gap = SeqGap("inc-000", 2, 4, 0)
+    recovery.reading(Batch(), "inc-000", 5, Observation(SeqEvent.GAP, gap), 0)
+    for t in range(10):  # ten seconds without a connection
+        recovery.step(Batch(), t * US)
+    connected = True
+    for t in range(10, 20):
+        recovery.step(Batch(), t * US)
+    assert [json.loads(p)["from_seq"] for _, p in published] == [2, 2]
+    assert metrics.registry.get_sample_value("coldwatch_resend_requests_total") == 2
+
+
+async def test_open_gaps_ignore_readings_stored_before_detection(backend: Backend, tmp_path: Path) -> None:
+    """A seq number reused after a counter restart does not fill a later gap: only later arrivals count."""
+    config = write_config(
+        tmp_path / "c.yaml",
+        broker=RunningBroker("127.0.0.1", 1, "mosquitto"),
+        prefix="p",
+        devices=device_entries("incubator", 1),
+        storage={"url": backend.location} if backend.postgres else {"path": str(backend.location)},
+    )
+    storage = open_storage(config.storage.location)
+    await storage.open()
+    device = "inc-000"
+
+    def reading(seq: int, ts_s: int) -> Telemetry:
+        return Telemetry(device, seq, ts_s * US, False, (("temp_c", 37.0),))
+
+    try:
+        await storage.register_devices(config.devices)
+        # The first numbering: seqs 0..9, received at 100..109 s.
+        first = [(reading(s, 100 + s), (100 + s) * US) for s in range(10)]
+        await storage.write_batch(Batch(readings=first, devices={device: DeviceState(9, 109 * US, 109 * US)}))
+        # The device restarted its numbering; 0..2 arrived, 3..5 went missing, 6 showed the gap at 300 s.
+        second = [(reading(s, 200 + s), (200 + s) * US) for s in (0, 1, 2, 6)]
+        gap = SeqGap(device, 3, 5, 300 * US)
+        await storage.write_batch(
+            Batch(readings=second, gaps=[gap], devices={device: DeviceState(6, 206 * US, 300 * US)})
+        )
+        # Seq 4 of the new numbering re-sent and stored after the detection.
+        resent = [(Telemetry(device, 4, 204 * US, True, (("temp_c", 37.0),)), 310 * US)]
+        await storage.write_batch(Batch(readings=resent))
+        assert await storage.open_gaps() == [(gap, {4})]
+    finally:
+        await storage.close()
+
+
+def test_simulated_device_queues_each_reading_once_for_repeated_requests(tmp_path: Path) -> None:
+    """Repeated or overlapping re-send requests never queue a reading twice (memory stays bounded)."""
+    config = write_config(
+        tmp_path / "c.yaml",
+        broker=RunningBroker("127.0.0.1", 1, "mosquitto"),
+        prefix="p",
+        devices=device_entries("incubator", 1),
+    )
+    link = _DeviceLink(
+        config.devices[0],
+        prefix="p",
+        broker=config.mqtt.broker,
+        ca_file=None,
+        mqtt_v5=True,
+        backoff_s=(0.1, 0.1),
+        stats=SimulationStats(),
+    )
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    for seq in range(50):
+        ts = start + timedelta(seconds=seq)
+        link._remember(Reading(config.devices[0], seq, ts, {"temp_c": 37.0}, buffered=False, due_s=seq))
+    assert link.resend(0, None) == 50
+    for _ in range(100):
+        link.resend(0, None)
+        link.resend(10, 20)
+    assert len(link._backlog) == 50
+
+
+async def test_abusive_devices_and_third_parties_cannot_flood_or_stall_recovery(
+    broker: RunningBroker, prefix: str, tmp_path: Path
+) -> None:
+    """Huge seq jumps, a gap flood, garbage and spoofed requests: bounded gaps and requests, all stored."""
+    config = write_config(
+        tmp_path / "c.yaml",
+        broker=broker,
+        prefix=prefix,
+        devices=device_entries("incubator", 2),
+        ingest={"resend_max_per_s": 5.0, "resend_retry_s": 600.0, "resend_max_attempts": 1},
+    )
+    flood, quiet = config.devices
+    base = {d.id: f"{prefix}/{d.site}/{d.area}/{d.kind.value}/{d.id}" for d in config.devices}
+    requests: list[tuple[float, str, dict[str, Any]]] = []
+    sent = 0
+    async with (
+        aiomqtt.Client(broker.host, broker.port, max_inflight_messages=200) as link,
+        running_daemon(config) as running,
+    ):
+        await link.subscribe(f"{prefix}/+/+/+/+/resend", qos=1)
+
+        async def listen() -> None:
+            async for message in link.messages:
+                assert isinstance(message.payload, bytes)
+                try:
+                    body = json.loads(message.payload)
+                except ValueError:
+                    continue
+                if isinstance(body, dict) and "request_id" in body:  # the collector's, not ours
+                    requests.append((time.monotonic(), str(message.topic).split("/")[-2], body))
+
+        listener = asyncio.create_task(listen())
+        # Garbage and spoofed requests on resend topics, from a third party.
+        for payload in (b"not json", b'{"from_seq": -5}', b"[1, 2]", b"x" * 100_000, b'{"from_seq":0}'):
+            await link.publish(f"{base[quiet.id]}/resend", payload, qos=1)
+            await link.publish(f"{prefix}/resend", payload, qos=1)
+
+        def telemetry(seq: int, ts: float) -> bytes:
+            return json.dumps({"ts": ts, "seq": seq, "values": {"temp_c": 37.0}}).encode()
+
+        start_ts = time.time() - 3600
+        # A huge jump, then 300 more gaps, one per message.
+        seqs = [0, 2**62, *range(2**62 + 2, 2**62 + 602, 2)]
+        await asyncio.gather(
+            *(
+                link.publish(f"{base[flood.id]}/telemetry", telemetry(s, start_ts + i), qos=1)
+                for i, s in enumerate(seqs)
+            )
+        )
+        sent += len(seqs)
+        flood_done = time.monotonic()
+        for seq in (0, 1, 5):
+            await link.publish(f"{base[quiet.id]}/telemetry", telemetry(seq, start_ts + seq), qos=1)
+        sent += 3
+        db = config.storage.path
+        await eventually(lambda: distinct_messages(db) == sent, timeout_s=60, what="every reading stored")
+        await eventually(
+            lambda: any(d == quiet.id for _, d, _ in requests),
+            timeout_s=10,
+            what="the quiet device's gap asked for despite the flood",
+        )
+        asked_quiet = next(t for t, d, _ in requests if d == quiet.id)
+        assert asked_quiet - flood_done < 5.0
+        assert running.sample("coldwatch_seq_gaps_open") <= config.ingest.max_open_gaps_per_device + 1
+        await asyncio.sleep(2.0)
+        listener.cancel()
+        assert not running.task.done()
+        # The rate bound: a burst of max_per_s, then max_per_s a second.
+        span = requests[-1][0] - requests[0][0]
+        assert len(requests) <= 5 + 5 * span + 1
+        alarms = db_query(
+            db, "SELECT device_id, count(*) FROM alarms WHERE rule = 'data_integrity' GROUP BY 1"
+        )
+        assert dict(alarms).get(flood.id, 0) == 1
+        assert db_query(db, "SELECT count(*) FROM quarantine") == [(0,)]
