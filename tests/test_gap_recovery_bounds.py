@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import pytest
 from prometheus_client import CollectorRegistry
 
-from coldwatch.broker import RunningBroker
+from coldwatch.broker import RunningBroker, free_port, run_mosquitto
 from coldwatch.metrics import Metrics
 from coldwatch.payload import Telemetry
 from coldwatch.recovering import Recovery
@@ -29,7 +32,10 @@ from tests.conftest import (
     device_entries,
     distinct_messages,
     eventually,
+    publish_all,
+    reading,
     running_daemon,
+    telemetry_topic,
     write_config,
 )
 
@@ -122,16 +128,16 @@ async def test_open_gaps_ignore_readings_stored_before_detection(backend: Backen
     await storage.open()
     device = "inc-000"
 
-    def reading(seq: int, ts_s: int) -> Telemetry:
+    def row(seq: int, ts_s: int) -> Telemetry:
         return Telemetry(device, seq, ts_s * US, False, (("temp_c", 37.0),))
 
     try:
         await storage.register_devices(config.devices)
         # The first numbering: seqs 0..9, received at 100..109 s.
-        first = [(reading(s, 100 + s), (100 + s) * US) for s in range(10)]
+        first = [(row(s, 100 + s), (100 + s) * US) for s in range(10)]
         await storage.write_batch(Batch(readings=first, devices={device: DeviceState(9, 109 * US, 109 * US)}))
         # The device restarted its numbering; 0..2 arrived, 3..5 went missing, 6 showed the gap at 300 s.
-        second = [(reading(s, 200 + s), (200 + s) * US) for s in (0, 1, 2, 6)]
+        second = [(row(s, 200 + s), (200 + s) * US) for s in (0, 1, 2, 6)]
         gap = SeqGap(device, 3, 5, 300 * US)
         await storage.write_batch(
             Batch(readings=second, gaps=[gap], devices={device: DeviceState(6, 206 * US, 300 * US)})
@@ -247,3 +253,88 @@ async def test_abusive_devices_and_third_parties_cannot_flood_or_stall_recovery(
         )
         assert dict(alarms).get(flood.id, 0) == 1
         assert db_query(db, "SELECT count(*) FROM quarantine") == [(0,)]
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_kept_session_is_not_reported_lost(prefix: str, tmp_path: Path, protocol: str) -> None:
+    """A collector restart, or a broker stopped cleanly, keeps the session: no session loss, no alarm."""
+    port = free_port()
+    broker_dir = tmp_path / "broker"
+    root = "user root\n" if os.geteuid() == 0 else ""  # the test's data directory stays writable
+    async with run_mosquitto(port, data_dir=broker_dir, extra=root) as broker:
+        config = write_config(
+            tmp_path / "c.yaml",
+            broker=broker,
+            prefix=prefix,
+            devices=device_entries("incubator", 1),
+            mqtt={"reconnect": {"initial_s": 0.2, "max_s": 0.5}, "protocol": protocol},
+        )
+        topic = telemetry_topic(config, config.devices[0].id)
+        db = config.storage.path
+        async with running_daemon(config):
+            await publish_all(broker, [(topic, reading(0, {"temp_c": 37.0}))], clients=1)
+            await eventually(lambda: distinct_messages(db) == 1, what="the first reading stored")
+        async with running_daemon(config) as running:
+            await publish_all(broker, [(topic, reading(1, {"temp_c": 37.0}))], clients=1)
+            await eventually(lambda: distinct_messages(db) == 2, what="a reading after the restart")
+            assert broker.process is not None
+            broker.process.send_signal(signal.SIGTERM)  # a clean stop saves the broker's state
+            await asyncio.to_thread(broker.process.wait)
+            async with run_mosquitto(port, data_dir=broker_dir, extra=root):
+                await eventually(
+                    lambda: running.sample("coldwatch_broker_connects_total") >= 2,
+                    what="the reconnect to the restarted broker",
+                )
+                await publish_all(broker, [(topic, reading(2, {"temp_c": 37.0}))], clients=1)
+                await eventually(
+                    lambda: distinct_messages(db) == 3, what="a reading after the broker restart"
+                )
+                assert running.sample("coldwatch_broker_session_lost_total") == 0
+                assert running.sample("coldwatch_resend_requests_total") == 0
+    assert db_query(db, "SELECT count(*) FROM alarms WHERE rule = 'data_integrity'") == [(0,)]
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_lost_session_is_noticed_and_each_device_asked(
+    prefix: str, tmp_path: Path, protocol: str
+) -> None:
+    """A broker back without the collector's session: counted, the device asked for all after its last seq."""
+    port = free_port()
+    async with run_mosquitto(port, data_dir=tmp_path / "first") as broker:
+        config = write_config(
+            tmp_path / "c.yaml",
+            broker=broker,
+            prefix=prefix,
+            devices=device_entries("incubator", 1),
+            mqtt={"reconnect": {"initial_s": 0.2, "max_s": 0.5}, "protocol": protocol},
+        )
+        device = config.devices[0]
+        topic = telemetry_topic(config, device.id)
+        db = config.storage.path
+        async with running_daemon(config) as running:
+            await publish_all(broker, [(topic, reading(7, {"temp_c": 37.0}))], clients=1)
+            await eventually(lambda: distinct_messages(db) == 1, what="the first reading stored")
+            assert broker.process is not None
+            broker.process.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(broker.process.wait)
+            # Back with an empty state: the broker no longer knows the collector's session.
+            async with (
+                run_mosquitto(port, data_dir=tmp_path / "second") as fresh,
+                aiomqtt.Client(fresh.host, fresh.port) as link,
+            ):
+                await link.subscribe(topic.removesuffix("/telemetry") + "/resend", qos=1)
+                async with asyncio.timeout(30):
+                    message = await anext(aiter(link.messages))
+                assert isinstance(message.payload, bytes)
+                request = json.loads(message.payload)
+                assert (request["from_seq"], request["to_seq"]) == (8, None)
+                assert running.sample("coldwatch_broker_session_lost_total") == 1
+                await link.publish(topic, reading(8, {"temp_c": 37.0}), qos=1)
+                await eventually(lambda: distinct_messages(db) == 2, what="the device heard from again")
+                alarm_states = "SELECT state FROM alarms WHERE rule = 'data_integrity'"
+                await eventually(
+                    lambda: db_query(db, alarm_states) == [("cleared_unacknowledged",)],
+                    what="the data-integrity alarm cleared",
+                )
+    actions = {a for (a,) in db_query(db, "SELECT action FROM audit_log")}
+    assert "broker.session_lost" in actions
