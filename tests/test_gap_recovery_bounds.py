@@ -338,3 +338,28 @@ async def test_lost_session_is_noticed_and_each_device_asked(
                 )
     actions = {a for (a,) in db_query(db, "SELECT action FROM audit_log")}
     assert "broker.session_lost" in actions
+
+
+async def test_device_restarting_its_counter_over_and_over_raises_one_alarm(
+    broker: RunningBroker, prefix: str, tmp_path: Path
+) -> None:
+    """Gaps lost again and again (a counter restarting each time) raise one alarm until it is acknowledged."""
+    config = write_config(
+        tmp_path / "c.yaml", broker=broker, prefix=prefix, devices=device_entries("incubator", 1)
+    )
+    topic = telemetry_topic(config, config.devices[0].id)
+    start = time.time() - 3600
+    # 0, 5 (a gap), 0 again with a newer time (a counter restart: the gap is lost), 5, 0, ...
+    messages = [(topic, reading(5 * (i % 2), {"temp_c": 37.0}, ts=start + i)) for i in range(41)]
+    db = config.storage.path
+    async with running_daemon(config) as running:
+        for message in messages:  # one by one, in order: each restart must follow its gap
+            await publish_all(broker, [message], clients=1)
+        await eventually(
+            lambda: running.sample("coldwatch_seq_gaps_resolved_total", {"state": "lost"}) == 20,
+            what="every gap lost",
+        )
+    rows = db_query(db, "SELECT state FROM alarms WHERE rule = 'data_integrity'")
+    assert rows == [("cleared_unacknowledged",)]
+    lost = db_query(db, "SELECT count(*) FROM seq_gaps WHERE state = 'lost'")
+    assert lost == [(20,)]

@@ -333,11 +333,18 @@ def integrity_raise(
     *,
     value: float | None = None,
 ) -> list[AlarmEvent]:
-    """Raise the device's data-integrity alarm, or raise its severity if it is active already."""
+    """Raise the device's data-integrity alarm, or raise its severity if it is active already.
+
+    A cleared alarm nobody has acknowledged yet is not superseded by a loss of the same or
+    a lower severity (that loss is in ``seq_gaps`` and the audit trail): a device that loses
+    readings over and over raises one alarm per acknowledgement, not one per loss.
+    """
     key = integrity_key(device_id)
     if current is not None and current.active:
         if severity > current.severity:
             return [AlarmEvent(EventKind.SEVERITY_CHANGED, key, at_us, severity, value, detail=detail)]
+        return []
+    if current is not None and severity <= current.severity:
         return []
     return [AlarmEvent(EventKind.RAISED, key, at_us, severity, value, detail=detail)]
 
