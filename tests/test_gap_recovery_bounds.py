@@ -86,32 +86,33 @@ def test_requests_take_turns_between_devices() -> None:
 
 
 def test_request_not_published_keeps_its_attempt(tmp_path: Path) -> None:
-    """A re-send request that could not be published (no broker connection) is not counted as an attempt."""
+    """A request that could not be published (no connection) uses no attempt and goes out once it can."""
     config = write_config(
         tmp_path / "c.yaml",
         broker=RunningBroker("127.0.0.1", 1, "mosquitto"),
         prefix="p",
         devices=device_entries("incubator", 1),
-        ingest={"resend_max_attempts": 2, "resend_retry_s": 1.0},
+        ingest={"resend_max_attempts": 2, "resend_retry_s": 5.0},
     )
     connected = False
-    published: list[tuple[str, bytes]] = []
+    now_s = 0
+    published: list[tuple[int, bytes]] = []
 
-    def publish(topic: str, payload: bytes) -> bool:
+    def publish(_topic: str, payload: bytes) -> bool:
         if connected:
-            published.append((topic, payload))
+            published.append((now_s, payload))
         return connected
 
     metrics = Metrics(CollectorRegistry(), config.devices)
     recovery = Recovery(config, AlarmBook(), metrics, {}, alarms=lambda _b, _e, _t: None, resend=publish)
     gap = SeqGap("inc-000", 2, 4, 0)
     recovery.reading(Batch(), "inc-000", 5, Observation(SeqEvent.GAP, gap), 0)
-    for t in range(10):  # ten seconds without a connection
-        recovery.step(Batch(), t * US)
+    for now_s in range(12):  # twelve seconds without a connection
+        recovery.step(Batch(), now_s * US)
     connected = True
-    for t in range(10, 20):
-        recovery.step(Batch(), t * US)
-    assert [json.loads(p)["from_seq"] for _, p in published] == [2, 2]
+    for now_s in range(12, 30):
+        recovery.step(Batch(), now_s * US)
+    assert [(t, json.loads(p)["from_seq"]) for t, p in published] == [(12, 2), (17, 2)]
     assert metrics.registry.get_sample_value("coldwatch_resend_requests_total") == 2
 
 

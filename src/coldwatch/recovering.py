@@ -146,13 +146,13 @@ class Recovery:
         for request in gaps.due(now_us):
             device = self._devices[request.device_id]
             topic = resend_topic(self._prefix, device.site, device.area, device.kind.value, device.id)
-            # Not connected: the request waits for its retry time without using an attempt,
-            # so that a broker outage cannot use up a gap's attempts unasked.
+            # Not connected (a broker outage, or a new session not yet subscribed): the request
+            # uses no attempt and goes out at the first step once it can.
             connected = connected and self._resend(topic, request.payload())
             if connected:
                 self._metrics.resend_requests.inc()
             else:
-                gaps.unsent(request)
+                gaps.unsent(request, now_us)
 
     def _integrity(
         self,

@@ -294,13 +294,14 @@ class GapBook:
         self._tokens -= 1
         out.append(entry.request(device_id))
 
-    def unsent(self, request: ResendRequest) -> None:
-        """A request from :meth:`due` could not be published: it takes no attempt (nor rate)."""
+    def unsent(self, request: ResendRequest, now_us: int) -> None:
+        """A request from :meth:`due` could not be published: it takes no attempt, and is due again."""
         for entry in self._entries(request.device_id):
             if entry.request(request.device_id).request_id == request.request_id:
                 entry.attempts -= 1
+                entry.next_due_us = now_us
                 self._tokens += 1
-                self._due_us = min(self._due_us, entry.next_due_us)
+                self._due_us = min(self._due_us, now_us)
                 return
 
     def _refill(self, now_us: int) -> None:
