@@ -104,6 +104,8 @@ class _DeviceLink:
         self._stats = stats
         self._backlog: deque[tuple[Reading, bool]] = deque()  # (reading, sent again on request)
         self._history: dict[int, Reading] = {}  # by seq, oldest first
+        # Seqs queued to be sent again: repeated or overlapping requests queue a reading once.
+        self._resending: set[int] = set()
         self._wakeup = asyncio.Event()
         self._closing = False
         self._connected = False
@@ -115,14 +117,22 @@ class _DeviceLink:
         if not self._connected and not reading.buffered:
             reading = replace(reading, buffered=True)
         if len(self._backlog) >= BACKLOG_MAX:
-            self._backlog.popleft()
-            self._stats.dropped[self.device.id] += 1
+            dropped, again = self._backlog.popleft()
+            if again:
+                self._resending.discard(dropped.seq)
+            else:
+                self._stats.dropped[self.device.id] += 1
         self._backlog.append((reading, False))
         self._wakeup.set()
 
     def resend(self, first: int, last: int | None) -> int:
         """Queue the readings sent with ``first <= seq <= last`` again; return how many."""
-        held = [r for seq, r in self._history.items() if seq >= first and (last is None or seq <= last)]
+        held = [
+            r
+            for seq, r in self._history.items()
+            if seq >= first and (last is None or seq <= last) and seq not in self._resending
+        ]
+        self._resending.update(r.seq for r in held)
         self._backlog.extend((replace(r, buffered=True), True) for r in held)
         self._wakeup.set()
         return len(held)
@@ -207,6 +217,7 @@ class _DeviceLink:
                 # Pop only once acknowledged: a reading lost with the connection is resent.
                 self._backlog.popleft()
                 if again:
+                    self._resending.discard(reading.seq)
                     self._stats.resent[self.device.id] += 1
                     continue
                 self._stats.published[self.device.id] += 1

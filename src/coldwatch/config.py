@@ -251,6 +251,7 @@ class IngestConfig(_Model):
     resend_retry_s: float = Field(30.0, gt=0)  # a request not yet answered is repeated after this
     resend_max_attempts: int = Field(5, ge=1)  # requests per gap (or per device after a session loss)
     resend_max_per_s: float = Field(20.0, gt=0)  # re-send requests published per second at most
+    max_open_gaps_per_device: int = Field(100, ge=1)  # beyond, a device's oldest open gap is lost
     # Overrides of the default plausible ranges (coldwatch.catalogue.DEFAULT_RANGES), by metric.
     plausible_ranges: dict[str, PlausibleRange] = Field(default_factory=dict)
     # Messages held unacknowledged longer than this make /readyz fail (a batch takes

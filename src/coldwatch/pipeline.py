@@ -242,7 +242,7 @@ class Pipeline:
 
     async def _load_gaps(self) -> None:
         """Take up the gaps left open by the previous run."""
-        self.recovery.load(await self._storage.open_gaps(list(self._devices)))
+        self.recovery.load(await self._storage.open_gaps(list(self._devices)), self._clock_us())
 
     def tick(self, now_us: int) -> None:
         """Queue a timer tick unless the queue is full (a later tick will do)."""

@@ -73,7 +73,9 @@ class Recovery:
             ingest.resend_retry_s,
             ingest.resend_max_attempts,
             ingest.resend_max_per_s,
+            ingest.max_open_gaps_per_device,
         )
+        self._loaded: list[GapChange] = []  # gaps the restart found complete, recorded at the first step
         self._prefix = config.mqtt.topic_prefix
         self._devices: dict[str, DeviceConfig] = config.device_map()
         self._book = book
@@ -86,17 +88,17 @@ class Recovery:
         self._watch = {k.device_id for k, a in book.open.items() if k.rule == INTEGRITY_RULE and a.active}
         metrics.gaps_open.set_function(self.gaps.open_count)
 
-    def load(self, gaps: list[tuple[SeqGap, set[int]]]) -> None:
+    def load(self, gaps: list[tuple[SeqGap, set[int]]], at_us: int) -> None:
         """Take up the gaps left open by the previous run (with the seqs stored since)."""
         for gap, stored in gaps:
-            self.gaps.load(gap, stored)
+            self._loaded += self.gaps.load(gap, stored, at_us)
 
     def reading(self, batch: Batch, device_id: str, seq: int, observation: Observation, at_us: int) -> None:
         """Account for one reading about to be stored."""
         gaps = self.gaps
         if observation.gap is not None:
-            gaps.open(observation.gap)
             batch.audit.append(gap_audit(observation.gap, "detected", at_us, "re-send requested"))
+            self._changes(batch, gaps.open(observation.gap))
         if observation.event is SeqEvent.RESTART:
             self._changes(batch, gaps.restarted(device_id, at_us))
         if gaps.gaps or gaps.probes:
@@ -132,16 +134,25 @@ class Recovery:
     def step(self, batch: Batch, now_us: int) -> None:
         """Give up on gaps past their recovery time; publish the re-send requests now due."""
         gaps = self.gaps
+        if self._loaded:
+            self._changes(batch, self._loaded)
+            self._loaded = []
         if not (gaps.gaps or gaps.probes):
             return
         self._changes(batch, gaps.expire(now_us))
         if self._resend is None:
             return
+        connected = True
         for request in gaps.due(now_us):
             device = self._devices[request.device_id]
             topic = resend_topic(self._prefix, device.site, device.area, device.kind.value, device.id)
-            if self._resend(topic, request.payload()):
+            # Not connected (a broker outage, or a new session not yet subscribed): the request
+            # uses no attempt and goes out at the first step once it can.
+            connected = connected and self._resend(topic, request.payload())
+            if connected:
                 self._metrics.resend_requests.inc()
+            else:
+                gaps.unsent(request, now_us)
 
     def _integrity(
         self,

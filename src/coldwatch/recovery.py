@@ -20,7 +20,8 @@ within ``timeout_s``, or the device restarted its numbering).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -132,6 +133,7 @@ class GapBook:
     retry_s: float
     max_attempts: int
     max_per_s: float
+    max_open: int = 100  # open gaps per device
     gaps: dict[str, list[_Open]] = field(default_factory=dict)
     probes: dict[str, _Probe] = field(default_factory=dict)
     _tokens: float = 0.0
@@ -139,22 +141,39 @@ class GapBook:
     # Nothing is due, or expires, before these: most calls (one per batch) cost nothing.
     _due_us: float = INF
     _expires_us: float = INF
+    _resume: str | None = None  # the device whose turn it is when the rate bound cut a round
 
-    def load(self, gap: SeqGap, stored: set[int]) -> None:
-        """Restore an open gap after a restart, less the ``seq`` numbers stored since."""
+    def load(self, gap: SeqGap, stored: set[int], at_us: int) -> list[GapChange]:
+        """Restore an open gap after a restart, less the ``seq`` numbers stored since.
+
+        Returns the gap as recovered if nothing is missing any more (the readings were
+        stored, for example by another cluster member, before its state was), and any gap
+        given up to keep within ``max_open``.
+        """
         entry = _Open(gap, [[gap.first_missing, gap.last_missing]])
         for seq in sorted(stored):
             entry.fill(seq)
-        self._add(entry)
+        if not entry.missing:
+            return [GapChange(gap, "recovered", at_us, "every missing reading was stored")]
+        return self._add(entry, at_us)
 
-    def open(self, gap: SeqGap) -> None:
-        """A new gap: asked for at the next :meth:`due`."""
-        self._add(_Open(gap, [[gap.first_missing, gap.last_missing]], next_due_us=gap.detected_us))
+    def open(self, gap: SeqGap) -> list[GapChange]:
+        """A new gap: asked for at the next :meth:`due`. Returns any gap given up for it."""
+        return self._add(_Open(gap, [[gap.first_missing, gap.last_missing]], next_due_us=gap.detected_us))
 
-    def _add(self, entry: _Open) -> None:
-        self.gaps.setdefault(entry.gap.device_id, []).append(entry)
+    def _add(self, entry: _Open, at_us: int | None = None) -> list[GapChange]:
+        device_id = entry.gap.device_id
+        entries = self.gaps.setdefault(device_id, [])
+        entries.append(entry)
         self._due_us = min(self._due_us, entry.next_due_us)
         self._expires_us = min(self._expires_us, entry.gap.detected_us + round(self.timeout_s * US))
+        if len(entries) <= self.max_open:
+            return []
+        # A device that keeps skipping numbers (broken or hostile) must not grow memory, the
+        # work per reading or its share of requests without bound: its oldest gap goes.
+        oldest = entries.pop(0)
+        why = f"more than {self.max_open} gaps open on the device: the oldest is given up"
+        return [GapChange(oldest.gap, "lost", entry.gap.detected_us if at_us is None else at_us, why)]
 
     def session_lost(self, last_seqs: dict[str, int], at_us: int) -> None:
         """The broker lost our session: ask each device for everything after its last ``seq``."""
@@ -215,42 +234,75 @@ class GapBook:
         return lost
 
     def due(self, now_us: int) -> list[ResendRequest]:
-        """The requests to publish now, within the attempt and rate bounds."""
+        """The requests to publish now, within the attempt and rate bounds.
+
+        Devices take turns, one request each per round, so that a device with many gaps
+        cannot hold back another's; a round cut short by the rate bound resumes where it
+        stopped. While rate-limited a call costs little: it stops at the last token.
+        """
         if now_us < self._due_us:
             return []
         self._refill(now_us)
-        retry_us = round(self.retry_s * US)
         out: list[ResendRequest] = []
-        # The earliest time a request falls due again, found on the way (exhausted ones never).
-        self._due_us = INF
-        for device_id, entry in self._askers():
-            if not self._ask(device_id, entry, now_us, retry_us, out):
-                self._due_us = now_us  # rate-limited: the rest is due at the next call
-                break
+        order = [*self.gaps, *(d for d in self.probes if d not in self.gaps)]
+        start = order.index(self._resume) if self._resume in self.gaps or self._resume in self.probes else 0
+        more: deque[tuple[str, deque[_Open | _Probe]]] = deque()  # devices with more due this call
+        for i in range(len(order)):
+            device_id = order[(start + i) % len(order)]
+            if not self._has_token(device_id, now_us):
+                return out
+            waiting = deque(e for e in self._entries(device_id) if self._is_due(e, now_us))
+            if waiting:
+                self._ask(device_id, waiting.popleft(), now_us, out)
+                if waiting:
+                    more.append((device_id, waiting))
+        while more:
+            device_id, waiting = more[0]
+            if not self._has_token(device_id, now_us):
+                return out
+            more.popleft()
+            self._ask(device_id, waiting.popleft(), now_us, out)
+            if waiting:
+                more.append((device_id, waiting))
+        # Everything due went out: the next call that can ask anything (exhausted gaps never).
+        self._resume = None
+        self._due_us = min(
+            (e.next_due_us for d in order for e in self._entries(d) if e.attempts < self.max_attempts),
+            default=INF,
+        )
         return out
 
-    def _askers(self) -> Iterator[tuple[str, _Open | _Probe]]:
-        for device_id, entries in self.gaps.items():
-            for entry in entries:
-                yield device_id, entry
-        yield from self.probes.items()
+    def _entries(self, device_id: str) -> list[_Open | _Probe]:
+        probe = self.probes.get(device_id)
+        gaps: list[_Open | _Probe] = [*self.gaps.get(device_id, ())]
+        return gaps if probe is None else [probe, *gaps]
 
-    def _ask(
-        self, device_id: str, entry: _Open | _Probe, now_us: int, retry_us: int, out: list[ResendRequest]
-    ) -> bool:
-        """Ask for ``entry`` if it is due; False when the rate bound allows no more now."""
-        if entry.attempts >= self.max_attempts:
+    def _is_due(self, entry: _Open | _Probe, now_us: int) -> bool:
+        return entry.attempts < self.max_attempts and entry.next_due_us <= now_us
+
+    def _has_token(self, device_id: str, now_us: int) -> bool:
+        """Whether a request may go out now; if not, ``device_id`` is first in the next round."""
+        if self._tokens >= 1:
             return True
-        if entry.next_due_us <= now_us:
-            if self._tokens < 1:
-                return False
-            entry.attempts += 1
-            entry.next_due_us = now_us + retry_us
-            self._tokens -= 1
-            out.append(entry.request(device_id))
-        if entry.attempts < self.max_attempts:
-            self._due_us = min(self._due_us, entry.next_due_us)
-        return True
+        self._resume = device_id
+        self._due_us = now_us + math.ceil((1 - self._tokens) / self.max_per_s * US)
+        return False
+
+    def _ask(self, device_id: str, entry: _Open | _Probe, now_us: int, out: list[ResendRequest]) -> None:
+        entry.attempts += 1
+        entry.next_due_us = now_us + round(self.retry_s * US)
+        self._tokens -= 1
+        out.append(entry.request(device_id))
+
+    def unsent(self, request: ResendRequest, now_us: int) -> None:
+        """A request from :meth:`due` could not be published: it takes no attempt, and is due again."""
+        for entry in self._entries(request.device_id):
+            if entry.request(request.device_id).request_id == request.request_id:
+                entry.attempts -= 1
+                entry.next_due_us = now_us
+                self._tokens += 1
+                self._due_us = min(self._due_us, now_us)
+                return
 
     def _refill(self, now_us: int) -> None:
         burst = max(1.0, self.max_per_s)
@@ -282,11 +334,18 @@ def integrity_raise(
     *,
     value: float | None = None,
 ) -> list[AlarmEvent]:
-    """Raise the device's data-integrity alarm, or raise its severity if it is active already."""
+    """Raise the device's data-integrity alarm, or raise its severity if it is active already.
+
+    A cleared alarm nobody has acknowledged yet is not superseded by a loss of the same or
+    a lower severity (that loss is in ``seq_gaps`` and the audit trail): a device that loses
+    readings over and over raises one alarm per acknowledgement, not one per loss.
+    """
     key = integrity_key(device_id)
     if current is not None and current.active:
         if severity > current.severity:
             return [AlarmEvent(EventKind.SEVERITY_CHANGED, key, at_us, severity, value, detail=detail)]
+        return []
+    if current is not None and severity <= current.severity:
         return []
     return [AlarmEvent(EventKind.RAISED, key, at_us, severity, value, detail=detail)]
 

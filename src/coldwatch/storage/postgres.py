@@ -251,10 +251,12 @@ _RESOLVE_GAP: Final = (
     "UPDATE seq_gaps SET state = $1, resolved_us = $2 WHERE device = $3 AND first_missing = $4 "
     "AND last_missing = $5 AND detected_us = $6 AND state = 'open'"
 )
+# Only readings that arrived after the gap was found can fill it: a seq number stored
+# before may belong to an earlier numbering of the device (its counter restarted).
 _OPEN_GAPS: Final = (
     "SELECT d.device_id, g.first_missing, g.last_missing, g.detected_us, "
     "ARRAY(SELECT DISTINCT r.seq FROM readings AS r WHERE r.device = g.device "
-    "AND r.seq BETWEEN g.first_missing AND g.last_missing) "
+    "AND r.seq BETWEEN g.first_missing AND g.last_missing AND r.received_us >= g.detected_us) "
     "FROM seq_gaps AS g JOIN devices AS d ON d.id = g.device "
     "WHERE g.state = 'open' AND ($1::text[] IS NULL OR d.device_id = ANY($1)) ORDER BY g.id"
 )

@@ -217,7 +217,12 @@ _OPEN_GAPS = (
     "SELECT d.device_id, g.first_missing, g.last_missing, g.detected_us FROM seq_gaps AS g "
     "JOIN devices AS d ON d.id = g.device WHERE g.state = 'open' ORDER BY g.id"
 )
-_STORED_SEQS = "SELECT DISTINCT seq FROM reading_rows WHERE device = ? AND seq BETWEEN ? AND ?"
+# Only readings that arrived after the gap was found can fill it: a seq number stored
+# before may belong to an earlier numbering of the device (its counter restarted).
+_STORED_SEQS = (
+    "SELECT DISTINCT seq FROM reading_rows WHERE device = ? AND seq BETWEEN ? AND ? "
+    "AND ts_us + received_delay_us >= ?"
+)
 _UPDATE_DEVICES_HEAD = (
     "UPDATE devices SET last_seq = v.column1, last_ts_us = v.column2, last_received_us = v.column3, "
     "online = v.column4 FROM (VALUES "
@@ -552,7 +557,7 @@ class SqliteStorage(RowIds):
             for device_id, first, last, detected_us in rows:
                 if wanted is not None and device_id not in wanted:
                     continue
-                args = (self._device_rowid[device_id], first, last)
+                args = (self._device_rowid[device_id], first, last, detected_us)
                 async with self._conn.execute(_STORED_SEQS, args) as cur:
                     stored = {int(r[0]) for r in await cur.fetchall()}
                 out.append((SeqGap(device_id, int(first), int(last), int(detected_us)), stored))
