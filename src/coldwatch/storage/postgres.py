@@ -28,6 +28,7 @@ from coldwatch.audit import AuditDraft, AuditEntry, VerifyResult
 from coldwatch.audit_seal import AuditEvidence, AuditHead
 from coldwatch.catalogue import KINDS
 from coldwatch.config import DeviceConfig, redact
+from coldwatch.console.sql import CONSOLE_INDEXES
 from coldwatch.errors import StorageError
 from coldwatch.notify.model import AlarmFacts, Channel, OutboxItem, order_key_of
 from coldwatch.notify.outbox import (
@@ -220,6 +221,8 @@ MIGRATIONS_PG: Final[tuple[str, ...]] = (
     ) AS o WHERE q.id = o.id;
     CREATE INDEX quarantine_by_offset ON quarantine(kept_from);
     """,
+    # The console's alarm list: open first, then newest first (keyset pages).
+    CONSOLE_INDEXES,
 )
 
 _PLAIN_READINGS: Final = """

@@ -21,6 +21,7 @@ from coldwatch.audit import AuditDraft, AuditEntry, VerifyResult
 from coldwatch.audit_seal import AuditEvidence, AuditHead
 from coldwatch.catalogue import KINDS
 from coldwatch.config import DeviceConfig
+from coldwatch.console.sql import CONSOLE_INDEXES
 from coldwatch.errors import StorageError
 from coldwatch.notify.outbox import OUTBOX_DEAD_LETTER_SCHEMA, OUTBOX_SCHEMA, enqueue_sync
 from coldwatch.rules.lifecycle import Alarm, Transition
@@ -194,6 +195,8 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ) AS o WHERE quarantine.id = o.id;
     CREATE INDEX quarantine_by_offset ON quarantine(kept_from);
     """,
+    # The console's alarm list: open first, then newest first (keyset pages).
+    CONSOLE_INDEXES,
 )
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,132 @@
+"""The console's queries on PostgreSQL, through the storage's connection pool."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from coldwatch.console.model import (
+    AlarmCursor,
+    AlarmFilter,
+    AlarmRow,
+    BucketRow,
+    DeviceRow,
+    GapRow,
+    NotificationRow,
+    TransitionRow,
+)
+from coldwatch.console.sql import ALARM_BY_ID, KIND_METRICS, OPEN_AGGREGATES, alarm_page_sql
+
+__all__ = ["PgConsoleQueries"]
+
+_DEVICES = f"""
+    SELECT d.device_id, d.kind, d.site, d.area, d.grade, d.last_ts_us, d.last_received_us, d.online,
+        coalesce(a.worst, 0), coalesce(a.open_n, 0), coalesce(a.unack_n, 0)
+    FROM devices AS d LEFT JOIN ({OPEN_AGGREGATES}) AS a ON a.device_id = d.device_id
+    WHERE ($1::text IS NULL OR d.site = $1) AND ($2::text IS NULL OR d.area = $2)
+        AND ($3::text IS NULL OR d.device_id = $3)
+    ORDER BY d.site, d.area, d.device_id
+"""  # noqa: S608 - constant text
+_LAST_VALUES = f"""
+    WITH km(kind, name) AS ({KIND_METRICS})
+    SELECT d.device_id, m.name, r.value
+    FROM devices AS d JOIN km ON km.kind = d.kind JOIN metrics AS m ON m.name = km.name
+    JOIN readings AS r ON r.device = d.id AND r.metric = m.id AND r.ts_us = d.last_ts_us
+    WHERE d.last_ts_us IS NOT NULL AND ($1::text IS NULL OR d.site = $1) AND ($2::text IS NULL OR d.area = $2)
+        AND ($3::text IS NULL OR d.device_id = $3)
+"""  # noqa: S608 - constant text
+_SERIES_IDS = "(SELECT id FROM devices WHERE device_id = $1) AND r.metric = (SELECT id FROM metrics WHERE name = $2)"
+_POINTS = (
+    f"SELECT r.ts_us, r.value, r.buffered FROM readings AS r WHERE r.device = {_SERIES_IDS} "  # noqa: S608
+    "AND r.ts_us >= $3 AND r.ts_us < $4 ORDER BY r.ts_us, r.seq LIMIT $5"
+)
+_BUCKETS = (
+    "SELECT min(r.ts_us), max(r.ts_us), min(r.value), max(r.value), count(*), "  # noqa: S608
+    f"count(*) FILTER (WHERE r.buffered) FROM readings AS r WHERE r.device = {_SERIES_IDS} "
+    "AND r.ts_us >= $3 AND r.ts_us < $4 GROUP BY (r.ts_us - $3) * $5::bigint / ($4 - $3) ORDER BY 1"
+)
+_GAPS = (
+    "SELECT g.first_missing, g.last_missing, g.detected_us, g.state, g.resolved_us FROM seq_gaps AS g "
+    "WHERE g.device = (SELECT id FROM devices WHERE device_id = $1) "
+    "AND ((g.detected_us >= $2 AND g.detected_us < $3) OR g.state = 'open') ORDER BY g.detected_us, g.id"
+)
+_TRANSITIONS = (
+    "SELECT event, ts_us, received_us, from_state, to_state, severity, value, limit_value, late, actor, reason "
+    "FROM alarm_transitions WHERE alarm_id = $1 ORDER BY id"
+)
+_NOTIFICATIONS = (
+    "SELECT id, notification_id, channel, target, created_us, delivered_us, dead_lettered_us, last_error "
+    "FROM notification_outbox WHERE alarm_id = $1 ORDER BY id"
+)
+_ATTEMPTS = (
+    "SELECT t.outbox_id, t.at_us, t.ok, t.status, t.error FROM notification_attempts AS t "
+    "JOIN notification_outbox AS o ON o.id = t.outbox_id WHERE o.alarm_id = $1 ORDER BY t.id"
+)
+
+
+def _alarm_row(r: Any) -> AlarmRow:
+    return AlarmRow(*r)
+
+
+class PgConsoleQueries:
+    """:class:`coldwatch.console.model.ConsoleQueries` on a PostgreSQL pool (the storage's own)."""
+
+    def __init__(self, pool: asyncpg.Pool[Any]) -> None:
+        self.pool = pool
+
+    async def close(self) -> None:
+        """Nothing of its own to release: the pool belongs to the storage."""
+
+    async def devices(
+        self, site: str | None = None, area: str | None = None, device_id: str | None = None
+    ) -> list[DeviceRow]:
+        """Every device (of a site / area, or one device), with open-alarm aggregates and newest values."""
+        async with self.pool.acquire() as conn:
+            values: dict[str, dict[str, float]] = {}
+            for owner, name, value in await conn.fetch(_LAST_VALUES, site, area, device_id):
+                values.setdefault(owner, {})[name] = float(value)
+            rows = await conn.fetch(_DEVICES, site, area, device_id)
+        return [DeviceRow(*r, values.get(r[0], {})) for r in rows]
+
+    async def alarm_page(self, where: AlarmFilter, after: AlarmCursor | None, limit: int) -> list[AlarmRow]:
+        """Alarms of one phase (``after.closed``; open when no cursor), newest first, after ``after``."""
+        closed = after.closed if after is not None else False
+        sql, params = alarm_page_sql(where, closed, after, limit, lambda n: f"${n}")
+        return [_alarm_row(r) for r in await self.pool.fetch(sql, *params)]
+
+    async def alarm(self, alarm_id: int) -> AlarmRow | None:
+        """One alarm."""
+        row = await self.pool.fetchrow(ALARM_BY_ID.format("$1"), alarm_id)
+        return None if row is None else _alarm_row(row)
+
+    async def transitions(self, alarm_id: int) -> list[TransitionRow]:
+        """An alarm's history, oldest first."""
+        return [TransitionRow(*r) for r in await self.pool.fetch(_TRANSITIONS, alarm_id)]
+
+    async def notifications(self, alarm_id: int) -> list[NotificationRow]:
+        """An alarm's notifications with their delivery attempts, oldest first."""
+        async with self.pool.acquire() as conn:
+            rows = [NotificationRow(*r) for r in await conn.fetch(_NOTIFICATIONS, alarm_id)]
+            by_id = {n.id: n for n in rows}
+            for outbox_id, at_us, ok, status, error in await conn.fetch(_ATTEMPTS, alarm_id):
+                by_id[outbox_id].attempts.append((int(at_us), bool(ok), status, error))
+        return rows
+
+    async def points(
+        self, device_id: str, metric: str, since_us: int, until_us: int, limit: int
+    ) -> tuple[list[int], list[float], list[bool]]:
+        """At most ``limit`` raw readings (ts_us, value, buffered) in [since, until), oldest first."""
+        rows = await self.pool.fetch(_POINTS, device_id, metric, since_us, until_us, limit)
+        return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+
+    async def buckets(
+        self, device_id: str, metric: str, since_us: int, until_us: int, buckets: int
+    ) -> list[BucketRow]:
+        """The readings in [since, until) in ``buckets`` equal time buckets (empty ones left out)."""
+        rows = await self.pool.fetch(_BUCKETS, device_id, metric, since_us, until_us, buckets)
+        return [BucketRow(*r) for r in rows]
+
+    async def gaps(self, device_id: str, since_us: int, until_us: int) -> list[GapRow]:
+        """Seq gaps detected in [since, until), and every gap still open."""
+        return [GapRow(*r) for r in await self.pool.fetch(_GAPS, device_id, since_us, until_us)]

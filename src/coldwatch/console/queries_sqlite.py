@@ -1,0 +1,183 @@
+"""The console's queries on SQLite: a read-only connection of their own (WAL: readers never block the writer)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from coldwatch.console.model import (
+    AlarmCursor,
+    AlarmFilter,
+    AlarmRow,
+    BucketRow,
+    DeviceRow,
+    GapRow,
+    NotificationRow,
+    TransitionRow,
+)
+from coldwatch.console.sql import ALARM_BY_ID, KIND_METRICS, OPEN_AGGREGATES, alarm_page_sql
+from coldwatch.errors import StorageError
+from coldwatch.storage.sqlite_thread import on_thread
+
+__all__ = ["SqliteConsoleQueries"]
+
+_DEVICES = f"""
+    SELECT d.device_id, d.kind, d.site, d.area, d.grade, d.last_ts_us, d.last_received_us, d.online,
+        coalesce(a.worst, 0), coalesce(a.open_n, 0), coalesce(a.unack_n, 0)
+    FROM devices AS d LEFT JOIN ({OPEN_AGGREGATES}) AS a ON a.device_id = d.device_id
+    WHERE (?1 IS NULL OR d.site = ?1) AND (?2 IS NULL OR d.area = ?2) AND (?3 IS NULL OR d.device_id = ?3)
+    ORDER BY d.site, d.area, d.device_id
+"""  # noqa: S608 - constant text
+# The newest values: one primary-key lookup per device and metric of its kind.
+_LAST_VALUES = f"""
+    WITH km(kind, name) AS ({KIND_METRICS})
+    SELECT d.device_id, m.name, r.value
+    FROM devices AS d JOIN km ON km.kind = d.kind JOIN metrics AS m ON m.name = km.name
+    JOIN reading_rows AS r ON r.device = d.id AND r.metric = m.id AND r.ts_us = d.last_ts_us
+    WHERE d.last_ts_us IS NOT NULL AND (?1 IS NULL OR d.site = ?1) AND (?2 IS NULL OR d.area = ?2)
+        AND (?3 IS NULL OR d.device_id = ?3)
+"""  # noqa: S608 - constant text
+_SERIES_IDS = "(SELECT id FROM devices WHERE device_id = ?1) AND r.metric = (SELECT id FROM metrics WHERE name = ?2)"
+_POINTS = (
+    f"SELECT r.ts_us, r.value, r.buffered FROM reading_rows AS r WHERE r.device = {_SERIES_IDS} "  # noqa: S608
+    "AND r.ts_us >= ?3 AND r.ts_us < ?4 ORDER BY r.ts_us, r.seq LIMIT ?5"
+)
+_BUCKETS = (
+    "SELECT min(r.ts_us), max(r.ts_us), min(r.value), max(r.value), count(*), sum(r.buffered) "  # noqa: S608
+    f"FROM reading_rows AS r WHERE r.device = {_SERIES_IDS} AND r.ts_us >= ?3 AND r.ts_us < ?4 "
+    "GROUP BY (r.ts_us - ?3) * ?5 / (?4 - ?3) ORDER BY 1"
+)
+_GAPS = (
+    "SELECT g.first_missing, g.last_missing, g.detected_us, g.state, g.resolved_us FROM seq_gaps AS g "
+    "WHERE g.device = (SELECT id FROM devices WHERE device_id = ?1) "
+    "AND ((g.detected_us >= ?2 AND g.detected_us < ?3) OR g.state = 'open') ORDER BY g.detected_us, g.id"
+)
+_TRANSITIONS = (
+    "SELECT event, ts_us, received_us, from_state, to_state, severity, value, limit_value, late, actor, reason "
+    "FROM alarm_transitions WHERE alarm_id = ? ORDER BY id"
+)
+_NOTIFICATIONS = (
+    "SELECT id, notification_id, channel, target, created_us, delivered_us, dead_lettered_us, last_error "
+    "FROM notification_outbox WHERE alarm_id = ? ORDER BY id"
+)
+_ATTEMPTS = (
+    "SELECT t.outbox_id, t.at_us, t.ok, t.status, t.error FROM notification_attempts AS t "
+    "JOIN notification_outbox AS o ON o.id = t.outbox_id WHERE o.alarm_id = ? ORDER BY t.id"
+)
+
+
+def alarm_row(r: Any) -> AlarmRow:
+    """An :class:`AlarmRow` from the columns of ``ALARM_COLUMNS``."""
+    return AlarmRow(
+        int(r[0]), r[1], r[2], r[3], r[4], r[5], int(r[6]), int(r[7]), r[8], r[9], r[10], bool(r[11]),
+        r[12], r[13], r[14], r[15], r[16], r[17], r[18],
+    )  # fmt: skip
+
+
+def _devices(
+    conn: sqlite3.Connection, site: str | None, area: str | None, device_id: str | None
+) -> list[DeviceRow]:
+    values: dict[str, dict[str, float]] = {}
+    for owner, name, value in conn.execute(_LAST_VALUES, (site, area, device_id)):
+        values.setdefault(owner, {})[name] = float(value)
+    return [
+        DeviceRow(
+            r[0], r[1], r[2], r[3], r[4], r[5], r[6], None if r[7] is None else bool(r[7]),
+            int(r[8]), int(r[9]), int(r[10]), values.get(r[0], {}),
+        )  # fmt: skip
+        for r in conn.execute(_DEVICES, (site, area, device_id))
+    ]
+
+
+def _notifications(conn: sqlite3.Connection, alarm_id: int) -> list[NotificationRow]:
+    rows = [NotificationRow(*r) for r in conn.execute(_NOTIFICATIONS, (alarm_id,))]
+    by_id = {n.id: n for n in rows}
+    for outbox_id, at_us, ok, status, error in conn.execute(_ATTEMPTS, (alarm_id,)):
+        by_id[outbox_id].attempts.append((int(at_us), bool(ok), status, error))
+    return rows
+
+
+class SqliteConsoleQueries:
+    """:class:`coldwatch.console.model.ConsoleQueries` on a SQLite database file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+
+    async def open(self) -> None:
+        """Open a read-only connection (the database must exist)."""
+        try:
+            self._db = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True)
+            await self._db.execute("PRAGMA busy_timeout=5000")
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: cannot open for reading: {exc}") from exc
+
+    @property
+    def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StorageError(f"{self.path}: console queries are not open")
+        return self._db
+
+    async def close(self) -> None:
+        """Close the connection."""
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.close()
+
+    async def devices(
+        self, site: str | None = None, area: str | None = None, device_id: str | None = None
+    ) -> list[DeviceRow]:
+        """Every device (of a site / area, or one device), with open-alarm aggregates and newest values."""
+        return await on_thread(self._conn, _devices, site, area, device_id)
+
+    async def alarm_page(self, where: AlarmFilter, after: AlarmCursor | None, limit: int) -> list[AlarmRow]:
+        """Alarms of one phase (``after.closed``; open when no cursor), newest first, after ``after``."""
+        closed = after.closed if after is not None else False
+        sql, params = alarm_page_sql(where, closed, after, limit, lambda _: "?")
+        return await on_thread(self._conn, lambda c: [alarm_row(r) for r in c.execute(sql, params)])
+
+    async def alarm(self, alarm_id: int) -> AlarmRow | None:
+        """One alarm."""
+        sql = ALARM_BY_ID.format("?")
+        rows = await on_thread(self._conn, lambda c: [alarm_row(r) for r in c.execute(sql, (alarm_id,))])
+        return rows[0] if rows else None
+
+    async def transitions(self, alarm_id: int) -> list[TransitionRow]:
+        """An alarm's history, oldest first."""
+        return await on_thread(
+            self._conn,
+            lambda c: [
+                TransitionRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), r[9], r[10])
+                for r in c.execute(_TRANSITIONS, (alarm_id,))
+            ],
+        )
+
+    async def notifications(self, alarm_id: int) -> list[NotificationRow]:
+        """An alarm's notifications with their delivery attempts, oldest first."""
+        return await on_thread(self._conn, _notifications, alarm_id)
+
+    async def points(
+        self, device_id: str, metric: str, since_us: int, until_us: int, limit: int
+    ) -> tuple[list[int], list[float], list[bool]]:
+        """At most ``limit`` raw readings (ts_us, value, buffered) in [since, until), oldest first."""
+
+        def fetch(c: sqlite3.Connection) -> tuple[list[int], list[float], list[bool]]:
+            rows = c.execute(_POINTS, (device_id, metric, since_us, until_us, limit)).fetchall()
+            return [r[0] for r in rows], [r[1] for r in rows], [bool(r[2]) for r in rows]
+
+        return await on_thread(self._conn, fetch)
+
+    async def buckets(
+        self, device_id: str, metric: str, since_us: int, until_us: int, buckets: int
+    ) -> list[BucketRow]:
+        """The readings in [since, until) in ``buckets`` equal time buckets (empty ones left out)."""
+        args = (device_id, metric, since_us, until_us, buckets)
+        return await on_thread(self._conn, lambda c: [BucketRow(*r) for r in c.execute(_BUCKETS, args)])
+
+    async def gaps(self, device_id: str, since_us: int, until_us: int) -> list[GapRow]:
+        """Seq gaps detected in [since, until), and every gap still open."""
+        args = (device_id, since_us, until_us)
+        return await on_thread(self._conn, lambda c: [GapRow(*r) for r in c.execute(_GAPS, args)])

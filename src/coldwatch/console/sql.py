@@ -1,0 +1,92 @@
+"""SQL text the console's queries share between SQLite and PostgreSQL (placeholders differ)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+from coldwatch.catalogue import KINDS
+from coldwatch.console.model import AlarmCursor, AlarmFilter
+
+__all__ = [
+    "ALARM_BY_ID",
+    "ALARM_COLUMNS",
+    "CONSOLE_INDEXES",
+    "KIND_METRICS", "OPEN_AGGREGATES", "alarm_page_sql"]
+
+# Appended to both backends' migrations: the alarm list's keyset order (open first, then
+# newest first), over all alarms and per device. Same text on SQLite and PostgreSQL.
+CONSOLE_INDEXES: Final = """
+CREATE INDEX alarms_open_first ON alarms((state = 'closed'), raised_ts_us, id);
+CREATE INDEX alarms_device_open_first ON alarms(device_id, (state = 'closed'), raised_ts_us, id);
+"""
+
+ALARM_COLUMNS: Final = (
+    "a.id, a.device_id, a.metric, a.rule, a.severity, a.state, a.raised_ts_us, a.raised_received_us, "
+    "a.cleared_ts_us, a.value, a.limit_value, a.late, a.detail, a.shelved_until_us, a.shelved_by, "
+    "a.acknowledged_by, d.site, d.area, d.kind"
+)
+# One alarm by id; format with the backend's placeholder.
+ALARM_BY_ID: Final = (
+    f"SELECT {ALARM_COLUMNS} FROM alarms AS a LEFT JOIN devices AS d ON d.device_id = a.device_id "  # noqa: S608
+    "WHERE a.id = {}"
+)
+
+# Per device: the highest severity of its active alarms (comm-loss alarms aside, shown as
+# offline or stale), its open alarms and those not yet acknowledged. One pass over the
+# open alarms (the partial index alarms_one_open holds exactly them).
+OPEN_AGGREGATES: Final = """
+    SELECT device_id,
+        max(CASE WHEN rule <> 'comm_loss' AND state IN ('active_unacknowledged', 'active_acknowledged')
+            THEN CASE severity WHEN 'action' THEN 2 ELSE 1 END ELSE 0 END) AS worst,
+        count(*) AS open_n,
+        sum(CASE WHEN state IN ('active_unacknowledged', 'cleared_unacknowledged') THEN 1 ELSE 0 END) AS unack_n
+    FROM alarms WHERE state <> 'closed' GROUP BY device_id
+"""
+
+# (kind, metric name) of every numeric metric: the newest values the overview shows.
+KIND_METRICS: Final = "VALUES " + ", ".join(
+    f"('{kind.value}', '{name}')" for kind, specs in KINDS.items() for name, spec in specs.items()
+)
+
+
+def alarm_page_sql(
+    where: AlarmFilter, closed: bool, after: AlarmCursor | None, limit: int, mark: Callable[[int], str]
+) -> tuple[str, list[object]]:
+    """One phase of the alarm list (open alarms, or closed ones): SQL and its parameters.
+
+    ``mark(n)`` writes the n-th placeholder (1-based). Only the filters given appear in the
+    text, so that the planner sees plain predicates and picks the index that fits (by
+    device when a device is given, else open-first by time).
+    """
+    params: list[object] = []
+
+    def p(value: object) -> str:
+        params.append(value)
+        return mark(len(params))
+
+    clauses = [f"(a.state = 'closed') = {'TRUE' if closed else 'FALSE'}"]
+    if after is not None:
+        clauses.append(f"(a.raised_ts_us, a.id) < ({p(after.raised_ts_us)}, {p(after.id)})")
+    states = where.state_predicate()
+    if states is not None:
+        clauses.append(states)
+    if where.device_id is not None:
+        clauses.append(f"a.device_id = {p(where.device_id)}")
+    if where.severity is not None:
+        clauses.append(f"a.severity = {p(where.severity)}")
+    if where.rule is not None:
+        clauses.append(f"a.rule = {p(where.rule)}")
+    if where.site is not None:
+        clauses.append(f"d.site = {p(where.site)}")
+    if where.area is not None:
+        clauses.append(f"d.area = {p(where.area)}")
+    if where.since_us is not None:
+        clauses.append(f"a.raised_ts_us >= {p(where.since_us)}")
+    if where.until_us is not None:
+        clauses.append(f"a.raised_ts_us < {p(where.until_us)}")
+    sql = (
+        f"SELECT {ALARM_COLUMNS} FROM alarms AS a LEFT JOIN devices AS d ON d.device_id = a.device_id "  # noqa: S608 - no user text
+        f"WHERE {' AND '.join(clauses)} ORDER BY a.raised_ts_us DESC, a.id DESC LIMIT {p(limit)}"
+    )
+    return sql, params
