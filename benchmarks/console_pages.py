@@ -182,7 +182,7 @@ async def measure(location: str, args: argparse.Namespace) -> dict[str, Any]:
         for label, span_us in (("24 h", 86_400 * US), (f"{args.days:g} days", int(args.days * 86_400 * US))):
 
             async def device_page(span_us: int = span_us, label: str = label) -> None:
-                detail = await data.device_detail(CHARTED, end_us - span_us, end_us)
+                detail = await data.device_detail(CHARTED, end_us - span_us, end_us, now_us=end_us)
                 assert detail is not None
                 points[f"device detail {label}"] = len(detail.chart.series)
                 render_svg(detail.chart)

@@ -306,8 +306,8 @@ async def test_device_detail_range_gaps_comm_losses_and_rules(storage: Storage) 
     queries = await open_console_queries(storage)
     try:
         data = ConsoleData(queries, config())
-        detail = await data.device_detail("ln2-1", T0, T0 + 3 * 3600 * US)
-        missing = await data.device_detail("nobody", T0, T0 + US)
+        detail = await data.device_detail("ln2-1", T0, T0 + 3 * 3600 * US, now_us=NOW)
+        missing = await data.device_detail("nobody", T0, T0 + US, now_us=NOW)
     finally:
         await queries.close()
     assert missing is None
@@ -369,3 +369,37 @@ async def test_alarm_list_uses_the_open_first_index(backend: Backend, storage: S
                                  lambda _: "?")  # fmt: skip
     plan = " ".join(str(r[-1]) for r in backend.query("EXPLAIN QUERY PLAN " + sql, *params))
     assert "alarms_device_open_first" in plan
+
+
+async def test_long_charts_read_the_minute_rollup_and_late_readings_rebuild_it(backend: Backend, storage: Storage) -> None:
+    """A multi-day chart comes from per-minute rollups that match the readings, and a reading backfilled later into a built minute shows up."""
+    n = 3 * 1440 * 4  # three days, a reading every 15 s
+    rng = np.random.default_rng(11)
+    ts = T0 + np.arange(n, dtype=np.int64) * 15 * US
+    values = rng.normal(-190, 1.0, n)
+    await storage.write_batch(Batch(readings=[telemetry("ln2-1", i + 1, int(ts[i]), temp_c=float(values[i]))
+                                              for i in range(n)]))  # fmt: skip
+    since, until = T0 + 30 * US, int(ts[-1]) + US  # not minute-aligned: partial minutes from the readings
+    now = until + 86_400 * US
+    queries = await open_console_queries(storage)
+    try:
+        data = ConsoleData(queries, config(), max_points=300)
+        series, count = await data.chart_series("ln2-1", "temp_c", since, until, 600 * US, now_us=now)
+        assert count == int(((ts >= since) & (ts < until)).sum())
+        assert len(series) <= 300
+        inside = values[(ts >= since) & (ts < until)]
+        assert np.nanmax(series.values) == inside.max()
+        assert np.nanmin(series.values) == inside.min()
+        built = backend.query("SELECT count(*) FROM chart_rollup")[0][0]
+        assert built >= 3 * 1440 - 2  # every whole minute of the range
+        # A reading backfilled a day later into a minute the rollup already holds.
+        late_ts = int(ts[n // 2]) + 7 * US
+        late = Telemetry("ln2-1", n + 1, late_ts, True, (("temp_c", -100.0),))
+        await storage.write_batch(Batch(readings=[(late, now)]))
+        series, count = await data.chart_series("ln2-1", "temp_c", since, until, 600 * US, now_us=now)
+        assert count == int(((ts >= since) & (ts < until)).sum()) + 1
+        assert np.nanmax(series.values) == -100.0
+        assert bool(series.buffered[np.nanargmax(series.values)])
+        assert backend.query("SELECT count(*) FROM chart_rollup_dirty")[0][0] == 0
+    finally:
+        await queries.close()

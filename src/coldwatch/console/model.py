@@ -313,9 +313,12 @@ class ConsoleQueries(Protocol):
         ...
 
     async def buckets(
-        self, device_id: str, metric: str, since_us: int, until_us: int, buckets: int
+        self, device_id: str, metric: str, since_us: int, until_us: int, buckets: int, *, settled_us: int | None = None
     ) -> list[BucketRow]:
-        """The readings in [since, until) aggregated into ``buckets`` equal time buckets (empty ones left out)."""
+        """The readings in [since, until) aggregated into ``buckets`` equal time buckets (empty ones left out).
+
+        ``settled_us``: minutes before it may be read from the per-minute rollup (long ranges).
+        """
         ...
 
     async def gaps(self, device_id: str, since_us: int, until_us: int) -> list[GapRow]:

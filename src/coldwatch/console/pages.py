@@ -23,6 +23,7 @@ from coldwatch.catalogue import KINDS, Kind
 from coldwatch.config import Config
 from coldwatch.console.chart import AlarmSpan, Chart, LimitLine
 from coldwatch.console.downsample import DEFAULT_MAX_POINTS, Series, mark_gaps, minmax
+from coldwatch.console.rollup import settled_until
 from coldwatch.console.model import (
     AlarmCursor,
     AlarmFilter,
@@ -60,6 +61,8 @@ _OPEN_ONLY: Final = frozenset(
     {"open", "active", "awaiting_acknowledgement", "active_unacknowledged", "active_acknowledged",
      "cleared_unacknowledged"}
 )  # fmt: skip
+
+_CLOSED_ONLY: Final = frozenset({"closed"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +225,8 @@ class ConsoleData:
         if limit < 1:
             raise ValueError("limit must be positive")
         where.state_predicate()  # unknown state names fail before any query
+        if after is None and where.states and set(where.states) <= _CLOSED_ONLY:
+            after = AlarmCursor(closed=True, raised_ts_us=2**62, id=2**62)  # no open alarm can match
         rows = await self.queries.alarm_page(where, after, limit + 1)
         if len(rows) <= limit and (after is None or not after.closed) and not self._open_only(where):
             # The open alarms are exhausted: continue with the closed ones from the newest.
@@ -236,11 +241,12 @@ class ConsoleData:
         return bool(where.states) and all(s in _OPEN_ONLY for s in where.states)
 
     async def chart_series(
-        self, device_id: str, metric: str, since_us: int, until_us: int, max_gap_us: int
+        self, device_id: str, metric: str, since_us: int, until_us: int, max_gap_us: int, *, now_us: int | None = None
     ) -> tuple[Series, int]:
         """A metric's readings in [since, until), at most ``max_points`` points, gaps broken.
 
-        Returns the series and how many readings it stands for.
+        Returns the series and how many readings it stands for. With ``now_us`` (the wall
+        clock), a long range reads settled minutes from the per-minute rollup.
         """
         limit = self.max_points
         ts, values, buffered = await self.queries.points(device_id, metric, since_us, until_us, limit + 1)
@@ -249,7 +255,8 @@ class ConsoleData:
             return minmax(series, limit, start_us=since_us, end_us=until_us), len(ts)
         # Too many: the database aggregates. Two points per bucket, a third of the budget
         # left for breaks (minmax below bounds the rest if there are more).
-        rows = await self.queries.buckets(device_id, metric, since_us, until_us, limit // 3)
+        settled = None if now_us is None else settled_until(now_us)
+        rows = await self.queries.buckets(device_id, metric, since_us, until_us, limit // 3, settled_us=settled)
         count = sum(b.count for b in rows)
         series = mark_gaps(bucket_series(rows), max_gap_us)
         return minmax(series, limit, start_us=since_us, end_us=until_us), count
@@ -273,7 +280,7 @@ class ConsoleData:
         since, until = alarm.raised_ts_us - margin, max(end, alarm.raised_ts_us) + margin
         metric = self._chart_metric(alarm, alarm.metric)
         max_gap = int(self.stale_after_s(alarm.device_id) * US)
-        series, count = await self.chart_series(alarm.device_id, metric, since, until, max_gap)
+        series, count = await self.chart_series(alarm.device_id, metric, since, until, max_gap, now_us=now_us)
         label = f"{alarm.severity} alarm #{alarm.id}"
         chart = Chart(
             title=f"{alarm.device_id} {metric}: alarm #{alarm.id} ({alarm.rule})",
@@ -296,17 +303,21 @@ class ConsoleData:
         since_us: int,
         until_us: int,
         *,
+        now_us: int,
         metric: str | None = None,
         recent: int = 20,
     ) -> DeviceDetail | None:
-        """A device's chart over [since, until), its rules and limits, recent alarms, gaps and comm losses."""
+        """A device's chart over [since, until), its rules and limits, recent alarms, gaps and comm losses.
+
+        ``now_us`` is the wall clock (what is settled enough for the chart rollup).
+        """
         rows = await self.queries.devices(device_id=device_id)
         if not rows:
             return None
         device = rows[0]
         chosen = self._chart_metric(device, metric)
         max_gap = int(self.stale_after_s(device_id) * US)
-        series, count = await self.chart_series(device_id, chosen, since_us, until_us, max_gap)
+        series, count = await self.chart_series(device_id, chosen, since_us, until_us, max_gap, now_us=now_us)
         in_range = AlarmFilter(device_id=device_id, until_us=until_us)
         alarms = (await self.alarm_list(in_range, limit=recent)).rows
         losses = (await self.alarm_list(AlarmFilter(device_id=device_id, rule="comm_loss", until_us=until_us),

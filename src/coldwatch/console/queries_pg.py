@@ -16,6 +16,7 @@ from coldwatch.console.model import (
     NotificationRow,
     TransitionRow,
 )
+from coldwatch.console.rollup import MINUTE_US, ROLLUP_FROM_SPAN_US, build_ranges
 from coldwatch.console.sql import ALARM_BY_ID, KIND_METRICS, OPEN_AGGREGATES, alarm_page_sql
 
 __all__ = ["PgConsoleQueries"]
@@ -45,6 +46,26 @@ _BUCKETS = (
     "SELECT min(r.ts_us), max(r.ts_us), min(r.value), max(r.value), count(*), "  # noqa: S608
     f"count(*) FILTER (WHERE r.buffered) FROM readings AS r WHERE r.device = {_SERIES_IDS} "
     "AND r.ts_us >= $3 AND r.ts_us < $4 GROUP BY (r.ts_us - $3) * $5::bigint / ($4 - $3) ORDER BY 1"
+)
+_IDS = "SELECT (SELECT id FROM devices WHERE device_id = $1), (SELECT id FROM metrics WHERE name = $2)"
+ROLLUP_LOCK = 0x63777275  # "cwru": one builder per device and metric at a time
+_ROLLUP_BUILD = (
+    "INSERT INTO chart_rollup SELECT $1, $2, ts_us / $3 * $3, min(ts_us), max(ts_us), "
+    "min(value), max(value), count(*), count(*) FILTER (WHERE buffered) FROM readings "
+    "WHERE device = $1 AND metric = $2 AND ts_us >= $4 AND ts_us < $5 GROUP BY ts_us / $3"
+)
+_RAW_PART = (
+    "SELECT ts_us AS b, ts_us AS f, ts_us AS l, value AS lo, value AS hi, 1 AS n, buffered::int AS bn "
+    "FROM readings WHERE device = $1 AND metric = $2 AND ts_us >= {} AND ts_us < {}"
+)
+# Settled minutes from the rollup, the partial minutes at either end from the readings.
+# $1 device, $2 metric, $3 a, $4 c, $5 since, $6 until, $7 buckets.
+_ROLLUP_BUCKETS = (
+    "SELECT min(f), max(l), min(lo), max(hi), sum(n)::bigint, sum(bn)::bigint FROM ("  # noqa: S608
+    "SELECT minute_us AS b, first_us AS f, last_us AS l, low AS lo, high AS hi, n, buffered_n AS bn "
+    "FROM chart_rollup WHERE device = $1 AND metric = $2 AND minute_us >= $3 AND minute_us < $4 "
+    f"UNION ALL {_RAW_PART.format('$5', '$3')} UNION ALL {_RAW_PART.format('$4', '$6')}"
+    ") AS parts GROUP BY (b - $5) * $7::bigint / ($6 - $5) ORDER BY 1"
 )
 _GAPS = (
     "SELECT g.first_missing, g.last_missing, g.detected_us, g.state, g.resolved_us FROM seq_gaps AS g "
@@ -121,11 +142,59 @@ class PgConsoleQueries:
         return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
 
     async def buckets(
-        self, device_id: str, metric: str, since_us: int, until_us: int, buckets: int
+        self, device_id: str, metric: str, since_us: int, until_us: int, buckets: int, *, settled_us: int | None = None
     ) -> list[BucketRow]:
-        """The readings in [since, until) in ``buckets`` equal time buckets (empty ones left out)."""
-        rows = await self.pool.fetch(_BUCKETS, device_id, metric, since_us, until_us, buckets)
+        """The readings in [since, until) in ``buckets`` equal time buckets (empty ones left out).
+
+        With ``settled_us`` and a long range, minutes before it come from the rollup
+        (:mod:`coldwatch.console.rollup`), built first where missing or dirty.
+        """
+        if settled_us is None or until_us - since_us < ROLLUP_FROM_SPAN_US:
+            rows = await self.pool.fetch(_BUCKETS, device_id, metric, since_us, until_us, buckets)
+            return [BucketRow(*r) for r in rows]
+        ids = await self.pool.fetchrow(_IDS, device_id, metric)
+        if ids is None or ids[0] is None or ids[1] is None:
+            return []
+        device, metric_id = int(ids[0]), int(ids[1])
+        a = -(-since_us // MINUTE_US) * MINUTE_US
+        c = max(a, min(until_us // MINUTE_US * MINUTE_US, settled_us))
+        day = 86_400 * 1_000_000
+        start = a
+        while True:  # a day per transaction
+            end = min(c, start + day)
+            await self._build(device, metric_id, start, end)
+            if end >= c:
+                break
+            start = end
+        rows = await self.pool.fetch(_ROLLUP_BUCKETS, device, metric_id, a, c, since_us, until_us, buckets)
         return [BucketRow(*r) for r in rows]
+
+    async def _build(self, device: int, metric: int, want_from: int, want_until: int) -> None:
+        """Build (or rebuild) minutes of one device metric's rollup, in a transaction of its own."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", ROLLUP_LOCK, device)
+            built = await conn.fetchrow(
+                "SELECT from_us, until_us FROM chart_rollup_built WHERE device = $1 AND metric = $2", device, metric
+            )
+            # Dirty marks are taken before the readings are read (a later statement sees
+            # more): a late reading committed after this is marked again, rebuilt next time.
+            dirty = await conn.fetch(
+                "DELETE FROM chart_rollup_dirty WHERE device = $1 AND metric = $2 RETURNING minute_us", device, metric
+            )
+            span = None if built is None else (int(built[0]), int(built[1]))
+            todo, (lo, hi) = build_ranges(span, want_from, want_until)
+            todo += [(m, m + MINUTE_US) for (m,) in dirty if span is not None and span[0] <= m < span[1]]
+            for start, end in todo:
+                await conn.execute(
+                    "DELETE FROM chart_rollup WHERE device = $1 AND metric = $2 AND minute_us >= $3 AND minute_us < $4",
+                    device, metric, start, end,
+                )  # fmt: skip
+                await conn.execute(_ROLLUP_BUILD, device, metric, MINUTE_US, start, end)
+            await conn.execute(
+                "INSERT INTO chart_rollup_built VALUES ($1, $2, $3, $4) ON CONFLICT (device, metric) "
+                "DO UPDATE SET from_us = excluded.from_us, until_us = excluded.until_us",
+                device, metric, lo, hi,
+            )  # fmt: skip
 
     async def gaps(self, device_id: str, since_us: int, until_us: int) -> list[GapRow]:
         """Seq gaps detected in [since, until), and every gap still open."""

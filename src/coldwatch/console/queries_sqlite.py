@@ -18,6 +18,7 @@ from coldwatch.console.model import (
     NotificationRow,
     TransitionRow,
 )
+from coldwatch.console.rollup import MINUTE_US, ROLLUP_FROM_SPAN_US, build_ranges
 from coldwatch.console.sql import ALARM_BY_ID, KIND_METRICS, OPEN_AGGREGATES, alarm_page_sql
 from coldwatch.errors import StorageError
 from coldwatch.storage.sqlite_thread import on_thread
@@ -50,6 +51,24 @@ _BUCKETS = (
     "SELECT min(r.ts_us), max(r.ts_us), min(r.value), max(r.value), count(*), sum(r.buffered) "  # noqa: S608
     f"FROM reading_rows AS r WHERE r.device = {_SERIES_IDS} AND r.ts_us >= ?3 AND r.ts_us < ?4 "
     "GROUP BY (r.ts_us - ?3) * ?5 / (?4 - ?3) ORDER BY 1"
+)
+_IDS = "SELECT (SELECT id FROM devices WHERE device_id = ?), (SELECT id FROM metrics WHERE name = ?)"
+_ROLLUP_BUILD = (
+    "INSERT OR REPLACE INTO chart_rollup SELECT device, metric, ts_us / ?3 * ?3, min(ts_us), max(ts_us), "
+    "min(value), max(value), count(*), sum(buffered) FROM reading_rows "
+    "WHERE device = ?1 AND metric = ?2 AND ts_us >= ?4 AND ts_us < ?5 GROUP BY ts_us / ?3"
+)
+_RAW_PART = (
+    "SELECT ts_us AS b, ts_us AS f, ts_us AS l, value AS lo, value AS hi, 1 AS n, buffered AS bn FROM reading_rows "
+    "WHERE device = :d AND metric = :m AND ts_us >= {} AND ts_us < {}"
+)
+# Settled minutes from the rollup, the partial minutes at either end from the readings.
+_ROLLUP_BUCKETS = (
+    "SELECT min(f), max(l), min(lo), max(hi), sum(n), sum(bn) FROM ("  # noqa: S608 - constant text
+    "SELECT minute_us AS b, first_us AS f, last_us AS l, low AS lo, high AS hi, n, buffered_n AS bn "
+    "FROM chart_rollup WHERE device = :d AND metric = :m AND minute_us >= :a AND minute_us < :c "
+    f"UNION ALL {_RAW_PART.format(':since', ':a')} UNION ALL {_RAW_PART.format(':c', ':until')}"
+    ") GROUP BY (b - :since) * :nb / (:until - :since) ORDER BY 1"
 )
 _GAPS = (
     "SELECT g.first_missing, g.last_missing, g.detected_us, g.state, g.resolved_us FROM seq_gaps AS g "
@@ -93,6 +112,39 @@ def _devices(
     ]
 
 
+def _build_rollup(conn: sqlite3.Connection, device: int, metric: int, want_from: int, want_until: int) -> None:
+    """Build (or rebuild) minutes of one device metric's rollup, in a write transaction of its own."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        key = (device, metric)
+        built = conn.execute(
+            "SELECT from_us, until_us FROM chart_rollup_built WHERE device = ? AND metric = ?", key
+        ).fetchone()
+        # Dirty marks are taken before the readings are read: a late reading committed
+        # after this is marked again and rebuilt next time.
+        dirty = [r[0] for r in conn.execute(
+            "SELECT minute_us FROM chart_rollup_dirty WHERE device = ? AND metric = ?", key)]  # fmt: skip
+        conn.execute("DELETE FROM chart_rollup_dirty WHERE device = ? AND metric = ?", key)
+        todo, (lo, hi) = build_ranges(None if built is None else (built[0], built[1]), want_from, want_until)
+        todo += [(m, m + MINUTE_US) for m in dirty if built is not None and built[0] <= m < built[1]]
+        for start, end in todo:
+            conn.execute(
+                "DELETE FROM chart_rollup WHERE device = ? AND metric = ? AND minute_us >= ? AND minute_us < ?",
+                (device, metric, start, end),
+            )
+            conn.execute(_ROLLUP_BUILD, (device, metric, MINUTE_US, start, end))
+        conn.execute(
+            "INSERT INTO chart_rollup_built VALUES (?, ?, ?, ?) ON CONFLICT(device, metric) "
+            "DO UPDATE SET from_us = excluded.from_us, until_us = excluded.until_us",
+            (device, metric, lo, hi),
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 def _notifications(conn: sqlite3.Connection, alarm_id: int) -> list[NotificationRow]:
     rows = [NotificationRow(*r) for r in conn.execute(_NOTIFICATIONS, (alarm_id,))]
     by_id = {n.id: n for n in rows}
@@ -107,6 +159,7 @@ class SqliteConsoleQueries:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        self._builder: aiosqlite.Connection | None = None  # writes rollups, opened when first needed
 
     async def open(self) -> None:
         """Open a read-only connection (the database must exist)."""
@@ -127,6 +180,9 @@ class SqliteConsoleQueries:
         if self._db is not None:
             db, self._db = self._db, None
             await db.close()
+        if self._builder is not None:
+            builder, self._builder = self._builder, None
+            await builder.close()
 
     async def devices(
         self, site: str | None = None, area: str | None = None, device_id: str | None = None
@@ -172,11 +228,40 @@ class SqliteConsoleQueries:
         return await on_thread(self._conn, fetch)
 
     async def buckets(
-        self, device_id: str, metric: str, since_us: int, until_us: int, buckets: int
+        self, device_id: str, metric: str, since_us: int, until_us: int, buckets: int, *, settled_us: int | None = None
     ) -> list[BucketRow]:
-        """The readings in [since, until) in ``buckets`` equal time buckets (empty ones left out)."""
-        args = (device_id, metric, since_us, until_us, buckets)
-        return await on_thread(self._conn, lambda c: [BucketRow(*r) for r in c.execute(_BUCKETS, args)])
+        """The readings in [since, until) in ``buckets`` equal time buckets (empty ones left out).
+
+        With ``settled_us`` and a long range, minutes before it come from the rollup
+        (:mod:`coldwatch.console.rollup`), built first where missing or dirty.
+        """
+        if settled_us is None or until_us - since_us < ROLLUP_FROM_SPAN_US:
+            args = (device_id, metric, since_us, until_us, buckets)
+            return await on_thread(self._conn, lambda c: [BucketRow(*r) for r in c.execute(_BUCKETS, args)])
+        ids = await on_thread(self._conn, lambda conn: conn.execute(_IDS, (device_id, metric)).fetchone())
+        if ids is None or ids[0] is None or ids[1] is None:
+            return []
+        a = -(-since_us // MINUTE_US) * MINUTE_US
+        c = max(a, min(until_us // MINUTE_US * MINUTE_US, settled_us))
+        await self._build(int(ids[0]), int(ids[1]), a, c)
+        params = {"d": ids[0], "m": ids[1], "a": a, "c": c, "since": since_us, "until": until_us, "nb": buckets}
+        return await on_thread(
+            self._conn, lambda conn: [BucketRow(*r) for r in conn.execute(_ROLLUP_BUCKETS, params)]
+        )
+
+    async def _build(self, device: int, metric: int, a: int, c: int) -> None:
+        """Build the rollup over [a, c), a day per transaction (the collector writes in between)."""
+        if self._builder is None:
+            self._builder = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._builder.execute("PRAGMA busy_timeout=5000")
+        day = 86_400 * 1_000_000
+        start = a
+        while True:
+            end = min(c, start + day)
+            await on_thread(self._builder, _build_rollup, device, metric, start, end)
+            if end >= c:
+                return
+            start = end
 
     async def gaps(self, device_id: str, since_us: int, until_us: int) -> list[GapRow]:
         """Seq gaps detected in [since, until), and every gap still open."""
