@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import statistics
 import sys
@@ -41,10 +42,21 @@ from coldwatch.storage import Batch, DeviceState, SeqGap, Storage, open_storage
 
 US = 1_000_000
 CHARTED = "ln2-charted"
-SAMPLE = {"temp_c": -190.0, "co2_pct": 5.0, "rh_pct": 95.0, "door_open": 0.0, "temp_b_c": -189.0,
-          "ln2_level_pct": 70.0, "lid_open": 0.0, "tilt_deg": 2.0, "battery_pct": 90.0,
-          "particles_0_5um_m3": 1200.0, "particles_5_0um_m3": 3.0, "flow_lpm": 28.3,
-          "sample_volume_l": 28.3}  # fmt: skip
+SAMPLE = {
+    "temp_c": -190.0,
+    "co2_pct": 5.0,
+    "rh_pct": 95.0,
+    "door_open": 0.0,
+    "temp_b_c": -189.0,
+    "ln2_level_pct": 70.0,
+    "lid_open": 0.0,
+    "tilt_deg": 2.0,
+    "battery_pct": 90.0,
+    "particles_0_5um_m3": 1200.0,
+    "particles_5_0um_m3": 3.0,
+    "flow_lpm": 28.3,
+    "sample_volume_l": 28.3,
+}
 
 
 def devices(count: int) -> list[DeviceConfig]:
@@ -53,10 +65,15 @@ def devices(count: int) -> list[DeviceConfig]:
     kinds = list(Kind)
     for i in range(count - 1):
         kind = kinds[i % 3]
-        out.append(DeviceConfig(
-            id=f"dev-{i:05d}", kind=kind, site=f"site-{i % 10}", area=f"area-{i % 100}",
-            grade="ABCD"[i % 4] if kind is Kind.PARTICLE_COUNTER else None,
-        ))  # fmt: skip
+        out.append(
+            DeviceConfig(
+                id=f"dev-{i:05d}",
+                kind=kind,
+                site=f"site-{i % 10}",
+                area=f"area-{i % 100}",
+                grade="ABCD"[i % 4] if kind is Kind.PARTICLE_COUNTER else None,
+            )
+        )
     return out
 
 
@@ -65,10 +82,10 @@ async def fill(store: Storage, registry: list[DeviceConfig], alarms: int, days: 
     await store.register_devices(registry)
     newest = Batch()
     for i, d in enumerate(registry[1:]):
-        ts = end_us - (i % 600) * US
+        last_us = end_us - (i % 600) * US
         values = tuple((name, SAMPLE[name]) for name in KINDS[d.kind])
-        newest.readings.append((Telemetry(d.id, 1, ts, False, values), ts + US))
-        newest.devices[d.id] = DeviceState(1, ts, ts + US, True)
+        newest.readings.append((Telemetry(d.id, 1, last_us, False, values), last_us + US))
+        newest.devices[d.id] = DeviceState(1, last_us, last_us + US, True)
     await store.write_batch(newest)
     # Alarms: 2 % open, one per (device, metric, rule) slot; ids are the order they were raised.
     rng = np.random.default_rng(1)
@@ -78,11 +95,22 @@ async def fill(store: Storage, registry: list[DeviceConfig], alarms: int, days: 
         d = registry[1 + alarm_id % (len(registry) - 1)]
         raised = start_us + int(rng.integers(0, int(days * 86_400))) * US
         is_open = alarm_id % 50 == 0
-        state = (AlarmState.ACTIVE_UNACK, AlarmState.ACTIVE_ACK, AlarmState.CLEARED_UNACK)[alarm_id % 3] \
-            if is_open else AlarmState.CLOSED  # fmt: skip
-        a = Alarm(alarm_id, AlarmKey(d.id, next(iter(KINDS[d.kind])), f"r{alarm_id}"),
-                  Severity.ACTION if alarm_id % 4 == 0 else Severity.ALERT, state, raised, raised + US, 1.0, 0.5,
-                  cleared_ts_us=None if state is AlarmState.ACTIVE_UNACK else raised + 600 * US)  # fmt: skip
+        state = (
+            (AlarmState.ACTIVE_UNACK, AlarmState.ACTIVE_ACK, AlarmState.CLEARED_UNACK)[alarm_id % 3]
+            if is_open
+            else AlarmState.CLOSED
+        )
+        a = Alarm(
+            alarm_id,
+            AlarmKey(d.id, next(iter(KINDS[d.kind])), f"r{alarm_id}"),
+            Severity.ACTION if alarm_id % 4 == 0 else Severity.ALERT,
+            state,
+            raised,
+            raised + US,
+            1.0,
+            0.5,
+            cleared_ts_us=None if state is AlarmState.ACTIVE_UNACK else raised + 600 * US,
+        )
         chunk.append(Transition(a, "raised", raised, raised + US, None))
         if len(chunk) == 10_000:
             await store.write_batch(Batch(transitions=chunk))
@@ -103,25 +131,60 @@ async def fill(store: Storage, registry: list[DeviceConfig], alarms: int, days: 
             if i in silent:
                 continue
             buffered = n - 10 * 3600 <= i < n - 9 * 3600
-            batch.readings.append((Telemetry(CHARTED, i + 1, int(ts[i]), buffered, (("temp_c", float(temp[i])),)),
-                                   int(ts[i]) + US))  # fmt: skip
+            batch.readings.append(
+                (
+                    Telemetry(CHARTED, i + 1, int(ts[i]), buffered, (("temp_c", float(temp[i])),)),
+                    int(ts[i]) + US,
+                )
+            )
         await store.write_batch(batch)
     alarm_id = alarms + 1
-    first = Alarm(alarm_id, AlarmKey(CHARTED, "temp_c", "high"), Severity.ACTION, AlarmState.ACTIVE_UNACK,
-                  int(ts[peak + 1500]), int(ts[peak + 1500]) + US, -149.0, -150.0)  # fmt: skip
-    closed = Alarm(alarm_id, first.key, Severity.ACTION, AlarmState.CLOSED, first.raised_ts_us,
-                   first.raised_received_us, -149.0, -150.0, acknowledged_by="ann",
-                   cleared_ts_us=int(ts[peak + 2200]))  # fmt: skip
-    await store.write_batch(Batch(
-        transitions=[Transition(first, "raised", first.raised_ts_us, first.raised_received_us, None),
-                     Transition(closed, "acknowledged", first.raised_ts_us + 60 * US,
-                                first.raised_ts_us + 60 * US, AlarmState.ACTIVE_UNACK, "ann", "checking"),
-                     Transition(closed, "cleared", int(ts[peak + 2200]), int(ts[peak + 2200]),
-                                AlarmState.ACTIVE_ACK)],
-        notifications=[OutboxItem(f"n-{alarm_id}-{c}", Channel.WEBHOOK, c, b"{}", alarm_id, first.raised_ts_us)
-                       for c in ("oncall", "qa")],
-        gaps=[SeqGap(CHARTED, silent[0] + 1, silent[-1] + 1, int(ts[silent[-1]]) + US)],
-    ))  # fmt: skip
+    first = Alarm(
+        alarm_id,
+        AlarmKey(CHARTED, "temp_c", "high"),
+        Severity.ACTION,
+        AlarmState.ACTIVE_UNACK,
+        int(ts[peak + 1500]),
+        int(ts[peak + 1500]) + US,
+        -149.0,
+        -150.0,
+    )
+    closed = Alarm(
+        alarm_id,
+        first.key,
+        Severity.ACTION,
+        AlarmState.CLOSED,
+        first.raised_ts_us,
+        first.raised_received_us,
+        -149.0,
+        -150.0,
+        acknowledged_by="ann",
+        cleared_ts_us=int(ts[peak + 2200]),
+    )
+    await store.write_batch(
+        Batch(
+            transitions=[
+                Transition(first, "raised", first.raised_ts_us, first.raised_received_us, None),
+                Transition(
+                    closed,
+                    "acknowledged",
+                    first.raised_ts_us + 60 * US,
+                    first.raised_ts_us + 60 * US,
+                    AlarmState.ACTIVE_UNACK,
+                    "ann",
+                    "checking",
+                ),
+                Transition(
+                    closed, "cleared", int(ts[peak + 2200]), int(ts[peak + 2200]), AlarmState.ACTIVE_ACK
+                ),
+            ],
+            notifications=[
+                OutboxItem(f"n-{alarm_id}-{c}", Channel.WEBHOOK, c, b"{}", alarm_id, first.raised_ts_us)
+                for c in ("oncall", "qa")
+            ],
+            gaps=[SeqGap(CHARTED, silent[0] + 1, silent[-1] + 1, int(ts[silent[-1]]) + US)],
+        )
+    )
     return alarm_id
 
 
@@ -165,7 +228,7 @@ async def measure(location: str, args: argparse.Namespace) -> dict[str, Any]:
         }
         for name, where in filters.items():
             pages[f"alarm list, first page, filter {name}"] = await timed(
-                args.repeat, lambda where=where: data.alarm_list(where, limit=50)
+                args.repeat, functools.partial(data.alarm_list, where, limit=50)
             )
         deep = AlarmCursor(True, end_us - int(args.days * 86_400 * US * 0.5), 2**40)
         pages["alarm list, a page half way down"] = await timed(
@@ -187,11 +250,17 @@ async def measure(location: str, args: argparse.Namespace) -> dict[str, Any]:
                 points[f"device detail {label}"] = len(detail.chart.series)
                 render_svg(detail.chart)
 
-            pages[f"device detail {label} of a 1 Hz device incl. chart SVG"] = await timed(args.repeat, device_page)
+            pages[f"device detail {label} of a 1 Hz device incl. chart SVG"] = await timed(
+                args.repeat, device_page
+            )
     finally:
         await queries.close()
         await store.close()
-    return {"fill_s": round(fill_s, 1), "pages_ms": {k: round(v, 2) for k, v in pages.items()}, "points": points}
+    return {
+        "fill_s": round(fill_s, 1),
+        "pages_ms": {k: round(v, 2) for k, v in pages.items()},
+        "points": points,
+    }
 
 
 def matplotlib_svg_ms(points: int = 2000) -> float:
@@ -222,10 +291,14 @@ def matplotlib_svg_ms(points: int = 2000) -> float:
 
 def main() -> int:
     """Run on SQLite and PostgreSQL; print the figures."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--alarms", type=int, default=100_000)
-    parser.add_argument("--days", type=float, default=30.0, help="days of 1 Hz readings of the charted device")
+    parser.add_argument(
+        "--days", type=float, default=30.0, help="days of 1 Hz readings of the charted device"
+    )
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-postgres", action="store_true")
@@ -240,8 +313,10 @@ def main() -> int:
         finally:
             stop_postgres(server)
     result["matplotlib_svg_2000_points_ms"] = round(matplotlib_svg_ms(), 1)
-    print(f"Console page data: {args.devices:,} devices, {args.alarms:,} alarms, "
-          f"{args.days:g} days of a 1 Hz device (median of {args.repeat} runs)")  # fmt: skip
+    print(
+        f"Console page data: {args.devices:,} devices, {args.alarms:,} alarms, "
+        f"{args.days:g} days of a 1 Hz device (median of {args.repeat} runs)"
+    )
     backends = [b for b in ("sqlite", "postgresql") if b in result]
     print(f"{'page':<64}" + "".join(f"{b:>12}" for b in backends))
     for page in result["sqlite"]["pages_ms"]:
@@ -249,8 +324,10 @@ def main() -> int:
         print(f"{page:<64}{cells}")
     for b in backends:
         slowest = max(result[b]["pages_ms"].values())
-        print(f"{b}: filled in {result[b]['fill_s']} s; slowest page {slowest:.1f} ms "
-              f"({'within' if slowest < 200 else 'OVER'} the 200 ms target); points shipped {result[b]['points']}")  # fmt: skip
+        print(
+            f"{b}: filled in {result[b]['fill_s']} s; slowest page {slowest:.1f} ms "
+            f"({'within' if slowest < 200 else 'OVER'} the 200 ms target); points shipped {result[b]['points']}"
+        )
     print(f"matplotlib, a comparable 2,000-point SVG: {result['matplotlib_svg_2000_points_ms']} ms")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import numpy as np
+import pytest
 
 from coldwatch.console.chart import SPAN_FILL, AlarmSpan, Chart, LimitLine, render_svg, unit_of
 from coldwatch.console.downsample import Series, mark_gaps
@@ -35,9 +36,15 @@ def sample_chart(title: str = "inc-01 temp_c", points: int = 2000) -> Chart:
         series=series,
         start_us=T0,
         end_us=T0 + 6 * 3600 * US,
-        limits=[LimitLine(38.0, "action", "high"), LimitLine(37.5, "alert", "high"),
-                LimitLine(36.0, "action", "low"), LimitLine(36.5, "alert", "low")],  # fmt: skip
-        alarms=[AlarmSpan(T0 + 3 * 3600 * US, T0 + 3 * 3600 * US + 20 * 60 * US, "action", "action alarm #7")],
+        limits=[
+            LimitLine(38.0, "action", "high"),
+            LimitLine(37.5, "alert", "high"),
+            LimitLine(36.0, "action", "low"),
+            LimitLine(36.5, "alert", "low"),
+        ],
+        alarms=[
+            AlarmSpan(T0 + 3 * 3600 * US, T0 + 3 * 3600 * US + 20 * 60 * US, "action", "action alarm #7")
+        ],
         zone=BERLIN,
         readings=int(keep.sum()),
     )
@@ -55,7 +62,7 @@ def plot_frame(root: ET.Element) -> tuple[float, float, float, float]:
 
 
 def test_chart_is_plain_svg_with_escaped_text_and_a_text_alternative() -> None:
-    """Markup parses as SVG, has no script or external reference, escapes every text, and describes its data."""
+    """The markup parses as SVG, has no script or external reference, escapes all text, describes its data."""
     title = 'Fill <script>alert("x")</script> & "suite"'
     svg = render_svg(sample_chart(title))
     root = ET.fromstring(svg)  # well-formed XML
@@ -90,9 +97,14 @@ def test_limits_alarm_interval_gap_and_backfill_are_drawn_where_they_belong() ->
     for lim in chart.limits:
         assert f"{lim.severity} {lim.direction} {lim.value:.1f}°C" in all_text
         # The line's height is proportional to the value within the padded axis range.
-        line = next(ln for ln in root.iter(f"{NS}line")
-                    if ln.get("stroke") not in {"#e5e7e9"} and abs(float(ln.get("x1", 0)) - left) < 0.2
-                    and ln.get("y1") == ln.get("y2") and _near_value(ln, lim.value, lo, hi, top, height))  # fmt: skip
+        line = next(
+            ln
+            for ln in root.iter(f"{NS}line")
+            if ln.get("stroke") != "#e5e7e9"
+            and abs(float(ln.get("x1", 0)) - left) < 0.2
+            and ln.get("y1") == ln.get("y2")
+            and _near_value(ln, lim.value, lo, hi, top=top, height=height)
+        )
         assert line is not None
 
     def x_of(ts_us: int) -> float:
@@ -116,12 +128,10 @@ def test_limits_alarm_interval_gap_and_backfill_are_drawn_where_they_belong() ->
 
 
 def _approx(value: float) -> object:
-    import pytest
-
     return pytest.approx(value, abs=0.11)
 
 
-def _near_value(line: ET.Element, value: float, lo: float, hi: float, top: float, height: float) -> bool:
+def _near_value(line: ET.Element, value: float, lo: float, hi: float, *, top: float, height: float) -> bool:
     pad = (hi - lo) * 0.08
     y = top + (hi + pad - value) * height / ((hi + pad) - (lo - pad))
     return abs(float(line.get("y1", 0)) - y) < 0.11

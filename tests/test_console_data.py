@@ -58,12 +58,28 @@ def config(rules: RulesConfig | None = None) -> Config:
 
 
 def alarm(
-    alarm_id: int, device: str, *, metric: str = "temp_c", rule: str = "high", severity: Severity = Severity.ACTION,
-    state: AlarmState = AlarmState.ACTIVE_UNACK, raised_us: int = T0, cleared_us: int | None = None,
-) -> Alarm:  # fmt: skip
+    alarm_id: int,
+    device: str,
+    *,
+    metric: str = "temp_c",
+    rule: str = "high",
+    severity: Severity = Severity.ACTION,
+    state: AlarmState = AlarmState.ACTIVE_UNACK,
+    raised_us: int = T0,
+    cleared_us: int | None = None,
+) -> Alarm:
     """An alarm record."""
-    return Alarm(alarm_id, AlarmKey(device, metric, rule), severity, state, raised_us, raised_us + US, 38.2, 38.0,
-                 cleared_ts_us=cleared_us)  # fmt: skip
+    return Alarm(
+        alarm_id,
+        AlarmKey(device, metric, rule),
+        severity,
+        state,
+        raised_us,
+        raised_us + US,
+        38.2,
+        38.0,
+        cleared_ts_us=cleared_us,
+    )
 
 
 def raised(a: Alarm) -> Transition:
@@ -71,13 +87,15 @@ def raised(a: Alarm) -> Transition:
     return Transition(a, "raised", a.raised_ts_us, a.raised_received_us, None)
 
 
-def telemetry(device: str, seq: int, ts_us: int, buffered: bool = False, **values: float) -> tuple[Telemetry, int]:
+def telemetry(
+    device: str, seq: int, ts_us: int, *, buffered: bool = False, **values: float
+) -> tuple[Telemetry, int]:
     """A reading and the time it was received."""
     return Telemetry(device, seq, ts_us, buffered, tuple(values.items())), ts_us + US
 
 
 async def test_overview_states_last_values_and_time(storage: Storage) -> None:
-    """The overview gives each device its state (action, alert, offline, stale, calibration due, normal) and newest values."""
+    """The overview gives each device its state (action ... calibration due, normal) and newest values."""
     recent = NOW - 30 * US
     batch = Batch()
     newest: dict[str, dict[str, float]] = {}
@@ -87,7 +105,7 @@ async def test_overview_states_last_values_and_time(storage: Storage) -> None:
         for seq in range(1, 4):
             ts = recent - (3 - seq) * 10 * US if device.id != "inc-3" else T0 + seq * US
             values = {"temp_c": 37.0 + i / 10 + seq / 100, "co2_pct": 5.0 + seq / 10}
-            batch.readings.append(telemetry(device.id, seq, ts, **values))
+            batch.readings.append((Telemetry(device.id, seq, ts, False, tuple(values.items())), ts + US))
             newest[device.id] = values
         last_ts = batch.readings[-1][0].ts_us
         online = device.id != "inc-2"
@@ -95,7 +113,9 @@ async def test_overview_states_last_values_and_time(storage: Storage) -> None:
     batch.transitions = [
         raised(alarm(1, "inc-0", severity=Severity.ACTION)),
         raised(alarm(2, "inc-1", severity=Severity.ALERT, metric="co2_pct")),
-        raised(alarm(3, "inc-4", state=AlarmState.CLEARED_UNACK, cleared_us=T0 + 60 * US)),  # no longer active
+        raised(
+            alarm(3, "inc-4", state=AlarmState.CLEARED_UNACK, cleared_us=T0 + 60 * US)
+        ),  # no longer active
         raised(alarm(4, "inc-3", metric="device", rule="comm_loss")),  # shows as stale, not action
     ]
     await storage.write_batch(batch)
@@ -107,10 +127,15 @@ async def test_overview_states_last_values_and_time(storage: Storage) -> None:
     finally:
         await queries.close()
     expected = {
-        "inc-0": DeviceStatus.ACTION, "inc-1": DeviceStatus.ALERT, "inc-2": DeviceStatus.OFFLINE,
-        "inc-3": DeviceStatus.STALE, "inc-4": DeviceStatus.NORMAL, "inc-5": DeviceStatus.CALIBRATION_DUE,
-        "ln2-1": DeviceStatus.STALE, "pc-1": DeviceStatus.STALE,
-    }  # fmt: skip
+        "inc-0": DeviceStatus.ACTION,
+        "inc-1": DeviceStatus.ALERT,
+        "inc-2": DeviceStatus.OFFLINE,
+        "inc-3": DeviceStatus.STALE,
+        "inc-4": DeviceStatus.NORMAL,
+        "inc-5": DeviceStatus.CALIBRATION_DUE,
+        "ln2-1": DeviceStatus.STALE,
+        "pc-1": DeviceStatus.STALE,
+    }
     assert {d: o.status for d, o in rows.items()} == expected
     for device_id, values in newest.items():
         assert rows[device_id].row.last_values == pytest.approx(values)
@@ -137,9 +162,18 @@ def random_alarms(seed: int, count: int) -> list[Alarm]:
             open_keys.add(key)
         raised_us = T0 + rng.randrange(50) * 60 * US  # collisions on purpose: ties break by id
         out.append(
-            Alarm(i, key, rng.choice(list(Severity)), state, raised_us, raised_us, 1.0, 0.5,
-                  shelved_by="ann" if i % 7 == 0 else None)
-        )  # fmt: skip
+            Alarm(
+                i,
+                key,
+                rng.choice(list(Severity)),
+                state,
+                raised_us,
+                raised_us,
+                1.0,
+                0.5,
+                shelved_by="ann" if i % 7 == 0 else None,
+            )
+        )
     return out
 
 
@@ -170,7 +204,7 @@ def expected_list(alarms: list[Alarm], where: AlarmFilter) -> list[int]:
 
 
 async def test_alarm_list_filters_open_first_and_keyset_pages(storage: Storage) -> None:
-    """Every filter's pages, walked by cursor, give exactly the matching alarms, open first then newest first."""
+    """Each filter's pages, walked by cursor, give the matching alarms, open first then newest first."""
     alarms = random_alarms(7, 150)
     await storage.write_batch(Batch(transitions=[raised(a) for a in alarms]))
     register_alarm_state_filter("shelved_by_someone", "a.shelved_by IS NOT NULL")
@@ -208,25 +242,41 @@ async def test_alarm_list_filters_open_first_and_keyset_pages(storage: Storage) 
         await queries.close()
 
 
-async def outbox_attempts(backend: Backend, storage: Storage, outbox_id: int, attempts: list[tuple[int, bool]]) -> None:
+async def outbox_attempts(
+    backend: Backend, storage: Storage, outbox_id: int, attempts: list[tuple[int, bool]]
+) -> None:
     """Record delivery attempts through the deliverer's outbox API."""
     if isinstance(storage, PostgresStorage):
         outbox = storage.outbox()
         for at_us, ok in attempts:
-            await outbox.record_attempt(outbox_id, at_us=at_us, ok=ok, status=200 if ok else 503,
-                                        error=None if ok else "unavailable", next_attempt_us=None if ok else at_us + US)  # fmt: skip
+            await outbox.record_attempt(
+                outbox_id,
+                at_us=at_us,
+                ok=ok,
+                status=200 if ok else 503,
+                error=None if ok else "unavailable",
+                next_attempt_us=None if ok else at_us + US,
+            )
         return
     sqlite_outbox = SqliteOutbox(await connect(Path(backend.location)), owned=True)
     try:
         for at_us, ok in attempts:
-            await sqlite_outbox.record_attempt(outbox_id, at_us=at_us, ok=ok, status=200 if ok else 503,
-                                               error=None if ok else "unavailable", next_attempt_us=None if ok else at_us + US)  # fmt: skip
+            await sqlite_outbox.record_attempt(
+                outbox_id,
+                at_us=at_us,
+                ok=ok,
+                status=200 if ok else 503,
+                error=None if ok else "unavailable",
+                next_attempt_us=None if ok else at_us + US,
+            )
     finally:
         await sqlite_outbox.close()
 
 
-async def test_alarm_detail_chart_limits_history_and_notifications(backend: Backend, storage: Storage) -> None:
-    """Alarm detail: a bounded chart around the excursion keeping its peak, the configured limits, every transition, each notification's attempts."""
+async def test_alarm_detail_chart_limits_history_and_notifications(
+    backend: Backend, storage: Storage
+) -> None:
+    """Alarm detail: a bounded chart keeping the peak, the limits, transitions, notification attempts."""
     rng = np.random.default_rng(3)
     n = 6000
     ts = T0 + np.arange(n, dtype=np.int64) * US
@@ -234,15 +284,19 @@ async def test_alarm_detail_chart_limits_history_and_notifications(backend: Back
     values[3000:3300] += np.linspace(0, 1.5, 300)
     values[3150] = 39.91  # one sample's spike: must survive downsampling
     batch = Batch()
-    batch.readings = [telemetry("inc-0", i + 1, int(ts[i]), buffered=4000 <= i < 4100, temp_c=float(values[i]))
-                      for i in range(n)]  # fmt: skip
+    batch.readings = [
+        telemetry("inc-0", i + 1, int(ts[i]), buffered=4000 <= i < 4100, temp_c=float(values[i]))
+        for i in range(n)
+    ]
     batch.devices["inc-0"] = DeviceState(n, int(ts[-1]), int(ts[-1]) + US, True)
     first = alarm(1, "inc-0", raised_us=int(ts[3100]))
     acked = replace(first, state=AlarmState.ACTIVE_ACK, acknowledged_by="ann")
     cleared = replace(acked, state=AlarmState.CLOSED, cleared_ts_us=int(ts[3290]))
     history = [
         raised(first),
-        Transition(acked, "acknowledged", int(ts[3120]), int(ts[3120]), AlarmState.ACTIVE_UNACK, "ann", "on my way"),
+        Transition(
+            acked, "acknowledged", int(ts[3120]), int(ts[3120]), AlarmState.ACTIVE_UNACK, "ann", "on my way"
+        ),
         Transition(cleared, "cleared", int(ts[3290]), int(ts[3290]), AlarmState.ACTIVE_ACK),
     ]
     batch.transitions = history
@@ -251,12 +305,23 @@ async def test_alarm_detail_chart_limits_history_and_notifications(backend: Back
         OutboxItem("n-2", Channel.ALERTMANAGER, "alertmanager", b"{}", 1, int(ts[3100])),
     ]
     await storage.write_batch(batch)
-    outbox_ids = {nid: oid for oid, nid in backend.query("SELECT id, notification_id FROM notification_outbox")}
+    outbox_ids = {
+        nid: oid for oid, nid in backend.query("SELECT id, notification_id FROM notification_outbox")
+    }
     attempts = [(int(ts[3101]), False), (int(ts[3105]), True)]
     await outbox_attempts(backend, storage, outbox_ids["n-1"], attempts)
 
-    custom = RulesConfig(devices={"inc-0": [ThresholdRule(metric="temp_c", direction="high", levels={
-        "alert": ThresholdLevel(limit=37.6), "action": ThresholdLevel(limit=38.3)})]})  # fmt: skip
+    custom = RulesConfig(
+        devices={
+            "inc-0": [
+                ThresholdRule(
+                    metric="temp_c",
+                    direction="high",
+                    levels={"alert": ThresholdLevel(limit=37.6), "action": ThresholdLevel(limit=38.3)},
+                )
+            ]
+        }
+    )
     queries = await open_console_queries(storage)
     try:
         data = ConsoleData(queries, config(custom), max_points=300, margin_s=1200)
@@ -266,6 +331,7 @@ async def test_alarm_detail_chart_limits_history_and_notifications(backend: Back
     assert detail is not None
     chart = detail.chart
     assert chart.start_us == first.raised_ts_us - 1200 * US
+    assert cleared.cleared_ts_us is not None
     assert chart.end_us == cleared.cleared_ts_us + 1200 * US
     window = (ts >= chart.start_us) & (ts < chart.end_us)
     assert chart.readings == int(window.sum())
@@ -289,20 +355,33 @@ async def test_alarm_detail_chart_limits_history_and_notifications(backend: Back
 
 
 async def test_device_detail_range_gaps_comm_losses_and_rules(storage: Storage) -> None:
-    """Device detail: a chart breaking at a communication loss, the rules in force, recent alarms, seq gaps with their state."""
+    """Device detail: a chart broken at a comm loss, rules in force, recent alarms, seq gaps, their state."""
     batch = Batch()
     seqs = [s for s in range(1, 601) if not 200 < s <= 320]  # 120 readings lost: a 20-minute silence
-    batch.readings = [telemetry("ln2-1", s, T0 + s * 10 * US, temp_c=-190.0 + s / 100, ln2_level_pct=80.0)
-                      for s in seqs]  # fmt: skip
+    batch.readings = [
+        telemetry("ln2-1", s, T0 + s * 10 * US, temp_c=-190.0 + s / 100, ln2_level_pct=80.0) for s in seqs
+    ]
     batch.devices["ln2-1"] = DeviceState(600, T0 + 6000 * US, T0 + 6001 * US, True)
-    gaps = [SeqGap("ln2-1", 201, 320, T0 + 3210 * US), SeqGap("ln2-1", 700, 700, T0 + 7000 * US),
-            SeqGap("ln2-1", 800, 801, T0 + 8000 * US)]  # fmt: skip
+    gaps = [
+        SeqGap("ln2-1", 201, 320, T0 + 3210 * US),
+        SeqGap("ln2-1", 700, 700, T0 + 7000 * US),
+        SeqGap("ln2-1", 800, 801, T0 + 8000 * US),
+    ]
     batch.gaps = gaps
-    loss = alarm(9, "ln2-1", metric="device", rule="comm_loss", raised_us=T0 + 2610 * US,
-                 state=AlarmState.CLOSED, cleared_us=T0 + 3210 * US)  # fmt: skip
+    loss = alarm(
+        9,
+        "ln2-1",
+        metric="device",
+        rule="comm_loss",
+        raised_us=T0 + 2610 * US,
+        state=AlarmState.CLOSED,
+        cleared_us=T0 + 3210 * US,
+    )
     batch.transitions = [raised(loss), raised(alarm(10, "ln2-1", raised_us=T0 + 100 * US))]
     await storage.write_batch(batch)
-    await storage.write_batch(Batch(gap_updates=[(gaps[0], "lost", T0 + 9000 * US), (gaps[1], "recovered", T0 + 7100 * US)]))
+    await storage.write_batch(
+        Batch(gap_updates=[(gaps[0], "lost", T0 + 9000 * US), (gaps[1], "recovered", T0 + 7100 * US)])
+    )
     queries = await open_console_queries(storage)
     try:
         data = ConsoleData(queries, config())
@@ -317,7 +396,11 @@ async def test_device_detail_range_gaps_comm_losses_and_rules(storage: Storage) 
     assert chart.readings == len(seqs)
     # One break, from the last reading before the silence to the first after it.
     assert chart.series.gaps() == [(T0 + 200 * 10 * US, T0 + 321 * 10 * US)]
-    assert {(g.first_missing, g.state) for g in detail.gaps} == {(201, "lost"), (700, "recovered"), (800, "open")}
+    assert {(g.first_missing, g.state) for g in detail.gaps} == {
+        (201, "lost"),
+        (700, "recovered"),
+        (800, "open"),
+    }
     assert [a.id for a in detail.comm_losses] == [9]
     assert [a.id for a in detail.recent_alarms] == [10, 9]  # open first
     rule_ids = {r.spec.rule_id() for r in detail.rules}
@@ -328,15 +411,21 @@ async def test_device_detail_range_gaps_comm_losses_and_rules(storage: Storage) 
 
 
 async def test_thirty_days_of_one_hertz_are_bucketed_by_the_database(storage: Storage) -> None:
-    """A long range is aggregated in SQL: the page gets at most max_points points and every bucket's extremes."""
+    """A long range is aggregated in SQL: at most max_points points, with every bucket's extremes."""
     n = 20_000
     rng = np.random.default_rng(5)
     values = rng.normal(-190, 1.0, n)
     values[12_345] = -120.0
     ts = T0 + np.arange(n, dtype=np.int64) * US
     for start in range(0, n, 5000):
-        await storage.write_batch(Batch(readings=[
-            telemetry("ln2-1", i + 1, int(ts[i]), temp_c=float(values[i])) for i in range(start, start + 5000)]))  # fmt: skip
+        await storage.write_batch(
+            Batch(
+                readings=[
+                    telemetry("ln2-1", i + 1, int(ts[i]), temp_c=float(values[i]))
+                    for i in range(start, start + 5000)
+                ]
+            )
+        )
     queries = await open_console_queries(storage)
     try:
         data = ConsoleData(queries, config(), max_points=600)
@@ -365,20 +454,24 @@ async def test_alarm_list_uses_the_open_first_index(backend: Backend, storage: S
     plan = " ".join(str(r[-1]) for r in backend.query("EXPLAIN QUERY PLAN " + sql, *params))
     assert "alarms_open_first" in plan
     assert "TEMP B-TREE" not in plan
-    sql, params = alarm_page_sql(AlarmFilter(device_id="inc-1"), True, AlarmCursor(True, 2**62, 2**62), 51,
-                                 lambda _: "?")  # fmt: skip
+    sql, params = alarm_page_sql(
+        AlarmFilter(device_id="inc-1"), True, AlarmCursor(True, 2**62, 2**62), 51, lambda _: "?"
+    )
     plan = " ".join(str(r[-1]) for r in backend.query("EXPLAIN QUERY PLAN " + sql, *params))
     assert "alarms_device_open_first" in plan
 
 
-async def test_long_charts_read_the_minute_rollup_and_late_readings_rebuild_it(backend: Backend, storage: Storage) -> None:
-    """A multi-day chart comes from per-minute rollups that match the readings, and a reading backfilled later into a built minute shows up."""
+async def test_long_charts_read_the_minute_rollup_and_late_readings_rebuild_it(
+    backend: Backend, storage: Storage
+) -> None:
+    """A multi-day chart reads minute rollups matching the readings; a later backfill into them shows."""
     n = 3 * 1440 * 4  # three days, a reading every 15 s
     rng = np.random.default_rng(11)
     ts = T0 + np.arange(n, dtype=np.int64) * 15 * US
     values = rng.normal(-190, 1.0, n)
-    await storage.write_batch(Batch(readings=[telemetry("ln2-1", i + 1, int(ts[i]), temp_c=float(values[i]))
-                                              for i in range(n)]))  # fmt: skip
+    await storage.write_batch(
+        Batch(readings=[telemetry("ln2-1", i + 1, int(ts[i]), temp_c=float(values[i])) for i in range(n)])
+    )
     since, until = T0 + 30 * US, int(ts[-1]) + US  # not minute-aligned: partial minutes from the readings
     now = until + 86_400 * US
     queries = await open_console_queries(storage)

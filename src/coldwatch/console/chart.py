@@ -14,7 +14,7 @@ summary for screen readers).
 Why hand-written and not matplotlib (already a dependency): a 2,000-point chart renders
 here in about a millisecond; matplotlib's SVG backend took about 60 ms for the same chart,
 embeds its own styling, and names its elements by counters rather than meaning
-(measured in tests/test_console_chart.py).
+(measured by benchmarks/console_pages.py and tests/test_console_chart.py).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 from coldwatch.catalogue import KINDS
 from coldwatch.console.downsample import Series
 
-__all__ = ["AlarmSpan", "Chart", "LimitLine", "render_svg", "unit_of"]
+__all__ = ["GAP_FILL", "SPAN_FILL", "AlarmSpan", "Chart", "LimitLine", "render_svg", "unit_of"]
 
 US: Final = 1_000_000
 FONT: Final = "system-ui, -apple-system, 'Segoe UI', Roboto, Arial, sans-serif"  # local fonts only
@@ -41,6 +41,8 @@ SERIES_COLOUR: Final = "#1f4e79"
 BACKFILL_COLOUR: Final = "#7b3fa0"
 COLOURS: Final = {"action": "#b03a2e", "alert": "#b9770e", "range": "#566573"}
 SPAN_FILL: Final = {"action": "#f5b7b1", "alert": "#fad7a0"}
+GAP_FILL: Final = "#d5d8dc"
+_GRID: Final = "#e5e7e9"
 _DISPLAY_UNITS: Final = {"degC": "°C", "count/m3": "/m³", "bool": "", "deg": "°"}
 # Candidate time-tick steps, seconds.
 _MOST_MARKS: Final = 60  # more backfilled points than this: coloured line only
@@ -120,11 +122,8 @@ class _Frame:
 
 def _nice_step(span: float, ticks: int) -> float:
     raw = span / max(ticks, 1)
-    power = 10 ** math.floor(math.log10(raw))
-    for factor in (1, 2, 2.5, 5, 10):
-        if factor * power >= raw:
-            return factor * power
-    return 10 * power  # pragma: no cover - the loop always returns
+    power = 10.0 ** math.floor(math.log10(raw))
+    return next(f * power for f in (1.0, 2.0, 2.5, 5.0, 10.0) if f * power >= raw)
 
 
 def _fmt(value: float) -> str:
@@ -193,7 +192,9 @@ def _path(frame: _Frame, series: Series) -> str:
     """A path through the series' points: a new subpath after every break."""
     if not len(series):
         return ""
-    xs = frame.left + (series.ts_us - frame.t0).astype(np.float64) * (frame.width / max(frame.t1 - frame.t0, 1))
+    xs = frame.left + (series.ts_us - frame.t0).astype(np.float64) * (
+        frame.width / max(frame.t1 - frame.t0, 1)
+    )
     ys = frame.top + (frame.y1 - series.values) * (frame.height / (frame.y1 - frame.y0))
     parts: list[str] = []
     move = True
@@ -224,8 +225,10 @@ def _summary(chart: Chart, unit: str, gaps: Sequence[tuple[int, int]]) -> str:
             f"maximum {_with_unit(float(vals[hi]), unit)} at {_when(int(ts[hi]))}; "
             f"last {_with_unit(float(vals[-1]), unit)} at {_when(int(ts[-1]))}."
         )
-    for lim in chart.limits:
-        lines.append(f"{lim.severity.capitalize()} limit ({lim.direction}): {_with_unit(lim.value, unit)}.")
+    lines += [
+        f"{lim.severity.capitalize()} limit ({lim.direction}): {_with_unit(lim.value, unit)}."
+        for lim in chart.limits
+    ]
     for span in chart.alarms:
         end = _when(span.end_us) if span.end_us is not None else "still active"
         lines.append(f"{span.severity.capitalize()} alarm from {_when(span.start_us)} to {end}.")
@@ -264,6 +267,104 @@ def _limit_labels(frame: _Frame, limits: Sequence[LimitLine], unit: str) -> list
     return out
 
 
+def _band(frame: _Frame, a: float, b: float, *, fill: str, opacity: str, least: float) -> str:
+    """A full-height shaded band of the plot between x positions ``a`` and ``b``."""
+    return (
+        f'<rect x="{a:.1f}" y="{frame.top:.1f}" width="{max(b - a, least):.1f}" '
+        f'height="{frame.height:.1f}" fill="{fill}" fill-opacity="{opacity}"/>'
+    )
+
+
+def _value_axis(frame: _Frame, unit: str) -> list[str]:
+    """Horizontal grid lines with their values, and the unit above the axis."""
+    out = []
+    step = _nice_step(frame.y1 - frame.y0, max(3, int(frame.height // 45)))
+    tick = math.ceil(frame.y0 / step) * step
+    right = frame.left + frame.width
+    while tick <= frame.y1:
+        y = frame.y(tick)
+        out.append(
+            f'<line x1="{frame.left:.1f}" y1="{y:.1f}" x2="{right:.1f}" y2="{y:.1f}" stroke="{_GRID}" '
+            'stroke-width="1"/>'
+        )
+        out.append(_text(frame.left - 6, y + 4, _fmt(round(tick, 10)), size=11, anchor="end", fill="#444"))
+        tick += step
+    if unit:
+        out.append(_text(8, frame.top - 6, unit, size=11, fill="#444"))
+    return out
+
+
+def _time_axis(frame: _Frame, chart: Chart) -> list[str]:
+    """Vertical grid lines at round times, labelled in UTC and, beneath, in the site's zone."""
+    out = []
+    bottom = frame.top + frame.height
+    ticks, step_s = _time_ticks(chart.start_us, chart.end_us, max(2, int(frame.width // 90)))
+    for ts in ticks:
+        x = frame.x(ts)
+        out.append(
+            f'<line x1="{x:.1f}" y1="{frame.top:.1f}" x2="{x:.1f}" y2="{bottom + 4:.1f}" stroke="{_GRID}"/>'
+        )
+        out.append(
+            _text(x, bottom + 17, _tick_label(ts, step_s, None), size=11, anchor="middle", fill="#333")
+        )
+        if chart.zone is not None:
+            local = _tick_label(ts, step_s, chart.zone)
+            out.append(_text(x, bottom + 31, local, size=11, anchor="middle", fill="#666"))
+    out.append(_text(frame.left - 6, bottom + 17, "UTC", size=10, anchor="end", fill="#333"))
+    if chart.zone is not None:
+        abbrev = datetime.fromtimestamp(chart.start_us / US, UTC).astimezone(chart.zone).tzname() or ""
+        out.append(_text(frame.left - 6, bottom + 31, abbrev, size=10, anchor="end", fill="#666"))
+    return out
+
+
+def _shading(frame: _Frame, chart: Chart, gaps: Sequence[tuple[int, int]]) -> tuple[list[str], list[str]]:
+    """Alarm intervals and gaps as bands; their labels apart (drawn last, over the data)."""
+    bands, labels = [], []
+    for span in chart.alarms:
+        a = frame.clamp_x(frame.x(span.start_us))
+        b = frame.clamp_x(frame.x(span.end_us if span.end_us is not None else chart.end_us))
+        bands.append(
+            _band(
+                frame, a, b, fill=SPAN_FILL.get(span.severity, SPAN_FILL["alert"]), opacity="0.55", least=1.5
+            )
+        )
+        label = span.label or f"{span.severity} alarm"
+        labels.append(_text(a + 3, frame.top + 13, label, size=11, fill=COLOURS.get(span.severity, "#222")))
+    for a_us, b_us in gaps:
+        a, b = frame.clamp_x(frame.x(a_us)), frame.clamp_x(frame.x(b_us))
+        bands.append(_band(frame, a, b, fill=GAP_FILL, opacity="0.6", least=1.0))
+        if b - a > 44:
+            bottom = frame.top + frame.height
+            labels.append(_text((a + b) / 2, bottom - 6, "no data", size=11, anchor="middle", fill="#4d5656"))
+    return bands, labels
+
+
+def _data(frame: _Frame, series: Series) -> list[str]:
+    """The series' line (or a note when there is nothing), backfilled readings and their legend."""
+    path = _path(frame, series)
+    if not path:
+        middle = (frame.left + frame.width / 2, frame.top + frame.height / 2)
+        return [_text(*middle, "No readings in this range", size=13, anchor="middle", fill="#555")]
+    out = [
+        (
+            f'<path d="{path}" fill="none" stroke="{SERIES_COLOUR}" stroke-width="1.6" '
+            'stroke-linejoin="round" stroke-linecap="round"/>'
+        )
+    ]
+    marks = _backfill_marks(frame, series)
+    if marks:
+        legend_x = frame.left + frame.width - 118  # top right, beside the title
+        out += [
+            marks,
+            (
+                f'<path d="M{legend_x:.1f} {frame.top - 18:.1f}l4 4l-4 4l-4 -4z" fill="#ffffff" '
+                f'stroke="{BACKFILL_COLOUR}" stroke-width="1.2"/>'
+            ),
+            _text(legend_x + 8, frame.top - 10, "backfilled", size=11, fill=BACKFILL_COLOUR),
+        ]
+    return out
+
+
 def render_svg(chart: Chart, *, width: int = 720, height: int = 360, element_id: str | None = None) -> str:
     """The chart as a standalone ``<svg>`` element (scales to its container through its viewBox).
 
@@ -273,98 +374,30 @@ def render_svg(chart: Chart, *, width: int = 720, height: int = 360, element_id:
     unit = unit_of(chart.metric) if chart.unit is None else chart.unit
     ident = element_id or "chart-" + hashlib.sha256(chart.title.encode()).hexdigest()[:10]
     y0, y1 = _value_range(chart, chart.series.values)
-    frame = _Frame(56.0, 34.0, width - 56.0 - 12.0, height - 34.0 - 62.0, chart.start_us, chart.end_us, y0, y1)
+    frame = _Frame(56.0, 34.0, width - 68.0, height - 96.0, chart.start_us, chart.end_us, y0, y1)
     gaps = list(chart.gaps) or chart.series.gaps()
-    bottom = frame.top + frame.height
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" '
-        f'role="img" aria-labelledby="{ident}-t {ident}-d" font-family="{escape(FONT)}" '
-        'preserveAspectRatio="xMidYMid meet">',
+    bands, labels = _shading(frame, chart, gaps)
+    zone_note = "time: UTC" + (f" / {chart.zone.key} (grey)" if chart.zone is not None else "")
+    day = datetime.fromtimestamp(chart.start_us / US, UTC).strftime("%Y-%m-%d")
+    return "\n".join([
+        (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" role="img" '
+        f'aria-labelledby="{ident}-t {ident}-d" font-family="{escape(FONT)}" '
+        'preserveAspectRatio="xMidYMid meet">'),
         f'<title id="{ident}-t">{escape(chart.title)}</title>',
         f'<desc id="{ident}-d">{escape(_summary(chart, unit, gaps))}</desc>',
         f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>',
         _text(frame.left, 20, chart.title, size=14, fill="#111"),
-    ]
-    on_top: list[str] = []  # labels drawn last, over lines and data
-    # Value axis: grid lines and labels.
-    step = _nice_step(y1 - y0, max(3, int(frame.height // 45)))
-    tick = math.ceil(y0 / step) * step
-    while tick <= y1:
-        y = frame.y(tick)
-        parts.append(
-            f'<line x1="{frame.left:.1f}" y1="{y:.1f}" x2="{frame.left + frame.width:.1f}" y2="{y:.1f}" '
-            'stroke="#e5e7e9" stroke-width="1"/>'
-        )
-        parts.append(_text(frame.left - 6, y + 4, _fmt(round(tick, 10)), size=11, anchor="end", fill="#444"))
-        tick += step
-    if unit:
-        parts.append(_text(8, frame.top - 6, unit, size=11, fill="#444"))
-    # Time axis: ticks in UTC with the site's time beneath.
-    ticks, step_s = _time_ticks(chart.start_us, chart.end_us, max(2, int(frame.width // 90)))
-    for ts in ticks:
-        x = frame.x(ts)
-        parts.append(
-            f'<line x1="{x:.1f}" y1="{frame.top:.1f}" x2="{x:.1f}" y2="{bottom + 4:.1f}" stroke="#e5e7e9"/>'
-        )
-        parts.append(_text(x, bottom + 17, _tick_label(ts, step_s, None), size=11, anchor="middle", fill="#333"))
-        if chart.zone is not None:
-            local = _tick_label(ts, step_s, chart.zone)
-            parts.append(_text(x, bottom + 31, local, size=11, anchor="middle", fill="#666"))
-    parts.append(_text(frame.left - 6, bottom + 17, "UTC", size=10, anchor="end", fill="#333"))
-    if chart.zone is not None:
-        abbrev = datetime.fromtimestamp(chart.start_us / US, UTC).astimezone(chart.zone).tzname() or ""
-        parts.append(_text(frame.left - 6, bottom + 31, abbrev, size=10, anchor="end", fill="#666"))
-    # Alarm intervals and gaps under the data.
-    for span in chart.alarms:
-        a = frame.clamp_x(frame.x(span.start_us))
-        b = frame.clamp_x(frame.x(span.end_us if span.end_us is not None else chart.end_us))
-        fill = SPAN_FILL.get(span.severity, SPAN_FILL["alert"])
-        parts.append(
-            f'<rect x="{a:.1f}" y="{frame.top:.1f}" width="{max(b - a, 1.5):.1f}" height="{frame.height:.1f}" '
-            f'fill="{fill}" fill-opacity="0.55"/>'
-        )
-        label = span.label or f"{span.severity} alarm"
-        on_top.append(_text(a + 3, frame.top + 13, label, size=11, fill=COLOURS.get(span.severity, "#222")))
-    for a_us, b_us in gaps:
-        a, b = frame.clamp_x(frame.x(a_us)), frame.clamp_x(frame.x(b_us))
-        parts.append(
-            f'<rect x="{a:.1f}" y="{frame.top:.1f}" width="{max(b - a, 1.0):.1f}" height="{frame.height:.1f}" '
-            'fill="#d5d8dc" fill-opacity="0.6"/>'
-        )
-        if b - a > 44:
-            on_top.append(_text((a + b) / 2, bottom - 6, "no data", size=11, anchor="middle", fill="#4d5656"))
-    zone_note = "time: UTC" + (f" / {chart.zone.key} (grey)" if chart.zone is not None else "")
-    day = datetime.fromtimestamp(chart.start_us / US, UTC).strftime("%Y-%m-%d")
-    parts.append(_text(frame.left, height - 10, f"{zone_note}, from {day}", size=11, fill="#555"))
-    parts.append(
-        f'<rect x="{frame.left:.1f}" y="{frame.top:.1f}" width="{frame.width:.1f}" height="{frame.height:.1f}" '
-        'fill="none" stroke="#aab7b8"/>'
-    )
-    parts.extend(_limit_labels(frame, chart.limits, unit))
-    # The data.
-    path = _path(frame, chart.series)
-    if path:
-        parts.append(
-            f'<path d="{path}" fill="none" stroke="{SERIES_COLOUR}" stroke-width="1.6" '
-            'stroke-linejoin="round" stroke-linecap="round"/>'
-        )
-    else:
-        parts.append(
-            _text(frame.left + frame.width / 2, frame.top + frame.height / 2, "No readings in this range",
-                  size=13, anchor="middle", fill="#555")
-        )  # fmt: skip
-    marks = _backfill_marks(frame, chart.series)
-    if marks:
-        parts.append(marks)
-        legend_x = frame.left + frame.width - 118  # top right, beside the title
-        parts.append(
-            f'<path d="M{legend_x:.1f} {frame.top - 18:.1f}l4 4l-4 4l-4 -4z" fill="#ffffff" '
-            f'stroke="{BACKFILL_COLOUR}" stroke-width="1.2"/>'
-        )
-        parts.append(_text(legend_x + 8, frame.top - 10, "backfilled", size=11, fill=BACKFILL_COLOUR))
-    parts.extend(on_top)
-    parts.append("</svg>")
-    return "\n".join(parts)
+        *_value_axis(frame, unit),
+        *_time_axis(frame, chart),
+        *bands,
+        _text(frame.left, height - 10, f"{zone_note}, from {day}", size=11, fill="#555"),
+        (f'<rect x="{frame.left:.1f}" y="{frame.top:.1f}" width="{frame.width:.1f}" '
+        f'height="{frame.height:.1f}" fill="none" stroke="#aab7b8"/>'),
+        *_limit_labels(frame, chart.limits, unit),
+        *_data(frame, chart.series),
+        *labels,
+        "</svg>",
+    ])  # fmt: skip
 
 
 def _backfill_marks(frame: _Frame, series: Series) -> str:
@@ -372,17 +405,20 @@ def _backfill_marks(frame: _Frame, series: Series) -> str:
     mask = series.buffered & ~np.isnan(series.values)
     if not mask.any():
         return ""
-    overlay = Series(
-        series.ts_us, np.where(mask, series.values, np.nan), np.zeros_like(series.buffered)
-    )
+    overlay = Series(series.ts_us, np.where(mask, series.values, np.nan), np.zeros_like(series.buffered))
     out = [
-        f'<path d="{_path(frame, overlay)}" fill="none" stroke="{BACKFILL_COLOUR}" stroke-width="2.2" '
-        'stroke-linejoin="round"/>'
+        (
+            f'<path d="{_path(frame, overlay)}" fill="none" stroke="{BACKFILL_COLOUR}" '
+            'stroke-width="2.2" stroke-linejoin="round"/>'
+        )
     ]
     if int(mask.sum()) <= min(_MOST_MARKS, frame.width / 12):
         ts, vals = series.ts_us[mask], series.values[mask]
         xs = frame.left + (ts - frame.t0).astype(np.float64) * (frame.width / max(frame.t1 - frame.t0, 1))
         ys = frame.top + (frame.y1 - vals) * (frame.height / (frame.y1 - frame.y0))
-        d = "".join(f"M{x:.1f} {y - 3.5:.1f}l3.5 3.5l-3.5 3.5l-3.5 -3.5z" for x, y in zip(xs.tolist(), ys.tolist(), strict=True))
+        d = "".join(
+            f"M{x:.1f} {y - 3.5:.1f}l3.5 3.5l-3.5 3.5l-3.5 -3.5z"
+            for x, y in zip(xs.tolist(), ys.tolist(), strict=True)
+        )
         out.append(f'<path d="{d}" fill="#ffffff" stroke="{BACKFILL_COLOUR}" stroke-width="1.2"/>')
     return "\n".join(out)

@@ -17,6 +17,7 @@ keep breaks, so a chart shows a gap rather than a line across it.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Final
 
@@ -106,7 +107,7 @@ def mark_gaps(series: Series, max_gap_us: int) -> Series:
     at = wide + 1  # insert before the reading after the gap
     ts = np.insert(series.ts_us, at, series.ts_us[wide])
     values = np.insert(series.values, at, np.nan)
-    buffered = np.insert(series.buffered, at, False)  # noqa: FBT003 - a numpy fill value
+    buffered = np.insert(series.buffered, at, False)
     return Series(ts, values, buffered)
 
 
@@ -208,7 +209,7 @@ def lttb(series: Series, max_points: int = DEFAULT_MAX_POINTS) -> Series:
     nan = np.isnan(series.values)
     breaks = np.flatnonzero(nan)
     bounds = np.r_[-1, breaks, n]
-    segments = [(int(s) + 1, int(e)) for s, e in zip(bounds[:-1], bounds[1:], strict=True) if e - s > 1]
+    segments = [(int(s) + 1, int(e)) for s, e in itertools.pairwise(bounds) if e - s > 1]
     budget = max_points - breaks.size - 2 * len(segments)  # every segment keeps its two ends
     if breaks.size * 4 > max_points or budget < 0:
         return minmax(series, max_points)

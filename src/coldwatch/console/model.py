@@ -34,7 +34,11 @@ __all__ = [
     "register_alarm_state_filter",
 ]
 
-OPEN_STATES: Final = (AlarmState.ACTIVE_UNACK.value, AlarmState.ACTIVE_ACK.value, AlarmState.CLEARED_UNACK.value)
+OPEN_STATES: Final = (
+    AlarmState.ACTIVE_UNACK.value,
+    AlarmState.ACTIVE_ACK.value,
+    AlarmState.CLEARED_UNACK.value,
+)
 
 
 class FilterError(ColdwatchError):
@@ -313,9 +317,16 @@ class ConsoleQueries(Protocol):
         ...
 
     async def buckets(
-        self, device_id: str, metric: str, since_us: int, until_us: int, buckets: int, *, settled_us: int | None = None
+        self,
+        device_id: str,
+        metric: str,
+        since_us: int,
+        until_us: int,
+        buckets: int,
+        *,
+        settled_us: int | None = None,
     ) -> list[BucketRow]:
-        """The readings in [since, until) aggregated into ``buckets`` equal time buckets (empty ones left out).
+        """The readings in [since, until) in ``buckets`` equal time buckets (empty ones left out).
 
         ``settled_us``: minutes before it may be read from the per-minute rollup (long ranges).
         """

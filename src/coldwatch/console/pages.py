@@ -23,7 +23,6 @@ from coldwatch.catalogue import KINDS, Kind
 from coldwatch.config import Config
 from coldwatch.console.chart import AlarmSpan, Chart, LimitLine
 from coldwatch.console.downsample import DEFAULT_MAX_POINTS, Series, mark_gaps, minmax
-from coldwatch.console.rollup import settled_until
 from coldwatch.console.model import (
     AlarmCursor,
     AlarmFilter,
@@ -39,8 +38,9 @@ from coldwatch.console.model import (
     TransitionRow,
     device_status,
 )
+from coldwatch.console.rollup import settled_until
 from coldwatch.rules.config import CommLossRule, RuleSpec
-from coldwatch.rules.engine import _limits_of  # noqa: PLC2701 - the engine's own reading of a rule's limits
+from coldwatch.rules.engine import _limits_of  # the engine's own reading of a rule's limits
 from coldwatch.rules.profiles import rules_for
 from coldwatch.storage.base import Storage
 
@@ -198,7 +198,9 @@ class ConsoleData:
 
     def stale_after_s(self, device_id: str) -> float:
         """How long a device may stay silent before it is stale: its device-wide comm-loss timeout."""
-        timeouts = [s.timeout_s for s in self.rules(device_id) if isinstance(s, CommLossRule) and s.metric is None]
+        timeouts = [
+            s.timeout_s for s in self.rules(device_id) if isinstance(s, CommLossRule) and s.metric is None
+        ]
         return min(timeouts) if timeouts else DEFAULT_STALE_S
 
     def zone(self, site: str | None) -> ZoneInfo | None:
@@ -241,7 +243,14 @@ class ConsoleData:
         return bool(where.states) and all(s in _OPEN_ONLY for s in where.states)
 
     async def chart_series(
-        self, device_id: str, metric: str, since_us: int, until_us: int, max_gap_us: int, *, now_us: int | None = None
+        self,
+        device_id: str,
+        metric: str,
+        since_us: int,
+        until_us: int,
+        max_gap_us: int,
+        *,
+        now_us: int | None = None,
     ) -> tuple[Series, int]:
         """A metric's readings in [since, until), at most ``max_points`` points, gaps broken.
 
@@ -256,7 +265,9 @@ class ConsoleData:
         # Too many: the database aggregates. Two points per bucket, a third of the budget
         # left for breaks (minmax below bounds the rest if there are more).
         settled = None if now_us is None else settled_until(now_us)
-        rows = await self.queries.buckets(device_id, metric, since_us, until_us, limit // 3, settled_us=settled)
+        rows = await self.queries.buckets(
+            device_id, metric, since_us, until_us, limit // 3, settled_us=settled
+        )
         count = sum(b.count for b in rows)
         series = mark_gaps(bucket_series(rows), max_gap_us)
         return minmax(series, limit, start_us=since_us, end_us=until_us), count

@@ -29,15 +29,22 @@ _DEVICES = f"""
         AND ($3::text IS NULL OR d.device_id = $3)
     ORDER BY d.site, d.area, d.device_id
 """  # noqa: S608 - constant text
+# The newest values: one index lookup per device and metric of its kind (LATERAL: a hash
+# join would read every stored reading).
 _LAST_VALUES = f"""
     WITH km(kind, name) AS ({KIND_METRICS})
     SELECT d.device_id, m.name, r.value
     FROM devices AS d JOIN km ON km.kind = d.kind JOIN metrics AS m ON m.name = km.name
-    JOIN readings AS r ON r.device = d.id AND r.metric = m.id AND r.ts_us = d.last_ts_us
+    CROSS JOIN LATERAL (
+        SELECT x.value FROM readings AS x
+        WHERE x.device = d.id AND x.metric = m.id AND x.ts_us = d.last_ts_us ORDER BY x.seq DESC LIMIT 1
+    ) AS r
     WHERE d.last_ts_us IS NOT NULL AND ($1::text IS NULL OR d.site = $1) AND ($2::text IS NULL OR d.area = $2)
         AND ($3::text IS NULL OR d.device_id = $3)
 """  # noqa: S608 - constant text
-_SERIES_IDS = "(SELECT id FROM devices WHERE device_id = $1) AND r.metric = (SELECT id FROM metrics WHERE name = $2)"
+_SERIES_IDS = (
+    "(SELECT id FROM devices WHERE device_id = $1) AND r.metric = (SELECT id FROM metrics WHERE name = $2)"
+)
 _POINTS = (
     f"SELECT r.ts_us, r.value, r.buffered FROM readings AS r WHERE r.device = {_SERIES_IDS} "  # noqa: S608
     "AND r.ts_us >= $3 AND r.ts_us < $4 ORDER BY r.ts_us, r.seq LIMIT $5"
@@ -73,7 +80,8 @@ _GAPS = (
     "AND ((g.detected_us >= $2 AND g.detected_us < $3) OR g.state = 'open') ORDER BY g.detected_us, g.id"
 )
 _TRANSITIONS = (
-    "SELECT event, ts_us, received_us, from_state, to_state, severity, value, limit_value, late, actor, reason "
+    "SELECT event, ts_us, received_us, from_state, to_state, severity, value, limit_value, late, actor, "
+    "reason "
     "FROM alarm_transitions WHERE alarm_id = $1 ORDER BY id"
 )
 _NOTIFICATIONS = (
@@ -108,7 +116,10 @@ class PgConsoleQueries:
             for owner, name, value in await conn.fetch(_LAST_VALUES, site, area, device_id):
                 values.setdefault(owner, {})[name] = float(value)
             rows = await conn.fetch(_DEVICES, site, area, device_id)
-        return [DeviceRow(*r, values.get(r[0], {})) for r in rows]
+        return [
+            DeviceRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], values.get(r[0], {}))
+            for r in rows
+        ]
 
     async def alarm_page(self, where: AlarmFilter, after: AlarmCursor | None, limit: int) -> list[AlarmRow]:
         """Alarms of one phase (``after.closed``; open when no cursor), newest first, after ``after``."""
@@ -142,7 +153,14 @@ class PgConsoleQueries:
         return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
 
     async def buckets(
-        self, device_id: str, metric: str, since_us: int, until_us: int, buckets: int, *, settled_us: int | None = None
+        self,
+        device_id: str,
+        metric: str,
+        since_us: int,
+        until_us: int,
+        buckets: int,
+        *,
+        settled_us: int | None = None,
     ) -> list[BucketRow]:
         """The readings in [since, until) in ``buckets`` equal time buckets (empty ones left out).
 
@@ -174,19 +192,24 @@ class PgConsoleQueries:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", ROLLUP_LOCK, device)
             built = await conn.fetchrow(
-                "SELECT from_us, until_us FROM chart_rollup_built WHERE device = $1 AND metric = $2", device, metric
+                "SELECT from_us, until_us FROM chart_rollup_built WHERE device = $1 AND metric = $2",
+                device,
+                metric,
             )
             # Dirty marks are taken before the readings are read (a later statement sees
             # more): a late reading committed after this is marked again, rebuilt next time.
             dirty = await conn.fetch(
-                "DELETE FROM chart_rollup_dirty WHERE device = $1 AND metric = $2 RETURNING minute_us", device, metric
+                "DELETE FROM chart_rollup_dirty WHERE device = $1 AND metric = $2 RETURNING minute_us",
+                device,
+                metric,
             )
             span = None if built is None else (int(built[0]), int(built[1]))
             todo, (lo, hi) = build_ranges(span, want_from, want_until)
             todo += [(m, m + MINUTE_US) for (m,) in dirty if span is not None and span[0] <= m < span[1]]
             for start, end in todo:
                 await conn.execute(
-                    "DELETE FROM chart_rollup WHERE device = $1 AND metric = $2 AND minute_us >= $3 AND minute_us < $4",
+                    "DELETE FROM chart_rollup WHERE device = $1 AND metric = $2 "
+                    "AND minute_us >= $3 AND minute_us < $4",
                     device, metric, start, end,
                 )  # fmt: skip
                 await conn.execute(_ROLLUP_BUILD, device, metric, MINUTE_US, start, end)

@@ -1,4 +1,4 @@
-"""The console's queries on SQLite: a read-only connection of their own (WAL: readers never block the writer)."""
+"""The console's queries on SQLite, on a read-only connection of their own (WAL: never blocks a writer)."""
 
 from __future__ import annotations
 
@@ -38,11 +38,14 @@ _LAST_VALUES = f"""
     WITH km(kind, name) AS ({KIND_METRICS})
     SELECT d.device_id, m.name, r.value
     FROM devices AS d CROSS JOIN km CROSS JOIN metrics AS m CROSS JOIN reading_rows AS r
-    WHERE km.kind = d.kind AND m.name = km.name AND r.device = d.id AND r.metric = m.id AND r.ts_us = d.last_ts_us
+    WHERE km.kind = d.kind AND m.name = km.name
+        AND r.device = d.id AND r.metric = m.id AND r.ts_us = d.last_ts_us
         AND d.last_ts_us IS NOT NULL AND (?1 IS NULL OR d.site = ?1) AND (?2 IS NULL OR d.area = ?2)
         AND (?3 IS NULL OR d.device_id = ?3)
 """  # noqa: S608 - constant text
-_SERIES_IDS = "(SELECT id FROM devices WHERE device_id = ?1) AND r.metric = (SELECT id FROM metrics WHERE name = ?2)"
+_SERIES_IDS = (
+    "(SELECT id FROM devices WHERE device_id = ?1) AND r.metric = (SELECT id FROM metrics WHERE name = ?2)"
+)
 _POINTS = (
     f"SELECT r.ts_us, r.value, r.buffered FROM reading_rows AS r WHERE r.device = {_SERIES_IDS} "  # noqa: S608
     "AND r.ts_us >= ?3 AND r.ts_us < ?4 ORDER BY r.ts_us, r.seq LIMIT ?5"
@@ -59,7 +62,8 @@ _ROLLUP_BUILD = (
     "WHERE device = ?1 AND metric = ?2 AND ts_us >= ?4 AND ts_us < ?5 GROUP BY ts_us / ?3"
 )
 _RAW_PART = (
-    "SELECT ts_us AS b, ts_us AS f, ts_us AS l, value AS lo, value AS hi, 1 AS n, buffered AS bn FROM reading_rows "
+    "SELECT ts_us AS b, ts_us AS f, ts_us AS l, value AS lo, value AS hi, 1 AS n, buffered AS bn "
+    "FROM reading_rows "
     "WHERE device = :d AND metric = :m AND ts_us >= {} AND ts_us < {}"
 )
 # Settled minutes from the rollup, the partial minutes at either end from the readings.
@@ -76,7 +80,8 @@ _GAPS = (
     "AND ((g.detected_us >= ?2 AND g.detected_us < ?3) OR g.state = 'open') ORDER BY g.detected_us, g.id"
 )
 _TRANSITIONS = (
-    "SELECT event, ts_us, received_us, from_state, to_state, severity, value, limit_value, late, actor, reason "
+    "SELECT event, ts_us, received_us, from_state, to_state, severity, value, limit_value, late, actor, "
+    "reason "
     "FROM alarm_transitions WHERE alarm_id = ? ORDER BY id"
 )
 _NOTIFICATIONS = (
@@ -103,16 +108,29 @@ def _devices(
     values: dict[str, dict[str, float]] = {}
     for owner, name, value in conn.execute(_LAST_VALUES, (site, area, device_id)):
         values.setdefault(owner, {})[name] = float(value)
+    rows = conn.execute(_DEVICES, (site, area, device_id)).fetchall()
     return [
         DeviceRow(
-            r[0], r[1], r[2], r[3], r[4], r[5], r[6], None if r[7] is None else bool(r[7]),
-            int(r[8]), int(r[9]), int(r[10]), values.get(r[0], {}),
-        )  # fmt: skip
-        for r in conn.execute(_DEVICES, (site, area, device_id))
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            r[6],
+            None if r[7] is None else bool(r[7]),
+            int(r[8]),
+            int(r[9]),
+            int(r[10]),
+            values.get(r[0], {}),
+        )
+        for r in rows
     ]
 
 
-def _build_rollup(conn: sqlite3.Connection, device: int, metric: int, want_from: int, want_until: int) -> None:
+def _build_rollup(
+    conn: sqlite3.Connection, device: int, metric: int, want_from: int, want_until: int
+) -> None:
     """Build (or rebuild) minutes of one device metric's rollup, in a write transaction of its own."""
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -129,7 +147,8 @@ def _build_rollup(conn: sqlite3.Connection, device: int, metric: int, want_from:
         todo += [(m, m + MINUTE_US) for m in dirty if built is not None and built[0] <= m < built[1]]
         for start, end in todo:
             conn.execute(
-                "DELETE FROM chart_rollup WHERE device = ? AND metric = ? AND minute_us >= ? AND minute_us < ?",
+                "DELETE FROM chart_rollup WHERE device = ? AND metric = ? "
+                "AND minute_us >= ? AND minute_us < ?",
                 (device, metric, start, end),
             )
             conn.execute(_ROLLUP_BUILD, (device, metric, MINUTE_US, start, end))
@@ -228,7 +247,14 @@ class SqliteConsoleQueries:
         return await on_thread(self._conn, fetch)
 
     async def buckets(
-        self, device_id: str, metric: str, since_us: int, until_us: int, buckets: int, *, settled_us: int | None = None
+        self,
+        device_id: str,
+        metric: str,
+        since_us: int,
+        until_us: int,
+        buckets: int,
+        *,
+        settled_us: int | None = None,
     ) -> list[BucketRow]:
         """The readings in [since, until) in ``buckets`` equal time buckets (empty ones left out).
 
@@ -244,7 +270,15 @@ class SqliteConsoleQueries:
         a = -(-since_us // MINUTE_US) * MINUTE_US
         c = max(a, min(until_us // MINUTE_US * MINUTE_US, settled_us))
         await self._build(int(ids[0]), int(ids[1]), a, c)
-        params = {"d": ids[0], "m": ids[1], "a": a, "c": c, "since": since_us, "until": until_us, "nb": buckets}
+        params = {
+            "d": ids[0],
+            "m": ids[1],
+            "a": a,
+            "c": c,
+            "since": since_us,
+            "until": until_us,
+            "nb": buckets,
+        }
         return await on_thread(
             self._conn, lambda conn: [BucketRow(*r) for r in conn.execute(_ROLLUP_BUCKETS, params)]
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Final
 
 from coldwatch.catalogue import KINDS
@@ -12,7 +13,10 @@ __all__ = [
     "ALARM_BY_ID",
     "ALARM_COLUMNS",
     "CONSOLE_INDEXES",
-    "KIND_METRICS", "OPEN_AGGREGATES", "alarm_page_sql"]
+    "KIND_METRICS",
+    "OPEN_AGGREGATES",
+    "alarm_page_sql",
+]
 
 # Appended to both backends' migrations: the alarm list's keyset order (open first, then
 # newest first), over all alarms and per device. Same text on SQLite and PostgreSQL.
@@ -40,7 +44,8 @@ OPEN_AGGREGATES: Final = """
         max(CASE WHEN rule <> 'comm_loss' AND state IN ('active_unacknowledged', 'active_acknowledged')
             THEN CASE severity WHEN 'action' THEN 2 ELSE 1 END ELSE 0 END) AS worst,
         count(*) AS open_n,
-        sum(CASE WHEN state IN ('active_unacknowledged', 'cleared_unacknowledged') THEN 1 ELSE 0 END) AS unack_n
+        sum(CASE WHEN state IN ('active_unacknowledged', 'cleared_unacknowledged') THEN 1 ELSE 0 END)
+            AS unack_n
     FROM alarms WHERE state <> 'closed' GROUP BY device_id
 """
 
@@ -68,23 +73,28 @@ def alarm_page_sql(
     clauses = [f"(a.state = 'closed') = {'TRUE' if closed else 'FALSE'}"]
     if after is not None:
         clauses.append(f"(a.raised_ts_us, a.id) < ({p(after.raised_ts_us)}, {p(after.id)})")
-    states = where.state_predicate()
+    # The phase decides "closed" itself: true for every row of the closed phase, false in
+    # the open one (SQLite, seeing it twice, would scan instead of using the index).
+    names = list(where.states)
+    if closed and "closed" in names:
+        names = []
+    elif "closed" in names:
+        names.remove("closed")
+        if not names:
+            clauses.append("FALSE")
+    states = replace(where, states=names).state_predicate()
     if states is not None:
         clauses.append(states)
-    if where.device_id is not None:
-        clauses.append(f"a.device_id = {p(where.device_id)}")
-    if where.severity is not None:
-        clauses.append(f"a.severity = {p(where.severity)}")
-    if where.rule is not None:
-        clauses.append(f"a.rule = {p(where.rule)}")
-    if where.site is not None:
-        clauses.append(f"d.site = {p(where.site)}")
-    if where.area is not None:
-        clauses.append(f"d.area = {p(where.area)}")
-    if where.since_us is not None:
-        clauses.append(f"a.raised_ts_us >= {p(where.since_us)}")
-    if where.until_us is not None:
-        clauses.append(f"a.raised_ts_us < {p(where.until_us)}")
+    given = (
+        ("a.device_id = {}", where.device_id),
+        ("a.severity = {}", where.severity),
+        ("a.rule = {}", where.rule),
+        ("d.site = {}", where.site),
+        ("d.area = {}", where.area),
+        ("a.raised_ts_us >= {}", where.since_us),
+        ("a.raised_ts_us < {}", where.until_us),
+    )
+    clauses += [template.format(p(value)) for template, value in given if value is not None]
     sql = (
         f"SELECT {ALARM_COLUMNS} FROM alarms AS a LEFT JOIN devices AS d ON d.device_id = a.device_id "  # noqa: S608 - no user text
         f"WHERE {' AND '.join(clauses)} ORDER BY a.raised_ts_us DESC, a.id DESC LIMIT {p(limit)}"
