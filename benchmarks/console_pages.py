@@ -9,7 +9,8 @@ communication loss), whose alarm has notifications and delivery attempts. Then t
 data of each page (median of ``--repeat`` runs after a warm-up): the overview, the first
 page of the alarm list with each filter and a page deep in the list, the alarm detail with
 its chart rendered to SVG, and the device detail over 24 hours and over the whole range,
-chart included. The target is 200 ms per page, leaving room for the HTML.
+chart included. The target is 200 ms per page, leaving room for the HTML (the first view of
+a long range builds its minute rollup once: reported apart).
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ from coldwatch.config import Config, DeviceConfig
 from coldwatch.console.chart import render_svg
 from coldwatch.console.model import AlarmCursor, AlarmFilter
 from coldwatch.console.pages import ConsoleData, open_console_queries
+from coldwatch.console.rollup import ROLLUP_FROM_SPAN_US
 from coldwatch.notify.model import Channel, OutboxItem
 from coldwatch.payload import Telemetry
 from coldwatch.pgserver import start_postgres, stop_postgres
 from coldwatch.rules.lifecycle import Alarm, AlarmState, Transition
 from coldwatch.rules.model import AlarmKey, Severity
 from coldwatch.storage import Batch, DeviceState, SeqGap, Storage, open_storage
+from coldwatch.storage.postgres import PostgresStorage
 
 US = 1_000_000
 CHARTED = "ln2-charted"
@@ -208,6 +211,10 @@ async def measure(location: str, args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     alarm_id = await fill(store, registry, args.alarms, args.days, end_us)
     fill_s = time.perf_counter() - started
+    if isinstance(store, PostgresStorage):
+        # What autovacuum does within a minute of a bulk load: without statistics the
+        # planner scans instead of using the indexes.
+        await store.pool.execute("ANALYZE")
     queries = await open_console_queries(store)
     data = ConsoleData(queries, Config(devices=registry), max_points=2000)
     pages: dict[str, float] = {}
@@ -250,6 +257,11 @@ async def measure(location: str, args: argparse.Namespace) -> dict[str, Any]:
                 points[f"device detail {label}"] = len(detail.chart.series)
                 render_svg(detail.chart)
 
+            if span_us >= ROLLUP_FROM_SPAN_US:
+                started = time.perf_counter()
+                await device_page()
+                first_ms = (time.perf_counter() - started) * 1000
+                pages[f"device detail {label}, first view (builds the minute rollup)"] = first_ms
             pages[f"device detail {label} of a 1 Hz device incl. chart SVG"] = await timed(
                 args.repeat, device_page
             )
@@ -323,7 +335,7 @@ def main() -> int:
         cells = "".join(f"{result[b]['pages_ms'][page]:>9.1f} ms" for b in backends)
         print(f"{page:<64}{cells}")
     for b in backends:
-        slowest = max(result[b]["pages_ms"].values())
+        slowest = max(v for k, v in result[b]["pages_ms"].items() if "first view" not in k)
         print(
             f"{b}: filled in {result[b]['fill_s']} s; slowest page {slowest:.1f} ms "
             f"({'within' if slowest < 200 else 'OVER'} the 200 ms target); points shipped {result[b]['points']}"
