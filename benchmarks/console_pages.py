@@ -220,8 +220,18 @@ async def measure(location: str, args: argparse.Namespace) -> dict[str, Any]:
     pages: dict[str, float] = {}
     points: dict[str, int] = {}
     try:
-        pages["overview (all devices)"] = await timed(args.repeat, lambda: data.overview(end_us))
-        pages["overview (one site)"] = await timed(args.repeat, lambda: data.overview(end_us, site="site-3"))
+        pages["overview, areas of every device with state counts"] = await timed(
+            args.repeat, lambda: data.areas(end_us)
+        )
+        pages["overview, one area's devices with newest values"] = await timed(
+            args.repeat, lambda: data.overview(end_us, site="site-3", area="area-43")
+        )
+        pages["overview, one site's devices with newest values"] = await timed(
+            args.repeat, lambda: data.overview(end_us, site="site-3")
+        )
+        pages["overview, every device with newest values"] = await timed(
+            args.repeat, lambda: data.overview(end_us)
+        )
         filters = {
             "none": AlarmFilter(),
             "open": AlarmFilter(states=["open"]),

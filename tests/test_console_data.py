@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -124,6 +125,7 @@ async def test_overview_states_last_values_and_time(storage: Storage) -> None:
         data = ConsoleData(queries, config(), calibration_due=lambda device_id, _now: device_id == "inc-5")
         rows = {o.row.device_id: o for o in await data.overview(NOW)}
         plant1 = await data.overview(NOW, site="plant-1")
+        areas = await data.areas(NOW)
     finally:
         await queries.close()
     expected = {
@@ -146,6 +148,10 @@ async def test_overview_states_last_values_and_time(storage: Storage) -> None:
     assert rows["inc-3"].stale_after_s == 300  # the incubator profile's comm-loss timeout
     assert rows["ln2-1"].stale_after_s == 600
     assert {o.row.device_id for o in plant1} == {d.id for d in INC}
+    where = {d.id: (d.site, d.area) for d in DEVICES}
+    counted = Counter((*where[device_id], status) for device_id, status in expected.items())
+    assert {(a.site, a.area, s): n for a in areas for s, n in a.counts.items() if n} == dict(counted)
+    assert {(a.site, a.area): a.worst for a in areas}[("plant-1", "culture")] is DeviceStatus.ACTION
 
 
 def random_alarms(seed: int, count: int) -> list[Alarm]:
@@ -483,6 +489,7 @@ async def test_long_charts_read_the_minute_rollup_and_late_readings_rebuild_it(
         inside = values[(ts >= since) & (ts < until)]
         assert np.nanmax(series.values) == inside.max()
         assert np.nanmin(series.values) == inside.min()
+        assert series.gaps() == []  # buckets wider than the gap time: no break without a silence
         built = backend.query("SELECT count(*) FROM chart_rollup")[0][0]
         assert built >= 3 * 1440 - 2  # every whole minute of the range
         # A reading backfilled a day later into a minute the rollup already holds.

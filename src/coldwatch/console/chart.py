@@ -240,12 +240,23 @@ def _summary(chart: Chart, unit: str, gaps: Sequence[tuple[int, int]]) -> str:
     return " ".join(lines)
 
 
+def _distinct(limits: Sequence[LimitLine]) -> list[LimitLine]:
+    """Limits highest first, one line per value and direction (the most severe one's)."""
+    rank = {"action": 0, "alert": 1}
+    best: dict[tuple[float, str], LimitLine] = {}
+    for lim in limits:
+        key = (lim.value, lim.direction)
+        if key not in best or rank.get(lim.severity, 2) < rank.get(best[key].severity, 2):
+            best[key] = lim
+    return sorted(best.values(), key=lambda lim: -lim.value)
+
+
 def _limit_labels(frame: _Frame, limits: Sequence[LimitLine], unit: str) -> list[str]:
     """Limit lines, each with a label at its right end, labels pushed apart to stay legible."""
     out: list[str] = []
     placed: list[float] = []
     right = frame.left + frame.width
-    for lim in sorted(limits, key=lambda lim: -lim.value):
+    for lim in _distinct(limits):
         colour = COLOURS.get(lim.severity, COLOURS["range"])
         y = frame.y(lim.value)
         dash = {"alert": ' stroke-dasharray="6 4"', "range": ' stroke-dasharray="2 3"'}.get(lim.severity, "")
@@ -301,6 +312,8 @@ def _time_axis(frame: _Frame, chart: Chart) -> list[str]:
     ticks, step_s = _time_ticks(chart.start_us, chart.end_us, max(2, int(frame.width // 90)))
     for ts in ticks:
         x = frame.x(ts)
+        if x < frame.left + 28 or x > frame.left + frame.width - 16:
+            continue  # its label would run into the zone names or off the drawing
         out.append(
             f'<line x1="{x:.1f}" y1="{frame.top:.1f}" x2="{x:.1f}" y2="{bottom + 4:.1f}" stroke="{_GRID}"/>'
         )
@@ -329,7 +342,14 @@ def _shading(frame: _Frame, chart: Chart, gaps: Sequence[tuple[int, int]]) -> tu
             )
         )
         label = span.label or f"{span.severity} alarm"
-        labels.append(_text(a + 3, frame.top + 13, label, size=11, fill=COLOURS.get(span.severity, "#222")))
+        # At the foot of the band (the limit labels hold the top right), kept inside the plot.
+        x = min(a + 3, frame.left + frame.width - 6.6 * len(label) - 3)
+        y = frame.top + frame.height - 6
+        labels.append(
+            f'<rect x="{x - 2:.1f}" y="{y - 11:.1f}" width="{6.6 * len(label) + 4:.1f}" height="14" '
+            'fill="#ffffff" fill-opacity="0.85"/>'
+        )
+        labels.append(_text(x, y, label, size=11, fill=COLOURS.get(span.severity, "#222")))
     for a_us, b_us in gaps:
         a, b = frame.clamp_x(frame.x(a_us)), frame.clamp_x(frame.x(b_us))
         bands.append(_band(frame, a, b, fill=GAP_FILL, opacity="0.6", least=1.0))

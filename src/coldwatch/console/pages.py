@@ -46,6 +46,7 @@ from coldwatch.storage.base import Storage
 
 __all__ = [
     "AlarmDetail",
+    "AreaSummary",
     "ConsoleData",
     "DeviceDetail",
     "DeviceOverview",
@@ -72,6 +73,24 @@ class DeviceOverview:
     row: DeviceRow
     status: DeviceStatus
     stale_after_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class AreaSummary:
+    """A site's area and how many of its devices are in each state."""
+
+    site: str
+    area: str
+    counts: dict[DeviceStatus, int]
+
+    @property
+    def worst(self) -> DeviceStatus:
+        """The most urgent state of any of its devices."""
+        return (
+            next(s for s in DeviceStatus if self.counts[s])
+            if any(self.counts.values())
+            else DeviceStatus.NORMAL
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,17 +141,25 @@ async def open_console_queries(storage: Storage) -> ConsoleQueries:
     return PgConsoleQueries(storage.pool)
 
 
-def bucket_series(rows: Sequence[BucketRow]) -> Series:
+def bucket_series(rows: Sequence[BucketRow], max_gap_us: int) -> Series:
     """Two points per bucket (its lowest and highest value) at the bucket's first and last reading.
 
     Which of the two comes first is chosen for the line's continuity (nearest to the
-    previous bucket's last value); both values are always kept.
+    previous bucket's last value); both values are always kept. A break goes between two
+    buckets whose readings are more than ``max_gap_us`` apart (within a bucket, a silence
+    is narrower than the chart can show).
     """
     ts: list[int] = []
     values: list[float] = []
     buffered: list[bool] = []
     previous: float | None = None
+    last_us: int | None = None
     for b in rows:
+        if last_us is not None and b.first_us - last_us > max_gap_us:
+            ts.append(last_us)
+            values.append(float("nan"))
+            buffered.append(False)
+        last_us = b.last_us
         if b.count == 1 or b.first_us == b.last_us:
             pairs = [(b.first_us, b.low)] if b.low == b.high else [(b.first_us, b.low), (b.first_us, b.high)]
         else:
@@ -210,15 +237,23 @@ class ConsoleData:
     # --- pages ----------------------------------------------------------------------
 
     async def overview(
-        self, now_us: int, *, site: str | None = None, area: str | None = None
+        self, now_us: int, *, site: str | None = None, area: str | None = None, with_values: bool = True
     ) -> list[DeviceOverview]:
         """Every device (of a site / area) with its state, newest values and time of last reading."""
         out = []
-        for row in await self.queries.devices(site, area):
+        for row in await self.queries.devices(site, area, with_values=with_values):
             stale = self.stale_after_s(row.device_id)
             status = device_status(row, now_us, int(stale * US), self.calibration_due)
             out.append(DeviceOverview(row, status, stale))
         return out
+
+    async def areas(self, now_us: int) -> list[AreaSummary]:
+        """Every site and area with how many of its devices are in each state (no values: fast)."""
+        summary: dict[tuple[str, str], dict[DeviceStatus, int]] = {}
+        for device in await self.overview(now_us, with_values=False):
+            counts = summary.setdefault((device.row.site, device.row.area), dict.fromkeys(DeviceStatus, 0))
+            counts[device.status] += 1
+        return [AreaSummary(site, area, counts) for (site, area), counts in summary.items()]
 
     async def alarm_list(
         self, where: AlarmFilter, *, after: AlarmCursor | None = None, limit: int = 50
@@ -269,7 +304,7 @@ class ConsoleData:
             device_id, metric, since_us, until_us, limit // 3, settled_us=settled
         )
         count = sum(b.count for b in rows)
-        series = mark_gaps(bucket_series(rows), max_gap_us)
+        series = bucket_series(rows, max_gap_us)
         return minmax(series, limit, start_us=since_us, end_us=until_us), count
 
     def _chart_metric(self, device: DeviceRow | AlarmRow, metric: str | None) -> str:

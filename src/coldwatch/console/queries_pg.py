@@ -108,12 +108,18 @@ class PgConsoleQueries:
         """Nothing of its own to release: the pool belongs to the storage."""
 
     async def devices(
-        self, site: str | None = None, area: str | None = None, device_id: str | None = None
+        self,
+        site: str | None = None,
+        area: str | None = None,
+        device_id: str | None = None,
+        *,
+        with_values: bool = True,
     ) -> list[DeviceRow]:
         """Every device (of a site / area, or one device), with open-alarm aggregates and newest values."""
         async with self.pool.acquire() as conn:
             values: dict[str, dict[str, float]] = {}
-            for owner, name, value in await conn.fetch(_LAST_VALUES, site, area, device_id):
+            newest = await conn.fetch(_LAST_VALUES, site, area, device_id) if with_values else []
+            for owner, name, value in newest:
                 values.setdefault(owner, {})[name] = float(value)
             rows = await conn.fetch(_DEVICES, site, area, device_id)
         return [

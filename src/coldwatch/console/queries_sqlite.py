@@ -103,10 +103,10 @@ def alarm_row(r: Any) -> AlarmRow:
 
 
 def _devices(
-    conn: sqlite3.Connection, site: str | None, area: str | None, device_id: str | None
+    conn: sqlite3.Connection, site: str | None, area: str | None, device_id: str | None, *, with_values: bool
 ) -> list[DeviceRow]:
     values: dict[str, dict[str, float]] = {}
-    for owner, name, value in conn.execute(_LAST_VALUES, (site, area, device_id)):
+    for owner, name, value in conn.execute(_LAST_VALUES, (site, area, device_id)) if with_values else ():
         values.setdefault(owner, {})[name] = float(value)
     rows = conn.execute(_DEVICES, (site, area, device_id)).fetchall()
     return [
@@ -204,10 +204,15 @@ class SqliteConsoleQueries:
             await builder.close()
 
     async def devices(
-        self, site: str | None = None, area: str | None = None, device_id: str | None = None
+        self,
+        site: str | None = None,
+        area: str | None = None,
+        device_id: str | None = None,
+        *,
+        with_values: bool = True,
     ) -> list[DeviceRow]:
         """Every device (of a site / area, or one device), with open-alarm aggregates and newest values."""
-        return await on_thread(self._conn, _devices, site, area, device_id)
+        return await on_thread(self._conn, _devices, site, area, device_id, with_values=with_values)
 
     async def alarm_page(self, where: AlarmFilter, after: AlarmCursor | None, limit: int) -> list[AlarmRow]:
         """Alarms of one phase (``after.closed``; open when no cursor), newest first, after ``after``."""
