@@ -183,7 +183,7 @@ class SqliteConsoleQueries:
     async def open(self) -> None:
         """Open a read-only connection (the database must exist)."""
         try:
-            self._db = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True)
+            self._db = await aiosqlite.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
             await self._db.execute("PRAGMA busy_timeout=5000")
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: cannot open for reading: {exc}") from exc
