@@ -196,6 +196,7 @@ class ConsoleData:
         self.max_points = max_points
         self.margin_s = margin_s
         self._rules: dict[object, list[RuleSpec]] = {}
+        self._stale_s: dict[str, float] = {}
 
     # --- rules and limits (from the configuration) --------------------------------
 
@@ -225,10 +226,13 @@ class ConsoleData:
 
     def stale_after_s(self, device_id: str) -> float:
         """How long a device may stay silent before it is stale: its device-wide comm-loss timeout."""
-        timeouts = [
-            s.timeout_s for s in self.rules(device_id) if isinstance(s, CommLossRule) and s.metric is None
-        ]
-        return min(timeouts) if timeouts else DEFAULT_STALE_S
+        found = self._stale_s.get(device_id)
+        if found is None:
+            timeouts = [
+                s.timeout_s for s in self.rules(device_id) if isinstance(s, CommLossRule) and s.metric is None
+            ]
+            found = self._stale_s[device_id] = min(timeouts) if timeouts else DEFAULT_STALE_S
+        return found
 
     def zone(self, site: str | None) -> ZoneInfo | None:
         """The site's time zone, when configured."""
@@ -251,7 +255,10 @@ class ConsoleData:
         """Every site and area with how many of its devices are in each state (no values: fast)."""
         summary: dict[tuple[str, str], dict[DeviceStatus, int]] = {}
         for device in await self.overview(now_us, with_values=False):
-            counts = summary.setdefault((device.row.site, device.row.area), dict.fromkeys(DeviceStatus, 0))
+            key = (device.row.site, device.row.area)
+            counts = summary.get(key)
+            if counts is None:
+                counts = summary[key] = dict.fromkeys(DeviceStatus, 0)
             counts[device.status] += 1
         return [AreaSummary(site, area, counts) for (site, area), counts in summary.items()]
 

@@ -17,7 +17,7 @@ from coldwatch.console.model import (
     TransitionRow,
 )
 from coldwatch.console.rollup import MINUTE_US, ROLLUP_FROM_SPAN_US, build_ranges
-from coldwatch.console.sql import ALARM_BY_ID, KIND_METRICS, OPEN_AGGREGATES, alarm_page_sql
+from coldwatch.console.sql import ALARM_BY_ID, KIND_METRICS, OPEN_AGGREGATES, alarm_page_sql, device_where
 
 __all__ = ["PgConsoleQueries"]
 
@@ -25,8 +25,7 @@ _DEVICES = f"""
     SELECT d.device_id, d.kind, d.site, d.area, d.grade, d.last_ts_us, d.last_received_us, d.online,
         coalesce(a.worst, 0), coalesce(a.open_n, 0), coalesce(a.unack_n, 0)
     FROM devices AS d LEFT JOIN ({OPEN_AGGREGATES}) AS a ON a.device_id = d.device_id
-    WHERE ($1::text IS NULL OR d.site = $1) AND ($2::text IS NULL OR d.area = $2)
-        AND ($3::text IS NULL OR d.device_id = $3)
+    WHERE TRUE{{where}}
     ORDER BY d.site, d.area, d.device_id
 """  # noqa: S608 - constant text
 # The newest values: one index lookup per device and metric of its kind (LATERAL: a hash
@@ -39,8 +38,7 @@ _LAST_VALUES = f"""
         SELECT x.value FROM readings AS x
         WHERE x.device = d.id AND x.metric = m.id AND x.ts_us = d.last_ts_us ORDER BY x.seq DESC LIMIT 1
     ) AS r
-    WHERE d.last_ts_us IS NOT NULL AND ($1::text IS NULL OR d.site = $1) AND ($2::text IS NULL OR d.area = $2)
-        AND ($3::text IS NULL OR d.device_id = $3)
+    WHERE d.last_ts_us IS NOT NULL{{where}}
 """  # noqa: S608 - constant text
 _SERIES_IDS = (
     "(SELECT id FROM devices WHERE device_id = $1) AND r.metric = (SELECT id FROM metrics WHERE name = $2)"
@@ -118,10 +116,11 @@ class PgConsoleQueries:
         """Every device (of a site / area, or one device), with open-alarm aggregates and newest values."""
         async with self.pool.acquire() as conn:
             values: dict[str, dict[str, float]] = {}
-            newest = await conn.fetch(_LAST_VALUES, site, area, device_id) if with_values else []
+            where, params = device_where(site, area, device_id, lambda n: f"${n}")
+            newest = await conn.fetch(_LAST_VALUES.format(where=where), *params) if with_values else []
             for owner, name, value in newest:
                 values.setdefault(owner, {})[name] = float(value)
-            rows = await conn.fetch(_DEVICES, site, area, device_id)
+            rows = await conn.fetch(_DEVICES.format(where=where), *params)
         return [
             DeviceRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], values.get(r[0], {}))
             for r in rows

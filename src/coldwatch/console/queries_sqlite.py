@@ -19,7 +19,7 @@ from coldwatch.console.model import (
     TransitionRow,
 )
 from coldwatch.console.rollup import MINUTE_US, ROLLUP_FROM_SPAN_US, build_ranges
-from coldwatch.console.sql import ALARM_BY_ID, KIND_METRICS, OPEN_AGGREGATES, alarm_page_sql
+from coldwatch.console.sql import ALARM_BY_ID, KIND_METRICS, OPEN_AGGREGATES, alarm_page_sql, device_where
 from coldwatch.errors import StorageError
 from coldwatch.storage.sqlite_thread import on_thread
 
@@ -29,7 +29,7 @@ _DEVICES = f"""
     SELECT d.device_id, d.kind, d.site, d.area, d.grade, d.last_ts_us, d.last_received_us, d.online,
         coalesce(a.worst, 0), coalesce(a.open_n, 0), coalesce(a.unack_n, 0)
     FROM devices AS d LEFT JOIN ({OPEN_AGGREGATES}) AS a ON a.device_id = d.device_id
-    WHERE (?1 IS NULL OR d.site = ?1) AND (?2 IS NULL OR d.area = ?2) AND (?3 IS NULL OR d.device_id = ?3)
+    WHERE TRUE{{where}}
     ORDER BY d.site, d.area, d.device_id
 """  # noqa: S608 - constant text
 # The newest values: one primary-key lookup per device and metric of its kind (CROSS JOIN
@@ -40,8 +40,7 @@ _LAST_VALUES = f"""
     FROM devices AS d CROSS JOIN km CROSS JOIN metrics AS m CROSS JOIN reading_rows AS r
     WHERE km.kind = d.kind AND m.name = km.name
         AND r.device = d.id AND r.metric = m.id AND r.ts_us = d.last_ts_us
-        AND d.last_ts_us IS NOT NULL AND (?1 IS NULL OR d.site = ?1) AND (?2 IS NULL OR d.area = ?2)
-        AND (?3 IS NULL OR d.device_id = ?3)
+        AND d.last_ts_us IS NOT NULL{{where}}
 """  # noqa: S608 - constant text
 _SERIES_IDS = (
     "(SELECT id FROM devices WHERE device_id = ?1) AND r.metric = (SELECT id FROM metrics WHERE name = ?2)"
@@ -106,9 +105,10 @@ def _devices(
     conn: sqlite3.Connection, site: str | None, area: str | None, device_id: str | None, *, with_values: bool
 ) -> list[DeviceRow]:
     values: dict[str, dict[str, float]] = {}
-    for owner, name, value in conn.execute(_LAST_VALUES, (site, area, device_id)) if with_values else ():
+    where, params = device_where(site, area, device_id, lambda _: "?")
+    for owner, name, value in conn.execute(_LAST_VALUES.format(where=where), params) if with_values else ():
         values.setdefault(owner, {})[name] = float(value)
-    rows = conn.execute(_DEVICES, (site, area, device_id)).fetchall()
+    rows = conn.execute(_DEVICES.format(where=where), params).fetchall()
     return [
         DeviceRow(
             r[0],

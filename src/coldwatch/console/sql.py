@@ -16,6 +16,7 @@ __all__ = [
     "KIND_METRICS",
     "OPEN_AGGREGATES",
     "alarm_page_sql",
+    "device_where",
 ]
 
 # Appended to both backends' migrations: the alarm list's keyset order (open first, then
@@ -53,6 +54,20 @@ OPEN_AGGREGATES: Final = """
 KIND_METRICS: Final = "VALUES " + ", ".join(
     f"('{kind.value}', '{name}')" for kind, specs in KINDS.items() for name, spec in specs.items()
 )
+
+
+def device_where(
+    site: str | None, area: str | None, device_id: str | None, mark: Callable[[int], str]
+) -> tuple[str, list[object]]:
+    """``AND``-clauses on the devices alias ``d`` for the filters given, and their parameters.
+
+    Only the filters given appear: a prepared statement's generic plan (PostgreSQL uses
+    one after five runs) stays the right plan for each combination.
+    """
+    given = [(column, value) for column, value in (("site", site), ("area", area), ("device_id", device_id))
+             if value is not None]  # fmt: skip
+    text = "".join(f" AND d.{column} = {mark(n)}" for n, (column, _) in enumerate(given, start=1))
+    return text, [value for _, value in given]
 
 
 def alarm_page_sql(
