@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -31,6 +32,7 @@ from coldwatch.rules.lifecycle import Alarm, AlarmState, Transition
 from coldwatch.rules.model import AlarmKey, Severity
 from coldwatch.storage import Batch, DeviceState, SeqGap, Storage, open_storage
 from coldwatch.storage.postgres import PostgresStorage
+from coldwatch.storage.sqlite import MIGRATIONS, SqliteStorage
 from tests.conftest import Backend
 
 US = 1_000_000
@@ -503,3 +505,34 @@ async def test_long_charts_read_the_minute_rollup_and_late_readings_rebuild_it(
         assert backend.query("SELECT count(*) FROM chart_rollup_dirty")[0][0] == 0
     finally:
         await queries.close()
+
+
+async def test_an_existing_sqlite_database_upgrades_to_the_console_schema(tmp_path: Path) -> None:
+    """A database made before the console's migration upgrades in place and its alarms list open-first."""
+    mine = next(i for i, script in enumerate(MIGRATIONS) if "chart_rollup" in script)
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        for version, script in enumerate(MIGRATIONS[:mine], start=1):
+            db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={version};\nCOMMIT;")
+        db.execute(
+            "INSERT INTO alarms(id, device_id, metric, rule, severity, state, raised_ts_us, "
+            "raised_received_us, late, detail) VALUES "
+            "(1, 'inc-0', 'temp_c', 'high', 'action', 'closed', 10, 10, 0, ''), "
+            "(2, 'inc-0', 'temp_c', 'low', 'alert', 'active_unacknowledged', 5, 5, 0, '')"
+        )
+    store = SqliteStorage(path)
+    await store.open()
+    try:
+        await store.register_devices(DEVICES)
+        queries = await open_console_queries(store)
+        try:
+            page = await ConsoleData(queries, config()).alarm_list(AlarmFilter())
+        finally:
+            await queries.close()
+    finally:
+        await store.close()
+    assert [r.id for r in page.rows] == [2, 1]  # open first, though raised earlier
+    with sqlite3.connect(path) as db:
+        names = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert {"alarms_open_first", "alarms_device_open_first", "chart_rollup", "chart_rollup_dirty"} <= names
