@@ -395,9 +395,18 @@ async def test_device_detail_range_gaps_comm_losses_and_rules(storage: Storage) 
         data = ConsoleData(queries, config())
         detail = await data.device_detail("ln2-1", T0, T0 + 3 * 3600 * US, now_us=NOW)
         missing = await data.device_detail("nobody", T0, T0 + US, now_us=NOW)
+        loss_detail = await data.alarm_detail(9, NOW, margin_s=600)
     finally:
         await queries.close()
     assert missing is None
+    # A comm-loss alarm (metric "device") charts the device's first metric, showing the silence.
+    assert loss_detail is not None
+    assert loss_detail.chart.metric == "temp_c"
+    # Its window starts inside the silence: shaded from the window's start to the first reading.
+    assert list(loss_detail.chart.gaps) == [(loss_detail.chart.start_us, T0 + 321 * 10 * US)]
+    # The device's range: the silence, and the time after its last reading up to the range's end.
+    assert detail is not None
+    assert list(detail.chart.gaps) == [(T0 + 2000 * US, T0 + 3210 * US), (T0 + 6000 * US, T0 + 3 * 3600 * US)]
     assert detail is not None
     chart = detail.chart
     assert chart.metric == "temp_c"

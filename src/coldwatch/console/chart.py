@@ -94,7 +94,7 @@ class Chart:
     zone: ZoneInfo | None = None  # the site's time zone (a second row of time labels)
     unit: str | None = None  # default: from the metric name
     readings: int | None = None  # how many readings the series stands for (before downsampling)
-    gaps: Sequence[tuple[int, int]] = field(default=())  # extra gaps (default: the series' breaks)
+    gaps: Sequence[tuple[int, int]] = field(default=())  # the gaps to shade (default: the series' breaks)
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,7 @@ __all__ = [
     "DeviceDetail",
     "DeviceOverview",
     "RuleInForce",
+    "edge_gaps",
     "open_console_queries",
 ]
 
@@ -173,6 +174,23 @@ def bucket_series(rows: Sequence[BucketRow], max_gap_us: int) -> Series:
             buffered.append(b.buffered > 0)
         previous = pairs[-1][1]
     return Series.of(ts, values, buffered)
+
+
+def edge_gaps(series: Series, since_us: int, until_us: int, max_gap_us: int) -> list[tuple[int, int]]:
+    """The series' gaps, with silences at the start and end of [since, until) (until: at most now).
+
+    A comm loss that began before the chart's range shows as a gap from the range's start.
+    """
+    real = series.ts_us[~np.isnan(series.values)]
+    if real.size == 0:
+        return [(since_us, until_us)] if until_us > since_us else []
+    gaps = series.gaps()
+    first, last = int(real[0]), int(real[-1])
+    if first - since_us > max_gap_us:
+        gaps.insert(0, (since_us, first))
+    if until_us - last > max_gap_us:
+        gaps.append((last, until_us))
+    return gaps
 
 
 class ConsoleData:
@@ -345,6 +363,7 @@ class ConsoleData:
             alarms=[AlarmSpan(alarm.raised_ts_us, alarm.cleared_ts_us, alarm.severity, label)],
             zone=self.zone(alarm.site),
             readings=count,
+            gaps=edge_gaps(series, since, min(until, now_us), max_gap),
         )
         transitions = await self.queries.transitions(alarm_id)
         notifications = await self.queries.notifications(alarm_id)
@@ -390,15 +409,8 @@ class ConsoleData:
             alarms=spans,
             zone=self.zone(device.site),
             readings=count,
+            gaps=edge_gaps(series, since_us, min(until_us, now_us), max_gap),
         )
         rules = [RuleInForce(spec, _limits_of(spec)) for spec in self.rules(device_id)]
         gaps = await self.queries.gaps(device_id, since_us, until_us)
         return DeviceDetail(device, chart, rules, alarms, gaps, losses)
-
-
-def readings_summary(series: Series) -> dict[str, float | None]:
-    """Lowest, highest and last value of a series (NaN breaks ignored), for page captions."""
-    real = series.values[~np.isnan(series.values)]
-    if real.size == 0:
-        return {"min": None, "max": None, "last": None}
-    return {"min": float(real.min()), "max": float(real.max()), "last": float(real[-1])}
