@@ -69,3 +69,22 @@ def test_engine_benchmark_runs_and_measures_retained_history() -> None:
     )  # fmt: skip
     assert memory.returncode == 0, memory.stdout + memory.stderr
     assert "bytes per retained reading" in memory.stdout
+
+
+def test_console_pages_benchmark_runs_on_both_backends(tmp_path: Path) -> None:
+    """A small console benchmark times every page's data on SQLite and PostgreSQL, within the point bound."""
+    out = tmp_path / "console.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "console_pages.py"), "--devices", "300", "--alarms", "3000",
+         "--days", "2.5", "--repeat", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(out.read_text())
+    for backend in ("sqlite", "postgresql"):
+        pages = result[backend]["pages_ms"]
+        assert any(page.startswith("overview") for page in pages)
+        assert any("first view" in page for page in pages)  # 2.5 days: the minute rollup is used
+        assert all(ms > 0 for ms in pages.values())
+        assert all(0 < points <= 2000 for points in result[backend]["points"].values())
+    assert "within the 200 ms target" in done.stdout or "OVER the 200 ms target" in done.stdout

@@ -28,6 +28,8 @@ from coldwatch.audit import AuditDraft, AuditEntry, VerifyResult
 from coldwatch.audit_seal import AuditEvidence, AuditHead
 from coldwatch.catalogue import KINDS
 from coldwatch.config import DeviceConfig, redact
+from coldwatch.console.rollup import ROLLUP_SCHEMA, late_minutes
+from coldwatch.console.sql import CONSOLE_INDEXES
 from coldwatch.errors import StorageError
 from coldwatch.notify.model import AlarmFacts, Channel, OutboxItem, order_key_of
 from coldwatch.notify.outbox import (
@@ -220,6 +222,8 @@ MIGRATIONS_PG: Final[tuple[str, ...]] = (
     ) AS o WHERE q.id = o.id;
     CREATE INDEX quarantine_by_offset ON quarantine(kept_from);
     """,
+    # The console: the alarm list's order (open first, then newest first) and chart rollups.
+    CONSOLE_INDEXES + ROLLUP_SCHEMA.format(rowid=""),
 )
 
 _PLAIN_READINGS: Final = """
@@ -552,6 +556,11 @@ class PostgresStorage(RowIds):
                 if self.fence is not None:
                     await self._check_fence(conn, self.fence)
                 stored, duplicates = await self._store_readings(conn, rows)
+                late = late_minutes(batch.readings, self._device_rowid, self._metric_rowid)
+                if late:  # minutes a chart rollup may hold already: rebuilt before their next use
+                    await conn.executemany(
+                        "INSERT INTO chart_rollup_dirty VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", late
+                    )
                 if batch.rejections:
                     await self._quarantine(conn, batch.rejections)
                 await self._write_gaps(conn, batch)

@@ -21,6 +21,8 @@ from coldwatch.audit import AuditDraft, AuditEntry, VerifyResult
 from coldwatch.audit_seal import AuditEvidence, AuditHead
 from coldwatch.catalogue import KINDS
 from coldwatch.config import DeviceConfig
+from coldwatch.console.rollup import ROLLUP_SCHEMA, late_minutes
+from coldwatch.console.sql import CONSOLE_INDEXES
 from coldwatch.errors import StorageError
 from coldwatch.notify.outbox import OUTBOX_DEAD_LETTER_SCHEMA, OUTBOX_SCHEMA, enqueue_sync
 from coldwatch.rules.lifecycle import Alarm, Transition
@@ -194,6 +196,8 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ) AS o WHERE quarantine.id = o.id;
     CREATE INDEX quarantine_by_offset ON quarantine(kept_from);
     """,
+    # The console: the alarm list's order (open first, then newest first) and chart rollups.
+    CONSOLE_INDEXES + ROLLUP_SCHEMA.format(rowid=" WITHOUT ROWID"),
 )
 
 log = logging.getLogger(__name__)
@@ -458,6 +462,9 @@ class SqliteStorage(RowIds):
     def _write(self, conn: sqlite3.Connection, batch: Batch) -> BatchResult:
         """Everything a batch carries (in the caller's transaction, on the connection's thread)."""
         stored, duplicates = self._store_readings(conn, batch)
+        late = late_minutes(batch.readings, self._device_rowid, self._metric_rowid)
+        if late:  # minutes a chart rollup may hold already: rebuilt before their next use
+            conn.executemany("INSERT OR IGNORE INTO chart_rollup_dirty VALUES (?, ?, ?)", late)
         if batch.rejections:
             self._quarantine(conn, batch.rejections)
         if batch.gaps:
