@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import pytest
 
 from coldwatch.broker import RunningBroker
 from coldwatch.export import format_ts
-from tests.conftest import Backend, db_query, raise_comm_loss, running_daemon
-from tests.test_api_robust import auth, config_for
+from tests.conftest import Backend, db_query, raise_comm_loss, running_daemon, silent_incubator_config
+from tests.test_api_robust import api_section, auth, config_for
 
 
 async def test_a_shelve_records_its_end_and_an_unshelve_needs_a_shelve(
@@ -73,3 +75,24 @@ async def test_an_unknown_state_or_severity_filter_is_refused(
         )
         assert found.status_code == 200, found.text
         assert [a["id"] for a in found.json()] == [1]
+
+
+async def test_a_user_without_a_token_is_named_at_start(
+    broker: RunningBroker, prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A configured API user with neither a token hash nor a token variable is warned about at start-up."""
+    api = api_section()
+    api["users"]["qa.reader"] = {"role": "viewer"}  # type: ignore[index]
+    config = silent_incubator_config(
+        tmp_path / "c.yaml", broker=broker, prefix=prefix, api=api, database=str(tmp_path / "c.db")
+    )
+    with caplog.at_level(logging.WARNING, logger="coldwatch.api"):
+        async with running_daemon(config):
+            pass
+    named = [r.getMessage() for r in caplog.records if "qa.reader" in r.getMessage()]
+    expected = (
+        "api user 'qa.reader' has no token (neither token_sha256 nor COLDWATCH_TOKEN_QA_READER):"
+        " it cannot log in"
+    )
+    assert named == [expected]
+    assert not [r for r in caplog.records if "'olga'" in r.getMessage()]

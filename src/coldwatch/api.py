@@ -7,6 +7,7 @@ the daemon's single writer, in order with the readings.
 
 # No "from __future__ import annotations": FastAPI must see the local dependency aliases.
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
@@ -16,7 +17,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, sta
 from pydantic import BaseModel, ConfigDict
 
 from coldwatch.api_input import ID_MAX, ReasonText, Text, UtcTime, to_us
-from coldwatch.auth import Authenticator, User
+from coldwatch.auth import Authenticator, User, token_env_name
 from coldwatch.config import Config
 from coldwatch.export import format_ts
 from coldwatch.pipeline import UserAction
@@ -24,6 +25,8 @@ from coldwatch.rules.lifecycle import Alarm, AlarmState, LifecycleError, Transit
 from coldwatch.storage.base import DeviceState, Storage
 
 __all__ = ["ApiContext", "build_router"]
+
+log = logging.getLogger(__name__)
 
 
 class ReasonBody(BaseModel):
@@ -110,6 +113,12 @@ AlarmId = Annotated[int, Path(ge=1, le=ID_MAX, description="an alarm id (1 to 2*
 def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901 - one closure per endpoint
     """The /api/v1 routes."""
     router = APIRouter(prefix="/api/v1")
+    for name in ctx.authenticator.without_token:
+        log.warning(
+            "api user %r has no token (neither token_sha256 nor %s): it cannot log in",
+            name,
+            token_env_name(name),
+        )
 
     def authenticated(request: Request) -> User:
         header = request.headers.get("authorization", "")
