@@ -899,3 +899,30 @@ def test_a_signing_key_from_the_environment_is_used_and_never_shown(tmp_path: Pa
         assert seed not in shown
         assert pem.splitlines()[1] not in shown
     assert not (tmp_path / "c.db.audit-key").exists(), "no key file is made when the key is configured"
+
+
+def test_check_trail_verified_with_only_the_rotated_in_key_says_to_give_the_first_key() -> None:
+    """A trail checked with only the key rotated in later says to give its first key, not only "forged"."""
+    old, new = new_signer(), new_signer()
+    rotation = rotation_draft(old, new, T0, "qa.lead", "yearly rotation")
+    entries, seals = sealed_trail([[draft(1)], [rotation], [draft(3)]], [old, old, new])
+    report = check_trail(entries, seals, high_water=3, trusted=trusting(new))
+    assert (report.ok, report.first_bad_seq) == (False, 1)
+    assert "give that public key with --public-key" in str(report.problem)
+    entries, seals = sealed_trail([[draft(1)], [rotation], [draft(3)]], [old, old, new_signer()])
+    forged = check_trail(entries, seals, high_water=3, trusted=trusting(old))
+    assert (forged.ok, forged.first_bad_seq) == (False, 3)
+    assert "give that public key" not in str(forged.problem), forged.describe()
+
+
+def test_a_failed_check_says_that_the_anchors_were_not_all_checked() -> None:
+    """A count of 0 anchors after a failure is not read as "no anchors": the report says checking stopped."""
+    key = new_signer()
+    entries, seals = sealed_trail(batches(2, 1), [key, None])
+    anchor = key.anchor(1, 2, entries[1].hash, T0)
+    failed = check_trail(entries, seals, high_water=3, trusted=trusting(key), anchors=[anchor])
+    assert not failed.ok
+    assert "anchors checked: 0 (checking stops at the first problem)" in failed.describe()
+    intact = check_trail(entries[:2], seals, high_water=2, trusted=trusting(key), anchors=[anchor])
+    assert intact.ok, intact.describe()
+    assert "anchors checked: 1\n" in intact.describe() + "\n"

@@ -399,3 +399,14 @@ def test_load_restores_open_alarms_and_the_next_id() -> None:
     step = only(book.apply([raised(200, key=OTHER)], s(201)))
     assert step.alarm.id == 9
     assert only(book.apply([cleared(300)], s(301))).alarm.state is CLOSED
+
+
+def test_unshelving_an_alarm_that_is_not_shelved_is_refused() -> None:
+    """Unshelve needs a shelve to end: on a never-shelved or already unshelved alarm it is refused."""
+    book, alarm = book_with_raised()
+    with pytest.raises(LifecycleError, match=f"alarm {alarm.id} is not shelved"):
+        book.unshelve(alarm.id, "dave", "nothing to end", s(150))
+    book.shelve(alarm.id, "carol", "planned defrost", s(1000), s(200))
+    book.unshelve(alarm.id, "dave", "defrost finished", s(500))
+    with pytest.raises(LifecycleError, match="is not shelved"):
+        book.unshelve(alarm.id, "dave", "again", s(510))

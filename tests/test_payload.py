@@ -530,3 +530,13 @@ def test_duplicate_keys_are_always_found(written: tuple[bytes, list[str], list[s
     else:
         assert isinstance(decoded, Telemetry), (payload, decoded)
         assert [name for name, _ in decoded.values] == names
+
+
+def test_invalid_utf8_detail_names_the_offending_byte() -> None:
+    """A payload that is not UTF-8 is rejected with the position and value of its first bad byte."""
+    decoded = decode(INC_TELEMETRY, b'{"ts": "2024\x92"}', NOW_US, DEVICES)
+    assert isinstance(decoded, Rejection)
+    assert (decoded.reason, decoded.detail) == (
+        Reason.INVALID_UTF8,
+        "not UTF-8: byte 12 (0x92): invalid start byte",
+    )

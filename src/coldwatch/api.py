@@ -7,23 +7,26 @@ the daemon's single writer, in order with the readings.
 
 # No "from __future__ import annotations": FastAPI must see the local dependency aliases.
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from pydantic import BaseModel, ConfigDict
 
 from coldwatch.api_input import ID_MAX, ReasonText, Text, UtcTime, to_us
-from coldwatch.auth import Authenticator, User
+from coldwatch.auth import Authenticator, User, token_env_name
 from coldwatch.config import Config
 from coldwatch.export import format_ts
 from coldwatch.pipeline import UserAction
-from coldwatch.rules.lifecycle import Alarm, LifecycleError, Transition
+from coldwatch.rules.lifecycle import Alarm, AlarmState, LifecycleError, Transition
 from coldwatch.storage.base import DeviceState, Storage
 
 __all__ = ["ApiContext", "build_router"]
+
+log = logging.getLogger(__name__)
 
 
 class ReasonBody(BaseModel):
@@ -110,6 +113,12 @@ AlarmId = Annotated[int, Path(ge=1, le=ID_MAX, description="an alarm id (1 to 2*
 def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901 - one closure per endpoint
     """The /api/v1 routes."""
     router = APIRouter(prefix="/api/v1")
+    for name in ctx.authenticator.without_token:
+        log.warning(
+            "api user %r has no token (neither token_sha256 nor %s): it cannot log in",
+            name,
+            token_env_name(name),
+        )
 
     def authenticated(request: Request) -> User:
         header = request.headers.get("authorization", "")
@@ -134,10 +143,10 @@ def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901 - one closure per 
     @router.get("/alarms")
     async def list_alarms(  # noqa: PLR0917 - one query parameter per filter
         _: Viewer,
-        state: Text | None = None,
+        state: AlarmState | None = None,  # a misspelt state is a 422, not an empty list
         device: Text | None = None,
         site: Text | None = None,
-        severity: Text | None = None,
+        severity: Literal["alert", "action"] | None = None,
         since: UtcTime | None = None,
         until: UtcTime | None = None,
         open_only: Annotated[bool, Query(alias="open")] = False,
@@ -149,7 +158,7 @@ def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901 - one closure per 
             device_id=device,
             site=site,
             severity=severity,
-            state=state,
+            state=None if state is None else state.value,
             since_us=_us(since),
             until_us=_us(until),
             limit=limit,

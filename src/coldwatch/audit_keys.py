@@ -238,7 +238,7 @@ async def start_up_checks(storage: Storage, signer: Signer, now_us: int) -> list
     restored = await storage.restore_audit_guards()
     if restored:
         names = ", ".join(restored)
-        log.error("audit trail: append-only guards missing or altered, restored: %s", names)
+        log.error("audit trail: append-only guards missing, altered or joined by others, restored: %s", names)
         drafts.append(
             AuditDraft(
                 at_us=now_us,

@@ -245,7 +245,9 @@ class TrailReport:
                     else ""
                 )
             )
-        lines.append(f"anchors checked: {self.anchors}")
+        lines.append(
+            f"anchors checked: {self.anchors}" + ("" if self.ok else " (checking stops at the first problem)")
+        )
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -277,7 +279,13 @@ class _Walk:
             self.current = kid
             self.known[kid] = self.trusted[kid]
             return self.known[kid]
-        return f"it is signed by {kid}, a key neither given as trusted nor named by a rotation entry"
+        hint = (
+            " (a trail whose key was since rotated or replaced verifies from its first key:"
+            " give that public key with --public-key)"
+            if self.current is None
+            else ""
+        )
+        return f"it is signed by {kid}, a key neither given as trusted nor named by a rotation entry{hint}"
 
 
 def check_trail(  # noqa: C901, PLR0911, PLR0912 - one walk, each branch one finding

@@ -43,11 +43,14 @@ class Authenticator:
 
     def __init__(self, config: ApiConfig, environ: Mapping[str, str]) -> None:
         self._by_digest: dict[str, User] = {}
+        self.without_token: list[str] = []  # configured users who cannot log in
         for name, user in config.users.items():
             digests = [user.token_sha256] if user.token_sha256 else []
             plain = environ.get(token_env_name(name))
             if plain:
                 digests.append(_digest(plain))
+            if not digests:
+                self.without_token.append(name)
             for digest in digests:
                 self._by_digest[digest] = User(name, user.role, user.full_name or name)
 

@@ -29,6 +29,8 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not verbose:  # one line per HTTP request (the console's commands, webhooks) is noise
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _parse_time(text: str) -> int:

@@ -41,6 +41,8 @@ def call(url: str, method: str, path: str, body: dict[str, Any] | None = None) -
         response = httpx.request(
             method, url + path, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30
         )
+    except UnicodeEncodeError as exc:  # a lone surrogate (bytes that were not UTF-8 on the command line)
+        raise ApiClientError(0, f"the request holds text that is not valid UTF-8 ({exc.reason})") from None
     except httpx.HTTPError as exc:
         raise ApiClientError(0, f"cannot reach the daemon at {url}: {exc}") from exc
     if response.status_code >= 400:
@@ -48,5 +50,19 @@ def call(url: str, method: str, path: str, body: dict[str, Any] | None = None) -
             detail = response.json().get("detail", response.text)
         except ValueError:
             detail = response.text
-        raise ApiClientError(response.status_code, str(detail))
+        raise ApiClientError(response.status_code, _readable(detail))
     return response.json()
+
+
+def _readable(detail: object) -> str:
+    """A refusal for a person: a validation error list as ``where: what``, one per problem."""
+    if not isinstance(detail, list):
+        return str(detail)
+    problems = []
+    for item in detail:
+        if isinstance(item, dict) and isinstance(item.get("loc"), list) and "msg" in item:
+            where = " ".join(str(part) for part in item["loc"] if part not in {"body", "path", "query"})
+            problems.append(f"{where or 'request'}: {item['msg']}")
+        else:
+            problems.append(str(item))
+    return "; ".join(problems)

@@ -98,7 +98,7 @@ class _PerDeviceCollector(Collector):
             ),
             (
                 "coldwatch_seq_missing_readings",
-                "Readings missing from a device's sequence (lost before reaching the collector)",
+                "Readings missing from a device's sequence (lost upstream, or rejected: see the quarantine)",
                 data.seq_missing,
                 True,
             ),

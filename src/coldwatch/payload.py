@@ -173,10 +173,19 @@ def _loads(payload: bytes) -> Any:
     except orjson.JSONDecodeError as exc:
         message = str(exc)
         if "UTF-8" in message:
-            raise _Reject(Reason.INVALID_UTF8, message) from None
+            raise _Reject(Reason.INVALID_UTF8, _utf8_problem(payload, message)) from None
         if "infinity" in message or _has_non_finite_literal(payload):
             raise _Reject(Reason.NON_FINITE, "NaN or infinity is not a valid reading") from None
         raise _Reject(Reason.INVALID_JSON, message) from None
+
+
+def _utf8_problem(payload: bytes, fallback: str) -> str:
+    """Where ``payload`` stops being UTF-8, by byte (the parser's own words speak of str and surrogates)."""
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8: byte {exc.start} (0x{payload[exc.start]:02x}): {exc.reason}"
+    return fallback  # valid UTF-8 bytes, refused for a lone surrogate written as \ud800-style escape
 
 
 def _has_non_finite_literal(payload: bytes) -> bool:

@@ -91,10 +91,19 @@ class _Judged(NamedTuple):
 def audit_draft(transition: Transition) -> AuditDraft:
     """The audit trail entry of one alarm transition (system or user)."""
     alarm = transition.alarm
-    facts = (
-        f"{alarm.key.rule} on {alarm.key.device_id}/{alarm.key.metric}: value {alarm.value} "
-        f"limit {alarm.limit} at {format_ts(transition.ts_us)} (device time)"
+    measured = "".join(
+        f"{name} {number} "
+        for name, number in (("value", alarm.value), ("limit", alarm.limit))
+        if number is not None
     )
+    facts = (
+        f"{alarm.key.rule} on {alarm.key.device_id}/{alarm.key.metric}: {measured}"
+        f"at {format_ts(transition.ts_us)} (device time)"
+    )
+    new_value = f"{alarm.state.value} {alarm.severity.label}" + (" late" if alarm.late else "")
+    if transition.event == "shelved" and alarm.shelved_until_us is not None:
+        # The shelve's end is what the user chose: the trail must say until when.
+        new_value += f", shelved until {format_ts(alarm.shelved_until_us)}"
     return AuditDraft(
         at_us=transition.received_us,
         actor=transition.actor,
@@ -102,7 +111,7 @@ def audit_draft(transition: Transition) -> AuditDraft:
         object_type="alarm",
         object_id=str(alarm.id),
         old_value=transition.from_state.value if transition.from_state else None,
-        new_value=f"{alarm.state.value} {alarm.severity.label}" + (" late" if alarm.late else ""),
+        new_value=new_value,
         reason=transition.reason or facts,
     )
 

@@ -234,8 +234,10 @@ class AlarmBook:
         return Transition(new, "shelved", now_us, now_us, alarm.state, actor, reason)
 
     def unshelve(self, alarm_id: int, actor: str, reason: str, now_us: int) -> Transition:
-        """End a shelve early."""
+        """End a shelve early (refused when the alarm is not shelved: nothing to record)."""
         alarm = self._user_target(alarm_id, actor, reason)
+        if alarm.shelved_until_us is None:
+            raise LifecycleError(f"alarm {alarm_id} is not shelved")
         new = replace(alarm, shelved_until_us=None, shelved_by=None)
         self._store(new)
         return Transition(new, "unshelved", now_us, now_us, alarm.state, actor, reason)

@@ -148,6 +148,10 @@ _GUARDS_NOW: Final = (
     "FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_proc p ON p.oid = t.tgfoid "
     "WHERE NOT t.tgisinternal AND t.tgrelid IN ('audit_log'::regclass, 'audit_seals'::regclass)"
 )
+_RULES_NOW: Final = (
+    "SELECT r.rulename, c.relname FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class "
+    "WHERE r.ev_class IN ('audit_log'::regclass, 'audit_seals'::regclass)"
+)
 _INSERT_SEAL: Final = "INSERT INTO audit_seals(seq, from_seq, key_id, signature) VALUES ($1, $2, $3, $4)"
 _ORIGIN: Final = "SELECT from_seq FROM audit_seals ORDER BY seq LIMIT 1"
 _HEAD: Final = (
@@ -224,6 +228,10 @@ def _normal(text: str) -> str:
     return " ".join(text.split())
 
 
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 async def guard_problems(conn: PgConnection) -> list[str]:
     """The append-only guards that are missing, disabled or differ from their definition."""
     found = {r[0]: r for r in await conn.fetch(_GUARDS_NOW)}
@@ -241,12 +249,30 @@ async def guard_problems(conn: PgConnection) -> list[str]:
             or _normal(row[5]) != _normal(_FUNCTIONS[function])
         ):
             problems.append(f"{name} altered")
+    problems.extend(f"{name} foreign (a {what} on {table})" for what, name, table in await _foreign(conn))
     return problems
+
+
+async def _foreign(conn: PgConnection) -> list[tuple[str, str, str]]:
+    """Triggers and rules on the trail's tables that are not guards, as (kind, name, table).
+
+    One of them can make the trail's inserts vanish (a trigger returning NULL, a rule
+    ``DO INSTEAD NOTHING``) while every guard is in place: each is a problem, and removed
+    at start-up.
+    """
+    found = [
+        ("trigger", str(r[0]), str(r[1])) for r in await conn.fetch(_GUARDS_NOW) if r[0] not in _TRIGGERS
+    ]
+    rules = await conn.fetch(_RULES_NOW)
+    return sorted([*found, *(("rule", str(r[0]), str(r[1])) for r in rules)])
 
 
 async def restore_guards(conn: PgConnection) -> list[str]:
     """Recreate the guards that are missing, disabled or altered (in the caller's transaction)."""
     restored = []
+    for what, name, table in await _foreign(conn):
+        await conn.execute(f"DROP {what.upper()} {_quoted(name)} ON {_quoted(table)}")
+        restored.append(f"{name} (foreign {what}, removed)")
     for problem in await guard_problems(conn):
         name = problem.split()[0]
         statement, table, function = _TRIGGERS[name]

@@ -240,8 +240,21 @@ def _normal(sql: str) -> str:
     return " ".join(sql.rstrip().rstrip(";").split())
 
 
+def _foreign_triggers_sync(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    """Triggers on the trail's tables that are not guards, as (name, table).
+
+    One of them can make the trail's inserts vanish (``RAISE(IGNORE)``) while every guard
+    is in place: each is a problem, and removed at start-up.
+    """
+    rows = conn.execute(
+        "SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger'"
+        " AND lower(tbl_name) IN ('audit_log', 'audit_seals') ORDER BY name"
+    ).fetchall()
+    return [(str(name), str(table)) for name, table in rows if name not in GUARDS]
+
+
 def guard_problems_sync(conn: sqlite3.Connection) -> list[str]:
-    """The append-only guards that are missing or differ from their definition."""
+    """The append-only guards that are missing or differ from their definition, and foreign triggers."""
     stored = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").fetchall())
     problems = []
     for name, sql in GUARDS.items():
@@ -249,12 +262,16 @@ def guard_problems_sync(conn: sqlite3.Connection) -> list[str]:
             problems.append(f"{name} missing")
         elif _normal(stored[name]) != _normal(sql):
             problems.append(f"{name} altered")
+    problems.extend(f"{name} foreign (a trigger on {table})" for name, table in _foreign_triggers_sync(conn))
     return problems
 
 
 def restore_guards_sync(conn: sqlite3.Connection) -> list[str]:
-    """Recreate the guards that are missing or altered (in the caller's transaction); their names."""
+    """Recreate missing or altered guards, drop foreign triggers (caller's transaction); their names."""
     restored = []
+    for name, _ in _foreign_triggers_sync(conn):
+        conn.execute(f'DROP TRIGGER "{name.replace(chr(34), chr(34) * 2)}"')
+        restored.append(f"{name} (foreign, removed)")
     for problem in guard_problems_sync(conn):
         name = problem.split()[0]
         conn.execute(f'DROP TRIGGER IF EXISTS "{name}"')
