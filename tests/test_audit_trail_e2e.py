@@ -416,6 +416,30 @@ async def test_verify_finds_every_kind_of_tampering_by_a_writer_without_the_key(
         assert "append-only guards: all in place" in result.stdout
 
 
+async def test_a_collector_keeps_monitoring_on_a_trail_whose_last_row_was_cut_under_its_seal(
+    audited: Path, backend: Backend, broker: RunningBroker
+) -> None:
+    """Rows cut from the end, the high-water mark wound back and their seal left: the collector
+    still starts and appends (no seq issued twice), and verify still reports the deletion."""
+    key = export_public_key(audited)
+    entries = stored_entries(backend)
+    last = entries[-1].seq
+    attack(
+        backend.location,
+        *guards_off(backend),
+        f"DELETE FROM audit_log WHERE seq = {last}",
+        high_water_sql(backend, last - 1),
+        *guards_on(backend),
+    )
+    async with running_daemon(load_config(audited, environ={})):
+        pass
+    after = stored_entries(backend)
+    assert after[-1].seq > last  # the restart's own entries were appended after the cut
+    result = coldwatch(audited, "audit", "verify", "--public-key", str(key))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert verdict(result)[0] == "deleted", result.stdout
+
+
 async def test_verify_reports_dropped_guards_and_the_collector_restores_them(
     audited: Path, backend: Backend, broker: RunningBroker
 ) -> None:

@@ -178,7 +178,10 @@ async def last_link(conn: PgConnection) -> tuple[int, str]:
     """The seq the next entry gets and the hash it chains to (genesis when empty)."""
     row = await conn.fetchrow("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
     last_seq, last_hash = (int(row[0]), str(row[1])) if row else (FIRST_SEQ - 1, GENESIS_HASH)
-    return max(last_seq, await _high_water(conn)) + 1, last_hash
+    # A signature left behind by entries deleted from the end holds its seq: never issued
+    # again (every later append would fail, stopping the monitoring); verify reports the gap.
+    sealed_seq = int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM audit_seals"))
+    return max(last_seq, await _high_water(conn), sealed_seq) + 1, last_hash
 
 
 async def append(conn: PgConnection, drafts: Iterable[AuditDraft]) -> None:

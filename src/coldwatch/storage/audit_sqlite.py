@@ -151,7 +151,12 @@ def last_link_sync(conn: sqlite3.Connection) -> tuple[int, str]:
     """
     row = conn.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
     last_seq, last_hash = (int(row[0]), str(row[1])) if row else (FIRST_SEQ - 1, GENESIS_HASH)
-    return max(last_seq, _high_water_sync(conn)) + 1, last_hash
+    # A signature left behind by entries deleted from the end (high-water mark wound back)
+    # still holds its seq: issuing that seq again would make every later append fail, and
+    # a damaged trail must never stop the monitoring. The deletion stays for verify to report.
+    sealed = conn.execute("SELECT max(seq) FROM audit_seals").fetchone()
+    sealed_seq = int(sealed[0]) if sealed and sealed[0] is not None else 0
+    return max(last_seq, _high_water_sync(conn), sealed_seq) + 1, last_hash
 
 
 async def append(
