@@ -56,6 +56,7 @@ from coldwatch.storage.base import (
     alarm_from_row,
     group_readings,
 )
+from coldwatch.storage.identity_schema import IDENTITY_SCHEMA_PG, INSERT_SIGNATURE, pg_placeholders
 from coldwatch.storage.rows import RowIds, alarm_rows, quarantine_rows, reason_totals, transition_rows
 
 __all__ = [
@@ -220,6 +221,8 @@ MIGRATIONS_PG: Final[tuple[str, ...]] = (
     ) AS o WHERE q.id = o.id;
     CREATE INDEX quarantine_by_offset ON quarantine(kept_from);
     """,
+    # People's accounts, sessions, service tokens, electronic signatures and QA reviews.
+    IDENTITY_SCHEMA_PG,
 )
 
 _PLAIN_READINGS: Final = """
@@ -559,6 +562,8 @@ class PostgresStorage(RowIds):
                     await enqueue(conn, batch.notifications)
                     # Wakes the cluster's deliverer, wherever it runs, when this commits.
                     await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
+                if batch.signatures:
+                    await conn.executemany(pg_placeholders(INSERT_SIGNATURE), batch.signatures)
                 if batch.audit:
                     await audit_pg.append(conn, batch.audit)
                 if batch.devices:

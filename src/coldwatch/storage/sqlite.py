@@ -46,6 +46,7 @@ from coldwatch.storage.base import (
     alarm_from_row,
     group_readings,
 )
+from coldwatch.storage.identity_schema import IDENTITY_SCHEMA, INSERT_SIGNATURE
 from coldwatch.storage.rows import RowIds, alarm_rows, quarantine_rows, reason_totals, transition_rows
 from coldwatch.storage.sqlite_thread import in_transaction, on_thread
 
@@ -194,6 +195,8 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ) AS o WHERE quarantine.id = o.id;
     CREATE INDEX quarantine_by_offset ON quarantine(kept_from);
     """,
+    # People's accounts, sessions, service tokens, electronic signatures and QA reviews.
+    IDENTITY_SCHEMA,
 )
 
 log = logging.getLogger(__name__)
@@ -463,6 +466,8 @@ class SqliteStorage(RowIds):
             self._write_transitions(conn, batch.transitions)
         if batch.notifications:
             enqueue_sync(conn, batch.notifications)
+        if batch.signatures:
+            conn.executemany(INSERT_SIGNATURE, batch.signatures)
         if batch.audit:
             # The link is read inside the transaction: the deliverer appends on its own connection.
             append_linked(conn, batch.audit)
