@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from coldwatch.audit_keys import current_signer, find_signer
+from coldwatch.config import Config
 from coldwatch.identity import Identity
 from coldwatch.identity_config import IdentityConfig
 from coldwatch.storage import open_storage
@@ -38,15 +41,23 @@ class Clock:
 
 
 @contextlib.asynccontextmanager
-async def opened(location: str, **overrides: Any) -> AsyncIterator[tuple[Storage, Identity, Clock]]:
-    """A migrated database at ``location`` with an Identity on it and a settable clock."""
+async def opened(
+    location: str, signed_as: Config | None = None, **overrides: Any
+) -> AsyncIterator[tuple[Storage, Identity, Clock]]:
+    """A migrated database at ``location`` with an Identity on it and a settable clock.
+
+    ``signed_as``: a collector's configuration whose audit key seals the entries appended
+    here (as the collector and the command line do), so that ``audit verify`` passes.
+    """
     storage = open_storage(location)
     await storage.open()
-    clock = Clock()
+    clock = Clock() if signed_as is None else Clock(time.time_ns() // 1000)
+    sealing = current_signer.set(find_signer(signed_as) if signed_as is not None else None)
     try:
         config = IdentityConfig.model_validate({**FAST_IDENTITY, **overrides})
         yield storage, Identity(identity_store(storage), config, clock_us=clock), clock
     finally:
+        current_signer.reset(sealing)
         await storage.close()
 
 
