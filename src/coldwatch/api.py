@@ -153,7 +153,8 @@ def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901 - one closure per 
     auth = ctx.auth
     router.include_router(people_router(ctx.identity, auth))
     Viewer = Annotated[Principal, Depends(auth.require(Permission.READ))]  # noqa: N806 - a type alias
-    Csrf = Depends(auth.csrf)  # noqa: N806 - a dependency
+    # Signed requests: a bad credential 401 and a service token 403 before the body is looked at.
+    Signing = [Depends(auth.signing_principal), Depends(auth.csrf)]  # noqa: N806 - dependencies
 
     @router.get("/alarms")
     async def list_alarms(  # noqa: PLR0917 - one query parameter per filter
@@ -202,9 +203,7 @@ def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901 - one closure per 
 
     async def signer(request: Request, action: str, permission: Permission, body: SignedBody) -> SignatureDraft:
         """The verified signer of a signed request (all components: the JSON API is no continuous session)."""
-        principal = await auth.optional_principal(request)
-        if principal is not None and principal.kind == "service":
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "a service token may read and may never sign")
+        principal = await auth.signing_principal(request)
         if principal is not None and principal.name != body.user:
             raise HTTPException(status.HTTP_403_FORBIDDEN, "a signature in a session is the session's user's")
         with refusals():
@@ -227,13 +226,13 @@ def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901 - one closure per 
         shown = (await ctx.alarms_json([transition.alarm]))[0]
         return {"event": transition.event, "by": transition.actor, "alarm": shown}
 
-    @router.post("/alarms/{alarm_id}/ack", dependencies=[Csrf])
+    @router.post("/alarms/{alarm_id}/ack", dependencies=Signing)
     async def acknowledge(alarm_id: AlarmId, body: SignedBody, request: Request) -> dict[str, Any]:
         """Acknowledge an alarm, signed by an operator (user, password, meaning, reason)."""
         signed = await signer(request, "acknowledge", Permission.ACKNOWLEDGE, body)
         return await act(UserAction("acknowledge", alarm_id, signed.signer, body.reason, signature=signed))
 
-    @router.post("/alarms/{alarm_id}/shelve", dependencies=[Csrf])
+    @router.post("/alarms/{alarm_id}/shelve", dependencies=Signing)
     async def shelve(alarm_id: AlarmId, body: ShelveBody, request: Request) -> dict[str, Any]:
         """Shelve an alarm until a time, signed by an operator (and the end time).
 
@@ -250,13 +249,13 @@ def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901 - one closure per 
         signed = await signer(request, "shelve", Permission.SHELVE, body)
         return await act(UserAction("shelve", alarm_id, signed.signer, body.reason, until, signature=signed))
 
-    @router.post("/alarms/{alarm_id}/unshelve", dependencies=[Csrf])
+    @router.post("/alarms/{alarm_id}/unshelve", dependencies=Signing)
     async def unshelve(alarm_id: AlarmId, body: SignedBody, request: Request) -> dict[str, Any]:
         """End a shelve early, signed by an operator."""
         signed = await signer(request, "unshelve", Permission.UNSHELVE, body)
         return await act(UserAction("unshelve", alarm_id, signed.signer, body.reason, signature=signed))
 
-    @router.post("/alarms/{alarm_id}/review", dependencies=[Csrf])
+    @router.post("/alarms/{alarm_id}/review", dependencies=Signing)
     async def review(alarm_id: AlarmId, body: ReviewBody, request: Request) -> dict[str, Any]:
         """Record the QA review of an acknowledged or closed alarm, signed by a qa user (four eyes)."""
         signed = await signer(request, "review", Permission.REVIEW, body)

@@ -78,6 +78,16 @@ class WebAuth:
             request.scope["coldwatch.principal"] = principal
         return principal
 
+    async def signing_principal(self, request: Request) -> Principal | None:
+        """For a signed request: the session's person, or None; 401 for a bad credential, 403 for a token.
+
+        A signature is authenticated by its own components; a service token never signs.
+        """
+        found = await self.optional_principal(request)
+        if found is not None and found.kind == "service":
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "a service token may read and may never sign")
+        return found
+
     async def principal(self, request: Request) -> Principal:
         """The principal of a request (401 without one)."""
         found = await self.optional_principal(request)
