@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from coldwatch.api_input import ID_MAX, ReasonText, Text, UtcTime, to_us
+from coldwatch.api_input import ID_MAX, ReasonText, Text, UserId, UtcTime, to_us
 from coldwatch.api_people import people_router
 from coldwatch.auth import Authenticator
 from coldwatch.config import Config
@@ -41,7 +41,7 @@ class SignedBody(BaseModel):
     """An electronic signature's components: who, their password, the meaning, and why (Annex 11)."""
 
     model_config = ConfigDict(extra="forbid")
-    user: Text
+    user: UserId
     password: Annotated[str, Field(min_length=1, max_length=1024)]
     meaning: Text
     reason: ReasonText

@@ -22,6 +22,7 @@ __all__ = [
     "ID_MAX",
     "EncodableJSONResponse",
     "Text",
+    "UserId",
     "UtcTime",
     "install_error_handlers",
     "to_us",
@@ -56,6 +57,9 @@ Text = Annotated[str, Field(max_length=200), AfterValidator(_encodable)]
 
 UtcTime = Annotated[datetime, AfterValidator(_representable)]
 """An RFC 3339 time with an offset, converted to UTC; unrepresentable times are refused."""
+
+UserId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^\S+$"), AfterValidator(_encodable)]
+"""A user id as typed at sign-in or signing: one word, storable."""
 
 ReasonText = Annotated[str, Field(min_length=1, max_length=2000, pattern=r"\S"), AfterValidator(_encodable)]
 """Why a user acts: mandatory, not blank, storable."""

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from coldwatch.api_input import ReasonText, Text
+from coldwatch.api_input import ReasonText, UserId
 from coldwatch.export import format_ts
 from coldwatch.identity import Identity
 from coldwatch.identity_model import Account, Principal
@@ -40,7 +40,7 @@ class _Body(BaseModel):
 class SignInBody(_Body):
     """A sign-in."""
 
-    user: Text
+    user: UserId
     password: Password
 
 

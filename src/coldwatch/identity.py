@@ -380,6 +380,8 @@ class Identity:
     # ----- passwords, lockout -----------------------------------------------------------
     async def check_password(self, name: str, password: str, client: str, *, purpose: str) -> Account:
         """The account if ``password`` is ``name``'s and it may sign in; else count, audit, maybe lock, refuse."""
+        if not name.strip():
+            raise BadCredentials
         now = self.clock_us()
         account = await self.source.account(name)
         matches = await self.source.password_matches(name, password)
