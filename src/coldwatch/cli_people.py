@@ -103,6 +103,12 @@ async def _run(identity: Identity, args: argparse.Namespace, secrets: _Secrets) 
         for t in await identity.tokens():
             print(f"{t.name:<24} {t.role:<9} {'revoked' if t.revoked_us else 'active'}  created by {t.created_by}")
         return 0
+    if command == "change-password":
+        current = secrets.ask(f"current password of {args.name}: ")
+        new = secrets.ask(f"new password of {args.name}: ", confirm=True)
+        await identity.change_password(args.name, current, new, "command line")
+        print(f"password of {args.name} changed")
+        return 0
     actor = await _acting(identity, args, secrets)
     if command == "add":
         password = secrets.ask(f"password for {args.name} (they change it at first sign-in): ", confirm=True)
@@ -162,6 +168,9 @@ def add_people_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         q = users.add_parser(name, help=text)
         q.add_argument("name")
         _common(q, acting=True)
+    q = users.add_parser("change-password", help="change one's own password (the current one is asked for)")
+    q.add_argument("name")
+    _common(q, acting=False)
     q = users.add_parser("set-role", help="give an account another role")
     q.add_argument("name")
     q.add_argument("role", choices=ROLE_NAMES)
