@@ -6,6 +6,8 @@ Every test runs a real daemon (its real HTTP server) with a real broker and data
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -250,3 +252,51 @@ def _execute(backend: Backend, sql: str) -> None:
 
     with closing(sqlite3.connect(backend.location)) as conn, conn:
         conn.execute(sql)
+
+
+async def test_command_line_review_and_alarm_list_manifestations(
+    broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend, monkeypatch: Any
+) -> None:
+    """`alarms review` signs with the password asked for; `alarms list` shows every signature's manifestation."""
+    from tests.test_api import _run  # noqa: PLC0415
+    from tests.test_audit_trail_e2e import coldwatch  # noqa: PLC0415
+
+    monkeypatch.setenv("COLDWATCH_TOKEN_VERA_VIEWER", VIEWER_TOKEN)
+    config = two_silent_incubators(tmp_path, broker, prefix, backend)
+    async with running_daemon(config) as running:
+        async with opened(backend.location, config) as (_, identity, _):
+            await people(identity)
+        await two_alarms(broker, config, running)
+        async with httpx.AsyncClient(base_url=running.base_url, timeout=30) as client:
+            done = await client.post("/api/v1/alarms/1/ack", json=signed("olga", OPERATOR_PW, ACK, "on it"))
+            assert done.status_code == 200, done.text
+        waiting = coldwatch(tmp_path / "c.yaml", "alarms", "list", "--awaiting", "review", "--json")
+        assert [json.loads(line)["id"] for line in waiting.stdout.splitlines()] == [1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COLDWATCH_")}
+        reviewed = await _run(
+            [
+                sys.executable, "-m", "coldwatch", "alarms", "review", "1",
+                "--impact", "no_impact", "--root-cause", "door left open", "--user", "quinn",
+                "--meaning", "reviewed", "--reason", "assessed with production", "--password-stdin",
+                "--config", str(tmp_path / "c.yaml"), "--url", running.base_url,
+            ],
+            env,
+            QA_PW,
+        )
+        assert reviewed[0] == 0, reviewed[1]
+        assert "reviewed by quinn" in reviewed[1]
+    listed = coldwatch(tmp_path / "c.yaml", "alarms", "list")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert any(
+        "acknowledge: signed by Olga Operator (olga) on " in line and "UTC /" in line
+        and "(Europe/Paris)" in line and f"meaning: {ACK}" in line
+        for line in lines
+    ), listed.stdout
+    assert any("review: signed by Quinn Quality (quinn)" in line and "meaning: reviewed" in line for line in lines)
+    assert any("review: impact no_impact (complete)" in line for line in lines)
+    as_json = [json.loads(line) for line in coldwatch(tmp_path / "c.yaml", "alarms", "list", "--json").stdout.splitlines()]
+    first = next(a for a in as_json if a["id"] == 1)
+    assert [s["full_name"] for s in first["signatures"]] == ["Olga Operator", "Quinn Quality"]
+    assert first["complete"] is True
+    assert coldwatch(tmp_path / "c.yaml", "alarms", "list", "--awaiting", "review").stdout.count("inc-") == 0

@@ -150,6 +150,7 @@ class Sessions:
     async def _end(self, digest: str, name: str, why: str, now: int) -> None:
         ident = self._identity
         action = "user.signed_out" if why == "signed out" else "session.ended"
+        actor = name if why == "signed out" else "coldwatch"  # an expiry is the system's doing
         await ident.store.apply(
             [
                 Write(
@@ -157,7 +158,7 @@ class Sessions:
                     (now, why, digest),
                 )
             ],
-            [ident.draft(name, action, name, why, object_type="user", at_us=now)],
+            [ident.draft(actor, action, name, why, object_type="user", at_us=now)],
         )
 
     async def mark_signed(self, digest: str) -> None:

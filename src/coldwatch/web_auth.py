@@ -122,7 +122,12 @@ class WebAuth:
         if given is None and request.headers.get("content-type", "").startswith(
             ("application/x-www-form-urlencoded", "multipart/form-data")
         ):
-            form = await request.form()
+            try:
+                form = await request.form()
+            except HTTPException:
+                raise
+            except Exception as exc:  # a malformed body is the client's fault: never a 500
+                raise HTTPException(status.HTTP_400_BAD_REQUEST, "malformed form body") from exc
             field = form.get(CSRF_FIELD)
             given = field if isinstance(field, str) else None
         if not given or not hmac.compare_digest(given.encode(), csrf_token(cookie).encode()):
