@@ -22,7 +22,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import aiomqtt
 import asyncpg
@@ -373,7 +373,7 @@ def silent_incubator_config(
         rules={"devices": {"inc-1": [{"type": "comm_loss", "timeout_s": 1}]}},
         api=api,
         storage={"path": database or str(path.parent / "coldwatch.db")},
-        **sections,
+        **cast("dict[str, Any]", sections),
     )
 
 

@@ -63,7 +63,9 @@ async def opened(
 
 async def people(identity: Identity) -> None:
     """A first administrator (bootstrap), an operator and a qa user, each with their own password set."""
-    await identity.add_user("bootstrap (test)", "ada", "Ada Admin", "admin", ADMIN_PW + "x", "first administrator")
+    await identity.add_user(
+        "bootstrap (test)", "ada", "Ada Admin", "admin", ADMIN_PW + "x", "first administrator"
+    )
     await identity.change_password("ada", ADMIN_PW + "x", ADMIN_PW, "test")
     admin = (await identity.sign_in("ada", ADMIN_PW, "test")).principal
     for name, full, role, password in (

@@ -34,7 +34,7 @@ ACK = "acknowledged, investigating"
 
 @pytest.fixture
 def api_users(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
-    """Read-only service tokens in the file: one hashed, two from the environment (their roles: reads only)."""
+    """Read-only service tokens in the file: one hashed, two from the environment."""
     monkeypatch.setenv("COLDWATCH_TOKEN_VERA_VIEWER", VIEWER_TOKEN)
     monkeypatch.setenv("COLDWATCH_TOKEN_ADA", ADMIN_TOKEN)
     return {
@@ -53,7 +53,7 @@ def api_users(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
 async def test_roles_reasons_and_attribution(
     broker: RunningBroker, prefix: str, tmp_path: Path, api_users: dict[str, object], backend: Backend
 ) -> None:
-    """401 without or with a bad token, 403 for a token acting or a role that may not, 422 without a reason, 200 signed."""
+    """401 for a bad token, 403 for a token acting or a role that may not, 422 with no reason, 200 signed."""
     config = silent_incubator_config(
         tmp_path / "c.yaml",
         broker=broker,
@@ -75,7 +75,11 @@ async def test_roles_reasons_and_attribution(
             assert (
                 await client.post(ack, json={**olga, "reason": "x"}, headers=_auth("wrong-token"))
             ).status_code == 401
-            for token in (VIEWER_TOKEN, OPERATOR_TOKEN, ADMIN_TOKEN):  # a token never signs, whatever its role
+            for token in (
+                VIEWER_TOKEN,
+                OPERATOR_TOKEN,
+                ADMIN_TOKEN,
+            ):  # a token never signs, whatever its role
                 assert (
                     await client.post(ack, json={**olga, "reason": "seen"}, headers=_auth(token))
                 ).status_code == 403
@@ -101,11 +105,14 @@ async def test_roles_reasons_and_attribution(
             until = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() + 3600))
             shelving = {**olga, "meaning": "shelved, responsible for the suppression"}
             shelve = await client.post(
-                f"/api/v1/alarms/{alarm_id}/shelve", json={**shelving, "reason": "maintenance", "until": until}
+                f"/api/v1/alarms/{alarm_id}/shelve",
+                json={**shelving, "reason": "maintenance", "until": until},
             )
             assert shelve.status_code == 200, shelve.text
             assert shelve.json()["alarm"]["shelved_by"] == "olga"
-            no_until = await client.post(f"/api/v1/alarms/{alarm_id}/shelve", json={**shelving, "reason": "x"})
+            no_until = await client.post(
+                f"/api/v1/alarms/{alarm_id}/shelve", json={**shelving, "reason": "x"}
+            )
             assert no_until.status_code == 422
             assert (await client.get("/openapi.json")).json()["info"]["title"] == "coldwatch"
 
@@ -199,8 +206,9 @@ async def test_console_acknowledgement_is_attributed(
         assert wrong[0] == 1
         assert "401" in wrong[1]
         # A service token in the environment is not sent: the signature is the person's.
-        accepted = await _run([*command, "--user", "olga"], {**env, "COLDWATCH_API_TOKEN": OPERATOR_TOKEN},
-                              OPERATOR_PW)
+        accepted = await _run(
+            [*command, "--user", "olga"], {**env, "COLDWATCH_API_TOKEN": OPERATOR_TOKEN}, OPERATOR_PW
+        )
         assert accepted[0] == 0, accepted[1]
         assert "acknowledged by olga" in accepted[1]
         assert "signed by Olga Operator (olga)" in accepted[1]

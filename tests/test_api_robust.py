@@ -113,7 +113,8 @@ async def test_unencodable_reason_is_refused_with_a_readable_422(
                 assert json.loads(got.content)["detail"]
             # The same text in a place that is not checked (an unknown field) is echoed, still encodable.
             extra = await client.post(
-                "/api/v1/alarms/1/ack", content=SIGNED_PREFIX + b'"reason": "x", "\\ud800": "\\ud800"}',
+                "/api/v1/alarms/1/ack",
+                content=SIGNED_PREFIX + b'"reason": "x", "\\ud800": "\\ud800"}',
                 headers=headers,
             )
             assert extra.status_code == 422, extra.text
@@ -138,7 +139,9 @@ async def test_unrepresentable_or_too_long_shelves_are_refused_before_commit(
                 too_far,
                 "2030-01-01T00:00:00",
             ):
-                got = await client.post("/api/v1/alarms/1/shelve", json=olga(SHELVING, reason="hold", until=until))
+                got = await client.post(
+                    "/api/v1/alarms/1/shelve", json=olga(SHELVING, reason="hold", until=until)
+                )
                 assert got.status_code == 422, (until, got.status_code, got.text)
                 listed = await client.get("/api/v1/alarms", headers=auth("viewer"))
                 assert listed.status_code == 200, listed.text
@@ -148,7 +151,9 @@ async def test_unrepresentable_or_too_long_shelves_are_refused_before_commit(
                 assert got.status_code == 422, (query, got.text)
             soon = time.strftime("%Y-%m-%dT%H:%M:%S+02:00", time.gmtime(time.time() + 2 * 3600 + 3600))
             await with_people(backend, config)
-            done = await client.post("/api/v1/alarms/1/shelve", json=olga(SHELVING, reason="hold", until=soon))
+            done = await client.post(
+                "/api/v1/alarms/1/shelve", json=olga(SHELVING, reason="hold", until=soon)
+            )
             assert done.status_code == 200, done.text
             assert done.json()["alarm"]["shelved_until"].endswith("+00:00")
 
@@ -173,7 +178,9 @@ async def test_a_stored_out_of_range_time_never_breaks_reading(
         assert one.status_code == 200, one.text
         assert one.json()["history"][0]["ts_at"].startswith("out of range")
         await with_people(backend, config)
-        acted = await client.post("/api/v1/alarms/1/unshelve", json=olga("unshelved, responsible", reason="fix"))
+        acted = await client.post(
+            "/api/v1/alarms/1/unshelve", json=olga("unshelved, responsible", reason="fix")
+        )
         assert acted.status_code == 200, acted.text
         assert acted.json()["alarm"]["shelved_until"] is None
 

@@ -63,7 +63,7 @@ def coldwatch(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 async def audited(
     broker: RunningBroker, prefix: str, tmp_path: Path, api_users: dict[str, object], backend: Backend
 ) -> Path:
-    """A collector run with an alarm raised and acknowledged (signed) by an operator; returns its config file."""
+    """A collector run with an alarm raised and acknowledged (signed) by an operator; its config file."""
     config = silent_incubator_config(
         tmp_path / "c.yaml",
         broker=broker,

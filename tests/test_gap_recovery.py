@@ -205,8 +205,12 @@ async def test_lost_gap_raises_acknowledgeable_integrity_alarm(
                 )
                 acked = await client.post(
                     f"/api/v1/alarms/{alarm['id']}/ack",
-                    json={"user": "olga", "password": OPERATOR_PW, "meaning": "acknowledged, investigating",
-                          "reason": "gap reviewed"},
+                    json={
+                        "user": "olga",
+                        "password": OPERATOR_PW,
+                        "meaning": "acknowledged, investigating",
+                        "reason": "gap reviewed",
+                    },
                     headers={"Authorization": ""},
                 )
                 assert acked.status_code == 200, acked.text

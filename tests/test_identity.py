@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
-from coldwatch.identity_model import AccessDenied, BadCredentials, RateLimited, Refused
+from coldwatch.identity_model import AccessDeniedError, BadCredentialsError, RateLimitedError, RefusedError
 from coldwatch.roles import Permission
-from coldwatch.storage.identity_store import WriteRefused, identity_store
+from coldwatch.storage.identity_store import WriteRefusedError, identity_store
 from tests.conftest import Backend
 from tests.identity_helpers import ADMIN_PW, OPERATOR_PW, QA_PW, opened, people
 
@@ -40,12 +41,12 @@ async def test_password_policy(backend: Backend) -> None:
     """Too short, containing the user name, or one of the last N passwords: refused with the reason."""
     async with opened(backend.location) as (_, identity, _):
         await people(identity)
-        with pytest.raises(Refused, match="at least 10"):
+        with pytest.raises(RefusedError, match="at least 10"):
             await identity.change_password("olga", OPERATOR_PW, "short1", "test")
-        with pytest.raises(Refused, match="user name"):
+        with pytest.raises(RefusedError, match="user name"):
             await identity.change_password("olga", OPERATOR_PW, "xxOLGAxx-long-enough", "test")
         await identity.change_password("olga", OPERATOR_PW, "second-password-2", "test")
-        with pytest.raises(Refused, match="last 3"):
+        with pytest.raises(RefusedError, match="last 3"):
             await identity.change_password("olga", "second-password-2", OPERATOR_PW, "test")
         await identity.change_password("olga", "second-password-2", "third-password-3", "test")
         await identity.change_password("olga", "third-password-3", "fourth-password-4", "test")
@@ -62,7 +63,7 @@ async def test_forced_change_of_an_administrator_set_password(backend: Backend) 
         first = (await identity.sign_in("olga", "temporary-pass-9", "test")).principal
         assert first.must_change_password
         assert not first.may(Permission.READ)
-        with pytest.raises(AccessDenied, match="must change"):
+        with pytest.raises(AccessDeniedError, match="must change"):
             await identity.verify_signer(
                 action="acknowledge",
                 permission=Permission.ACKNOWLEDGE,
@@ -82,9 +83,9 @@ async def test_lockout_after_wrong_passwords(backend: Backend) -> None:
     async with opened(backend.location) as (_, identity, clock):
         await people(identity)
         for _ in range(3):
-            with pytest.raises(BadCredentials):
+            with pytest.raises(BadCredentialsError):
                 await identity.sign_in("olga", "wrong-password-0", "10.0.0.7")
-        with pytest.raises(BadCredentials):
+        with pytest.raises(BadCredentialsError):
             await identity.sign_in("olga", OPERATOR_PW, "10.0.0.7")  # the right one, but locked
         actions = [(a[1], a[2]) for a in _audit(backend) if a[2] == "olga"]
         assert actions.count(("user.sign_in_failed", "olga")) == 4
@@ -110,11 +111,11 @@ async def test_lockout_after_failed_signings(backend: Backend) -> None:
             )
 
         for _ in range(3):
-            with pytest.raises(BadCredentials):
+            with pytest.raises(BadCredentialsError):
                 await sign("wrong-password-0")
-        with pytest.raises(BadCredentials):
+        with pytest.raises(BadCredentialsError):
             await sign(OPERATOR_PW)
-        with pytest.raises(BadCredentials):
+        with pytest.raises(BadCredentialsError):
             await identity.sign_in("olga", OPERATOR_PW, "10.0.0.8")
         trail = _audit(backend)
         assert sum(1 for a in trail if a[1] == "signature.failed" and a[2] == "olga") == 4
@@ -125,10 +126,10 @@ async def test_signing_rules(backend: Backend) -> None:
     """Meanings come from the configured list; the signer's role must allow the action; tokens never sign."""
     async with opened(backend.location) as (_, identity, _):
         await people(identity)
-        base = {"action": "acknowledge", "permission": Permission.ACKNOWLEDGE, "client": "t"}
-        with pytest.raises(Refused, match="meaning"):
+        base: dict[str, Any] = {"action": "acknowledge", "permission": Permission.ACKNOWLEDGE, "client": "t"}
+        with pytest.raises(RefusedError, match="meaning"):
             await identity.verify_signer(**base, meaning="looked at it", user="olga", password=OPERATOR_PW)
-        with pytest.raises(AccessDenied, match="may not sign"):
+        with pytest.raises(AccessDeniedError, match="may not sign"):
             await identity.verify_signer(
                 **base, meaning="acknowledged, investigating", user="quinn", password=QA_PW
             )
@@ -138,9 +139,13 @@ async def test_signing_rules(backend: Backend) -> None:
         assert (signer.name, signer.full_name) == ("olga", "Olga Operator")
         # In a session: the first signing needs the user id; later ones the password alone.
         session = (await identity.sign_in("olga", OPERATOR_PW, "t")).principal
-        with pytest.raises(Refused, match="first signing"):
+        with pytest.raises(RefusedError, match="first signing"):
             await identity.verify_signer(
-                **base, meaning="acknowledged, investigating", user=None, password=OPERATOR_PW, session=session
+                **base,
+                meaning="acknowledged, investigating",
+                user=None,
+                password=OPERATOR_PW,
+                session=session,
             )
         await identity.verify_signer(
             **base, meaning="acknowledged, investigating", user="olga", password=OPERATOR_PW, session=session
@@ -149,9 +154,7 @@ async def test_signing_rules(backend: Backend) -> None:
         again = await identity.sessions.resolve(token)
         assert again is not None
         assert not again.signed_in_session  # a new session starts over
-        resolved = await identity.sessions.resolve(
-            (await identity.sign_in("olga", OPERATOR_PW, "t")).token
-        )
+        resolved = await identity.sessions.resolve((await identity.sign_in("olga", OPERATOR_PW, "t")).token)
         assert resolved is not None
         signed_session = session
         assert signed_session.session_hash is not None
@@ -183,7 +186,9 @@ async def test_sessions_expire_and_end(backend: Backend) -> None:
         out = (await identity.sign_in("olga", OPERATOR_PW, "t")).token
         assert await identity.sessions.end(out)
         assert await identity.sessions.resolve(out) is None
-        ended = [(a[1], a[5]) for a in _audit(backend) if a[2] == "olga" and a[1].startswith(("session", "user.s"))]
+        ended = [
+            (a[1], a[5]) for a in _audit(backend) if a[2] == "olga" and a[1].startswith(("session", "user.s"))
+        ]
         assert ("session.ended", "idle timeout") in ended
         assert ("session.ended", "absolute timeout") in ended
         assert ("user.signed_out", "signed out") in ended
@@ -196,12 +201,12 @@ async def test_sign_in_rate_limit(backend: Backend) -> None:
         await people(identity)  # ada signs in once there
         for _ in range(3):
             await identity.sign_in("olga", OPERATOR_PW, f"10.1.0.{_}")
-        with pytest.raises(RateLimited):
+        with pytest.raises(RateLimitedError):
             await identity.sign_in("olga", OPERATOR_PW, "10.1.0.9")
         for name, pw in (("quinn", QA_PW), ("ada", ADMIN_PW)):
             await identity.sign_in(name, pw, "10.2.0.1")
         await identity.sign_in("quinn", QA_PW, "10.2.0.1")
-        with pytest.raises(RateLimited):
+        with pytest.raises(RateLimitedError):
             await identity.sign_in("ada", ADMIN_PW, "10.2.0.1")  # same address, a fourth time
         clock.advance(61)
         await identity.sign_in("olga", OPERATOR_PW, "10.1.0.9")
@@ -212,29 +217,29 @@ async def test_account_administration_and_separation_of_duties(backend: Backend)
     async with opened(backend.location) as (storage, identity, _):
         await people(identity)
         admin = (await identity.sign_in("ada", ADMIN_PW, "t")).principal
-        with pytest.raises(AccessDenied, match="bootstrap is only for the first"):
+        with pytest.raises(AccessDeniedError, match="bootstrap is only for the first"):
             await identity.add_user("bootstrap (x)", "eve", "Eve", "admin", "eve-password-1", "again")
-        with pytest.raises(AccessDenied, match="their own"):
+        with pytest.raises(AccessDeniedError, match="their own"):
             await identity.set_role(admin, "ada", "qa", "self")
-        with pytest.raises(AccessDenied, match="their own"):
+        with pytest.raises(AccessDeniedError, match="their own"):
             await identity.disable(admin, "ada", "self")
-        with pytest.raises(AccessDenied, match="their own"):
+        with pytest.raises(AccessDeniedError, match="their own"):
             await identity.reset_password(admin, "ada", "new-admin-pass-1", "self")
         operator = (await identity.sign_in("olga", OPERATOR_PW, "t")).principal
-        with pytest.raises(AccessDenied, match="may not manage"):
+        with pytest.raises(AccessDeniedError, match="may not manage"):
             await identity.disable(operator, "quinn", "not mine to do")
         await identity.set_role(admin, "olga", "qa", "moved to QA")
         await identity.disable(admin, "olga", "left the company")
-        with pytest.raises(BadCredentials):
+        with pytest.raises(BadCredentialsError):
             await identity.sign_in("olga", OPERATOR_PW, "t")
-        with pytest.raises(Refused, match="never reused"):
+        with pytest.raises(RefusedError, match="never reused"):
             await identity.add_user(admin, "olga", "Another Olga", "viewer", "other-olga-pass", "new hire")
         await identity.enable(admin, "olga", "came back")
         await identity.set_role(admin, "quinn", "admin", "second administrator")
         quinn = (await identity.sign_in("quinn", QA_PW, "t")).principal
         await identity.set_role(quinn, "ada", "viewer", "handing over")
         ada = (await identity.sign_in("ada", ADMIN_PW, "t")).principal
-        with pytest.raises(AccessDenied):
+        with pytest.raises(AccessDeniedError):
             await identity.set_role(ada, "quinn", "viewer", "no longer admin myself")
         # Two administrators disabling each other at once: the guard in the transaction keeps one.
         await identity.set_role(quinn, "ada", "admin", "back again")
@@ -242,12 +247,16 @@ async def test_account_administration_and_separation_of_duties(backend: Backend)
         outcomes = await asyncio.gather(
             identity.disable(ada, "quinn", "x"), identity.disable(quinn, "ada", "y"), return_exceptions=True
         )
-        # Refused by the check before the transaction, or by the guard inside it when both passed the check.
-        assert sum(isinstance(o, (WriteRefused, AccessDenied)) for o in outcomes) == 1, outcomes
+        # Refused by the check before the transaction, or by the guard inside it when both passed it.
+        assert sum(isinstance(o, (WriteRefusedError, AccessDeniedError)) for o in outcomes) == 1, outcomes
         assert backend.query("SELECT count(*) FROM users WHERE role = 'admin' AND disabled = 0")[0][0] == 1
         trail = _audit(backend)
-        changes = [(a[0], a[1], a[2], a[3], a[4], a[5]) for a in trail if a[1].startswith("user.") and a[1] not in {
-            "user.signed_in", "user.sign_in_failed", "user.password_changed"}]
+        changes = [
+            (a[0], a[1], a[2], a[3], a[4], a[5])
+            for a in trail
+            if a[1].startswith("user.")
+            and a[1] not in {"user.signed_in", "user.sign_in_failed", "user.password_changed"}
+        ]
         assert ("ada", "user.role_changed", "olga", "operator", "qa", "moved to QA") in changes
         assert ("ada", "user.disabled", "olga", "enabled", "disabled", "left the company") in changes
         assert ("ada", "user.enabled", "olga", "disabled", "enabled", "came back") in changes
@@ -270,7 +279,7 @@ async def test_service_tokens_read_only(backend: Backend) -> None:
         assert service.may(Permission.READ)
         assert service.may(Permission.USERS_READ)
         assert not service.may(Permission.USERS_MANAGE)
-        with pytest.raises(AccessDenied, match="never sign"):
+        with pytest.raises(AccessDeniedError, match="never sign"):
             await identity.verify_signer(
                 action="acknowledge",
                 permission=Permission.ACKNOWLEDGE,
@@ -280,9 +289,9 @@ async def test_service_tokens_read_only(backend: Backend) -> None:
                 client="t",
                 session=service,
             )
-        with pytest.raises(AccessDenied):
+        with pytest.raises(AccessDeniedError):
             await identity.create_token(service, "other", "viewer", "a token making tokens")
-        with pytest.raises(WriteRefused, match="never reused"):
+        with pytest.raises(WriteRefusedError, match="never reused"):
             await identity.create_token(admin, "grafana", "viewer", "same name again")
         await identity.revoke_token(admin, "grafana", "dashboard retired")
         assert await identity.bearer(token) is None

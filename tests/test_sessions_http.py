@@ -15,9 +15,9 @@ from prometheus_client import CollectorRegistry
 from coldwatch.broker import RunningBroker
 from coldwatch.config import Config
 from coldwatch.http import HttpServer, build_app
+from coldwatch.identity import Identity
 from coldwatch.identity_config import IdentityConfig
 from coldwatch.identity_model import Principal
-from coldwatch.identity import Identity
 from coldwatch.roles import Permission
 from coldwatch.sessions import COOKIE_NAME
 from coldwatch.storage import open_storage
@@ -27,7 +27,9 @@ from tests.conftest import Backend, running_daemon, silent_incubator_config
 from tests.identity_helpers import ADMIN_PW, FAST_IDENTITY, OPERATOR_PW, opened, people
 
 
-def config_with(tmp_path: Path, broker: RunningBroker, prefix: str, backend: Backend, **identity: Any) -> Config:
+def config_with(
+    tmp_path: Path, broker: RunningBroker, prefix: str, backend: Backend, **identity: Any
+) -> Config:
     """One silent incubator, cheap hashing, and the identity settings given."""
     return silent_incubator_config(
         tmp_path / "c.yaml",
@@ -47,7 +49,7 @@ async def sign_in(client: httpx.AsyncClient, user: str, password: str) -> httpx.
 async def test_session_cookie_csrf_administration_and_sign_out(
     broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
 ) -> None:
-    """The cookie is HttpOnly and SameSite=Strict; admin changes need the CSRF token; sign-out ends the session."""
+    """The cookie is HttpOnly and SameSite=Strict; admin changes need the CSRF token; sign-out ends it."""
     config = config_with(tmp_path, broker, prefix, backend)
     async with running_daemon(config) as running:
         async with opened(backend.location, config) as (_, identity, _):
@@ -63,8 +65,13 @@ async def test_session_cookie_csrf_administration_and_sign_out(
             assert "Secure" not in cookie  # plain HTTP here; set under TLS
             csrf = answer.json()["csrf_token"]
             assert (await client.get("/api/v1/session")).json()["user"] == "ada"
-            new_user = {"name": "vic", "full_name": "Vic Viewer", "role": "viewer", "password": "viewers-pass-1",
-                        "reason": "new colleague"}
+            new_user = {
+                "name": "vic",
+                "full_name": "Vic Viewer",
+                "role": "viewer",
+                "password": "viewers-pass-1",
+                "reason": "new colleague",
+            }
             assert (await client.post("/api/v1/users", json=new_user)).status_code == 403
             wrong = await client.post("/api/v1/users", json=new_user, headers={"X-CSRF-Token": "0" * 64})
             assert wrong.status_code == 403
@@ -74,8 +81,11 @@ async def test_session_cookie_csrf_administration_and_sign_out(
             listed = (await client.get("/api/v1/users")).json()
             assert {u["name"] for u in listed} == {"ada", "olga", "quinn", "vic"}
             assert "$argon2" not in repr(listed)
-            token = await client.post("/api/v1/tokens", json={"name": "monitor", "role": "admin", "reason": "r"},
-                                      headers={"X-CSRF-Token": csrf})
+            token = await client.post(
+                "/api/v1/tokens",
+                json={"name": "monitor", "role": "admin", "reason": "r"},
+                headers={"X-CSRF-Token": csrf},
+            )
             assert token.status_code == 200, token.text
             value = token.json()["token"]
             assert (await client.delete("/api/v1/session")).status_code == 403  # no CSRF token
@@ -85,8 +95,9 @@ async def test_session_cookie_csrf_administration_and_sign_out(
         async with httpx.AsyncClient(base_url=running.base_url, timeout=30) as stale:
             stale.cookies.set(COOKIE_NAME, answer.cookies[COOKIE_NAME])
             assert (await stale.get("/api/v1/session")).status_code == 401
-            again = await stale.post("/api/v1/users", json={**new_user, "name": "vic2"},
-                                     headers={"X-CSRF-Token": csrf})
+            again = await stale.post(
+                "/api/v1/users", json={**new_user, "name": "vic2"}, headers={"X-CSRF-Token": csrf}
+            )
             assert again.status_code == 401
         async with httpx.AsyncClient(
             base_url=running.base_url, timeout=30, headers={"Authorization": f"Bearer {value}"}
@@ -96,7 +107,13 @@ async def test_session_cookie_csrf_administration_and_sign_out(
             assert refused.status_code == 403  # and never changes anything
             assert (await machine.get("/api/v1/alarms")).status_code == 200
     actions = [r[0] for r in backend.query("SELECT action FROM audit_log ORDER BY seq")]
-    for action in ("user.sign_in_failed", "user.signed_in", "user.created", "token.created", "user.signed_out"):
+    for action in (
+        "user.sign_in_failed",
+        "user.signed_in",
+        "user.created",
+        "token.created",
+        "user.signed_out",
+    ):
         assert action in actions
 
 
@@ -144,13 +161,15 @@ async def test_idle_session_expires_over_http(
 async def test_sign_in_rate_limit_over_http(
     broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
 ) -> None:
-    """Past identity.sign_in_rate_max attempts from one address, sign-in answers 429 even with the password."""
+    """Past identity.sign_in_rate_max attempts from one address, sign-in answers 429 even when right."""
     config = config_with(tmp_path, broker, prefix, backend, sign_in_rate_max=3, sign_in_rate_window_s=300)
     async with running_daemon(config) as running:
         async with opened(backend.location, config) as (_, identity, _):
             await people(identity)
         async with httpx.AsyncClient(base_url=running.base_url, timeout=30) as client:
-            codes = [(await sign_in(client, name, "wrong-password-1")).status_code for name in ("x1", "x2", "x3")]
+            codes = [
+                (await sign_in(client, name, "wrong-password-1")).status_code for name in ("x1", "x2", "x3")
+            ]
             assert codes == [401, 401, 401]
             assert (await sign_in(client, "olga", OPERATOR_PW)).status_code == 429
 
@@ -184,7 +203,7 @@ async def form_server(location: str) -> AsyncIterator[tuple[str, Identity]]:
 
 
 async def test_csrf_dependency_on_form_posts(backend: Backend) -> None:
-    """A form POST with the session cookie is refused without the CSRF field or with a wrong one, served with it."""
+    """A form POST with the session cookie is refused without the CSRF field or with a wrong one."""
     async with form_server(backend.location) as (url, identity):
         await people(identity)
         signed_in = await identity.sign_in("olga", OPERATOR_PW, "t")

@@ -50,11 +50,15 @@ def two_silent_incubators(tmp_path: Path, broker: RunningBroker, prefix: str, ba
 async def two_alarms(broker: RunningBroker, config: Config, running: Any) -> None:
     """Publish one reading per incubator, then wait for both silences to raise alarms."""
     await publish_all(
-        broker, [(telemetry_topic(config, f"inc-{i}"), reading(0, {"temp_c": 37.0})) for i in (1, 2)], clients=1
+        broker,
+        [(telemetry_topic(config, f"inc-{i}"), reading(0, {"temp_c": 37.0})) for i in (1, 2)],
+        clients=1,
     )
     for device in ("inc-1", "inc-2"):
         labels = {**COMM_LOSS_OPEN, "device": device}
-        await eventually(lambda labels=labels: running.sample("coldwatch_alarms_open", labels) == 1, what=device)
+        await eventually(
+            lambda labels=labels: running.sample("coldwatch_alarms_open", labels) == 1, what=device
+        )
 
 
 def signed(user: str, password: str, meaning: str, reason: str, **extra: Any) -> dict[str, Any]:
@@ -106,7 +110,11 @@ async def test_signed_actions_review_and_manifestations(
             awaiting_review = (await client.get("/api/v1/alarms?awaiting=review", headers=viewer())).json()
             assert [a["id"] for a in awaiting_review] == [alarm_id]
             review = f"/api/v1/alarms/{alarm_id}/review"
-            body = {"impact": "deviation_opened", "root_cause": "loose cable", "comment": "no product affected"}
+            body = {
+                "impact": "deviation_opened",
+                "root_cause": "loose cable",
+                "comment": "no product affected",
+            }
             no_ref = await client.post(review, json=signed("quinn", QA_PW, "approved", "assessed", **body))
             assert no_ref.status_code == 422
             body["deviation_ref"] = "DEV-2026-041"
@@ -175,13 +183,19 @@ async def test_shelve_and_unshelve_are_signed(
         async with httpx.AsyncClient(base_url=running.base_url, timeout=30) as client:
             shelve = await client.post(
                 "/api/v1/alarms/1/shelve",
-                json=signed("olga", OPERATOR_PW, "shelved, responsible for the suppression", "maintenance",
-                            until=until),
+                json=signed(
+                    "olga",
+                    OPERATOR_PW,
+                    "shelved, responsible for the suppression",
+                    "maintenance",
+                    until=until,
+                ),
             )
             assert shelve.status_code == 200, shelve.text
             assert shelve.json()["alarm"]["shelved_by"] == "olga"
             unshelve = await client.post(
-                "/api/v1/alarms/1/unshelve", json=signed("olga", OPERATOR_PW, "unshelved, responsible", "done")
+                "/api/v1/alarms/1/unshelve",
+                json=signed("olga", OPERATOR_PW, "unshelved, responsible", "done"),
             )
             assert unshelve.status_code == 200, unshelve.text
     rows = backend.query("SELECT action, signer, meaning FROM signatures ORDER BY id")
@@ -191,7 +205,7 @@ async def test_shelve_and_unshelve_are_signed(
 async def test_signature_copied_to_another_alarm_is_found(
     broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend, monkeypatch: Any
 ) -> None:
-    """The export shows each manifestation; verify passes, then fails naming a signature copied to another alarm."""
+    """The export shows each manifestation; verify passes, then names a signature copied to another alarm."""
     from tests.test_audit_trail_e2e import coldwatch  # noqa: PLC0415
 
     monkeypatch.setenv("COLDWATCH_TOKEN_VERA_VIEWER", VIEWER_TOKEN)
@@ -217,9 +231,9 @@ async def test_signature_copied_to_another_alarm_is_found(
     assert intact.returncode == 0, intact.stdout + intact.stderr
     assert "electronic signatures: 1 bound" in intact.stdout
     copy = (
-        "INSERT INTO signatures(object_type, object_id, action, signer, full_name, meaning, reason, signed_us, "
-        "record_hash, content) SELECT object_type, '2', action, signer, full_name, meaning, reason, signed_us, "
-        "record_hash, content FROM signatures WHERE object_id = '1'"
+        "INSERT INTO signatures(object_type, object_id, action, signer, full_name, meaning, reason, "
+        "signed_us, record_hash, content) SELECT object_type, '2', action, signer, full_name, meaning, "
+        "reason, signed_us, record_hash, content FROM signatures WHERE object_id = '1'"
     )
     _execute(backend, copy)
     tampered = coldwatch(tmp_path / "c.yaml", "audit", "verify")
@@ -257,7 +271,7 @@ def _execute(backend: Backend, sql: str) -> None:
 async def test_command_line_review_and_alarm_list_manifestations(
     broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend, monkeypatch: Any
 ) -> None:
-    """`alarms review` signs with the password asked for; `alarms list` shows every signature's manifestation."""
+    """`alarms review` signs with the password asked for; `alarms list` shows every manifestation."""
     from tests.test_api import _run  # noqa: PLC0415
     from tests.test_audit_trail_e2e import coldwatch  # noqa: PLC0415
 
@@ -275,10 +289,27 @@ async def test_command_line_review_and_alarm_list_manifestations(
         env = {k: v for k, v in os.environ.items() if not k.startswith("COLDWATCH_")}
         reviewed = await _run(
             [
-                sys.executable, "-m", "coldwatch", "alarms", "review", "1",
-                "--impact", "no_impact", "--root-cause", "door left open", "--user", "quinn",
-                "--meaning", "reviewed", "--reason", "assessed with production", "--password-stdin",
-                "--config", str(tmp_path / "c.yaml"), "--url", running.base_url,
+                sys.executable,
+                "-m",
+                "coldwatch",
+                "alarms",
+                "review",
+                "1",
+                "--impact",
+                "no_impact",
+                "--root-cause",
+                "door left open",
+                "--user",
+                "quinn",
+                "--meaning",
+                "reviewed",
+                "--reason",
+                "assessed with production",
+                "--password-stdin",
+                "--config",
+                str(tmp_path / "c.yaml"),
+                "--url",
+                running.base_url,
             ],
             env,
             QA_PW,
@@ -289,13 +320,20 @@ async def test_command_line_review_and_alarm_list_manifestations(
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     assert any(
-        "acknowledge: signed by Olga Operator (olga) on " in line and "UTC /" in line
-        and "(Europe/Paris)" in line and f"meaning: {ACK}" in line
+        "acknowledge: signed by Olga Operator (olga) on " in line
+        and "UTC /" in line
+        and "(Europe/Paris)" in line
+        and f"meaning: {ACK}" in line
         for line in lines
     ), listed.stdout
-    assert any("review: signed by Quinn Quality (quinn)" in line and "meaning: reviewed" in line for line in lines)
+    assert any(
+        "review: signed by Quinn Quality (quinn)" in line and "meaning: reviewed" in line for line in lines
+    )
     assert any("review: impact no_impact (complete)" in line for line in lines)
-    as_json = [json.loads(line) for line in coldwatch(tmp_path / "c.yaml", "alarms", "list", "--json").stdout.splitlines()]
+    as_json = [
+        json.loads(line)
+        for line in coldwatch(tmp_path / "c.yaml", "alarms", "list", "--json").stdout.splitlines()
+    ]
     first = next(a for a in as_json if a["id"] == 1)
     assert [s["full_name"] for s in first["signatures"]] == ["Olga Operator", "Quinn Quality"]
     assert first["complete"] is True

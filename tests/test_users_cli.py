@@ -46,28 +46,77 @@ def plain(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 async def test_users_and_tokens_from_the_command_line(
     broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
 ) -> None:
-    """The first administrator bootstraps, then manages accounts and tokens; every change is audited and sealed."""
+    """The first administrator bootstraps, then manages accounts and tokens; every change audited, sealed."""
     config = silent_incubator_config(
-        tmp_path / "c.yaml", broker=broker, prefix=prefix, api={}, database=backend.location, identity=FAST_IDENTITY
+        tmp_path / "c.yaml",
+        broker=broker,
+        prefix=prefix,
+        api={},
+        database=backend.location,
+        identity=FAST_IDENTITY,
     )
     async with running_daemon(config):
         pass  # the collector creates the database and its audit key
     path = tmp_path / "c.yaml"
-    first = cli(path, ADA_FIRST, "users", "add", "ada", "--full-name", "Ada Admin", "--role", "admin",
-                "--reason", "first administrator")
+    first = cli(
+        path,
+        ADA_FIRST,
+        "users",
+        "add",
+        "ada",
+        "--full-name",
+        "Ada Admin",
+        "--role",
+        "admin",
+        "--reason",
+        "first administrator",
+    )
     assert first.returncode == 0, first.stderr
-    second = cli(path, "eve-password-01", "users", "add", "eve", "--full-name", "Eve", "--role", "admin",
-                 "--reason", "another bootstrap")
+    second = cli(
+        path,
+        "eve-password-01",
+        "users",
+        "add",
+        "eve",
+        "--full-name",
+        "Eve",
+        "--role",
+        "admin",
+        "--reason",
+        "another bootstrap",
+    )
     assert second.returncode == 1
     assert "bootstrap" in second.stderr
-    forced = cli(path, f"{ADA_FIRST}\nop-initial-pw1", "users", "add", "olga", "--full-name", "Olga Operator",
-                 "--role", "operator", "--as", "ada", "--reason", "new operator")
+    forced = cli(
+        path,
+        f"{ADA_FIRST}\nop-initial-pw1",
+        "users",
+        "add",
+        "olga",
+        "--full-name",
+        "Olga Operator",
+        "--role",
+        "operator",
+        "--as",
+        "ada",
+        "--reason",
+        "new operator",
+    )
     assert forced.returncode == 1
     assert "password first" in forced.stderr or "may not manage" in forced.stderr
     changed = cli(path, f"{ADA_FIRST}\n{ADA}", "users", "change-password", "ada")
     assert changed.returncode == 0, changed.stderr
     steps = [
-        (f"{ADA}\nop-initial-pw1", "users", "add", "olga", "--full-name", "Olga Operator", "--role", "operator"),
+        (
+            f"{ADA}\nop-initial-pw1",
+            "users",
+            "add",
+            "olga",
+            "--full-name",
+            "Olga Operator",
+            "--role",
+            "operator",
+        ),
         (ADA, "users", "set-role", "olga", "qa"),
         (ADA, "users", "disable", "olga"),
         (ADA, "users", "enable", "olga"),
@@ -87,7 +136,9 @@ async def test_users_and_tokens_from_the_command_line(
     assert (accounts["olga"]["role"], accounts["olga"]["disabled"]) == ("qa", False)
     assert accounts["olga"]["must_change_password"] is True
     assert "password" not in json.dumps(accounts).replace("must_change_password", "")
-    created = cli(path, ADA, "tokens", "create", "grafana", "--role", "viewer", "--as", "ada", "--reason", "dashboards")
+    created = cli(
+        path, ADA, "tokens", "create", "grafana", "--role", "viewer", "--as", "ada", "--reason", "dashboards"
+    )
     assert created.returncode == 0, created.stderr
     token = created.stdout.strip().splitlines()[-1]
     assert token.startswith("cwt_")
@@ -101,8 +152,11 @@ async def test_users_and_tokens_from_the_command_line(
     assert verified.returncode == 0, verified.stdout + verified.stderr
     exported = plain(path, "audit", "export", "--format", "json")
     entries = json.loads(exported.stdout)["entries"]
-    made = [(e["actor"], e["action"], e["object_id"], e["reason"]) for e in entries
-            if e["action"].startswith(("user.", "token."))]
+    made = [
+        (e["actor"], e["action"], e["object_id"], e["reason"])
+        for e in entries
+        if e["action"].startswith(("user.", "token."))
+    ]
     assert ("ada", "user.role_changed", "olga", "step set-role") in made
     assert ("ada", "user.disabled", "olga", "step disable") in made
     assert ("ada", "user.enabled", "olga", "step enable") in made

@@ -103,7 +103,9 @@ class ApiContext:
         ]
 
 
-def _review_json(review: Review | None, signatures: list[StoredSignature], zone: str) -> dict[str, Any] | None:
+def _review_json(
+    review: Review | None, signatures: list[StoredSignature], zone: str
+) -> dict[str, Any] | None:
     if review is None:
         return None
     signed = next((s for s in signatures if s.object_type == "alarm_review"), None)
@@ -146,7 +148,7 @@ def _us(moment: datetime | None) -> int | None:
 AlarmId = Annotated[int, Path(ge=1, le=ID_MAX, description="an alarm id (1 to 2**63-1)")]
 
 
-def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901 - one closure per endpoint
+def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901, PLR0915 - one closure per endpoint
     """The /api/v1 routes."""
     router = APIRouter(prefix="/api/v1")
 
@@ -201,7 +203,9 @@ def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901 - one closure per 
                 step[key.removesuffix("_us") + "_at"] = format_ts(int(str(value)))
         return {**(await ctx.alarms_json(found))[0], "history": history}
 
-    async def signer(request: Request, action: str, permission: Permission, body: SignedBody) -> SignatureDraft:
+    async def signer(
+        request: Request, action: str, permission: Permission, body: SignedBody
+    ) -> SignatureDraft:
         """The verified signer of a signed request (all components: the JSON API is no continuous session)."""
         principal = await auth.signing_principal(request)
         if principal is not None and principal.name != body.user:

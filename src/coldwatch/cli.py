@@ -146,10 +146,9 @@ def _cmd_quarantine(args: argparse.Namespace) -> int:
 
 async def _alarms_list(config: Config, args: argparse.Namespace) -> int:
     from coldwatch.export import format_ts  # noqa: PLC0415
-    from coldwatch.storage import open_existing  # noqa: PLC0415
-
     from coldwatch.review import Reviews  # noqa: PLC0415
     from coldwatch.signatures import manifestation_json  # noqa: PLC0415
+    from coldwatch.storage import open_existing  # noqa: PLC0415
     from coldwatch.storage.identity_store import identity_store  # noqa: PLC0415
 
     storage = open_existing(config.storage.location)
@@ -224,11 +223,20 @@ def _cmd_alarm_action(args: argparse.Namespace) -> int:
     if args.alarms_command == "shelve":
         body["until"] = args.until
     if args.alarms_command == "review":
-        body.update(impact=args.impact, root_cause=args.root_cause, comment=args.comment,
-                    deviation_ref=args.deviation_ref)
+        body.update(
+            impact=args.impact,
+            root_cause=args.root_cause,
+            comment=args.comment,
+            deviation_ref=args.deviation_ref,
+        )
     # Signed with every component; a service token ($COLDWATCH_API_TOKEN) is never sent: it cannot sign.
-    result = call(base_url(config, args.url), "POST", f"/api/v1/alarms/{args.id}/{args.alarms_command}", body,
-                  signed=True)
+    result = call(
+        base_url(config, args.url),
+        "POST",
+        f"/api/v1/alarms/{args.id}/{args.alarms_command}",
+        body,
+        signed=True,
+    )
     alarm = result["alarm"]
     print(f"alarm {alarm['id']} {result['event']} by {result['by']}: now {alarm['state']}")
     for signature in alarm.get("signatures", []):
@@ -245,7 +253,6 @@ async def _audit(config: Config, args: argparse.Namespace) -> int:
     try:
         if args.audit_command == "verify":
             from coldwatch.audit_verify import verify_command  # noqa: PLC0415
-
             from coldwatch.review import signature_problems  # noqa: PLC0415
             from coldwatch.storage.identity_store import identity_store  # noqa: PLC0415
 

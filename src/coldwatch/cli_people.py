@@ -29,7 +29,7 @@ from coldwatch.identity import BOOTSTRAP, Identity
 from coldwatch.identity_model import IdentityError, Principal
 from coldwatch.roles import ROLE_NAMES
 from coldwatch.storage import open_existing
-from coldwatch.storage.identity_store import WriteRefused, identity_store
+from coldwatch.storage.identity_store import WriteRefusedError, identity_store
 
 __all__ = ["add_people_commands", "add_review_command", "signed_body"]
 
@@ -66,8 +66,13 @@ async def _acting(identity: Identity, args: argparse.Namespace, secrets: _Secret
         return _actor_label(args)
     password = secrets.ask(f"password of {args.as_admin}: ")
     account = await identity.check_password(args.as_admin, password, "command line", purpose="command line")
-    return Principal(account.name, account.full_name, account.role, "person",
-                     must_change_password=account.must_change_password)
+    return Principal(
+        account.name,
+        account.full_name,
+        account.role,
+        "person",
+        must_change_password=account.must_change_password,
+    )
 
 
 async def _people(config: Config, args: argparse.Namespace) -> int:
@@ -78,21 +83,30 @@ async def _people(config: Config, args: argparse.Namespace) -> int:
     try:
         identity = Identity(identity_store(storage), config.identity)
         return await _run(identity, args, secrets)
-    except (IdentityError, WriteRefused) as exc:
+    except (IdentityError, WriteRefusedError) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 1
     finally:
         await storage.close()
 
 
-async def _run(identity: Identity, args: argparse.Namespace, secrets: _Secrets) -> int:  # noqa: C901, PLR0911
+async def _run(identity: Identity, args: argparse.Namespace, secrets: _Secrets) -> int:  # noqa: C901, PLR0912 - one branch per subcommand
     command = args.people_command
     if command == "list":
         accounts = await identity.accounts()
         if args.json:
             for a in accounts:
-                print(json.dumps({"name": a.name, "full_name": a.full_name, "role": a.role,
-                                  "disabled": a.disabled, "must_change_password": a.must_change_password}))
+                print(
+                    json.dumps(
+                        {
+                            "name": a.name,
+                            "full_name": a.full_name,
+                            "role": a.role,
+                            "disabled": a.disabled,
+                            "must_change_password": a.must_change_password,
+                        }
+                    )
+                )
             return 0
         print(f"{'name':<20} {'role':<9} {'state':<9} full name")
         for a in accounts:
@@ -101,7 +115,10 @@ async def _run(identity: Identity, args: argparse.Namespace, secrets: _Secrets) 
         return 0
     if command == "tokens-list":
         for t in await identity.tokens():
-            print(f"{t.name:<24} {t.role:<9} {'revoked' if t.revoked_us else 'active'}  created by {t.created_by}")
+            print(
+                f"{t.name:<24} {t.role:<9} {'revoked' if t.revoked_us else 'active'}  "
+                f"created by {t.created_by}"
+            )
         return 0
     if command == "change-password":
         current = secrets.ask(f"current password of {args.name}: ")
@@ -144,10 +161,15 @@ def _cmd_people(args: argparse.Namespace) -> int:
 def _common(q: argparse.ArgumentParser, *, acting: bool) -> None:
     q.add_argument("--config", required=True)
     if acting:
-        q.add_argument("--as", dest="as_admin", help="the administrator acting (password asked for); "
-                       "omit only to create the first administrator")
+        q.add_argument(
+            "--as",
+            dest="as_admin",
+            help="the administrator acting (password asked for); omit only to create the first administrator",
+        )
         q.add_argument("--reason", required=True, help="why (mandatory, recorded in the audit trail)")
-    q.add_argument("--password-stdin", action="store_true", help="read passwords from standard input, one a line")
+    q.add_argument(
+        "--password-stdin", action="store_true", help="read passwords from standard input, one a line"
+    )
     q.set_defaults(func=_cmd_people)
 
 
@@ -163,8 +185,11 @@ def add_people_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     q.add_argument("--full-name", required=True, help="the printed name shown on every signature")
     q.add_argument("--role", required=True, choices=ROLE_NAMES)
     _common(q, acting=True)
-    for name, text in (("disable", "disable an account (kept; never deleted)"), ("enable", "enable it again"),
-                       ("reset-password", "set a password to be changed at the next sign-in")):
+    for name, text in (
+        ("disable", "disable an account (kept; never deleted)"),
+        ("enable", "enable it again"),
+        ("reset-password", "set a password to be changed at the next sign-in"),
+    ):
         q = users.add_parser(name, help=text)
         q.add_argument("name")
         _common(q, acting=True)
@@ -214,7 +239,9 @@ def add_review_command(
     """``coldwatch alarms review ID ...``."""
     q = alarm_sub.add_parser("review", help="record and sign the QA review of an excursion (qa role)")
     q.add_argument("id", type=int)
-    q.add_argument("--impact", required=True, choices=("no_impact", "under_investigation", "deviation_opened"))
+    q.add_argument(
+        "--impact", required=True, choices=("no_impact", "under_investigation", "deviation_opened")
+    )
     q.add_argument("--deviation-ref", help="the deviation's reference (required with deviation_opened)")
     q.add_argument("--root-cause", default="")
     q.add_argument("--comment", default="")

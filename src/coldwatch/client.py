@@ -32,9 +32,13 @@ def base_url(config: Config, override: str | None) -> str:
     return f"http://{host}:{config.http.port}"
 
 
-def call(url: str, method: str, path: str, body: dict[str, Any] | None = None, *, signed: bool = False) -> Any:
-    """One authenticated request: a read with the service token in $COLDWATCH_API_TOKEN, or a signed
-    action whose body carries the signature's components (no token is sent: a token never signs).
+def call(
+    url: str, method: str, path: str, body: dict[str, Any] | None = None, *, signed: bool = False
+) -> Any:
+    """One request: a read with the service token in $COLDWATCH_API_TOKEN, or a signed action.
+
+    A signed action's body carries the signature's components; no token is sent with it
+    (a service token never signs).
     """
     headers = {}
     if not signed:

@@ -28,12 +28,12 @@ from coldwatch.audit import AuditDraft
 from coldwatch.auth import Authenticator
 from coldwatch.identity_config import IdentityConfig
 from coldwatch.identity_model import (
-    AccessDenied,
+    AccessDeniedError,
     Account,
-    BadCredentials,
+    BadCredentialsError,
     Principal,
-    RateLimited,
-    Refused,
+    RateLimitedError,
+    RefusedError,
     SignerIdentity,
 )
 from coldwatch.passwords import Passwords
@@ -91,7 +91,10 @@ class LocalIdentity:
 
 
 class RateLimiter:
-    """At most ``limit`` events per key within ``window_s`` (a sliding window). Pure: callers pass the time."""
+    """At most ``limit`` events per key within ``window_s`` (a sliding window).
+
+    Pure: callers pass the time.
+    """
 
     def __init__(self, limit: int, window_s: float, max_keys: int = 100_000) -> None:
         self._limit = limit
@@ -198,15 +201,17 @@ class Identity:
         if isinstance(actor, str):
             if actor.startswith(BOOTSTRAP) and await self._enabled_admins() == 0:
                 return actor
-            raise AccessDenied("an administrator's account is needed (the bootstrap is only for the first)")
+            raise AccessDeniedError(
+                "an administrator's account is needed (the bootstrap is only for the first)"
+            )
         if actor.kind != "person" or not actor.may(Permission.USERS_MANAGE):
-            raise AccessDenied(f"{actor.name} may not manage accounts (administrators only)")
+            raise AccessDeniedError(f"{actor.name} may not manage accounts (administrators only)")
         return actor.name
 
     def _new_password_hash(self, name: str, password: str, history: list[str]) -> str:
         problems = self.passwords.problems(password, name, history)
         if problems:
-            raise Refused("; ".join(problems))
+            raise RefusedError("; ".join(problems))
         return self.passwords.hash(password)
 
     async def _history(self, name: str) -> list[str]:
@@ -217,19 +222,21 @@ class Identity:
         )
         return [str(r[0]) for r in rows]
 
-    async def add_user(
+    async def add_user(  # noqa: PLR0917 - each is a required, distinct fact of the account
         self, actor: Principal | str, name: str, full_name: str, role: str, password: str, reason: str
     ) -> Account:
         """Create an account; its administrator-set password must be changed at first sign-in."""
         who = await self._check_admin(actor)
         if role not in ROLE_NAMES:
-            raise Refused(f"unknown role {role!r} (one of {', '.join(ROLE_NAMES)})")
+            raise RefusedError(f"unknown role {role!r} (one of {', '.join(ROLE_NAMES)})")
         if isinstance(actor, str) and role != "admin":
-            raise AccessDenied("the bootstrap creates the first administrator only")
+            raise AccessDeniedError("the bootstrap creates the first administrator only")
         if not full_name.strip():
-            raise Refused("a full name is required: it is printed on every signature")
+            raise RefusedError("a full name is required: it is printed on every signature")
         if await self.source.account(name) is not None:
-            raise Refused(f"the name {name!r} is taken (names are never reused, disabled accounts are kept)")
+            raise RefusedError(
+                f"the name {name!r} is taken (names are never reused, disabled accounts are kept)"
+            )
         digest = await asyncio.to_thread(self._new_password_hash, name, password, [])
         now = self.clock_us()
         await self.store.apply(
@@ -253,13 +260,11 @@ class Identity:
         assert account is not None
         return account
 
-    async def _change(
-        self, actor: Principal | str, name: str, change: str, reason: str
-    ) -> tuple[str, Account]:
+    async def _change(self, actor: Principal | str, name: str, change: str) -> tuple[str, Account]:
         who = await self._check_admin(actor)
         target = await self.source.account(name)
         if target is None:
-            raise Refused(f"no account {name!r}")
+            raise RefusedError(f"no account {name!r}")
         try:
             check_admin_change(
                 who,
@@ -269,7 +274,7 @@ class Identity:
                 enabled_admins=await self._enabled_admins(),
             )
         except SeparationError as exc:
-            raise AccessDenied(str(exc)) from exc
+            raise AccessDeniedError(str(exc)) from exc
         return who, target
 
     _KEEP_ADMIN = (
@@ -278,12 +283,12 @@ class Identity:
 
     async def disable(self, actor: Principal | str, name: str, reason: str) -> None:
         """Disable an account (kept, never deleted); its sessions end."""
-        who, target = await self._change(actor, name, "disable", reason)
+        who, _ = await self._change(actor, name, "disable")
         now = self.clock_us()
         await self.store.apply(
             [
                 Write(
-                    "UPDATE users SET disabled = 1 WHERE name = ? AND disabled = 0" + self._KEEP_ADMIN,
+                    "UPDATE users SET disabled = 1 WHERE name = ? AND disabled = 0" + self._KEEP_ADMIN,  # noqa: S608 - constants
                     (name,),
                     expect=1,
                     refusal=f"{name} is disabled already, or is the last enabled administrator",
@@ -299,7 +304,7 @@ class Identity:
 
     async def enable(self, actor: Principal | str, name: str, reason: str) -> None:
         """Enable a disabled account again (its failed attempts and lockout cleared)."""
-        who, _ = await self._change(actor, name, "enable", reason)
+        who, _ = await self._change(actor, name, "enable")
         await self.store.apply(
             [
                 Write(
@@ -316,13 +321,13 @@ class Identity:
     async def set_role(self, actor: Principal | str, name: str, role: str, reason: str) -> None:
         """Give an account another role (never one's own)."""
         if role not in ROLE_NAMES:
-            raise Refused(f"unknown role {role!r} (one of {', '.join(ROLE_NAMES)})")
-        who, target = await self._change(actor, name, f"set-role:{role}", reason)
+            raise RefusedError(f"unknown role {role!r} (one of {', '.join(ROLE_NAMES)})")
+        who, target = await self._change(actor, name, f"set-role:{role}")
         guard = self._KEEP_ADMIN if role != "admin" else ""
         await self.store.apply(
             [
                 Write(
-                    "UPDATE users SET role = ? WHERE name = ? AND role = ?" + guard,
+                    "UPDATE users SET role = ? WHERE name = ? AND role = ?" + guard,  # noqa: S608 - constants
                     (role, name, target.role),
                     expect=1,
                     refusal=f"{name}'s role changed meanwhile, or {name} is the last enabled administrator",
@@ -333,7 +338,7 @@ class Identity:
 
     async def reset_password(self, actor: Principal | str, name: str, password: str, reason: str) -> None:
         """Set a password for someone else: they must change it at their next sign-in; lockout cleared."""
-        who, _ = await self._change(actor, name, "reset-password", reason)
+        who, _ = await self._change(actor, name, "reset-password")
         await self._set_password(who, name, password, reason, must_change=True, action="user.password_reset")
 
     async def change_password(self, name: str, current: str, new: str, client: str) -> None:
@@ -379,23 +384,27 @@ class Identity:
 
     # ----- passwords, lockout -----------------------------------------------------------
     async def check_password(self, name: str, password: str, client: str, *, purpose: str) -> Account:
-        """The account if ``password`` is ``name``'s and it may sign in; else count, audit, maybe lock, refuse."""
+        """The account if ``password`` is ``name``'s and it may sign in.
+
+        Otherwise the failure is audited, counted toward lockout (a wrong password of a
+        known account) and refused with one message for every cause.
+        """
         if not name.strip():
-            raise BadCredentials
+            raise BadCredentialsError
         now = self.clock_us()
         account = await self.source.account(name)
         matches = await self.source.password_matches(name, password)
         if account is None or account.source != self.source.name:
             # Unknown names are audited too (someone tried), under the name given.
             await self.store.apply([], [self._failure(name, purpose, client, "unknown user", now)])
-            raise BadCredentials
+            raise BadCredentialsError
         if account.disabled or account.locked(now):
             state = "disabled" if account.disabled else "locked"
             await self.store.apply([], [self._failure(name, purpose, client, f"account {state}", now)])
-            raise BadCredentials
+            raise BadCredentialsError
         if not matches:
             await self._count_failure(account, purpose, client, now)
-            raise BadCredentials
+            raise BadCredentialsError
         if account.failed_attempts:
             await self.store.apply(
                 [Write("UPDATE users SET failed_attempts = 0 WHERE name = ?", (name,))], []
@@ -438,7 +447,7 @@ class Identity:
         """Check a person's password and open a session (rate-limited per name and per address)."""
         now = self.clock_us()
         if not (self._by_user.allow(f"user:{name}", now) & self._by_client.allow(f"addr:{client}", now)):
-            raise RateLimited("too many sign-in attempts: wait and try again")
+            raise RateLimitedError("too many sign-in attempts: wait and try again")
         account = await self.check_password(name, password, client, purpose="sign-in")
         return await self.sessions.create(account, client)
 
@@ -462,23 +471,23 @@ class Identity:
         password alone. A service token never signs.
         """
         if session is not None and session.kind == "service":
-            raise AccessDenied("a service token may read and may never sign")
+            raise AccessDeniedError("a service token may read and may never sign")
         allowed = self.config.meanings(action)
         if meaning not in allowed:
-            raise Refused(f"meaning must be one of: {'; '.join(allowed)}")
+            raise RefusedError(f"meaning must be one of: {'; '.join(allowed)}")
         if session is not None:
             if user is None and not session.signed_in_session:
-                raise Refused("the first signing in a session needs the user id and the password")
+                raise RefusedError("the first signing in a session needs the user id and the password")
             if user is not None and user != session.name:
-                raise AccessDenied("a signature in a session is the session's user's")
+                raise AccessDeniedError("a signature in a session is the session's user's")
             user = session.name
         if not user:
-            raise Refused("a signature needs the user id and the password")
+            raise RefusedError("a signature needs the user id and the password")
         account = await self.check_password(user, password, client, purpose=f"signing ({action})")
         if account.must_change_password:
-            raise AccessDenied(f"{user} must change the administrator-set password before signing")
+            raise AccessDeniedError(f"{user} must change the administrator-set password before signing")
         if not Principal(account.name, account.full_name, account.role, "person").may(permission):
-            raise AccessDenied(f"role {account.role!r} may not sign this ({permission.value})")
+            raise AccessDeniedError(f"role {account.role!r} may not sign this ({permission.value})")
         if session is not None and session.session_hash is not None:
             await self.sessions.mark_signed(session.session_hash)
         return SignerIdentity(account.name, account.full_name, account.role)
@@ -488,9 +497,9 @@ class Identity:
         """A new service token scoped to ``role`` (it only ever reads); its value is shown once."""
         who = await self._check_admin(actor)
         if isinstance(actor, str):
-            raise AccessDenied("service tokens are created by an administrator")
+            raise AccessDeniedError("service tokens are created by an administrator")
         if role not in ROLE_NAMES:
-            raise Refused(f"unknown role {role!r} (one of {', '.join(ROLE_NAMES)})")
+            raise RefusedError(f"unknown role {role!r} (one of {', '.join(ROLE_NAMES)})")
         token = "cwt_" + secrets.token_urlsafe(32)
         await self.store.apply(
             [
@@ -512,7 +521,8 @@ class Identity:
         await self.store.apply(
             [
                 Write(
-                    "UPDATE service_tokens SET revoked_us = ?, revoked_by = ? WHERE name = ? AND revoked_us IS NULL",
+                    "UPDATE service_tokens SET revoked_us = ?, revoked_by = ? "
+                    "WHERE name = ? AND revoked_us IS NULL",
                     (self.clock_us(), who, name),
                     expect=1,
                     refusal=f"no active service token {name!r}",
@@ -534,7 +544,8 @@ class Identity:
     async def tokens(self) -> list[TokenInfo]:
         """Every service token, revoked ones too (never their values)."""
         rows = await self.store.fetch(
-            "SELECT name, role, created_us, created_by, revoked_us, revoked_by FROM service_tokens ORDER BY name"
+            "SELECT name, role, created_us, created_by, revoked_us, revoked_by "
+            "FROM service_tokens ORDER BY name"
         )
         return [
             TokenInfo(

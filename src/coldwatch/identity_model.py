@@ -17,14 +17,14 @@ from coldwatch.errors import ColdwatchError
 from coldwatch.roles import Permission, role_allows
 
 __all__ = [
-    "AccessDenied",
+    "AccessDeniedError",
     "Account",
-    "BadCredentials",
+    "BadCredentialsError",
     "IdentityError",
     "IdentitySource",
     "Principal",
-    "RateLimited",
-    "Refused",
+    "RateLimitedError",
+    "RefusedError",
     "SignerIdentity",
 ]
 
@@ -35,7 +35,7 @@ class IdentityError(ColdwatchError):
     status = 400
 
 
-class BadCredentials(IdentityError):
+class BadCredentialsError(IdentityError):
     """Unknown user, wrong password, disabled or locked account: one message for all (no hints)."""
 
     status = 401
@@ -44,19 +44,19 @@ class BadCredentials(IdentityError):
         super().__init__(detail)
 
 
-class AccessDenied(IdentityError):
+class AccessDeniedError(IdentityError):
     """Authenticated, but the role or the separation of duties does not allow it."""
 
     status = 403
 
 
-class Refused(IdentityError):
+class RefusedError(IdentityError):
     """A request that cannot be honoured as asked (bad policy, unknown name, name taken)."""
 
     status = 422
 
 
-class RateLimited(IdentityError):
+class RateLimitedError(IdentityError):
     """Too many sign-in attempts for this user name or from this address."""
 
     status = 429

@@ -474,7 +474,9 @@ class Pipeline:
         item.outcome = transition
         if action.signature is not None:
             alarm = transition.alarm
-            facts = alarm_facts(alarm.id, alarm.key.device_id, alarm.key.metric, alarm.key.rule, alarm.raised_ts_us)
+            facts = alarm_facts(
+                alarm.id, alarm.key.device_id, alarm.key.metric, alarm.key.rule, alarm.raised_ts_us
+            )
             row, draft = bind(
                 "alarm",
                 str(alarm.id),

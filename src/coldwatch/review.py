@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Final, Literal, get_args
 
 from coldwatch.audit import AuditDraft
-from coldwatch.identity_model import AccessDenied, IdentityError, Refused, SignerIdentity
+from coldwatch.identity_model import AccessDeniedError, IdentityError, RefusedError, SignerIdentity
 from coldwatch.roles import SeparationError, check_four_eyes
 from coldwatch.rules.lifecycle import Alarm
 from coldwatch.signatures import (
@@ -37,9 +37,9 @@ from coldwatch.storage.identity_store import IdentityStore, Write
 
 __all__ = [
     "IMPACTS",
-    "AlreadyReviewed",
+    "AlreadyReviewedError",
     "Impact",
-    "NoSuchAlarm",
+    "NoSuchAlarmError",
     "Review",
     "Reviews",
     "signature_problems",
@@ -59,13 +59,13 @@ _REVIEW_COLUMNS: Final = (
 _ACTION_EVENTS: Final = ("acknowledged", "shelved", "unshelved")
 
 
-class NoSuchAlarm(IdentityError):
+class NoSuchAlarmError(IdentityError):
     """No alarm with that id."""
 
     status = 404
 
 
-class AlreadyReviewed(IdentityError):
+class AlreadyReviewedError(IdentityError):
     """The alarm has its review already (a review is never replaced)."""
 
     status = 409
@@ -140,21 +140,21 @@ class Reviews:
     ) -> Review:
         """Record and sign a review of an acknowledged or closed alarm (four eyes, once)."""
         if impact not in IMPACTS:
-            raise Refused(f"impact must be one of {', '.join(IMPACTS)}")
+            raise RefusedError(f"impact must be one of {', '.join(IMPACTS)}")
         deviation_ref = (deviation_ref or "").strip() or None
         if impact == "deviation_opened" and deviation_ref is None:
-            raise Refused("a deviation reference is required when a deviation was opened")
+            raise RefusedError("a deviation reference is required when a deviation was opened")
         alarm = await self.alarm(alarm_id)
         if alarm is None:
-            raise NoSuchAlarm(f"no alarm {alarm_id}")
+            raise NoSuchAlarmError(f"no alarm {alarm_id}")
         if alarm.acknowledged_by is None and alarm.open:
-            raise AlreadyReviewed(
+            raise AlreadyReviewedError(
                 f"alarm {alarm_id} is neither acknowledged nor closed: acknowledge it first"
             )
         try:
             check_four_eyes(signer.name, [*await self.action_signers(alarm_id), alarm.acknowledged_by or ""])
         except SeparationError as exc:
-            raise AccessDenied(str(exc)) from exc
+            raise AccessDeniedError(str(exc)) from exc
         review = Review(alarm_id, impact, deviation_ref, root_cause, comment, signer.name, now_us)
         facts = review.facts(
             alarm_facts(alarm.id, alarm.key.device_id, alarm.key.metric, alarm.key.rule, alarm.raised_ts_us)
@@ -186,7 +186,8 @@ class Reviews:
             [
                 # Guarded in the transaction: once per alarm, and never by one who signed an action on it.
                 Write(
-                    "INSERT INTO alarm_reviews(alarm_id, impact, deviation_ref, root_cause, comment, reviewer, "
+                    "INSERT INTO alarm_reviews(alarm_id, impact, deviation_ref, root_cause, comment, "
+                    "reviewer, "
                     "reviewed_us) SELECT CAST(? AS BIGINT), ?, ?, ?, ?, ?, CAST(? AS BIGINT) "
                     "WHERE NOT EXISTS (SELECT 1 FROM alarm_reviews WHERE alarm_id = ?) "
                     "AND NOT EXISTS (SELECT 1 FROM signatures WHERE object_type = 'alarm' AND object_id = ? "
@@ -204,7 +205,8 @@ class Reviews:
                         signer.name,
                     ),
                     expect=1,
-                    refusal=f"alarm {alarm_id} was reviewed meanwhile, or {signer.name} signed an action on it",
+                    refusal=f"alarm {alarm_id} was reviewed meanwhile, "
+                    f"or {signer.name} signed an action on it",
                 ),
                 Write(INSERT_SIGNATURE, row),
             ],

@@ -83,7 +83,8 @@ def check_four_eyes(reviewer: str, signers: Iterable[str]) -> None:
     """Refuse a review by anyone who signed an action on the same alarm."""
     if reviewer in set(signers):
         raise SeparationError(
-            f"{reviewer} signed an action on this alarm and may not review it: a second person must (four eyes)"
+            f"{reviewer} signed an action on this alarm and may not review it: "
+            "a second person must (four eyes)"
         )
 
 
@@ -96,7 +97,8 @@ def check_admin_change(
     """
     if actor == target and change != "enable":
         raise SeparationError(
-            f"{actor} may not {change.split(':', maxsplit=1)[0]} their own account: another administrator must"
+            f"{actor} may not {change.split(':', maxsplit=1)[0]} their own account: "
+            "another administrator must"
         )
     removes_admin = change == "disable" or (change.startswith("set-role:") and change != "set-role:admin")
     if target_is_admin and removes_admin and enabled_admins <= 1:

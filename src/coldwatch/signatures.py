@@ -136,7 +136,7 @@ def manifestation_json(sig: StoredSignature, zone: str) -> dict[str, object]:
     }
 
 
-def bind(
+def bind(  # noqa: PLR0917 - the record, the signature and how to show its time
     object_type: str,
     object_id: str,
     action: str,
@@ -233,7 +233,7 @@ def check_bindings(
         if content.get("record") != facts_of(sig.object_type, sig.object_id):
             problems.append(f"{where}: the record's content differs from what was signed")
             continue
-        entry = sealed.get((sig.object_type, sig.object_id, sig.record_hash))
-        if entry is None or entry.actor != sig.signer:
+        binding = sealed.get((sig.object_type, sig.object_id, sig.record_hash))
+        if binding is None or binding.actor != sig.signer:
             problems.append(f"{where}: no audit entry binds it to this record (copied or inserted)")
     return problems

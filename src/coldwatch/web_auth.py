@@ -24,7 +24,7 @@ from coldwatch.identity import Identity, SignIn
 from coldwatch.identity_model import IdentityError, Principal
 from coldwatch.roles import Permission
 from coldwatch.sessions import COOKIE_NAME, CSRF_FIELD, CSRF_HEADER, cookie_attributes, csrf_token
-from coldwatch.storage.identity_store import WriteRefused
+from coldwatch.storage.identity_store import WriteRefusedError
 
 __all__ = ["WebAuth", "client_address", "refusals"]
 
@@ -44,7 +44,7 @@ def refusals() -> Iterator[None]:
     except IdentityError as exc:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         raise HTTPException(exc.status, str(exc), headers=headers) from exc
-    except WriteRefused as exc:
+    except WriteRefusedError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
 
 

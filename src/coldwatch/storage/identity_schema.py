@@ -167,8 +167,9 @@ IDENTITY_SCHEMA_PG: Final = f"""
         revoked_us BIGINT,
         revoked_by TEXT
     );
-    CREATE TRIGGER service_tokens_never_deleted BEFORE DELETE ON service_tokens FOR EACH ROW EXECUTE
-        FUNCTION coldwatch_refuse('service tokens are never deleted (names are never reused): revoke instead');
+    CREATE TRIGGER service_tokens_never_deleted BEFORE DELETE ON service_tokens FOR EACH ROW
+        EXECUTE FUNCTION
+        coldwatch_refuse('service tokens are never deleted (names are never reused): revoke instead');
     CREATE TABLE signatures (
         id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         object_type TEXT NOT NULL,

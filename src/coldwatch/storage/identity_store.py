@@ -4,7 +4,7 @@ Every change is a short list of guarded writes committed in one transaction toge
 with its audit entries, so a change and its record in the audit trail commit together
 or not at all. A guarded write names the rows it must touch: when it touches another
 number (the account was disabled meanwhile, the alarm was reviewed already), the
-transaction is rolled back and :class:`WriteRefused` says why.
+transaction is rolled back and :class:`WriteRefusedError` says why.
 
 SQL is written once, with SQLite's ``?`` placeholders; the PostgreSQL store numbers them.
 """
@@ -28,13 +28,13 @@ from coldwatch.storage.identity_schema import pg_placeholders
 from coldwatch.storage.sqlite import SqliteStorage
 from coldwatch.storage.sqlite_thread import in_transaction, on_thread
 
-__all__ = ["IdentityStore", "Write", "WriteRefused", "identity_store"]
+__all__ = ["IdentityStore", "Write", "WriteRefusedError", "identity_store"]
 
 
 IDENTITY_LOCK: Final = 0x636F6C64_69647479  # "coldidty": serialises identity changes
 
 
-class WriteRefused(ColdwatchError):
+class WriteRefusedError(ColdwatchError):
     """A guarded write found the database not as expected; nothing was committed."""
 
 
@@ -55,7 +55,7 @@ class IdentityStore(Protocol):
         """Rows of one query."""
 
     async def apply(self, writes: Sequence[Write], audit: Sequence[AuditDraft]) -> None:
-        """Commit ``writes`` and ``audit`` in one transaction, or nothing (raises WriteRefused)."""
+        """Commit ``writes`` and ``audit`` in one transaction, or nothing (raises WriteRefusedError)."""
 
 
 class _SqliteIdentity:
@@ -83,7 +83,7 @@ def _apply_sqlite(conn: sqlite3.Connection, writes: list[Write], audit: list[Aud
     for write in writes:
         touched = conn.execute(write.sql, write.params).rowcount
         if write.expect is not None and touched != write.expect:
-            raise WriteRefused(write.refusal or "the database changed meanwhile: try again")
+            raise WriteRefusedError(write.refusal or "the database changed meanwhile: try again")
     append_linked(conn, audit)
 
 
@@ -109,7 +109,7 @@ class _PgIdentity:
                     status = await conn.execute(pg_placeholders(write.sql), *write.params)
                     touched = int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0
                     if write.expect is not None and touched != write.expect:
-                        raise WriteRefused(write.refusal or "the database changed meanwhile: try again")
+                        raise WriteRefusedError(write.refusal or "the database changed meanwhile: try again")
                 await audit_pg.append(conn, audit)
         except asyncpg.PostgresError as exc:
             raise StorageError(f"{self._where}: {exc}") from exc
