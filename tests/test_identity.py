@@ -300,3 +300,26 @@ async def test_service_tokens_read_only(backend: Backend) -> None:
         assert ("ada", "token.revoked", "grafana", "active", "revoked", "dashboard retired") in trail
         assert token not in repr(trail)
         assert identity_store(storage) is not None
+
+
+async def test_a_database_of_the_previous_schema_upgrades(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database made before accounts existed upgrades on open and then takes accounts, on both backends."""
+    from coldwatch.storage import postgres, sqlite  # noqa: PLC0415
+    from coldwatch.storage.identity_schema import IDENTITY_SCHEMA, IDENTITY_SCHEMA_PG  # noqa: PLC0415
+
+    with monkeypatch.context() as older:  # a collector of the version before
+        if backend.postgres:
+            before = postgres.MIGRATIONS_PG[: postgres.MIGRATIONS_PG.index(IDENTITY_SCHEMA_PG)]
+            older.setattr("coldwatch.storage.postgres.MIGRATIONS_PG", before)
+        else:
+            before = sqlite.MIGRATIONS[: sqlite.MIGRATIONS.index(IDENTITY_SCHEMA)]
+            older.setattr("coldwatch.storage.sqlite.MIGRATIONS", before)
+        async with opened(backend.location):
+            pass
+    assert not [r for r in backend.query("SELECT 1 FROM audit_log WHERE action LIKE 'user.%'")]
+    async with opened(backend.location) as (storage, identity, _):
+        await people(identity)
+        assert [a.name for a in await identity.accounts()] == ["ada", "olga", "quinn"]
+        assert (await storage.verify_audit()).ok
