@@ -24,7 +24,7 @@ from coldwatch.storage import open_storage
 from coldwatch.storage.identity_store import identity_store
 from coldwatch.web_auth import WebAuth
 from tests.conftest import Backend, running_daemon, silent_incubator_config
-from tests.identity_helpers import ADMIN_PW, FAST_IDENTITY, OPERATOR_PW, opened, people
+from tests.identity_helpers import ADMIN_PW, FAST_IDENTITY, OPERATOR_PW, QA_PW, opened, people
 
 
 def config_with(
@@ -62,7 +62,17 @@ async def test_session_cookie_csrf_administration_and_sign_out(
             assert f"{COOKIE_NAME}=" in cookie
             assert "HttpOnly" in cookie
             assert "SameSite=strict" in cookie or "samesite=strict" in cookie.lower()
-            assert "Secure" not in cookie  # plain HTTP here; set under TLS
+            assert "Secure" not in cookie  # plain HTTP here
+            # Under TLS (here: a TLS-terminating proxy on the same host says so) the cookie is Secure.
+            behind_tls = await client.post(
+                "/api/v1/session",
+                json={"user": "quinn", "password": QA_PW},
+                headers={"X-Forwarded-Proto": "https"},
+            )
+            assert behind_tls.status_code == 200, behind_tls.text
+            assert "Secure" in behind_tls.headers["set-cookie"]
+            client.cookies.clear()
+            client.cookies.set(COOKIE_NAME, answer.cookies[COOKIE_NAME])
             csrf = answer.json()["csrf_token"]
             assert (await client.get("/api/v1/session")).json()["user"] == "ada"
             new_user = {

@@ -31,6 +31,7 @@ from coldwatch.identity_model import (
     AccessDeniedError,
     Account,
     BadCredentialsError,
+    IdentitySource,
     Principal,
     RateLimitedError,
     RefusedError,
@@ -147,12 +148,15 @@ class Identity:
         config: IdentityConfig,
         *,
         config_tokens: Authenticator | None = None,
+        source: IdentitySource | None = None,
         clock_us: Callable[[], int] = lambda: time.time_ns() // 1000,
     ) -> None:
         self.store = store
         self.config = config
         self.passwords = Passwords(config.passwords)
-        self.source = LocalIdentity(store, self.passwords)
+        # Who people are and whether a password is theirs: the local database unless another
+        # source (a directory) is given. Roles, lockout, sessions and signatures stay here.
+        self.source: IdentitySource = source if source is not None else LocalIdentity(store, self.passwords)
         self._config_tokens = config_tokens
         self.clock_us = clock_us
         self._by_user = RateLimiter(config.sign_in_rate_max, config.sign_in_rate_window_s)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["COOKIE_NAME", "CSRF_FIELD", "CSRF_HEADER", "Sessions", "cookie_attributes", "csrf_token"]
 
 COOKIE_NAME = "coldwatch_session"
+TOUCH_EVERY_S = 30.0  # the idle clock of a session is restarted at most this often
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
 
@@ -115,15 +116,18 @@ class Sessions:
         if why is not None:
             await self._end(digest, str(name), why, now)
             return None
-        await ident.store.apply(
-            [
-                Write(
-                    "UPDATE sessions SET last_seen_us = ? WHERE id_hash = ? AND ended_us IS NULL",
-                    (now, digest),
-                )
-            ],
-            [],
-        )
+        if now - int(seen) >= min(TOUCH_EVERY_S, cfg.session_idle_s / 10) * 1e6:
+            # Not on every request (each touch is a write): a session may end up to this much
+            # before its idle timeout, never after it.
+            await ident.store.apply(
+                [
+                    Write(
+                        "UPDATE sessions SET last_seen_us = ? WHERE id_hash = ? AND ended_us IS NULL",
+                        (now, digest),
+                    )
+                ],
+                [],
+            )
         return Principal(
             str(name),
             str(full_name),
