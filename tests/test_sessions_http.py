@@ -151,6 +151,35 @@ async def test_forced_password_change_over_http(
             assert (await client.get("/api/v1/alarms")).status_code == 200
 
 
+async def test_passwords_are_never_echoed_in_answers(
+    broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
+) -> None:
+    """A refused request holding a password (missing or malformed fields) does not echo it back."""
+    config = config_with(tmp_path, broker, prefix, backend)
+    secret = "echo-me-not-123"
+    async with (
+        running_daemon(config) as running,
+        httpx.AsyncClient(base_url=running.base_url, timeout=30) as client,
+    ):
+        bodies: list[tuple[str, Any]] = [
+            ("/api/v1/alarms/1/ack", {"user": "olga", "password": secret, "meaning": "m"}),
+            (
+                "/api/v1/alarms/1/ack",
+                {"user": "olga", "password": secret, "meaning": "m", "reason": "r", "x": 1},
+            ),
+            (
+                "/api/v1/alarms/1/ack",
+                {"user": "olga", "password": secret * 100, "meaning": "m", "reason": "r"},
+            ),
+            ("/api/v1/session", {"user": "", "password": secret}),
+            ("/api/v1/session", [{"password": secret}]),
+        ]
+        for url, body in bodies:
+            answer = await client.post(url, json=body)
+            assert answer.status_code == 422, answer.text
+            assert secret not in answer.text
+
+
 async def test_idle_session_expires_over_http(
     broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
 ) -> None:

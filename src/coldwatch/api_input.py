@@ -80,9 +80,27 @@ class EncodableJSONResponse(JSONResponse):
         return text.encode("utf-8", "backslashreplace")
 
 
+SECRET_FIELDS = frozenset({"password", "current", "new"})  # bodies' password fields, never echoed
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with every password field's value replaced (a validation error echoes its input)."""
+    if isinstance(value, dict):
+        return {k: "(not shown)" if k in SECRET_FIELDS else _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
+
+
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = jsonable_encoder(exc.errors(), custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")})
+    found = []
+    for error in exc.errors():
+        shown = {**error, "input": _redacted(error.get("input"))}
+        if error.get("loc", ())[-1:] and error["loc"][-1] in SECRET_FIELDS:
+            shown["input"] = "(not shown)"
+        found.append(shown)
+    errors = jsonable_encoder(found, custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")})
     return EncodableJSONResponse({"detail": errors}, status_code=422)
 
 
