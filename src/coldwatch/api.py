@@ -13,7 +13,7 @@ in order with the readings; every alarm answer shows its signatures' manifestati
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field
@@ -62,6 +62,15 @@ class ReviewBody(SignedBody):
     deviation_ref: Annotated[str | None, Field(max_length=200)] = None
 
 
+SignedAction = Literal["acknowledge", "shelve", "unshelve", "review"]
+SIGNING_PERMISSION: dict[str, Permission] = {
+    "acknowledge": Permission.ACKNOWLEDGE,
+    "shelve": Permission.SHELVE,
+    "unshelve": Permission.UNSHELVE,
+    "review": Permission.REVIEW,
+}
+
+
 class ApiContext:
     """What the API reads from and acts through."""
 
@@ -85,6 +94,34 @@ class ApiContext:
         self.identity = Identity(store, config.identity, config_tokens=authenticator, clock_us=clock_us)
         self.reviews = Reviews(store, config.site.timezone)
         self.auth = WebAuth(self.identity)
+
+    async def signature(
+        self,
+        action: SignedAction,
+        *,
+        user: str | None,
+        password: str,
+        meaning: str,
+        reason: str,
+        client: str,
+        session: Principal | None = None,
+    ) -> SignatureDraft:
+        """Verify a signature's components for ``action`` and return it, ready to bind.
+
+        The console passes the person's ``session`` (later signings in it may omit
+        ``user``); the JSON API and the command line never do. Raises the identity
+        layer's errors (coldwatch.identity_model), each with its HTTP status.
+        """
+        who = await self.identity.verify_signer(
+            action=action,
+            permission=SIGNING_PERMISSION[action],
+            meaning=meaning,
+            user=user,
+            password=password,
+            client=client,
+            session=session,
+        )
+        return SignatureDraft(who.name, who.full_name, meaning, reason)
 
     async def alarms_json(self, alarms: list[Alarm]) -> list[dict[str, Any]]:
         """Alarms with their signatures' manifestations and their review (the signed record as shown)."""
@@ -203,23 +240,20 @@ def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901, PLR0915 - one clo
                 step[key.removesuffix("_us") + "_at"] = format_ts(int(str(value)))
         return {**(await ctx.alarms_json(found))[0], "history": history}
 
-    async def signer(
-        request: Request, action: str, permission: Permission, body: SignedBody
-    ) -> SignatureDraft:
+    async def signer(request: Request, action: SignedAction, body: SignedBody) -> SignatureDraft:
         """The verified signer of a signed request (all components: the JSON API is no continuous session)."""
         principal = await auth.signing_principal(request)
         if principal is not None and principal.name != body.user:
             raise HTTPException(status.HTTP_403_FORBIDDEN, "a signature in a session is the session's user's")
         with refusals():
-            who = await ctx.identity.verify_signer(
-                action=action,
-                permission=permission,
-                meaning=body.meaning,
+            return await ctx.signature(
+                action,
                 user=body.user,
                 password=body.password,
+                meaning=body.meaning,
+                reason=body.reason,
                 client=client_address(request),
             )
-        return SignatureDraft(who.name, who.full_name, body.meaning, body.reason)
 
     async def act(action: UserAction) -> dict[str, Any]:
         try:
@@ -233,7 +267,7 @@ def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901, PLR0915 - one clo
     @router.post("/alarms/{alarm_id}/ack", dependencies=Signing)
     async def acknowledge(alarm_id: AlarmId, body: SignedBody, request: Request) -> dict[str, Any]:
         """Acknowledge an alarm, signed by an operator (user, password, meaning, reason)."""
-        signed = await signer(request, "acknowledge", Permission.ACKNOWLEDGE, body)
+        signed = await signer(request, "acknowledge", body)
         return await act(UserAction("acknowledge", alarm_id, signed.signer, body.reason, signature=signed))
 
     @router.post("/alarms/{alarm_id}/shelve", dependencies=Signing)
@@ -250,19 +284,19 @@ def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901, PLR0915 - one clo
                 422,
                 f"a shelve may last at most {longest_s:g} s (api.shelve_max_s): choose an earlier end",
             )
-        signed = await signer(request, "shelve", Permission.SHELVE, body)
+        signed = await signer(request, "shelve", body)
         return await act(UserAction("shelve", alarm_id, signed.signer, body.reason, until, signature=signed))
 
     @router.post("/alarms/{alarm_id}/unshelve", dependencies=Signing)
     async def unshelve(alarm_id: AlarmId, body: SignedBody, request: Request) -> dict[str, Any]:
         """End a shelve early, signed by an operator."""
-        signed = await signer(request, "unshelve", Permission.UNSHELVE, body)
+        signed = await signer(request, "unshelve", body)
         return await act(UserAction("unshelve", alarm_id, signed.signer, body.reason, signature=signed))
 
     @router.post("/alarms/{alarm_id}/review", dependencies=Signing)
     async def review(alarm_id: AlarmId, body: ReviewBody, request: Request) -> dict[str, Any]:
         """Record the QA review of an acknowledged or closed alarm, signed by a qa user (four eyes)."""
-        signed = await signer(request, "review", Permission.REVIEW, body)
+        signed = await signer(request, "review", body)
         with refusals():
             await ctx.reviews.record(
                 alarm_id,
