@@ -40,6 +40,7 @@ __all__ = [
     "AlreadyReviewedError",
     "Impact",
     "NoSuchAlarmError",
+    "NotReviewableError",
     "Review",
     "Reviews",
     "signature_problems",
@@ -63,6 +64,12 @@ class NoSuchAlarmError(IdentityError):
     """No alarm with that id."""
 
     status = 404
+
+
+class NotReviewableError(IdentityError):
+    """The alarm is neither acknowledged nor closed: nothing to review yet."""
+
+    status = 409
 
 
 class AlreadyReviewedError(IdentityError):
@@ -148,8 +155,12 @@ class Reviews:
         if alarm is None:
             raise NoSuchAlarmError(f"no alarm {alarm_id}")
         if alarm.acknowledged_by is None and alarm.open:
-            raise AlreadyReviewedError(
+            raise NotReviewableError(
                 f"alarm {alarm_id} is neither acknowledged nor closed: acknowledge it first"
+            )
+        if await self.review_of(alarm_id) is not None:
+            raise AlreadyReviewedError(
+                f"alarm {alarm_id} has its review already (a review is never replaced)"
             )
         try:
             check_four_eyes(signer.name, [*await self.action_signers(alarm_id), alarm.acknowledged_by or ""])
