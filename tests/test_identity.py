@@ -276,9 +276,9 @@ async def test_service_tokens_read_only(backend: Backend) -> None:
     async with opened(backend.location) as (storage, identity, _):
         await people(identity)
         admin = (await identity.sign_in("ada", ADMIN_PW, "t")).principal
-        token = await identity.create_token(admin, "grafana", "admin", "dashboards")
+        token = await identity.service_tokens.create(admin, "grafana", "admin", "dashboards")
         assert token not in repr(backend.query("SELECT * FROM service_tokens"))
-        service = await identity.bearer(token)
+        service = await identity.service_tokens.bearer(token)
         assert service is not None
         assert (service.kind, service.role) == ("service", "admin")
         assert service.may(Permission.READ)
@@ -295,11 +295,11 @@ async def test_service_tokens_read_only(backend: Backend) -> None:
                 session=service,
             )
         with pytest.raises(AccessDeniedError):
-            await identity.create_token(service, "other", "viewer", "a token making tokens")
+            await identity.service_tokens.create(service, "other", "viewer", "a token making tokens")
         with pytest.raises(WriteRefusedError, match="never reused"):
-            await identity.create_token(admin, "grafana", "viewer", "same name again")
-        await identity.revoke_token(admin, "grafana", "dashboard retired")
-        assert await identity.bearer(token) is None
+            await identity.service_tokens.create(admin, "grafana", "viewer", "same name again")
+        await identity.service_tokens.revoke(admin, "grafana", "dashboard retired")
+        assert await identity.service_tokens.bearer(token) is None
         trail = _audit(backend)
         assert ("ada", "token.created", "grafana", None, "role admin", "dashboards") in trail
         assert ("ada", "token.revoked", "grafana", "active", "revoked", "dashboard retired") in trail

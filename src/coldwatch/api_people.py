@@ -207,21 +207,21 @@ def people_router(identity: Identity, auth: WebAuth) -> APIRouter:  # noqa: C901
                 "revoked_at": format_ts(t.revoked_us) if t.revoked_us else None,
                 "revoked_by": t.revoked_by,
             }
-            for t in await identity.tokens()
+            for t in await identity.service_tokens.listing()
         ]
 
     @router.post("/tokens", dependencies=csrf)
     async def create_token(body: NewTokenBody, who: Admin) -> dict[str, Any]:
         """Create a service token; its value is in this answer only."""
         with refusals():
-            token = await identity.create_token(who, body.name, body.role, body.reason)
+            token = await identity.service_tokens.create(who, body.name, body.role, body.reason)
         return {"name": body.name, "role": body.role, "token": token}
 
     @router.post("/tokens/{name}/revoke", dependencies=csrf)
     async def revoke_token(name: str, body: ReasonOnly, who: Admin) -> dict[str, Any]:
         """Revoke a service token."""
         with refusals():
-            await identity.revoke_token(who, name, body.reason)
+            await identity.service_tokens.revoke(who, name, body.reason)
         return {"name": name, "revoked": True}
 
     return router

@@ -114,7 +114,7 @@ async def _run(identity: Identity, args: argparse.Namespace, secrets: _Secrets) 
             print(f"{a.name:<20} {a.role:<9} {state:<9} {a.full_name}")
         return 0
     if command == "tokens-list":
-        for t in await identity.tokens():
+        for t in await identity.service_tokens.listing():
             print(
                 f"{t.name:<24} {t.role:<9} {'revoked' if t.revoked_us else 'active'}  "
                 f"created by {t.created_by}"
@@ -145,11 +145,11 @@ async def _run(identity: Identity, args: argparse.Namespace, secrets: _Secrets) 
         await identity.set_role(actor, args.name, args.role, args.reason)
         print(f"{args.name} is now {args.role}")
     elif command == "tokens-create":
-        token = await identity.create_token(actor, args.name, args.role, args.reason)
+        token = await identity.service_tokens.create(actor, args.name, args.role, args.reason)
         print(f"service token {args.name} ({args.role}, read-only); shown once, keep it secret:")
         print(token)
     elif command == "tokens-revoke":
-        await identity.revoke_token(actor, args.name, args.reason)
+        await identity.service_tokens.revoke(actor, args.name, args.reason)
         print(f"revoked service token {args.name}")
     return 0
 

@@ -17,11 +17,9 @@ trail. No password or hash is ever logged, audited or answered.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from coldwatch.audit import AuditDraft
@@ -39,20 +37,16 @@ from coldwatch.identity_model import (
 )
 from coldwatch.passwords import Passwords
 from coldwatch.roles import ROLE_NAMES, Permission, SeparationError, check_admin_change
+from coldwatch.service_tokens import ServiceTokens, token_hash
 from coldwatch.storage.identity_store import IdentityStore, Write
 
-__all__ = ["BOOTSTRAP", "Identity", "LocalIdentity", "RateLimiter", "SignIn", "TokenInfo", "token_hash"]
+__all__ = ["BOOTSTRAP", "Identity", "LocalIdentity", "RateLimiter", "SignIn", "token_hash"]
 
 BOOTSTRAP = "bootstrap"  # the pseudo-administrator that may create the first administrator only
 _ACCOUNT = (
     "SELECT name, full_name, role, source, disabled, must_change, locked_until_us, failed_attempts, "
     "created_us FROM users"
 )
-
-
-def token_hash(token: str) -> str:
-    """How a session id or a service token is stored: its SHA-256 (it has 256 random bits)."""
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _account(row: tuple[object, ...]) -> Account:
@@ -127,18 +121,6 @@ class SignIn:
     principal: Principal
 
 
-@dataclass(frozen=True, slots=True)
-class TokenInfo:
-    """A service token as listed (never its value or hash)."""
-
-    name: str
-    role: str
-    created_us: int
-    created_by: str
-    revoked_us: int | None
-    revoked_by: str | None
-
-
 class Identity:
     """Accounts, sign-in, service tokens and signers: one instance per collector (or per CLI command)."""
 
@@ -157,7 +139,6 @@ class Identity:
         # Who people are and whether a password is theirs: the local database unless another
         # source (a directory) is given. Roles, lockout, sessions and signatures stay here.
         self.source: IdentitySource = source if source is not None else LocalIdentity(store, self.passwords)
-        self._config_tokens = config_tokens
         self.clock_us = clock_us
         self._by_user = RateLimiter(config.sign_in_rate_max, config.sign_in_rate_window_s)
         self._by_client = RateLimiter(config.sign_in_rate_max, config.sign_in_rate_window_s)
@@ -165,6 +146,7 @@ class Identity:
         from coldwatch.sessions import Sessions  # noqa: PLC0415
 
         self.sessions = Sessions(self)
+        self.service_tokens = ServiceTokens(self, config_tokens)
 
     # ----- audit helper -------------------------------------------------------------
     def draft(
@@ -200,7 +182,7 @@ class Identity:
         rows = await self.store.fetch("SELECT count(*) FROM users WHERE role = 'admin' AND disabled = 0")
         return int(rows[0][0])
 
-    async def _check_admin(self, actor: Principal | str) -> str:
+    async def check_admin(self, actor: Principal | str) -> str:
         """The acting administrator's name; the bootstrap actor only while no administrator is enabled."""
         if isinstance(actor, str):
             if actor.startswith(BOOTSTRAP) and await self._enabled_admins() == 0:
@@ -230,7 +212,7 @@ class Identity:
         self, actor: Principal | str, name: str, full_name: str, role: str, password: str, reason: str
     ) -> Account:
         """Create an account; its administrator-set password must be changed at first sign-in."""
-        who = await self._check_admin(actor)
+        who = await self.check_admin(actor)
         if role not in ROLE_NAMES:
             raise RefusedError(f"unknown role {role!r} (one of {', '.join(ROLE_NAMES)})")
         if isinstance(actor, str) and role != "admin":
@@ -265,7 +247,7 @@ class Identity:
         return account
 
     async def _change(self, actor: Principal | str, name: str, change: str) -> tuple[str, Account]:
-        who = await self._check_admin(actor)
+        who = await self.check_admin(actor)
         target = await self.source.account(name)
         if target is None:
             raise RefusedError(f"no account {name!r}")
@@ -495,85 +477,3 @@ class Identity:
         if session is not None and session.session_hash is not None:
             await self.sessions.mark_signed(session.session_hash)
         return SignerIdentity(account.name, account.full_name, account.role)
-
-    # ----- service tokens -----------------------------------------------------------
-    async def create_token(self, actor: Principal | str, name: str, role: str, reason: str) -> str:
-        """A new service token scoped to ``role`` (it only ever reads); its value is shown once."""
-        who = await self._check_admin(actor)
-        if isinstance(actor, str):
-            raise AccessDeniedError("service tokens are created by an administrator")
-        if role not in ROLE_NAMES:
-            raise RefusedError(f"unknown role {role!r} (one of {', '.join(ROLE_NAMES)})")
-        token = "cwt_" + secrets.token_urlsafe(32)
-        await self.store.apply(
-            [
-                Write(
-                    "INSERT INTO service_tokens(name, role, token_hash, created_us, created_by) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    (name, role, token_hash(token), self.clock_us(), who),
-                    expect=1,
-                    refusal=f"the token name {name!r} is taken (names are never reused)",
-                )
-            ],
-            [self.draft(who, "token.created", name, reason, new=f"role {role}", object_type="service_token")],
-        )
-        return token
-
-    async def revoke_token(self, actor: Principal | str, name: str, reason: str) -> None:
-        """Revoke a service token for good."""
-        who = await self._check_admin(actor)
-        await self.store.apply(
-            [
-                Write(
-                    "UPDATE service_tokens SET revoked_us = ?, revoked_by = ? "
-                    "WHERE name = ? AND revoked_us IS NULL",
-                    (self.clock_us(), who, name),
-                    expect=1,
-                    refusal=f"no active service token {name!r}",
-                )
-            ],
-            [
-                self.draft(
-                    who,
-                    "token.revoked",
-                    name,
-                    reason,
-                    old="active",
-                    new="revoked",
-                    object_type="service_token",
-                )
-            ],
-        )
-
-    async def tokens(self) -> list[TokenInfo]:
-        """Every service token, revoked ones too (never their values)."""
-        rows = await self.store.fetch(
-            "SELECT name, role, created_us, created_by, revoked_us, revoked_by "
-            "FROM service_tokens ORDER BY name"
-        )
-        return [
-            TokenInfo(
-                str(n), str(r), int(c), str(b), None if v is None else int(v), None if w is None else str(w)
-            )
-            for n, r, c, b, v, w in rows
-        ]
-
-    async def bearer(self, token: str) -> Principal | None:
-        """The service behind a bearer token: a database token, else one defined in the configuration."""
-        rows = await self.store.fetch(
-            "SELECT name, role FROM service_tokens WHERE token_hash = ? AND revoked_us IS NULL",
-            token_hash(token),
-        )
-        if rows:
-            name, role = str(rows[0][0]), str(rows[0][1])
-            return Principal(name, name, role, "service")
-        user = self._config_tokens.user(token) if self._config_tokens is not None else None
-        if user is not None:
-            return Principal(user.name, user.full_name, user.role, "service")
-        return None
-
-
-def client_of(headers: Mapping[str, str], peer: str | None) -> str:
-    """The client address recorded for sign-ins (the socket's peer; proxies are not trusted)."""
-    del headers
-    return peer or "unknown"

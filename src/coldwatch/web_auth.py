@@ -65,7 +65,7 @@ class WebAuth:
         if header:
             if scheme.lower() != "bearer" or not token.strip():
                 raise _unauthorized("a valid bearer token is required")
-            principal = await self.identity.bearer(token.strip())
+            principal = await self.identity.service_tokens.bearer(token.strip())
             if principal is None:
                 raise _unauthorized("a valid bearer token is required")
         else:
