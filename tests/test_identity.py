@@ -9,7 +9,7 @@ import pytest
 
 from coldwatch.identity_model import AccessDeniedError, BadCredentialsError, RateLimitedError, RefusedError
 from coldwatch.roles import Permission
-from coldwatch.storage.identity_store import WriteRefusedError, identity_store
+from coldwatch.storage.identity_store import IDENTITY_LOCK, WriteRefusedError, identity_store
 from tests.conftest import Backend
 from tests.identity_helpers import ADMIN_PW, OPERATOR_PW, QA_PW, opened, people
 
@@ -333,3 +333,28 @@ async def test_a_database_of_the_previous_schema_upgrades(
         await people(identity)
         assert [a.name for a in await identity.accounts()] == ["ada", "olga", "quinn"]
         assert (await storage.verify_audit()).ok
+
+
+async def test_postgres_identity_changes_wait_for_one_another(pg_server: Any) -> None:
+    """On PostgreSQL an identity change waits for the identity lock, so guards see every earlier change."""
+    import asyncpg  # noqa: PLC0415
+
+    from tests.conftest import new_pg_database  # noqa: PLC0415
+
+    url = new_pg_database(pg_server)
+    async with opened(url) as (_, identity, _):
+        await people(identity)
+        admin = (await identity.sign_in("ada", ADMIN_PW, "t")).principal
+        holder = await asyncpg.connect(url)
+        try:
+            held = holder.transaction()
+            await held.start()
+            await holder.execute("SELECT pg_advisory_xact_lock($1)", IDENTITY_LOCK)
+            change = asyncio.create_task(identity.disable(admin, "olga", "left"))
+            done, _ = await asyncio.wait({change}, timeout=1.0)
+            assert not done, "the change went ahead while another identity change held the lock"
+            await held.rollback()
+            await asyncio.wait_for(change, 10)
+        finally:
+            await holder.close()
+        assert [a.disabled for a in await identity.accounts() if a.name == "olga"] == [True]

@@ -28,7 +28,7 @@ from coldwatch.storage.identity_schema import pg_placeholders
 from coldwatch.storage.sqlite import SqliteStorage
 from coldwatch.storage.sqlite_thread import in_transaction, on_thread
 
-__all__ = ["IdentityStore", "Write", "WriteRefusedError", "identity_store"]
+__all__ = ["IDENTITY_LOCK", "IdentityStore", "Write", "WriteRefusedError", "identity_store"]
 
 
 IDENTITY_LOCK: Final = 0x636F6C64_69647479  # "coldidty": serialises identity changes
