@@ -237,6 +237,8 @@ async def test_account_administration_and_separation_of_duties(backend: Backend)
         await identity.disable(admin, "olga", "left the company")
         with pytest.raises(BadCredentialsError):
             await identity.sign_in("olga", OPERATOR_PW, "t")
+        with pytest.raises(RefusedError, match="account name"):
+            await identity.add_user(admin, "two words", "Two Words", "viewer", "two-words-pass-1", "x")
         with pytest.raises(RefusedError, match="never reused"):
             await identity.add_user(admin, "olga", "Another Olga", "viewer", "other-olga-pass", "new hire")
         await identity.enable(admin, "olga", "came back")

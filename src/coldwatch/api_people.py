@@ -29,7 +29,7 @@ from coldwatch.web_auth import WebAuth, client_address, refusals
 __all__ = ["account_json", "people_router"]
 
 Password = Annotated[str, Field(min_length=1, max_length=1024)]
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")]  # identity.NAME_PATTERN
 RoleText = Annotated[str, Field(pattern="^(viewer|operator|qa|admin)$")]
 
 

@@ -17,10 +17,12 @@ trail. No password or hash is ever logged, audited or answered.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from coldwatch.audit import AuditDraft
 from coldwatch.auth import Authenticator
@@ -42,6 +44,7 @@ from coldwatch.storage.identity_store import IdentityStore, Write
 
 __all__ = ["BOOTSTRAP", "Identity", "LocalIdentity", "RateLimiter", "SignIn", "token_hash"]
 
+NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")  # account and token names
 BOOTSTRAP = "bootstrap"  # the pseudo-administrator that may create the first administrator only
 _ACCOUNT = (
     "SELECT name, full_name, role, source, disabled, must_change, locked_until_us, failed_attempts, "
@@ -213,6 +216,8 @@ class Identity:
     ) -> Account:
         """Create an account; its administrator-set password must be changed at first sign-in."""
         who = await self.check_admin(actor)
+        if not NAME_PATTERN.fullmatch(name):
+            raise RefusedError(f"an account name is 1 to 64 letters, digits and . _ @ - (got {name!r})")
         if role not in ROLE_NAMES:
             raise RefusedError(f"unknown role {role!r} (one of {', '.join(ROLE_NAMES)})")
         if isinstance(actor, str) and role != "admin":
