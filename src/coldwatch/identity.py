@@ -17,17 +17,16 @@ trail. No password or hash is ever logged, audited or answered.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
 
 from coldwatch.audit import AuditDraft
 from coldwatch.auth import Authenticator
 from coldwatch.identity_config import IdentityConfig
 from coldwatch.identity_model import (
+    NAME_PATTERN,
     AccessDeniedError,
     Account,
     BadCredentialsError,
@@ -44,7 +43,6 @@ from coldwatch.storage.identity_store import IdentityStore, Write
 
 __all__ = ["BOOTSTRAP", "Identity", "LocalIdentity", "RateLimiter", "SignIn", "token_hash"]
 
-NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")  # account and token names
 BOOTSTRAP = "bootstrap"  # the pseudo-administrator that may create the first administrator only
 _ACCOUNT = (
     "SELECT name, full_name, role, source, disabled, must_change, locked_until_us, failed_attempts, "

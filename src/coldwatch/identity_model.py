@@ -10,13 +10,15 @@ reused.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Final, Literal, Protocol
 
 from coldwatch.errors import ColdwatchError
 from coldwatch.roles import Permission, role_allows
 
 __all__ = [
+    "NAME_PATTERN",
     "AccessDeniedError",
     "Account",
     "BadCredentialsError",
@@ -60,6 +62,10 @@ class RateLimitedError(IdentityError):
     """Too many sign-in attempts for this user name or from this address."""
 
     status = 429
+
+
+# Account and service-token names: a word that reads the same in every log, export and URL.
+NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,20 +9,17 @@ role, a token grants reading only (coldwatch.roles). Tokens defined in the confi
 from __future__ import annotations
 
 import hashlib
-import re
 import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from coldwatch.auth import Authenticator
-from coldwatch.identity_model import AccessDeniedError, Principal, RefusedError
+from coldwatch.identity_model import NAME_PATTERN, AccessDeniedError, Principal, RefusedError
 from coldwatch.roles import ROLE_NAMES
 from coldwatch.storage.identity_store import Write
 
 if TYPE_CHECKING:
     from coldwatch.identity import Identity
-
-_NAME = r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}"
 
 
 __all__ = ["ServiceTokens", "TokenInfo", "token_hash"]
@@ -57,7 +54,7 @@ class ServiceTokens:
         who = await self._identity.check_admin(actor)
         if isinstance(actor, str):
             raise AccessDeniedError("service tokens are created by an administrator")
-        if not re.fullmatch(_NAME, name):
+        if not NAME_PATTERN.fullmatch(name):
             raise RefusedError(f"a token name is 1 to 64 letters, digits and . _ @ - (got {name!r})")
         if role not in ROLE_NAMES:
             raise RefusedError(f"unknown role {role!r} (one of {', '.join(ROLE_NAMES)})")
