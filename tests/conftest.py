@@ -381,6 +381,10 @@ async def raise_comm_loss(broker: RunningBroker, config: Config, running: InProc
     """Publish one reading of inc-1, then wait for its silence to raise communication loss (alarm 1)."""
     await publish_all(broker, [(telemetry_topic(config, "inc-1"), reading(0, {"temp_c": 37.0}))], clients=1)
     await eventually(lambda: running.sample("coldwatch_alarms_open", COMM_LOSS_OPEN) == 1, what="an alarm")
+    # The gauge counts the alarm when it is judged, a moment before its batch commits.
+    await eventually(
+        lambda: bool(db_query(config.storage.location, "SELECT id FROM alarms")), what="it stored"
+    )
 
 
 async def check_backlog_drained_within_queue(
