@@ -22,7 +22,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import aiomqtt
 import asyncpg
@@ -352,11 +352,18 @@ COMM_LOSS_OPEN = {
 
 
 def silent_incubator_config(
-    path: Path, *, broker: RunningBroker, prefix: str, api: dict[str, Any], database: str | None = None
+    path: Path,
+    *,
+    broker: RunningBroker,
+    prefix: str,
+    api: dict[str, Any],
+    database: str | None = None,
+    **sections: dict[str, Any],
 ) -> Config:
     """One incubator, inc-1, whose silence raises communication loss after 1 s; API users ``api``.
 
-    ``database``: a SQLite path or PostgreSQL URL (default: coldwatch.db beside ``path``).
+    ``database``: a SQLite path or PostgreSQL URL (default: coldwatch.db beside ``path``);
+    ``sections``: further configuration sections (identity, site, ...).
     """
     return write_config(
         path,
@@ -366,6 +373,7 @@ def silent_incubator_config(
         rules={"devices": {"inc-1": [{"type": "comm_loss", "timeout_s": 1}]}},
         api=api,
         storage={"path": database or str(path.parent / "coldwatch.db")},
+        **cast("dict[str, Any]", sections),
     )
 
 
@@ -373,6 +381,10 @@ async def raise_comm_loss(broker: RunningBroker, config: Config, running: InProc
     """Publish one reading of inc-1, then wait for its silence to raise communication loss (alarm 1)."""
     await publish_all(broker, [(telemetry_topic(config, "inc-1"), reading(0, {"temp_c": 37.0}))], clients=1)
     await eventually(lambda: running.sample("coldwatch_alarms_open", COMM_LOSS_OPEN) == 1, what="an alarm")
+    # The gauge counts the alarm when it is judged, a moment before its batch commits.
+    await eventually(
+        lambda: bool(db_query(config.storage.location, "SELECT id FROM alarms")), what="it stored"
+    )
 
 
 async def check_backlog_drained_within_queue(
