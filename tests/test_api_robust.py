@@ -130,15 +130,17 @@ async def test_non_finite_numbers_in_a_body_are_refused_with_a_readable_422(
     """NaN and infinities (which Python's JSON reader accepts) anywhere in a body get a 422 in valid JSON."""
     config = config_for(tmp_path, broker, prefix, backend)
     async with running_daemon(config) as running:
+        await with_people(backend, config)
         await raise_comm_loss(broker, config, running)
         async with httpx.AsyncClient(base_url=running.base_url, timeout=10) as client:
-            headers = {**auth("operator"), "Content-Type": "application/json"}
+            # Signed actions carry their signer in the body, with no bearer token.
+            headers = {"Content-Type": "application/json"}
             for path, raw in (
-                ("ack", b'{"reason": NaN}'),
-                ("ack", b'{"reason": 1e999}'),
-                ("unshelve", b'{"reason": "x", "extra": -Infinity}'),
-                ("shelve", b'{"reason": "hold", "until": Infinity}'),
-                ("shelve", b'{"reason": "hold", "until": [NaN, 1e999]}'),
+                ("ack", SIGNED_PREFIX + b'"reason": NaN}'),
+                ("ack", SIGNED_PREFIX + b'"reason": 1e999}'),
+                ("unshelve", SIGNED_PREFIX + b'"reason": "x", "extra": -Infinity}'),
+                ("shelve", SIGNED_PREFIX + b'"reason": "hold", "until": Infinity}'),
+                ("shelve", SIGNED_PREFIX + b'"reason": "hold", "until": [NaN, 1e999]}'),
             ):
                 got = await client.post(f"/api/v1/alarms/1/{path}", content=raw, headers=headers)
                 assert got.status_code == 422, (raw, got.status_code, got.text)
@@ -156,6 +158,7 @@ async def test_a_body_over_the_limit_is_refused_before_it_is_read(
     """A body over 64 KiB, declared or chunked, token or none, is a 413; the longest reason still acts."""
     config = config_for(tmp_path, broker, prefix, backend)
     async with running_daemon(config) as running:
+        await with_people(backend, config)
         await raise_comm_loss(broker, config, running)
         async with httpx.AsyncClient(base_url=running.base_url, timeout=30) as client:
             big = b'{"reason": "' + b"a" * (1 << 20) + b'"}'
@@ -172,11 +175,9 @@ async def test_a_body_over_the_limit_is_refused_before_it_is_read(
                     assert len(got.content) < 1000
                     assert "at most 65536 bytes" in got.json()["detail"], got.text
             # The longest reason a user may give, in its longest JSON form, is within the limit.
-            longest = b'{"reason": "' + b"\\ud83d\\ude00" * 2000 + b'"}'
+            longest = SIGNED_PREFIX + b'"reason": "' + b"\\ud83d\\ude00" * 2000 + b'"}'
             acted = await client.post(
-                "/api/v1/alarms/1/ack",
-                content=longest,
-                headers={**auth("operator"), "Content-Type": "application/json"},
+                "/api/v1/alarms/1/ack", content=longest, headers={"Content-Type": "application/json"}
             )
             assert acted.status_code == 200, acted.text[:200]
 
