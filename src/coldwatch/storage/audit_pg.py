@@ -180,7 +180,9 @@ async def last_link(conn: PgConnection) -> tuple[int, str]:
     last_seq, last_hash = (int(row[0]), str(row[1])) if row else (FIRST_SEQ - 1, GENESIS_HASH)
     # A signature left behind by entries deleted from the end holds its seq: never issued
     # again (every later append would fail, stopping the monitoring); verify reports the gap.
-    sealed_seq = int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM audit_seals"))
+    sealed_seq = 0
+    if await conn.fetchval("SELECT to_regclass('audit_seals') IS NOT NULL"):  # absent before signatures
+        sealed_seq = int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM audit_seals"))
     return max(last_seq, await _high_water(conn), sealed_seq) + 1, last_hash
 
 

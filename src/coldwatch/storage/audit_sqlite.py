@@ -154,7 +154,10 @@ def last_link_sync(conn: sqlite3.Connection) -> tuple[int, str]:
     # A signature left behind by entries deleted from the end (high-water mark wound back)
     # still holds its seq: issuing that seq again would make every later append fail, and
     # a damaged trail must never stop the monitoring. The deletion stays for verify to report.
-    sealed = conn.execute("SELECT max(seq) FROM audit_seals").fetchone()
+    try:
+        sealed = conn.execute("SELECT max(seq) FROM audit_seals").fetchone()
+    except sqlite3.OperationalError:  # a schema from before signatures (upgraded at start-up)
+        sealed = None
     sealed_seq = int(sealed[0]) if sealed and sealed[0] is not None else 0
     return max(last_seq, _high_water_sync(conn), sealed_seq) + 1, last_hash
 
