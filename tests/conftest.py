@@ -22,7 +22,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import aiomqtt
 import asyncpg
@@ -352,11 +352,18 @@ COMM_LOSS_OPEN = {
 
 
 def silent_incubator_config(
-    path: Path, *, broker: RunningBroker, prefix: str, api: dict[str, Any], database: str | None = None
+    path: Path,
+    *,
+    broker: RunningBroker,
+    prefix: str,
+    api: dict[str, Any],
+    database: str | None = None,
+    **sections: dict[str, Any],
 ) -> Config:
     """One incubator, inc-1, whose silence raises communication loss after 1 s; API users ``api``.
 
-    ``database``: a SQLite path or PostgreSQL URL (default: coldwatch.db beside ``path``).
+    ``database``: a SQLite path or PostgreSQL URL (default: coldwatch.db beside ``path``);
+    ``sections``: further configuration sections (identity, site, ...).
     """
     return write_config(
         path,
@@ -366,6 +373,7 @@ def silent_incubator_config(
         rules={"devices": {"inc-1": [{"type": "comm_loss", "timeout_s": 1}]}},
         api=api,
         storage={"path": database or str(path.parent / "coldwatch.db")},
+        **cast("dict[str, Any]", sections),
     )
 
 

@@ -16,6 +16,7 @@ import pytest
 from coldwatch.broker import RunningBroker
 from coldwatch.config import Config
 from tests.conftest import Backend, raise_comm_loss, running_daemon, silent_incubator_config
+from tests.identity_helpers import FAST_IDENTITY, OPERATOR_PW, opened, people
 
 OPERATOR_TOKEN = "op-" + "8" * 40
 VIEWER_TOKEN = "view-" + "4" * 40
@@ -45,8 +46,30 @@ def auth(role: str) -> dict[str, str]:
 def config_for(tmp_path: Path, broker: RunningBroker, prefix: str, backend: Backend) -> Config:
     """One silent incubator (communication loss after 1 s) on ``backend``."""
     return silent_incubator_config(
-        tmp_path / "c.yaml", broker=broker, prefix=prefix, api=api_section(), database=backend.location
+        tmp_path / "c.yaml",
+        broker=broker,
+        prefix=prefix,
+        api=api_section(),
+        database=backend.location,
+        identity=FAST_IDENTITY,
     )
+
+
+async def with_people(backend: Backend, config: Config) -> None:
+    """The accounts of tests.identity_helpers.people in the running collector's database."""
+    async with opened(backend.location, config) as (_, identity, _):
+        await people(identity)
+
+
+def olga(meaning: str = "acknowledged, investigating", **body: object) -> dict[str, object]:
+    """A request body signed by the operator olga."""
+    return {"user": "olga", "password": OPERATOR_PW, "meaning": meaning, **body}
+
+
+SIGNED_PREFIX = (
+    '{"user": "olga", "password": "' + OPERATOR_PW + '", "meaning": "acknowledged, investigating", '
+).encode()
+SHELVING = "shelved, responsible for the suppression"
 
 
 async def test_ids_beyond_int64_are_refused(
@@ -62,15 +85,12 @@ async def test_ids_beyond_int64_are_refused(
             got = await client.get(f"/api/v1/alarms/{bad}", headers=auth("viewer"))
             assert got.status_code == 422, (bad, got.status_code, got.text)
             for action in ("ack", "unshelve"):
-                posted = await client.post(
-                    f"/api/v1/alarms/{bad}/{action}", json={"reason": "x"}, headers=auth("admin")
-                )
+                posted = await client.post(f"/api/v1/alarms/{bad}/{action}", json=olga(reason="x"))
                 assert posted.status_code == 422, (bad, action, posted.text)
         largest = await client.get(f"/api/v1/alarms/{2**63 - 1}", headers=auth("viewer"))
         assert largest.status_code == 404, largest.text
-        acted = await client.post(
-            f"/api/v1/alarms/{2**63 - 1}/ack", json={"reason": "x"}, headers=auth("admin")
-        )
+        await with_people(backend, config)
+        acted = await client.post(f"/api/v1/alarms/{2**63 - 1}/ack", json=olga(reason="x"))
         assert acted.status_code == 404, acted.text
 
 
@@ -80,20 +100,23 @@ async def test_unencodable_reason_is_refused_with_a_readable_422(
     """A reason with a lone surrogate or a NUL is refused with a 422 in valid JSON; nothing is recorded."""
     config = config_for(tmp_path, broker, prefix, backend)
     async with running_daemon(config) as running:
+        await with_people(backend, config)
         await raise_comm_loss(broker, config, running)
         async with httpx.AsyncClient(base_url=running.base_url, timeout=10) as client:
-            headers = {**auth("operator"), "Content-Type": "application/json"}
+            headers = {"Content-Type": "application/json"}
             for raw in (
-                b'{"reason": "ok \\ud800"}',
-                b'{"reason": "ok \\udfff x"}',
-                b'{"reason": "a\\u0000b"}',
+                SIGNED_PREFIX + b'"reason": "ok \\ud800"}',
+                SIGNED_PREFIX + b'"reason": "ok \\udfff x"}',
+                SIGNED_PREFIX + b'"reason": "a\\u0000b"}',
             ):
                 got = await client.post("/api/v1/alarms/1/ack", content=raw, headers=headers)
                 assert got.status_code == 422, (raw, got.status_code, got.text)
                 assert json.loads(got.content)["detail"]
             # The same text in a place that is not checked (an unknown field) is echoed, still encodable.
             extra = await client.post(
-                "/api/v1/alarms/1/ack", content=b'{"reason": "x", "\\ud800": "\\ud800"}', headers=headers
+                "/api/v1/alarms/1/ack",
+                content=SIGNED_PREFIX + b'"reason": "x", "\\ud800": "\\ud800"}',
+                headers=headers,
             )
             assert extra.status_code == 422, extra.text
             assert json.loads(extra.content)["detail"]
@@ -177,9 +200,7 @@ async def test_unrepresentable_or_too_long_shelves_are_refused_before_commit(
                 "2030-01-01T00:00:00",
             ):
                 got = await client.post(
-                    "/api/v1/alarms/1/shelve",
-                    json={"reason": "hold", "until": until},
-                    headers=auth("operator"),
+                    "/api/v1/alarms/1/shelve", json=olga(SHELVING, reason="hold", until=until)
                 )
                 assert got.status_code == 422, (until, got.status_code, got.text)
                 if until == too_far:  # the limit in words a user reads: seconds and days
@@ -191,8 +212,9 @@ async def test_unrepresentable_or_too_long_shelves_are_refused_before_commit(
                 got = await client.get("/api/v1/alarms", params=query, headers=auth("viewer"))
                 assert got.status_code == 422, (query, got.text)
             soon = time.strftime("%Y-%m-%dT%H:%M:%S+02:00", time.gmtime(time.time() + 2 * 3600 + 3600))
+            await with_people(backend, config)
             done = await client.post(
-                "/api/v1/alarms/1/shelve", json={"reason": "hold", "until": soon}, headers=auth("operator")
+                "/api/v1/alarms/1/shelve", json=olga(SHELVING, reason="hold", until=soon)
             )
             assert done.status_code == 200, done.text
             assert done.json()["alarm"]["shelved_until"].endswith("+00:00")
@@ -217,8 +239,9 @@ async def test_a_stored_out_of_range_time_never_breaks_reading(
         one = await client.get("/api/v1/alarms/1", headers=auth("viewer"))
         assert one.status_code == 200, one.text
         assert one.json()["history"][0]["ts_at"].startswith("out of range")
+        await with_people(backend, config)
         acted = await client.post(
-            "/api/v1/alarms/1/unshelve", json={"reason": "fix"}, headers=auth("operator")
+            "/api/v1/alarms/1/unshelve", json=olga("unshelved, responsible", reason="fix")
         )
         assert acted.status_code == 200, acted.text
         assert acted.json()["alarm"]["shelved_until"] is None

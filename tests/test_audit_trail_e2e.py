@@ -40,7 +40,8 @@ from tests.conftest import (
     silent_incubator_config,
     write_config,
 )
-from tests.test_api import OPERATOR_TOKEN, VIEWER_TOKEN, api_users
+from tests.identity_helpers import FAST_IDENTITY, OPERATOR_PW, opened, people
+from tests.test_api import VIEWER_TOKEN, api_users
 
 __all__ = ["api_users"]
 
@@ -62,19 +63,30 @@ def coldwatch(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 async def audited(
     broker: RunningBroker, prefix: str, tmp_path: Path, api_users: dict[str, object], backend: Backend
 ) -> Path:
-    """A collector run with an alarm raised and acknowledged by an operator; returns its config file."""
+    """A collector run with an alarm raised and acknowledged (signed) by an operator; its config file."""
     config = silent_incubator_config(
-        tmp_path / "c.yaml", broker=broker, prefix=prefix, api=api_users, database=backend.location
+        tmp_path / "c.yaml",
+        broker=broker,
+        prefix=prefix,
+        api=api_users,
+        database=backend.location,
+        identity=FAST_IDENTITY,
     )
     async with running_daemon(config) as running:
+        async with opened(backend.location, config) as (_, identity, _):
+            await people(identity)
         await raise_comm_loss(broker, config, running)
         async with httpx.AsyncClient(base_url=running.base_url, timeout=10) as client:
             done = await client.post(
                 "/api/v1/alarms/1/ack",
-                json={"reason": "checked the logger"},
-                headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
+                json={
+                    "user": "olga",
+                    "password": OPERATOR_PW,
+                    "meaning": "acknowledged, investigating",
+                    "reason": "checked the logger",
+                },
             )
-            assert done.status_code == 200
+            assert done.status_code == 200, done.text
             listed = await client.get("/api/v1/alarms", headers={"Authorization": f"Bearer {VIEWER_TOKEN}"})
             assert listed.status_code == 200
     return tmp_path / "c.yaml"
@@ -170,8 +182,10 @@ def tamper_sqlite_copy(db: str, copy: str, tamper: str, kind: str) -> None:
         for trigger in ("audit_log_no_update", "audit_log_no_delete", "audit_log_append_only"):
             conn.execute(f"DROP TRIGGER {trigger}")
         if kind == "inserted":
-            # Put the forged row between two real ones by moving the later ones up.
-            conn.execute(f"UPDATE audit_log SET seq = seq + 1 WHERE seq > {target}")
+            # Put the forged row between two real ones by moving the later ones up (in two
+            # steps: seq is unique, checked row by row).
+            conn.execute(f"UPDATE audit_log SET seq = seq + 100000 WHERE seq > {target}")
+            conn.execute("UPDATE audit_log SET seq = seq - 99999 WHERE seq > 100000")
             conn.execute(tamper.format(seq=target).replace("seq + 1000", "seq + 1"))
         else:
             conn.execute(tamper.format(seq=target))

@@ -30,6 +30,7 @@ from tests.conftest import (
     running_daemon,
     write_config,
 )
+from tests.identity_helpers import FAST_IDENTITY, OPERATOR_PW, opened, people
 from tests.test_notify import Receiver
 
 US = 1_000_000
@@ -159,6 +160,7 @@ async def test_lost_gap_raises_acknowledgeable_integrity_alarm(
                 "olga": {"role": "operator", "token_sha256": hashlib.sha256(TOKEN.encode()).hexdigest()}
             }
         },
+        identity=FAST_IDENTITY,
         notify={
             "webhooks": {"pager": {"url": f"{receiver.url}/pager"}},
             "escalation": [{"tiers": [{"after_s": 0, "notify": ["pager"]}]}],
@@ -177,6 +179,8 @@ async def test_lost_gap_raises_acknowledgeable_integrity_alarm(
                     requests.append(json.loads(message.payload))
 
             task = asyncio.create_task(listen())
+            async with opened(str(config.storage.path), config) as (_, identity, _):
+                await people(identity)
             for seq in (0, 1, 5):
                 payload = json.dumps({"ts": 1.7e9 + seq, "seq": seq, "values": {"temp_c": 37.0}})
                 await listener.publish(f"{base}/telemetry", payload, qos=1)
@@ -200,7 +204,14 @@ async def test_lost_gap_raises_acknowledgeable_integrity_alarm(
                     what="the data-integrity alarm notified",
                 )
                 acked = await client.post(
-                    f"/api/v1/alarms/{alarm['id']}/ack", json={"reason": "gap reviewed"}
+                    f"/api/v1/alarms/{alarm['id']}/ack",
+                    json={
+                        "user": "olga",
+                        "password": OPERATOR_PW,
+                        "meaning": "acknowledged, investigating",
+                        "reason": "gap reviewed",
+                    },
+                    headers={"Authorization": ""},
                 )
                 assert acked.status_code == 200, acked.text
             actions = [a for (a,) in db_query(db, "SELECT action FROM audit_log ORDER BY seq")]

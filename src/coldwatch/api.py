@@ -1,8 +1,11 @@
-"""The HTTP API: read alarms, devices and readings; acknowledge, shelve, unshelve.
+"""The HTTP API: read alarms, devices and readings; acknowledge, shelve, unshelve and review, signed.
 
-JSON, with an OpenAPI description at /openapi.json (browsable at /docs). Every request
-carries a bearer token; every action is attributed to the user behind it and applied by
-the daemon's single writer, in order with the readings.
+JSON, with an OpenAPI description at /openapi.json (browsable at /docs). A read carries a
+bearer service token or a session cookie. A signed action (acknowledge, shelve,
+unshelve, review) carries the signature's components in its body: user id, password,
+meaning and reason (21 CFR 11.200(a): outside a continuous session, every component);
+a service token never signs. Alarm actions are applied by the daemon's single writer,
+in order with the readings; every alarm answer shows its signatures' manifestations.
 """
 
 # No "from __future__ import annotations": FastAPI must see the local dependency aliases.
@@ -10,33 +13,62 @@ the daemon's single writer, in order with the readings.
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from coldwatch.api_input import ID_MAX, ReasonText, Text, UtcTime, to_us
-from coldwatch.auth import Authenticator, User
+from coldwatch.api_input import ID_MAX, ReasonText, Text, UserId, UtcTime, to_us
+from coldwatch.api_people import people_router
+from coldwatch.auth import Authenticator
 from coldwatch.config import Config
 from coldwatch.export import format_ts
+from coldwatch.identity import Identity
+from coldwatch.identity_model import Principal, SignerIdentity
 from coldwatch.pipeline import UserAction
+from coldwatch.review import Review, Reviews
+from coldwatch.roles import Permission
 from coldwatch.rules.lifecycle import Alarm, LifecycleError, Transition
+from coldwatch.signatures import SignatureDraft, StoredSignature, manifestation_json
 from coldwatch.storage.base import DeviceState, Storage
+from coldwatch.storage.identity_store import identity_store
+from coldwatch.web_auth import WebAuth, client_address, refusals
 
 __all__ = ["ApiContext", "build_router"]
 
 
-class ReasonBody(BaseModel):
-    """Why: mandatory for every action (EU GMP Annex 11)."""
+class SignedBody(BaseModel):
+    """An electronic signature's components: who, their password, the meaning, and why (Annex 11)."""
 
     model_config = ConfigDict(extra="forbid")
+    user: UserId
+    password: Annotated[str, Field(min_length=1, max_length=1024)]
+    meaning: Text
     reason: ReasonText
 
 
-class ShelveBody(ReasonBody):
-    """Shelve until a time (RFC 3339 with offset)."""
+class ShelveBody(SignedBody):
+    """Shelve until a time (RFC 3339 with offset), signed."""
 
     until: UtcTime
+
+
+class ReviewBody(SignedBody):
+    """A QA assessment of an excursion, signed."""
+
+    impact: Annotated[str, Field(pattern="^(no_impact|under_investigation|deviation_opened)$")]
+    root_cause: Annotated[str, Field(max_length=2000)] = ""
+    comment: Annotated[str, Field(max_length=10_000)] = ""
+    deviation_ref: Annotated[str | None, Field(max_length=200)] = None
+
+
+SignedAction = Literal["acknowledge", "shelve", "unshelve", "review"]
+SIGNING_PERMISSION: dict[str, Permission] = {
+    "acknowledge": Permission.ACKNOWLEDGE,
+    "shelve": Permission.SHELVE,
+    "unshelve": Permission.UNSHELVE,
+    "review": Permission.REVIEW,
+}
 
 
 class ApiContext:
@@ -58,6 +90,71 @@ class ApiContext:
         self.states = states
         self.authenticator = authenticator
         self.clock_us = clock_us
+        store = identity_store(storage)
+        self.identity = Identity(store, config.identity, config_tokens=authenticator, clock_us=clock_us)
+        self.reviews = Reviews(store, config.site.timezone)
+        self.auth = WebAuth(self.identity)
+
+    async def signature(
+        self,
+        action: SignedAction,
+        *,
+        user: str | None,
+        password: str,
+        meaning: str,
+        reason: str,
+        client: str,
+        session: Principal | None = None,
+    ) -> SignatureDraft:
+        """Verify a signature's components for ``action`` and return it, ready to bind.
+
+        The console passes the person's ``session`` (later signings in it may omit
+        ``user``); the JSON API and the command line never do. Raises the identity
+        layer's errors (coldwatch.identity_model), each with its HTTP status.
+        """
+        who = await self.identity.verify_signer(
+            action=action,
+            permission=SIGNING_PERMISSION[action],
+            meaning=meaning,
+            user=user,
+            password=password,
+            client=client,
+            session=session,
+        )
+        return SignatureDraft(who.name, who.full_name, meaning, reason)
+
+    async def alarms_json(self, alarms: list[Alarm]) -> list[dict[str, Any]]:
+        """Alarms with their signatures' manifestations and their review (the signed record as shown)."""
+        ids = [a.id for a in alarms]
+        signatures = await self.reviews.signatures_of(ids)
+        reviews = await self.reviews.reviews_of(ids)
+        zone = self.config.site.timezone
+        return [
+            {
+                **_alarm_json(a),
+                "signatures": [manifestation_json(s, zone) for s in signatures.get(a.id, [])],
+                "review": _review_json(reviews.get(a.id), signatures.get(a.id, []), zone),
+                "complete": a.id in reviews,
+            }
+            for a in alarms
+        ]
+
+
+def _review_json(
+    review: Review | None, signatures: list[StoredSignature], zone: str
+) -> dict[str, Any] | None:
+    if review is None:
+        return None
+    signed = next((s for s in signatures if s.object_type == "alarm_review"), None)
+    return {
+        "impact": review.impact,
+        "deviation_ref": review.deviation_ref,
+        "root_cause": review.root_cause,
+        "comment": review.comment,
+        "reviewer": review.reviewer,
+        "reviewed_at": format_ts(review.reviewed_us),
+        "signature": manifestation_json(signed, zone) if signed is not None else None,
+    }
 
 
 def _alarm_json(alarm: Alarm) -> dict[str, Any]:
@@ -107,29 +204,15 @@ def _check_shelve_end(ahead_us: int, longest_s: float) -> None:
 AlarmId = Annotated[int, Path(ge=1, le=ID_MAX, description="an alarm id (1 to 2**63-1)")]
 
 
-def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901 - one closure per endpoint
+def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901, PLR0915 - one closure per endpoint
     """The /api/v1 routes."""
     router = APIRouter(prefix="/api/v1")
 
-    def authenticated(request: Request) -> User:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        user = ctx.authenticator.user(token.strip()) if scheme.lower() == "bearer" else None
-        if user is None:
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                "a valid bearer token is required",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        return user
-
-    def operator(user: Annotated[User, Depends(authenticated)]) -> User:
-        if not user.may("operator"):
-            raise HTTPException(status.HTTP_403_FORBIDDEN, f"role {user.role!r} may not act on alarms")
-        return user
-
-    Viewer = Annotated[User, Depends(authenticated)]  # noqa: N806 - a type alias
-    Operator = Annotated[User, Depends(operator)]  # noqa: N806 - a type alias
+    auth = ctx.auth
+    router.include_router(people_router(ctx.identity, auth))
+    Viewer = Annotated[Principal, Depends(auth.require(Permission.READ))]  # noqa: N806 - a type alias
+    # Signed requests: a bad credential 401 and a service token 403 before the body is looked at.
+    Signing = [Depends(auth.signing_principal), Depends(auth.csrf)]  # noqa: N806 - dependencies
 
     @router.get("/alarms")
     async def list_alarms(  # noqa: PLR0917 - one query parameter per filter
@@ -141,9 +224,16 @@ def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901 - one closure per 
         since: UtcTime | None = None,
         until: UtcTime | None = None,
         open_only: Annotated[bool, Query(alias="open")] = False,
+        awaiting: Annotated[str | None, Query(pattern="^(acknowledgement|review)$")] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
     ) -> list[dict[str, Any]]:
-        """Alarms, newest first, filtered by state, device, site, severity and raise time."""
+        """Alarms, newest first, filtered by state, device, site, severity and raise time.
+
+        ``awaiting=acknowledgement``: unacknowledged alarms; ``awaiting=review``: acknowledged
+        or closed alarms without their QA review (the other filters do not apply then).
+        """
+        if awaiting is not None:
+            return await ctx.alarms_json(await ctx.reviews.awaiting(awaiting, limit))  # type: ignore[arg-type]
         alarms = await ctx.storage.alarms(
             open_only=open_only,
             device_id=device,
@@ -154,7 +244,7 @@ def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901 - one closure per 
             until_us=_us(until),
             limit=limit,
         )
-        return [_alarm_json(a) for a in alarms]
+        return await ctx.alarms_json(alarms)
 
     @router.get("/alarms/{alarm_id}")
     async def get_alarm(alarm_id: AlarmId, _: Viewer) -> dict[str, Any]:
@@ -166,7 +256,22 @@ def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901 - one closure per 
         for step in history:
             for key in ("ts_us", "received_us"):
                 step[key.removesuffix("_us") + "_at"] = _stored_at(step.pop(key))
-        return {**_alarm_json(found[0]), "history": history}
+        return {**(await ctx.alarms_json(found))[0], "history": history}
+
+    async def signer(request: Request, action: SignedAction, body: SignedBody) -> SignatureDraft:
+        """The verified signer of a signed request (all components: the JSON API is no continuous session)."""
+        principal = await auth.signing_principal(request)
+        if principal is not None and principal.name != body.user:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "a signature in a session is the session's user's")
+        with refusals():
+            return await ctx.signature(
+                action,
+                user=body.user,
+                password=body.password,
+                meaning=body.meaning,
+                reason=body.reason,
+                client=client_address(request),
+            )
 
     async def act(action: UserAction) -> dict[str, Any]:
         try:
@@ -174,28 +279,51 @@ def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901 - one closure per 
         except LifecycleError as exc:
             code = status.HTTP_404_NOT_FOUND if "no open alarm" in str(exc) else status.HTTP_409_CONFLICT
             raise HTTPException(code, str(exc)) from exc
-        return {"event": transition.event, "by": transition.actor, "alarm": _alarm_json(transition.alarm)}
+        shown = (await ctx.alarms_json([transition.alarm]))[0]
+        return {"event": transition.event, "by": transition.actor, "alarm": shown}
 
-    @router.post("/alarms/{alarm_id}/ack")
-    async def acknowledge(alarm_id: AlarmId, body: ReasonBody, user: Operator) -> dict[str, Any]:
-        """Acknowledge an alarm (operator or admin; a reason is required)."""
-        return await act(UserAction("acknowledge", alarm_id, user.name, body.reason))
+    @router.post("/alarms/{alarm_id}/ack", dependencies=Signing)
+    async def acknowledge(alarm_id: AlarmId, body: SignedBody, request: Request) -> dict[str, Any]:
+        """Acknowledge an alarm, signed by an operator (user, password, meaning, reason)."""
+        signed = await signer(request, "acknowledge", body)
+        return await act(UserAction("acknowledge", alarm_id, signed.signer, body.reason, signature=signed))
 
-    @router.post("/alarms/{alarm_id}/shelve")
-    async def shelve(alarm_id: AlarmId, body: ShelveBody, user: Operator) -> dict[str, Any]:
-        """Shelve an alarm until a time (operator or admin; reason and end time required).
+    @router.post("/alarms/{alarm_id}/shelve", dependencies=Signing)
+    async def shelve(alarm_id: AlarmId, body: ShelveBody, request: Request) -> dict[str, Any]:
+        """Shelve an alarm until a time, signed by an operator (and the end time).
 
         The end may lie at most ``api.shelve_max_s`` ahead (default 30 days): checked here,
-        before anything is committed.
+        before anything is committed (and before the password is checked).
         """
         until = to_us(body.until)
         _check_shelve_end(until - ctx.clock_us(), ctx.config.api.shelve_max_s)
-        return await act(UserAction("shelve", alarm_id, user.name, body.reason, until))
+        signed = await signer(request, "shelve", body)
+        return await act(UserAction("shelve", alarm_id, signed.signer, body.reason, until, signature=signed))
 
-    @router.post("/alarms/{alarm_id}/unshelve")
-    async def unshelve(alarm_id: AlarmId, body: ReasonBody, user: Operator) -> dict[str, Any]:
-        """End a shelve early (operator or admin; a reason is required)."""
-        return await act(UserAction("unshelve", alarm_id, user.name, body.reason))
+    @router.post("/alarms/{alarm_id}/unshelve", dependencies=Signing)
+    async def unshelve(alarm_id: AlarmId, body: SignedBody, request: Request) -> dict[str, Any]:
+        """End a shelve early, signed by an operator."""
+        signed = await signer(request, "unshelve", body)
+        return await act(UserAction("unshelve", alarm_id, signed.signer, body.reason, signature=signed))
+
+    @router.post("/alarms/{alarm_id}/review", dependencies=Signing)
+    async def review(alarm_id: AlarmId, body: ReviewBody, request: Request) -> dict[str, Any]:
+        """Record the QA review of an acknowledged or closed alarm, signed by a qa user (four eyes)."""
+        signed = await signer(request, "review", body)
+        with refusals():
+            await ctx.reviews.record(
+                alarm_id,
+                SignerIdentity(signed.signer, signed.full_name, "qa"),
+                impact=body.impact,
+                root_cause=body.root_cause,
+                comment=body.comment,
+                deviation_ref=body.deviation_ref,
+                meaning=body.meaning,
+                reason=body.reason,
+                now_us=ctx.clock_us(),
+            )
+        found = await ctx.storage.alarms(alarm_id=alarm_id, limit=1)
+        return {"event": "reviewed", "by": signed.signer, "alarm": (await ctx.alarms_json(found))[0]}
 
     @router.get("/devices")
     async def devices(_: Viewer) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ __all__ = [
     "BodyLimit",
     "EncodableJSONResponse",
     "Text",
+    "UserId",
     "UtcTime",
     "install_error_handlers",
     "to_us",
@@ -64,6 +65,9 @@ Text = Annotated[str, Field(max_length=200), AfterValidator(_encodable)]
 UtcTime = Annotated[datetime, AfterValidator(_representable)]
 """An RFC 3339 time with an offset, converted to UTC; unrepresentable times are refused."""
 
+UserId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^\S+$"), AfterValidator(_encodable)]
+"""A user id as typed at sign-in or signing: one word, storable."""
+
 ReasonText = Annotated[str, Field(min_length=1, max_length=2000, pattern=r"\S"), AfterValidator(_encodable)]
 """Why a user acts: mandatory, not blank, storable."""
 
@@ -101,9 +105,27 @@ class EncodableJSONResponse(JSONResponse):
         return text.encode("utf-8", "backslashreplace")
 
 
+SECRET_FIELDS = frozenset({"password", "current", "new"})  # bodies' password fields, never echoed
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with every password field's value replaced (a validation error echoes its input)."""
+    if isinstance(value, dict):
+        return {k: "(not shown)" if k in SECRET_FIELDS else _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
+
+
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = jsonable_encoder(exc.errors(), custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")})
+    found = []
+    for error in exc.errors():
+        shown = {**error, "input": _redacted(error.get("input"))}
+        if error.get("loc", ())[-1:] and error["loc"][-1] in SECRET_FIELDS:
+            shown["input"] = "(not shown)"
+        found.append(shown)
+    errors = jsonable_encoder(found, custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")})
     return EncodableJSONResponse({"detail": errors}, status_code=422)
 
 

@@ -27,8 +27,17 @@ from coldwatch.storage import open_storage
 __all__ = ["public_key_command", "rotate_key_command", "verify_command"]
 
 
-def verify_command(config: Config, evidence: AuditEvidence, args: argparse.Namespace) -> int:
-    """Check the stored trail, its signatures, the anchor file and the guards; 0 intact, 1 not, 2 unusable."""
+def verify_command(
+    config: Config,
+    evidence: AuditEvidence,
+    args: argparse.Namespace,
+    bindings: tuple[int, list[str]] = (0, []),
+) -> int:
+    """Check the stored trail, its seals, the anchor file, the guards and the electronic signatures' bindings.
+
+    ``bindings``: how many electronic signatures are stored and every one not bound to its
+    record and audit entry (coldwatch.review.signature_problems). 0 intact, 1 not, 2 unusable.
+    """
     anchor = None
     if args.anchor:
         seq, _, digest = args.anchor.partition(":")
@@ -65,7 +74,14 @@ def verify_command(config: Config, evidence: AuditEvidence, args: argparse.Names
         )
     print(report.describe())
     print(f"append-only guards: {'PROBLEM: ' + guards if guards else 'all in place'}")
-    return 0 if report.ok else 1
+    signed, problems = bindings
+    if problems:
+        print(f"electronic signatures: {len(problems)} of {signed} NOT bound to their records:")
+        for problem in problems:
+            print(f"  {problem}")
+    else:
+        print(f"electronic signatures: {signed} bound to their records and the audit trail")
+    return 0 if report.ok and not problems else 1
 
 
 def public_key_command(config: Config) -> int:

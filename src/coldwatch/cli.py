@@ -146,15 +146,25 @@ def _cmd_quarantine(args: argparse.Namespace) -> int:
 
 async def _alarms_list(config: Config, args: argparse.Namespace) -> int:
     from coldwatch.export import format_ts  # noqa: PLC0415
+    from coldwatch.review import Reviews  # noqa: PLC0415
+    from coldwatch.signatures import manifestation_json  # noqa: PLC0415
     from coldwatch.storage import open_existing  # noqa: PLC0415
+    from coldwatch.storage.identity_store import identity_store  # noqa: PLC0415
 
     storage = open_existing(config.storage.location)
     await storage.open()
     try:
-        alarms = await storage.alarms(open_only=args.open, device_id=args.device)
+        reviews = Reviews(identity_store(storage), config.site.timezone)
+        if args.awaiting:
+            alarms = await reviews.awaiting(args.awaiting)
+        else:
+            alarms = await storage.alarms(open_only=args.open, device_id=args.device)
         histories = {a.id: await storage.alarm_history(a.id) for a in alarms} if args.history else {}
+        signatures = await reviews.signatures_of(a.id for a in alarms)
+        reviewed = await reviews.reviews_of(a.id for a in alarms)
     finally:
         await storage.close()
+    zone = config.site.timezone
     if args.json:
         for alarm in alarms:
             record = {
@@ -170,6 +180,11 @@ async def _alarms_list(config: Config, args: argparse.Namespace) -> int:
                 "limit": alarm.limit,
                 "late": alarm.late,
                 "detail": alarm.detail,
+                "acknowledged_by": alarm.acknowledged_by,
+                "signatures": [manifestation_json(sig, zone) for sig in signatures.get(alarm.id, [])],
+                "reviewed_by": reviewed[alarm.id].reviewer if alarm.id in reviewed else None,
+                "impact": reviewed[alarm.id].impact if alarm.id in reviewed else None,
+                "complete": alarm.id in reviewed,
             }
             if args.history:
                 record["history"] = histories[alarm.id]
@@ -185,6 +200,10 @@ async def _alarms_list(config: Config, args: argparse.Namespace) -> int:
             f"{alarm.severity.label:<8} {alarm.state.value:<24} "
             f"{format_ts(alarm.raised_ts_us)}{late}{cleared}"
         )
+        for sig in signatures.get(alarm.id, []):
+            print(f"{'':>7}{sig.action}: {manifestation_json(sig, zone)['manifestation']}")
+        if alarm.id in reviewed:
+            print(f"{'':>7}review: impact {reviewed[alarm.id].impact} (complete)")
     print(f"{len(alarms)} alarm(s)", file=sys.stderr)
     return 0
 
@@ -196,16 +215,32 @@ def _cmd_alarms(args: argparse.Namespace) -> int:
 
 
 def _cmd_alarm_action(args: argparse.Namespace) -> int:
+    from coldwatch.cli_people import signed_body  # noqa: PLC0415
     from coldwatch.client import base_url, call  # noqa: PLC0415
 
     config = load_config(args.config)
-    body: dict[str, str] = {"reason": args.reason}
+    body: dict[str, object] = signed_body(args)
     if args.alarms_command == "shelve":
         body["until"] = args.until
-    verb = {"ack": "ack", "shelve": "shelve", "unshelve": "unshelve"}[args.alarms_command]
-    result = call(base_url(config, args.url), "POST", f"/api/v1/alarms/{args.id}/{verb}", body)
+    if args.alarms_command == "review":
+        body.update(
+            impact=args.impact,
+            root_cause=args.root_cause,
+            comment=args.comment,
+            deviation_ref=args.deviation_ref,
+        )
+    # Signed with every component; a service token ($COLDWATCH_API_TOKEN) is never sent: it cannot sign.
+    result = call(
+        base_url(config, args.url),
+        "POST",
+        f"/api/v1/alarms/{args.id}/{args.alarms_command}",
+        body,
+        signed=True,
+    )
     alarm = result["alarm"]
     print(f"alarm {alarm['id']} {result['event']} by {result['by']}: now {alarm['state']}")
+    for signature in alarm.get("signatures", []):
+        print(f"  {signature['manifestation']}")
     return 0
 
 
@@ -218,8 +253,12 @@ async def _audit(config: Config, args: argparse.Namespace) -> int:
     try:
         if args.audit_command == "verify":
             from coldwatch.audit_verify import verify_command  # noqa: PLC0415
+            from coldwatch.review import signature_problems  # noqa: PLC0415
+            from coldwatch.storage.identity_store import identity_store  # noqa: PLC0415
 
-            return verify_command(config, await storage.audit_evidence(), args)
+            evidence = await storage.audit_evidence()
+            bindings = await signature_problems(identity_store(storage), evidence.entries)
+            return verify_command(config, evidence, args, bindings)
         entries = [entry async for entry in storage.audit_entries()]
         stored = await storage.verify_audit()
     finally:
@@ -323,20 +362,24 @@ def _add_alarm_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     q.add_argument("--device")
     q.add_argument("--json", action="store_true", help="one JSON object per line")
     q.add_argument("--history", action="store_true", help="with every transition (implies --json)")
+    q.add_argument("--awaiting", choices=("acknowledgement", "review"), help="only alarms awaiting this")
     q.set_defaults(func=_cmd_alarms)
+    from coldwatch.cli_people import add_review_command, add_signing_arguments  # noqa: PLC0415
+
     for name, helptext in (
-        ("ack", "acknowledge an alarm (as the user of $COLDWATCH_API_TOKEN)"),
-        ("shelve", "shelve an alarm until a time"),
-        ("unshelve", "end a shelve early"),
+        ("ack", "acknowledge an alarm, signed (user id, password asked for, meaning, reason)"),
+        ("shelve", "shelve an alarm until a time, signed"),
+        ("unshelve", "end a shelve early, signed"),
     ):
         q = alarm_sub.add_parser(name, help=helptext)
         q.add_argument("id", type=int)
-        q.add_argument("--reason", required=True, help="why (mandatory, recorded in the audit trail)")
+        add_signing_arguments(q)
         if name == "shelve":
             q.add_argument("--until", required=True, help="RFC 3339 time with offset")
         q.add_argument("--config", required=True)
         q.add_argument("--url", help="the daemon's HTTP address (default: from the configuration)")
         q.set_defaults(func=_cmd_alarm_action)
+    add_review_command(alarm_sub, _cmd_alarm_action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -370,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_alarm_commands(sub)
 
     _add_audit_commands(sub)
+    from coldwatch.cli_people import add_people_commands  # noqa: PLC0415
+
+    add_people_commands(sub)
 
     p = sub.add_parser("simulate", help="publish simulated device readings (SIMULATED data)")
     p.add_argument("--config", required=True)

@@ -32,15 +32,22 @@ def base_url(config: Config, override: str | None) -> str:
     return f"http://{host}:{config.http.port}"
 
 
-def call(url: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    """One authenticated request; the token comes from $COLDWATCH_API_TOKEN (it names the user)."""
-    token = os.environ.get(TOKEN_ENV)
-    if not token:
-        raise ApiClientError(0, f"set {TOKEN_ENV} to your API token: every action is attributed to a user")
+def call(
+    url: str, method: str, path: str, body: dict[str, Any] | None = None, *, signed: bool = False
+) -> Any:
+    """One request: a read with the service token in $COLDWATCH_API_TOKEN, or a signed action.
+
+    A signed action's body carries the signature's components; no token is sent with it
+    (a service token never signs).
+    """
+    headers = {}
+    if not signed:
+        token = os.environ.get(TOKEN_ENV)
+        if not token:
+            raise ApiClientError(0, f"set {TOKEN_ENV} to a service token to read through the API")
+        headers["Authorization"] = f"Bearer {token}"
     try:
-        response = httpx.request(
-            method, url + path, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30
-        )
+        response = httpx.request(method, url + path, json=body, headers=headers, timeout=30)
     except httpx.HTTPError as exc:
         raise ApiClientError(0, f"cannot reach the daemon at {url}: {exc}") from exc
     if response.status_code >= 400:

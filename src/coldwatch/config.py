@@ -29,6 +29,7 @@ from pydantic import (
 
 from coldwatch.catalogue import DEFAULT_RANGES, Kind
 from coldwatch.errors import ConfigError, ConfigProblem
+from coldwatch.identity_config import IdentityConfig, SiteConfig
 from coldwatch.notify.config import NotifyConfig
 from coldwatch.rules.config import RulesConfig
 
@@ -213,10 +214,11 @@ class HttpConfig(_Model):
 
 
 class UserConfig(_Model):
-    """An API user: a role and the SHA-256 of their bearer token.
+    """A read-only service token defined in the file: a role and the SHA-256 of the token.
 
     The token may instead come from the environment as ``COLDWATCH_TOKEN_<USER>`` (user
-    name upper-cased, ``-`` and ``.`` as ``_``).
+    name upper-cased, ``-`` and ``.`` as ``_``). Such a token reads; it never signs or
+    manages accounts (people sign with their own account: coldwatch.identity).
     """
 
     role: Literal["viewer", "operator", "admin"]
@@ -353,6 +355,8 @@ class Config(_Model):
     notify: NotifyConfig = NotifyConfig()
     cluster: ClusterConfig = ClusterConfig()
     audit: AuditConfig = AuditConfig()
+    identity: IdentityConfig = IdentityConfig()
+    site: SiteConfig = SiteConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
     source: str = Field("<defaults>", exclude=True)
     sha256: str = Field("", exclude=True)

@@ -32,6 +32,7 @@ from coldwatch.rules.engine import Engine
 from coldwatch.rules.lifecycle import AlarmBook, LifecycleError, Transition
 from coldwatch.rules.model import AlarmEvent, EngineReading, EventKind
 from coldwatch.sequence import SeqEvent, SeqTracker
+from coldwatch.signatures import SignatureDraft, alarm_facts, bind
 from coldwatch.storage.base import Batch, BatchResult, DeviceState, QuarantineEntry, Storage
 
 __all__ = ["Pipeline"]
@@ -62,6 +63,8 @@ class UserAction:
     actor: str
     reason: str
     until_us: int | None = None
+    # The electronic signature of the action (coldwatch.signatures), bound to the alarm when applied.
+    signature: SignatureDraft | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,6 +473,22 @@ class Pipeline:
             return
         batch.transitions.append(transition)
         item.outcome = transition
+        if action.signature is not None:
+            alarm = transition.alarm
+            facts = alarm_facts(
+                alarm.id, alarm.key.device_id, alarm.key.metric, alarm.key.rule, alarm.raised_ts_us
+            )
+            row, draft = bind(
+                "alarm",
+                str(alarm.id),
+                action.kind,
+                facts,
+                action.signature,
+                transition.received_us,
+                self._config.site.timezone,
+            )
+            batch.signatures.append(row)
+            batch.audit.append(draft)
 
     async def submit(self, action: UserAction) -> Transition:
         """Apply a user action; return its transition once committed."""

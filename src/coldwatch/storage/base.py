@@ -121,6 +121,8 @@ class Batch:
     transitions: list[Transition] = field(default_factory=list)
     notifications: list[OutboxItem] = field(default_factory=list)
     audit: list[AuditDraft] = field(default_factory=list)
+    # Electronic signatures of user actions in this batch (coldwatch.signatures.signature_row).
+    signatures: list[tuple[object, ...]] = field(default_factory=list)
     # Gaps that reached their final state: (gap, "recovered" or "lost", when).
     gap_updates: list[tuple[SeqGap, str, int]] = field(default_factory=list)
     # Messages received twice within this batch (a redelivery before the first copy was

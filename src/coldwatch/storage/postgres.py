@@ -58,6 +58,7 @@ from coldwatch.storage.base import (
     alarm_from_row,
     group_readings,
 )
+from coldwatch.storage.identity_schema import IDENTITY_SCHEMA_PG, INSERT_SIGNATURE, pg_placeholders
 from coldwatch.storage.rows import RowIds, alarm_rows, quarantine_rows, reason_totals, transition_rows
 
 __all__ = [
@@ -224,6 +225,8 @@ MIGRATIONS_PG: Final[tuple[str, ...]] = (
     """,
     # The console: the alarm list's order (open first, then newest first) and chart rollups.
     CONSOLE_INDEXES + ROLLUP_SCHEMA.format(rowid=""),
+    # People's accounts, sessions, service tokens, electronic signatures and QA reviews.
+    IDENTITY_SCHEMA_PG,
 )
 
 _PLAIN_READINGS: Final = """
@@ -556,11 +559,7 @@ class PostgresStorage(RowIds):
                 if self.fence is not None:
                     await self._check_fence(conn, self.fence)
                 stored, duplicates = await self._store_readings(conn, rows)
-                late = late_minutes(batch.readings, self._device_rowid, self._metric_rowid)
-                if late:  # minutes a chart rollup may hold already: rebuilt before their next use
-                    await conn.executemany(
-                        "INSERT INTO chart_rollup_dirty VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", late
-                    )
+                await self._mark_late_minutes(conn, batch)
                 if batch.rejections:
                     await self._quarantine(conn, batch.rejections)
                 await self._write_gaps(conn, batch)
@@ -570,6 +569,8 @@ class PostgresStorage(RowIds):
                     await enqueue(conn, batch.notifications)
                     # Wakes the cluster's deliverer, wherever it runs, when this commits.
                     await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
+                if batch.signatures:
+                    await conn.executemany(pg_placeholders(INSERT_SIGNATURE), batch.signatures)
                 if batch.audit:
                     await audit_pg.append(conn, batch.audit)
                 if batch.devices:
@@ -581,6 +582,14 @@ class PostgresStorage(RowIds):
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, OverflowError, ValueError) as exc:
             raise self._batch_failed(exc) from exc
         return BatchResult(stored=stored, duplicates=duplicates)
+
+    async def _mark_late_minutes(self, conn: PgConnection, batch: Batch) -> None:
+        """Minutes a chart rollup may hold already: rebuilt before their next use."""
+        late = late_minutes(batch.readings, self._device_rowid, self._metric_rowid)
+        if late:
+            await conn.executemany(
+                "INSERT INTO chart_rollup_dirty VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", late
+            )
 
     def _batch_failed(self, exc: Exception) -> BaseException:
         """What a failed batch raises: a StorageError (retried), or the cancellation it hides."""

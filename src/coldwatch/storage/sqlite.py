@@ -48,6 +48,7 @@ from coldwatch.storage.base import (
     alarm_from_row,
     group_readings,
 )
+from coldwatch.storage.identity_schema import IDENTITY_SCHEMA, INSERT_SIGNATURE
 from coldwatch.storage.rows import RowIds, alarm_rows, quarantine_rows, reason_totals, transition_rows
 from coldwatch.storage.sqlite_thread import in_transaction, on_thread
 
@@ -198,6 +199,8 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """,
     # The console: the alarm list's order (open first, then newest first) and chart rollups.
     CONSOLE_INDEXES + ROLLUP_SCHEMA.format(rowid=" WITHOUT ROWID"),
+    # People's accounts, sessions, service tokens, electronic signatures and QA reviews.
+    IDENTITY_SCHEMA,
 )
 
 log = logging.getLogger(__name__)
@@ -475,6 +478,8 @@ class SqliteStorage(RowIds):
             self._write_transitions(conn, batch.transitions)
         if batch.notifications:
             enqueue_sync(conn, batch.notifications)
+        if batch.signatures:
+            conn.executemany(INSERT_SIGNATURE, batch.signatures)
         if batch.audit:
             # The link is read inside the transaction: the deliverer appends on its own connection.
             append_linked(conn, batch.audit)
