@@ -314,8 +314,8 @@ async def test_security_csrf_viewer_script_and_rate_limit(
 
 
 async def test_expired_session_is_refused(broker: RunningBroker, prefix: str, tmp_path: Path) -> None:
-    """After the idle timeout a page sends the browser to sign in again, and a post is refused."""
-    config = console_config(tmp_path, broker, prefix, session_idle_s=1)
+    """The page's live polling does not keep a session alive: after the idle timeout a post is refused."""
+    config = console_config(tmp_path, broker, prefix, session_idle_s=2)
     async with running_daemon(config) as running, chromium() as browser:
         base = running.base_url
         async with opened(str(config.storage.location), config) as (_, identity, _):
@@ -324,7 +324,8 @@ async def test_expired_session_is_refused(broker: RunningBroker, prefix: str, tm
         await sign_in(page, base, "olga", OPERATOR_PW)
         await expect(page).to_have_url(re.compile(r"/console/alarms$"))
         token = await page.locator('input[name="csrf_token"]').first.input_value()
-        await asyncio.sleep(1.5)  # let the idle timeout pass
+        await expect(page.locator("#live-status")).to_contain_text("Live")  # the page polls every second
+        await asyncio.sleep(3)  # let the idle timeout pass while the page polls
         posted = await page.request.post(
             f"{base}/console/alarms/1/acknowledge",
             form={"csrf_token": token, "meaning": ACK, "reason": "late", "password": OPERATOR_PW},
