@@ -335,3 +335,73 @@ async def test_expired_session_is_refused(broker: RunningBroker, prefix: str, tm
         assert "/console/sign-in" in posted.headers["location"]
         await page.goto(f"{base}/console/alarms")
         await expect(page.locator("#sign-in-message")).to_contain_text("session ended")
+
+
+async def test_overview_device_audit_and_users_pages(
+    broker: RunningBroker, prefix: str, tmp_path: Path
+) -> None:
+    """The overview updates live; device, audit and users pages show their records; users is admin-only."""
+    config = console_config(tmp_path, broker, prefix)
+    db = str(config.storage.location)
+    async with running_daemon(config) as running, chromium() as browser:
+        base = running.base_url
+        async with opened(db, config) as (_, identity, _):
+            await people(identity)
+        await excursion(broker, config, 0, 37.0)
+        page = await (await browser.new_context(viewport={"width": 360, "height": 740})).new_page()
+        await sign_in(page, base, "olga", OPERATOR_PW)
+        await page.goto(f"{base}/console/overview")
+        device = page.locator('li.device[data-device="inc-1"]')
+        await expect(device).to_contain_text("normal")
+        await expect(device).to_contain_text("temp_c 37")
+        await excursion(broker, config, 1, 39.5)
+        await wait_committed(db, 1)
+        await expect(device).to_contain_text("action", timeout=3000)
+        await expect(device).to_contain_text("1 to acknowledge")
+        await expect(page.locator("#areas")).to_contain_text("1 action")
+
+        await device.get_by_role("link", name="inc-1").click()
+        await expect(page.get_by_role("heading", level=1)).to_contain_text("inc-1")
+        await expect(page.locator("#rules-h + ul")).to_contain_text("temp_c action high 38")
+        await page.get_by_label("Range", exact=True).select_option("1h")
+        await page.get_by_role("button", name="Show").click()
+        await expect(page).to_have_url(re.compile(r"range=1h"))
+        await expect(page.get_by_role("img", name=re.compile(r"inc-1 temp_c"))).to_have_count(1)
+
+        # Users: administrators only, on the page and on the server.
+        assert (await page.goto(f"{base}/console/users")).status == 403  # type: ignore[union-attr]
+        token = await page.locator('input[name="csrf_token"]').first.input_value()
+        posted = await page.request.post(
+            f"{base}/console/users/disable", form={"csrf_token": token, "name": "quinn", "reason": "x"}
+        )
+        assert posted.status == 403
+        admin = await (await browser.new_context()).new_page()
+        await sign_in(admin, base, "ada", ADMIN_PW)
+        await admin.goto(f"{base}/console/users")
+        add = admin.locator("form[action$='/users/add']")
+        await add.get_by_label("User id").fill("nina")
+        await add.get_by_label("Full name").fill("Nina <b>Night</b>")
+        await add.get_by_label("Role").select_option("operator")
+        await add.get_by_label("First password").fill("night-shift-01")
+        await add.get_by_label("Reason").fill("joins the night shift")
+        await add.get_by_role("button", name="Add user").click()
+        await expect(admin.locator("#done")).to_contain_text("nina added")
+        await expect(admin.locator("#accounts")).to_contain_text("Nina <b>Night</b>")
+        quinn = admin.locator("li.user").filter(has_text="Quinn Quality")
+        await quinn.get_by_text("Change quinn").click()
+        await quinn.get_by_label("Reason to disable").fill("left the company")
+        await quinn.get_by_role("button", name="Disable quinn").click()
+        await expect(admin.locator("#done")).to_contain_text("quinn disabled")
+        assert db_query(db, "SELECT disabled FROM users WHERE name = 'quinn'")[0][0] == 1
+
+        # The audit trail: its chain verified, filtered, exported with the entries shown.
+        await admin.goto(f"{base}/console/audit?action=user.")
+        await expect(admin.locator("#chain")).to_contain_text("audit trail intact")
+        entries = admin.locator("#audit-entries")
+        await expect(entries).to_contain_text("joins the night shift")
+        await expect(entries).not_to_contain_text("alarm.raised")
+        export = await admin.request.get(f"{base}/console/audit/export.csv?action=user.disabled")
+        assert export.status == 200
+        text = await export.text()
+        assert "left the company" in text
+        assert "joins the night shift" not in text

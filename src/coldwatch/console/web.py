@@ -45,6 +45,7 @@ from coldwatch.console.model import (
     register_alarm_state_filter,
 )
 from coldwatch.console.pages import ConsoleData, open_console_queries
+from coldwatch.console.web_more import MorePages, PageError
 from coldwatch.identity_model import IdentityError, Principal
 from coldwatch.pipeline import UserAction
 from coldwatch.review import IMPACTS
@@ -96,15 +97,6 @@ _SHELVE_HOURS: Final = (1, 4, 8, 24, 72)
 _MAX_TEXT: Final = 2000
 
 
-class _PageError(Exception):
-    """A request the page answers with a message (never a 500)."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 @dataclass(frozen=True, slots=True)
 class _Form:
     """A posted form's text fields (one value each)."""
@@ -117,9 +109,9 @@ class _Form:
     def text(self, name: str, label: str, *, required: bool = True, most: int = _MAX_TEXT) -> str:
         value = self.fields.get(name, "").strip()
         if required and not value:
-            raise _PageError(status.HTTP_400_BAD_REQUEST, f"{label} is required")
+            raise PageError(status.HTTP_400_BAD_REQUEST, f"{label} is required")
         if len(value) > most:
-            raise _PageError(status.HTTP_400_BAD_REQUEST, f"{label} is too long (at most {most} characters)")
+            raise PageError(status.HTTP_400_BAD_REQUEST, f"{label} is too long (at most {most} characters)")
         return value
 
 
@@ -127,7 +119,7 @@ async def _form(request: Request) -> _Form:
     try:
         data: FormData = await request.form()
     except Exception as exc:  # a malformed body is the client's fault: never a 500
-        raise _PageError(status.HTTP_400_BAD_REQUEST, "malformed form") from exc
+        raise PageError(status.HTTP_400_BAD_REQUEST, "malformed form") from exc
     return _Form({k: v for k, v in data.items() if isinstance(v, str)})
 
 
@@ -142,13 +134,13 @@ def _parse_local(value: str, zone: ZoneInfo) -> int | None:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError as exc:
-        raise _PageError(status.HTTP_400_BAD_REQUEST, f"not a date and time: {value[:40]!r}") from exc
+        raise PageError(status.HTTP_400_BAD_REQUEST, f"not a date and time: {value[:40]!r}") from exc
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zone)
     return int(moment.timestamp() * US)
 
 
-class Console:
+class Console(MorePages):
     """The console's routes for one daemon; :meth:`close` at shutdown."""
 
     def __init__(self, ctx: ApiContext) -> None:
@@ -242,7 +234,7 @@ class Console:
         try:
             await self.auth.csrf(request)
         except HTTPException as exc:
-            raise _PageError(exc.status_code, str(exc.detail)) from exc
+            raise PageError(exc.status_code, str(exc.detail)) from exc
 
     # ----- routes ------------------------------------------------------------------------
     def _routes(self) -> APIRouter:  # noqa: C901, PLR0915 - one closure per page
@@ -271,7 +263,7 @@ class Console:
         async def sign_in(request: Request) -> Response:
             try:
                 form = await _form(request)
-            except _PageError as exc:
+            except PageError as exc:
                 return self._sign_in_form(request, "", exc.message, exc.code)
             given = form.get("csrf_token")
             expected = request.cookies.get(SIGN_IN_COOKIE, "")
@@ -306,7 +298,7 @@ class Console:
         async def sign_out(request: Request) -> Response:
             try:
                 await self._csrf(request)
-            except _PageError as exc:
+            except PageError as exc:
                 return self._error(request, None, exc.code, exc.message)
             response = RedirectResponse(f"{PREFIX}/sign-in", status.HTTP_303_SEE_OTHER)
             with contextlib.suppress(HTTPException):  # ended already: the cookie is cleared all the same
@@ -332,8 +324,8 @@ class Console:
                 try:
                     await self.ctx.identity.change_password(who.name, current, new, client_address(request))
                 except IdentityError as exc:
-                    raise _PageError(exc.status, str(exc)) from exc
-            except _PageError as exc:
+                    raise PageError(exc.status, str(exc)) from exc
+            except PageError as exc:
                 return self.render(
                     request, "password.html", who, code=exc.code, title="Change password", error=exc.message
                 )
@@ -346,7 +338,7 @@ class Console:
                 return who
             try:
                 return await self._alarm_list(request, who)
-            except _PageError as exc:
+            except PageError as exc:
                 return self._error(request, who, exc.code, exc.message)
 
         @router.get("/alarms/{alarm_id}")
@@ -372,11 +364,72 @@ class Console:
                 await self._csrf(request)
                 form = await _form(request)
                 await self._sign(request, who, number, action, form)  # type: ignore[arg-type]
-            except _PageError as exc:
+            except PageError as exc:
                 return await self._alarm_page(
                     request, who, number, code=exc.code, error=exc.message, action=action, form=form
                 )
             return RedirectResponse(f"{PREFIX}/alarms/{number}?done={action}", status.HTTP_303_SEE_OTHER)
+
+        @router.get("/overview")
+        async def overview(request: Request) -> Response:
+            who = await self._who(request)
+            if isinstance(who, Response):
+                return who
+            return await self._overview(request, who)
+
+        @router.get("/devices/{device_id}")
+        async def device(request: Request, device_id: str) -> Response:
+            who = await self._who(request)
+            if isinstance(who, Response):
+                return who
+            try:
+                return await self._device_page(request, who, device_id)
+            except PageError as exc:
+                return self._error(request, who, exc.code, exc.message)
+
+        @router.get("/audit")
+        async def audit(request: Request) -> Response:
+            who = await self._who(request)
+            if isinstance(who, Response):
+                return who
+            try:
+                return await self._audit_page(request, who, export=False)
+            except PageError as exc:
+                return self._error(request, who, exc.code, exc.message)
+
+        @router.get("/audit/export.csv")
+        async def audit_export(request: Request) -> Response:
+            who = await self._who(request)
+            if isinstance(who, Response):
+                return who
+            try:
+                return await self._audit_page(request, who, export=True)
+            except PageError as exc:
+                return self._error(request, who, exc.code, exc.message)
+
+        @router.get("/users")
+        async def users(request: Request) -> Response:
+            who = await self._who(request)
+            if isinstance(who, Response):
+                return who
+            if not who.may(Permission.USERS_MANAGE):
+                return self._error(request, who, status.HTTP_403_FORBIDDEN, "administrators only")
+            return await self._users_page(request, who)
+
+        @router.post("/users/{change}")
+        async def change_user(request: Request, change: str) -> Response:
+            who = await self._who(request)
+            if isinstance(who, Response):
+                return who
+            if not who.may(Permission.USERS_MANAGE):
+                return self._error(request, who, status.HTTP_403_FORBIDDEN, "administrators only")
+            try:
+                await self._csrf(request)
+                form = await _form(request)
+                done = await self._user_change(who, change, form)
+            except PageError as exc:
+                return await self._users_page(request, who, code=exc.code, error=exc.message)
+            return RedirectResponse(f"{PREFIX}/users?" + urlencode({"done": done}), status.HTTP_303_SEE_OTHER)
 
         return router
 
@@ -413,10 +466,10 @@ class Console:
         states = [s for s in q.getlist("state") if s]
         unknown = [s for s in states if s not in ALARM_STATE_FILTERS]
         if unknown:
-            raise _PageError(status.HTTP_400_BAD_REQUEST, "unknown state filter")
+            raise PageError(status.HTTP_400_BAD_REQUEST, "unknown state filter")
         severity = q.get("severity") or None
         if severity not in {None, "alert", "action"}:
-            raise _PageError(status.HTTP_400_BAD_REQUEST, "severity is alert or action")
+            raise PageError(status.HTTP_400_BAD_REQUEST, "severity is alert or action")
         where = AlarmFilter(
             states=states,
             severity=severity,
@@ -431,7 +484,7 @@ class Console:
             try:
                 cursor = AlarmCursor.parse(q["after"])
             except FilterError as exc:
-                raise _PageError(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
+                raise PageError(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
         data = await self.data()
         page = await data.alarm_list(where, after=cursor, limit=50)
         kept = [(k, v) for k, v in q.multi_items() if k not in {"after", "fragment", "done"} and v]
@@ -528,22 +581,22 @@ class Console:
         if action == "shelve":
             hours = form.get("hours")
             if not hours.isdigit() or int(hours) not in _SHELVE_HOURS:
-                raise _PageError(status.HTTP_400_BAD_REQUEST, "choose how long to shelve")
+                raise PageError(status.HTTP_400_BAD_REQUEST, "choose how long to shelve")
             until_us = ctx.clock_us() + int(hours) * 3600 * US
             try:
                 _check_shelve_end(until_us - ctx.clock_us(), ctx.config.api.shelve_max_s)
             except HTTPException as exc:
-                raise _PageError(exc.status_code, str(exc.detail)) from exc
+                raise PageError(exc.status_code, str(exc.detail)) from exc
         review_fields: dict[str, Any] = {}
         if action == "review":
             impact = form.get("impact")
             if impact not in IMPACTS:
-                raise _PageError(status.HTTP_400_BAD_REQUEST, "choose the impact")
+                raise PageError(status.HTTP_400_BAD_REQUEST, "choose the impact")
             deviation = (
                 form.text("deviation_ref", "The deviation reference", required=False, most=200) or None
             )
             if impact == "deviation_opened" and not deviation:
-                raise _PageError(status.HTTP_400_BAD_REQUEST, "give the deviation's reference")
+                raise PageError(status.HTTP_400_BAD_REQUEST, "give the deviation's reference")
             review_fields = {
                 "impact": impact,
                 "root_cause": form.text("root_cause", "The root cause", required=False),
@@ -560,12 +613,12 @@ class Console:
         from coldwatch.api import SIGNING_PERMISSION  # noqa: PLC0415 - next to its one use
 
         if not who.may(SIGNING_PERMISSION[action]):
-            raise _PageError(status.HTTP_403_FORBIDDEN, f"role {who.role!r} may not {action} alarms")
+            raise PageError(status.HTTP_403_FORBIDDEN, f"role {who.role!r} may not {action} alarms")
         meaning = form.text("meaning", "The meaning", most=100)
         reason = form.text("reason", "A reason")
         password = form.get("password")[:1024]
         if not password:
-            raise _PageError(status.HTTP_400_BAD_REQUEST, "your password is required to sign")
+            raise PageError(status.HTTP_400_BAD_REQUEST, "your password is required to sign")
         user = form.get("user").strip() or None
         until_us, review_fields = self._action_inputs(action, form)
         try:
@@ -599,20 +652,20 @@ class Console:
                 message = (
                     "Password not accepted: the signature was refused (repeated failures lock the account)."
                 )
-            raise _PageError(exc.status, message) from exc
+            raise PageError(exc.status, message) from exc
         except LifecycleError as exc:
-            raise _PageError(status.HTTP_409_CONFLICT, str(exc)) from exc
+            raise PageError(status.HTTP_409_CONFLICT, str(exc)) from exc
         except WriteRefusedError as exc:
-            raise _PageError(status.HTTP_409_CONFLICT, str(exc)) from exc
+            raise PageError(status.HTTP_409_CONFLICT, str(exc)) from exc
 
 
 def _new_password(form: _Form) -> tuple[str, str]:
     """The current and the new password of a change form (the new one typed twice)."""
     current, new = form.get("current")[:1024], form.get("new")[:1024]
     if not current or not new:
-        raise _PageError(status.HTTP_400_BAD_REQUEST, "give the current and the new password")
+        raise PageError(status.HTTP_400_BAD_REQUEST, "give the current and the new password")
     if new != form.get("repeat"):
-        raise _PageError(status.HTTP_400_BAD_REQUEST, "the new password and its repetition differ")
+        raise PageError(status.HTTP_400_BAD_REQUEST, "the new password and its repetition differ")
     return current, new
 
 
