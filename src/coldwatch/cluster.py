@@ -437,7 +437,8 @@ class ClusterDaemon:
                     devices = self.config.device_map()
 
                     def resend(now_us: int) -> list[dict[str, Any]]:
-                        return alertmanager_resend(self.open_alarms, devices, now_us, am) if am else []
+                        base = self.config.console.base_url
+                        return alertmanager_resend(self.open_alarms, devices, now_us, am, base) if am else []
 
                     self._deliverer = Deliverer(
                         self._storage.outbox(), self.config.notify, resend=resend if am else None
