@@ -260,6 +260,22 @@ async def test_security_csrf_viewer_script_and_rate_limit(
                 headers={"content-type": "multipart/form-data"},
             )
             assert bad_form.status_code < 500
+            # Malformed requests are answered, never with a 500.
+            for path, code in (
+                ("/console/alarms?after=not-a-cursor", 400),
+                ("/console/alarms?state=exploded", 400),
+                ("/console/alarms?since=yesterday", 400),
+                ("/console/alarms?severity=%00", 400),
+                ("/console/alarms/abc", 404),
+                ("/console/alarms/99999999999999999999999", 404),
+                ("/console/alarms/424242", 404),
+                ("/console/devices/nope", 404),
+                ("/console/devices/inc-1?range=forever", 400),
+                ("/console/audit?since=%ff", 400),
+                ("/console/static/../../etc/passwd", 404),
+            ):
+                answer = await client.get(path)
+                assert answer.status_code == code, (path, answer.status_code)
         assert db_query(db, "SELECT state FROM alarms WHERE id = 1")[0][0] == "active_acknowledged"
 
         # A viewer (after the forced change of the administrator-set password) sees no action, posts none.
@@ -359,6 +375,8 @@ async def test_overview_device_audit_and_users_pages(
         await expect(device).to_contain_text("action", timeout=3000)
         await expect(device).to_contain_text("1 to acknowledge")
         await expect(page.locator("#areas")).to_contain_text("1 action")
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(SHOTS / "overview-360x740.png"), full_page=True)
 
         await device.get_by_role("link", name="inc-1").click()
         await expect(page.get_by_role("heading", level=1)).to_contain_text("inc-1")
@@ -367,6 +385,7 @@ async def test_overview_device_audit_and_users_pages(
         await page.get_by_role("button", name="Show").click()
         await expect(page).to_have_url(re.compile(r"range=1h"))
         await expect(page.get_by_role("img", name=re.compile(r"inc-1 temp_c"))).to_have_count(1)
+        await page.screenshot(path=str(SHOTS / "device-360x740.png"), full_page=True)
 
         # Users: administrators only, on the page and on the server.
         assert (await page.goto(f"{base}/console/users")).status == 403  # type: ignore[union-attr]
@@ -387,6 +406,8 @@ async def test_overview_device_audit_and_users_pages(
         await add.get_by_role("button", name="Add user").click()
         await expect(admin.locator("#done")).to_contain_text("nina added")
         await expect(admin.locator("#accounts")).to_contain_text("Nina <b>Night</b>")
+        assert "$argon2" not in await admin.content()  # no password hash in any page
+        await admin.screenshot(path=str(SHOTS / "users-1280x800.png"), full_page=True)
         quinn = admin.locator("li.user").filter(has_text="Quinn Quality")
         await quinn.get_by_text("Change quinn").click()
         await quinn.get_by_label("Reason to disable").fill("left the company")
