@@ -128,6 +128,8 @@ async def test_story_excursion_acknowledged_reviewed_and_audited(
         seen_committed = await wait_committed(db, 1)
         await expect(operator.locator("li.alarm")).to_have_count(1, timeout=2000)
         assert time.monotonic() - seen_committed < 2.0
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        await operator.screenshot(path=str(SHOTS / "alarms-360x740.png"), full_page=True)
         await operator.locator("li.alarm a").click()
         await expect(operator.get_by_role("heading", level=1)).to_contain_text("Alarm #1")
         await expect(operator.get_by_role("img", name=re.compile(r"inc-1 temp_c: alarm #1"))).to_have_count(1)
@@ -149,7 +151,6 @@ async def test_story_excursion_acknowledged_reviewed_and_audited(
         await expect(signature).to_contain_text("UTC")
         await expect(signature).to_contain_text("Europe/Paris")
         await expect(signature).to_contain_text(ACK)
-        SHOTS.mkdir(parents=True, exist_ok=True)
         await operator.screenshot(path=str(SHOTS / "alarm-360x740.png"), full_page=True)
 
         # The acknowledging user, given the qa role, still may not review it (four eyes).
