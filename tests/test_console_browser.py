@@ -427,3 +427,49 @@ async def test_overview_device_audit_and_users_pages(
         text = await export.text()
         assert "left the company" in text
         assert "joins the night shift" not in text
+
+
+UNLABELLED = """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+    .filter(e => !e.labels || e.labels.length === 0).map(e => e.name || e.id)"""
+
+
+async def test_keyboard_sign_in_focus_and_labels(broker: RunningBroker, prefix: str, tmp_path: Path) -> None:
+    """Sign-in and signing work by keyboard alone, focus is visible, and every field has a label."""
+    config = console_config(tmp_path, broker, prefix)
+    db = str(config.storage.location)
+    async with running_daemon(config) as running, chromium() as browser:
+        base = running.base_url
+        async with opened(db, config) as (_, identity, _):
+            await people(identity)
+        await excursion(broker, config, 0, 39.5)
+        await wait_committed(db, 1)
+        page = await (await browser.new_context(viewport={"width": 360, "height": 740})).new_page()
+        await page.goto(f"{base}/console/sign-in")
+        assert await page.evaluate(UNLABELLED) == []
+        # The user id field has the focus on arrival; Tab, Enter do the rest.
+        await page.keyboard.type("olga")
+        await page.keyboard.press("Tab")
+        await page.keyboard.type(OPERATOR_PW)
+        await page.keyboard.press("Enter")
+        await expect(page).to_have_url(re.compile(r"/console/alarms$"))
+        # The first Tab reaches the skip link, shown with a visible focus ring.
+        await page.keyboard.press("Tab")
+        focused = await page.evaluate(
+            "() => [document.activeElement.textContent, "
+            "getComputedStyle(document.activeElement).outlineStyle]"
+        )
+        assert focused == ["Skip to content", "solid"]
+        await page.goto(f"{base}/console/alarms/1")
+        assert await page.evaluate(UNLABELLED) == []
+        reason = page.locator("#sign-acknowledge").get_by_label("Reason")
+        await reason.focus()
+        await page.keyboard.type("seen at night")
+        await page.keyboard.press("Tab")  # the user id (first signing of the session)
+        await page.keyboard.press("Tab")  # the password
+        await page.keyboard.type(OPERATOR_PW)
+        await page.keyboard.press("Enter")
+        await expect(page.locator("#done")).to_contain_text("Acknowledgement signed")
+        await page.goto(f"{base}/console/audit")
+        assert await page.evaluate(UNLABELLED) == []
+        await page.goto(f"{base}/console/alarms")
+        assert await page.evaluate(UNLABELLED) == []
