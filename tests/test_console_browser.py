@@ -20,7 +20,15 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from coldwatch.broker import RunningBroker
 from coldwatch.config import Config
-from tests.conftest import db_query, publish_all, reading, running_daemon, telemetry_topic, write_config
+from tests.conftest import (
+    Backend,
+    db_query,
+    publish_all,
+    reading,
+    running_daemon,
+    telemetry_topic,
+    write_config,
+)
 from tests.identity_helpers import ADMIN_PW, FAST_IDENTITY, OPERATOR_PW, QA_PW, opened, people
 from tests.test_audit_trail_e2e import coldwatch
 
@@ -56,8 +64,11 @@ async def chromium() -> AsyncIterator[Browser]:
             await browser.close()
 
 
-def console_config(tmp_path: Path, broker: RunningBroker, prefix: str, **identity: Any) -> Config:
+def console_config(
+    tmp_path: Path, broker: RunningBroker, prefix: str, backend: Backend | None = None, **identity: Any
+) -> Config:
     """One incubator raising an action alarm above 38.0 (alert above 37.5); Paris site time."""
+    storage = {"path": backend.location} if backend is not None else {}
     return write_config(
         tmp_path / "c.yaml",
         broker=broker,
@@ -66,6 +77,7 @@ def console_config(tmp_path: Path, broker: RunningBroker, prefix: str, **identit
         rules={"devices": {"inc-1": [HIGH_ACTION, {"type": "comm_loss", "timeout_s": 600}]}},
         identity={**FAST_IDENTITY, **identity},
         site={"timezone": "Europe/Paris"},
+        storage=storage,
     )
 
 
@@ -101,18 +113,17 @@ async def wait_committed(location: str, count: int, timeout_s: float = 30.0) -> 
 
 def audit_actions(location: str, action: str) -> list[tuple[Any, ...]]:
     """Audit entries of one action: (actor, object_id, new_value, reason)."""
-    return db_query(
-        location,
-        "SELECT actor, object_id, new_value, reason FROM audit_log WHERE action = ? ORDER BY seq",
-        action,
+    rows = db_query(
+        location, "SELECT action, actor, object_id, new_value, reason FROM audit_log ORDER BY seq"
     )
+    return [tuple(r[1:]) for r in rows if r[0] == action]
 
 
 async def test_story_excursion_acknowledged_reviewed_and_audited(
-    broker: RunningBroker, prefix: str, tmp_path: Path
+    broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
 ) -> None:
     """An excursion shows within 2 s; an operator signs its acknowledgement, QA reviews; audit verifies."""
-    config = console_config(tmp_path, broker, prefix)
+    config = console_config(tmp_path, broker, prefix, backend)
     db = str(config.storage.location)
     async with running_daemon(config) as running, chromium() as browser:
         base = running.base_url
@@ -129,7 +140,7 @@ async def test_story_excursion_acknowledged_reviewed_and_audited(
         await expect(operator.locator("li.alarm")).to_have_count(1, timeout=2000)
         assert time.monotonic() - seen_committed < 2.0
         SHOTS.mkdir(parents=True, exist_ok=True)
-        await operator.screenshot(path=str(SHOTS / "alarms-360x740.png"), full_page=True)
+        await operator.screenshot(path=str(SHOTS / f"alarms-360x740-{backend.name}.png"), full_page=True)
         await operator.locator("li.alarm a").click()
         await expect(operator.get_by_role("heading", level=1)).to_contain_text("Alarm #1")
         await expect(operator.get_by_role("img", name=re.compile(r"inc-1 temp_c: alarm #1"))).to_have_count(1)
@@ -355,10 +366,10 @@ async def test_expired_session_is_refused(broker: RunningBroker, prefix: str, tm
 
 
 async def test_overview_device_audit_and_users_pages(
-    broker: RunningBroker, prefix: str, tmp_path: Path
+    broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
 ) -> None:
     """The overview updates live; device, audit and users pages show their records; users is admin-only."""
-    config = console_config(tmp_path, broker, prefix)
+    config = console_config(tmp_path, broker, prefix, backend)
     db = str(config.storage.location)
     async with running_daemon(config) as running, chromium() as browser:
         base = running.base_url
