@@ -206,6 +206,23 @@ async def test_story_excursion_acknowledged_reviewed_and_audited(
         await expect(intruder.locator("#sign-in-message")).to_contain_text("not accepted")
         assert [r[1] for r in audit_actions(db, "user.locked")] == ["olga"]
 
+        # The console's audit page: chain and signature bindings verified, export with manifestations.
+        await qa.goto(f"{base}/console/audit?action=signature.applied")
+        await expect(qa.locator("#chain")).to_contain_text("audit trail intact")
+        await expect(qa.locator("#bindings")).to_contain_text("2 signatures, each bound")
+        export = await qa.request.get(f"{base}/console/audit/export.csv?action=signature")
+        text = await export.text()
+        assert "signed by Olga Operator (olga) on " in text
+        assert "signed by Quinn Quality (quinn) on " in text
+        assert "Europe/Paris" in text
+
+        # Sign-out ends the session: the console asks to sign in again.
+        await qa.get_by_role("button", name="Sign out").click()
+        await expect(qa).to_have_url(re.compile(r"/console/sign-in"))
+        await qa.goto(f"{base}/console/alarms")
+        await expect(qa).to_have_url(re.compile(r"/console/sign-in"))
+        assert [r[0] for r in audit_actions(db, "user.signed_out")] == ["quinn"]
+
     exported = coldwatch(tmp_path / "c.yaml", "audit", "export", "--format", "csv")
     assert exported.returncode == 0, exported.stderr
     assert "signed by Olga Operator (olga) on " in exported.stdout

@@ -152,7 +152,8 @@ class MorePages:
             )
 
         storage = self.ctx.storage
-        entries = [e async for e in storage.audit_entries() if keep(e)]
+        everything = [e async for e in storage.audit_entries()]
+        entries = [e for e in everything if keep(e)]
         if export:
             out = io.StringIO()
             to_csv(entries, out)
@@ -166,6 +167,10 @@ class MorePages:
                 },
             )
         verified = await storage.verify_audit()
+        from coldwatch.review import signature_problems  # noqa: PLC0415
+        from coldwatch.storage.identity_store import identity_store  # noqa: PLC0415
+
+        signed, problems = await signature_problems(identity_store(storage), everything)
         kept = [(k, v) for k, v in q.multi_items() if v]
         return self.render(
             request,
@@ -173,6 +178,8 @@ class MorePages:
             who,
             title="Audit trail",
             verified=verified,
+            signed=signed,
+            problems=problems,
             entries=list(reversed(entries))[:AUDIT_SHOWN],
             total=len(entries),
             shown_max=AUDIT_SHOWN,
