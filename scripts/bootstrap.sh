@@ -66,6 +66,13 @@ if [ "$cw_need_mosquitto" = 1 ] && ! command -v openssl >/dev/null; then
     || cw_die "openssl is required by the TLS tests and could not be installed (apt-get install openssl)"
 fi
 
+if [ "$cw_need_mosquitto" = 1 ] && [ ! -x /usr/bin/chromium ]; then
+  # The console's browser tests drive Debian's Chromium through Playwright (no browser download).
+  cw_apt_install chromium || true
+  [ -x /usr/bin/chromium ] \
+    || cw_die "Chromium is required by the console's browser tests and could not be installed (run as root, or apt-get install chromium)"
+fi
+
 cw_have_pg() { compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null; }
 if [ "$cw_need_mosquitto" = 1 ] && ! cw_have_pg; then
   # The tests start PostgreSQL clusters of their own (initdb, postgres): only the binaries are needed.

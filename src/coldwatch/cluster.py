@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+from fastapi import APIRouter
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -47,6 +48,7 @@ from coldwatch.audit import AuditDraft
 from coldwatch.audit_keys import Anchorer, anchor_path, current_signer, load_signer, start_up_checks
 from coldwatch.auth import Authenticator
 from coldwatch.config import Config, DeviceConfig
+from coldwatch.console.web import Console
 from coldwatch.daemon import DRAIN_TIMEOUT_S, Daemon, WorkerOptions, config_loaded
 from coldwatch.errors import StorageError
 from coldwatch.http import HttpServer, build_app
@@ -219,11 +221,15 @@ class ClusterDaemon:
             await leases.prepare()
             ids = AlarmIds(storage, config.cluster.alarm_id_block)
             await ids.start()
-            api = build_router(
-                ApiContext(
-                    config, storage, self._submit, _States(self), Authenticator(config.api, os.environ)
-                )
+            api_context = ApiContext(
+                config, storage, self._submit, _States(self), Authenticator(config.api, os.environ)
             )
+            # Any member serves the console; its actions go where _submit sends them (the
+            # member holding the alarm's partition).
+            console = Console(api_context)
+            api = APIRouter()
+            api.include_router(build_router(api_context))
+            api.include_router(console.router)
             readiness = functools.partial(self._readiness, storage)
             http = HttpServer(build_app(self.registry, readiness, api), config.http.host, config.http.port)
             self.http_port = http.port
@@ -242,6 +248,7 @@ class ClusterDaemon:
                 except TimeoutError:
                     server.cancel()
             await anchorer.anchor_now()
+            await console.close()
         finally:
             await lease_store.close()
             await storage.close()
@@ -437,7 +444,8 @@ class ClusterDaemon:
                     devices = self.config.device_map()
 
                     def resend(now_us: int) -> list[dict[str, Any]]:
-                        return alertmanager_resend(self.open_alarms, devices, now_us, am) if am else []
+                        base = self.config.console.base_url
+                        return alertmanager_resend(self.open_alarms, devices, now_us, am, base) if am else []
 
                     self._deliverer = Deliverer(
                         self._storage.outbox(), self.config.notify, resend=resend if am else None

@@ -343,6 +343,19 @@ class AuditConfig(_Model):
     anchor_interval_s: float = Field(300.0, ge=1.0, le=86_400.0)
 
 
+class ConsoleConfig(_Model):
+    """The web console, served by the daemon under /console."""
+
+    # The address people open the console at (e.g. https://coldwatch.site.example): notifications
+    # then carry each alarm's page, <base_url>/console/alarms/<id>. None: notifications carry none.
+    base_url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$", max_length=500)] | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value is not None else None
+
+
 class Config(_Model):
     """The whole configuration of one collector."""
 
@@ -357,6 +370,7 @@ class Config(_Model):
     audit: AuditConfig = AuditConfig()
     identity: IdentityConfig = IdentityConfig()
     site: SiteConfig = SiteConfig()
+    console: ConsoleConfig = ConsoleConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
     source: str = Field("<defaults>", exclude=True)
     sha256: str = Field("", exclude=True)

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from fastapi import APIRouter
 from prometheus_client import CollectorRegistry
 
 from coldwatch.alarms import run_ticks, start_alarming
@@ -23,6 +24,7 @@ from coldwatch.audit_keys import Anchorer, anchor_path, current_signer, load_sig
 from coldwatch.audit_seal import Signer
 from coldwatch.auth import Authenticator
 from coldwatch.config import Config
+from coldwatch.console.web import Console
 from coldwatch.errors import StorageError
 from coldwatch.http import HttpServer, build_app
 from coldwatch.metrics import Metrics
@@ -126,9 +128,14 @@ class Daemon:
             self.pipeline = pipeline
             metrics.oldest_unacked_us, metrics.unacked = source.oldest_unacked_us, source.unacked
 
-            api = build_router(
-                ApiContext(config, storage, pipeline.submit, states, Authenticator(config.api, os.environ))
+            api_context = ApiContext(
+                config, storage, pipeline.submit, states, Authenticator(config.api, os.environ)
             )
+            console = Console(api_context)
+            resources.push_async_callback(console.close)
+            api = APIRouter()
+            api.include_router(build_router(api_context))
+            api.include_router(console.router)
             readiness = functools.partial(
                 _readiness, WriteProbe(storage, pipeline), source, config.ingest.max_unacked_age_s
             )

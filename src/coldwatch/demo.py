@@ -100,6 +100,7 @@ async def run_demo(config_path: str | None, data_dir: Path, broker: str = "auto"
             print(
                 "coldwatch demo is running (device readings are SIMULATED)\n"
                 f"  broker:   {broker_text}\n"
+                f"  console:  {base}/console\n"
                 f"  metrics:  {base}/metrics\n"
                 f"  health:   {base}/healthz  {base}/readyz\n"
                 f"  database: {config.storage.path}\n"

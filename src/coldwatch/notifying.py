@@ -31,7 +31,7 @@ async def notifications(
 ) -> AsyncIterator[tuple[Notifier, Deliverer]]:
     """The planner (restored from storage) and the deliverer, on a connection of their own."""
     devices = config.device_map()
-    notifier = Notifier(config.notify, devices)
+    notifier = Notifier(config.notify, devices, console_base_url=config.console.base_url)
     # Its own connection: the deliverer's small transactions must not mix with batches.
     db: outbox.OutboxStore
     if isinstance(storage, PostgresStorage):
@@ -45,7 +45,7 @@ async def notifications(
 
         def resend(now_us: int) -> list[dict[str, Any]]:
             alarms = resend_alarms() if resend_alarms is not None else book.open.values()
-            return alertmanager_resend(alarms, devices, now_us, am) if am else []
+            return alertmanager_resend(alarms, devices, now_us, am, config.console.base_url) if am else []
 
         deliverer = Deliverer(db, config.notify, resend=resend if am else None)
         metrics.notifications = lambda: (

@@ -89,8 +89,12 @@ class Sessions:
         )
         return SignIn(token, csrf_token(token), principal)
 
-    async def resolve(self, token: str) -> Principal | None:
-        """The person behind a live session token, touching its idle time; None (and ended) if expired."""
+    async def resolve(self, token: str, *, touch: bool = True) -> Principal | None:
+        """The person behind a live session token, touching its idle time; None (and ended) if expired.
+
+        ``touch=False`` (a page's background polling) leaves the idle clock as it is: only a
+        person's own requests keep a session alive.
+        """
         from coldwatch.identity import token_hash  # noqa: PLC0415
 
         ident = self._identity
@@ -116,7 +120,7 @@ class Sessions:
         if why is not None:
             await self._end(digest, str(name), why, now)
             return None
-        if now - int(seen) >= min(TOUCH_EVERY_S, cfg.session_idle_s / 10) * 1e6:
+        if touch and now - int(seen) >= min(TOUCH_EVERY_S, cfg.session_idle_s / 10) * 1e6:
             # Not on every request (each touch is a write): a session may end up to this much
             # before its idle timeout, never after it.
             await ident.store.apply(

@@ -26,8 +26,9 @@ from coldwatch.roles import Permission
 from coldwatch.sessions import COOKIE_NAME, CSRF_FIELD, CSRF_HEADER, cookie_attributes, csrf_token
 from coldwatch.storage.identity_store import WriteRefusedError
 
-__all__ = ["WebAuth", "client_address", "refusals"]
+__all__ = ["POLL_HEADER", "WebAuth", "client_address", "refusals"]
 
+POLL_HEADER = "X-Coldwatch-Poll"  # sent by the console's live updates (coldwatch/console/static)
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -71,7 +72,9 @@ class WebAuth:
         else:
             cookie = request.cookies.get(COOKIE_NAME)
             if cookie:
-                principal = await self.identity.sessions.resolve(cookie)
+                # A console page's background polling does not keep the session alive.
+                polled = request.headers.get(POLL_HEADER) is not None
+                principal = await self.identity.sessions.resolve(cookie, touch=not polled)
                 if principal is None:
                     raise _unauthorized("the session has ended: sign in again")
         if principal is not None:

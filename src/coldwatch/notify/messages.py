@@ -6,7 +6,8 @@ Alertmanager (``POST {url}/api/v2/alerts``, a JSON list of alerts)
     alert's identity in Alertmanager, so a severity change resolves the alert of the old
     severity and fires one of the new. annotations: ``summary``, ``value``, ``limit``,
     ``runbook`` (what to check, by rule), ``runbook_url`` (with ``runbook_base_url``),
-    ``alarm_id``, ``state``, ``late`` ("true" for excursions found in backfilled data),
+    ``alarm_id``, ``console_url`` (the alarm's console page, with ``console.base_url``),
+    ``state``, ``late`` ("true" for excursions found in backfilled data),
     ``shelved_until`` (while shelved). ``startsAt``: when the excursion was raised (device
     time, never later than when the collector processed it). ``endsAt``: when it cleared
     (resolved); absent while firing for queued alerts (Alertmanager then applies its
@@ -26,7 +27,8 @@ Webhook (``POST`` to the configured URL, header ``Idempotency-Key: <notification
       ``active_acknowledged``, ``cleared_unacknowledged``, ``closed``), ``raised_at`` and
       ``cleared_at`` (RFC 3339 UTC, device time; ``cleared_at`` null while active),
       ``value`` and ``limit`` (numbers or null), ``late`` (found in backfilled or late
-      data), ``detail``.
+      data), ``detail``, and ``console_url`` (``<console.base_url>/console/alarms/<id>``,
+      where the engineer signs; only when ``console.base_url`` is configured).
     - ``tier``: the escalation tier (0 = first) for ``raised``/``escalated``/``repeat``
       sent by a chain; null for news of a change sent to everyone already notified.
     - ``repeat``: 0 for the first notification of a tier, n for its n-th repeat; null
@@ -128,6 +130,11 @@ def _summary(alarm: Alarm, device: DeviceConfig, severity: Severity) -> str:
     return text
 
 
+def console_url(base_url: str, alarm_id: int) -> str:
+    """The console page of an alarm, where the engineer signs (``console.base_url``)."""
+    return f"{base_url.rstrip('/')}/console/alarms/{alarm_id}"
+
+
 def alertmanager_alert(
     alarm: Alarm,
     device: DeviceConfig,
@@ -135,6 +142,7 @@ def alertmanager_alert(
     severity: Severity | None = None,
     ends_at_us: int | None = None,
     runbook_base_url: str | None = None,
+    console_base_url: str | None = None,
 ) -> dict[str, Any]:
     """The Alertmanager v2 alert of ``alarm`` (under ``severity``, by default the alarm's own).
 
@@ -153,6 +161,8 @@ def alertmanager_alert(
     }
     if runbook_base_url:
         annotations["runbook_url"] = f"{runbook_base_url.rstrip('/')}/{key.rule}"
+    if console_base_url:
+        annotations["console_url"] = console_url(console_base_url, alarm.id)
     if alarm.shelved_until_us is not None:
         annotations["shelved_until"] = rfc3339(alarm.shelved_until_us)
     # A device clock may run ahead of ours (up to ingest.max_future_skew_s): never start in
@@ -184,6 +194,7 @@ def alertmanager_alerts(
     now_us: int,
     previous_severity: Severity | None = None,
     runbook_base_url: str | None = None,
+    console_base_url: str | None = None,
 ) -> list[dict[str, Any]]:
     """The alerts that bring Alertmanager up to date with ``alarm`` after a transition.
 
@@ -200,13 +211,22 @@ def alertmanager_alerts(
                 severity=previous_severity,
                 ends_at_us=now_us,
                 runbook_base_url=runbook_base_url,
+                console_base_url=console_base_url,
             )
         )
     ends = None
     if not alarm.active:
         cleared = alarm.cleared_ts_us if alarm.cleared_ts_us is not None else now_us
         ends = min(cleared, now_us)  # a device clock ahead of ours must not delay the resolve
-    out.append(alertmanager_alert(alarm, device, ends_at_us=ends, runbook_base_url=runbook_base_url))
+    out.append(
+        alertmanager_alert(
+            alarm,
+            device,
+            ends_at_us=ends,
+            runbook_base_url=runbook_base_url,
+            console_base_url=console_base_url,
+        )
+    )
     return out
 
 
@@ -215,6 +235,7 @@ def alertmanager_resend(
     devices: Mapping[str, DeviceConfig],
     now_us: int,
     config: AlertmanagerConfig,
+    console_base_url: str | None = None,
 ) -> list[dict[str, Any]]:
     """The periodic re-send of every firing alarm, valid for ``4 x resend_s``.
 
@@ -225,7 +246,11 @@ def alertmanager_resend(
     ends = now_us + round(RESEND_VALIDITY * config.resend_s * 1_000_000)
     return [
         alertmanager_alert(
-            alarm, devices[alarm.key.device_id], ends_at_us=ends, runbook_base_url=config.runbook_base_url
+            alarm,
+            devices[alarm.key.device_id],
+            ends_at_us=ends,
+            runbook_base_url=config.runbook_base_url,
+            console_base_url=console_base_url,
         )
         for alarm in sorted(open_alarms, key=lambda a: a.id)
         if alarm.active and alarm.key.device_id in devices
@@ -240,12 +265,13 @@ def webhook_body(
     notification_id: str,
     tier: int | None = None,
     repeat: int | None = None,
+    console_base_url: str | None = None,
 ) -> dict[str, Any]:
     """The JSON body of a webhook notification (``sent_at`` is added when it is sent)."""
     if event not in WEBHOOK_EVENTS:
         raise ValueError(f"not a webhook event: {event!r}")
     key = alarm.key
-    return {
+    body: dict[str, Any] = {
         "event": event,
         "alarm": {
             "id": alarm.id,
@@ -268,3 +294,6 @@ def webhook_body(
         "repeat": repeat if tier is not None else None,
         "notification_id": notification_id,
     }
+    if console_base_url:
+        body["alarm"]["console_url"] = console_url(console_base_url, alarm.id)
+    return body

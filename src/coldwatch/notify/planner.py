@@ -95,8 +95,15 @@ def episode_from_history(history: Sequence[HistoryEntry]) -> Episode | None:
 class Notifier:
     """Plans notifications; holds only what :meth:`restore` can rebuild from storage."""
 
-    def __init__(self, config: NotifyConfig, devices: Mapping[str, DeviceConfig]) -> None:
+    def __init__(
+        self,
+        config: NotifyConfig,
+        devices: Mapping[str, DeviceConfig],
+        *,
+        console_base_url: str | None = None,
+    ) -> None:
         self.config = config
+        self.console_base_url = console_base_url
         self._devices = dict(devices)
         self._notes: dict[int, _Notes] = {}
 
@@ -169,7 +176,13 @@ class Notifier:
         if transition.event in _NEWS_EVENTS and device is not None and not alarm.shelved(now_us):
             for name in sorted(told - opened):
                 nid = f"evt/{alarm.id}/{transition.event}/{transition.ts_us}/{transition.received_us}/{name}"
-                body = webhook_body(transition.event, alarm, device, notification_id=nid)
+                body = webhook_body(
+                    transition.event,
+                    alarm,
+                    device,
+                    notification_id=nid,
+                    console_base_url=self.console_base_url,
+                )
                 items.append(OutboxItem(nid, Channel.WEBHOOK, name, orjson.dumps(body), alarm.id, now_us))
         return items
 
@@ -185,6 +198,7 @@ class Notifier:
             now_us=transition.received_us,
             previous_severity=previous,
             runbook_base_url=am.runbook_base_url,
+            console_base_url=self.console_base_url,
         )
         nid = (
             f"am/{alarm.id}/{transition.event}/{transition.ts_us}/{transition.received_us}/"
@@ -230,7 +244,13 @@ class Notifier:
             for name in step.webhooks:
                 nid = escalation_id(alarm.id, episode.since_us, step.tier, step.repeat, name)
                 body = webhook_body(
-                    event, alarm, device, notification_id=nid, tier=step.tier, repeat=step.repeat
+                    event,
+                    alarm,
+                    device,
+                    notification_id=nid,
+                    tier=step.tier,
+                    repeat=step.repeat,
+                    console_base_url=self.console_base_url,
                 )
                 items.append(OutboxItem(nid, Channel.WEBHOOK, name, orjson.dumps(body), alarm.id, now_us))
                 notes.notified.add(name)
