@@ -77,12 +77,16 @@ class _Judged:
 
         A device holds a checkpoint every CHECKPOINT_EVERY readings for the whole reorder
         horizon, so an idle latch is kept as None and all-idle latches as ``()``; stateless
-        evaluators, and a latch's key and delays, are never written and stay shared.
+        evaluators, and a latch's key and delays, are never written and stay shared. A
+        windowed evaluator keeps its window on an append-only tape and is saved as a
+        small token (indices and running sums, :mod:`coldwatch.rules.tape`): a checkpoint
+        costs the same whatever the window length. Any other evaluator with state is
+        copied (``copy.deepcopy``).
         """
-        evaluators: tuple[RuleEvaluator | None, ...] = ()
+        evaluators: tuple[object, ...] = ()
         if not all(self.stateless):
             evaluators = tuple(
-                None if shared else copy.deepcopy(ev)
+                None if shared else _token(ev)
                 for ev, shared in zip(self.evaluators, self.stateless, strict=True)
             )
         latches = tuple(
@@ -99,9 +103,10 @@ class _Judged:
         """A state of the same rules as this one, as ``saved`` (left as it is, for a later rewind)."""
         evaluators = self.evaluators
         if saved.evaluators:
+            # A tape-backed evaluator goes back in place: the checkpoints after ``saved``
+            # are dropped by the rewind, and those before it only need the tape's prefix.
             evaluators = [
-                live if copied is None else copy.deepcopy(copied)
-                for live, copied in zip(self.evaluators, saved.evaluators, strict=True)
+                _rolled_back(live, kept) for live, kept in zip(self.evaluators, saved.evaluators, strict=True)
             ]
         latches = [Latch(latch.key, latch.delays_us) for latch in self.latches]
         for latch, kept in zip(latches, saved.latches, strict=False):  # () when all idle
@@ -112,12 +117,43 @@ class _Judged:
             list(evaluators), latches, self.stateless, self.calm, saved.door_open, saved.door_closed_us
         )
 
+    def forget(self, saved: _Saved) -> None:
+        """Let the tape-backed evaluators drop what no state from ``saved`` on can need."""
+        for live, kept in zip(self.evaluators, saved.evaluators, strict=False):  # () when none
+            if isinstance(kept, _Token):
+                live.forget(kept.state)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    """A tape-backed evaluator's checkpoint (see :mod:`coldwatch.rules.tape`)."""
+
+    state: object
+
+
+def _token(evaluator: RuleEvaluator) -> object:
+    checkpoint = getattr(evaluator, "checkpoint", None)
+    if checkpoint is not None:
+        return _Token(checkpoint())
+    return copy.deepcopy(evaluator)
+
+
+def _rolled_back(live: RuleEvaluator, kept: object) -> RuleEvaluator:
+    if kept is None:
+        return live
+    if isinstance(kept, _Token):
+        live.rollback(kept.state)  # type: ignore[attr-defined]
+        return live
+    copied: RuleEvaluator = copy.deepcopy(kept)  # type: ignore[assignment]
+    return copied
+
 
 @dataclass(frozen=True, slots=True)
 class _Saved:
     """A checkpointed :class:`_Judged` (see ``_Judged.save``)."""
 
-    evaluators: tuple[RuleEvaluator | None, ...]  # copies of those with state; () if none has
+    # Per evaluator: None (stateless), a _Token, or a copy; () if none has state.
+    evaluators: tuple[object, ...]
     latches: tuple[tuple[Severity | None, tuple[tuple[Severity, int], ...]] | None, ...]  # None: idle
     door_open: bool
     door_closed_us: int | None
@@ -185,6 +221,7 @@ class DeviceRules:
     offline: bool = False
     too_late: int = 0
     newest: tuple[int, int] | None = None  # (ts, seq) judged last, without a reorder horizon
+    unforgotten: int = 0  # readings judged since the windows last dropped their past (no horizon)
 
     @classmethod
     def build(
@@ -236,6 +273,11 @@ class DeviceRules:
                 self.too_late += 1
                 return comm_events
             self.newest = position
+            self.unforgotten += 1
+            if self.unforgotten >= CHECKPOINT_EVERY:
+                # Nothing is ever rewound: the windows keep only what they still hold.
+                self.unforgotten = 0
+                self.judged.forget(self.judged.save())
             return comm_events + self._judge(self.judged, reading, late=reading.buffered)
         if self.history.is_after_newest(reading.ts_us, reading.seq):
             events = self._judge(self.judged, reading, late=reading.buffered)
@@ -305,6 +347,9 @@ class DeviceRules:
             keep_from += 1
         if keep_from == 0:
             return
+        oldest = self.checkpoints[keep_from][3]
+        if oldest is not None:
+            self.judged.forget(oldest)
         drop = self.checkpoints[keep_from][2]
         first_ts = self.checkpoints[keep_from][0]
         self.checkpoints = [(ts, seq, n - drop, st) for ts, seq, n, st in self.checkpoints[keep_from:]]
