@@ -221,7 +221,15 @@ class DeviceRules:
     offline: bool = False
     too_late: int = 0
     newest: tuple[int, int] | None = None  # (ts, seq) judged last, without a reorder horizon
+    fingerprint: str = ""  # of the rules and settings (coldwatch.rules.snapshot.fingerprint)
     unforgotten: int = 0  # readings judged since the windows last dropped their past (no horizon)
+    # Restored from a snapshot at this (ts, seq): nothing at or before it is judged again.
+    floor: tuple[int, int] | None = None
+    # For snapshots (coldwatch.rules.snapshot): readings judged since the last, whether a
+    # late reading rewound the state since, and the position of the last.
+    since_snapshot: int = 0
+    rewound: bool = False
+    snapshot_at: tuple[int, int] | None = None
 
     @classmethod
     def build(
@@ -266,6 +274,7 @@ class DeviceRules:
         """Judge one reading (rewinding if it is older than the newest judged)."""
         # Communication loss is about arrival, not device time: it is never replayed.
         comm_events = self._comm_on_reading(reading)
+        self.since_snapshot += 1
         if self.horizon_us == 0:
             position = (reading.ts_us, reading.seq)
             # No reorder horizon: readings at or behind the newest are not judged again.
@@ -279,7 +288,11 @@ class DeviceRules:
                 self.unforgotten = 0
                 self.judged.forget(self.judged.save())
             return comm_events + self._judge(self.judged, reading, late=reading.buffered)
-        if self.history.is_after_newest(reading.ts_us, reading.seq):
+        if (
+            self.history.is_after_newest(reading.ts_us, reading.seq)
+            if len(self.history) or self.floor is None
+            else (reading.ts_us, reading.seq) > self.floor
+        ):
             events = self._judge(self.judged, reading, late=reading.buffered)
             self._remember(reading, events)
         else:
@@ -366,6 +379,7 @@ class DeviceRules:
             self.too_late += 1  # older than the reorder horizon: stored, not re-judged
             return []
         base = earlier[-1]
+        self.rewound = True
         cp_ts, _, cp_len, cp_state = self.checkpoints[base]
         self.history.insert(index, reading)
         replay = self.history.readings(cp_len)
@@ -447,6 +461,29 @@ class DeviceRules:
             detail=detail,
         )
 
+    def restore_at(self, judged: _Judged, position: tuple[int, int]) -> None:
+        """Take ``judged`` as the state after every reading up to ``position`` (a snapshot).
+
+        Nothing at or before ``position`` is judged again: such a reading is a duplicate
+        or too late, as it would be to the rules that wrote the snapshot.
+        """
+        self.judged = judged
+        self.history.truncate(0)
+        self.emitted = []
+        self.floor = self.snapshot_at = position
+        self.since_snapshot = 0
+        self.rewound = False
+        if self.horizon_us > 0:
+            self.checkpoints = [(position[0], position[1], 0, judged.save())]
+        else:
+            self.newest = position
+
+    def position(self) -> tuple[int, int] | None:
+        """(ts, seq) of the newest reading judged (None: none yet)."""
+        if self.horizon_us == 0:
+            return self.newest
+        return self.history.key(-1) if len(self.history) else self.floor
+
     def alarm_keys(self) -> list[AlarmKey]:
         """The alarm keys of this device's rules."""
         return [latch.key for latch in self.judged.latches] + [comm.key for comm in self.comm]
@@ -456,6 +493,8 @@ class DeviceRules:
         stored = {alarm.key: alarm for alarm in active}
         for latch in self.judged.latches:
             alarm = stored.get(latch.key)
+            if alarm is not None and self.floor is not None and latch.active == alarm.severity:
+                continue  # restored exactly from a snapshot, and agreeing: pending runs kept
             if alarm is not None:
                 latch.active = None
                 latch.run_start = {sev: s for sev, s in latch.run_start.items() if sev > alarm.severity}
@@ -472,7 +511,7 @@ class DeviceRules:
         if self.horizon_us > 0:
             # Late readings older than this point are not judged again: the replay before
             # it could not know everything the live run knew.
-            last = self.history.key(-1) if len(self.history) else (-(2**63), -1)
+            last = self.history.key(-1) if len(self.history) else self.floor or (-(2**63), -1)
             self.checkpoints = [(last[0], last[1], len(self.history), self.judged.save())]
         elif len(self.history):
             self.newest = self.history.key(-1)

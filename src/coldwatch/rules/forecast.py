@@ -19,7 +19,7 @@ import numpy as np
 from coldwatch.rules.config import ForecastRule
 from coldwatch.rules.evaluators import SEVERITY
 from coldwatch.rules.model import US, Severity, Signal
-from coldwatch.rules.tape import Tape
+from coldwatch.rules.tape import Tape, tapes_restore, tapes_snapshot
 from coldwatch.rules.vector import Bools, Floats, Ints, SignalArrays, present
 
 __all__ = ["ForecastEvaluator"]
@@ -82,7 +82,7 @@ class _LinearFit:
         self.tape.truncate(end)
 
     def __len__(self) -> int:
-        return self.tape.end - self.head
+        return len(self.times) + self.tape.base - self.head
 
     def oldest(self) -> tuple[int, float]:
         """(ts, y) of the oldest point in the window (there is one)."""
@@ -95,9 +95,10 @@ class _LinearFit:
 
     def add(self, ts_us: int, y: float, window_us: int) -> None:
         """Append a point (no older than the newest); move the origin if it is a window behind."""
-        self.times.append(ts_us)
+        times = self.times
+        times.append(ts_us)
         self.ys.append(y)
-        if len(self) == 1 or ts_us - self.origin_us > window_us:
+        if len(times) + self.tape.base - self.head == 1 or ts_us - self.origin_us > window_us:
             self.origin_us, self.origin_y = ts_us, y
             self._rebuild()
         else:
@@ -105,10 +106,13 @@ class _LinearFit:
 
     def evict(self, start_us: int) -> None:
         """Drop the points at or before ``start_us`` from the window."""
-        times, ys = self.times, self.ys
+        times = self.times
         base = self.tape.base
         head = self.head - base
         size = len(times)
+        if head < size and times[head] > start_us:
+            return  # nothing leaves (most readings)
+        ys = self.ys
         while head < size and times[head] <= start_us:
             self._accumulate(times[head], ys[head], -1.0)
             head += 1
@@ -182,14 +186,23 @@ class ForecastEvaluator:
         if level_pct is None and temp_c is None:
             return None
         start = ts_us - self._window_us
-        for fit, y in ((self._level, level_pct), (self._temp, temp_c)):
-            fit.evict(start)
-            if y is not None:
-                fit.add(ts_us, y, self._window_us)
-        candidates = [
-            hours for hours in (self._hours_to_empty(ts_us), self._hours_to_warm(ts_us)) if hours is not None
-        ]
-        self.prediction_h = prediction = min(candidates, default=None)
+        window_us = self._window_us
+        level_fit, temp_fit = self._level, self._temp
+        level_fit.evict(start)
+        if level_pct is not None:
+            level_fit.add(ts_us, level_pct, window_us)
+        temp_fit.evict(start)
+        if temp_c is not None:
+            temp_fit.add(ts_us, temp_c, window_us)
+        to_empty = self._hours_to_empty(ts_us)
+        to_warm = self._hours_to_warm(ts_us)
+        if to_empty is None:
+            prediction = to_warm
+        elif to_warm is None:
+            prediction = to_empty
+        else:
+            prediction = min(to_empty, to_warm)
+        self.prediction_h = prediction
         if prediction is None:
             return Signal(None)
         level: Severity | None = None
@@ -256,14 +269,26 @@ class ForecastEvaluator:
         for fit, state in ((self._level, token[0]), (self._temp, token[1])):
             fit.tape.forget(state[1])  # type: ignore[index]
 
+    def snapshot(self) -> list[object]:
+        """The whole state as plain data (both fits' points and sums)."""
+        fits = [(self._level.tape, self._level.head), (self._temp.tape, self._temp.head)]
+        return tapes_snapshot(self.checkpoint(), fits)
+
+    def restore_snapshot(self, state: list[object]) -> None:
+        """Take the state of a :meth:`snapshot`."""
+        token, _ = tapes_restore([self._level.tape, self._temp.tape], state)
+        self.rollback(token)  # type: ignore[arg-type]
+
     def _fits(self, fit: _LinearFit) -> bool:
-        return len(fit) >= self._min_points and fit.newest()[0] - fit.oldest()[0] >= self._min_span_us
+        times = fit.times
+        head = fit.head - fit.tape.base
+        return len(times) - head >= self._min_points and times[-1] - times[head] >= self._min_span_us
 
     def _hours_to_empty(self, ts_us: int) -> float | None:
         fit = self._level
         if not self._fits(fit):
             return None
-        if fit.newest()[1] <= self._empty_pct:
+        if fit.ys[-1] <= self._empty_pct:
             return 0.0
         line = fit.line(ts_us)
         if line is None or line[1] >= 0:
@@ -274,7 +299,7 @@ class ForecastEvaluator:
     def _hours_to_warm(self, ts_us: int) -> float | None:
         fit = self._temp
         # Already at the limit: the temperature rules judge it, with their own on-delay.
-        if not self._fits(fit) or fit.newest()[1] >= self._temp_limit_c:
+        if not self._fits(fit) or fit.ys[-1] >= self._temp_limit_c:
             return None
         line = fit.line(ts_us)
         if line is None or line[1] <= 0:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from array import array
 from typing import Any, Protocol
 
-__all__ = ["Checkpointed", "Tape"]
+__all__ = ["Checkpointed", "Snapshotted", "Tape", "tapes_restore", "tapes_snapshot"]
 
 
 class Checkpointed(Protocol):
@@ -43,6 +43,37 @@ class Checkpointed(Protocol):
     def forget(self, token: object) -> None:
         """Drop what only states before ``token`` needed."""
         ...
+
+
+class Snapshotted(Checkpointed, Protocol):
+    """A checkpointed evaluator whose whole state can be written out and read back.
+
+    ``snapshot`` returns plain data (ints, floats, None, strings, bytes, lists) from
+    which ``restore_snapshot`` on a fresh evaluator of the same rule rebuilds the state
+    exactly: the windows' points (raw bytes of their tapes) and the running sums.
+    """
+
+    def snapshot(self) -> list[object]:
+        """The whole state as plain data."""
+        ...
+
+    def restore_snapshot(self, state: list[object]) -> None:
+        """Take the state of a :meth:`snapshot` (on a fresh evaluator)."""
+        ...
+
+
+def tapes_snapshot(token: object, kept: list[tuple[Tape, int]], extra: object = None) -> list[object]:
+    """A snapshot of an evaluator: its checkpoint token, each tape from its kept index, extra data."""
+    return [token, [list(tape.export(start)) for tape, start in kept], extra]
+
+
+def tapes_restore(tapes: list[Tape], state: list[object]) -> tuple[object, object]:
+    """Load the tapes of a :func:`tapes_snapshot`; its (token, extra)."""
+    token, exported, extra = state
+    assert isinstance(exported, list)
+    for tape, (start, blobs) in zip(tapes, exported, strict=True):
+        tape.load(start, blobs)
+    return token, extra
 
 
 class Tape:
@@ -73,3 +104,16 @@ class Tape:
         for column in self.columns:
             del column[:drop]
         self.base = before
+
+    def export(self, start: int) -> tuple[int, list[bytes]]:
+        """The points from absolute index ``start`` on, as raw bytes per column (a snapshot)."""
+        start = max(start, self.base)
+        cut = start - self.base
+        return start, [column[cut:].tobytes() for column in self.columns]
+
+    def load(self, start: int, blobs: list[bytes]) -> None:
+        """Hold exactly the points of an :meth:`export` (this tape's columns, same types)."""
+        for column, blob in zip(self.columns, blobs, strict=True):
+            del column[:]
+            column.frombytes(blob)
+        self.base = start

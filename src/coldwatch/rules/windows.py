@@ -26,7 +26,7 @@ from coldwatch.rules.config import (
 )
 from coldwatch.rules.evaluators import SEVERITY, graded_signal
 from coldwatch.rules.model import US, Severity, Signal
-from coldwatch.rules.tape import Tape
+from coldwatch.rules.tape import Tape, tapes_restore, tapes_snapshot
 from coldwatch.rules.vector import Floats, Ints, SignalArrays, graded, present
 
 __all__ = [
@@ -91,6 +91,15 @@ class RateEvaluator:
     def forget(self, token: tuple[int, int]) -> None:
         """Drop the points before ``token``'s window."""
         self._tape.forget(token[1])
+
+    def snapshot(self) -> list[object]:
+        """The whole state as plain data (the window's points)."""
+        return tapes_snapshot(self.checkpoint(), [(self._tape, self._head)])
+
+    def restore_snapshot(self, state: list[object]) -> None:
+        """Take the state of a :meth:`snapshot`."""
+        token, _ = tapes_restore([self._tape], state)
+        self.rollback(token)  # type: ignore[arg-type]
 
     def update(self, ts_us: int, values: Mapping[str, float]) -> Signal | None:
         """Judge the rate at ``ts_us``; no level while fewer than two instants are in the window."""
@@ -172,6 +181,15 @@ class ConsecutiveEvaluator:
         """Drop the samples no longer among the last M at ``token``."""
         self._tape.forget(token[0] - self._longest)
 
+    def snapshot(self) -> list[object]:
+        """The whole state as plain data (the last M samples' flags)."""
+        return tapes_snapshot(self.checkpoint(), [(self._tape, self._tape.end - self._longest)])
+
+    def restore_snapshot(self, state: list[object]) -> None:
+        """Take the state of a :meth:`snapshot`."""
+        token, _ = tapes_restore([self._tape], state)
+        self.rollback(token)  # type: ignore[arg-type]
+
     def update(self, ts_us: int, values: Mapping[str, float]) -> Signal | None:  # noqa: ARG002
         """Count this sample into each level's last M; before M samples, N are still needed."""
         value = values.get(self.metric)
@@ -243,6 +261,15 @@ class EventsInWindowEvaluator:
         """Drop the events before ``token``'s windows."""
         for tape, head in zip(self._tapes, token[1], strict=True):
             tape.forget(head)
+
+    def snapshot(self) -> list[object]:
+        """The whole state as plain data (the events in each level's window)."""
+        return tapes_snapshot(self.checkpoint(), list(zip(self._tapes, self._heads, strict=True)))
+
+    def restore_snapshot(self, state: list[object]) -> None:
+        """Take the state of a :meth:`snapshot`."""
+        token, _ = tapes_restore(self._tapes, state)
+        self.rollback(token)  # type: ignore[arg-type]
 
     def update(self, ts_us: int, values: Mapping[str, float]) -> Signal | None:
         """Count the events of each level in the window ending at this sample."""
@@ -344,6 +371,19 @@ class TimeOutOfRangeEvaluator:
         if drop > 0:
             self._before_base = self._cumulative[drop - 1]
             tape.forget(token[1])
+
+    def snapshot(self) -> list[object]:
+        """The whole state as plain data (the spans from the window's first on)."""
+        head = self._head - self._tape.base
+        before = self._cumulative[head - 1] if head > 0 else self._before_base
+        return tapes_snapshot(self.checkpoint(), [(self._tape, self._head)], before)
+
+    def restore_snapshot(self, state: list[object]) -> None:
+        """Take the state of a :meth:`snapshot`."""
+        token, before = tapes_restore([self._tape], state)
+        assert isinstance(before, int)
+        self._before_base = before
+        self.rollback(token)  # type: ignore[arg-type]
 
     def _out(self, value: float) -> bool:
         return (self._low is not None and value < self._low) or (
@@ -490,6 +530,15 @@ class MktEvaluator:
     def forget(self, token: tuple[int, int, float, float, int]) -> None:
         """Drop the points before ``token``'s window."""
         self._tape.forget(token[1])
+
+    def snapshot(self) -> list[object]:
+        """The whole state as plain data (the window's points and running sum)."""
+        return tapes_snapshot(self.checkpoint(), [(self._tape, self._head)])
+
+    def restore_snapshot(self, state: list[object]) -> None:
+        """Take the state of a :meth:`snapshot`."""
+        token, _ = tapes_restore([self._tape], state)
+        self.rollback(token)  # type: ignore[arg-type]
 
     def update(self, ts_us: int, values: Mapping[str, float]) -> Signal | None:
         """Slide the window to ``ts_us`` and judge its MKT."""
