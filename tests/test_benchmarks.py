@@ -88,7 +88,8 @@ def test_restart_benchmark_times_a_sigkilled_collector(tmp_path: Path) -> None:
     """A small restart benchmark fills a database, SIGKILLs the collector and times it back to ready."""
     out = tmp_path / "restart.json"
     done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "restart.py"), "--devices", "20", "--hours", "0.5", "--json", str(out)],
+        [sys.executable, str(BENCHMARKS / "restart.py"), "--devices", "20", "--hours", "0.5", "--json",
+         str(out)],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
@@ -103,8 +104,9 @@ def test_ingest_benchmark_reports_each_kind_against_the_baseline(tmp_path: Path)
     """With --kind all, the ingest benchmark measures every kind and the mixed site against the baseline."""
     out = tmp_path / "ingest.json"
     done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "ingest.py"), "--kind", "all", "--messages", "1500", "--devices", "30",
-         "--latency-s", "2", "--rate", "300", "--memory-devices", "100", "--no-postgres", "--json", str(out)],
+        [sys.executable, str(BENCHMARKS / "ingest.py"), "--kind", "all", "--messages", "1500", "--devices",
+         "30", "--latency-s", "2", "--rate", "300", "--memory-devices", "100", "--no-postgres", "--json",
+         str(out)],
         capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
