@@ -276,7 +276,7 @@ def collector(
     began = time.perf_counter()
     first: float | None = None
     counted = 0.0
-    per_message = values_per_message(bench.kind, devices)
+    per_message = values_per_message(bench.kind, devices, messages)
     while counted < messages * per_message:
         counted = daemon.values()
         now = time.perf_counter()

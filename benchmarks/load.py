@@ -57,10 +57,17 @@ def topic(prefix: str, device_id: str) -> str:
     return f"{prefix}/{SITE}/{AREA}/{device_kind(device_id)}/{device_id}/telemetry"
 
 
-def values_per_message(kind: str, devices: int) -> float:
-    """Values a message carries on average in a load of ``kind``."""
-    kinds = [kind_of(kind, i) for i in range(devices)]
-    return sum(VALUES_PER_MESSAGE[k] for k in kinds) / len(kinds)
+def values_per_message(kind: str, devices: int, messages: int | None = None, processes: int = 4) -> float:
+    """Values a message carries on average in a load of ``kind`` (of ``messages``, as published)."""
+    ids = device_ids(devices, kind)
+    if messages is None:
+        return sum(VALUES_PER_MESSAGE[device_kind(d)] for d in ids) / len(ids)
+    total = 0
+    for part in range(processes):  # as the publishers share the devices and messages out
+        mine = ids[part::processes]
+        count = messages // processes + (1 if part < messages % processes else 0)
+        total += sum(VALUES_PER_MESSAGE[device_kind(mine[n % len(mine)])] for n in range(count))
+    return total / messages
 
 
 @dataclass(frozen=True, slots=True)

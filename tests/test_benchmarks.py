@@ -100,6 +100,7 @@ def test_restart_benchmark_times_a_sigkilled_collector(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # four kinds, each with its baseline, collector and latency runs
 def test_ingest_benchmark_reports_each_kind_against_the_baseline(tmp_path: Path) -> None:
     """With --kind all, the ingest benchmark measures every kind and the mixed site against the baseline."""
     out = tmp_path / "ingest.json"
