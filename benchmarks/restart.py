@@ -206,14 +206,10 @@ def publish_one_each(port: int, kind: str, ids: list[str], ts_s: float, seq: int
 
 
 def stored_after(db: Path, ts_us: int) -> int:
-    """Devices with a reading stored at or after ``ts_us``."""
+    """Devices with a reading stored at or after ``ts_us`` (their state is committed with it)."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     try:
-        return int(
-            con.execute("SELECT count(DISTINCT device) FROM readings WHERE ts_us >= ?", (ts_us,)).fetchone()[
-                0
-            ]
-        )
+        return int(con.execute("SELECT count(*) FROM devices WHERE last_ts_us >= ?", (ts_us,)).fetchone()[0])
     finally:
         con.close()
 
