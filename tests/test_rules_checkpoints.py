@@ -13,9 +13,11 @@ import pickle
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 from unittest.mock import patch
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,7 +35,7 @@ from coldwatch.rules.config import (
 from coldwatch.rules.engine import Engine
 from coldwatch.rules.lifecycle import AlarmBook
 from coldwatch.rules.model import US, AlarmEvent, EngineReading
-from coldwatch.rules.snapshot import RuleSnapshot, capture
+from coldwatch.rules.snapshot import RuleSnapshot, SnapshotError, capture
 from tests import reference_windows as ref
 
 REFERENCE: dict[type, Any] = {
@@ -337,3 +339,28 @@ def test_a_snapshot_of_other_rules_is_not_taken() -> None:
     other = Engine(devices, RulesConfig.model_validate({**rules, "reorder_horizon_s": 60}), started_us=0)
     assert not other.restore_snapshot(snapshot)
     assert other.devices["d0"].position() is None
+
+
+def test_a_damaged_snapshot_is_refused_and_leaves_the_device_fresh() -> None:
+    """A snapshot damaged in storage raises SnapshotError and leaves the device as it was, fresh."""
+    devices, rules = fleet("windowed")
+    config = RulesConfig.model_validate(rules)
+    live = Engine(devices, config, started_us=0)
+    live.ingest_many(feed("windowed", devices, 2, 80))
+    [good, _] = live.snapshots_due(["d0", "d1"])
+    size = int.from_bytes(good.state[4:8], "big")
+    header, blobs = good.state[8 : 8 + size], good.state[8 + size :]
+    # Each keeps the header's length (what a damaged page or a bug would leave).
+    damaged = [
+        good.state[:-3],  # cut short
+        good.state[:8] + header.replace(b"[", b"{", 1) + blobs,  # not JSON of a state
+        good.state[:8] + header.replace(b'{"b":0}', b'{"c":0}', 1) + blobs,  # not a blob reference
+        good.state[:8] + header.replace(b"[[[null", b"[[[true", 1) + blobs,  # state for a stateless rule
+        b"XXXX" + good.state[4:],
+    ]
+    for state in damaged:
+        again = Engine(devices, config, started_us=0)
+        with pytest.raises(SnapshotError):
+            again.restore_snapshot(replace(good, state=state))
+        assert again.devices["d0"].position() is None
+        assert again.devices["d0"].floor is None

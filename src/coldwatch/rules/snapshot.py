@@ -32,7 +32,7 @@ from coldwatch.rules.config import RuleSpec
 from coldwatch.rules.model import Severity
 
 if TYPE_CHECKING:
-    from coldwatch.rules.device import DeviceRules
+    from coldwatch.rules.device import DeviceRules, _Judged
 
 __all__ = [
     "SNAPSHOT_EVERY_READINGS",
@@ -151,6 +151,20 @@ def apply(device: DeviceRules, snapshot: RuleSnapshot) -> bool:
     """Put ``device`` (fresh, nothing judged) in the state of ``snapshot``; False if it does not fit."""
     if snapshot.fingerprint != device.fingerprint or device.fresh is None:
         return False
+    try:
+        judged, position = _rebuilt(device, snapshot)
+    except SnapshotError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        # Damaged (or written by a bug): the device is left as it was, fresh.
+        raise SnapshotError(f"unusable snapshot of {snapshot.device_id}: {exc!r}") from exc
+    device.restore_at(judged, position)
+    return True
+
+
+def _rebuilt(device: DeviceRules, snapshot: RuleSnapshot) -> tuple[_Judged, tuple[int, int]]:
+    """The state of ``snapshot`` in fresh evaluators of ``device``'s rules."""
+    assert device.fresh is not None
     state = decode(snapshot.state)
     if not isinstance(state, list) or len(state) != 4:
         raise SnapshotError("snapshot of an unknown shape")
@@ -165,6 +179,5 @@ def apply(device: DeviceRules, snapshot: RuleSnapshot) -> bool:
         latch.active = None if active is None else Severity(active)
         latch.run_start = {Severity(s): int(t) for s, t in run_start}
     judged.door_open = bool(door_open)
-    judged.door_closed_us = door_closed_us
-    device.restore_at(judged, (snapshot.ts_us, snapshot.seq))
-    return True
+    judged.door_closed_us = None if door_closed_us is None else int(door_closed_us)
+    return judged, (snapshot.ts_us, snapshot.seq)
