@@ -5,7 +5,7 @@ QoS 1 on a persistent session, parses each message, and inserts its values in ba
 of up to 1,000 messages (or every 50 ms). aiomqtt acknowledges on receipt: a crash loses
 what was received but not committed (coldwatch acknowledges after commit).
 
-    python benchmarks/baseline_collector.py HOST PORT PREFIX DB MESSAGES
+    python benchmarks/baseline_collector.py HOST PORT PREFIX DB MESSAGES [SESSION_SUFFIX]
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ def _session() -> Properties:
     return props
 
 
-async def collect(host: str, port: int, prefix: str, db_path: str, messages: int) -> None:
+async def collect(
+    host: str, port: int, prefix: str, db_path: str, messages: int, *, suffix: str = ""
+) -> None:
     """Subscribe (creating the session) and store until ``messages`` are committed; ``0``: subscribe only."""
     async with aiosqlite.connect(db_path) as db:
         await db.execute("PRAGMA journal_mode=WAL")
@@ -40,7 +42,7 @@ async def collect(host: str, port: int, prefix: str, db_path: str, messages: int
         async with aiomqtt.Client(
             host,
             port,
-            identifier=f"{prefix}-baseline",
+            identifier=f"{prefix}-baseline{suffix}",
             protocol=aiomqtt.ProtocolVersion.V5,
             clean_start=False,
             properties=_session(),
@@ -77,4 +79,4 @@ async def collect(host: str, port: int, prefix: str, db_path: str, messages: int
 
 if __name__ == "__main__":
     host, port, prefix, db, count = sys.argv[1:6]
-    asyncio.run(collect(host, int(port), prefix, db, int(count)))
+    asyncio.run(collect(host, int(port), prefix, db, int(count), suffix="".join(sys.argv[6:7])))

@@ -1,6 +1,11 @@
 """Ingest benchmark: coldwatch against the broker's ceiling and a hand-written baseline.
 
     python benchmarks/ingest.py [--messages 200000] [--devices 1000] [--json FILE]
+                                [--kind incubator|cryoshipper|particle_counter|mixed|all]
+
+``--kind`` chooses the devices of the load (incubators by default; ``mixed``: the three
+kinds in turn; ``all``: each kind and the mixed site, one after another in the same run,
+each against the baseline draining the same load, with its own alarm latency).
 
 One run, on this machine, with its own Mosquitto (the shipped configuration: nothing is
 dropped). The same load (QoS 1, four values per message, several publisher processes)
@@ -41,7 +46,17 @@ import asyncpg
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import AREA, SITE, LoadSpec, device_ids, publish_load
+from load import (
+    AREA,
+    KINDS,
+    LIMITS,
+    SITE,
+    LoadSpec,
+    device_ids,
+    device_kind,
+    publish_load,
+    values_per_message,
+)
 
 from coldwatch.broker import free_port, start_mosquitto, stop_process, wait_listening
 from coldwatch.pgserver import RunningPostgres, start_postgres, stop_postgres
@@ -80,8 +95,10 @@ class Bench:
         pg_fetch(self.postgres.url(), f"CREATE DATABASE {name}")
         return self.postgres.url(name)
 
+    kind = "incubator"  # of the devices loaded and configured next
+
     def load(self, messages: int, devices: int, **kw: Any) -> float:
-        return publish_load(LoadSpec(self.host, self.port, PREFIX, devices, messages, **kw))
+        return publish_load(LoadSpec(self.host, self.port, PREFIX, devices, messages, kind=self.kind, **kw))
 
 
 def ceiling(bench: Bench, messages: int, devices: int) -> dict[str, float]:
@@ -99,12 +116,15 @@ def ceiling(bench: Bench, messages: int, devices: int) -> dict[str, float]:
 
 def baseline(bench: Bench, messages: int, devices: int) -> dict[str, float]:
     """The hand-written aiomqtt + aiosqlite collector draining the queued load."""
-    db = bench.root / "baseline.db"
+    db = bench.root / f"baseline-{bench.kind}.db"
     script = Path(__file__).resolve().parent / "baseline_collector.py"
     args = [sys.executable, str(script), bench.host, str(bench.port), PREFIX, str(db)]
-    subprocess.run([*args, "0"], check=True, timeout=60)
+    session = f"-{bench.kind}"  # a session of its own for each kind's load
+    subprocess.run([*args, "0", session], check=True, timeout=60)
     bench.load(messages, devices)
-    done = subprocess.run([*args, str(messages)], check=True, timeout=1800, capture_output=True, text=True)
+    done = subprocess.run(
+        [*args, str(messages), session], check=True, timeout=1800, capture_output=True, text=True
+    )
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     stored = (
         sqlite3.connect(db).execute("SELECT count(DISTINCT device || '/' || seq) FROM readings").fetchone()[0]
@@ -141,7 +161,11 @@ def write_config(bench: Bench, folder: Path, devices: int, database: str | None 
         "mqtt": mqtt,
         "storage": {"path": database or str(folder / "coldwatch.db")},
         "http": {"listen": f"127.0.0.1:{free_port()}"},
-        "devices": [{"id": d, "kind": "incubator", "site": SITE, "area": AREA} for d in device_ids(devices)],
+        "devices": [
+            {"id": d, "kind": device_kind(d), "site": SITE, "area": AREA,
+             **({"grade": "B"} if device_kind(d) == "particle_counter" else {})}
+            for d in device_ids(devices, bench.kind)
+        ],
         **({"rules": rules} if rules else {}),
     }  # fmt: skip
     path = folder / "coldwatch.yaml"
@@ -252,7 +276,8 @@ def collector(
     began = time.perf_counter()
     first: float | None = None
     counted = 0.0
-    while counted < messages * 4:
+    per_message = values_per_message(bench.kind, devices, messages)
+    while counted < messages * per_message:
         counted = daemon.values()
         now = time.perf_counter()
         if first is None and counted > 0:
@@ -273,12 +298,12 @@ def collector(
         "seconds": last - first,
         # Sustained: from the first stored reading seen to the last; a load drained before the
         # first look is timed from the start of the process (start-up included: a lower bound).
-        "per_s": (counted - first_count) / 4 / (last - first)
+        "per_s": (counted - first_count) / per_message / (last - first)
         if counted > first_count
         else messages / (first - began),
         "peak_rss_mb_draining": peak_mb,
         "bytes_per_reading": size / stored,
-        "bytes_per_value": size / (stored * 4),
+        "bytes_per_value": size / (stored * per_message),
     }
 
 
@@ -305,13 +330,18 @@ def quantile(metrics: dict[str, float], name: str, q: float) -> float | None:
 
 def latency(bench: Bench, devices: int, rate: float, seconds: float) -> dict[str, Any]:
     """Live at a fixed offered rate, excursions mixed in: delays from the collector's histograms."""
-    immediate = {
-        "type": "threshold",
-        "metric": "temp_c",
-        "direction": "high",
-        "levels": {"alert": {"limit": 40}},
+    profiles = {
+        kind: [
+            {
+                "type": "threshold",
+                "metric": metric,
+                "direction": "high",
+                "levels": {"alert": {"limit": limit}},
+            }
+        ]
+        for kind, (metric, limit) in LIMITS.items()
     }
-    daemon = Daemon(write_config(bench, bench.root / "latency", devices, profiles={"incubator": [immediate]}))
+    daemon = Daemon(write_config(bench, bench.root / f"latency-{bench.kind}", devices, profiles=profiles))
     daemon.start()
     try:
         messages = int(rate * seconds)
@@ -352,6 +382,23 @@ def memory(bench: Bench, devices: int, per_device: int) -> dict[str, float]:
     return {"devices": devices, "messages": devices * per_device, "peak_rss_mb": peak}
 
 
+def measure_kinds(bench: Bench, kinds: list[str], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Each kind's load: the baseline and coldwatch draining it, and coldwatch's latency."""
+    per_kind: dict[str, dict[str, Any]] = {}
+    for kind in kinds:  # each against the baseline draining the same load, in this run
+        bench.kind = kind
+        kind_base = baseline(bench, args.messages, args.devices)
+        kind_ours = collector(bench, args.messages, args.devices, folder=f"throughput-{kind}")
+        kind_lat = latency(bench, args.devices, args.rate, args.latency_s)
+        per_kind[kind] = {
+            "baseline": kind_base,
+            "coldwatch": kind_ours,
+            "ratio_to_baseline": kind_ours["per_s"] / kind_base["per_s"],
+            "latency": kind_lat,
+        }
+    return per_kind
+
+
 def main() -> int:
     """Run every measurement and print the table."""
     parser = argparse.ArgumentParser(
@@ -370,13 +417,17 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL run")
+    parser.add_argument("--kind", choices=[*KINDS, "mixed", "all"], default="incubator")
     args = parser.parse_args()
+    kinds = [*KINDS, "mixed"] if args.kind == "all" else [args.kind]
     root = Path(tempfile.mkdtemp(prefix="coldwatch-bench-"))
     bench = Bench(root, postgres=not args.no_postgres)
     try:
+        bench.kind = kinds[0]
         ceil = ceiling(bench, args.messages, args.devices)
-        base = baseline(bench, args.messages, args.devices)
-        ours = collector(bench, args.messages, args.devices)
+        per_kind = measure_kinds(bench, kinds, args)
+        bench.kind = kinds[0]
+        base, ours = per_kind[kinds[0]]["baseline"], per_kind[kinds[0]]["coldwatch"]
         MQTT_EXTRA["protocol"] = "3.1.1"
         try:
             ours_311 = collector(bench, args.messages, args.devices, folder="throughput-311")
@@ -393,7 +444,7 @@ def main() -> int:
             if bench.postgres is not None
             else None
         )
-        lat = latency(bench, args.devices, args.rate, args.latency_s)
+        lat = per_kind[kinds[0]]["latency"]
         mem = memory(bench, args.memory_devices, 3)
         mem_held = memory(bench, args.memory_devices, args.memory_readings)
     finally:
@@ -401,7 +452,14 @@ def main() -> int:
         shutil.rmtree(root, ignore_errors=True)
     result = {
         "benchmark": "ingest",
-        "load": {"messages": args.messages, "devices": args.devices, "values_per_message": 4, "qos": 1},
+        "load": {
+            "messages": args.messages,
+            "devices": args.devices,
+            "kind": kinds[0],
+            "values_per_message": values_per_message(kinds[0], args.devices),
+            "qos": 1,
+        },
+        "kinds": per_kind,
         "ceiling_mosquitto_sub": ceil,
         "baseline_aiomqtt_aiosqlite": base,
         "coldwatch": ours,
@@ -441,9 +499,24 @@ def main() -> int:
     ]  # fmt: skip
     for name, value, note in rows:
         print(f"{name:<36}{value:>20}   {note}")
+    if len(kinds) > 1:
+        print(
+            f"\n{'device kind':<18}{'baseline msg/s':>16}{'coldwatch msg/s':>17}{'ratio':>8}{'alarm p99 ms':>14}"
+        )
+        for kind, row in per_kind.items():
+            p99 = row["latency"]["alarm_p99_ms"]
+            print(
+                f"{kind:<18}{row['baseline']['per_s']:>16,.0f}{row['coldwatch']['per_s']:>17,.0f}"
+                f"{row['ratio_to_baseline']:>7.2f}x{'' if p99 is None else f'{p99:.1f}':>14}"
+            )
+        slowest = min(per_kind, key=lambda k: per_kind[k]["ratio_to_baseline"])
+        print(
+            f"slowest kind: {slowest}, {per_kind[slowest]['ratio_to_baseline']:.2f}x the baseline (target >= 3x)"
+        )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
-    lost = ours["lost"] + ours_311["lost"] + (ours_pg["lost"] if ours_pg else 0)
+    lost = sum(row["coldwatch"]["lost"] for row in per_kind.values())
+    lost += ours_311["lost"] + (ours_pg["lost"] if ours_pg else 0)
     return 0 if lost == 0 else 1
 
 

@@ -88,3 +88,53 @@ def test_console_pages_benchmark_runs_on_both_backends(tmp_path: Path) -> None:
         assert all(ms > 0 for ms in pages.values())
         assert all(0 < points <= 2000 for points in result[backend]["points"].values())
     assert "within the 200 ms target" in done.stdout or "OVER the 200 ms target" in done.stdout
+
+
+def test_engine_benchmark_covers_every_kind_and_the_mixed_site() -> None:
+    """The engine benchmark judges each device kind and a mixed site, and prints a rate for each."""
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "engine_rate.py"), "--kind", "all", "--devices", "30", "--readings",
+         "3000", "--repeat", "1", "--warm-h", "0.5"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    for kind in ("incubator", "cryoshipper", "particle_counter", "mixed"):
+        assert f"{kind} best of 1:" in done.stdout
+
+
+@pytest.mark.slow
+def test_restart_benchmark_times_a_sigkilled_collector(tmp_path: Path) -> None:
+    """A small restart benchmark fills a database, SIGKILLs the collector and times it back to ready."""
+    out = tmp_path / "restart.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "restart.py"), "--devices", "20", "--hours", "0.5", "--json",
+         str(out)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    [run] = json.loads(out.read_text())["runs"]
+    assert run["readings"] == 20 * 180
+    assert run["ready_after_sigkill_s"] > 0
+    assert run["every_device_stored_s"] >= run["ready_after_sigkill_s"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # four kinds, each with its baseline, collector and latency runs
+def test_ingest_benchmark_reports_each_kind_against_the_baseline(tmp_path: Path) -> None:
+    """With --kind all, the ingest benchmark measures every kind and the mixed site against the baseline."""
+    out = tmp_path / "ingest.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "ingest.py"), "--kind", "all", "--messages", "1500", "--devices",
+         "30", "--latency-s", "2", "--rate", "300", "--memory-devices", "100", "--no-postgres", "--json",
+         str(out)],
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    kinds = json.loads(out.read_text())["kinds"]
+    assert set(kinds) == {"incubator", "cryoshipper", "particle_counter", "mixed"}
+    for row in kinds.values():
+        assert row["coldwatch"]["lost"] == 0
+        assert row["baseline"]["messages"] == 1500
+        assert row["ratio_to_baseline"] > 0
+        assert row["latency"]["alarms_timed"] > 0
+    assert "slowest kind:" in done.stdout

@@ -1,10 +1,13 @@
 """Alarm state across restarts: rebuild the rules engine from what storage holds.
 
-Readings and the alarm transitions they caused are committed in one transaction, so
-after a restart the rule state is rebuilt by judging again the stored readings of each
-device's recent past (long enough for every window and delay of its rules), with the
-alarms that were already open before that restored first. Nothing is raised twice and
-nothing is forgotten; events produced by this replay are already stored and are dropped.
+Readings and the alarm transitions they caused are committed in one transaction, and so
+is, every few minutes of device time, a snapshot of each device's rule state
+(coldwatch.rules.snapshot). After a restart a device's rules take its snapshot's state and
+judge again only the readings stored after it; a device without a usable snapshot (none
+yet, or its rules changed) is rebuilt by judging again the stored readings of its recent
+past (long enough for every window and delay of its rules). The alarms that were already
+open are restored first. Nothing is raised twice and nothing is forgotten; events
+produced by this replay are already stored and are dropped.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from coldwatch.rules.config import (
 )
 from coldwatch.rules.engine import Engine
 from coldwatch.rules.lifecycle import AlarmBook
+from coldwatch.rules.snapshot import RuleSnapshot, SnapshotError
 from coldwatch.storage.base import DeviceState, Storage
 
 __all__ = ["memory_s", "restore", "run_ticks", "start_alarming"]
@@ -82,22 +86,48 @@ async def restore(
             )
     book.load(kept, next_id)
     replayed = 0
+    snapshots = {s.device_id: s for s in await storage.rule_snapshots([d.id for d in config.devices])}
+    from_snapshot = 0
     for device in config.devices:
         newest = states.get(device.id, DeviceState()).last_ts_us
         if newest is None:
             continue
-        since = newest - round(
-            memory_s(engine.rules[device.id], device.interval_s, config.rules.reorder_horizon_s) * US
-        )
+        snapshot = snapshots.get(device.id)
+        floor = (-(2**63), -1)
+        if snapshot is not None and _restored(engine, snapshot):
+            # Exactly the state after the readings up to the snapshot: judge those after it.
+            since, floor = snapshot.ts_us, (snapshot.ts_us, snapshot.seq)
+            from_snapshot += 1
+        else:
+            since = newest - round(
+                memory_s(engine.rules[device.id], device.interval_s, config.rules.reorder_horizon_s) * US
+            )
         async for reading in storage.readings_since(device.id, since):
-            engine.ingest(reading)
-            replayed += 1
+            if (reading.ts_us, reading.seq) > floor:
+                engine.ingest(reading)
+                replayed += 1
     # The stored alarms are the record: whatever the replay could not know (state from
     # before its span, readings that were too late when they arrived), the engine now
     # agrees with them exactly, and judges on from here.
     engine.reconcile([a for a in kept if a.active and a.key in judged])
-    log.info("rules restored: %d open alarm(s), %d reading(s) judged again", len(book.open), replayed)
+    log.info(
+        "rules restored: %d open alarm(s), %d device(s) from snapshots, %d reading(s) judged again",
+        len(book.open),
+        from_snapshot,
+        replayed,
+    )
     return replayed
+
+
+def _restored(engine: Engine, snapshot: RuleSnapshot) -> bool:
+    """Whether the device now holds its snapshot's state (not when the rules changed, or it is damaged)."""
+    try:
+        return engine.restore_snapshot(snapshot)
+    except SnapshotError as exc:
+        log.warning(
+            "rule snapshot of %s unreadable (%s): its readings are judged again", snapshot.device_id, exc
+        )
+        return False
 
 
 async def start_alarming(

@@ -341,6 +341,7 @@ class Pipeline:
             except Exception as exc:
                 self._isolate(batch, item, exc)
         self.recovery.step(batch, self._clock_us())
+        self._snapshot(batch)
         batch.audit += [audit_draft(t) for t in batch.transitions]
         if self.notifier is not None:
             # Every batch, ticks included: escalations fall due with time alone.
@@ -449,6 +450,17 @@ class Pipeline:
             self._alarms(batch, events, received_us)
         except Exception:
             self._rule_fault(reading)
+
+    def _snapshot(self, batch: Batch) -> None:
+        """The rule state of the batch's devices that is due to be written, with the batch."""
+        if not batch.readings:
+            return
+        try:
+            batch.snapshots = self.engine.snapshots_due(dict.fromkeys(r.device_id for r, _ in batch.readings))
+        except Exception:
+            # A restart then judges more stored readings again; the batch is stored all the same.
+            self._metrics.rule_errors.inc()
+            self._faults.exception("snapshot", "rule state snapshot failed")
 
     def _judge(self, reading: EngineReading) -> list[AlarmEvent]:
         """The rules' verdict on one reading; a fault in a rule never stops the writer."""

@@ -77,12 +77,16 @@ class _Judged:
 
         A device holds a checkpoint every CHECKPOINT_EVERY readings for the whole reorder
         horizon, so an idle latch is kept as None and all-idle latches as ``()``; stateless
-        evaluators, and a latch's key and delays, are never written and stay shared.
+        evaluators, and a latch's key and delays, are never written and stay shared. A
+        windowed evaluator keeps its window on an append-only tape and is saved as a
+        small token (indices and running sums, :mod:`coldwatch.rules.tape`): a checkpoint
+        costs the same whatever the window length. Any other evaluator with state is
+        copied (``copy.deepcopy``).
         """
-        evaluators: tuple[RuleEvaluator | None, ...] = ()
+        evaluators: tuple[object, ...] = ()
         if not all(self.stateless):
             evaluators = tuple(
-                None if shared else copy.deepcopy(ev)
+                None if shared else _token(ev)
                 for ev, shared in zip(self.evaluators, self.stateless, strict=True)
             )
         latches = tuple(
@@ -99,9 +103,10 @@ class _Judged:
         """A state of the same rules as this one, as ``saved`` (left as it is, for a later rewind)."""
         evaluators = self.evaluators
         if saved.evaluators:
+            # A tape-backed evaluator goes back in place: the checkpoints after ``saved``
+            # are dropped by the rewind, and those before it only need the tape's prefix.
             evaluators = [
-                live if copied is None else copy.deepcopy(copied)
-                for live, copied in zip(self.evaluators, saved.evaluators, strict=True)
+                _rolled_back(live, kept) for live, kept in zip(self.evaluators, saved.evaluators, strict=True)
             ]
         latches = [Latch(latch.key, latch.delays_us) for latch in self.latches]
         for latch, kept in zip(latches, saved.latches, strict=False):  # () when all idle
@@ -112,12 +117,43 @@ class _Judged:
             list(evaluators), latches, self.stateless, self.calm, saved.door_open, saved.door_closed_us
         )
 
+    def forget(self, saved: _Saved) -> None:
+        """Let the tape-backed evaluators drop what no state from ``saved`` on can need."""
+        for live, kept in zip(self.evaluators, saved.evaluators, strict=False):  # () when none
+            if isinstance(kept, _Token):
+                live.forget(kept.state)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    """A tape-backed evaluator's checkpoint (see :mod:`coldwatch.rules.tape`)."""
+
+    state: object
+
+
+def _token(evaluator: RuleEvaluator) -> object:
+    checkpoint = getattr(evaluator, "checkpoint", None)
+    if checkpoint is not None:
+        return _Token(checkpoint())
+    return copy.deepcopy(evaluator)
+
+
+def _rolled_back(live: RuleEvaluator, kept: object) -> RuleEvaluator:
+    if kept is None:
+        return live
+    if isinstance(kept, _Token):
+        live.rollback(kept.state)  # type: ignore[attr-defined]
+        return live
+    copied: RuleEvaluator = copy.deepcopy(kept)  # type: ignore[assignment]
+    return copied
+
 
 @dataclass(frozen=True, slots=True)
 class _Saved:
     """A checkpointed :class:`_Judged` (see ``_Judged.save``)."""
 
-    evaluators: tuple[RuleEvaluator | None, ...]  # copies of those with state; () if none has
+    # Per evaluator: None (stateless), a _Token, or a copy; () if none has state.
+    evaluators: tuple[object, ...]
     latches: tuple[tuple[Severity | None, tuple[tuple[Severity, int], ...]] | None, ...]  # None: idle
     door_open: bool
     door_closed_us: int | None
@@ -185,6 +221,15 @@ class DeviceRules:
     offline: bool = False
     too_late: int = 0
     newest: tuple[int, int] | None = None  # (ts, seq) judged last, without a reorder horizon
+    fingerprint: str = ""  # of the rules and settings (coldwatch.rules.snapshot.fingerprint)
+    unforgotten: int = 0  # readings judged since the windows last dropped their past (no horizon)
+    # Restored from a snapshot at this (ts, seq): nothing at or before it is judged again.
+    floor: tuple[int, int] | None = None
+    # For snapshots (coldwatch.rules.snapshot): readings judged since the last, whether a
+    # late reading rewound the state since, and the position of the last.
+    since_snapshot: int = 0
+    rewound: bool = False
+    snapshot_at: tuple[int, int] | None = None
 
     @classmethod
     def build(
@@ -229,6 +274,7 @@ class DeviceRules:
         """Judge one reading (rewinding if it is older than the newest judged)."""
         # Communication loss is about arrival, not device time: it is never replayed.
         comm_events = self._comm_on_reading(reading)
+        self.since_snapshot += 1
         if self.horizon_us == 0:
             position = (reading.ts_us, reading.seq)
             # No reorder horizon: readings at or behind the newest are not judged again.
@@ -236,8 +282,17 @@ class DeviceRules:
                 self.too_late += 1
                 return comm_events
             self.newest = position
+            self.unforgotten += 1
+            if self.unforgotten >= CHECKPOINT_EVERY:
+                # Nothing is ever rewound: the windows keep only what they still hold.
+                self.unforgotten = 0
+                self.judged.forget(self.judged.save())
             return comm_events + self._judge(self.judged, reading, late=reading.buffered)
-        if self.history.is_after_newest(reading.ts_us, reading.seq):
+        if (
+            self.history.is_after_newest(reading.ts_us, reading.seq)
+            if len(self.history) or self.floor is None
+            else (reading.ts_us, reading.seq) > self.floor
+        ):
             events = self._judge(self.judged, reading, late=reading.buffered)
             self._remember(reading, events)
         else:
@@ -305,6 +360,9 @@ class DeviceRules:
             keep_from += 1
         if keep_from == 0:
             return
+        oldest = self.checkpoints[keep_from][3]
+        if oldest is not None:
+            self.judged.forget(oldest)
         drop = self.checkpoints[keep_from][2]
         first_ts = self.checkpoints[keep_from][0]
         self.checkpoints = [(ts, seq, n - drop, st) for ts, seq, n, st in self.checkpoints[keep_from:]]
@@ -321,6 +379,7 @@ class DeviceRules:
             self.too_late += 1  # older than the reorder horizon: stored, not re-judged
             return []
         base = earlier[-1]
+        self.rewound = True
         cp_ts, _, cp_len, cp_state = self.checkpoints[base]
         self.history.insert(index, reading)
         replay = self.history.readings(cp_len)
@@ -402,6 +461,29 @@ class DeviceRules:
             detail=detail,
         )
 
+    def restore_at(self, judged: _Judged, position: tuple[int, int]) -> None:
+        """Take ``judged`` as the state after every reading up to ``position`` (a snapshot).
+
+        Nothing at or before ``position`` is judged again: such a reading is a duplicate
+        or too late, as it would be to the rules that wrote the snapshot.
+        """
+        self.judged = judged
+        self.history.truncate(0)
+        self.emitted = []
+        self.floor = self.snapshot_at = position
+        self.since_snapshot = 0
+        self.rewound = False
+        if self.horizon_us > 0:
+            self.checkpoints = [(position[0], position[1], 0, judged.save())]
+        else:
+            self.newest = position
+
+    def position(self) -> tuple[int, int] | None:
+        """(ts, seq) of the newest reading judged (None: none yet)."""
+        if self.horizon_us == 0:
+            return self.newest
+        return self.history.key(-1) if len(self.history) else self.floor
+
     def alarm_keys(self) -> list[AlarmKey]:
         """The alarm keys of this device's rules."""
         return [latch.key for latch in self.judged.latches] + [comm.key for comm in self.comm]
@@ -411,6 +493,8 @@ class DeviceRules:
         stored = {alarm.key: alarm for alarm in active}
         for latch in self.judged.latches:
             alarm = stored.get(latch.key)
+            if alarm is not None and self.floor is not None and latch.active == alarm.severity:
+                continue  # restored exactly from a snapshot, and agreeing: pending runs kept
             if alarm is not None:
                 latch.active = None
                 latch.run_start = {sev: s for sev, s in latch.run_start.items() if sev > alarm.severity}
@@ -427,7 +511,7 @@ class DeviceRules:
         if self.horizon_us > 0:
             # Late readings older than this point are not judged again: the replay before
             # it could not know everything the live run knew.
-            last = self.history.key(-1) if len(self.history) else (-(2**63), -1)
+            last = self.history.key(-1) if len(self.history) else self.floor or (-(2**63), -1)
             self.checkpoints = [(last[0], last[1], len(self.history), self.judged.save())]
         elif len(self.history):
             self.newest = self.history.key(-1)

@@ -29,8 +29,16 @@ from coldwatch.rules.device import DeviceRules
 from coldwatch.rules.evaluators import HeldEvaluator, ProbeDisagreementEvaluator, ThresholdEvaluator
 from coldwatch.rules.forecast import ForecastEvaluator
 from coldwatch.rules.lifecycle import Alarm
-from coldwatch.rules.model import AlarmEvent, AlarmKey, EngineReading, RuleEvaluator
+from coldwatch.rules.model import US, AlarmEvent, AlarmKey, EngineReading, RuleEvaluator
 from coldwatch.rules.profiles import rules_for
+from coldwatch.rules.snapshot import (
+    SNAPSHOT_EVERY_READINGS,
+    SNAPSHOT_EVERY_S,
+    RuleSnapshot,
+    apply,
+    capture,
+    fingerprint,
+)
 from coldwatch.rules.windows import (
     ConsecutiveEvaluator,
     EventsInWindowEvaluator,
@@ -98,6 +106,7 @@ class Engine:
                 shared[profile] = rules_for(d, rules)
             self.rules[d.id] = shared[profile]
         self.devices: dict[str, DeviceRules] = {}
+        prints: dict[int, str] = {}  # fingerprint by spec list (shared ones: once)
         for device in devices:
             specs = self.rules[device.id]
             evaluators = []
@@ -117,6 +126,13 @@ class Engine:
                 horizon_s=horizon_s,
                 started_us=started_us,
             )
+            rules_device = self.devices[device.id]
+            if id(specs) not in prints:
+                prints[id(specs)] = fingerprint(
+                    specs, horizon_us=rules_device.horizon_us, door_recovery_us=rules_device.door_recovery_us
+                )
+            rules_device.fingerprint = prints[id(specs)]
+        self._snapshot_every_us = round(min(SNAPSHOT_EVERY_S, horizon_s / 4) * US)
 
     def ingest(self, reading: EngineReading) -> list[AlarmEvent]:
         """Judge one reading of a registered device."""
@@ -152,6 +168,42 @@ class Engine:
                 by_device[alarm.key.device_id].append(alarm)
         for device_id, device in self.devices.items():
             device.reconcile(by_device[device_id])
+
+    def snapshots_due(self, device_ids: Iterable[str]) -> list[RuleSnapshot]:
+        """Snapshots of those of ``device_ids`` whose last is old enough to be replaced.
+
+        Written in the transaction of the batch whose readings were just judged, so a
+        snapshot never runs ahead of the readings stored (coldwatch.rules.snapshot). Due
+        after ``SNAPSHOT_EVERY_S`` of device time (a quarter of the reorder horizon if
+        shorter; every batch without one), ``SNAPSHOT_EVERY_READINGS`` readings, or a
+        rewind (a late reading changed the state a snapshot holds).
+        """
+        out = []
+        for device_id in device_ids:
+            device = self.devices.get(device_id)
+            if device is None:
+                continue
+            position = device.position()
+            if position is None or (position == device.snapshot_at and not device.rewound):
+                continue  # nothing judged since the last (a late reading rewinds: then due)
+            last = device.snapshot_at
+            if not (
+                last is None
+                or device.rewound
+                or position[0] - last[0] >= self._snapshot_every_us
+                or device.since_snapshot >= SNAPSHOT_EVERY_READINGS
+            ):
+                continue
+            snapshot = capture(device)
+            device.snapshot_at, device.since_snapshot, device.rewound = position, 0, False
+            if snapshot is not None:
+                out.append(snapshot)
+        return out
+
+    def restore_snapshot(self, snapshot: RuleSnapshot) -> bool:
+        """Put a device in the state of its stored snapshot; False if it is of other rules."""
+        device = self.devices.get(snapshot.device_id)
+        return device is not None and apply(device, snapshot)
 
     def too_late(self) -> int:
         """Readings that arrived too far behind to be judged again."""

@@ -9,9 +9,9 @@ with the window, so the sums stay small and precise, and are rebuilt when it mov
 
 from __future__ import annotations
 
-from collections import deque
+from array import array
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import pairwise
 
 import numpy as np
@@ -19,6 +19,7 @@ import numpy as np
 from coldwatch.rules.config import ForecastRule
 from coldwatch.rules.evaluators import SEVERITY
 from coldwatch.rules.model import US, Severity, Signal
+from coldwatch.rules.tape import Tape, tapes_restore, tapes_snapshot
 from coldwatch.rules.vector import Bools, Floats, Ints, SignalArrays, present
 
 __all__ = ["ForecastEvaluator"]
@@ -28,45 +29,100 @@ HOUR_US = 3600 * US
 _DEGENERATE = 1e-12
 
 
-@dataclass(slots=True)
 class _LinearFit:
     """Least squares over a sliding window of (ts, y) points, by running sums.
 
     Sums are kept of x = hours since ``origin_us`` and dy = y - ``origin_y``, both taken
     from the point that set the origin: the sums stay small (a level that does not move
     has a slope of exactly zero) and the origin moves, with an exact rebuild, once it is
-    a window behind.
+    a window behind. The points live on an append-only tape from ``head`` (see
+    :mod:`coldwatch.rules.tape`): a checkpoint is the tape's end, the head and the sums.
     """
 
-    points: deque[tuple[int, float]] = field(default_factory=deque)
-    origin_us: int = 0
-    origin_y: float = 0.0
-    sum_x: float = 0.0
-    sum_dy: float = 0.0
-    sum_xx: float = 0.0
-    sum_xdy: float = 0.0
+    __slots__ = (
+        "head",
+        "origin_us",
+        "origin_y",
+        "sum_dy",
+        "sum_x",
+        "sum_xdy",
+        "sum_xx",
+        "tape",
+        "times",
+        "ys",
+    )
+
+    def __init__(self) -> None:
+        self.times: array[int] = array("q")
+        self.ys: array[float] = array("d")
+        self.tape = Tape(self.times, self.ys)
+        self.head = 0  # absolute index of the oldest point in the window
+        self.origin_us = 0
+        self.origin_y = 0.0
+        self.sum_x = self.sum_dy = self.sum_xx = self.sum_xdy = 0.0
+
+    def checkpoint(self) -> tuple[int, int, int, float, float, float, float, float]:
+        """The state as a small tuple."""
+        return (
+            self.tape.end,
+            self.head,
+            self.origin_us,
+            self.origin_y,
+            self.sum_x,
+            self.sum_dy,
+            self.sum_xx,
+            self.sum_xdy,
+        )
+
+    def rollback(self, token: tuple[int, int, int, float, float, float, float, float]) -> None:
+        """Return to the state of ``token``."""
+        end, self.head, self.origin_us, self.origin_y, self.sum_x, self.sum_dy, self.sum_xx, self.sum_xdy = (
+            token
+        )
+        self.tape.truncate(end)
+
+    def __len__(self) -> int:
+        return len(self.times) + self.tape.base - self.head
+
+    def oldest(self) -> tuple[int, float]:
+        """(ts, y) of the oldest point in the window (there is one)."""
+        index = self.head - self.tape.base
+        return self.times[index], self.ys[index]
+
+    def newest(self) -> tuple[int, float]:
+        """(ts, y) of the newest point (there is one)."""
+        return self.times[-1], self.ys[-1]
 
     def add(self, ts_us: int, y: float, window_us: int) -> None:
         """Append a point (no older than the newest); move the origin if it is a window behind."""
-        self.points.append((ts_us, y))
-        if len(self.points) == 1 or ts_us - self.origin_us > window_us:
+        times = self.times
+        times.append(ts_us)
+        self.ys.append(y)
+        if len(times) + self.tape.base - self.head == 1 or ts_us - self.origin_us > window_us:
             self.origin_us, self.origin_y = ts_us, y
             self._rebuild()
         else:
             self._accumulate(ts_us, y, 1.0)
 
     def evict(self, start_us: int) -> None:
-        """Drop the points at or before ``start_us``."""
-        points = self.points
-        while points and points[0][0] <= start_us:
-            ts_us, y = points.popleft()
-            self._accumulate(ts_us, y, -1.0)
-        if not points:
+        """Drop the points at or before ``start_us`` from the window."""
+        times = self.times
+        base = self.tape.base
+        head = self.head - base
+        size = len(times)
+        if head < size and times[head] > start_us:
+            return  # nothing leaves (most readings)
+        ys = self.ys
+        while head < size and times[head] <= start_us:
+            self._accumulate(times[head], ys[head], -1.0)
+            head += 1
+        self.head = head + base
+        if head == size:
             self.sum_x = self.sum_dy = self.sum_xx = self.sum_xdy = 0.0
 
     def line(self, at_us: int) -> tuple[float, float] | None:
         """The fitted value at ``at_us`` and the slope per hour; None if the points share one instant."""
-        n = len(self.points)
+        n = len(self)
         if n < 2:
             return None
         mean_x = self.sum_x / n
@@ -87,9 +143,10 @@ class _LinearFit:
         self.sum_xdy += sign * x * dy
 
     def _rebuild(self) -> None:
-        n = len(self.points)
-        times = np.fromiter((t for t, _ in self.points), dtype=np.int64, count=n)
-        dys = np.fromiter((y for _, y in self.points), dtype=np.float64, count=n) - self.origin_y
+        head = self.head - self.tape.base
+        # Copied into arrays of their own: the tape's arrays must stay free to grow.
+        times = np.array(self.times[head:], dtype=np.int64)
+        dys = np.array(self.ys[head:], dtype=np.float64) - self.origin_y
         xs = (times - self.origin_us).astype(np.float64) / HOUR_US
         self.sum_x = float(xs.sum())
         self.sum_dy = float(dys.sum())
@@ -129,14 +186,23 @@ class ForecastEvaluator:
         if level_pct is None and temp_c is None:
             return None
         start = ts_us - self._window_us
-        for fit, y in ((self._level, level_pct), (self._temp, temp_c)):
-            fit.evict(start)
-            if y is not None:
-                fit.add(ts_us, y, self._window_us)
-        candidates = [
-            hours for hours in (self._hours_to_empty(ts_us), self._hours_to_warm(ts_us)) if hours is not None
-        ]
-        self.prediction_h = prediction = min(candidates, default=None)
+        window_us = self._window_us
+        level_fit, temp_fit = self._level, self._temp
+        level_fit.evict(start)
+        if level_pct is not None:
+            level_fit.add(ts_us, level_pct, window_us)
+        temp_fit.evict(start)
+        if temp_c is not None:
+            temp_fit.add(ts_us, temp_c, window_us)
+        to_empty = self._hours_to_empty(ts_us)
+        to_warm = self._hours_to_warm(ts_us)
+        if to_empty is None:
+            prediction = to_warm
+        elif to_warm is None:
+            prediction = to_empty
+        else:
+            prediction = min(to_empty, to_warm)
+        self.prediction_h = prediction
         if prediction is None:
             return Signal(None)
         level: Severity | None = None
@@ -188,15 +254,41 @@ class ForecastEvaluator:
             limit[below] = hours
         return SignalArrays(index, grade, grade, prediction, limit, with_hold=False)
 
+    def checkpoint(self) -> tuple[object, object, float | None]:
+        """Both fits' states and the latest prediction."""
+        return self._level.checkpoint(), self._temp.checkpoint(), self.prediction_h
+
+    def rollback(self, token: tuple[object, object, float | None]) -> None:
+        """Return to the state of ``token``."""
+        level, temp, self.prediction_h = token
+        self._level.rollback(level)  # type: ignore[arg-type]
+        self._temp.rollback(temp)  # type: ignore[arg-type]
+
+    def forget(self, token: tuple[object, object, float | None]) -> None:
+        """Drop the points before ``token``'s windows."""
+        for fit, state in ((self._level, token[0]), (self._temp, token[1])):
+            fit.tape.forget(state[1])  # type: ignore[index]
+
+    def snapshot(self) -> list[object]:
+        """The whole state as plain data (both fits' points and sums)."""
+        fits = [(self._level.tape, self._level.head), (self._temp.tape, self._temp.head)]
+        return tapes_snapshot(self.checkpoint(), fits)
+
+    def restore_snapshot(self, state: list[object]) -> None:
+        """Take the state of a :meth:`snapshot`."""
+        token, _ = tapes_restore([self._level.tape, self._temp.tape], state)
+        self.rollback(token)  # type: ignore[arg-type]
+
     def _fits(self, fit: _LinearFit) -> bool:
-        points = fit.points
-        return len(points) >= self._min_points and points[-1][0] - points[0][0] >= self._min_span_us
+        times = fit.times
+        head = fit.head - fit.tape.base
+        return len(times) - head >= self._min_points and times[-1] - times[head] >= self._min_span_us
 
     def _hours_to_empty(self, ts_us: int) -> float | None:
         fit = self._level
         if not self._fits(fit):
             return None
-        if fit.points[-1][1] <= self._empty_pct:
+        if fit.ys[-1] <= self._empty_pct:
             return 0.0
         line = fit.line(ts_us)
         if line is None or line[1] >= 0:
@@ -207,7 +299,7 @@ class ForecastEvaluator:
     def _hours_to_warm(self, ts_us: int) -> float | None:
         fit = self._temp
         # Already at the limit: the temperature rules judge it, with their own on-delay.
-        if not self._fits(fit) or fit.points[-1][1] >= self._temp_limit_c:
+        if not self._fits(fit) or fit.ys[-1] >= self._temp_limit_c:
             return None
         line = fit.line(ts_us)
         if line is None or line[1] <= 0:

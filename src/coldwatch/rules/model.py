@@ -114,7 +114,9 @@ class RuleEvaluator(Protocol):
 
     ``update`` returns the rule's signal at that reading's time, or None when the
     reading carries nothing this rule judges (for example another metric). State must be
-    plain data so that ``copy.deepcopy`` can checkpoint it.
+    plain data so that ``copy.deepcopy`` can checkpoint it, unless the evaluator has
+    ``checkpoint``/``rollback``/``forget`` (:class:`coldwatch.rules.tape.Checkpointed`):
+    then a checkpoint is the small token it returns (the windowed rules do this).
 
     Optionally, an evaluator whose ``update`` changes nothing has ``stateless = True``
     (one instance serves every device; checkpoints share it), and then may have

@@ -1,15 +1,17 @@
 """Rule evaluators that judge a rolling window of one device's readings. Pure.
 
-Each evaluator sees one device's readings in timestamp order and keeps plain-data state
-(deques, ints, floats), so ``copy.deepcopy`` checkpoints it. Every update is amortised
-O(1): the engine replays millions of readings. Times are integer microseconds; a window
-of ``window_s`` at ``ts`` is ``(ts - window, ts]`` unless a class says otherwise.
+Each evaluator sees one device's readings in timestamp order. Its window lives on an
+append-only :class:`~coldwatch.rules.tape.Tape`, and a checkpoint of it is a few indices
+and running sums (``checkpoint``/``rollback``/``forget``), whatever the window length.
+Every update is amortised O(1): the engine replays millions of readings. Times are
+integer microseconds; a window of ``window_s`` at ``ts`` is ``(ts - window, ts]``
+unless a class says otherwise.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
+from array import array
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -24,6 +26,7 @@ from coldwatch.rules.config import (
 )
 from coldwatch.rules.evaluators import SEVERITY, graded_signal
 from coldwatch.rules.model import US, Severity, Signal
+from coldwatch.rules.tape import Tape, tapes_restore, tapes_snapshot
 from coldwatch.rules.vector import Floats, Ints, SignalArrays, graded, present
 
 __all__ = [
@@ -70,19 +73,49 @@ class RateEvaluator:
             (SEVERITY[name], level.limit_per_min, level.limit_per_min - level.margin)
             for name, level in spec.levels.items()
         )
-        self._points: deque[tuple[int, float]] = deque()
+        # (ts, value) of the readings in the window: from ``_head`` to the tape's end.
+        self._times: array[int] = array("q")
+        self._values: array[float] = array("d")
+        self._tape = Tape(self._times, self._values)
+        self._head = 0
+
+    def checkpoint(self) -> tuple[int, int]:
+        """(tape end, window start)."""
+        return self._tape.end, self._head
+
+    def rollback(self, token: tuple[int, int]) -> None:
+        """Return to the state of ``token``."""
+        self._tape.truncate(token[0])
+        self._head = token[1]
+
+    def forget(self, token: tuple[int, int]) -> None:
+        """Drop the points before ``token``'s window."""
+        self._tape.forget(token[1])
+
+    def snapshot(self) -> list[object]:
+        """The whole state as plain data (the window's points)."""
+        return tapes_snapshot(self.checkpoint(), [(self._tape, self._head)])
+
+    def restore_snapshot(self, state: list[object]) -> None:
+        """Take the state of a :meth:`snapshot`."""
+        token, _ = tapes_restore([self._tape], state)
+        self.rollback(token)  # type: ignore[arg-type]
 
     def update(self, ts_us: int, values: Mapping[str, float]) -> Signal | None:
         """Judge the rate at ``ts_us``; no level while fewer than two instants are in the window."""
         value = values.get(self.metric)
         if value is None:
             return None
-        points = self._points
-        points.append((ts_us, value))
+        times = self._times
+        times.append(ts_us)
+        self._values.append(value)
         start = ts_us - self._window_us
-        while points[0][0] < start:  # the newest is never older than the window start
-            points.popleft()
-        oldest_us, oldest = points[0]
+        base = self._tape.base
+        head = self._head - base
+        while times[head] < start:  # the newest is never older than the window start
+            head += 1
+        self._head = head + base
+        oldest_us, oldest = times[head], self._values[head]
         if ts_us <= oldest_us:
             return Signal(None)
         rate = (value - oldest) * _US_PER_MIN / (ts_us - oldest_us)
@@ -128,9 +161,34 @@ class ConsecutiveEvaluator:
         # (severity, limit, n) from the mildest level to the worst.
         self._levels = sorted((SEVERITY[name], level.limit, level.n) for name, level in spec.levels.items())
         by_severity = {SEVERITY[name]: level.m for name, level in spec.levels.items()}
-        # Per level: whether each of the last M samples was beyond, and how many were.
-        self._flags: list[deque[bool]] = [deque(maxlen=by_severity[sev]) for sev, _, _ in self._levels]
+        self._m = [by_severity[sev] for sev, _, _ in self._levels]
+        self._longest = max(self._m)
+        # Per level: whether each sample was beyond (a column each), and how many of the
+        # last M were.
+        self._tape = Tape(*(array("b") for _ in self._levels))
         self._beyond = [0] * len(self._levels)
+
+    def checkpoint(self) -> tuple[int, tuple[int, ...]]:
+        """(tape end, count beyond in the last M of each level)."""
+        return self._tape.end, tuple(self._beyond)
+
+    def rollback(self, token: tuple[int, tuple[int, ...]]) -> None:
+        """Return to the state of ``token``."""
+        self._tape.truncate(token[0])
+        self._beyond = list(token[1])
+
+    def forget(self, token: tuple[int, tuple[int, ...]]) -> None:
+        """Drop the samples no longer among the last M at ``token``."""
+        self._tape.forget(token[0] - self._longest)
+
+    def snapshot(self) -> list[object]:
+        """The whole state as plain data (the last M samples' flags)."""
+        return tapes_snapshot(self.checkpoint(), [(self._tape, self._tape.end - self._longest)])
+
+    def restore_snapshot(self, state: list[object]) -> None:
+        """Take the state of a :meth:`snapshot`."""
+        token, _ = tapes_restore([self._tape], state)
+        self.rollback(token)  # type: ignore[arg-type]
 
     def update(self, ts_us: int, values: Mapping[str, float]) -> Signal | None:  # noqa: ARG002
         """Count this sample into each level's last M; before M samples, N are still needed."""
@@ -139,14 +197,18 @@ class ConsecutiveEvaluator:
             return None
         level: Severity | None = None
         limit = self._levels[0][1]
+        tape = self._tape
+        size = tape.end
+        beyond_counts = self._beyond
         for index, (severity, lim, n) in enumerate(self._levels):
-            flags = self._flags[index]
+            flags = tape.columns[index]
             beyond = value > lim
-            if len(flags) == flags.maxlen:
-                self._beyond[index] -= flags[0]
+            leaving = size - self._m[index]
+            if leaving >= 0:
+                beyond_counts[index] -= flags[leaving - tape.base]
             flags.append(beyond)
-            self._beyond[index] += beyond
-            if self._beyond[index] >= n:
+            beyond_counts[index] += beyond
+            if beyond_counts[index] >= n:
                 level, limit = severity, lim
         return Signal(level, value, limit)
 
@@ -154,10 +216,9 @@ class ConsecutiveEvaluator:
         """``update`` at every reading of a series, from a fresh state."""
         index, value = present(dict(values), self.metric, len(ts_us))
         level = np.zeros(len(index), dtype=np.int8)
-        for (severity, lim, n), flags in zip(self._levels, self._flags, strict=True):
-            assert flags.maxlen is not None
+        for (severity, lim, n), m in zip(self._levels, self._m, strict=True):
             beyond = np.concatenate([[0], np.cumsum(value > lim)])
-            last_m = beyond[1:] - beyond[np.maximum(np.arange(1, len(index) + 1) - flags.maxlen, 0)]
+            last_m = beyond[1:] - beyond[np.maximum(np.arange(1, len(index) + 1) - m, 0)]
             level[last_m >= n] = int(severity)
         limit = np.full(len(index), self._levels[0][1])
         for severity, lim, _ in self._levels:
@@ -182,8 +243,33 @@ class EventsInWindowEvaluator:
         self._levels = sorted(
             (SEVERITY[name], level.limit, level.count) for name, level in spec.levels.items()
         )
-        # Per level: the times of the samples above its limit still in the window.
-        self._events: list[deque[int]] = [deque() for _ in self._levels]
+        # Per level: the times of the samples above its limit, the window's from its head.
+        self._tapes = [Tape(array("q")) for _ in self._levels]
+        self._heads = [0] * len(self._levels)
+
+    def checkpoint(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(tape ends, window starts) of each level."""
+        return tuple(tape.end for tape in self._tapes), tuple(self._heads)
+
+    def rollback(self, token: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
+        """Return to the state of ``token``."""
+        for tape, end in zip(self._tapes, token[0], strict=True):
+            tape.truncate(end)
+        self._heads = list(token[1])
+
+    def forget(self, token: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
+        """Drop the events before ``token``'s windows."""
+        for tape, head in zip(self._tapes, token[1], strict=True):
+            tape.forget(head)
+
+    def snapshot(self) -> list[object]:
+        """The whole state as plain data (the events in each level's window)."""
+        return tapes_snapshot(self.checkpoint(), list(zip(self._tapes, self._heads, strict=True)))
+
+    def restore_snapshot(self, state: list[object]) -> None:
+        """Take the state of a :meth:`snapshot`."""
+        token, _ = tapes_restore(self._tapes, state)
+        self.rollback(token)  # type: ignore[arg-type]
 
     def update(self, ts_us: int, values: Mapping[str, float]) -> Signal | None:
         """Count the events of each level in the window ending at this sample."""
@@ -194,15 +280,22 @@ class EventsInWindowEvaluator:
         level: Severity | None = None
         count = 0
         needed = self._levels[0][2]
+        heads = self._heads
         for index, (severity, lim, k) in enumerate(self._levels):
-            events = self._events[index]
+            tape = self._tapes[index]
+            times = tape.columns[0]
             if value > lim:
-                events.append(ts_us)
-            while events and events[0] <= start:
-                events.popleft()
-            if index == 0 or len(events) >= k:
-                count, needed = len(events), k
-            if len(events) >= k:
+                times.append(ts_us)
+            base = tape.base
+            head = heads[index] - base
+            size = len(times)
+            while head < size and times[head] <= start:
+                head += 1
+            heads[index] = head + base
+            in_window = size - head
+            if index == 0 or in_window >= k:
+                count, needed = in_window, k
+            if in_window >= k:
                 level = severity
         return Signal(level, float(count), float(needed))
 
@@ -250,39 +343,93 @@ class TimeOutOfRangeEvaluator:
             (SEVERITY[name], round(level.budget_s * US), level.budget_s)
             for name, level in spec.levels.items()
         )
-        # Out-of-range spans [start, end) inside the window, oldest first, adjacent ones
-        # merged, the first clipped to the window start; and their total (exact integers).
-        self._spans: deque[tuple[int, int]] = deque()
-        self._total_us = 0
+        # Closed out-of-range spans [start, end), oldest first, on a tape with the running
+        # total of their lengths (exact integers); the window's first is at ``_head``. The
+        # run still open (the newest reading was out) is [``_open_us``, ``_last_us``).
+        self._starts: array[int] = array("q")
+        self._ends: array[int] = array("q")
+        self._cumulative: array[int] = array("q")
+        self._tape = Tape(self._starts, self._ends, self._cumulative)
+        self._before_base = 0  # the running total before the tape's first span
+        self._head = 0
+        self._open_us: int | None = None
         self._last_us: int | None = None
-        self._last_out = False
+
+    def checkpoint(self) -> tuple[int, int, int | None, int | None]:
+        """(tape end, window's first span, open run start, newest reading time)."""
+        return self._tape.end, self._head, self._open_us, self._last_us
+
+    def rollback(self, token: tuple[int, int, int | None, int | None]) -> None:
+        """Return to the state of ``token``."""
+        end, self._head, self._open_us, self._last_us = token
+        self._tape.truncate(end)
+
+    def forget(self, token: tuple[int, int, int | None, int | None]) -> None:
+        """Drop the spans before ``token``'s window."""
+        tape = self._tape
+        drop = token[1] - tape.base
+        if drop > 0:
+            self._before_base = self._cumulative[drop - 1]
+            tape.forget(token[1])
+
+    def snapshot(self) -> list[object]:
+        """The whole state as plain data (the spans from the window's first on)."""
+        head = self._head - self._tape.base
+        before = self._cumulative[head - 1] if head > 0 else self._before_base
+        return tapes_snapshot(self.checkpoint(), [(self._tape, self._head)], before)
+
+    def restore_snapshot(self, state: list[object]) -> None:
+        """Take the state of a :meth:`snapshot`."""
+        token, before = tapes_restore([self._tape], state)
+        assert isinstance(before, int)
+        self._before_base = before
+        self.rollback(token)  # type: ignore[arg-type]
 
     def _out(self, value: float) -> bool:
         return (self._low is not None and value < self._low) or (
             self._high is not None and value > self._high
         )
 
+    def _closed_in_window(self, head: int, window_start: int) -> int:
+        """Time of the closed spans from ``head`` (relative to the tape) inside the window."""
+        cumulative = self._cumulative
+        total = cumulative[-1] - (cumulative[head - 1] if head > 0 else self._before_base)
+        first = self._starts[head]
+        if first < window_start:
+            total -= window_start - first
+        return total
+
     def update(self, ts_us: int, values: Mapping[str, float]) -> Signal | None:
-        """Add the previous reading's held state up to ``ts_us``; drop what left the window."""
+        """Hold the previous reading's state up to ``ts_us``; count what is inside the window."""
         value = values.get(self.metric)
         if value is None:
             return None
-        spans = self._spans
-        last_us = self._last_us
-        if last_us is not None and self._last_out and ts_us > last_us:
-            start = spans.pop()[0] if spans and spans[-1][1] == last_us else last_us
-            spans.append((start, ts_us))
-            self._total_us += ts_us - last_us
-        self._last_us, self._last_out = ts_us, self._out(value)
+        out = self._out(value)
+        open_us = self._open_us
+        if open_us is None:
+            if out:
+                self._open_us = ts_us
+        elif not out:
+            # The run ends at this reading: it becomes a closed span.
+            length = ts_us - open_us
+            cumulative = self._cumulative
+            self._starts.append(open_us)
+            self._ends.append(ts_us)
+            cumulative.append((cumulative[-1] if cumulative else self._before_base) + length)
+            self._open_us = None
+        self._last_us = ts_us
         window_start = ts_us - self._window_us
-        while spans and spans[0][1] <= window_start:
-            first, end = spans.popleft()
-            self._total_us -= end - first
-        if spans and spans[0][0] < window_start:
-            first, end = spans[0]
-            self._total_us -= window_start - first
-            spans[0] = (window_start, end)
-        total = self._total_us
+        base = self._tape.base
+        ends = self._ends
+        size = len(ends)
+        head = self._head - base
+        while head < size and ends[head] <= window_start:
+            head += 1
+        self._head = head + base
+        total = self._closed_in_window(head, window_start) if head < size else 0
+        if open_us is not None and out:
+            # The run held up to this reading and goes on (an ended one is a closed span now).
+            total += ts_us - max(open_us, window_start)
         level: Severity | None = None
         budget_s = self._levels[0][2]
         for severity, budget_us, budget in self._levels:
@@ -361,12 +508,37 @@ class MktEvaluator:
         self._min_cover_us = spec.min_coverage * self._window_us
         self._k = spec.activation_k
         self._levels = sorted((SEVERITY[name], level.limit_c) for name, level in spec.levels.items())
-        # (ts, Boltzmann factor exp(-k / T)) of the readings in the window.
-        self._points: deque[tuple[int, float]] = deque()
+        # (ts, Boltzmann factor exp(-k / T)) of the readings in the window, from ``_head``.
+        self._times: array[int] = array("q")
+        self._factors: array[float] = array("d")
+        self._tape = Tape(self._times, self._factors)
+        self._head = 0
         # Sum of (t_next - t) * factor over every point but the newest (weights in us).
         self._sum = 0.0
         self._churn = 0.0  # magnitudes added and removed since the sum was last rebuilt
         self._since_rebuild = 0
+
+    def checkpoint(self) -> tuple[int, int, float, float, int]:
+        """(tape end, window start, running sum, churn, readings since the last rebuild)."""
+        return self._tape.end, self._head, self._sum, self._churn, self._since_rebuild
+
+    def rollback(self, token: tuple[int, int, float, float, int]) -> None:
+        """Return to the state of ``token``."""
+        end, self._head, self._sum, self._churn, self._since_rebuild = token
+        self._tape.truncate(end)
+
+    def forget(self, token: tuple[int, int, float, float, int]) -> None:
+        """Drop the points before ``token``'s window."""
+        self._tape.forget(token[1])
+
+    def snapshot(self) -> list[object]:
+        """The whole state as plain data (the window's points and running sum)."""
+        return tapes_snapshot(self.checkpoint(), [(self._tape, self._head)])
+
+    def restore_snapshot(self, state: list[object]) -> None:
+        """Take the state of a :meth:`snapshot`."""
+        token, _ = tapes_restore([self._tape], state)
+        self.rollback(token)  # type: ignore[arg-type]
 
     def update(self, ts_us: int, values: Mapping[str, float]) -> Signal | None:
         """Slide the window to ``ts_us`` and judge its MKT."""
@@ -374,29 +546,33 @@ class MktEvaluator:
         if temp is None or temp <= ABSOLUTE_ZERO_C:
             # Not a temperature (a probe fault or a sentinel): it cannot enter the Arrhenius sum.
             return None
-        points = self._points
-        if points:
-            previous_us, previous = points[-1]
-            term = (ts_us - previous_us) * previous
+        times, factors = self._times, self._factors
+        base = self._tape.base
+        head = self._head - base
+        if len(times) > head:
+            term = (ts_us - times[-1]) * factors[-1]
             self._sum += term
             self._churn += term
-        points.append((ts_us, math.exp(-self._k / (temp + KELVIN))))
+        times.append(ts_us)
+        factors.append(math.exp(-self._k / (temp + KELVIN)))
         start = ts_us - self._window_us
-        while points[0][0] <= start:  # the newest is always inside the window
-            oldest_us, oldest = points.popleft()
-            term = (points[0][0] - oldest_us) * oldest
+        while times[head] <= start:  # the newest is always inside the window
+            term = (times[head + 1] - times[head]) * factors[head]
+            head += 1
             self._sum -= term
             self._churn += term
+        self._head = head + base
+        count = len(times) - head
         self._since_rebuild += 1
         if self._churn > _MKT_DRIFT_RATIO * self._sum or self._since_rebuild >= max(
-            len(points), _MKT_REBUILD_EVERY
+            count, _MKT_REBUILD_EVERY
         ):
             self._rebuild()
-        if len(points) < 2:
+        if count < 2:
             return Signal(None)
-        newest_us, newest = points[-1]
-        last_interval = newest_us - points[-2][0]
-        covered = newest_us - points[0][0] + last_interval
+        newest_us, newest = times[-1], factors[-1]
+        last_interval = newest_us - times[-2]
+        covered = newest_us - times[head] + last_interval
         if covered < self._min_cover_us or covered <= 0:
             return Signal(None)
         mean = (self._sum + last_interval * newest) / covered
@@ -412,9 +588,11 @@ class MktEvaluator:
         """Recompute the running sum exactly from the window's points."""
         self._since_rebuild = 0
         self._churn = 0.0
-        if len(self._points) < 2:
+        head = self._head - self._tape.base
+        if len(self._times) - head < 2:
             self._sum = 0.0
             return
-        times = np.fromiter((t for t, _ in self._points), dtype=np.int64, count=len(self._points))
-        factors = np.fromiter((f for _, f in self._points), dtype=np.float64, count=len(self._points))
+        # Copied into arrays of their own: the tape's arrays must stay free to grow.
+        times = np.array(self._times[head:], dtype=np.int64)
+        factors = np.array(self._factors[head:], dtype=np.float64)
         self._sum = float(np.dot(np.diff(times).astype(np.float64), factors[:-1]))

@@ -14,6 +14,7 @@ from coldwatch.notify.model import OutboxItem
 from coldwatch.payload import Telemetry
 from coldwatch.rules.lifecycle import Alarm, AlarmState, Transition
 from coldwatch.rules.model import AlarmKey, EngineReading, Severity
+from coldwatch.rules.snapshot import RuleSnapshot
 
 __all__ = [
     "QUARANTINE_MAX_BYTES",
@@ -128,6 +129,9 @@ class Batch:
     # Messages received twice within this batch (a redelivery before the first copy was
     # committed): neither stored nor judged again, counted as duplicates.
     copies: int = 0
+    # Rule state of devices after judging this batch (coldwatch.rules.snapshot): one row
+    # a device, replaced, in the same transaction as the readings that produced it.
+    snapshots: list[RuleSnapshot] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.readings) + len(self.rejections)
@@ -278,6 +282,10 @@ class Storage(Protocol):
 
     async def restore_audit_guards(self) -> list[str]:
         """Recreate missing, disabled or altered append-only guards; return their names."""
+
+    async def rule_snapshots(self, devices: Sequence[str]) -> list[RuleSnapshot]:
+        """The stored rule snapshots of ``devices`` (one at most each)."""
+        ...
 
     def readings_since(self, device_id: str, since_us: int) -> AsyncIterator[EngineReading]:
         """A device's stored readings from ``since_us`` on, in (ts, seq) order (for restart)."""

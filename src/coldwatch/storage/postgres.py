@@ -45,6 +45,7 @@ from coldwatch.notify.outbox import (
 )
 from coldwatch.rules.lifecycle import Alarm, Transition
 from coldwatch.rules.model import EngineReading
+from coldwatch.rules.snapshot import RuleSnapshot
 from coldwatch.storage import audit_pg
 from coldwatch.storage.audit_pg import PgConnection
 from coldwatch.storage.base import (
@@ -227,6 +228,16 @@ MIGRATIONS_PG: Final[tuple[str, ...]] = (
     CONSOLE_INDEXES + ROLLUP_SCHEMA.format(rowid=""),
     # People's accounts, sessions, service tokens, electronic signatures and QA reviews.
     IDENTITY_SCHEMA_PG,
+    # Rule state snapshots (coldwatch.rules.snapshot), as on SQLite.
+    """
+    CREATE TABLE rule_snapshots (
+        device_id TEXT PRIMARY KEY,
+        ts_us BIGINT NOT NULL,
+        seq BIGINT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        state BYTEA NOT NULL
+    );
+    """,
 )
 
 _PLAIN_READINGS: Final = """
@@ -241,6 +252,11 @@ _PLAIN_READINGS: Final = """
         PRIMARY KEY (device, metric, ts_us, seq)
     )
 """
+_UPSERT_SNAPSHOT: Final = (
+    "INSERT INTO rule_snapshots(device_id, ts_us, seq, fingerprint, state) VALUES ($1, $2, $3, $4, $5) "
+    "ON CONFLICT(device_id) DO UPDATE SET ts_us = excluded.ts_us, seq = excluded.seq, "
+    "fingerprint = excluded.fingerprint, state = excluded.state"
+)
 _INCOMING: Final = (
     "CREATE TEMP TABLE IF NOT EXISTS incoming (device BIGINT, metric INTEGER, ts_us BIGINT, seq BIGINT, "
     "value DOUBLE PRECISION, received_us BIGINT, buffered BOOLEAN) ON COMMIT DELETE ROWS"
@@ -573,15 +589,22 @@ class PostgresStorage(RowIds):
                     await conn.executemany(pg_placeholders(INSERT_SIGNATURE), batch.signatures)
                 if batch.audit:
                     await audit_pg.append(conn, batch.audit)
-                if batch.devices:
-                    # One statement, rows in id order (one lock order for every member).
-                    columns = list(
-                        zip(*sorted(self._device_rows(batch), key=lambda row: row[4]), strict=True)
-                    )
-                    await conn.execute(_UPDATE_DEVICES, *(list(c) for c in columns))
+                await self._write_device_state(conn, batch)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, OverflowError, ValueError) as exc:
             raise self._batch_failed(exc) from exc
         return BatchResult(stored=stored, duplicates=duplicates)
+
+    async def _write_device_state(self, conn: PgConnection, batch: Batch) -> None:
+        """The devices' tracking state and rule snapshots the batch leaves them in."""
+        if batch.devices:
+            # One statement, rows in id order (one lock order for every member).
+            columns = list(zip(*sorted(self._device_rows(batch), key=lambda row: row[4]), strict=True))
+            await conn.execute(_UPDATE_DEVICES, *(list(c) for c in columns))
+        if batch.snapshots:
+            await conn.executemany(
+                _UPSERT_SNAPSHOT,
+                [(s.device_id, s.ts_us, s.seq, s.fingerprint, s.state) for s in batch.snapshots],
+            )
 
     async def _mark_late_minutes(self, conn: PgConnection, batch: Batch) -> None:
         """Minutes a chart rollup may hold already: rebuilt before their next use."""
@@ -776,6 +799,14 @@ class PostgresStorage(RowIds):
         )
         return {names[m]: float(v) for m, v in rows}
 
+    async def rule_snapshots(self, devices: Sequence[str]) -> list[RuleSnapshot]:
+        """The stored rule snapshots of ``devices`` (one at most each)."""
+        rows = await self.pool.fetch(
+            "SELECT device_id, ts_us, seq, fingerprint, state FROM rule_snapshots WHERE device_id = ANY($1)",
+            list(devices),
+        )
+        return [RuleSnapshot(r[0], int(r[1]), int(r[2]), str(r[3]), bytes(r[4])) for r in rows]
+
     async def readings_since(self, device_id: str, since_us: int) -> AsyncIterator[EngineReading]:
         """A device's stored readings from ``since_us`` on, in (ts, seq) order."""
         rowid = self._device_rowid.get(device_id)
@@ -784,9 +815,12 @@ class PostgresStorage(RowIds):
         names = self._metric_names()
         rows = await self.pool.fetch(
             "SELECT ts_us, seq, metric, value, received_us, buffered FROM readings "
-            "WHERE device = $1 AND ts_us >= $2 ORDER BY ts_us, seq",
+            # Every metric named: the key (device, metric, ts_us, seq) is searched once a
+            # metric, not scanned across the device's whole history.
+            "WHERE device = $1 AND metric = ANY($3::integer[]) AND ts_us >= $2 ORDER BY ts_us, seq",
             rowid,
             since_us,
+            list(names),
         )
         for reading in group_readings(device_id, rows, names):
             yield reading

@@ -27,6 +27,7 @@ from coldwatch.errors import StorageError
 from coldwatch.notify.outbox import OUTBOX_DEAD_LETTER_SCHEMA, OUTBOX_SCHEMA, enqueue_sync
 from coldwatch.rules.lifecycle import Alarm, Transition
 from coldwatch.rules.model import EngineReading
+from coldwatch.rules.snapshot import RuleSnapshot
 from coldwatch.storage.audit_sqlite import (
     AUDIT_SCHEMA,
     SEALS_SCHEMA,
@@ -201,9 +202,25 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CONSOLE_INDEXES + ROLLUP_SCHEMA.format(rowid=" WITHOUT ROWID"),
     # People's accounts, sessions, service tokens, electronic signatures and QA reviews.
     IDENTITY_SCHEMA,
+    # Rule state snapshots (coldwatch.rules.snapshot): a restart reads them instead of
+    # judging every stored reading of the longest window again.
+    """
+    CREATE TABLE rule_snapshots (
+        device_id TEXT PRIMARY KEY,
+        ts_us INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        fingerprint TEXT NOT NULL,
+        state BLOB NOT NULL
+    );
+    """,
 )
 
 log = logging.getLogger(__name__)
+_UPSERT_SNAPSHOT = (
+    "INSERT INTO rule_snapshots(device_id, ts_us, seq, fingerprint, state) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT(device_id) DO UPDATE SET ts_us = excluded.ts_us, seq = excluded.seq, "
+    "fingerprint = excluded.fingerprint, state = excluded.state"
+)
 CHECKPOINT_EVERY_S = 1.0
 
 # Where the newest entry's kept payload ends (length() of a blob reads the record header).
@@ -483,6 +500,11 @@ class SqliteStorage(RowIds):
         if batch.audit:
             # The link is read inside the transaction: the deliverer appends on its own connection.
             append_linked(conn, batch.audit)
+        self._write_device_state(conn, batch)
+        return BatchResult(stored=stored, duplicates=duplicates)
+
+    def _write_device_state(self, conn: sqlite3.Connection, batch: Batch) -> None:
+        """The devices' tracking state and rule snapshots the batch leaves them in."""
         if batch.devices:
             _many(
                 conn,
@@ -491,7 +513,11 @@ class SqliteStorage(RowIds):
                 _UPDATE_DEVICES_TAIL,
                 most=self._variables,
             )
-        return BatchResult(stored=stored, duplicates=duplicates)
+        if batch.snapshots:
+            conn.executemany(
+                _UPSERT_SNAPSHOT,
+                [(s.device_id, s.ts_us, s.seq, s.fingerprint, s.state) for s in batch.snapshots],
+            )
 
     def _store_readings(
         self, conn: sqlite3.Connection, batch: Batch
@@ -669,17 +695,27 @@ class SqliteStorage(RowIds):
         ) as cur:
             return {names[m]: float(v) async for m, v in cur}
 
+    async def rule_snapshots(self, devices: Sequence[str]) -> list[RuleSnapshot]:
+        """The stored rule snapshots of ``devices`` (one at most each)."""
+        wanted = set(devices)
+        async with self._conn.execute(
+            "SELECT device_id, ts_us, seq, fingerprint, state FROM rule_snapshots"
+        ) as cur:
+            rows = await cur.fetchall()
+        return [RuleSnapshot(d, int(t), int(q), str(f), bytes(b)) for d, t, q, f, b in rows if d in wanted]
+
     async def readings_since(self, device_id: str, since_us: int) -> AsyncIterator[EngineReading]:
         """A device's stored readings from ``since_us`` on, in (ts, seq) order."""
         rowid = self._device_rowid.get(device_id)
         if rowid is None:
             return
         names = self._metric_names()
-        sql = (
-            "SELECT ts_us, seq, metric, value, received_us, buffered FROM readings "
-            "WHERE device = ? AND ts_us >= ? ORDER BY ts_us, seq"
-        )
-        async with self._conn.execute(sql, (rowid, since_us)) as cur:
+        # Every metric named: the key (device, metric, ts_us, seq) is then searched once a
+        # metric, not scanned across the device's whole history.
+        marks = ", ".join("?" * len(names)) or "NULL"
+        sql = "SELECT ts_us, seq, metric, value, received_us, buffered FROM readings WHERE device = ? AND "
+        sql += f"metric IN ({marks}) AND ts_us >= ? ORDER BY ts_us, seq"  # placeholders only
+        async with self._conn.execute(sql, (rowid, *names, since_us)) as cur:
             rows = await cur.fetchall()  # one device's memory window: small
         for reading in group_readings(device_id, rows, names):
             yield reading
