@@ -91,6 +91,7 @@ async def test_demo_users_sign_in_an_alarm_follows_and_a_second_run_reuses_them(
         assert console is not None, text
         assert "DEMO-ONLY" in text
         assert "SIMULATED" in text
+        assert "used before" not in text
         accounts = {m[1]: (m[0], m[2], m[3]) for m in ACCOUNT_LINE.findall(text)}
         assert {u.name: (u.role, "new") for u in DEMO_USERS} == {
             name: (role, state) for name, (role, _, state) in accounts.items()
@@ -132,6 +133,7 @@ async def test_demo_users_sign_in_an_alarm_follows_and_a_second_run_reuses_them(
         text = await banner(again)
         second = {m[1]: (m[2], m[3]) for m in ACCOUNT_LINE.findall(text)}
         assert second == {name: (password, "exists") for name, password in passwords.items()}
+        assert "this data folder was used before" in text
         console = re.search(r"CONSOLE:\s+(http://127\.0\.0\.1:\d+/console)\s", text)
         assert console is not None
         assert (await sign_in(console[1], "olga", passwords["olga"]))["role"] == "operator"

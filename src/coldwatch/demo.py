@@ -222,6 +222,14 @@ def _banner(  # noqa: PLR0917 - one printout of everything the demo set up
     if problem is not None:
         lines.append(f"  demo accounts: not all could be created: {problem}")
     lines.append("  (existing accounts keep any password changed since in the console)")
+    if len(created) < len(DEMO_USERS):
+        lines += [
+            "",
+            "  NOTE: this data folder was used before. The restart itself may raise alarms",
+            "  (communication loss: devices reported offline while the demo was stopped; data",
+            "  integrity: the broker lost the collector's session). They are true and clear",
+            "  within seconds; for a clean start, run the demo with --data and a new folder.",
+        ]
     device = excursion_device(config)
     if device is not None:
         lines += [
