@@ -41,11 +41,12 @@ from simulators.fleet import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
     from pathlib import Path
 
     from coldwatch.config import Config, DeviceConfig
     from simulators.fleet import OutagePlan, Reading
+    from simulators.models import AnyModel
 
 __all__ = ["SimulationStats", "run_simulation"]
 
@@ -282,6 +283,7 @@ async def run_simulation(
     outage: OutagePlan | None = None,
     url: str | None = None,
     stop: asyncio.Event | None = None,
+    models: Mapping[str, AnyModel] | None = None,
 ) -> SimulationStats:
     """Simulate ``config.devices`` and publish their readings to the broker.
 
@@ -289,7 +291,8 @@ async def run_simulation(
     (None: until ``stop`` is set or the task is cancelled). Faster than real time, the
     simulated timeline is placed in the past so that it ends now: the collector rejects
     timestamps from the future. ``outage`` offsets are in simulated seconds. ``url``
-    overrides ``config.mqtt.url``.
+    overrides ``config.mqtt.url``. ``models`` (from :func:`~simulators.fleet.build_models`)
+    carry events forced on them beforehand, such as the demo's scripted excursion.
     """
     if not speed > 0:
         raise ValueError(f"speed must be positive, got {speed!r}")
@@ -314,7 +317,7 @@ async def run_simulation(
         )
         for device in config.devices
     }
-    readings = timeline(config.devices, start=start, seed=seed, until_s=end_s, outage=outage)
+    readings = timeline(config.devices, start=start, seed=seed, until_s=end_s, outage=outage, models=models)
     async with asyncio.TaskGroup() as group:
         tasks = [group.create_task(link.run(), name=f"sim-{key}") for key, link in links.items()]
         try:

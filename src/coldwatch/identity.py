@@ -330,6 +330,33 @@ class Identity:
         who, _ = await self._change(actor, name, "reset-password")
         await self._set_password(who, name, password, reason, must_change=True, action="user.password_reset")
 
+    async def waive_forced_change(self, actor_label: str, name: str, reason: str) -> None:
+        """Clear ``name``'s forced password change, audited under ``actor_label``.
+
+        In-process only (no API, console or CLI route reaches it): the demo's accounts,
+        whose passwords are printed on the demo's terminal, sign in without a change.
+        """
+        await self.store.apply(
+            [
+                Write(
+                    "UPDATE users SET must_change = 0 WHERE name = ? AND must_change = 1",
+                    (name,),
+                    expect=1,
+                    refusal=f"{name} has no forced password change",
+                )
+            ],
+            [
+                self.draft(
+                    actor_label,
+                    "user.password_change_waived",
+                    name,
+                    reason,
+                    old="must change at next sign-in",
+                    new="no change required",
+                )
+            ],
+        )
+
     async def change_password(self, name: str, current: str, new: str, client: str) -> None:
         """A person changes their own password, proving the current one (ends a forced change)."""
         await self.check_password(name, current, client, purpose="password change")
