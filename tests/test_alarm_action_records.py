@@ -12,7 +12,7 @@ import pytest
 from coldwatch.broker import RunningBroker
 from coldwatch.export import format_ts
 from tests.conftest import Backend, db_query, raise_comm_loss, running_daemon, silent_incubator_config
-from tests.test_api_robust import api_section, auth, config_for
+from tests.test_api_robust import SHELVING, api_section, auth, config_for, olga, with_people
 
 
 async def test_a_shelve_records_its_end_and_an_unshelve_needs_a_shelve(
@@ -25,21 +25,21 @@ async def test_a_shelve_records_its_end_and_an_unshelve_needs_a_shelve(
         running_daemon(config) as running,
         httpx.AsyncClient(base_url=running.base_url, timeout=10) as client,
     ):
+        await with_people(backend, config)
         await raise_comm_loss(broker, config, running)
-        never = await client.post("/api/v1/alarms/1/unshelve", json={"reason": "x"}, headers=auth("operator"))
+        unshelve = olga("unshelved, responsible", reason="x")
+        never = await client.post("/api/v1/alarms/1/unshelve", json=unshelve)
         assert never.status_code == 409, never.text
         assert "not shelved" in never.json()["detail"]
         shelved = await client.post(
-            "/api/v1/alarms/1/shelve",
-            json={"reason": "logger swap", "until": until.isoformat()},
-            headers=auth("operator"),
+            "/api/v1/alarms/1/shelve", json=olga(SHELVING, reason="logger swap", until=until.isoformat())
         )
         assert shelved.status_code == 200, shelved.text
         ended = await client.post(
-            "/api/v1/alarms/1/unshelve", json={"reason": "done"}, headers=auth("operator")
+            "/api/v1/alarms/1/unshelve", json=olga("unshelved, responsible", reason="done")
         )
         assert ended.status_code == 200, ended.text
-        again = await client.post("/api/v1/alarms/1/unshelve", json={"reason": "x"}, headers=auth("operator"))
+        again = await client.post("/api/v1/alarms/1/unshelve", json=unshelve)
         assert again.status_code == 409, again.text
     rows = db_query(
         backend.location,

@@ -37,6 +37,7 @@ from tests.conftest import (
     telemetry_topic,
     write_config,
 )
+from tests.identity_helpers import OPERATOR_PW, opened, people
 from tests.test_notify import Received, Receiver
 from tests.test_notify_alertmanager import (
     RunningAlertmanager,
@@ -400,6 +401,8 @@ async def test_unacknowledged_alarm_escalates_on_time_and_acknowledged_one_never
             },
         )
         async with running_daemon(config) as running:
+            async with opened(str(config.storage.path), config) as (_, identity, _):
+                await people(identity)  # olga signs the acknowledgement
             await publish(broker, config, "inc-1", 0, HOT)
             await publish(broker, config, "inc-2", 0, HOT)
 
@@ -419,8 +422,12 @@ async def test_unacknowledged_alarm_escalates_on_time_and_acknowledged_one_never
             async with httpx.AsyncClient(base_url=running.base_url, timeout=10) as client:
                 response = await client.post(
                     f"/api/v1/alarms/{acked_id}/ack",
-                    json={"reason": "door gasket checked, product safe"},
-                    headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
+                    json={
+                        "user": "olga",
+                        "password": OPERATOR_PW,
+                        "meaning": "acknowledged, investigating",
+                        "reason": "door gasket checked, product safe",
+                    },
                 )
             assert response.status_code == 200, response.text
             assert response.json()["alarm"]["state"] == "active_acknowledged"
