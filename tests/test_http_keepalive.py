@@ -25,7 +25,9 @@ async def test_kept_alive_requests_do_not_wait_for_delayed_ack() -> None:
     serving = asyncio.create_task(server.serve())
     transport = httpx.AsyncHTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", transport=transport) as client:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{server.port}", transport=transport
+        ) as client:
             times = []
             for _ in range(15):
                 started = time.perf_counter()
