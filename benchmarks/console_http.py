@@ -236,7 +236,8 @@ async def data_figures(
 
     async def overview(site: str | None = None, area: str | None = None) -> None:
         await data.areas(end_us)
-        await data.overview(end_us, site=site, area=area)
+        if site is not None or area is not None:  # as the page: no devices until one is chosen
+            await data.overview(end_us, site=site, area=area)
 
     async def alarm() -> None:
         detail = await data.alarm_detail(alarm_id, end_us)
@@ -352,7 +353,7 @@ def main() -> int:
         f"{args.days:g} days of a 1 Hz device; {os.cpu_count()} CPUs (ms: first view, median and p95 "
         f"of {args.repeat} warm views, data layer alone)"
     )
-    print(f"{'page':<52}" + "".join(f"{b + ' first/median/p95/data':>34}" for b in backends))
+    print(f"{'page':<66}" + "".join(f"{b + ' first/median/p95/data':>34}" for b in backends))
     for page in [*result["sqlite"]["http"], *(p for p in result["sqlite"]["data_ms"] if "verification" in p)]:
         cells = ""
         for b in backends:
@@ -362,7 +363,7 @@ def main() -> int:
                 cells += f"{'-':>10} {'-':>7} {'-':>7} {data:>7}"
             else:
                 cells += f"{h['first_ms']:>10.0f} {h['median_ms']:>7.0f} {h['p95_ms']:>7.0f} {data:>7}"
-        print(f"{page:<52}{cells}")
+        print(f"{page:<66}{cells}")
     for b in backends:
         r = result[b]
         slow = {p: h["median_ms"] for p, h in r["http"].items() if h["median_ms"] >= TARGET_MS}
