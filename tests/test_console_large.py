@@ -132,4 +132,3 @@ def _csrf(html: str) -> str:
     token = re.search(r'name="csrf_token" value="([^"]+)"', html)
     assert token is not None
     return token[1]
-

@@ -43,7 +43,7 @@ STATUS_LABEL: Final = {
     DeviceStatus.CALIBRATION_DUE: "calibration due",
     DeviceStatus.NORMAL: "normal",
 }
-OVERVIEW_MAX_DEVICES: Final = 500  # beyond this, choose an area
+OVERVIEW_MAX_DEVICES: Final = 250  # beyond this, choose an area (each card costs HTML time)
 
 
 class PageError(Exception):
