@@ -138,3 +138,27 @@ def test_ingest_benchmark_reports_each_kind_against_the_baseline(tmp_path: Path)
         assert row["ratio_to_baseline"] > 0
         assert row["latency"]["alarms_timed"] > 0
     assert "slowest kind:" in done.stdout
+
+
+def test_console_http_benchmark_gets_every_page_signed_in_on_both_backends(tmp_path: Path) -> None:
+    """A small HTTP console benchmark signs in and GETs every page on SQLite and PostgreSQL, data beside."""
+    out = tmp_path / "console_http.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "console_http.py"), "--devices", "300", "--alarms", "3000",
+         "--days", "2.5", "--audit", "2000", "--repeat", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(out.read_text())
+    for backend in ("sqlite", "postgresql"):
+        http = result[backend]["http"]
+        assert {"sign-in", "users", "audit trail", "alarm detail with chart"} <= set(http)
+        assert any(page.startswith("device detail 30 days") for page in http)
+        assert all(0 < h["median_ms"] <= h["p95_ms"] for h in http.values())
+        assert all(h["first_ms"] > 0 and h["bytes"] > 0 for h in http.values())
+        data = result[backend]["data_ms"]
+        assert {page for page in data if "whole-trail verification" not in page} <= set(http)
+        assert any("whole-trail verification" in page for page in data)
+        assert result[backend]["audit_entries"] >= 2000
+    assert "200 ms target (median)" in done.stdout
+    assert "load average" in done.stdout

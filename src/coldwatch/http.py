@@ -72,7 +72,9 @@ class HttpServer:
 
     def __init__(self, app: FastAPI, host: str, port: int) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP given explicitly: asyncio sets TCP_NODELAY on accepted connections only
+        # then; without it a keep-alive response waits 40 ms for the client's delayed ACK.
+        self._socket = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
         self._socket.listen(128)

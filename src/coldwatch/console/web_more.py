@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -14,7 +16,7 @@ from zoneinfo import ZoneInfo
 from fastapi import Request, Response, status
 from fastapi.responses import HTMLResponse
 
-from coldwatch.audit import AuditEntry, to_csv
+from coldwatch.audit import AuditEntry, VerifyResult, to_csv
 from coldwatch.console.chart import render_svg
 from coldwatch.console.model import DeviceStatus
 from coldwatch.identity_model import IdentityError, Principal
@@ -25,12 +27,14 @@ if TYPE_CHECKING:
     from coldwatch.api import ApiContext
     from coldwatch.console.pages import ConsoleData
     from coldwatch.console.web import _Form
+    from coldwatch.storage import Storage
 
-__all__ = ["MorePages", "PageError"]
+__all__ = ["MorePages", "PageError", "audit_where", "newest_audit"]
 
 US: Final = 1_000_000
 RANGES: Final = {"1h": 3600, "6h": 6 * 3600, "24h": 86_400, "7d": 7 * 86_400, "30d": 30 * 86_400}
 AUDIT_SHOWN: Final = 300
+AUDIT_CHECK_MAX_AGE_S: Final = 60.0  # the audit page re-verifies the whole trail at least this often
 STATUS_LABEL: Final = {
     DeviceStatus.ACTION: "action",
     DeviceStatus.ALERT: "alert",
@@ -39,7 +43,7 @@ STATUS_LABEL: Final = {
     DeviceStatus.CALIBRATION_DUE: "calibration due",
     DeviceStatus.NORMAL: "normal",
 }
-OVERVIEW_MAX_DEVICES: Final = 500  # beyond this, choose an area
+OVERVIEW_MAX_DEVICES: Final = 250  # beyond this, choose an area (each card costs HTML time)
 
 
 class PageError(Exception):
@@ -55,11 +59,91 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
+@dataclass(frozen=True)
+class _AuditCheck:
+    """A verification of the whole trail, and the head it was made at."""
+
+    head: tuple[int, str] | None
+    monotonic: float
+    at_us: int
+    verified: VerifyResult
+    signed: int
+    problems: list[str]
+
+
+_AUDIT_COLUMNS: Final = (
+    "SELECT seq, at_us, actor, action, object_type, object_id, old_value, new_value, reason, prev_hash, hash"
+    " FROM audit_log"
+)
+_AUDIT_CHUNK: Final = 1000
+
+
+def _like(text: str) -> str:
+    """A LIKE pattern matching ``text`` anywhere (escape character ``!``)."""
+    return "%" + text.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
+
+
+def audit_where(
+    user: str, action: str, device: str, since: int | None, until: int | None
+) -> tuple[list[str], list[Any]]:
+    """SQL conditions selecting at least the entries the page's filters keep (the page re-checks each)."""
+    where: list[str] = []
+    params: list[Any] = []
+    if user:
+        where.append("(actor = ? OR (object_type = 'user' AND object_id = ?))")
+        params += [user, user]
+    if action:
+        where.append("substr(action, 1, ?) = ?")
+        params += [len(action), action]
+    if device:
+        where.append("(object_id = ? OR new_value LIKE ? ESCAPE '!')")
+        params += [device, _like(device)]
+    if since is not None:
+        where.append("at_us >= ?")
+        params.append(since)
+    if until is not None:
+        where.append("at_us < ?")
+        params.append(until)
+    return where, params
+
+
+async def newest_audit(
+    storage: Storage, keep: Callable[[AuditEntry], bool], limit: int, where: tuple[list[str], list[Any]]
+) -> tuple[list[AuditEntry], bool]:
+    """The newest ``limit`` entries ``keep`` accepts, newest first, and whether more exist.
+
+    Reads the trail backwards in keyset pages (``seq < last``), so a view costs the
+    entries shown, not the whole trail.
+    """
+    from coldwatch.storage.identity_store import identity_store  # noqa: PLC0415
+
+    store = identity_store(storage)
+    shown: list[AuditEntry] = []
+    before: int | None = None
+    while True:
+        conditions, params = list(where[0]), list(where[1])
+        if before is not None:
+            conditions.append("seq < ?")
+            params.append(before)
+        clause = " WHERE " + " AND ".join(conditions) if conditions else ""
+        rows = await store.fetch(f"{_AUDIT_COLUMNS}{clause} ORDER BY seq DESC LIMIT {_AUDIT_CHUNK}", *params)
+        for r in rows:
+            entry = AuditEntry(int(r[0]), int(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10])
+            if keep(entry):
+                if len(shown) == limit:
+                    return shown, True
+                shown.append(entry)
+        if len(rows) < _AUDIT_CHUNK:
+            return shown, False
+        before = int(rows[-1][0])
+
+
 class MorePages:
     """Overview, device, audit and users pages (mixed into the console)."""
 
     ctx: ApiContext
     zone: ZoneInfo
+    _audit_check: _AuditCheck | None = None
 
     async def data(self) -> ConsoleData:  # pragma: no cover - provided by the console
         """The page data."""
@@ -78,7 +162,13 @@ class MorePages:
         data = await self.data()
         now = _now_us()
         areas = await data.areas(now)
-        devices = await data.overview(now, site=site, area=area)
+        if site is None and area is None and len(self.ctx.config.devices) > OVERVIEW_MAX_DEVICES:
+            # A large estate: the areas with their state counts first, one area's devices on choosing it.
+            devices = []
+            hidden = len(self.ctx.config.devices)
+        else:
+            devices = await data.overview(now, site=site, area=area)
+            hidden = max(0, len(devices) - OVERVIEW_MAX_DEVICES)
         shown = devices[:OVERVIEW_MAX_DEVICES]
         by_area: dict[tuple[str, str], list[Any]] = {}
         for d in shown:
@@ -90,7 +180,7 @@ class MorePages:
             "by_area": sorted(by_area.items()),
             "statuses": list(DeviceStatus),
             "status_label": STATUS_LABEL,
-            "hidden": len(devices) - len(shown),
+            "hidden": hidden,
             "site": site,
             "area": area,
             "live_url": "/console/overview?" + urlencode([*kept, ("fragment", "1")]),
@@ -152,9 +242,8 @@ class MorePages:
             )
 
         storage = self.ctx.storage
-        everything = [e async for e in storage.audit_entries()]
-        entries = [e for e in everything if keep(e)]
         if export:
+            entries = [e async for e in storage.audit_entries() if keep(e)]
             out = io.StringIO()
             to_csv(entries, out)
             return Response(
@@ -166,26 +255,50 @@ class MorePages:
                     "X-Content-Type-Options": "nosniff",
                 },
             )
-        verified = await storage.verify_audit()
-        from coldwatch.review import signature_problems  # noqa: PLC0415
-        from coldwatch.storage.identity_store import identity_store  # noqa: PLC0415
-
-        signed, problems = await signature_problems(identity_store(storage), everything)
+        shown, more = await newest_audit(
+            storage, keep, AUDIT_SHOWN, audit_where(user, action, device, since, until)
+        )
+        check = await self._audit_checked()
         kept = [(k, v) for k, v in q.multi_items() if v]
         return self.render(
             request,
             "audit.html",
             who,
             title="Audit trail",
-            verified=verified,
-            signed=signed,
-            problems=problems,
-            entries=list(reversed(entries))[:AUDIT_SHOWN],
-            total=len(entries),
+            verified=check.verified,
+            signed=check.signed,
+            problems=check.problems,
+            checked_at_us=check.at_us,
+            check_max_age_s=int(AUDIT_CHECK_MAX_AGE_S),
+            entries=shown,
+            more=more,
             shown_max=AUDIT_SHOWN,
             q=q,
             export_url="/console/audit/export.csv?" + urlencode(kept),
         )
+
+    async def _audit_checked(self) -> _AuditCheck:
+        """The chain's verification and the signatures' bindings, re-checked when the trail grew or aged.
+
+        Both read the whole trail: done once per new head (an appended entry) and at least
+        every :data:`AUDIT_CHECK_MAX_AGE_S`, not on every view.
+        """
+        from coldwatch.review import signature_problems  # noqa: PLC0415
+        from coldwatch.storage.identity_store import identity_store  # noqa: PLC0415
+
+        store = identity_store(self.ctx.storage)
+        rows = await store.fetch("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        head = (int(rows[0][0]), str(rows[0][1])) if rows else None
+        now = time.monotonic()
+        cached = self._audit_check
+        if cached is not None and cached.head == head and now - cached.monotonic < AUDIT_CHECK_MAX_AGE_S:
+            return cached
+        storage = self.ctx.storage
+        everything = [e async for e in storage.audit_entries()]
+        verified = await storage.verify_audit()
+        signed, problems = await signature_problems(store, everything)
+        self._audit_check = _AuditCheck(head, now, _now_us(), verified, signed, problems)
+        return self._audit_check
 
     # ----- users -----------------------------------------------------------------------------
     async def _users_page(
