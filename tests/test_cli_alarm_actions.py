@@ -10,15 +10,19 @@ from pathlib import Path
 
 from coldwatch.broker import RunningBroker
 from tests.conftest import Backend, raise_comm_loss, running_daemon
-from tests.test_api_robust import OPERATOR_TOKEN, config_for
+from tests.identity_helpers import OPERATOR_PW
+from tests.test_api_robust import config_for, with_people
+
+SIGNING = ("--user", "olga", "--meaning", "acknowledged, investigating", "--password-stdin")
 
 
 def console(config: Path, *args: str | bytes) -> subprocess.CompletedProcess[str]:
-    """Run ``coldwatch alarms ...`` as the operator; ``args`` may hold raw (non-UTF-8) bytes."""
+    """Run ``coldwatch alarms ...`` signing as the operator olga (her password on standard
+    input); ``args`` may hold raw (non-UTF-8) bytes."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("COLDWATCH_")}
-    env["COLDWATCH_API_TOKEN"] = OPERATOR_TOKEN
     return subprocess.run(
-        [sys.executable, "-m", "coldwatch", "alarms", *args, "--config", str(config)],
+        [sys.executable, "-m", "coldwatch", "alarms", *args, *SIGNING, "--config", str(config)],
+        input=OPERATOR_PW + "\n",
         capture_output=True,
         text=True,
         errors="replace",
@@ -34,6 +38,7 @@ async def test_refusals_read_as_one_plain_line(broker: RunningBroker, prefix: st
     config = config_for(tmp_path, broker, prefix, backend)
     path = tmp_path / "c.yaml"
     async with running_daemon(config) as running:
+        await with_people(backend, config)
         await raise_comm_loss(broker, config, running)
         url = ("--url", running.base_url)
         # In a thread: the daemon answers on this test's event loop.
@@ -52,5 +57,8 @@ async def test_refusals_read_as_one_plain_line(broker: RunningBroker, prefix: st
         bad_text.stderr
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "alarm 1 acknowledged by olga: now active_acknowledged"
+    first, manifestation = done.stdout.strip().splitlines()
+    assert first == "alarm 1 acknowledged by olga: now active_acknowledged"
+    assert manifestation.strip().startswith("signed by Olga Operator (olga) on "), manifestation
+    assert manifestation.endswith("meaning: acknowledged, investigating"), manifestation
     assert "HTTP Request" not in done.stderr, done.stderr
