@@ -17,17 +17,10 @@ from coldwatch.console.model import (
     TransitionRow,
 )
 from coldwatch.console.rollup import MINUTE_US, ROLLUP_FROM_SPAN_US, build_ranges
-from coldwatch.console.sql import ALARM_BY_ID, KIND_METRICS, OPEN_AGGREGATES, alarm_page_sql, device_where
+from coldwatch.console.sql import ALARM_BY_ID, DEVICES, KIND_METRICS, alarm_page_sql, device_where
 
 __all__ = ["PgConsoleQueries"]
 
-_DEVICES = f"""
-    SELECT d.device_id, d.kind, d.site, d.area, d.grade, d.last_ts_us, d.last_received_us, d.online,
-        coalesce(a.worst, 0), coalesce(a.open_n, 0), coalesce(a.unack_n, 0)
-    FROM devices AS d LEFT JOIN ({OPEN_AGGREGATES}) AS a ON a.device_id = d.device_id
-    WHERE TRUE{{where}}
-    ORDER BY d.site, d.area, d.device_id
-"""  # noqa: S608 - constant text
 # The newest values: one index lookup per device and metric of its kind (LATERAL: a hash
 # join would read every stored reading).
 _LAST_VALUES = f"""
@@ -120,7 +113,7 @@ class PgConsoleQueries:
             newest = await conn.fetch(_LAST_VALUES.format(where=where), *params) if with_values else []
             for owner, name, value in newest:
                 values.setdefault(owner, {})[name] = float(value)
-            rows = await conn.fetch(_DEVICES.format(where=where), *params)
+            rows = await conn.fetch(DEVICES.format(where=where), *params)
         return [
             DeviceRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], values.get(r[0], {}))
             for r in rows

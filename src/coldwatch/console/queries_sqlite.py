@@ -19,19 +19,12 @@ from coldwatch.console.model import (
     TransitionRow,
 )
 from coldwatch.console.rollup import MINUTE_US, ROLLUP_FROM_SPAN_US, build_ranges
-from coldwatch.console.sql import ALARM_BY_ID, KIND_METRICS, OPEN_AGGREGATES, alarm_page_sql, device_where
+from coldwatch.console.sql import ALARM_BY_ID, DEVICES, KIND_METRICS, alarm_page_sql, device_where
 from coldwatch.errors import StorageError
 from coldwatch.storage.sqlite_thread import on_thread
 
 __all__ = ["SqliteConsoleQueries"]
 
-_DEVICES = f"""
-    SELECT d.device_id, d.kind, d.site, d.area, d.grade, d.last_ts_us, d.last_received_us, d.online,
-        coalesce(a.worst, 0), coalesce(a.open_n, 0), coalesce(a.unack_n, 0)
-    FROM devices AS d LEFT JOIN ({OPEN_AGGREGATES}) AS a ON a.device_id = d.device_id
-    WHERE TRUE{{where}}
-    ORDER BY d.site, d.area, d.device_id
-"""  # noqa: S608 - constant text
 # The newest values: one primary-key lookup per device and metric of its kind (CROSS JOIN
 # keeps that order: without statistics the planner would rather scan every reading).
 _LAST_VALUES = f"""
@@ -108,7 +101,7 @@ def _devices(
     where, params = device_where(site, area, device_id, lambda _: "?")
     for owner, name, value in conn.execute(_LAST_VALUES.format(where=where), params) if with_values else ():
         values.setdefault(owner, {})[name] = float(value)
-    rows = conn.execute(_DEVICES.format(where=where), params).fetchall()
+    rows = conn.execute(DEVICES.format(where=where), params).fetchall()
     return [
         DeviceRow(
             r[0],

@@ -13,6 +13,7 @@ __all__ = [
     "ALARM_BY_ID",
     "ALARM_COLUMNS",
     "CONSOLE_INDEXES",
+    "DEVICES",
     "KIND_METRICS",
     "OPEN_AGGREGATES",
     "alarm_page_sql",
@@ -49,6 +50,16 @@ OPEN_AGGREGATES: Final = """
             AS unack_n
     FROM alarms WHERE state <> 'closed' GROUP BY device_id
 """
+# Every device (narrowed by ``{where}``) with its open alarms' worst severity and counts:
+# the same text on SQLite and PostgreSQL.
+DEVICES: Final = f"""
+    SELECT d.device_id, d.kind, d.site, d.area, d.grade, d.last_ts_us, d.last_received_us, d.online,
+        coalesce(a.worst, 0), coalesce(a.open_n, 0), coalesce(a.unack_n, 0)
+    FROM devices AS d LEFT JOIN ({OPEN_AGGREGATES}) AS a ON a.device_id = d.device_id
+    WHERE TRUE{{where}}
+    ORDER BY d.site, d.area, d.device_id
+"""  # noqa: S608 - constant text
+
 
 # (kind, metric name) of every numeric metric: the newest values the overview shows.
 KIND_METRICS: Final = "VALUES " + ", ".join(
