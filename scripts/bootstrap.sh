@@ -73,6 +73,17 @@ if [ "$cw_need_mosquitto" = 1 ] && [ ! -x /usr/bin/chromium ]; then
     || cw_die "Chromium is required by the console's browser tests and could not be installed (run as root, or apt-get install chromium)"
 fi
 
+# Reports are PDF made by WeasyPrint, which lays text out with Pango and needs a font.
+cw_have_pango() { ldconfig -p 2>/dev/null | grep -q 'libpangoft2-1.0.so.0' && fc-list 2>/dev/null | grep -q .; }
+if ! cw_have_pango; then
+  cw_apt_install libpango-1.0-0 libpangoft2-1.0-0 fontconfig fonts-dejavu-core || true
+  if ! cw_have_pango; then
+    [ "$cw_need_mosquitto" = 1 ] \
+      && cw_die "Pango and a font are required for PDF reports and could not be installed (run as root, or apt-get install libpangoft2-1.0-0 fonts-dejavu-core)"
+    echo "coldwatch set-up: Pango or a font is missing: PDF reports will be refused until libpangoft2-1.0-0 and fonts-dejavu-core are installed" >&2
+  fi
+fi
+
 cw_have_pg() { compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null; }
 if [ "$cw_need_mosquitto" = 1 ] && ! cw_have_pg; then
   # The tests start PostgreSQL clusters of their own (initdb, postgres): only the binaries are needed.

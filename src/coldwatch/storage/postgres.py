@@ -60,6 +60,7 @@ from coldwatch.storage.base import (
     group_readings,
 )
 from coldwatch.storage.identity_schema import IDENTITY_SCHEMA_PG, INSERT_SIGNATURE, pg_placeholders
+from coldwatch.storage.records_schema import RECORDS_SCHEMA_PG
 from coldwatch.storage.rows import RowIds, alarm_rows, quarantine_rows, reason_totals, transition_rows
 
 __all__ = [
@@ -238,6 +239,8 @@ MIGRATIONS_PG: Final[tuple[str, ...]] = (
         state BYTEA NOT NULL
     );
     """,
+    # GMP records: instruments and calibration, batches, shipments, generated reports.
+    RECORDS_SCHEMA_PG,
 )
 
 _PLAIN_READINGS: Final = """

@@ -50,6 +50,7 @@ from coldwatch.storage.base import (
     group_readings,
 )
 from coldwatch.storage.identity_schema import IDENTITY_SCHEMA, INSERT_SIGNATURE
+from coldwatch.storage.records_schema import RECORDS_SCHEMA
 from coldwatch.storage.rows import RowIds, alarm_rows, quarantine_rows, reason_totals, transition_rows
 from coldwatch.storage.sqlite_thread import in_transaction, on_thread
 
@@ -213,6 +214,8 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         state BLOB NOT NULL
     );
     """,
+    # GMP records: instruments and calibration, batches, shipments, generated reports.
+    RECORDS_SCHEMA,
 )
 
 log = logging.getLogger(__name__)
