@@ -30,6 +30,9 @@ class SiteConfig(_Model):
 
     # Signatures show their time in UTC and in this zone (21 CFR 11.50: date and time of signing).
     timezone: Annotated[str, AfterValidator(_zone)] = "UTC"
+    # A notice shown on every console page and every report page, e.g. that the readings
+    # are simulated (the demo sets one). None: no notice.
+    notice: Annotated[str, Field(min_length=1, max_length=300, pattern=r"^\S(.*\S)?$")] | None = None
 
 
 class PasswordPolicy(_Model):

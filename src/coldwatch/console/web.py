@@ -205,6 +205,7 @@ class Console(MorePages):
             prefix=PREFIX,
             path=request.url.path,
             zone=self.zone_name,
+            notice=self.ctx.config.site.notice,
             **values,
         )
         return HTMLResponse(page, status_code=code, headers=_SECURITY_HEADERS)
