@@ -8,6 +8,8 @@ raw readings exported by the API, with plain Python, and finds them in the PDF's
 
 from __future__ import annotations
 
+import asyncio
+import io
 import math
 import time
 from pathlib import Path
@@ -16,8 +18,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pypdfium2 as pdfium
+import pytest
 
 from coldwatch.broker import RunningBroker
+from coldwatch.cli import main
 from coldwatch.config import Config
 from coldwatch.export import format_ts
 from coldwatch.records.pdf import duration_text
@@ -33,7 +37,7 @@ from tests.conftest import (
     telemetry_topic,
 )
 from tests.identity_helpers import OPERATOR_PW, QA_PW, opened, people
-from tests.test_api_robust import api_section, auth
+from tests.test_api_robust import TOKENS, api_section, auth
 from tests.test_console_browser import console_config
 
 ACK = "acknowledged, investigating"
@@ -82,7 +86,7 @@ def parse_ts(text: str) -> int:
 
 
 async def test_excursion_report_end_to_end(
-    broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
+    broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """From a real alarm, the PDF shows recomputed figures, signatures, page X of N and provenance."""
     config = write_with_api(tmp_path, broker, prefix, backend)
@@ -158,6 +162,22 @@ async def test_excursion_report_end_to_end(
             assert "signed by Quinn Quality (quinn)" in sig["manifestation"]
             again = await client.post(f"/api/v1/reports/{rid}/review", json=signed)
             assert again.status_code == 409
+            # The command line: qa generates a second report of the alarm, lists and downloads.
+            cli_pdf = tmp_path / "cli.pdf"
+            argv = ["report", "excursion", str(aid), "--config", str(tmp_path / "c.yaml"), "--url",
+                    running.base_url, "--user", "quinn", "--password-stdin",
+                    "--out", str(cli_pdf)]  # fmt: skip
+            monkeypatch.setattr("sys.stdin", io.StringIO(QA_PW + "\n"))
+            assert await asyncio.to_thread(main, argv) == 0
+            assert cli_pdf.read_bytes().startswith(b"%PDF")
+            monkeypatch.setenv("COLDWATCH_API_TOKEN", TOKENS["viewer"])
+            got_csv = tmp_path / "r.csv"
+            argv = ["report", "get", str(rid), "--format", "csv", "--out", str(got_csv), "--config",
+                    str(tmp_path / "c.yaml"), "--url", running.base_url]  # fmt: skip
+            assert await asyncio.to_thread(main, argv) == 0
+            assert got_csv.read_text() == csv_text.replace("\r\n", "\n")
+            listed = (await client.get("/api/v1/reports", headers=auth("viewer"))).json()
+            assert [(r["id"], r["generated_by"]) for r in listed] == [(rid + 1, "quinn"), (rid, "olga")]
     readings = [{"ts_us": parse_ts(r["ts"]), "value": r["value"]} for r in raw]
     raised = parse_ts(alarm["raised_at"])
     cleared_us = parse_ts(alarm["cleared_at"])
@@ -189,7 +209,7 @@ async def test_excursion_report_end_to_end(
     image = pdfium.PdfDocument(pdf)[0].render(scale=0.6).to_pil().convert("L")
     dark = int((np.asarray(image) < 128).sum())
     assert dark > 2000, dark
-    image.save(tmp_path / "excursion-page1.png")
+    (tmp_path / "excursion.pdf").write_bytes(pdf)
     # Audit: generation and the review signature are entries, and the signature is bound.
     trail = db_query(backend.location, "SELECT action, object_id, object_type FROM audit_log ORDER BY seq")
     actions = [r[0] for r in trail if r[1] == str(rid) and r[2] == "report"]
@@ -198,7 +218,7 @@ async def test_excursion_report_end_to_end(
         entries = [e async for e in storage.audit_entries()]
         count, problems = await signature_problems(identity_store(storage), entries)
     assert problems == []
-    assert count == 3
+    assert count == 3  # the acknowledgement, the alarm's review, the report's review
 
 
 def db_query_any(backend: Backend, sql: str) -> list[tuple[Any, ...]]:
