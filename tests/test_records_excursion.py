@@ -38,7 +38,9 @@ from tests.conftest import (
 )
 from tests.identity_helpers import OPERATOR_PW, QA_PW, opened, people
 from tests.test_api_robust import TOKENS, api_section, auth
+from tests.test_audit_trail_e2e import coldwatch
 from tests.test_console_browser import console_config
+from tests.test_signatures_api import _execute
 
 ACK = "acknowledged, investigating"
 US = 1_000_000
@@ -219,6 +221,20 @@ async def test_excursion_report_end_to_end(
         count, problems = await signature_problems(identity_store(storage), entries)
     assert problems == []
     assert count == 3  # the acknowledgement, the alarm's review, the report's review
+    intact = coldwatch(tmp_path / "c.yaml", "audit", "verify")
+    assert intact.returncode == 0, intact.stdout + intact.stderr
+    # The review signature of report rid, copied onto the second report: audit verify reports it.
+    _execute(
+        backend,
+        "INSERT INTO signatures(object_type, object_id, action, signer, full_name, meaning, reason, "
+        f"signed_us, record_hash, content) SELECT object_type, '{rid + 1}', action, signer, full_name, "
+        f"meaning, reason, signed_us, record_hash, content FROM signatures WHERE object_type = 'report' "
+        f"AND object_id = '{rid}'",
+    )
+    tampered = coldwatch(tmp_path / "c.yaml", "audit", "verify")
+    assert tampered.returncode == 1
+    assert f"report {rid + 1}" in tampered.stdout
+    assert "not this record" in tampered.stdout
 
 
 def db_query_any(backend: Backend, sql: str) -> list[tuple[Any, ...]]:
