@@ -178,6 +178,14 @@ async def test_excursion_report_end_to_end(
                     str(tmp_path / "c.yaml"), "--url", running.base_url]  # fmt: skip
             assert await asyncio.to_thread(main, argv) == 0
             assert got_csv.read_text() == csv_text.replace("\r\n", "\n")
+            argv = ["report", "review", str(rid + 1), "--user", "quinn", "--meaning", "approved",
+                    "--reason", "cli", "--password-stdin", "--config", str(tmp_path / "c.yaml"),
+                    "--url", running.base_url]  # fmt: skip
+            monkeypatch.setattr("sys.stdin", io.StringIO(QA_PW + "\n"))
+            assert await asyncio.to_thread(main, argv) == 0
+            second = (await client.get(f"/api/v1/reports/{rid + 1}", headers=auth("viewer"))).json()
+            assert second["reviewed"] is True
+            assert second["signatures"][0]["meaning"] == "approved"
             listed = (await client.get("/api/v1/reports", headers=auth("viewer"))).json()
             assert [(r["id"], r["generated_by"]) for r in listed] == [(rid + 1, "quinn"), (rid, "olga")]
     readings = [{"ts_us": parse_ts(r["ts"]), "value": r["value"]} for r in raw]
@@ -220,7 +228,7 @@ async def test_excursion_report_end_to_end(
         entries = [e async for e in storage.audit_entries()]
         count, problems = await signature_problems(identity_store(storage), entries)
     assert problems == []
-    assert count == 3  # the acknowledgement, the alarm's review, the report's review
+    assert count == 4  # the acknowledgement, the alarm's review, both reports' reviews
     intact = coldwatch(tmp_path / "c.yaml", "audit", "verify")
     assert intact.returncode == 0, intact.stdout + intact.stderr
     # The review signature of report rid, copied onto the second report: audit verify reports it.
