@@ -63,6 +63,7 @@ async def test_excursion_report_from_the_alarm_page_and_qa_sign_off(
         qa = await (await browser.new_context(viewport={"width": 360, "height": 740})).new_page()
         await sign_in(qa, base, "quinn", QA_PW)
         await qa.goto(f"{base}/console/reports")
+        await expect(qa.locator("#report-list li")).to_contain_text("awaiting QA review")
         await qa.locator("#report-list a").first.click()
         await qa.screenshot(path=str(SHOTS / "report-360x740.png"), full_page=True)
         form = qa.locator("#sign-review")
@@ -82,6 +83,8 @@ async def test_excursion_report_from_the_alarm_page_and_qa_sign_off(
         await expect(qa.locator("#sign-review")).to_have_count(0)
         await qa.screenshot(path=str(SHOTS / "report-reviewed-360x740.png"), full_page=True)
         await qa.goto(f"{base}/console/reports")
+        await expect(qa.locator("#report-list li")).to_contain_text("reviewed")
+        await expect(qa.locator("#report-list li")).not_to_contain_text("awaiting")
         await qa.screenshot(path=str(SHOTS / "reports-360x740.png"), full_page=True)
         for bad in ("abc", "0", "99999999999999999999", "1.exe", "1.pdf.pdf"):
             got = await qa.request.get(f"{base}/console/reports/{bad}")

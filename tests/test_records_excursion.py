@@ -201,7 +201,10 @@ async def _story(  # noqa: PLR0917 - the fixtures, passed on
             assert second["reviewed"] is True
             assert second["signatures"][0]["meaning"] == "approved"
             listed = (await client.get("/api/v1/reports", headers=auth("viewer"))).json()
-            assert [(r["id"], r["generated_by"]) for r in listed] == [(rid + 1, "quinn"), (rid, "olga")]
+            assert [(r["id"], r["generated_by"], r["reviewed"]) for r in listed] == [
+                (rid + 1, "quinn", True),
+                (rid, "olga", True),
+            ]
     readings = [{"ts_us": parse_ts(r["ts"]), "value": r["value"]} for r in raw]
     raised = parse_ts(alarm["raised_at"])
     cleared_us = parse_ts(alarm["cleared_at"])
