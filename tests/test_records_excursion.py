@@ -14,6 +14,7 @@ import math
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -228,11 +229,13 @@ async def _story(  # noqa: PLR0917 - the fixtures, passed on
     assert "(Europe/Paris)" in flat
     head = report["audit_head"]
     assert f"audit head #{head['seq']} {head['hash'][:12]}" in flat
-    assert (
-        "SQLite coldwatch.db" in flat
-        if not backend.postgres
-        else "PostgreSQL 127.0.0.1" in flat or "PostgreSQL" in flat
-    )
+    if backend.postgres:
+        url = urlsplit(backend.location)
+        assert f"PostgreSQL {url.hostname}:{url.port}{url.path} " in flat
+        assert url.username is not None
+        assert f"{url.username}@" not in flat
+    else:
+        assert "SQLite coldwatch.db " in flat
     assert "inc-1" in csv_text
     assert f"{mine['n']}" in csv_text.splitlines()[1].split(",")
     # A smoke render: the first page is not blank.
