@@ -40,7 +40,6 @@ from tests.conftest import (
 from tests.identity_helpers import OPERATOR_PW, QA_PW, opened, people
 from tests.test_api_robust import TOKENS, api_section, auth
 from tests.test_audit_trail_e2e import coldwatch
-from tests.test_console_browser import console_config
 from tests.test_notify import Receiver
 from tests.test_signatures_api import _execute
 
@@ -51,10 +50,6 @@ US = 1_000_000
 def pdf_text(pdf: bytes) -> list[str]:
     doc = pdfium.PdfDocument(pdf)
     return [doc[i].get_textpage().get_text_range() for i in range(len(doc))]
-
-
-def config_of(tmp_path: Path, broker: RunningBroker, prefix: str, backend: Backend) -> Config:
-    return console_config(tmp_path, broker, prefix, backend)
 
 
 async def drive_excursion(broker: RunningBroker, config: Config) -> list[tuple[float, float]]:
@@ -266,10 +261,6 @@ async def _story(  # noqa: PLR0917 - the fixtures, passed on
     assert tampered.returncode == 1
     assert f"report {rid + 1}" in tampered.stdout
     assert "not this record" in tampered.stdout
-
-
-def db_query_any(backend: Backend, sql: str) -> list[tuple[Any, ...]]:
-    return db_query(backend.location, sql)
 
 
 def write_with_api(

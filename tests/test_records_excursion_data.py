@@ -13,11 +13,7 @@ from coldwatch.records.provenance import Provenance
 
 US = 1_000_000
 T0 = 1_800_000_000 * US
-LOW = [
-    LimitLine(-150.0, "alert", "high", "high"),
-    LimitLine(-135.0, "action", "high", "high"),
-    LimitLine(2.0, "alert", "low", "co2_low"),
-]
+LN2_LIMITS = [LimitLine(-150.0, "alert", "high", "high"), LimitLine(-135.0, "action", "high", "high")]
 
 
 def ln2_inputs(
@@ -37,7 +33,7 @@ def ln2_inputs(
         device={"id": "ln2-1", "kind": "cryoshipper", "site": "s1", "area": "vault", "interval_s": 60.0},
         unit="°C",
         temperature=True,
-        limits=LOW[:2],
+        limits=LN2_LIMITS,
         readings=[r for r in readings if start <= r[0] < end],
         history=[
             {
