@@ -285,8 +285,13 @@ async def signature_problems(store: IdentityStore, entries: Iterable[object]) ->
         for r in await store.fetch("SELECT id, device_id, metric, rule, raised_ts_us FROM alarms")
     }
     reviews = {str(r.alarm_id): r for r in map(_review, await store.fetch(_REVIEW_COLUMNS))}
+    from coldwatch.records.signed import records_signed_facts  # noqa: PLC0415 - records are optional
+
+    records = await records_signed_facts(store)
 
     def facts_of(object_type: str, object_id: str) -> Mapping[str, object] | None:
+        if (object_type, object_id) in records or object_type not in {"alarm", "alarm_review"}:
+            return records.get((object_type, object_id))
         alarm = alarms.get(object_id)
         if alarm is None:
             return None

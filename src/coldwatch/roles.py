@@ -51,6 +51,7 @@ class Permission(enum.StrEnum):
     SHELVE = "alarm.shelve"
     UNSHELVE = "alarm.unshelve"
     REVIEW = "alarm.review"
+    RECORDS_SIGN = "records.sign"  # register batches, dispatch and receive shipments (signed)
     USERS_READ = "users.read"
     USERS_MANAGE = "users.manage"
 
@@ -58,11 +59,12 @@ class Permission(enum.StrEnum):
 READ_PERMISSIONS: Final = frozenset({Permission.READ, Permission.USERS_READ})
 SIGNED_PERMISSIONS: Final = frozenset(
     {Permission.ACKNOWLEDGE, Permission.SHELVE, Permission.UNSHELVE, Permission.REVIEW}
-)
+) | {Permission.RECORDS_SIGN}
 _BY_ROLE: Final[dict[str, frozenset[Permission]]] = {
     "viewer": frozenset({Permission.READ}),
-    "operator": frozenset({Permission.READ, Permission.ACKNOWLEDGE, Permission.SHELVE, Permission.UNSHELVE}),
-    "qa": frozenset({Permission.READ, Permission.REVIEW}),
+    "operator": frozenset({Permission.READ, Permission.ACKNOWLEDGE, Permission.SHELVE, Permission.UNSHELVE})
+    | {Permission.RECORDS_SIGN},
+    "qa": frozenset({Permission.READ, Permission.REVIEW, Permission.RECORDS_SIGN}),
     "admin": frozenset({Permission.READ, Permission.USERS_READ, Permission.USERS_MANAGE}),
 }
 
