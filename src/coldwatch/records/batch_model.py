@@ -37,7 +37,7 @@ __all__ = [
     "version_object_id",
 ]
 
-LOT_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
+LOT_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_STAYS: Final = 200
 TEXT_MAX: Final = 200
 # Nothing this system records lies before 2000 or over a year ahead of now; a stay lasts
@@ -84,7 +84,7 @@ def check_batch_text(lot: str, product: str, coi: str) -> None:
     """Refuse (422) a lot id, product or chain-of-identity id that cannot be a record's key or text."""
     if not LOT_PATTERN.match(lot):
         raise RefusedError(
-            "a lot id is 1 to 64 characters: letters, digits and . _ / - (starting with a letter or digit)"
+            "a lot id is 1 to 64 characters: letters, digits and . _ - (starting with a letter or digit)"
         )
     for name, value in (("product", product), ("chain-of-identity id", coi)):
         if not value.strip():
