@@ -22,8 +22,8 @@ def test_forecast_replay_matches_the_live_rule() -> None:
     """The replayed forecast at each reading is the prediction the live rule holds after that reading."""
     spec = ForecastRule(levels={"alert": ForecastLevel(hours=48)}, min_points=3, min_span_s=60)
     ts = np.arange(0, 3600 * US, 60 * US, dtype=np.int64)
-    level = 80.0 - np.arange(len(ts)) * 0.01
-    temp = -190.0 + np.arange(len(ts)) * 0.002
+    level = 80.0 - np.arange(len(ts), dtype=np.float64) * 0.01
+    temp = -190.0 + np.arange(len(ts), dtype=np.float64) * 0.002
     at, hours = forecast_series(spec, ts, {"ln2_level_pct": level, "temp_c": temp})
     live = ForecastEvaluator(spec)
     predictions = []
