@@ -65,7 +65,7 @@ async def _device_block(
             row[f"beyond {level.name} {level.level:g} s"] = level.seconds
         row["beyond"] = [(lv.name, lv.level, lv.seconds) for lv in stats.beyond]
         rows.append(row)
-        if index == 0:
+        if index == 0 and stats.n:
             own = [a for a in alarms if a.alarm.key.device_id == device.id]
             chart_svg = chart(f"{device.id} {metric} · {stay.place}", metric, readings, stay.from_us,
                               stay.until_us, levels, own, zone)  # fmt: skip

@@ -9,6 +9,7 @@ signatures.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,12 +24,12 @@ from coldwatch.console.downsample import Series, minmax
 from coldwatch.records.pdf import svg_chart
 from coldwatch.records.stats import Level, SeriesStats, completeness, series_stats
 from coldwatch.review import Review, Reviews
-from coldwatch.rules.config import ThresholdRule
+from coldwatch.rules.config import ConsecutiveRule, EventsInWindowRule, ThresholdRule
 from coldwatch.rules.lifecycle import Alarm
 from coldwatch.rules.profiles import rules_for
 from coldwatch.signatures import StoredSignature, manifestation
 from coldwatch.storage.base import Storage, alarm_from_row
-from coldwatch.storage.identity_store import IdentityStore
+from coldwatch.storage.identity_store import IdentityStore, identity_store
 
 __all__ = [
     "AlarmRecord",
@@ -43,6 +44,12 @@ __all__ = [
 
 READ_MAX = 10_000_000
 CHART_POINTS = 1200
+_READINGS = (
+    "SELECT r.ts_us, r.value, r.buffered FROM readings AS r "
+    "WHERE r.device = (SELECT id FROM devices WHERE device_id = ?) "
+    "AND r.metric = (SELECT id FROM metrics WHERE name = ?) "
+    "AND r.ts_us >= CAST(? AS BIGINT) AND r.ts_us < CAST(? AS BIGINT) ORDER BY r.ts_us, r.seq LIMIT ?"
+)
 _ALARMS = (
     "SELECT a.id, a.device_id, a.metric, a.rule, a.severity, a.state, a.raised_ts_us, a.raised_received_us, "
     "a.value, a.limit_value, a.late, a.detail, a.cleared_ts_us, a.shelved_until_us, a.shelved_by, "
@@ -74,12 +81,12 @@ class AlarmRecord:
 
 
 async def read_series(storage: Storage, device_id: str, metric: str, start_us: int, end_us: int) -> Readings:
-    """The readings of one metric in [start, end), oldest first."""
-    rows = await storage.metric_readings(device_id, metric, start_us, end_us, READ_MAX)
+    """The readings of one metric in [start, end), oldest first (by name: no registered devices needed)."""
+    rows = await identity_store(storage).fetch(_READINGS, device_id, metric, start_us, end_us, READ_MAX)
     return Readings(
         np.array([r[0] for r in rows], dtype=np.int64),
         np.array([r[1] for r in rows], dtype=np.float64),
-        np.array([r[3] for r in rows], dtype=np.bool_),
+        np.array([bool(r[2]) for r in rows], dtype=np.bool_),
     )
 
 
@@ -87,9 +94,13 @@ def levels_of(config: Config, device: DeviceConfig, metric: str) -> list[Level]:
     """The configured threshold levels of a device's metric (alert and action, high and low)."""
     out = []
     for rule in rules_for(device, config.rules):
-        if isinstance(rule, ThresholdRule) and rule.metric == metric:
+        if isinstance(rule, ThresholdRule | ConsecutiveRule | EventsInWindowRule) and rule.metric == metric:
+            direction = getattr(rule, "direction", "high")  # particle counts: always an upper limit
             for severity, level in sorted(rule.levels.items()):
-                out.append(Level(f"{severity} {rule.direction}", level.limit, rule.direction == "high"))
+                limit = float(getattr(level, "limit", math.nan))
+                found = Level(f"{severity} {direction}", limit, direction == "high")
+                if math.isfinite(limit) and found not in out:
+                    out.append(found)
     return out
 
 

@@ -38,7 +38,6 @@ _COLUMNS = (
     "SELECT id, device_id, coi, origin, destination, required_hold_s, state, dispatched_us, dispatched_by, "
     "dispatch_forecast_s, received_us, received_by FROM shipments"
 )
-_READ_MAX = 5_000_000
 
 
 class NoSuchShipmentError(IdentityError):
@@ -129,14 +128,14 @@ async def _aligned(
     storage: Storage, device_id: str, metrics: Sequence[str], start_us: int, end_us: int
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Readings of ``metrics`` aligned on their union of times (NaN where a reading lacks a metric)."""
-    series = {m: await storage.metric_readings(device_id, m, start_us, end_us, _READ_MAX) for m in metrics}
-    times = np.array(sorted({t for rows in series.values() for t, *_ in rows}), dtype=np.int64)
+    from coldwatch.records.conditions import read_series  # noqa: PLC0415 - conditions imports the reports' PDF
+
+    series = {m: await read_series(storage, device_id, m, start_us, end_us) for m in metrics}
+    times = np.unique(np.concatenate([r.ts_us for r in series.values()])).astype(np.int64)
     out: dict[str, np.ndarray] = {}
-    for metric, rows in series.items():
+    for metric, readings in series.items():
         column = np.full(len(times), np.nan)
-        if rows:
-            ts = np.array([r[0] for r in rows], dtype=np.int64)
-            column[np.searchsorted(times, ts)] = [r[1] for r in rows]
+        column[np.searchsorted(times, readings.ts_us)] = readings.values
         out[metric] = column
     return times, out
 
