@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pypdfium2
+import pypdfium2  # type: ignore[import-untyped]
 
 from coldwatch.broker import RunningBroker
 from coldwatch.config import Config
@@ -68,7 +68,7 @@ def incubator_trace(t0: int) -> list[tuple[int, float]]:
 
 
 def seconds_above(trace: list[tuple[int, float]], start: int, end: int, level: float, cap_s: float) -> float:
-    """Time strictly above ``level`` in [start, end), each reading held until the next (capped): plain Python."""
+    """Time strictly above ``level`` in [start, end), a reading held until the next (capped): plain Python."""
     inside = [(t, v) for t, v in trace if start <= t < end]
     total = 0.0
     for i, (t, v) in enumerate(inside):
@@ -121,8 +121,11 @@ async def test_batch_record_excursion_inside_not_outside(
         )
 
         def two_cleared() -> bool:
-            rows = db_query(backend.location, "SELECT raised_ts_us FROM alarms WHERE device_id = 'inc-1' "
-                            "AND metric = 'temp_c' AND cleared_ts_us IS NOT NULL")  # fmt: skip
+            rows = db_query(
+                backend.location,
+                "SELECT raised_ts_us FROM alarms WHERE device_id = 'inc-1' "
+                "AND metric = 'temp_c' AND cleared_ts_us IS NOT NULL",
+            )
             windows = {(r[0] // US - t0) // 3600 for r in rows}
             return windows == {0, 2}
 
@@ -135,9 +138,10 @@ async def test_batch_record_excursion_inside_not_outside(
             viewer = {"Authorization": f"Bearer {VIEWER_TOKEN}"}
             # Roles: a viewer reads and never registers; a service token never signs.
             refused = await client.post(
-                "/api/v1/batches", headers=viewer,
+                "/api/v1/batches",
+                headers=viewer,
                 json=signed("olga", OPERATOR_PW, "x", lot="L1", product="p", coi="c", stays=stays),
-            )  # fmt: skip
+            )
             assert refused.status_code == 403, refused.text
             body = signed(
                 "olga", OPERATOR_PW, "batch made", lot="LOT-7", product="CAR-T", coi=COI, stays=stays
@@ -166,8 +170,15 @@ async def test_batch_record_excursion_inside_not_outside(
             assert temp["max"] == 39.0
             assert temp["n"] == sum(1 for t, _ in trace if t0 + 600 <= t < t0 + 3600)
             text = pdf_text(pdf)
-            for needle in ("Verdict: excursions awaiting review", COI.split()[0], "LOT-7", duration_text(above),
-                           "signed by Olga Operator (olga)", f"meaning: {SIGN_MEANING}", "page 1 of"):  # fmt: skip
+            for needle in (
+                "Verdict: excursions awaiting review",
+                COI.split(maxsplit=1)[0],
+                "LOT-7",
+                duration_text(above),
+                "signed by Olga Operator (olga)",
+                f"meaning: {SIGN_MEANING}",
+                "page 1 of",
+            ):
                 assert needle in text, needle
             # Acknowledge and review every touching alarm; the verdict follows.
             states = dict(db_query(backend.location, "SELECT id, state FROM alarms"))
@@ -175,15 +186,27 @@ async def test_batch_record_excursion_inside_not_outside(
                 ack = await client.post(
                     f"/api/v1/alarms/{alarm_id}/ack",
                     headers=csrf,
-                    json={"user": "olga", "password": OPERATOR_PW, "meaning": "acknowledged, investigating",
-                          "reason": "batch check"},
-                )  # fmt: skip
+                    json={
+                        "user": "olga",
+                        "password": OPERATOR_PW,
+                        "meaning": "acknowledged, investigating",
+                        "reason": "batch check",
+                    },
+                )
                 assert ack.status_code == 200, (states, ack.text)
             async with httpx.AsyncClient(base_url=running.base_url, timeout=60) as qa:
                 for alarm_id in sorted(alarm_ids):
-                    review = await qa.post(f"/api/v1/alarms/{alarm_id}/review", json={
-                        "user": "quinn", "password": QA_PW, "meaning": "reviewed", "reason": "assessed",
-                        "impact": "no_impact", "root_cause": "door left open"})  # fmt: skip
+                    review = await qa.post(
+                        f"/api/v1/alarms/{alarm_id}/review",
+                        json={
+                            "user": "quinn",
+                            "password": QA_PW,
+                            "meaning": "reviewed",
+                            "reason": "assessed",
+                            "impact": "no_impact",
+                            "root_cause": "door left open",
+                        },
+                    )
                     assert review.status_code == 200, review.text
             second = await client.post("/api/v1/batches/LOT-7/report", headers=csrf)
             assert second.json()["verdict"] == "excursions, all reviewed"
@@ -194,9 +217,15 @@ async def test_batch_record_excursion_inside_not_outside(
             assert "signed by Quinn Quality (quinn)" in text
             # Amend: the alarm's stay is moved off the excursion; both versions are shown.
             async with httpx.AsyncClient(base_url=running.base_url, timeout=60) as qa:
-                amended = await qa.post("/api/v1/batches/LOT-7/amend", json=signed(
-                "quinn", QA_PW, "incubator time corrected",
-                stays=[{"device": "inc-1", "from": iso(t0 + 2700), "until": iso(t0 + 3600)}]))  # fmt: skip
+                amended = await qa.post(
+                    "/api/v1/batches/LOT-7/amend",
+                    json=signed(
+                        "quinn",
+                        QA_PW,
+                        "incubator time corrected",
+                        stays=[{"device": "inc-1", "from": iso(t0 + 2700), "until": iso(t0 + 3600)}],
+                    ),
+                )
             assert amended.status_code == 200, amended.text
             assert [v["version"] for v in amended.json()["versions"]] == [1, 2]
             third = await client.post("/api/v1/batches/LOT-7/report", headers=csrf)
@@ -221,7 +250,7 @@ async def test_batch_api_refuses_malformed_input(
             {"stays": [{"site": "s1", "area": "room-z", "from": good["from"], "until": good["until"]}]},
             422,
             "no configured area",
-        ),  # fmt: skip
+        ),
         ({"stays": [{**good, "area": "room-a"}]}, 422, "either an area"),
         ({"stays": [{**good, "from": "yesterday"}]}, 422, "datetime"),
         ({"stays": []}, 422, "at least 1"),
@@ -242,21 +271,51 @@ async def test_batch_api_refuses_malformed_input(
                 "/api/v1/batches", content=b"{not json", headers={"content-type": "application/json"}
             )
             assert broken.status_code == 422
-            admin = await client.post("/api/v1/batches", json=signed("ada", "admin-secret-1", "r", lot="L-2",
-                                                                    product="p", coi="c", stays=[good]))  # fmt: skip
+            admin = await client.post(
+                "/api/v1/batches",
+                json=signed("ada", "admin-secret-1", "r", lot="L-2", product="p", coi="c", stays=[good]),
+            )
             assert admin.status_code == 403, admin.text
-            wrong = await client.post("/api/v1/batches", json=signed("olga", "wrong-password", "r", lot="L-3",
-                                                                    product="p", coi="c", stays=[good]))  # fmt: skip
+            wrong = await client.post(
+                "/api/v1/batches",
+                json=signed("olga", "wrong-password", "r", lot="L-3", product="p", coi="c", stays=[good]),
+            )
             assert wrong.status_code == 401, wrong.text
-            assert (await client.post("/api/v1/batches/NOPE/amend", json=signed("olga", OPERATOR_PW, "r",
-                                                                                stays=[good]))).status_code == 404  # fmt: skip
-            assert (await client.post("/api/v1/shipments/99/receive",
-                                      json=signed("olga", OPERATOR_PW, "r"))).status_code == 404  # fmt: skip
-            bad_hold = await client.post("/api/v1/shipments", json=signed(
-                "olga", OPERATOR_PW, "r", device="ln2-1", coi="c", origin="a", destination="b", required_hold_h=-1))  # fmt: skip
+            assert (
+                await client.post(
+                    "/api/v1/batches/NOPE/amend", json=signed("olga", OPERATOR_PW, "r", stays=[good])
+                )
+            ).status_code == 404
+            assert (
+                await client.post("/api/v1/shipments/99/receive", json=signed("olga", OPERATOR_PW, "r"))
+            ).status_code == 404
+            bad_hold = await client.post(
+                "/api/v1/shipments",
+                json=signed(
+                    "olga",
+                    OPERATOR_PW,
+                    "r",
+                    device="ln2-1",
+                    coi="c",
+                    origin="a",
+                    destination="b",
+                    required_hold_h=-1,
+                ),
+            )
             assert bad_hold.status_code == 422
-            no_shipper = await client.post("/api/v1/shipments", json=signed(
-                "olga", OPERATOR_PW, "r", device="inc-1", coi="c", origin="a", destination="b", required_hold_h=5))  # fmt: skip
+            no_shipper = await client.post(
+                "/api/v1/shipments",
+                json=signed(
+                    "olga",
+                    OPERATOR_PW,
+                    "r",
+                    device="inc-1",
+                    coi="c",
+                    origin="a",
+                    destination="b",
+                    required_hold_h=5,
+                ),
+            )
             assert no_shipper.status_code == 422
             assert "no configured cryoshipper" in no_shipper.text
             anonymous = await client.post("/api/v1/batches/L-1/report")
@@ -298,7 +357,7 @@ def least_squares_hours(points: list[tuple[float, float]], target: float) -> flo
 async def test_shipment_record_with_backfilled_flight(
     broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
 ) -> None:
-    """Dispatch to receipt: both probes, time above -150 C recomputed, backfill marked, events, forecast, margin."""
+    """Dispatch to receipt: both probes, time above -150 C recomputed, backfill marked, forecast, margin."""
     from coldwatch.records.shipment import generate_shipment_report  # noqa: PLC0415
     from coldwatch.records.shipments import Shipments, forecast_at, forecast_rule  # noqa: PLC0415
     from coldwatch.signatures import SignatureDraft  # noqa: PLC0415
@@ -322,8 +381,9 @@ async def test_shipment_record_with_backfilled_flight(
             )
         await eventually(
             lambda: db_query(backend.location, "SELECT COUNT(*) FROM readings")[0][0] >= 5 * len(trace),
-            timeout_s=60, what="every reading stored",
-        )  # fmt: skip
+            timeout_s=60,
+            what="every reading stored",
+        )
     dispatch, receipt = t0 + 4200, t0 + 9600
     async with opened(backend.location, config) as (storage, identity, _):
         await people(identity)
@@ -366,8 +426,19 @@ async def test_shipment_record_with_backfilled_flight(
     assert (summary["lid_events"], summary["tilt_events"]) == (1, 1)
     assert summary["excursions"] >= 1  # the rise above -150 C raised an alarm in transit
     text = pdf_text(report.pdf)
-    for needle in (COI.split()[0], "Hospital 9", duration_text(above_150), duration_text(above_135),
-                   f"{2 * flight} (sent late", "(120 backfilled)", "lid open", "tilt over 45 deg",
-                   "signed by Olga Operator (olga)", "signed by Quinn Quality (quinn)", "received, seal intact",
-                   "Awaiting QA review", "page 1 of"):  # fmt: skip
+    for needle in (
+        COI.split(maxsplit=1)[0],
+        "Hospital 9",
+        duration_text(above_150),
+        duration_text(above_135),
+        f"{2 * flight} (sent late",
+        "(120 backfilled)",
+        "lid open",
+        "tilt over 45 deg",
+        "signed by Olga Operator (olga)",
+        "signed by Quinn Quality (quinn)",
+        "received, seal intact",
+        "Awaiting QA review",
+        "page 1 of",
+    ):
         assert needle in text, needle
