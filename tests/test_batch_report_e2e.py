@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pypdfium2  # type: ignore[import-untyped]
+import pypdfium2
 
 from coldwatch.broker import RunningBroker
 from coldwatch.config import Config
@@ -152,9 +152,9 @@ async def test_batch_record_excursion_inside_not_outside(
             assert (await client.get("/api/v1/batches/LOT-7", headers=viewer)).json()["version"] == 1
             csrf = await session(client, "olga", OPERATOR_PW)
             first = await client.post("/api/v1/batches/LOT-7/report", headers=csrf)
-            assert first.status_code == 200, first.text
+            assert first.status_code == 201, first.text
             assert first.json()["verdict"] == "excursions awaiting review"
-            pdf, data = await stored_pdf(backend, config, first.json()["report_id"])
+            pdf, data = await stored_pdf(backend, config, first.json()["id"])
             alarm_ids = {a["id"] for a in data["alarms"]}
             inside = db_query(
                 backend.location, "SELECT id, raised_ts_us FROM alarms WHERE device_id = 'inc-1'"
@@ -210,7 +210,7 @@ async def test_batch_record_excursion_inside_not_outside(
                     assert review.status_code == 200, review.text
             second = await client.post("/api/v1/batches/LOT-7/report", headers=csrf)
             assert second.json()["verdict"] == "excursions, all reviewed"
-            pdf, _ = await stored_pdf(backend, config, second.json()["report_id"])
+            pdf, _ = await stored_pdf(backend, config, second.json()["id"])
             (tmp_path / "batch-reviewed.pdf").write_bytes(pdf)  # kept for a look (pytest --basetemp)
             text = pdf_text(pdf)
             assert "Verdict: excursions, all reviewed" in text
@@ -230,7 +230,7 @@ async def test_batch_record_excursion_inside_not_outside(
             assert [v["version"] for v in amended.json()["versions"]] == [1, 2]
             third = await client.post("/api/v1/batches/LOT-7/report", headers=csrf)
             assert third.json()["verdict"] == "no excursion"
-            pdf, _ = await stored_pdf(backend, config, third.json()["report_id"])
+            pdf, _ = await stored_pdf(backend, config, third.json()["id"])
             text = pdf_text(pdf)
             assert "Version 1" in text
             assert "incubator time corrected" in text
@@ -442,3 +442,83 @@ async def test_shipment_record_with_backfilled_flight(
         "page 1 of",
     ):
         assert needle in text, needle
+
+
+def cli(config: Path, *args: str, password: str | None = None, token: str | None = None) -> Any:
+    """Run the coldwatch command line (the password on standard input); its completed process."""
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COLDWATCH_")}
+    if token is not None:
+        env["COLDWATCH_API_TOKEN"] = token
+    stdin = ["--password-stdin"] if password is not None else []
+    return subprocess.run(
+        [sys.executable, "-m", "coldwatch", *args, *stdin, "--config", str(config)],
+        input=(password or "") + "\n", capture_output=True, text=True, env=env, check=False, timeout=120,
+    )  # fmt: skip
+
+
+async def test_command_line_registers_ships_and_reports(
+    broker: RunningBroker, prefix: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """batches register|amend|show|list, shipments start|receive|list, report batch|shipment: end to end."""
+    import asyncio  # noqa: PLC0415
+
+    monkeypatch.setenv("COLDWATCH_TOKEN_VERA_VIEWER", VIEWER_TOKEN)
+    backend = Backend("sqlite", str(tmp_path / "data" / "coldwatch.db"))
+    config = site(tmp_path, broker, prefix, backend)
+    path = tmp_path / "c.yaml"
+    now = time.time()
+    sign = ["--user", "olga", "--meaning", SIGN_MEANING, "--reason", "made on line 2"]
+    async with running_daemon(config) as running:
+        async with opened(backend.location, config) as (_, identity, _):
+            await people(identity)
+        url = ["--url", running.base_url]
+
+        async def run(*args: str, password: str | None = OPERATOR_PW, token: str | None = None) -> Any:
+            return await asyncio.to_thread(cli, path, *args, *url, password=password, token=token)
+
+        stay_a = f"area:s1/room-a,{iso(now - 7200)},{iso(now - 3600)}"
+        stay_b = f"device:inc-1,{iso(now - 3600)},{iso(now - 60)}"
+        made = await run("batches", "register", "--lot", "LOT-9", "--product", "CAR-T", "--coi", COI,
+                         "--stay", stay_a, "--stay", stay_b, *sign)  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        assert "signed by Olga Operator (olga)" in made.stdout
+        bad = await run("batches", "amend", "LOT-9", "--stay", "device:nope,x,y", *sign)
+        assert bad.returncode == 1
+        assert "device:nope" not in bad.stderr or "error:" in bad.stderr
+        amended = await run("batches", "amend", "LOT-9", "--stay", stay_b, *sign)
+        assert amended.returncode == 0, amended.stderr
+        shown = await run("batches", "show", "LOT-9", password=None, token=VIEWER_TOKEN)
+        assert "version 2 (current)" in shown.stdout, shown.stdout + shown.stderr
+        assert repr(COI) in shown.stdout
+        listed = await run("batches", "list", password=None, token=VIEWER_TOKEN)
+        assert "LOT-9" in listed.stdout
+        out = tmp_path / "batch.pdf"
+        report = await run("report", "batch", "LOT-9", "--user", "olga", "--out", str(out))
+        assert report.returncode == 0, report.stderr
+        assert "verdict: no excursion" in report.stdout
+        assert "Verdict: no excursion" in pdf_text(out.read_bytes())
+        started = await run("shipments", "start", "--device", "ln2-1", "--coi", COI, "--origin", "Site 1",
+                            "--destination", "Hospital", "--hold-h", "120", *sign)  # fmt: skip
+        assert started.returncode == 0, started.stderr
+        assert "in_transit" in started.stdout
+        assert "no forecast" in started.stdout  # no readings: the rule cannot predict
+        again = await run("shipments", "start", "--device", "ln2-1", "--coi", "x", "--origin", "a",
+                          "--destination", "b", "--hold-h", "1", *sign)  # fmt: skip
+        assert again.returncode == 1
+        assert "open shipment" in again.stderr
+        received = await run("shipments", "receive", "1", "--user", "quinn", "--meaning", SIGN_MEANING,
+                             "--reason", "arrived", password=QA_PW)  # fmt: skip
+        assert received.returncode == 0, received.stderr
+        assert "receive: signed by Quinn Quality (quinn)" in received.stdout
+        listed = await run("shipments", "list", password=None, token=VIEWER_TOKEN)
+        assert "shipment 1 on ln2-1: received" in listed.stdout
+        out = tmp_path / "shipment.pdf"
+        report = await run("report", "shipment", "1", "--user", "quinn", "--out", str(out), password=QA_PW)
+        assert report.returncode == 0, report.stderr
+        text = pdf_text(out.read_bytes())
+        assert "no forecast" in text
+        assert "signed by Quinn Quality (quinn)" in text

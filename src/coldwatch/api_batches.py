@@ -20,6 +20,7 @@ from coldwatch.identity_model import Principal
 from coldwatch.records.batch_model import Stay
 from coldwatch.records.batches import Batches, BatchRecord
 from coldwatch.records.shipments import ShipmentRecord, Shipments, forecast_at, forecast_rule
+from coldwatch.records.store import ReportStore
 from coldwatch.roles import Permission
 from coldwatch.signatures import SignatureDraft, manifestation_json
 from coldwatch.storage.identity_store import identity_store
@@ -159,6 +160,16 @@ class _Routes:
         self.batches = Batches(store, ctx.config.devices, self.zone)
         self.shipments = Shipments(store, ctx.config)
 
+    async def stored(self, report_id: int) -> dict[str, Any]:
+        """A stored report as the reports API answers it."""
+        from coldwatch.api_reports import report_json  # noqa: PLC0415 - it imports the PDF engine's modules
+
+        reports = ReportStore(identity_store(self.ctx.storage), self.zone)
+        report = await reports.get(report_id)
+        if report is None:  # just stored
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no report {report_id}")
+        return await report_json(reports, report)
+
     async def signer(self, request: Request, action: str, body: _Signed) -> SignatureDraft:
         """The verified signer of a signed request (every component: the API is no continuous session)."""
         auth = self.ctx.auth
@@ -190,7 +201,7 @@ def _batch_routes(router: APIRouter, routes: _Routes) -> None:
     ctx, batches, zone, signer = routes.ctx, routes.batches, routes.zone, routes.signer
     auth = ctx.auth
     Viewer = Annotated[Principal, Depends(auth.require(Permission.READ))]  # noqa: N806 - a type alias
-    Author = Annotated[Principal, Depends(auth.require(Permission.RECORDS_SIGN))]  # noqa: N806
+    Author = Annotated[Principal, Depends(auth.require(Permission.REPORT_GENERATE))]  # noqa: N806
     Signing = [Depends(auth.signing_principal), Depends(auth.csrf)]  # noqa: N806 - dependencies
 
     @router.get("/batches")
@@ -236,23 +247,25 @@ def _batch_routes(router: APIRouter, routes: _Routes) -> None:
             record = await batches.amend(lot, [s.stay() for s in body.stays], signed, ctx.clock_us())
         return batch_json(record, zone)
 
-    @router.post("/batches/{lot}/report", dependencies=[Depends(auth.csrf)])
+    @router.post(
+        "/batches/{lot}/report", dependencies=[Depends(auth.csrf)], status_code=status.HTTP_201_CREATED
+    )
     async def batch_report(lot: Lot, who: Author) -> dict[str, Any]:
-        """Generate and store the batch's environmental record (PDF and figures)."""
+        """Generate and store the batch's environmental record (PDF and figures); the stored report."""
         from coldwatch.records.batch import generate_batch_report  # noqa: PLC0415 - WeasyPrint when used
 
         with refusals():
             report_id, data = await generate_batch_report(
                 ctx.storage, ctx.config, lot, who.name, ctx.clock_us()
             )
-        return {"report_id": report_id, "verdict": data["verdict"], "pdf": f"/api/v1/reports/{report_id}.pdf"}
+        return {**await routes.stored(report_id), "verdict": data["verdict"]}
 
 
 def _shipment_routes(router: APIRouter, routes: _Routes) -> None:
     ctx, shipments, zone, signer = routes.ctx, routes.shipments, routes.zone, routes.signer
     auth = ctx.auth
     Viewer = Annotated[Principal, Depends(auth.require(Permission.READ))]  # noqa: N806 - a type alias
-    Author = Annotated[Principal, Depends(auth.require(Permission.RECORDS_SIGN))]  # noqa: N806
+    Author = Annotated[Principal, Depends(auth.require(Permission.REPORT_GENERATE))]  # noqa: N806
     Signing = [Depends(auth.signing_principal), Depends(auth.csrf)]  # noqa: N806 - dependencies
 
     @router.get("/shipments")
@@ -298,13 +311,17 @@ def _shipment_routes(router: APIRouter, routes: _Routes) -> None:
             record = await shipments.receive(shipment_id, signed, ctx.clock_us())
         return shipment_json(record, zone)
 
-    @router.post("/shipments/{shipment_id}/report", dependencies=[Depends(auth.csrf)])
+    @router.post(
+        "/shipments/{shipment_id}/report",
+        dependencies=[Depends(auth.csrf)],
+        status_code=status.HTTP_201_CREATED,
+    )
     async def shipment_report(shipment_id: ShipmentId, who: Author) -> dict[str, Any]:
-        """Generate and store the shipment record (PDF and figures)."""
+        """Generate and store the shipment record (PDF and figures); the stored report."""
         from coldwatch.records.shipment import generate_shipment_report  # noqa: PLC0415
 
         with refusals():
             report_id, data = await generate_shipment_report(
                 ctx.storage, ctx.config, shipment_id, who.name, ctx.clock_us()
             )
-        return {"report_id": report_id, "pdf": f"/api/v1/reports/{report_id}.pdf", "figures": data["summary"]}
+        return {**await routes.stored(report_id), "figures": data["summary"]}
