@@ -74,15 +74,15 @@ async def test_register_amend_and_report_a_batch_in_the_console(
         await expect(page.locator("#version")).to_have_text("2")
         await expect(page.get_by_text("Version 1", exact=True)).to_be_visible()
         await page.screenshot(path=str(SHOTS / "batches-batch.png"), full_page=True)
-        narrow = await browser.new_page(viewport={"width": 360, "height": 800})
-        await narrow.context.add_cookies(await page.context.cookies())
-        await narrow.goto(page.url)
+        narrow = page
+        await narrow.set_viewport_size({"width": 360, "height": 800})
         await narrow.screenshot(path=str(SHOTS / "batches-batch-360.png"), full_page=True)
         wide = await narrow.evaluate(
             "[...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > 361)"
             ".map(e => e.tagName + '.' + e.className + '#' + e.id).slice(0, 8)"
         )
         assert await narrow.evaluate("document.documentElement.scrollWidth") <= 360, wide
+        await page.set_viewport_size({"width": 1280, "height": 900})
         # A reversed stay is refused with its reason, not a 500.
         await page.locator("#from0").fill(local(now - 60))
         await page.locator("#until0").fill(local(now - 3600))
