@@ -91,7 +91,7 @@ class DispatchBody(_Signed):
     coi: Annotated[str, Field(min_length=1, max_length=200)]
     origin: Name
     destination: Name
-    required_hold_h: Annotated[float, Field(gt=0, le=60 * 24)]
+    required_hold_h: Annotated[float, Field(gt=0, le=60 * 24, allow_inf_nan=False)]
 
 
 def batch_json(record: BatchRecord, zone: str) -> dict[str, Any]:

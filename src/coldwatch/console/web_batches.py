@@ -16,6 +16,7 @@ Mounted by the daemon next to the console: ``BatchPages(console).router``.
 
 # No "from __future__ import annotations": FastAPI reads the endpoint signatures at run time.
 
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -234,12 +235,7 @@ class BatchPages:
         try:
             form = await self._signed_form(request, who)
             device = form.text("device", "The shipper", most=64)
-            try:
-                hold_h = float(form.text("hold_h", "The required hold time", most=20))
-            except ValueError as exc:
-                raise PageError(
-                    status.HTTP_400_BAD_REQUEST, "the required hold time is a number of hours"
-                ) from exc
+            hold_h = _hours(form.text("hold_h", "The required hold time", most=20))
             signed = await self._signature(request, who, form, "shipment")
             now = self.ctx.clock_us()
             spec = forecast_rule(self.ctx.config, device)
@@ -248,7 +244,7 @@ class BatchPages:
                 made = await self.shipments.start(
                     device, form.get("coi"), form.text("origin", "The origin"),
                     form.text("destination", "The destination"),
-                    round(hold_h * 3600) if hold_h == hold_h else 0, forecast, signed, now,  # noqa: PLR0124 - NaN
+                    round(hold_h * 3600), forecast, signed, now,
                 )  # fmt: skip
         except PageError as exc:
             return await self._shipment_list(request, who, "", error=exc.message, form=form)
@@ -323,6 +319,19 @@ class BatchPages:
                 )
             raise PageError(exc.status, message) from exc
         return SignatureDraft(signer.name, signer.full_name, meaning, reason)
+
+
+def _hours(text: str) -> float:
+    """A required hold time in hours, as typed: a finite number (its range is checked by the records)."""
+    try:
+        hours = float(text)
+    except ValueError:
+        hours = math.nan
+    if not math.isfinite(hours) or not 0 < hours <= 60 * 24:
+        raise PageError(
+            status.HTTP_400_BAD_REQUEST, "the required hold time is a number of hours, up to 1440"
+        )
+    return hours
 
 
 class _page_errors:  # noqa: N801 - used as a context manager, like contextlib's
