@@ -38,6 +38,32 @@ _DONE: Final = {
     "reviewed": "Review signed and recorded.",
 }
 _DOWNLOADS: Final = ("pdf", "csv", "json")
+# Plain words for the figures' column names (any report kind; others fall back to _label's rules).
+_LABELS: Final = {
+    "start_us": "From (UTC)",
+    "end_us": "To (UTC)",
+    "readings": "Readings",
+    "covered_s": "Time with data (s)",
+    "no_data_s": "Time without data (s)",
+    "min": "Minimum",
+    "max": "Maximum",
+    "peak": "Peak",
+    "peak_ts_us": "Peak at (UTC)",
+    "mean_tw": "Time-weighted mean",
+    "mkt_c": "Mean kinetic temperature, MKT (°C)",
+    "completeness": "Completeness (share of expected readings)",
+}
+
+
+def _label(column: str) -> str:
+    """A column name in words: ``beyond alert high 37.5 s`` -> ``Time beyond alert high 37.5 (s)``."""
+    if column in _LABELS:
+        return _LABELS[column]
+    if column.startswith("beyond ") and column.endswith(" s"):
+        return f"Time beyond {column[7:-2]} (s)"
+    words = column.removesuffix("_us").removesuffix("_s").replace("_", " ")
+    unit = " (UTC)" if column.endswith("_us") else " (s)" if column.endswith("_s") else ""
+    return words[:1].upper() + words[1:] + unit
 
 
 def _report_id(text: str) -> int | None:
@@ -157,6 +183,7 @@ class ReportPages:
             intact=report.intact,
             rows=rows,
             columns=columns,
+            labels={c: _label(c) for c in columns},
             signatures=[manifestation_json(s, self.reports.zone) for s in signatures],
             reviewed=reviewed,
             may_sign=who.may(Permission.REPORT_REVIEW) and not reviewed,
