@@ -522,3 +522,6 @@ async def test_command_line_registers_ships_and_reports(
         text = pdf_text(out.read_bytes())
         assert "no forecast" in text
         assert "signed by Quinn Quality (quinn)" in text
+        verified = await asyncio.to_thread(cli, path, "audit", "verify")
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert "electronic signatures: 4 bound" in verified.stdout  # register, amend, dispatch, receipt
