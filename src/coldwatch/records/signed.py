@@ -6,7 +6,9 @@ from coldwatch.records.batches import batch_signed_facts
 from coldwatch.records.shipments import shipment_signed_facts
 from coldwatch.storage.identity_store import IdentityStore
 
-__all__ = ["records_signed_facts"]
+__all__ = ["RECORD_TYPES", "records_signed_facts"]
+
+RECORD_TYPES = frozenset({"batch", "shipment_dispatch", "shipment_receipt"})
 
 
 async def records_signed_facts(store: IdentityStore) -> dict[tuple[str, str], dict[str, object]]:
