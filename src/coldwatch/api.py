@@ -219,6 +219,9 @@ def build_router(ctx: ApiContext) -> APIRouter:  # noqa: C901, PLR0915 - one clo
 
     auth = ctx.auth
     router.include_router(people_router(ctx.identity, auth))
+    from coldwatch.api_batches import batches_router  # noqa: PLC0415 - it imports this module's ApiContext
+
+    router.include_router(batches_router(ctx))
     Viewer = Annotated[Principal, Depends(auth.require(Permission.READ))]  # noqa: N806 - a type alias
     # Signed requests: a bad credential 401 and a service token 403 before the body is looked at.
     Signing = [Depends(auth.signing_principal), Depends(auth.csrf)]  # noqa: N806 - dependencies

@@ -117,6 +117,9 @@ def add_report_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     """``coldwatch report excursion|list|get|review``."""
     p = sub.add_parser("report", help="GMP reports: generate, list, download, sign as reviewed")
     reports = p.add_subparsers(dest="report_command", required=True)
+    from coldwatch.cli_batches import add_record_report_commands  # noqa: PLC0415
+
+    add_record_report_commands(reports)
     q = reports.add_parser("excursion", help="generate the excursion report of one alarm (operator or qa)")
     q.add_argument("id", type=int, help="the alarm's id")
     q.add_argument("--user", help="who generates it (default: $COLDWATCH_USER)")

@@ -343,6 +343,16 @@ class AuditConfig(_Model):
     anchor_interval_s: float = Field(300.0, ge=1.0, le=86_400.0)
 
 
+class RecordsConfig(_Model):
+    """GMP records (coldwatch.records): what the shipment record measures."""
+
+    # Shipment record: time each probe spent above each of these temperatures (practice:
+    # -150 C alert, -135 C near the glass transition; check each product's label).
+    shipment_levels_c: Annotated[list[float], Field(min_length=1, max_length=6)] = Field(
+        default_factory=lambda: [-150.0, -135.0]
+    )
+
+
 class ConsoleConfig(_Model):
     """The web console, served by the daemon under /console."""
 
@@ -371,6 +381,7 @@ class Config(_Model):
     identity: IdentityConfig = IdentityConfig()
     site: SiteConfig = SiteConfig()
     console: ConsoleConfig = ConsoleConfig()
+    records: RecordsConfig = RecordsConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
     source: str = Field("<defaults>", exclude=True)
     sha256: str = Field("", exclude=True)

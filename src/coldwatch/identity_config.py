@@ -83,6 +83,10 @@ class IdentityConfig(_Model):
     meanings_review: Annotated[list[Meaning], AfterValidator(_meanings)] = Field(
         default_factory=lambda: ["reviewed", "approved"], min_length=1
     )
+    # Batch registrations and amendments, shipment dispatch and receipt (coldwatch.records).
+    meanings_records: Annotated[list[Meaning], AfterValidator(_meanings)] = Field(
+        default_factory=lambda: ["authored, responsible for its accuracy", "verified"], min_length=1
+    )
 
     def meanings(self, action: str) -> list[str]:
         """The meanings allowed for a signed action (acknowledge, shelve, unshelve, review)."""
@@ -91,4 +95,6 @@ class IdentityConfig(_Model):
             "shelve": self.meanings_shelve,
             "unshelve": self.meanings_unshelve,
             "review": self.meanings_review,
+            "batch": self.meanings_records,
+            "shipment": self.meanings_records,
         }[action]

@@ -55,6 +55,7 @@ class Permission(enum.StrEnum):
     REVIEW = "alarm.review"
     REPORT_GENERATE = "report.generate"
     REPORT_REVIEW = "report.review"
+    RECORDS_SIGN = "records.sign"  # register batches, dispatch and receive shipments (signed)
     USERS_READ = "users.read"
     USERS_MANAGE = "users.manage"
 
@@ -67,6 +68,7 @@ SIGNED_PERMISSIONS: Final = frozenset(
         Permission.UNSHELVE,
         Permission.REVIEW,
         Permission.REPORT_REVIEW,
+        Permission.RECORDS_SIGN,
     }
 )
 _BY_ROLE: Final[dict[str, frozenset[Permission]]] = {
@@ -78,10 +80,17 @@ _BY_ROLE: Final[dict[str, frozenset[Permission]]] = {
             Permission.SHELVE,
             Permission.UNSHELVE,
             Permission.REPORT_GENERATE,
+            Permission.RECORDS_SIGN,
         }
     ),
     "qa": frozenset(
-        {Permission.READ, Permission.REVIEW, Permission.REPORT_GENERATE, Permission.REPORT_REVIEW}
+        {
+            Permission.READ,
+            Permission.REVIEW,
+            Permission.REPORT_GENERATE,
+            Permission.REPORT_REVIEW,
+            Permission.RECORDS_SIGN,
+        }
     ),
     "admin": frozenset({Permission.READ, Permission.USERS_READ, Permission.USERS_MANAGE}),
 }
