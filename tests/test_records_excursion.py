@@ -9,6 +9,7 @@ raw readings exported by the API, with plain Python, and finds them in the PDF's
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import math
 import time
@@ -45,6 +46,25 @@ from tests.test_signatures_api import _execute
 
 ACK = "acknowledged, investigating"
 US = 1_000_000
+
+
+async def the_printout_shows_its_signature(
+    client: httpx.AsyncClient, rid: int, unsigned: bytes, manifestation: str
+) -> None:
+    """Once signed, the printed PDF is the stored one plus a signature page; the original stays exact."""
+    meta = (await client.get(f"/api/v1/reports/{rid}", headers=auth("viewer"))).json()
+    original = (await client.get(f"/api/v1/reports/{rid}.original.pdf", headers=auth("viewer"))).content
+    assert original == unsigned
+    assert hashlib.sha256(original).hexdigest() == meta["pdf_sha256"]
+    printed = (await client.get(f"/api/v1/reports/{rid}.pdf", headers=auth("viewer"))).content
+    before, after = pdf_text(unsigned), pdf_text(printed)
+    assert len(after) == len(before) + 1
+    assert after[: len(before)] == before
+    last = " ".join(after[-1].split())
+    assert f"Signatures of report #{rid}" in last
+    assert " ".join(manifestation.split()) in last
+    assert meta["pdf_sha256"] in last.replace(" ", "")
+    assert "intact" in last
 
 
 def pdf_text(pdf: bytes) -> list[str]:
@@ -174,6 +194,7 @@ async def _story(  # noqa: PLR0917 - the fixtures, passed on
             assert "signed by Quinn Quality (quinn)" in sig["manifestation"]
             again = await client.post(f"/api/v1/reports/{rid}/review", json=signed)
             assert again.status_code == 409
+            await the_printout_shows_its_signature(client, rid, pdf, sig["manifestation"])
             # The command line: qa generates a second report of the alarm, lists and downloads.
             cli_pdf = tmp_path / "cli.pdf"
             argv = ["report", "excursion", str(aid), "--config", str(tmp_path / "c.yaml"), "--url",

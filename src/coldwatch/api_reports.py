@@ -1,8 +1,10 @@
 """The HTTP API of generated reports: list, read, download, sign as reviewed, and generate.
 
 - ``GET /api/v1/reports`` (``kind``, ``limit``), ``GET /api/v1/reports/{id}`` (figures,
-  hashes, provenance, signatures' manifestations), ``GET /api/v1/reports/{id}.pdf``,
-  ``.csv`` and ``.json`` (the PDF and its twins): any reader (viewer and up, service tokens).
+  hashes, provenance, signatures' manifestations), ``GET /api/v1/reports/{id}.pdf`` (the
+  report as printed: once signed, with its signature page appended), ``.original.pdf``
+  (exactly as generated and hashed), ``.csv`` and ``.json`` (its twins): any reader
+  (viewer and up, service tokens).
 - ``POST /api/v1/reports/{id}/review``: the QA review signature (qa; user, password,
   meaning, reason; never a service token).
 - ``POST /api/v1/alarms/{id}/report``: generate the excursion report of one alarm
@@ -22,6 +24,7 @@ from coldwatch.api_input import ID_MAX
 from coldwatch.export import format_ts
 from coldwatch.identity_model import Principal
 from coldwatch.records.excursion_source import generate_excursion_report
+from coldwatch.records.signed_copy import printable_pdf
 from coldwatch.records.store import KINDS, ReportStore, ReportSummary, StoredReport
 from coldwatch.records.twins import twins
 from coldwatch.roles import Permission
@@ -49,6 +52,7 @@ def summary_json(summary: ReportSummary) -> dict[str, Any]:
         "path": summary.path,
         "links": {
             "pdf": f"/api/v1/reports/{summary.id}.pdf",
+            "original_pdf": f"/api/v1/reports/{summary.id}.original.pdf",
             "csv": f"/api/v1/reports/{summary.id}.csv",
             "json": f"/api/v1/reports/{summary.id}.json",
         },
@@ -74,11 +78,13 @@ async def _found(reports: ReportStore, report_id: int) -> StoredReport:
     return report
 
 
-def _download(report: StoredReport, what: str) -> Response:
+def _download(report: StoredReport, what: str, printable: bytes | None = None) -> Response:
     name = f"coldwatch-{report.summary.kind}-report-{report.id}.{what}"
     content: bytes | str
-    if what == "pdf":
+    if what == "original.pdf":
         content, media = report.pdf, "application/pdf"
+    elif what == "pdf":
+        content, media = report.pdf if printable is None else printable, "application/pdf"
     elif what == "csv":
         content, media = twins(report.data)[0], "text/csv; charset=utf-8"
     else:
@@ -111,10 +117,20 @@ def _reading(router: APIRouter, ctx: ApiContext, reports: ReportStore) -> None:
         reviewed = await reports.reviewed(s.id for s in found)
         return [{**summary_json(s), "reviewed": s.id in reviewed} for s in found]
 
+    @router.get("/reports/{report_id}.original.pdf")
+    async def report_original_pdf(report_id: ReportId, _: Viewer) -> Response:
+        """The report's PDF exactly as generated: the bytes its ``pdf_sha256`` and signatures cover."""
+        return _download(await _found(reports, report_id), "original.pdf")
+
     @router.get("/reports/{report_id}.pdf")
     async def report_pdf(report_id: ReportId, _: Viewer) -> Response:
-        """The report's PDF, exactly as generated."""
-        return _download(await _found(reports, report_id), "pdf")
+        """The report as printed: the PDF as generated and, once signed, its signature page after it."""
+        report = await _found(reports, report_id)
+        sites = ", ".join(sorted({d.site for d in ctx.config.devices}))
+        printed = await printable_pdf(
+            reports, report, ctx.storage, ctx.config.site.timezone, sites, ctx.clock_us()
+        )
+        return _download(report, "pdf", printed)
 
     @router.get("/reports/{report_id}.csv")
     async def report_csv(report_id: ReportId, _: Viewer) -> Response:

@@ -5,7 +5,8 @@
   from (query, audit head, hashes and whether they still match), its signatures'
   manifestations, and downloads (PDF, CSV, JSON); a qa person who has not signed it sees
   the "Sign as reviewed" form (password alone after the first signing of the session).
-- ``GET /console/reports/{id}.pdf|.csv|.json``: the downloads.
+- ``GET /console/reports/{id}.pdf|.original.pdf|.csv|.json``: the downloads (``.pdf`` is the
+  report as printed, with its signature page once signed; ``.original.pdf`` the stored bytes).
 - ``POST /console/reports/{id}/review``: the QA review signature (qa; CSRF).
 - ``POST /console/reports/excursion`` (``alarm_id``): generate an alarm's excursion report
   (operator or qa; the alarm page's "Excursion report" button) and open it.
@@ -25,6 +26,7 @@ from coldwatch.console.web import PREFIX, Console, _alarm_id, _Form, _form
 from coldwatch.console.web_more import PageError
 from coldwatch.identity_model import IdentityError, Principal
 from coldwatch.records.excursion_source import generate_excursion_report
+from coldwatch.records.signed_copy import printable_pdf
 from coldwatch.records.store import KINDS, ReportStore, StoredReport
 from coldwatch.roles import Permission
 from coldwatch.signatures import manifestation_json
@@ -37,7 +39,7 @@ _DONE: Final = {
     "generated": "Report generated and stored: download its PDF below.",
     "reviewed": "Review signed and recorded.",
 }
-_DOWNLOADS: Final = ("pdf", "csv", "json")
+_DOWNLOADS: Final = ("pdf", "original.pdf", "csv", "json")
 # Plain words for the figures' column names (any report kind; others fall back to _label's rules).
 _LABELS: Final = {
     "start_us": "From (UTC)",
@@ -124,6 +126,12 @@ class ReportPages:
             found = await self._found(number)
             if found is None or (ext and ext not in _DOWNLOADS):
                 return console._error(request, who, status.HTTP_404_NOT_FOUND, "no such report")  # noqa: SLF001
+            if ext == "pdf":
+                sites = ", ".join(sorted({d.site for d in self.ctx.config.devices}))
+                printed = await printable_pdf(
+                    self.reports, found, self.ctx.storage, self.reports.zone, sites, self.ctx.clock_us()
+                )
+                return _download(found, ext, printed)
             if ext:
                 return _download(found, ext)
             return await self._page(request, who, found)
