@@ -5,6 +5,8 @@ One role per account; roles are not cumulative beyond reading:
 - ``viewer``: reads alarms, devices, readings and the audit trail.
 - ``operator``: a viewer who also acknowledges, shelves and unshelves alarms (signed).
 - ``qa``: a viewer who also reviews excursions (signed).
+- ``operator`` and ``qa`` both register instruments, install and swap them on monitoring
+  points, and record calibrations (signed): metrology is done on the floor, checked by QA.
 - ``admin``: a viewer who also manages accounts and service tokens. An administrator
   signs nothing: account management and the records it controls stay in different hands.
 
@@ -53,16 +55,20 @@ class Permission(enum.StrEnum):
     REVIEW = "alarm.review"
     USERS_READ = "users.read"
     USERS_MANAGE = "users.manage"
+    INSTRUMENTS_MANAGE = "instruments.manage"
+    CALIBRATE = "instruments.calibrate"
 
 
 READ_PERMISSIONS: Final = frozenset({Permission.READ, Permission.USERS_READ})
 SIGNED_PERMISSIONS: Final = frozenset(
-    {Permission.ACKNOWLEDGE, Permission.SHELVE, Permission.UNSHELVE, Permission.REVIEW}
+    {Permission.ACKNOWLEDGE, Permission.SHELVE, Permission.UNSHELVE, Permission.REVIEW, Permission.CALIBRATE}
 )
+_INSTRUMENTS: Final = frozenset({Permission.INSTRUMENTS_MANAGE, Permission.CALIBRATE})
 _BY_ROLE: Final[dict[str, frozenset[Permission]]] = {
     "viewer": frozenset({Permission.READ}),
-    "operator": frozenset({Permission.READ, Permission.ACKNOWLEDGE, Permission.SHELVE, Permission.UNSHELVE}),
-    "qa": frozenset({Permission.READ, Permission.REVIEW}),
+    "operator": frozenset({Permission.READ, Permission.ACKNOWLEDGE, Permission.SHELVE, Permission.UNSHELVE})
+    | _INSTRUMENTS,
+    "qa": frozenset({Permission.READ, Permission.REVIEW}) | _INSTRUMENTS,
     "admin": frozenset({Permission.READ, Permission.USERS_READ, Permission.USERS_MANAGE}),
 }
 

@@ -1,0 +1,1 @@
+"""GMP records: instruments and calibration, reports (excursion, periodic, batch, shipment)."""
