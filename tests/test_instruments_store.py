@@ -176,7 +176,8 @@ async def test_calibration_is_signed_correctable_once_and_append_only(backend: B
         assert [s.signer for s in sigs[first.id]] == ["quinn"]
         assert sigs[fixed.id][0].reason == "due date mistyped"
         audit = await store.fetch(
-            "SELECT action, object_id, new_value FROM audit_log WHERE object_type = 'calibration' ORDER BY seq"
+            "SELECT action, object_id, new_value FROM audit_log "
+            "WHERE object_type = 'calibration' ORDER BY seq"
         )
         assert [a[0] for a in audit] == [
             "calibration.recorded",
