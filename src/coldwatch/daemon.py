@@ -19,10 +19,12 @@ from prometheus_client import CollectorRegistry
 
 from coldwatch.alarms import run_ticks, start_alarming
 from coldwatch.api import ApiContext, build_router
+from coldwatch.api_instruments import instruments_router
 from coldwatch.audit import AuditDraft
 from coldwatch.audit_keys import Anchorer, anchor_path, current_signer, load_signer, start_up_checks
 from coldwatch.audit_seal import Signer
 from coldwatch.auth import Authenticator
+from coldwatch.calibrating import run_calibration_checks
 from coldwatch.config import Config
 from coldwatch.console.web import Console
 from coldwatch.errors import StorageError
@@ -35,6 +37,7 @@ from coldwatch.readiness import WriteProbe
 from coldwatch.rules.engine import Engine
 from coldwatch.rules.lifecycle import AlarmBook
 from coldwatch.storage import DeviceState, Storage, open_storage
+from coldwatch.storage.identity_store import identity_store
 from coldwatch.storage.postgres import AlarmIds, PostgresStorage
 
 __all__ = ["Daemon", "WorkerOptions", "config_loaded", "run_until_signalled"]
@@ -135,6 +138,7 @@ class Daemon:
             resources.push_async_callback(console.close)
             api = APIRouter()
             api.include_router(build_router(api_context))
+            api.include_router(instruments_router(api_context))
             api.include_router(console.router)
             readiness = functools.partial(
                 _readiness, WriteProbe(storage, pipeline), source, config.ingest.max_unacked_age_s
@@ -151,6 +155,8 @@ class Daemon:
                 writer = tasks.create_task(pipeline.run_writer(), name="storage-writer")
                 server = tasks.create_task(http.serve(), name="http") if http is not None else None
                 ticks = tasks.create_task(run_ticks(pipeline.tick), name="rule-timers")
+                checks = run_calibration_checks(identity_store(storage), config, pipeline)
+                calibration = tasks.create_task(checks, name="calibration-check")
                 notify = tasks.create_task(deliverer.run(), name="notify-deliver") if worker is None else None
                 anchoring = tasks.create_task(anchorer.run(), name="audit-anchor") if anchorer else None
                 # Configuration, rule state and imports live as long as the process: leave
@@ -159,6 +165,7 @@ class Daemon:
                 self.on_ready(self)
                 await stop.wait()
                 ticks.cancel()
+                calibration.cancel()
                 if anchoring is not None:
                     anchoring.cancel()
                 await _commit_queued(pipeline, source)
