@@ -257,3 +257,62 @@ async def test_copied_or_edited_calibration_signature_is_reported(backend: Backe
         assert "not this record" in problems[0]
         assert f"calibration {one.key}" in problems[1]
         assert "differs from what was signed" in problems[1]
+
+
+async def test_export_flags_readings_taken_out_of_calibration(backend: Backend) -> None:
+    """The export's out_of_calibration column is 1 exactly outside installed, in-date calibration."""
+    import csv  # noqa: PLC0415
+    import io  # noqa: PLC0415
+
+    from coldwatch.config import DeviceConfig  # noqa: PLC0415
+    from coldwatch.export import write_csv  # noqa: PLC0415
+    from coldwatch.payload import Telemetry  # noqa: PLC0415
+    from coldwatch.storage.base import Batch  # noqa: PLC0415
+
+    async with opened(backend.location) as (storage, identity, clock):
+        await people(identity)
+        olga = await _who(identity, "olga", OPERATOR_PW)
+        store = identity_store(storage)
+        instruments = Instruments(store, "UTC", POINTS)
+        s = 1_000_000
+        t0 = clock() - 1000 * s
+        installed, performed, due = t0 + 20 * s, t0 + 10 * s, t0 + 100 * s
+        await instruments.register(
+            olga, serial="SN-1", model="m", manufacturer="a", reason="r", now_us=clock()
+        )
+        await instruments.install(olga, "inc-1", "SN-1", reason="r", now_us=clock(), at_us=installed)
+        await instruments.calibrate(
+            await _signer(identity, "olga", OPERATOR_PW),  # type: ignore[arg-type]
+            "SN-1",
+            performed_us=performed,
+            due_us=due,
+            certificate="C",
+            as_found="ok",
+            as_left="ok",
+            performed_by="lab",
+            passed=True,
+            meaning="responsibility",
+            reason="r",
+            now_us=clock(),
+        )
+        await storage.register_devices(
+            [DeviceConfig(id=d, kind="incubator", site="s", area="a") for d in POINTS]  # type: ignore[arg-type]
+        )
+        times = [t0 + k * s for k in (5, 15, 20, 50, 99, 100, 150)]
+        readings = [
+            (Telemetry(device, i, ts, False, (("temp_c", 37.0),)), ts)
+            for device in POINTS
+            for i, ts in enumerate(times)
+        ]
+        await storage.write_batch(Batch(readings=readings))
+        out = io.StringIO()
+        assert await write_csv(storage, out) == len(readings)
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    got = [(r["device"], r["seq"], r["out_of_calibration"]) for r in rows]
+    expected = [
+        (device, str(i), "0" if device == "inc-1" and ts >= installed and performed <= ts < due else "1")
+        for device in POINTS
+        for i, ts in enumerate(times)
+    ]
+    assert got == expected
+    assert [g[2] for g in got[:7]] == ["1", "1", "0", "0", "0", "1", "1"]

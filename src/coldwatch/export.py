@@ -5,14 +5,26 @@ from __future__ import annotations
 import contextlib
 import csv
 from datetime import UTC, datetime, timedelta
-from typing import TextIO
+from typing import Final, TextIO
 
 from coldwatch.catalogue import KINDS, Kind
+from coldwatch.errors import StorageError
 from coldwatch.storage.base import Storage
 
 __all__ = ["CSV_HEADER", "format_ts", "write_csv"]
 
-CSV_HEADER = ("device", "kind", "metric", "ts", "seq", "value", "received_at", "buffered")
+CSV_HEADER = (
+    "device",
+    "kind",
+    "metric",
+    "ts",
+    "seq",
+    "value",
+    "received_at",
+    "buffered",
+    "out_of_calibration",
+)
+_ALL_TIME: Final = (0, 2**62)  # the span of the uncalibrated intervals when the export has no bound
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -45,7 +57,15 @@ async def write_csv(
     since_us: int | None = None,
     until_us: int | None = None,
 ) -> int:
-    """Write readings as CSV to ``out``; return the number of rows written."""
+    """Write readings as CSV to ``out``; return the number of rows written.
+
+    ``out_of_calibration`` is 1 when the reading was taken while its point had no instrument
+    in calibration installed (coldwatch.records.calibration), else 0: each point's
+    intervals are read once, before the readings stream.
+    """
+    from coldwatch.records.calibration import flagged  # noqa: PLC0415 - NumPy only when exporting
+
+    uncalibrated = await _uncalibrated(storage, since_us, until_us)
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_HEADER)
     rows = 0
@@ -62,7 +82,28 @@ async def write_csv(
                     _format_value(row.kind, row.metric, row.value),
                     format_ts(row.received_us),
                     "true" if row.buffered else "false",
+                    1
+                    if row.device_id not in uncalibrated
+                    else int(flagged(row.ts_us, uncalibrated[row.device_id])),
                 )
             )
             rows += 1
     return rows
+
+
+async def _uncalibrated(
+    storage: Storage, since_us: int | None, until_us: int | None
+) -> dict[str, list[tuple[int, int]]]:
+    """Each point ever measured by an instrument: its uncalibrated intervals (others: always uncalibrated)."""
+    from coldwatch.records.instruments import calibration_states  # noqa: PLC0415
+    from coldwatch.storage.identity_store import identity_store  # noqa: PLC0415
+
+    store = identity_store(storage)
+    try:
+        points = [str(r[0]) for r in await store.fetch("SELECT DISTINCT device_id FROM point_instruments")]
+    except StorageError:
+        return {}  # a database from before instruments were tracked (not upgraded yet): none on record
+    start = _ALL_TIME[0] if since_us is None else since_us
+    end = _ALL_TIME[1] if until_us is None else max(until_us, start)
+    states = await calibration_states(store, points, start, end, end)
+    return {device: state.uncalibrated for device, state in states.items()}
