@@ -296,7 +296,7 @@ async def test_export_flags_readings_taken_out_of_calibration(backend: Backend) 
             now_us=clock(),
         )
         await storage.register_devices(
-            [DeviceConfig(id=d, kind="incubator", site="s", area="a") for d in POINTS]  # type: ignore[arg-type]
+            [DeviceConfig(id=d, kind="incubator", site="s", area="a") for d in POINTS]
         )
         times = [t0 + k * s for k in (5, 15, 20, 50, 99, 100, 150)]
         readings = [
