@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from coldwatch.api import ApiContext, SignedBody
 from coldwatch.api_input import ID_MAX, ReasonText, UtcTime, to_us
+from coldwatch.config import Config
 from coldwatch.export import format_ts
 from coldwatch.identity_model import Principal, SignerIdentity
 from coldwatch.records.calibration import PointCalibration
@@ -38,10 +39,19 @@ from coldwatch.records.instruments import (
 )
 from coldwatch.roles import Permission
 from coldwatch.signatures import StoredSignature, manifestation_json
-from coldwatch.storage.identity_store import identity_store
+from coldwatch.storage.identity_store import IdentityStore, identity_store
 from coldwatch.web_auth import client_address, refusals
 
-__all__ = ["PointView", "instruments_of", "instruments_router", "point_views", "recorded_calibration"]
+__all__ = [
+    "PointView",
+    "calibration_json",
+    "instrument_json",
+    "instruments_of",
+    "instruments_router",
+    "point_json",
+    "point_views",
+    "recorded_calibration",
+]
 
 Short = Annotated[str, Field(min_length=1, max_length=200, pattern=r"\S")]
 Long = Annotated[str, Field(min_length=1, max_length=2000, pattern=r"\S")]
@@ -107,19 +117,23 @@ def instruments_of(ctx: ApiContext) -> Instruments:
 
 
 async def point_views(
-    ctx: ApiContext, now_us: int, since_us: int | None = None, until_us: int | None = None
+    store: IdentityStore,
+    config: Config,
+    now_us: int,
+    since_us: int | None = None,
+    until_us: int | None = None,
 ) -> list[PointView]:
     """Every configured point with its calibration state at ``now_us`` (and intervals over the span)."""
-    devices = ctx.config.devices
+    devices = config.devices
     start = now_us if since_us is None else since_us
     end = now_us if until_us is None else until_us
     states = await calibration_states(
-        identity_store(ctx.storage),
+        store,
         [d.id for d in devices],
         start,
         end,
         now_us,
-        alert_before_days=ctx.config.calibration.alert_before_days,
+        alert_before_days=config.calibration.alert_before_days,
     )
     return [PointView(d.id, d.site, d.area, d.kind.value, states[d.id]) for d in devices]
 
@@ -188,16 +202,15 @@ def calibration_json(
     }
 
 
-async def instrument_json(ctx: ApiContext, serial: str) -> dict[str, Any]:
+async def instrument_json(records: Instruments, serial: str) -> dict[str, Any]:
     """One instrument with its stays and calibration records (404 if unknown)."""
-    records = instruments_of(ctx)
     found = await records.instrument(serial)
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no instrument with serial {serial!r}")
     calibrations = await records.calibrations(found.id)
     signatures = await records.signatures_of(calibrations)
     later = {c.supersedes: c.id for c in calibrations if c.supersedes is not None}
-    zone = ctx.config.site.timezone
+    zone = records.zone
     return {
         **_instrument_json(found),
         "stays": [_stay_json(s) for s in await records.stays(instrument_id=found.id)],
@@ -251,7 +264,7 @@ async def _calibrate(ctx: ApiContext, serial: str, body: CalibrationBody, reques
         if await instruments_of(ctx).instrument(serial) is None:
             raise NoSuchInstrumentError(f"no instrument with serial {serial!r}")
         made = await recorded_calibration(ctx, serial, body, client=client_address(request), user=body.user)
-    shown = await instrument_json(ctx, serial)
+    shown = await instrument_json(instruments_of(ctx), serial)
     return next(c for c in shown["calibrations"] if c["id"] == made.id)
 
 
@@ -293,7 +306,9 @@ def instruments_router(ctx: ApiContext) -> APIRouter:
         """Every point's instrument and calibration state now; with a span, its uncalibrated intervals."""
         now = ctx.clock_us()
         start, end = _span(since, until, now)
-        return [point_json(v) for v in await point_views(ctx, now, start, end)]
+        return [
+            point_json(v) for v in await point_views(identity_store(ctx.storage), ctx.config, now, start, end)
+        ]
 
     @router.get("/instruments")
     async def list_instruments(_: Viewer) -> list[dict[str, Any]]:
@@ -305,7 +320,7 @@ def instruments_router(ctx: ApiContext) -> APIRouter:
     @router.get("/instruments/{serial}")
     async def get_instrument(serial: SerialPath, _: Viewer) -> dict[str, Any]:
         """One instrument: its stays on points and its calibration records with their signatures."""
-        return await instrument_json(ctx, serial)
+        return await instrument_json(instruments_of(ctx), serial)
 
     @router.post("/instruments", dependencies=Checked, status_code=status.HTTP_201_CREATED)
     async def register(body: RegisterBody, who: Manager) -> dict[str, Any]:
