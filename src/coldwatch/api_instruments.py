@@ -21,10 +21,10 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from coldwatch.api import ApiContext, SignedBody
-from coldwatch.api_input import ID_MAX, ReasonText, UtcTime, to_us
+from coldwatch.api_input import ID_MAX, ReasonText, Text, UtcTime, to_us
 from coldwatch.config import Config
 from coldwatch.export import format_ts
 from coldwatch.identity_model import Principal, SignerIdentity
@@ -53,10 +53,22 @@ __all__ = [
     "recorded_calibration",
 ]
 
-Short = Annotated[str, Field(min_length=1, max_length=200, pattern=r"\S")]
-Long = Annotated[str, Field(min_length=1, max_length=2000, pattern=r"\S")]
-SerialPath = Annotated[str, Path(min_length=1, max_length=100)]
-DevicePath = Annotated[str, Path(min_length=1, max_length=200)]
+def storable(text: str) -> str:
+    """Refuse (422) a path text the databases cannot store: a NUL or a lone surrogate."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("must be valid Unicode") from exc
+    if "\x00" in text:
+        raise ValueError("must not contain NUL characters")
+    return text
+
+
+Short = Annotated[Text, Field(min_length=1, pattern=r"\S")]
+Long = ReasonText  # 1 to 2,000 characters, not blank, storable
+Serial = Annotated[Text, Field(min_length=1, max_length=100, pattern=r"\S")]
+SerialPath = Annotated[str, Path(min_length=1, max_length=100), AfterValidator(storable)]
+DevicePath = Annotated[str, Path(min_length=1, max_length=200), AfterValidator(storable)]
 
 
 class _Body(BaseModel):
@@ -66,7 +78,7 @@ class _Body(BaseModel):
 class RegisterBody(_Body):
     """A new instrument."""
 
-    serial: Annotated[str, Field(min_length=1, max_length=100, pattern=r"\S")]
+    serial: Serial
     model: Short
     manufacturer: Short
     reason: ReasonText
@@ -75,7 +87,7 @@ class RegisterBody(_Body):
 class StayBody(_Body):
     """Install or swap: the instrument, why, and from when (default now)."""
 
-    serial: Annotated[str, Field(min_length=1, max_length=100, pattern=r"\S")]
+    serial: Serial
     reason: ReasonText
     at: UtcTime | None = None
 
@@ -273,7 +285,7 @@ def _span(since: datetime | None, until: datetime | None, now_us: int) -> tuple[
     start = None if since is None else to_us(since)
     end = None if until is None else to_us(until)
     if start is not None and end is not None and end < start:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "until must not come before since")
+        raise HTTPException(422, "until must not come before since")
     if start is not None and end is None:
         end = max(now_us, start)
     if end is not None and start is None:

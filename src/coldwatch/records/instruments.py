@@ -171,11 +171,22 @@ def _calibration(r: Sequence[Any]) -> Calibration:
 
 def _text(value: str, label: str, most: int, *, required: bool = True) -> str:
     value = value.strip()
+    if not _storable(value):
+        raise RefusedError(f"{label} must be valid Unicode without NUL characters")
     if required and not value:
         raise RefusedError(f"{label} is required")
     if len(value) > most:
         raise RefusedError(f"{label} is too long (at most {most} characters)")
     return value
+
+
+def _storable(text: str) -> bool:
+    """Text both databases store: UTF-8 encodable (no lone surrogates) and without NUL."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
 
 
 def _json(values: dict[str, object]) -> str:
@@ -197,6 +208,8 @@ class Instruments:
 
     async def instrument(self, serial: str) -> Instrument | None:
         """One instrument by serial, or None."""
+        if not _storable(serial):
+            return None
         rows = await self.store.fetch(_INSTRUMENT + " WHERE serial = ?", serial)
         return _instrument(rows[0]) if rows else None
 
