@@ -115,6 +115,12 @@ async def test_due_calibration_raises_once_and_a_new_one_clears_it(
                 "active_unacknowledged",
             )
             assert "due in 9.9 days" in alarm["detail"] or "due in 10.0 days" in alarm["detail"]
+            page = await client.get(f"/console/alarms/{alarm['id']}")  # olga's session
+            assert page.status_code == 200, page.text
+            assert "calibration_due" in page.text
+            assert "Sign: acknowledge" in page.text
+            overview = await client.get("/console/overview")
+            assert overview.status_code == 200
             states = await client.get("/api/v1/calibration", headers=auth("viewer"))
             assert [(p["device"], p["instrument"], p["state"]) for p in states.json()] == [
                 ("inc-1", "SN-1", "due_soon")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from coldwatch.identity import Identity
-from coldwatch.identity_model import AccessDeniedError, Principal, RefusedError
+from coldwatch.identity_model import AccessDeniedError, Principal, RefusedError, SignerIdentity
 from coldwatch.records.calibration import DAY_US
 from coldwatch.records.instruments import (
     ConflictError,
@@ -29,7 +29,7 @@ async def _who(identity: Identity, name: str, password: str) -> Principal:
     return (await identity.sign_in(name, password, "test")).principal
 
 
-async def _signer(identity: Identity, name: str, password: str) -> object:
+async def _signer(identity: Identity, name: str, password: str) -> SignerIdentity:
     return await identity.verify_signer(
         action="calibrate",
         permission=Permission.CALIBRATE,
@@ -108,7 +108,7 @@ async def test_calibration_is_signed_correctable_once_and_append_only(backend: B
         )
         signer = await _signer(identity, "quinn", QA_PW)
         first = await instruments.calibrate(
-            signer,  # type: ignore[arg-type]
+            signer,
             "SN-1",
             performed_us=clock() - DAY_US,
             due_us=clock() + 100 * DAY_US,
@@ -124,7 +124,7 @@ async def test_calibration_is_signed_correctable_once_and_append_only(backend: B
         assert first.recorded_by == "quinn"
         clock.advance(60)
         fixed = await instruments.calibrate(
-            signer,  # type: ignore[arg-type]
+            signer,
             "SN-1",
             performed_us=first.performed_us,
             due_us=clock() + 200 * DAY_US,
@@ -141,7 +141,7 @@ async def test_calibration_is_signed_correctable_once_and_append_only(backend: B
         clock.advance(60)
         with pytest.raises(ConflictError, match="corrected already"):
             await instruments.calibrate(
-                signer,  # type: ignore[arg-type]
+                signer,
                 "SN-1",
                 performed_us=first.performed_us,
                 due_us=clock() + 300 * DAY_US,
@@ -157,7 +157,7 @@ async def test_calibration_is_signed_correctable_once_and_append_only(backend: B
             )
         with pytest.raises(RefusedError, match="due date"):
             await instruments.calibrate(
-                signer,  # type: ignore[arg-type]
+                signer,
                 "SN-1",
                 performed_us=clock(),
                 due_us=clock() - 1,
@@ -215,7 +215,7 @@ async def test_copied_or_edited_calibration_signature_is_reported(backend: Backe
             )
             made.append(
                 await instruments.calibrate(
-                    signer,  # type: ignore[arg-type]
+                    signer,
                     serial,
                     performed_us=clock(),
                     due_us=clock() + DAY_US,
@@ -282,7 +282,7 @@ async def test_export_flags_readings_taken_out_of_calibration(backend: Backend) 
         )
         await instruments.install(olga, "inc-1", "SN-1", reason="r", now_us=clock(), at_us=installed)
         await instruments.calibrate(
-            await _signer(identity, "olga", OPERATOR_PW),  # type: ignore[arg-type]
+            await _signer(identity, "olga", OPERATOR_PW),
             "SN-1",
             performed_us=performed,
             due_us=due,
