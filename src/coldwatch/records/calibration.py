@@ -184,13 +184,14 @@ def point_calibration(  # noqa: PLR0917 - a point, its history, the span and the
     ``records``: each instrument's calibration records (all of them; superseded ones are
     left out here). Without an instrument installed, a reading is out of calibration too.
     """
-    counted = {instrument: effective(rs) for instrument, rs in records.items()}
+    # Only this point's instruments: a site's every record is passed, once, for all its points.
+    counted = {s.instrument_id: effective(records.get(s.instrument_id, ())) for s in stays}
     covered: list[Span] = []
     for stay in stays:
-        spans = in_calibration_spans(counted.get(stay.instrument_id, []))
+        spans = in_calibration_spans(counted[stay.instrument_id])
         covered += _clip(_clip(spans, stay.from_us, stay.end()), start_us, end_us)
     current = next((s for s in stays if s.from_us <= now_us < s.end()), None)
-    own = counted.get(current.instrument_id, []) if current is not None else []
+    own = counted[current.instrument_id] if current is not None else []
     state, due_us, record = _state_at(current, own, now_us, alert_before_us)
     return PointCalibration(
         device_id,
