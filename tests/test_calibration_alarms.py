@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,7 +14,15 @@ import httpx
 
 from coldwatch.broker import RunningBroker
 from coldwatch.config import Config
-from tests.conftest import Backend, eventually, running_daemon, silent_incubator_config
+from tests.conftest import (
+    Backend,
+    eventually,
+    publish_all,
+    reading,
+    running_daemon,
+    silent_incubator_config,
+    telemetry_topic,
+)
 from tests.identity_helpers import FAST_IDENTITY, OPERATOR_PW, QA_PW
 from tests.test_api_robust import api_section, auth, with_people
 
@@ -67,6 +77,10 @@ async def signed_post(base_url: str, path: str, body: dict[str, Any]) -> httpx.R
         return await client.post(path, json=body)
 
 
+async def _two(exported: Any) -> bool:
+    return len(await exported()) == 2
+
+
 async def calibration_alarms(client: httpx.AsyncClient) -> list[dict[str, Any]]:
     """Every calibration alarm, as the API lists them."""
     got = await client.get("/api/v1/alarms", headers=auth("viewer"))
@@ -115,6 +129,26 @@ async def test_due_calibration_raises_once_and_a_new_one_clears_it(
                 "active_unacknowledged",
             )
             assert "due in 9.9 days" in alarm["detail"] or "due in 10.0 days" in alarm["detail"]
+            # Readings before the installation (no instrument: out of calibration) and after it.
+            now_s = time.time()
+            topic = telemetry_topic(config, "inc-1")
+            await publish_all(
+                broker,
+                [(topic, reading(i, {"temp_c": 37.0}, ts=ts)) for i, ts in enumerate((now_s - 7200, now_s))],
+                clients=1,
+            )
+
+            async def exported() -> list[dict[str, str]]:
+                got = await client.get("/api/v1/readings.csv?device=inc-1", headers=auth("viewer"))
+                return list(csv.DictReader(io.StringIO(got.text)))
+
+            await eventually(lambda: _two(exported), timeout_s=10, what="two readings stored")
+            installed = datetime.fromisoformat(put.json()["stay"]["from"])
+            rows = await exported()
+            assert [r["out_of_calibration"] for r in rows] == [
+                "0" if datetime.fromisoformat(r["ts"]) >= installed else "1" for r in rows
+            ]
+            assert [r["out_of_calibration"] for r in rows] == ["1", "0"]
             page = await client.get(f"/console/alarms/{alarm['id']}")  # olga's session
             assert page.status_code == 200, page.text
             assert "calibration_due" in page.text

@@ -60,6 +60,13 @@ async def test_roles_decide_who_registers_and_who_signs(
         async with httpx.AsyncClient(base_url=base, timeout=30) as reader:
             got = await reader.get("/api/v1/instruments/SN-1", headers=auth("viewer"))
             assert [c["id"] for c in got.json()["calibrations"]] == [shown["id"]]
+            assert (await reader.get("/api/v1/readings.csv")).status_code == 401
+            exported = await reader.get("/api/v1/readings.csv?device=inc-1", headers=auth("viewer"))
+            assert exported.status_code == 200, exported.text
+            assert exported.text.splitlines()[0].endswith(",buffered,out_of_calibration")
+            for query in ("device=nope", "since=yesterday"):
+                bad = await reader.get(f"/api/v1/readings.csv?{query}", headers=auth("viewer"))
+                assert bad.status_code in {404, 422}, (query, bad.text)
 
 
 BAD_BODIES: list[tuple[str, str, Any]] = [

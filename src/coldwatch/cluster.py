@@ -44,6 +44,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from coldwatch.api import ApiContext, build_router
+from coldwatch.api_export import export_router
 from coldwatch.api_instruments import instruments_router
 from coldwatch.audit import AuditDraft
 from coldwatch.audit_keys import Anchorer, anchor_path, current_signer, load_signer, start_up_checks
@@ -231,6 +232,7 @@ class ClusterDaemon:
             api = APIRouter()
             api.include_router(build_router(api_context))
             api.include_router(instruments_router(api_context))
+            api.include_router(export_router(api_context))
             api.include_router(console.router)
             readiness = functools.partial(self._readiness, storage)
             http = HttpServer(build_app(self.registry, readiness, api), config.http.host, config.http.port)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime, timedelta
 from typing import Final, TextIO
 
@@ -11,7 +13,7 @@ from coldwatch.catalogue import KINDS, Kind
 from coldwatch.errors import StorageError
 from coldwatch.storage.base import Storage
 
-__all__ = ["CSV_HEADER", "format_ts", "write_csv"]
+__all__ = ["CSV_HEADER", "csv_chunks", "format_ts", "write_csv"]
 
 CSV_HEADER = (
     "device",
@@ -63,15 +65,39 @@ async def write_csv(
     in calibration installed (coldwatch.records.calibration), else 0: each point's
     intervals are read once, before the readings stream.
     """
+    counted = [0]
+    async with contextlib.aclosing(
+        csv_chunks(storage, device_id=device_id, since_us=since_us, until_us=until_us, counted=counted)
+    ) as chunks:
+        async for chunk in chunks:
+            out.write(chunk)
+    return counted[0]
+
+
+async def csv_chunks(
+    storage: Storage,
+    *,
+    device_id: str | None = None,
+    since_us: int | None = None,
+    until_us: int | None = None,
+    counted: list[int] | None = None,
+    rows_per_chunk: int = 2000,
+) -> AsyncGenerator[str, None]:
+    """The CSV of :func:`write_csv` in pieces of ``rows_per_chunk`` rows (an HTTP answer streams them).
+
+    ``counted``: its first item is set to the rows written so far.
+    """
     from coldwatch.records.calibration import flagged  # noqa: PLC0415 - NumPy only when exporting
 
     uncalibrated = await _uncalibrated(storage, since_us, until_us)
-    writer = csv.writer(out, lineterminator="\n")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_HEADER)
     rows = 0
     # Closed even when writing fails (the reader went away), before the storage is closed.
     async with contextlib.aclosing(storage.export(device_id, since_us, until_us)) as exported:
         async for row in exported:
+            spans = uncalibrated.get(row.device_id)
             writer.writerow(
                 (
                     row.device_id,
@@ -82,13 +108,17 @@ async def write_csv(
                     _format_value(row.kind, row.metric, row.value),
                     format_ts(row.received_us),
                     "true" if row.buffered else "false",
-                    1
-                    if row.device_id not in uncalibrated
-                    else int(flagged(row.ts_us, uncalibrated[row.device_id])),
+                    1 if spans is None else int(flagged(row.ts_us, spans)),
                 )
             )
             rows += 1
-    return rows
+            if counted is not None:
+                counted[0] = rows
+            if rows % rows_per_chunk == 0:
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+    yield buffer.getvalue()
 
 
 async def _uncalibrated(
