@@ -17,15 +17,33 @@ is bound to the record's facts (object type ``calibration``; its object id is
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Collection, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Final
 
 from coldwatch.audit import AuditDraft
-from coldwatch.identity_model import AccessDeniedError, IdentityError, Principal, RefusedError, SignerIdentity
-from coldwatch.records.calibration import DAY_US, CalibrationFacts, PointCalibration, Stay, point_calibration
+from coldwatch.identity_model import AccessDeniedError, Principal, RefusedError, SignerIdentity
+from coldwatch.records.instrument_model import (
+    CALIBRATION_SQL,
+    INSTRUMENT_SQL,
+    LONGEST_US,
+    SIGNED_TYPE,
+    SKEW_US,
+    STAY_SQL,
+    Calibration,
+    ConflictError,
+    Installation,
+    Instrument,
+    NoSuchInstrumentError,
+    as_json,
+    calibration_facts_of,
+    calibration_of,
+    calibration_states,
+    checked_text,
+    instrument_of,
+    stay_of,
+    storable,
+    where_clause,
+)
 from coldwatch.roles import Permission
 from coldwatch.signatures import SELECT_SIGNATURES, SignatureDraft, StoredSignature, bind
 from coldwatch.storage.identity_schema import INSERT_SIGNATURE
@@ -42,156 +60,6 @@ __all__ = [
     "calibration_states",
 ]
 
-SIGNED_TYPE: Final = "calibration"
-SKEW_US: Final = 300_000_000  # a calibration may be dated at most this far in the future (clocks)
-LONGEST_US: Final = 20 * 366 * DAY_US  # a due date further than this after the calibration is a typo
-_INSTRUMENT: Final = "SELECT id, serial, model, manufacturer, created_us, created_by FROM instruments"
-_STAY: Final = (
-    "SELECT p.id, p.device_id, p.instrument_id, i.serial, p.from_us, p.until_us, p.installed_by, p.reason, "
-    "p.removed_by, p.removed_reason "
-    "FROM point_instruments AS p JOIN instruments AS i ON i.id = p.instrument_id"
-)
-_CALIBRATION: Final = (
-    "SELECT c.id, c.instrument_id, i.serial, c.performed_us, c.due_us, c.certificate, c.as_found, c.as_left, "
-    "c.performed_by, c.passed, c.supersedes, c.recorded_us, c.recorded_by "
-    "FROM calibrations AS c JOIN instruments AS i ON i.id = c.instrument_id"
-)
-
-
-class NoSuchInstrumentError(IdentityError):
-    """No instrument (or point, or calibration) of that name."""
-
-    status = 404
-
-
-class ConflictError(IdentityError):
-    """The records do not allow it now (the point has an instrument already, a record was corrected)."""
-
-    status = 409
-
-
-@dataclass(frozen=True, slots=True)
-class Instrument:
-    """A measuring instrument."""
-
-    id: int
-    serial: str
-    model: str
-    manufacturer: str
-    created_us: int
-    created_by: str
-
-
-@dataclass(frozen=True, slots=True)
-class Installation:
-    """An instrument's stay on a monitoring point (``until_us`` None: still there)."""
-
-    id: int
-    device_id: str
-    instrument_id: int
-    serial: str
-    from_us: int
-    until_us: int | None
-    installed_by: str
-    reason: str
-    removed_by: str | None
-    removed_reason: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Calibration:
-    """One calibration record of an instrument, as recorded and signed."""
-
-    id: int
-    instrument_id: int
-    serial: str
-    performed_us: int
-    due_us: int
-    certificate: str
-    as_found: str
-    as_left: str
-    performed_by: str
-    passed: bool
-    supersedes: int | None
-    recorded_us: int
-    recorded_by: str
-
-    @property
-    def key(self) -> str:
-        """The signature's object id: instrument and recording time (unique, guarded at insert)."""
-        return f"{self.instrument_id}:{self.recorded_us}"
-
-    def facts(self) -> dict[str, object]:
-        """What the recorder's signature covers: every field of the record but its row id."""
-        return {k: v for k, v in asdict(self).items() if k != "id"}
-
-    def state_facts(self) -> CalibrationFacts:
-        """What the calibration state needs of it."""
-        return CalibrationFacts(
-            self.id, self.instrument_id, self.performed_us, self.due_us, self.passed, self.supersedes
-        )
-
-
-def _instrument(r: Sequence[Any]) -> Instrument:
-    return Instrument(int(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4]), str(r[5]))
-
-
-def _stay(r: Sequence[Any]) -> Installation:
-    return Installation(
-        int(r[0]),
-        str(r[1]),
-        int(r[2]),
-        str(r[3]),
-        int(r[4]),
-        None if r[5] is None else int(r[5]),
-        str(r[6]),
-        str(r[7]),
-        None if r[8] is None else str(r[8]),
-        None if r[9] is None else str(r[9]),
-    )
-
-
-def _calibration(r: Sequence[Any]) -> Calibration:
-    return Calibration(
-        int(r[0]),
-        int(r[1]),
-        str(r[2]),
-        int(r[3]),
-        int(r[4]),
-        str(r[5]),
-        str(r[6]),
-        str(r[7]),
-        str(r[8]),
-        bool(r[9]),
-        None if r[10] is None else int(r[10]),
-        int(r[11]),
-        str(r[12]),
-    )
-
-
-def _text(value: str, label: str, most: int, *, required: bool = True) -> str:
-    value = value.strip()
-    if not _storable(value):
-        raise RefusedError(f"{label} must be valid Unicode without NUL characters")
-    if required and not value:
-        raise RefusedError(f"{label} is required")
-    if len(value) > most:
-        raise RefusedError(f"{label} is too long (at most {most} characters)")
-    return value
-
-
-def _storable(text: str) -> bool:
-    """Text both databases store: UTF-8 encodable (no lone surrogates) and without NUL."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return "\x00" not in text
-
-
-def _json(values: dict[str, object]) -> str:
-    return json.dumps(values, ensure_ascii=False, sort_keys=True)
-
 
 class Instruments:
     """Registers instruments, installs and swaps them, records calibrations; reads them back."""
@@ -204,28 +72,28 @@ class Instruments:
     # ----- reads ------------------------------------------------------------------------
     async def instruments(self) -> list[Instrument]:
         """Every instrument, by serial."""
-        return [_instrument(r) for r in await self.store.fetch(_INSTRUMENT + " ORDER BY serial")]
+        return [instrument_of(r) for r in await self.store.fetch(INSTRUMENT_SQL + " ORDER BY serial")]
 
     async def instrument(self, serial: str) -> Instrument | None:
         """One instrument by serial, or None."""
-        if not _storable(serial):
+        if not storable(serial):
             return None
-        rows = await self.store.fetch(_INSTRUMENT + " WHERE serial = ?", serial)
-        return _instrument(rows[0]) if rows else None
+        rows = await self.store.fetch(INSTRUMENT_SQL + " WHERE serial = ?", serial)
+        return instrument_of(rows[0]) if rows else None
 
     async def stays(
         self, *, device_id: str | None = None, instrument_id: int | None = None
     ) -> list[Installation]:
         """Stays of instruments on points (of one point, or of one instrument), oldest first."""
-        where, params = _where(("p.device_id", device_id), ("p.instrument_id", instrument_id))
-        rows = await self.store.fetch(_STAY + where + " ORDER BY p.device_id, p.from_us, p.id", *params)
-        return [_stay(r) for r in rows]
+        where, params = where_clause(("p.device_id", device_id), ("p.instrument_id", instrument_id))
+        rows = await self.store.fetch(STAY_SQL + where + " ORDER BY p.device_id, p.from_us, p.id", *params)
+        return [stay_of(r) for r in rows]
 
     async def calibrations(self, instrument_id: int | None = None) -> list[Calibration]:
         """Calibration records (of one instrument), in the order performed."""
-        where, params = _where(("c.instrument_id", instrument_id))
-        rows = await self.store.fetch(_CALIBRATION + where + " ORDER BY c.performed_us, c.id", *params)
-        return [_calibration(r) for r in rows]
+        where, params = where_clause(("c.instrument_id", instrument_id))
+        rows = await self.store.fetch(CALIBRATION_SQL + where + " ORDER BY c.performed_us, c.id", *params)
+        return [calibration_of(r) for r in rows]
 
     async def signatures_of(self, calibrations: Sequence[Calibration]) -> dict[int, list[StoredSignature]]:
         """The signatures of these calibration records, by record id."""
@@ -252,10 +120,10 @@ class Instruments:
     ) -> Instrument:
         """Register an instrument (serials are unique)."""
         _may(who, Permission.INSTRUMENTS_MANAGE, "register instruments")
-        serial = _text(serial, "The serial number", 100)
-        model = _text(model, "The model", 200)
-        manufacturer = _text(manufacturer, "The manufacturer", 200)
-        reason = _text(reason, "A reason", 2000)
+        serial = checked_text(serial, "The serial number", 100)
+        model = checked_text(model, "The model", 200)
+        manufacturer = checked_text(manufacturer, "The manufacturer", 200)
+        reason = checked_text(reason, "A reason", 2000)
         entry = AuditDraft(
             at_us=now_us,
             actor=who.name,
@@ -263,7 +131,7 @@ class Instruments:
             object_type="instrument",
             object_id=serial,
             old_value=None,
-            new_value=_json({"serial": serial, "model": model, "manufacturer": manufacturer}),
+            new_value=as_json({"serial": serial, "model": model, "manufacturer": manufacturer}),
             reason=reason,
         )
         insert = Write(
@@ -291,7 +159,7 @@ class Instruments:
     ) -> Installation:
         """Install an instrument on a point that has none, from ``at_us`` (default now)."""
         _may(who, Permission.INSTRUMENTS_MANAGE, "install instruments")
-        reason = _text(reason, "A reason", 2000)
+        reason = checked_text(reason, "A reason", 2000)
         self._point(device_id)
         instrument = await self._known(serial)
         at = now_us if at_us is None else at_us
@@ -317,7 +185,7 @@ class Instruments:
     ) -> Installation:
         """Replace the point's instrument by another: one ends where the other starts, atomically."""
         _may(who, Permission.INSTRUMENTS_MANAGE, "swap instruments")
-        reason = _text(reason, "A reason", 2000)
+        reason = checked_text(reason, "A reason", 2000)
         self._point(device_id)
         instrument = await self._known(serial)
         at = now_us if at_us is None else at_us
@@ -339,7 +207,7 @@ class Instruments:
     ) -> Installation:
         """End the point's instrument stay without a replacement (its readings count as uncalibrated)."""
         _may(who, Permission.INSTRUMENTS_MANAGE, "remove instruments")
-        reason = _text(reason, "A reason", 2000)
+        reason = checked_text(reason, "A reason", 2000)
         self._point(device_id)
         at = now_us if at_us is None else at_us
         _not_future(at, now_us, "a removal")
@@ -384,16 +252,16 @@ class Instruments:
             instrument.serial,
             performed_us,
             due_us,
-            _text(certificate, "The certificate reference", 200),
-            _text(as_found, "As found", 2000),
-            _text(as_left, "As left", 2000),
-            _text(performed_by, "Performed by", 200),
+            checked_text(certificate, "The certificate reference", 200),
+            checked_text(as_found, "As found", 2000),
+            checked_text(as_left, "As left", 2000),
+            checked_text(performed_by, "Performed by", 200),
             passed,
             supersedes,
             now_us,
             signer.name,
         )
-        reason = _text(reason, "A reason", 2000)
+        reason = checked_text(reason, "A reason", 2000)
         if supersedes is not None:
             await self._check_correctable(supersedes, instrument)
         row, signed = bind(
@@ -417,7 +285,7 @@ class Instruments:
             object_type=SIGNED_TYPE,
             object_id=record.key,
             old_value=None if supersedes is None else f"supersedes calibration {supersedes}",
-            new_value=_json(facts),
+            new_value=as_json(facts),
             reason=reason,
         )
         insert = Write(
@@ -477,8 +345,8 @@ class Instruments:
         return found
 
     async def _current(self, device_id: str) -> Installation | None:
-        rows = await self.store.fetch(_STAY + " WHERE p.device_id = ? AND p.until_us IS NULL", device_id)
-        return _stay(rows[0]) if rows else None
+        rows = await self.store.fetch(STAY_SQL + " WHERE p.device_id = ? AND p.until_us IS NULL", device_id)
+        return stay_of(rows[0]) if rows else None
 
     async def _must_current(self, device_id: str) -> Installation:
         found = await self._current(device_id)
@@ -486,10 +354,10 @@ class Instruments:
         return found
 
     async def _check_correctable(self, supersedes: int, instrument: Instrument) -> None:
-        rows = await self.store.fetch(_CALIBRATION + " WHERE c.id = ?", supersedes)
+        rows = await self.store.fetch(CALIBRATION_SQL + " WHERE c.id = ?", supersedes)
         if not rows:
             raise NoSuchInstrumentError(f"no calibration record {supersedes}")
-        old = _calibration(rows[0])
+        old = calibration_of(rows[0])
         if old.instrument_id != instrument.id:
             raise RefusedError(
                 f"calibration {supersedes} is of instrument {old.serial}, not {instrument.serial}"
@@ -530,13 +398,6 @@ class Instruments:
         )
 
 
-def _where(*pairs: tuple[str, object]) -> tuple[str, list[object]]:
-    given = [(column, value) for column, value in pairs if value is not None]
-    if not given:
-        return "", []
-    return " WHERE " + " AND ".join(f"{c} = ?" for c, _ in given), [v for _, v in given]
-
-
 def _may(who: Principal, permission: Permission, what: str) -> None:
     if who.kind != "person" or not who.may(permission):
         raise AccessDeniedError(f"role {who.role!r} may not {what}")
@@ -570,39 +431,3 @@ def _stay_entry(  # noqa: PLR0917 - one audit entry of a point's instrument chan
         new_value=f"{new} from {format_ts(at_us)}",
         reason=reason,
     )
-
-
-async def calibration_facts_of(store: IdentityStore) -> dict[str, dict[str, object]]:
-    """Every calibration record's signed facts, by its signature's object id (for ``audit verify``)."""
-    rows = await store.fetch(_CALIBRATION)
-    return {c.key: c.facts() for c in map(_calibration, rows)}
-
-
-async def calibration_states(
-    store: IdentityStore,
-    device_ids: Sequence[str],
-    start_us: int,
-    end_us: int,
-    now_us: int,
-    *,
-    alert_before_days: float = 30.0,
-) -> dict[str, PointCalibration]:
-    """Each point's calibration state at ``now_us`` and its uncalibrated intervals in ``[start_us, end_us)``.
-
-    Two reads (stays, calibrations) for any number of points: the tables are small.
-    """
-    wanted = set(device_ids)
-    stays: dict[str, list[Stay]] = defaultdict(list)
-    for r in await store.fetch(_STAY + " ORDER BY p.from_us, p.id"):
-        stay = _stay(r)
-        if stay.device_id in wanted:
-            stays[stay.device_id].append(Stay(stay.instrument_id, stay.serial, stay.from_us, stay.until_us))
-    records: dict[int, list[CalibrationFacts]] = defaultdict(list)
-    for r in await store.fetch(_CALIBRATION):
-        record = _calibration(r)
-        records[record.instrument_id].append(record.state_facts())
-    alert_us = round(alert_before_days * DAY_US)
-    return {
-        d: point_calibration(d, stays.get(d, []), records, start_us, end_us, now_us, alert_us)
-        for d in device_ids
-    }
