@@ -132,10 +132,12 @@ class Calibration:
 
 
 def instrument_of(r: Sequence[Any]) -> Instrument:
+    """An instrument from a row of :data:`INSTRUMENT_SQL`."""
     return Instrument(int(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4]), str(r[5]))
 
 
 def stay_of(r: Sequence[Any]) -> Installation:
+    """A stay from a row of :data:`STAY_SQL`."""
     return Installation(
         int(r[0]),
         str(r[1]),
@@ -151,6 +153,7 @@ def stay_of(r: Sequence[Any]) -> Installation:
 
 
 def calibration_of(r: Sequence[Any]) -> Calibration:
+    """A calibration record from a row of :data:`CALIBRATION_SQL`."""
     return Calibration(
         int(r[0]),
         int(r[1]),
@@ -169,6 +172,7 @@ def calibration_of(r: Sequence[Any]) -> Calibration:
 
 
 def checked_text(value: str, label: str, most: int, *, required: bool = True) -> str:
+    """``value`` stripped, refused (422) when missing, too long or not storable."""
     value = value.strip()
     if not storable(value):
         raise RefusedError(f"{label} must be valid Unicode without NUL characters")
@@ -189,10 +193,12 @@ def storable(text: str) -> bool:
 
 
 def as_json(values: dict[str, object]) -> str:
+    """An audit entry's JSON value (sorted keys, UTF-8 text)."""
     return json.dumps(values, ensure_ascii=False, sort_keys=True)
 
 
 def where_clause(*pairs: tuple[str, object]) -> tuple[str, list[object]]:
+    """A WHERE clause of equalities for the (column, value) pairs whose value is given."""
     given = [(column, value) for column, value in pairs if value is not None]
     if not given:
         return "", []
