@@ -46,7 +46,7 @@ async def run_calibration_checks(
     pipeline: Pipeline,
     clock_us: Callable[[], int] = lambda: time.time_ns() // 1000,
 ) -> None:
-    """Check at once, then every ``calibration.check_interval_s``; a failed read is logged and retried."""
+    """Check at once, then every ``calibration.check_interval_s``; a failure is logged and retried."""
     interval_s = config.calibration.check_interval_s
     while True:
         try:
@@ -54,5 +54,10 @@ async def run_calibration_checks(
         except ColdwatchError as exc:
             log.warning("calibration check failed (%s): trying again", exc)
             await asyncio.sleep(min(interval_s, _ERROR_PAUSE_S))
+            continue
+        except Exception:
+            # A fault of this check must never stop the collector's ingest: logged, tried again.
+            log.exception("calibration check failed")
+            await asyncio.sleep(max(interval_s, _ERROR_PAUSE_S))
             continue
         await asyncio.sleep(interval_s)
