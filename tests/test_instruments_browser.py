@@ -96,7 +96,7 @@ async def test_calibration_signed_in_the_console_and_shown_everywhere(
         entry = page.locator("#calibrations li").first
         await expect(entry).to_contain_text("signed by Quinn Quality (quinn) on ")
         await expect(entry).to_contain_text("(Europe/Paris), meaning: responsibility")
-        await expect(entry).to_contain_text("certificate CERT <b>42</b>")  # escaped, shown as typed
+        await expect(entry).to_contain_text("CertificateCERT <b>42</b>")  # escaped, shown as typed
         await page.screenshot(path=str(SHOTS / "instrument-desktop.png"), full_page=True)
         await page.get_by_role("link", name="← Instruments").click()
         await expect(point).to_contain_text("calibration due soon")
