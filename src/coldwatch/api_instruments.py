@@ -53,6 +53,7 @@ __all__ = [
     "recorded_calibration",
 ]
 
+
 def storable(text: str) -> str:
     """Refuse (422) a path text the databases cannot store: a NUL or a lone surrogate."""
     try:
