@@ -128,7 +128,9 @@ async def test_due_calibration_raises_once_and_a_new_one_clears_it(
                 "alert",
                 "active_unacknowledged",
             )
-            assert "due in 9.9 days" in alarm["detail"] or "due in 10.0 days" in alarm["detail"]
+            due = signed.json()["due"].removesuffix(".000000+00:00").split(".")[0]
+            assert alarm["detail"].startswith(f"instrument SN-1: calibration due {due}"), alarm["detail"]
+            assert 9.9 <= alarm["value"] <= 10.0  # days left
             # Readings before the installation (no instrument: out of calibration) and after it.
             now_s = time.time()
             topic = telemetry_topic(config, "inc-1")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import numpy as np
 
 from coldwatch.records.calibration import (
@@ -109,7 +111,8 @@ def test_alarm_events_raise_once_escalate_and_clear() -> None:
         "calibration_due",
     )
     assert raised.value == 1.0
-    assert "due in 1.0 days" in raised.detail
+    due_text = datetime.fromtimestamp(DUE // 1_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert raised.detail == f"instrument SN-1: calibration due {due_text}"
     assert calibration_events([due_soon], {raised.key: _alarm(Severity.ALERT)}, DUE, 30) == []
     overdue = _state(DUE, [_cal(1, T0, DUE)])
     [up] = calibration_events([overdue], {raised.key: _alarm(Severity.ALERT)}, DUE, 30)
@@ -123,4 +126,24 @@ def test_alarm_events_raise_once_escalate_and_clear() -> None:
     nothing = _state(T0, [], stays=[])
     assert calibration_events([nothing], {}, T0, 30) == []
     [never] = calibration_events([_state(T0, [])], {}, T0, 30)
-    assert never.severity is Severity.ACTION
+    assert (never.severity, never.detail) == (Severity.ACTION, "instrument SN-1: no calibration on record")
+
+
+def test_a_lesser_state_waits_for_the_acknowledgement_and_a_worse_one_does_not() -> None:
+    """Overdue, then calibrated but due soon: the action clears; the alert comes once it is acknowledged."""
+    key = calibration_key("p")
+    due_soon = _state(DUE - DAY_US, [_cal(1, T0, DUE)])
+    [cleared] = calibration_events([due_soon], {key: _alarm(Severity.ACTION)}, DUE - DAY_US, 30)
+    assert cleared.kind is EventKind.CLEARED
+    waiting = {key: _alarm(Severity.ACTION, AlarmState.CLEARED_UNACK)}
+    assert calibration_events([due_soon], waiting, DUE - DAY_US, 30) == []
+    [after_ack] = calibration_events([due_soon], {}, DUE - DAY_US, 30)  # closed: no longer open
+    assert (after_ack.kind, after_ack.severity) == (EventKind.RAISED, Severity.ALERT)
+    # A worse state supersedes a cleared alert that nobody has acknowledged yet.
+    failed = _state(T0 + 2, [_cal(1, T0, DUE), _cal(2, T0 + 1, DUE, passed=False)])
+    [worse] = calibration_events(
+        [failed], {key: _alarm(Severity.ALERT, AlarmState.CLEARED_UNACK)}, T0 + 2, 30
+    )
+    assert (worse.kind, worse.severity) == (EventKind.RAISED, Severity.ACTION)
+    assert "its latest calibration, on " in worse.detail
+    assert worse.detail.endswith(", failed")

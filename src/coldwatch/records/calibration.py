@@ -31,6 +31,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 
 import numpy as np
@@ -240,16 +241,19 @@ def severity_of(state: State) -> Severity | None:
     return None
 
 
-def _detail(point: PointCalibration, now_us: int) -> str:
+def _iso(at_us: int) -> str:
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=at_us)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _detail(point: PointCalibration) -> str:
+    """What the alarm says; true for as long as it stays open (no "in N days": that is its value)."""
     serial = point.instrument_serial or "no instrument"
-    if point.state == "never_calibrated":
-        return f"instrument {serial} has no calibration on record"
-    assert point.due_us is not None
-    days = (point.due_us - now_us) / DAY_US
-    if point.state == "due_soon":
-        return f"calibration of instrument {serial} due in {days:.1f} days"
-    failed = " (its latest calibration failed)" if point.last_passed is False else ""
-    return f"calibration of instrument {serial} overdue by {-days:.1f} days{failed}"
+    if point.state == "never_calibrated" or point.due_us is None:
+        return f"instrument {serial}: no calibration on record"
+    if point.last_passed is False:
+        return f"instrument {serial}: its latest calibration, on {_iso(point.due_us)}, failed"
+    return f"instrument {serial}: calibration due {_iso(point.due_us)}"
 
 
 def calibration_events(
@@ -258,25 +262,30 @@ def calibration_events(
     """The events that bring each point's calibration alarm in line with its state at ``now_us``.
 
     Nothing when the open alarm already says it: repeating a check (a restart, another
-    collector of a cluster after a failover) raises nothing twice. A cleared alarm still
-    waiting for its acknowledgement is superseded by a new raise only when the point is
-    due again. The value is the days left until the due date (negative: overdue).
+    collector of a cluster after a failover) raises nothing twice. Due soon becoming
+    overdue escalates the alarm; an overdue point calibrated again (in date, or due soon)
+    clears it. A cleared alarm still awaiting its acknowledgement is superseded only by a
+    worse state (as data-integrity alarms are): a lesser one is raised once it has been
+    acknowledged, so a point raises one alarm per acknowledgement. The value is the days
+    left until the due date (negative: overdue).
     """
     out: list[AlarmEvent] = []
     for point in points:
         key = calibration_key(point.device_id)
         current = open_alarms.get(key)
         wanted = severity_of(point.state)
-        value = None if point.due_us is None else round((point.due_us - now_us) / DAY_US, 2)
-        limit = alert_days if wanted is Severity.ALERT else 0.0
-        if wanted is None:
-            if current is not None and current.active:
+        active = current is not None and current.active
+        if wanted is None or (current is not None and active and wanted < current.severity):
+            if active:
                 out.append(AlarmEvent(EventKind.CLEARED, key, now_us, None))
             continue
-        detail = _detail(point, now_us)
-        if current is None or not current.active:
-            out.append(AlarmEvent(EventKind.RAISED, key, now_us, wanted, value, limit, detail=detail))
-        elif current.severity != wanted:
-            changed = EventKind.SEVERITY_CHANGED
-            out.append(AlarmEvent(changed, key, now_us, wanted, value, limit, detail=detail))
+        value = None if point.due_us is None else round((point.due_us - now_us) / DAY_US, 2)
+        limit = alert_days if wanted is Severity.ALERT else None  # the alert window, in days
+        if current is None or (not active and wanted > current.severity):
+            kind = EventKind.RAISED
+        elif active and wanted > current.severity:
+            kind = EventKind.SEVERITY_CHANGED
+        else:
+            continue
+        out.append(AlarmEvent(kind, key, now_us, wanted, value, limit, detail=_detail(point)))
     return out
