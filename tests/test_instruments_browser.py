@@ -39,7 +39,7 @@ def local(days: float) -> str:
     return (datetime.now(UTC) + timedelta(days=days)).astimezone(PARIS).strftime("%Y-%m-%dT%H:%M:%S")
 
 
-async def fill_calibration(page: Page, due_days: float, password: str) -> None:
+async def fill_calibration(page: Page, due_days: float, password: str, *, passed: bool = True) -> None:
     """Fill the calibration form (first signing of the session: the user id is prefilled)."""
     await page.get_by_label("Calibrated on").fill(local(-0.5))
     await page.get_by_label("Next calibration due").fill(local(due_days))
@@ -47,7 +47,8 @@ async def fill_calibration(page: Page, due_days: float, password: str) -> None:
     await page.get_by_label("As found").fill("+0.15 C at 37 C")
     await page.get_by_label("As left").fill("+0.02 C at 37 C")
     await page.get_by_label("Performed by").fill("Metro Lab")
-    await page.get_by_label("passed: in calibration until the due date").check()
+    result = "passed: in calibration until the due date" if passed else "failed: out of calibration from"
+    await page.get_by_label(result).check()
     await page.get_by_label("Reason").fill("annual calibration")
     await page.get_by_label("Your password").fill(password)
     await page.get_by_role("button", name="Sign: record calibration").click()
@@ -110,14 +111,26 @@ async def test_calibration_signed_in_the_console_and_shown_everywhere(
         await page.screenshot(path=str(SHOTS / "calibration-alarm-desktop.png"), full_page=True)
         await page.goto(f"{base}/console/overview")
         await expect(page.locator("li.device[data-device='inc-1'] .badge")).to_have_text("calibration due")
+        # A failed calibration: the point is out of calibration, said in words (and in red).
+        await page.goto(f"{base}/console/instruments/SN-%3C7%3E")
+        await fill_calibration(page, 300, QA_PW, passed=False)
+        await expect(page.locator("#done")).to_have_text("Calibration signed and recorded.")
+        await page.goto(f"{base}/console/instruments")
+        await expect(point).to_contain_text("OVERDUE: out of calibration")
+        await expect(point).to_contain_text("the latest calibration FAILED")
+        await expect(point).to_have_class(re.compile(r"st-action"))
+        await page.screenshot(path=str(SHOTS / "instruments-overdue-desktop.png"), full_page=True)
         phone = await (await browser.new_context(viewport={"width": 360, "height": 740})).new_page()
         await sign_in(phone, base, "olga", OPERATOR_PW)
         await phone.goto(f"{base}/console/instruments")
         await phone.screenshot(path=str(SHOTS / "instruments-phone.png"), full_page=True)
         await phone.goto(f"{base}/console/instruments/SN-%3C7%3E")
         await phone.screenshot(path=str(SHOTS / "instrument-phone.png"), full_page=True)
-    rows = db_query(db, "SELECT recorded_by, certificate FROM calibrations")
-    assert rows == [("quinn", "CERT <b>42</b>")]
+    rows = db_query(db, "SELECT recorded_by, certificate, passed FROM calibrations ORDER BY id")
+    assert [(r[0], r[1], bool(r[2])) for r in rows] == [
+        ("quinn", "CERT <b>42</b>", True),
+        ("quinn", "CERT <b>42</b>", False),
+    ]
 
 
 async def test_console_forms_check_role_and_csrf(

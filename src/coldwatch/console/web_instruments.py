@@ -96,10 +96,13 @@ class CalibrationCache:
 
 
 def _days(point: PointCalibration, now_us: int) -> str:
+    """How far the due date is, in words ("due in 10 days", "3 days overdue")."""
     if point.due_us is None:
         return ""
     days = (point.due_us - now_us) / DAY_US
-    return f"due in {days:.0f} days" if days >= 0 else f"{-days:.0f} days overdue"
+    whole = round(abs(days))
+    span = "less than a day" if abs(days) < 1 else f"{whole} day{'' if whole == 1 else 's'}"
+    return f"due in {span}" if days >= 0 else f"{span} overdue"
 
 
 class _Pages:
