@@ -64,7 +64,7 @@ async def test_csv_header_and_rows(storage: SqliteStorage) -> None:
     count = await write_csv(storage, out)
 
     text = out.getvalue()
-    assert text.splitlines()[0] == "device,kind,metric,ts,seq,value,received_at,buffered"
+    assert text.splitlines()[0] == "device,kind,metric,ts,seq,value,received_at,buffered,out_of_calibration"
     assert _rows(text) == [
         list(CSV_HEADER),
         [
@@ -76,6 +76,7 @@ async def test_csv_header_and_rows(storage: SqliteStorage) -> None:
             "true",
             "2024-05-01T12:00:01.500000+00:00",
             "false",
+            "1",
         ],
         [
             "inc-01",
@@ -86,6 +87,7 @@ async def test_csv_header_and_rows(storage: SqliteStorage) -> None:
             "37.1",
             "2024-05-01T12:00:01.500000+00:00",
             "false",
+            "1",
         ],
         [
             "shipper-07",
@@ -96,6 +98,7 @@ async def test_csv_header_and_rows(storage: SqliteStorage) -> None:
             "false",
             "2024-05-01T12:00:02.000000+00:00",
             "true",
+            "1",
         ],
         [
             "shipper-07",
@@ -106,6 +109,7 @@ async def test_csv_header_and_rows(storage: SqliteStorage) -> None:
             "-185.25",
             "2024-05-01T12:00:02.000000+00:00",
             "true",
+            "1",
         ],
     ]
     assert count == 4

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from coldwatch.config import Config
 from coldwatch.metrics import Metrics
+from coldwatch.records.calibration import calibration_key
 from coldwatch.recovery import integrity_key
 from coldwatch.rules.config import (
     CommLossRule,
@@ -74,8 +75,9 @@ async def restore(
     """
     alarms, next_id = await storage.open_alarms([d.id for d in config.devices] if only_own_alarms else None)
     judged = engine.keys()
-    # Data-integrity alarms come from gap recovery (coldwatch.recovery), not from a rule.
-    known = judged | {integrity_key(d.id) for d in config.devices}
+    # Data-integrity alarms come from gap recovery (coldwatch.recovery), calibration alarms
+    # from the due dates (coldwatch.calibrating): not from a rule.
+    known = judged | {k(d.id) for d in config.devices for k in (integrity_key, calibration_key)}
     kept = [a for a in alarms if a.key in known]
     for alarm in alarms:
         if alarm.key not in known:

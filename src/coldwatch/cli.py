@@ -424,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     from coldwatch.cli_batches import add_batch_commands  # noqa: PLC0415
 
     add_batch_commands(sub)
+    from coldwatch.cli_instruments import add_instrument_commands  # noqa: PLC0415
+
+    add_instrument_commands(sub)
 
     p = sub.add_parser("simulate", help="publish simulated device readings (SIMULATED data)")
     p.add_argument("--config", required=True)

@@ -37,20 +37,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-from fastapi import APIRouter
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from coldwatch.api import ApiContext, build_router
-from coldwatch.api_reports import reports_router
+from coldwatch.api import ApiContext
 from coldwatch.audit import AuditDraft
 from coldwatch.audit_keys import Anchorer, anchor_path, current_signer, load_signer, start_up_checks
 from coldwatch.auth import Authenticator
 from coldwatch.config import Config, DeviceConfig
 from coldwatch.console.web import Console
-from coldwatch.console.web_reports import ReportPages
 from coldwatch.daemon import DRAIN_TIMEOUT_S, Daemon, WorkerOptions, config_loaded
 from coldwatch.errors import StorageError
 from coldwatch.http import HttpServer, build_app
@@ -59,6 +56,7 @@ from coldwatch.metrics import render
 from coldwatch.notify.deliver import Deliverer
 from coldwatch.notify.messages import alertmanager_resend
 from coldwatch.pipeline import UserAction
+from coldwatch.routes import all_routes
 from coldwatch.rules.lifecycle import Alarm, LifecycleError, Transition
 from coldwatch.storage import DeviceState
 from coldwatch.storage.postgres import OUTBOX_CHANNEL, AlarmIds, Fence, PostgresStorage
@@ -229,11 +227,7 @@ class ClusterDaemon:
             # Any member serves the console; its actions go where _submit sends them (the
             # member holding the alarm's partition).
             console = Console(api_context)
-            api = APIRouter()
-            api.include_router(build_router(api_context))
-            api.include_router(reports_router(api_context))
-            api.include_router(console.router)
-            api.include_router(ReportPages(console).router)
+            api = all_routes(api_context, console)
             readiness = functools.partial(self._readiness, storage)
             http = HttpServer(build_app(self.registry, readiness, api), config.http.host, config.http.port)
             self.http_port = http.port

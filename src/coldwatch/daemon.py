@@ -14,20 +14,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fastapi import APIRouter
 from prometheus_client import CollectorRegistry
 
 from coldwatch.alarms import run_ticks, start_alarming
-from coldwatch.api import ApiContext, build_router
-from coldwatch.api_reports import reports_router
+from coldwatch.api import ApiContext
 from coldwatch.audit import AuditDraft
 from coldwatch.audit_keys import Anchorer, anchor_path, current_signer, load_signer, start_up_checks
 from coldwatch.audit_seal import Signer
 from coldwatch.auth import Authenticator
+from coldwatch.calibrating import run_calibration_checks
 from coldwatch.config import Config
 from coldwatch.console.web import Console
-from coldwatch.console.web_batches import BatchPages
-from coldwatch.console.web_reports import ReportPages
 from coldwatch.errors import StorageError
 from coldwatch.http import HttpServer, build_app
 from coldwatch.metrics import Metrics
@@ -35,9 +32,11 @@ from coldwatch.mqtt import MqttSource
 from coldwatch.notifying import notifications
 from coldwatch.pipeline import Pipeline
 from coldwatch.readiness import WriteProbe
+from coldwatch.routes import all_routes
 from coldwatch.rules.engine import Engine
 from coldwatch.rules.lifecycle import AlarmBook
 from coldwatch.storage import DeviceState, Storage, open_storage
+from coldwatch.storage.identity_store import identity_store
 from coldwatch.storage.postgres import AlarmIds, PostgresStorage
 
 __all__ = ["Daemon", "WorkerOptions", "config_loaded", "run_until_signalled"]
@@ -136,12 +135,7 @@ class Daemon:
             )
             console = Console(api_context)
             resources.push_async_callback(console.close)
-            api = APIRouter()
-            api.include_router(build_router(api_context))
-            api.include_router(reports_router(api_context))
-            api.include_router(console.router)
-            api.include_router(ReportPages(console).router)
-            api.include_router(BatchPages(console).router)
+            api = all_routes(api_context, console)
             readiness = functools.partial(
                 _readiness, WriteProbe(storage, pipeline), source, config.ingest.max_unacked_age_s
             )
@@ -157,6 +151,8 @@ class Daemon:
                 writer = tasks.create_task(pipeline.run_writer(), name="storage-writer")
                 server = tasks.create_task(http.serve(), name="http") if http is not None else None
                 ticks = tasks.create_task(run_ticks(pipeline.tick), name="rule-timers")
+                checks = run_calibration_checks(identity_store(storage), config, pipeline)
+                calibration = tasks.create_task(checks, name="calibration-check")
                 notify = tasks.create_task(deliverer.run(), name="notify-deliver") if worker is None else None
                 anchoring = tasks.create_task(anchorer.run(), name="audit-anchor") if anchorer else None
                 # Configuration, rule state and imports live as long as the process: leave
@@ -165,6 +161,7 @@ class Daemon:
                 self.on_ready(self)
                 await stop.wait()
                 ticks.cancel()
+                calibration.cancel()
                 if anchoring is not None:
                     anchoring.cancel()
                 await _commit_queued(pipeline, source)

@@ -88,6 +88,10 @@ class IdentityConfig(_Model):
         default_factory=lambda: ["authored, responsible for its accuracy", "verified"], min_length=1
     )
 
+    meanings_calibrate: Annotated[list[Meaning], AfterValidator(_meanings)] = Field(
+        default_factory=lambda: ["responsibility", "performed", "verified"], min_length=1
+    )
+
     def meanings(self, action: str) -> list[str]:
         """The meanings allowed for a signed action (acknowledge, shelve, unshelve, review)."""
         return {
@@ -97,4 +101,5 @@ class IdentityConfig(_Model):
             "review": self.meanings_review,
             "batch": self.meanings_records,
             "shipment": self.meanings_records,
+            "calibrate": self.meanings_calibrate,
         }[action]

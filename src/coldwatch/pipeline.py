@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Literal, NamedTuple
 
@@ -29,8 +29,8 @@ from coldwatch.payload import Reason, Rejection, Status, Telemetry, decode
 from coldwatch.ratelog import RateLimitedLog
 from coldwatch.recovering import Recovery, SessionLost
 from coldwatch.rules.engine import Engine
-from coldwatch.rules.lifecycle import AlarmBook, LifecycleError, Transition
-from coldwatch.rules.model import AlarmEvent, EngineReading, EventKind
+from coldwatch.rules.lifecycle import Alarm, AlarmBook, LifecycleError, Transition
+from coldwatch.rules.model import AlarmEvent, AlarmKey, EngineReading, EventKind
 from coldwatch.sequence import SeqEvent, SeqTracker
 from coldwatch.signatures import SignatureDraft, alarm_facts, bind
 from coldwatch.storage.base import Batch, BatchResult, DeviceState, QuarantineEntry, Storage
@@ -68,11 +68,19 @@ class UserAction:
 
 
 @dataclass(frozen=True, slots=True)
+class BookCheck:
+    """Alarm events decided from the open alarms as the writer sees them (calibration due dates)."""
+
+    now_us: int
+    decide: Callable[[Mapping[AlarmKey, Alarm]], list[AlarmEvent]]
+
+
+@dataclass(frozen=True, slots=True)
 class ResendEcho:
     """A re-send request seen on our own subscription: acknowledged, nothing stored."""
 
 
-Decoded = Telemetry | Status | Rejection | Tick | UserAction | SessionLost | ResendEcho
+Decoded = Telemetry | Status | Rejection | Tick | UserAction | SessionLost | ResendEcho | BookCheck
 
 
 @dataclass(slots=True)
@@ -261,6 +269,11 @@ class Pipeline:
         if not self._closing and not self._queue.full():
             self._queue.put_nowait(_Item(None, Tick(now_us)))
 
+    def check(self, check: BookCheck) -> None:
+        """Queue a check of alarms against the open ones, unless the queue is full (the next one will do)."""
+        if not self._closing and not self._queue.full():
+            self._queue.put_nowait(_Item(None, check))
+
     async def run_writer(self) -> None:
         """Commit batches until cancelled.
 
@@ -355,16 +368,7 @@ class Pipeline:
     ) -> None:
         """Add one item to the batch: judged, stored, rejected or applied."""
         decoded, delivery = item.decoded, item.delivery
-        if isinstance(decoded, Tick):
-            self._alarms(batch, self.engine.advance(decoded.now_us), decoded.now_us)
-            return
-        if isinstance(decoded, UserAction):
-            self._user_action(batch, item, decoded)
-            return
-        if isinstance(decoded, SessionLost):
-            self.recovery.session_lost(batch, decoded)
-            return
-        if isinstance(decoded, ResendEcho):
+        if self._take_internal(batch, item):
             return
         assert delivery is not None
         if isinstance(decoded, Telemetry):
@@ -385,8 +389,23 @@ class Pipeline:
             batch.devices[decoded.device_id] = replace(state)
             events = self.engine.status(decoded.device_id, online=decoded.online, at_us=delivery.received_us)
             self._alarms(batch, events, delivery.received_us)
-        else:
+        elif isinstance(decoded, Rejection):
             self._reject(batch, delivery, decoded)
+
+    def _take_internal(self, batch: Batch, item: _Item) -> bool:
+        """Apply an item that is no message (a tick, a user action, news, a check); False for a message."""
+        decoded = item.decoded
+        if isinstance(decoded, Tick):
+            self._alarms(batch, self.engine.advance(decoded.now_us), decoded.now_us)
+        elif isinstance(decoded, UserAction):
+            self._user_action(batch, item, decoded)
+        elif isinstance(decoded, SessionLost):
+            self.recovery.session_lost(batch, decoded)
+        elif isinstance(decoded, BookCheck):
+            self._alarms(batch, decoded.decide(self.book.open), decoded.now_us)
+        else:
+            return isinstance(decoded, ResendEcho)
+        return True
 
     def _reject(self, batch: Batch, delivery: Delivery, rejection: Rejection) -> None:
         batch.rejections.append(

@@ -286,15 +286,19 @@ async def signature_problems(store: IdentityStore, entries: Iterable[object]) ->
     }
     reviews = {str(r.alarm_id): r for r in map(_review, await store.fetch(_REVIEW_COLUMNS))}
     reports = await _report_facts(store)
+    from coldwatch.records.instruments import calibration_facts_of  # noqa: PLC0415
     from coldwatch.records.signed import RECORD_TYPES, records_signed_facts  # noqa: PLC0415
 
     records = await records_signed_facts(store)
+    calibrations = await calibration_facts_of(store)
 
     def facts_of(object_type: str, object_id: str) -> Mapping[str, object] | None:
         if object_type == "report":
             return reports.get(object_id)
         if object_type in RECORD_TYPES:  # batches and shipments
             return records.get((object_type, object_id))
+        if object_type == "calibration":
+            return calibrations.get(object_id)
         alarm = alarms.get(object_id)
         if alarm is None:
             return None

@@ -7,6 +7,8 @@ One role per account; roles are not cumulative beyond reading:
 - ``qa``: a viewer who also reviews excursions (signed).
 - generating a report (an excursion report, a periodic report) needs ``operator`` or
   ``qa``; signing a report as reviewed needs ``qa`` (signed).
+- ``operator`` and ``qa`` both register instruments, install and swap them on monitoring
+  points, and record calibrations (signed): metrology is done on the floor, checked by QA.
 - ``admin``: a viewer who also manages accounts and service tokens. An administrator
   signs nothing: account management and the records it controls stay in different hands.
 
@@ -58,6 +60,8 @@ class Permission(enum.StrEnum):
     RECORDS_SIGN = "records.sign"  # register batches, dispatch and receive shipments (signed)
     USERS_READ = "users.read"
     USERS_MANAGE = "users.manage"
+    INSTRUMENTS_MANAGE = "instruments.manage"
+    CALIBRATE = "instruments.calibrate"
 
 
 READ_PERMISSIONS: Final = frozenset({Permission.READ, Permission.USERS_READ})
@@ -69,8 +73,10 @@ SIGNED_PERMISSIONS: Final = frozenset(
         Permission.REVIEW,
         Permission.REPORT_REVIEW,
         Permission.RECORDS_SIGN,
+        Permission.CALIBRATE,
     }
 )
+_INSTRUMENTS: Final = frozenset({Permission.INSTRUMENTS_MANAGE, Permission.CALIBRATE})
 _BY_ROLE: Final[dict[str, frozenset[Permission]]] = {
     "viewer": frozenset({Permission.READ}),
     "operator": frozenset(
@@ -82,7 +88,8 @@ _BY_ROLE: Final[dict[str, frozenset[Permission]]] = {
             Permission.REPORT_GENERATE,
             Permission.RECORDS_SIGN,
         }
-    ),
+    )
+    | _INSTRUMENTS,
     "qa": frozenset(
         {
             Permission.READ,
@@ -91,7 +98,8 @@ _BY_ROLE: Final[dict[str, frozenset[Permission]]] = {
             Permission.REPORT_REVIEW,
             Permission.RECORDS_SIGN,
         }
-    ),
+    )
+    | _INSTRUMENTS,
     "admin": frozenset({Permission.READ, Permission.USERS_READ, Permission.USERS_MANAGE}),
 }
 

@@ -39,11 +39,13 @@ ALARM_BY_ID: Final = (
 )
 
 # Per device: the highest severity of its active alarms (comm-loss alarms aside, shown as
-# offline or stale), its open alarms and those not yet acknowledged. One pass over the
+# offline or stale; calibration alarms too, shown as calibration due), its open alarms and
+# those not yet acknowledged. One pass over the
 # open alarms (the partial index alarms_one_open holds exactly them).
 OPEN_AGGREGATES: Final = """
     SELECT device_id,
-        max(CASE WHEN rule <> 'comm_loss' AND state IN ('active_unacknowledged', 'active_acknowledged')
+        max(CASE WHEN rule NOT IN ('comm_loss', 'calibration_due')
+                AND state IN ('active_unacknowledged', 'active_acknowledged')
             THEN CASE severity WHEN 'action' THEN 2 ELSE 1 END ELSE 0 END) AS worst,
         count(*) AS open_n,
         sum(CASE WHEN state IN ('active_unacknowledged', 'cleared_unacknowledged') THEN 1 ELSE 0 END)

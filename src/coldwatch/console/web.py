@@ -45,6 +45,7 @@ from coldwatch.console.model import (
     register_alarm_state_filter,
 )
 from coldwatch.console.pages import ConsoleData, open_console_queries
+from coldwatch.console.web_instruments import CalibrationCache, instrument_pages
 from coldwatch.console.web_more import MorePages, PageError
 from coldwatch.identity_model import IdentityError, Principal
 from coldwatch.pipeline import UserAction
@@ -163,14 +164,22 @@ class Console(MorePages):
             name: (resources.files("coldwatch.console").joinpath("static", name).read_bytes(), kind)
             for name, kind in _STATIC.items()
         }
+        self.calibration = CalibrationCache(ctx)  # the overview's "calibration due" state
         self.router = self._routes()
+        self.router.include_router(instrument_pages(self))
 
     async def data(self) -> ConsoleData:
         """The page data, its queries opened on first use."""
         if self._data is None:
             queries = await open_console_queries(self.ctx.storage)
             sites = {d.site for d in self.ctx.config.devices}
-            self._data = ConsoleData(queries, self.ctx.config, site_zones=dict.fromkeys(sites, self.zone))
+            self._data = ConsoleData(
+                queries,
+                self.ctx.config,
+                site_zones=dict.fromkeys(sites, self.zone),
+                calibration_due=self.calibration.due,
+            )
+        await self.calibration.refresh(self.ctx.clock_us())
         return self._data
 
     async def close(self) -> None:

@@ -95,6 +95,9 @@ _RUNBOOKS: dict[str, str] = {
     "with a calibrated reference.",
     "hold_time_forecast": "Predicted hold time is short: refill or transfer the shipper before it "
     "runs dry or warms past its limit; check its tilt.",
+    "calibration_due": "The instrument measuring this point is due for calibration (alert) or out of "
+    "calibration (action: overdue, failed or never calibrated): its readings are flagged as taken out of "
+    "calibration. Calibrate or swap the instrument and record the calibration (Instruments page).",
     "data_integrity": "Readings of this device are missing from the record (a broker that lost its "
     "state, or a seq gap). Alert: re-sending was requested, it clears when they arrive. Action: the "
     "device no longer holds them; the record has a hole: inform QA and check the device's own log.",

@@ -5,4 +5,8 @@
   PDF (WeasyPrint, from Jinja2 HTML and print CSS) and its CSV/JSON twins.
 - :mod:`.store`: generated reports, kept with their PDF and figures, and their QA review
   signatures.
+- :mod:`.calibration` (pure), :mod:`.instrument_model`, :mod:`.instruments`: instruments,
+  the points they measure, their calibration records and each point's calibration state.
+- :mod:`.batches`, :mod:`.shipments`: batch registrations and shipments (signed), and
+  their reports.
 """
