@@ -18,14 +18,15 @@ from tests.conftest import Backend, raise_comm_loss, running_daemon
 from tests.test_api_robust import TOKENS, auth, config_for
 
 # Examples per operation, role and generation mode: bounded so that the run stays short on
-# a busy machine. The time budget is per request sent (the operations grow with the API:
-# 60 s was the budget of about 2,400 requests when the API had its first operations).
+# a busy machine. Speed is a benchmark's business (benchmarks/console_http.py), not this
+# test's: on a shared machine a total time budget fails for reasons of its neighbours'.
+# What this test does pin is that no request stalls: each answers within STALL_S.
 EXAMPLES = 20
-TIME_BUDGET_PER_REQUEST_S = 0.025
+STALL_S = 5.0
 
 
 def _fuzz(base_url: str, raw_schema: dict[str, Any], headers: dict[str, str]) -> tuple[list[str], int]:
-    """Send generated requests for every operation; return the server errors found and the requests sent."""
+    """Send generated requests to every operation; the server errors and stalls found, and the count sent."""
     schema = schemathesis.openapi.from_dict(raw_schema)
     failures: list[str] = []
     sent = 0
@@ -52,10 +53,14 @@ def _fuzz(base_url: str, raw_schema: dict[str, Any], headers: dict[str, str]) ->
             @given(case=strategy)
             def run(case: Case[Any]) -> None:
                 nonlocal sent
+                started = time.monotonic()
                 response = case.call(base_url=base_url, headers=headers, timeout=10)
+                took = time.monotonic() - started
                 sent += 1
                 if response.status_code >= 500:
                     failures.append(f"{response.status_code}: {case.as_curl_command()}")
+                if took > STALL_S:
+                    failures.append(f"answered after {took:.1f} s: {case.as_curl_command()}")
 
             run()
     return failures, sent
@@ -64,13 +69,12 @@ def _fuzz(base_url: str, raw_schema: dict[str, Any], headers: dict[str, str]) ->
 async def test_no_server_error_for_any_role(
     broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
 ) -> None:
-    """Generated valid and invalid requests to every operation, as each role or with no token, get no 5xx."""
+    """Generated valid and invalid requests to every operation, as each role or with none: no 5xx, no stall."""
     config = config_for(tmp_path, broker, prefix, backend)
     async with running_daemon(config) as running:
         await raise_comm_loss(broker, config, running)
         async with httpx.AsyncClient(base_url=running.base_url, timeout=10) as client:
             raw = (await client.get("/openapi.json")).json()
-            started = time.monotonic()
             found: dict[str, list[str]] = {}
             total = 0
             for role in (None, *TOKENS):
@@ -78,10 +82,8 @@ async def test_no_server_error_for_any_role(
                 failures, sent = await asyncio.to_thread(_fuzz, running.base_url, raw, headers)
                 found[role or "no token"] = failures
                 total += sent
-            elapsed = time.monotonic() - started
             assert not any(found.values()), found
             assert total > 100, total
-            assert elapsed < TIME_BUDGET_PER_REQUEST_S * total, f"{total} requests took {elapsed:.1f} s"
             # The server is still whole: the list reads, the probe is ready, nothing failed to store.
             listed = await client.get("/api/v1/alarms", headers=auth("viewer"))
             assert listed.status_code == 200, listed.text
