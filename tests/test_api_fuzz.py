@@ -69,7 +69,7 @@ def _fuzz(base_url: str, raw_schema: dict[str, Any], headers: dict[str, str]) ->
 async def test_no_server_error_for_any_role(
     broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
 ) -> None:
-    """Generated valid and invalid requests to every operation, as each role or with none: no 5xx, no stall."""
+    """Generated valid and invalid requests to each operation, as each role or with none: no 5xx, no stall."""
     config = config_for(tmp_path, broker, prefix, backend)
     async with running_daemon(config) as running:
         await raise_comm_loss(broker, config, running)
