@@ -21,6 +21,7 @@ import httpx
 
 from coldwatch.broker import RunningBroker
 from coldwatch.demo import DEMO_USERS, EXCURSION, PASSWORD_FILE
+from coldwatch.demo_records import DUE_SOON_DEVICE
 from tests.conftest import db_query, eventually
 
 ALARM_WITHIN_S = 120.0  # the promise: an alarm to acknowledge within the first two minutes
@@ -111,6 +112,21 @@ async def test_demo_users_sign_in_an_alarm_follows_and_a_second_run_reuses_them(
         )
         raised_after_s = time.monotonic() - started
         assert EXCURSION.start_s < raised_after_s < ALARM_WITHIN_S
+        # Every point has a calibrated DEMO instrument; the LN2 store's is due soon and says so.
+        devices = {r[0] for r in db_query(db, "SELECT device_id FROM devices")}
+        installed = dict(
+            db_query(db, "SELECT device_id, instrument_id FROM point_instruments WHERE until_us IS NULL")
+        )
+        assert devices <= set(installed), devices - set(installed)
+        assert db_query(db, "SELECT count(*) FROM calibrations WHERE passed = 1")[0][0] == len(installed)
+        await eventually(
+            lambda: (
+                db_query(db, "SELECT device_id, severity FROM alarms WHERE rule = 'calibration_due'")
+                == [(DUE_SOON_DEVICE, "alert")]
+            ),
+            timeout_s=30,
+            what="the demo's calibration-due alert",
+        )
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 0
     assert "coldwatch demo stopped" in out.read_text()
@@ -139,3 +155,6 @@ async def test_demo_users_sign_in_an_alarm_follows_and_a_second_run_reuses_them(
         assert (await sign_in(console[1], "olga", passwords["olga"]))["role"] == "operator"
     created = [a for a in db_query(db, "SELECT action FROM audit_log") if a[0] == "user.created"]
     assert len(created) == len(DEMO_USERS)
+    # ... and registers no instrument twice.
+    registered = [a for a in db_query(db, "SELECT action FROM audit_log") if a[0] == "instrument.registered"]
+    assert len(registered) == len(installed)

@@ -18,6 +18,7 @@ import os
 import secrets
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -32,6 +33,7 @@ from coldwatch.broker import (
 )
 from coldwatch.config import Config, DeviceConfig, load_config, parse_config
 from coldwatch.daemon import Daemon
+from coldwatch.demo_records import DUE_SOON_DEVICE, ensure_demo_instruments
 from coldwatch.errors import ColdwatchError
 from coldwatch.identity import BOOTSTRAP, Identity
 from coldwatch.identity_model import Principal
@@ -244,6 +246,12 @@ def _banner(  # noqa: PLR0917 - one printout of everything the demo set up
                 f" {DEMO_USERS[1].name} to review it."
             ),
         ]
+    if DUE_SOON_DEVICE in config.device_map():
+        lines += [
+            "",
+            "  INSTRUMENTS: each point has a calibrated DEMO instrument (Instruments page); the",
+            f"  one on {DUE_SOON_DEVICE} is due in 20 days, so a calibration-due ALERT is raised.",
+        ]
     lines += [
         "",
         f"  broker:   {broker_text}",
@@ -299,6 +307,11 @@ async def run_demo(config_path: str | None, data_dir: Path, broker: str = "auto"
             problem = None
             try:
                 created = await ensure_demo_users(identity, passwords)
+                operator = DEMO_USERS[0].name
+                await ensure_demo_instruments(
+                    identity_store(daemon.storage), identity, config, (operator, passwords[operator]),
+                    time.time_ns() // 1000,
+                )  # fmt: skip
             except ColdwatchError as exc:
                 problem = str(exc)
             print(_banner(config, daemon, broker_text, passwords, created, problem), flush=True)
