@@ -67,6 +67,9 @@ async def the_printout_shows_its_signature(
     assert "intact" in last
 
 
+SITE_NOTICE = "Validation system: not for batch release"
+
+
 def pdf_text(pdf: bytes) -> list[str]:
     doc = pdfium.PdfDocument(pdf)
     return [doc[i].get_textpage().get_text_range() for i in range(len(doc))]
@@ -231,6 +234,7 @@ async def _story(  # noqa: PLR0917 - the fixtures, passed on
     flat = " ".join(text.split())
     assert f"page 1 of {len(pages)}" in flat
     assert all(f"page {i + 1} of {len(pages)}" in " ".join(p.split()) for i, p in enumerate(pages))
+    assert all(SITE_NOTICE in " ".join(p.split()) for p in pages)  # site.notice on every page
     assert f"{mine['peak']:.2f}°C" in flat
     assert f"{mine['mkt']:.2f}°C" in flat
     assert duration_text(mine["beyond"][38.0]) in flat
@@ -299,7 +303,7 @@ def write_with_api(
         devices=[{"id": "inc-1", "kind": "incubator", "site": "s1", "area": "lab"}],
         rules={"devices": {"inc-1": [HIGH_ACTION, {"type": "comm_loss", "timeout_s": 600}]}},
         identity=FAST_IDENTITY,
-        site={"timezone": "Europe/Paris"},
+        site={"timezone": "Europe/Paris", "notice": SITE_NOTICE},
         storage={"path": backend.location},
         api=api_section(),
         notify={

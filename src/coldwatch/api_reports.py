@@ -128,7 +128,13 @@ def _reading(router: APIRouter, ctx: ApiContext, reports: ReportStore) -> None:
         report = await _found(reports, report_id)
         sites = ", ".join(sorted({d.site for d in ctx.config.devices}))
         printed = await printable_pdf(
-            reports, report, ctx.storage, ctx.config.site.timezone, sites, ctx.clock_us()
+            reports,
+            report,
+            ctx.storage,
+            ctx.config.site.timezone,
+            sites,
+            ctx.clock_us(),
+            ctx.config.site.notice,
         )
         return _download(report, "pdf", printed)
 

@@ -129,7 +129,13 @@ class ReportPages:
             if ext == "pdf":
                 sites = ", ".join(sorted({d.site for d in self.ctx.config.devices}))
                 printed = await printable_pdf(
-                    self.reports, found, self.ctx.storage, self.reports.zone, sites, self.ctx.clock_us()
+                    self.reports,
+                    found,
+                    self.ctx.storage,
+                    self.reports.zone,
+                    sites,
+                    self.ctx.clock_us(),
+                    self.ctx.config.site.notice,
                 )
                 return _download(found, ext, printed)
             if ext:

@@ -10,6 +10,7 @@ amendment history with their signatures. Stored as a ``batch`` report (PDF and f
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Final
 
 from coldwatch.catalogue import Kind
@@ -149,8 +150,8 @@ async def generate_batch_report(
     """Build, print and store the batch's record; its report id and figures."""
     context, data = await batch_context(storage, config, lot)
     query = f"batch lot={lot} version={data['version']}"
-    prov = await provenance(storage, query, now_us)
-    pdf = render_pdf("batch.html", context, prov)
+    prov = await provenance(storage, query, now_us, config.site.notice)
+    pdf = await asyncio.to_thread(render_pdf, "batch.html", context, prov)
     store = ReportStore(identity_store(storage), config.site.timezone)
     report_id = await store.save("batch", lot, query, data, pdf, who, now_us, prov)
     return report_id, data

@@ -189,7 +189,7 @@ async def generate_excursion_report(
         f"excursion alarm={alarm_id} device={alarm['device']} metric={alarm['metric']} "
         f"{utc(start)}..{utc(end)}"
     )
-    prov = await provenance(storage, query, now_us)
+    prov = await provenance(storage, query, now_us, config.site.notice)
     context = {
         "title": f"Excursion report: alarm {alarm_id}",
         "site": inputs.device["site"] or "?",

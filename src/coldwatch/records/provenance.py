@@ -32,6 +32,9 @@ class Provenance:
     generated_us: int
     audit_head_seq: int
     audit_head_hash: str
+    # The site's notice (``site.notice``, e.g. that the readings are simulated), printed on
+    # every page's header; None: none.
+    notice: str | None = None
 
     @property
     def generated_utc(self) -> str:
@@ -63,7 +66,7 @@ def database_label(storage: Storage) -> str:
     return f"PostgreSQL {parts.hostname}{port}/{parts.path.lstrip('/')}"
 
 
-async def provenance(storage: Storage, query: str, now_us: int) -> Provenance:
+async def provenance(storage: Storage, query: str, now_us: int, notice: str | None = None) -> Provenance:
     """The provenance of a report generated now from ``storage`` by ``query``."""
     head = await storage.audit_head()
     return Provenance(
@@ -73,4 +76,5 @@ async def provenance(storage: Storage, query: str, now_us: int) -> Provenance:
         generated_us=now_us,
         audit_head_seq=0 if head is None else head.seq,
         audit_head_hash="" if head is None else head.hash,
+        notice=notice,
     )

@@ -12,6 +12,7 @@ hold-time forecast stored at dispatch and the smallest margin during transit
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import numpy as np
@@ -171,8 +172,8 @@ async def generate_shipment_report(
     """Build, print and store the shipment's record; its report id and figures."""
     context, data = await shipment_context(storage, config, shipment_id, now_us)
     query = f"shipment id={shipment_id} device={data['summary']['device']}"
-    prov = await provenance(storage, query, now_us)
-    pdf = render_pdf("shipment.html", context, prov)
+    prov = await provenance(storage, query, now_us, config.site.notice)
+    pdf = await asyncio.to_thread(render_pdf, "shipment.html", context, prov)
     store = ReportStore(identity_store(storage), config.site.timezone)
     report_id = await store.save("shipment", str(shipment_id), query, data, pdf, who, now_us, prov)
     return report_id, data

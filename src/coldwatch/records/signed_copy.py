@@ -58,12 +58,18 @@ def signed_copy(
     return out.getvalue()
 
 
-async def printable_pdf(  # noqa: PLR0917 - the report, where it is stored and how times read
-    reports: ReportStore, report: StoredReport, storage: Storage, zone: str, site: str, now_us: int
+async def printable_pdf(  # noqa: PLR0917 - the report, where it is stored, how it reads
+    reports: ReportStore,
+    report: StoredReport,
+    storage: Storage,
+    zone: str,
+    site: str,
+    now_us: int,
+    notice: str | None = None,
 ) -> bytes:
     """The report as it is printed now: with its signature page once signed."""
     signatures = await reports.signatures(report.id)
     if not signatures:
         return report.pdf
-    prov = await provenance(storage, f"signature page of report #{report.id}", now_us)
+    prov = await provenance(storage, f"signature page of report #{report.id}", now_us, notice)
     return await asyncio.to_thread(signed_copy, report, signatures, zone, site, prov)
