@@ -1,0 +1,1 @@
+"""GMP records: reports (excursion, periodic, batch, shipment) and instrument calibration."""
