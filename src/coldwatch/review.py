@@ -285,8 +285,11 @@ async def signature_problems(store: IdentityStore, entries: Iterable[object]) ->
         for r in await store.fetch("SELECT id, device_id, metric, rule, raised_ts_us FROM alarms")
     }
     reviews = {str(r.alarm_id): r for r in map(_review, await store.fetch(_REVIEW_COLUMNS))}
+    reports = await _report_facts(store)
 
     def facts_of(object_type: str, object_id: str) -> Mapping[str, object] | None:
+        if object_type == "report":
+            return reports.get(object_id)
         alarm = alarms.get(object_id)
         if alarm is None:
             return None
@@ -297,3 +300,14 @@ async def signature_problems(store: IdentityStore, entries: Iterable[object]) ->
 
     audit = [e for e in entries if isinstance(e, AuditEntry)]
     return len(signatures), check_bindings(signatures, audit, facts_of)
+
+
+async def _report_facts(store: IdentityStore) -> dict[str, Mapping[str, object]]:
+    """What review signatures of generated reports are bound to, by report id (without the PDFs)."""
+    from coldwatch.records.store import ReportSummary, report_facts  # noqa: PLC0415 - records on top
+
+    rows = await store.fetch(
+        "SELECT id, kind, subject, query, generated_us, generated_by, audit_head_seq, audit_head_hash, "
+        "pdf_sha256, data_sha256, path FROM reports"
+    )
+    return {str(r[0]): report_facts(ReportSummary.of(r)) for r in rows}

@@ -5,6 +5,8 @@ One role per account; roles are not cumulative beyond reading:
 - ``viewer``: reads alarms, devices, readings and the audit trail.
 - ``operator``: a viewer who also acknowledges, shelves and unshelves alarms (signed).
 - ``qa``: a viewer who also reviews excursions (signed).
+- generating a report (an excursion report, a periodic report) needs ``operator`` or
+  ``qa``; signing a report as reviewed needs ``qa`` (signed).
 - ``admin``: a viewer who also manages accounts and service tokens. An administrator
   signs nothing: account management and the records it controls stay in different hands.
 
@@ -51,18 +53,36 @@ class Permission(enum.StrEnum):
     SHELVE = "alarm.shelve"
     UNSHELVE = "alarm.unshelve"
     REVIEW = "alarm.review"
+    REPORT_GENERATE = "report.generate"
+    REPORT_REVIEW = "report.review"
     USERS_READ = "users.read"
     USERS_MANAGE = "users.manage"
 
 
 READ_PERMISSIONS: Final = frozenset({Permission.READ, Permission.USERS_READ})
 SIGNED_PERMISSIONS: Final = frozenset(
-    {Permission.ACKNOWLEDGE, Permission.SHELVE, Permission.UNSHELVE, Permission.REVIEW}
+    {
+        Permission.ACKNOWLEDGE,
+        Permission.SHELVE,
+        Permission.UNSHELVE,
+        Permission.REVIEW,
+        Permission.REPORT_REVIEW,
+    }
 )
 _BY_ROLE: Final[dict[str, frozenset[Permission]]] = {
     "viewer": frozenset({Permission.READ}),
-    "operator": frozenset({Permission.READ, Permission.ACKNOWLEDGE, Permission.SHELVE, Permission.UNSHELVE}),
-    "qa": frozenset({Permission.READ, Permission.REVIEW}),
+    "operator": frozenset(
+        {
+            Permission.READ,
+            Permission.ACKNOWLEDGE,
+            Permission.SHELVE,
+            Permission.UNSHELVE,
+            Permission.REPORT_GENERATE,
+        }
+    ),
+    "qa": frozenset(
+        {Permission.READ, Permission.REVIEW, Permission.REPORT_GENERATE, Permission.REPORT_REVIEW}
+    ),
     "admin": frozenset({Permission.READ, Permission.USERS_READ, Permission.USERS_MANAGE}),
 }
 

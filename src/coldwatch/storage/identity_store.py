@@ -28,7 +28,7 @@ from coldwatch.storage.identity_schema import pg_placeholders
 from coldwatch.storage.sqlite import SqliteStorage
 from coldwatch.storage.sqlite_thread import in_transaction, on_thread
 
-__all__ = ["IDENTITY_LOCK", "IdentityStore", "Write", "WriteRefusedError", "identity_store"]
+__all__ = ["IDENTITY_LOCK", "IdentityStore", "Write", "WriteRefusedError", "identity_store", "is_postgres"]
 
 
 IDENTITY_LOCK: Final = 0x636F6C64_69647479  # "coldidty": serialises identity changes
@@ -124,3 +124,8 @@ def identity_store(storage: Storage) -> IdentityStore:
     if isinstance(storage, PostgresStorage):
         return _PgIdentity(storage.pool, storage.where)
     raise StorageError(f"no identity store for {type(storage).__name__}")
+
+
+def is_postgres(store: IdentityStore) -> bool:
+    """Whether ``store`` writes to PostgreSQL (for the rare statement the two dialects spell apart)."""
+    return isinstance(store, _PgIdentity)
