@@ -35,6 +35,7 @@ from coldwatch.rules.config import RulesConfig
 
 __all__ = [
     "AuditConfig",
+    "CalibrationConfig",
     "ClusterConfig",
     "Config",
     "DeviceConfig",
@@ -356,6 +357,13 @@ class ConsoleConfig(_Model):
         return value.rstrip("/") if value is not None else None
 
 
+class CalibrationConfig(_Model):
+    """Instrument calibration (coldwatch.records.calibration): when to warn, how often to check."""
+
+    alert_before_days: float = Field(30.0, gt=0, le=3650)  # alert this long before the due date
+    check_interval_s: float = Field(60.0, ge=0.1, le=86_400.0)  # the collector checks due dates this often
+
+
 class Config(_Model):
     """The whole configuration of one collector."""
 
@@ -371,6 +379,7 @@ class Config(_Model):
     identity: IdentityConfig = IdentityConfig()
     site: SiteConfig = SiteConfig()
     console: ConsoleConfig = ConsoleConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
     source: str = Field("<defaults>", exclude=True)
     sha256: str = Field("", exclude=True)

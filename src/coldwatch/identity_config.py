@@ -81,6 +81,10 @@ class IdentityConfig(_Model):
         default_factory=lambda: ["reviewed", "approved"], min_length=1
     )
 
+    meanings_calibrate: Annotated[list[Meaning], AfterValidator(_meanings)] = Field(
+        default_factory=lambda: ["responsibility", "performed", "verified"], min_length=1
+    )
+
     def meanings(self, action: str) -> list[str]:
         """The meanings allowed for a signed action (acknowledge, shelve, unshelve, review)."""
         return {
@@ -88,4 +92,5 @@ class IdentityConfig(_Model):
             "shelve": self.meanings_shelve,
             "unshelve": self.meanings_unshelve,
             "review": self.meanings_review,
+            "calibrate": self.meanings_calibrate,
         }[action]

@@ -286,10 +286,15 @@ async def signature_problems(store: IdentityStore, entries: Iterable[object]) ->
     }
     reviews = {str(r.alarm_id): r for r in map(_review, await store.fetch(_REVIEW_COLUMNS))}
     reports = await _report_facts(store)
+    from coldwatch.records.instruments import calibration_facts_of  # noqa: PLC0415
+
+    calibrations = await calibration_facts_of(store)
 
     def facts_of(object_type: str, object_id: str) -> Mapping[str, object] | None:
         if object_type == "report":
             return reports.get(object_id)
+        if object_type == "calibration":
+            return calibrations.get(object_id)
         alarm = alarms.get(object_id)
         if alarm is None:
             return None

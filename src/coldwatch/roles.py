@@ -7,6 +7,8 @@ One role per account; roles are not cumulative beyond reading:
 - ``qa``: a viewer who also reviews excursions (signed).
 - generating a report (an excursion report, a periodic report) needs ``operator`` or
   ``qa``; signing a report as reviewed needs ``qa`` (signed).
+- ``operator`` and ``qa`` both register instruments, install and swap them on monitoring
+  points, and record calibrations (signed): metrology is done on the floor, checked by QA.
 - ``admin``: a viewer who also manages accounts and service tokens. An administrator
   signs nothing: account management and the records it controls stay in different hands.
 
@@ -57,6 +59,8 @@ class Permission(enum.StrEnum):
     REPORT_REVIEW = "report.review"
     USERS_READ = "users.read"
     USERS_MANAGE = "users.manage"
+    INSTRUMENTS_MANAGE = "instruments.manage"
+    CALIBRATE = "instruments.calibrate"
 
 
 READ_PERMISSIONS: Final = frozenset({Permission.READ, Permission.USERS_READ})
@@ -67,8 +71,10 @@ SIGNED_PERMISSIONS: Final = frozenset(
         Permission.UNSHELVE,
         Permission.REVIEW,
         Permission.REPORT_REVIEW,
+        Permission.CALIBRATE,
     }
 )
+_INSTRUMENTS: Final = frozenset({Permission.INSTRUMENTS_MANAGE, Permission.CALIBRATE})
 _BY_ROLE: Final[dict[str, frozenset[Permission]]] = {
     "viewer": frozenset({Permission.READ}),
     "operator": frozenset(
@@ -79,10 +85,10 @@ _BY_ROLE: Final[dict[str, frozenset[Permission]]] = {
             Permission.UNSHELVE,
             Permission.REPORT_GENERATE,
         }
-    ),
-    "qa": frozenset(
-        {Permission.READ, Permission.REVIEW, Permission.REPORT_GENERATE, Permission.REPORT_REVIEW}
-    ),
+    )
+    | _INSTRUMENTS,
+    "qa": frozenset({Permission.READ, Permission.REVIEW, Permission.REPORT_GENERATE, Permission.REPORT_REVIEW})
+    | _INSTRUMENTS,
     "admin": frozenset({Permission.READ, Permission.USERS_READ, Permission.USERS_MANAGE}),
 }
 
