@@ -56,7 +56,8 @@ def reference(
     w = holds_s(ts, end_us, cap_s)
     covered = sum(w)
     beyond = [
-        sum(h for v, h in zip(values, w, strict=True) if (v > lv if above else v < lv)) for lv, above in levels
+        sum(h for v, h in zip(values, w, strict=True) if (v > lv if above else v < lv))
+        for lv, above in levels
     ]
     return Reference(
         n=len(rows),

@@ -49,7 +49,9 @@ async def write(store: Storage, device_id: str, rows: list[tuple[int, dict[str, 
     await store.write_batch(batch)
 
 
-async def exported(store: Storage, device_id: str, metric: str, start: int, end: int) -> list[tuple[int, float]]:
+async def exported(
+    store: Storage, device_id: str, metric: str, start: int, end: int
+) -> list[tuple[int, float]]:
     """The series as the export gives it."""
     return [(r.ts_us, r.value) async for r in store.export(device_id, start, end) if r.metric == metric]
 
@@ -67,7 +69,9 @@ async def test_usp_check_values(backend: Backend) -> None:
     equal, day = shipper("eq"), shipper("day")
     store = await opened(backend, equal, day)
     try:
-        await write(store, "eq", [(T0 + i * 10 * US, {"temp_c": v}) for i, v in enumerate((20.0, 25.0, 30.0))])
+        await write(
+            store, "eq", [(T0 + i * 10 * US, {"temp_c": v}) for i, v in enumerate((20.0, 25.0, 30.0))]
+        )
         hot = [(T0 + i * 10 * US, {"temp_c": 25.0 if i < 23 * 360 else 40.0}) for i in range(24 * 360)]
         await write(store, "day", hot)
         eq = await point_figures(store, ["eq"], T0, T0 + 30 * US, lambda d: spec_of(equal, {}))
@@ -76,8 +80,10 @@ async def test_usp_check_values(backend: Backend) -> None:
         await store.close()
     mkt_eq = next(m for m in eq[0].metrics if m.metric == "temp_c").mkt_c
     mkt_day = next(m for m in dd[0].metrics if m.metric == "temp_c").mkt_c
-    assert mkt_eq is not None and round(mkt_eq, 2) == 25.86
-    assert mkt_day is not None and round(mkt_day, 2) == 26.37
+    assert mkt_eq is not None
+    assert round(mkt_eq, 2) == 25.86
+    assert mkt_day is not None
+    assert round(mkt_day, 2) == 26.37
 
 
 def random_series(rng: random.Random, start: int, end: int) -> list[tuple[int, dict[str, float]]]:
@@ -104,7 +110,8 @@ async def test_random_series_match_reference(backend: Backend) -> None:
             levels = [(lv.level, lv.above) for lv in spec.levels.get(m.metric, ())]
             ref = reference(rows, end, 30.0, levels, temperature=m.metric == "temp_c")
             assert m.n == ref.n
-            assert m.min == ref.min and m.max == ref.max
+            assert m.min == ref.min
+            assert m.max == ref.max
             assert m.covered_s == pytest.approx(ref.covered_s)
             assert (m.mean_tw is None) == (ref.mean is None)
             if ref.mean is not None:
@@ -135,10 +142,12 @@ async def test_time_beyond_and_completeness_with_a_gap(backend: Backend) -> None
     beyond = {b.name: b.seconds for b in temp.beyond}
     ref = reference(exp, end, 30.0, [(-150.0, True), (-135.0, True)], temperature=True)
     assert beyond == {"high alert": ref.beyond_s[0], "high action": ref.beyond_s[1]}
-    assert beyond["high alert"] == 3600.0 and beyond["high action"] == 0.0
+    assert beyond["high alert"] == 3600.0
+    assert beyond["high action"] == 0.0
     # The last reading before the silence holds 30 s (3 intervals, 20 s more than the others).
     assert temp.covered_s == ref.covered_s == 3 * 3600 + 20
-    assert fig.expected == 4 * 360 and fig.received == len(exp) == 1080
+    assert fig.expected == 4 * 360
+    assert fig.received == len(exp) == 1080
     assert fig.completeness == pytest.approx(1080 / 1440)
 
 
@@ -150,8 +159,8 @@ async def test_alarms_and_gaps_of_the_period(backend: Backend) -> None:
     alarms = [
         Alarm(1, AlarmKey("ln2-1", "temp_c", "high"), Severity.ACTION, AlarmState.CLOSED, start - HOUR,
               start - HOUR, cleared_ts_us=start + HOUR),
-        Alarm(2, AlarmKey("ln2-1", "device", "comm_loss"), Severity.ACTION, AlarmState.CLOSED, start + 2 * HOUR,
-              start + 2 * HOUR, cleared_ts_us=start + 2 * HOUR + 600 * US),
+        Alarm(2, AlarmKey("ln2-1", "device", "comm_loss"), Severity.ACTION, AlarmState.CLOSED,
+              start + 2 * HOUR, start + 2 * HOUR, cleared_ts_us=start + 2 * HOUR + 600 * US),
         Alarm(3, AlarmKey("ln2-1", "temp_c", "high"), Severity.ALERT, AlarmState.ACTIVE_UNACK, end - HOUR,
               end - HOUR),
         Alarm(4, AlarmKey("ln2-1", "tilt_deg", "high"), Severity.ALERT, AlarmState.CLOSED, end + HOUR,
@@ -161,10 +170,15 @@ async def test_alarms_and_gaps_of_the_period(backend: Backend) -> None:
             SeqGap("ln2-1", 50, 59, start - HOUR)]  # fmt: skip
     try:
         await store.write_batch(
-            Batch(transitions=[Transition(a, "raised", a.raised_ts_us, a.raised_ts_us, None) for a in alarms],
-                  gaps=gaps, gap_updates=[(gaps[0], "recovered", start + 90 * US)])  # fmt: skip
+            Batch(
+                transitions=[Transition(a, "raised", a.raised_ts_us, a.raised_ts_us, None) for a in alarms],
+                gaps=gaps,
+                gap_updates=[(gaps[0], "recovered", start + 90 * US)],
+            )
         )
-        [fig] = await point_figures(store, ["ln2-1"], start, end, lambda d: spec_of(device), now_us=end + HOUR)
+        [fig] = await point_figures(
+            store, ["ln2-1"], start, end, lambda d: spec_of(device), now_us=end + HOUR
+        )
     finally:
         await store.close()
     assert fig.alarms.count == 3
@@ -195,7 +209,7 @@ async def test_python_exp_when_sqlite_lacks_math(tmp_path: Path, monkeypatch: py
     finally:
         await native.close()
     monkeypatch.setattr(aggregates_sql, "sqlite_has_exp", lambda conn: False)
-    monkeypatch.setattr(aggregates_sql.math, "exp", counted)
+    monkeypatch.setattr(math, "exp", counted)
     fallback = SqliteFigureReader(tmp_path / "c.db")
     try:
         [b] = await figures_with(fallback, [spec], T0, T0 + 20_000 * US, T0)
@@ -205,7 +219,8 @@ async def test_python_exp_when_sqlite_lacks_math(tmp_path: Path, monkeypatch: py
     assert len(calls) == 2000  # the Python exp ran once per reading
     mkt_a = next(m for m in a.metrics if m.metric == "temp_c").mkt_c
     mkt_b = next(m for m in b.metrics if m.metric == "temp_c").mkt_c
-    assert mkt_a is not None and mkt_a == pytest.approx(mkt_b, abs=1e-9)
+    assert mkt_a is not None
+    assert mkt_a == pytest.approx(mkt_b, abs=1e-9)
 
 
 def test_sqlite_here_has_math() -> None:

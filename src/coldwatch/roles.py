@@ -87,7 +87,9 @@ _BY_ROLE: Final[dict[str, frozenset[Permission]]] = {
         }
     )
     | _INSTRUMENTS,
-    "qa": frozenset({Permission.READ, Permission.REVIEW, Permission.REPORT_GENERATE, Permission.REPORT_REVIEW})
+    "qa": frozenset(
+        {Permission.READ, Permission.REVIEW, Permission.REPORT_GENERATE, Permission.REPORT_REVIEW}
+    )
     | _INSTRUMENTS,
     "admin": frozenset({Permission.READ, Permission.USERS_READ, Permission.USERS_MANAGE}),
 }

@@ -149,7 +149,8 @@ def metric_figures(spec: PointSpec, metric: str, sums: SeriesSums, expected: int
         mkt_c=None if sums.boltzmann_us is None else mkt_from_sums(sums.boltzmann_us, covered),
         covered_s=covered / US,
         beyond=tuple(
-            LevelTime(lv.name, lv.level, lv.above, us / US) for lv, us in zip(levels, sums.beyond_us, strict=True)
+            LevelTime(lv.name, lv.level, lv.above, us / US)
+            for lv, us in zip(levels, sums.beyond_us, strict=True)
         ),
         first_us=sums.first_us,
         last_us=sums.last_us,

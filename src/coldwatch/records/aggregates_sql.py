@@ -121,13 +121,21 @@ def series_sql(query: SeriesQuery, *, postgres: bool) -> str:
         f"WHERE device = (SELECT id FROM devices WHERE device_id = {p(1, 'text')}) "
         f"AND metric = (SELECT id FROM metrics WHERE name = {p(2, 'text')}) "
         f"AND ts_us >= {p(3, 'bigint')} AND ts_us < {p(4, 'bigint')}) "
-        f"SELECT count(*), min(value), max(value), coalesce(sum(hold), 0){total}, coalesce(sum(value * hold), 0), "
+        f"SELECT count(*), min(value), max(value), coalesce(sum(hold), 0){total}, "
+        "coalesce(sum(value * hold), 0), "
         f"{boltzmann}, min(ts_us), max(ts_us){beyond} FROM r"
     )
 
 
 def _params(query: SeriesQuery, start_us: int, end_us: int) -> list[Any]:
-    return [query.device_id, query.metric, start_us, end_us, query.hold_cap_us, *(lv for lv, _ in query.levels)]
+    return [
+        query.device_id,
+        query.metric,
+        start_us,
+        end_us,
+        query.hold_cap_us,
+        *(lv for lv, _ in query.levels),
+    ]
 
 
 def _sums(row: Sequence[Any]) -> SeriesSums:
@@ -147,8 +155,8 @@ def _sums(row: Sequence[Any]) -> SeriesSums:
 def _alarms_sql(count: int, mark: Callable[[int], str]) -> str:
     ids = ", ".join(mark(3 + i) for i in range(count))
     return (
-        "SELECT id, device_id, metric, rule, severity, state, raised_ts_us, cleared_ts_us, value, limit_value "  # noqa: S608
-        f"FROM alarms WHERE device_id IN ({ids}) AND raised_ts_us < {mark(2)} "
+        "SELECT id, device_id, metric, rule, severity, state, raised_ts_us, cleared_ts_us, "  # noqa: S608
+        f"value, limit_value FROM alarms WHERE device_id IN ({ids}) AND raised_ts_us < {mark(2)} "
         f"AND (cleared_ts_us IS NULL OR cleared_ts_us > {mark(1)}) ORDER BY raised_ts_us, id"
     )
 
@@ -177,6 +185,19 @@ def _buckets_sql(postgres: bool) -> str:
     )
 
 
+def _count_sql(*, postgres: bool) -> str:
+    def p(n: int, cast: str) -> str:
+        return f"${n}::{cast}" if postgres else f"?{n}"
+
+    table = "readings" if postgres else "reading_rows"
+    return (
+        f"SELECT count(*) FROM {table} "  # noqa: S608 - placeholders only
+        f"WHERE device = (SELECT id FROM devices WHERE device_id = {p(1, 'text')}) "
+        f"AND metric = (SELECT id FROM metrics WHERE name = {p(2, 'text')}) "
+        f"AND ts_us >= {p(3, 'bigint')} AND ts_us < {p(4, 'bigint')}"
+    )
+
+
 class FigureReader(Protocol):
     """Runs the report's queries on connections of its own."""
 
@@ -196,6 +217,10 @@ class FigureReader(Protocol):
         self, device_id: str, metric: str, start_us: int, end_us: int, buckets: int
     ) -> list[BucketRow]:
         """A series in equal time buckets (empty ones left out)."""
+        ...
+
+    async def count_between(self, device_id: str, metric: str, spans: Sequence[tuple[int, int]]) -> int:
+        """Readings of a series taken in any of ``spans`` ([start, end) each, not overlapping)."""
         ...
 
     async def close(self) -> None:
@@ -235,7 +260,9 @@ class SqliteFigureReader:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             try:
-                conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+                conn = sqlite3.connect(
+                    f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
+                )
             except sqlite3.Error as exc:
                 raise StorageError(f"{self.path}: cannot open for reading: {exc}") from exc
             conn.execute("PRAGMA busy_timeout=5000")
@@ -285,6 +312,15 @@ class SqliteFigureReader:
         params = (device_id, metric, start_us, end_us, buckets)
         return await self._run(lambda c: [tuple(r) for r in c.execute(_buckets_sql(False), params)])  # type: ignore[no-any-return]
 
+    async def count_between(self, device_id: str, metric: str, spans: Sequence[tuple[int, int]]) -> int:
+        """Readings of a series taken in any of ``spans``."""
+        sql = _count_sql(postgres=False)
+
+        def count(c: sqlite3.Connection) -> int:
+            return sum(int(c.execute(sql, (device_id, metric, a, b)).fetchone()[0]) for a, b in spans)
+
+        return int(await self._run(count))
+
     async def close(self) -> None:
         """Close every connection and stop the threads."""
         await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown)
@@ -317,7 +353,9 @@ class PgFigureReader:
         """The sums of each series, ``workers`` at a time."""
 
         async def one(query: SeriesQuery) -> SeriesSums:
-            row = await self._pool.fetchrow(series_sql(query, postgres=True), *_params(query, start_us, end_us))
+            row = await self._pool.fetchrow(
+                series_sql(query, postgres=True), *_params(query, start_us, end_us)
+            )
             return _sums(row)
 
         return list(await asyncio.gather(*(one(q) for q in queries)))
@@ -342,6 +380,11 @@ class PgFigureReader:
         """A series in equal time buckets."""
         rows = await self._pool.fetch(_buckets_sql(True), device_id, metric, start_us, end_us, buckets)
         return [(int(r[0]), int(r[1]), float(r[2]), float(r[3]), int(r[4])) for r in rows]
+
+    async def count_between(self, device_id: str, metric: str, spans: Sequence[tuple[int, int]]) -> int:
+        """Readings of a series taken in any of ``spans``."""
+        sql = _count_sql(postgres=True)
+        return sum([int(await self._pool.fetchval(sql, device_id, metric, a, b)) for a, b in spans])
 
     async def close(self) -> None:
         """Close the pool."""
