@@ -418,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     from coldwatch.cli_people import add_people_commands  # noqa: PLC0415
 
     add_people_commands(sub)
+    from coldwatch.cli_reports import add_report_commands  # noqa: PLC0415
+
+    add_report_commands(sub)
 
     p = sub.add_parser("simulate", help="publish simulated device readings (SIMULATED data)")
     p.add_argument("--config", required=True)

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from coldwatch.alarms import run_ticks, start_alarming
 from coldwatch.api import ApiContext, build_router
+from coldwatch.api_reports import reports_router
 from coldwatch.audit import AuditDraft
 from coldwatch.audit_keys import Anchorer, anchor_path, current_signer, load_signer, start_up_checks
 from coldwatch.audit_seal import Signer
@@ -135,6 +136,7 @@ class Daemon:
             resources.push_async_callback(console.close)
             api = APIRouter()
             api.include_router(build_router(api_context))
+            api.include_router(reports_router(api_context))
             api.include_router(console.router)
             readiness = functools.partial(
                 _readiness, WriteProbe(storage, pipeline), source, config.ingest.max_unacked_age_s

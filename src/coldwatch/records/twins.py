@@ -1,7 +1,9 @@
 """A report's figures as CSV and JSON, for a QA system: the same figures the PDF shows.
 
 Every report's ``data`` has a ``rows`` list of flat dicts (one CSV line each; the columns
-are the union of their keys, in first-seen order); the JSON twin is the whole ``data``.
+are the union of their keys: first those named in ``data["columns"]``, if any, then the
+others in first-seen order; stored figures are canonical JSON with sorted keys, so a
+report that cares about its column order names it); the JSON twin is the whole ``data``.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = ["csv_text", "json_bytes", "twins"]
@@ -27,9 +29,9 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def csv_text(rows: list[Mapping[str, Any]]) -> str:
-    """The rows as CSV (RFC 4180, CRLF line ends, a header line)."""
-    columns: dict[str, None] = {}
+def csv_text(rows: list[Mapping[str, Any]], order: Sequence[str] = ()) -> str:
+    """The rows as CSV (RFC 4180, CRLF line ends, a header line); ``order``: the first columns."""
+    columns: dict[str, None] = dict.fromkeys(order)
     for row in rows:
         columns.update(dict.fromkeys(row))
     out = io.StringIO()
@@ -48,4 +50,8 @@ def json_bytes(data: Mapping[str, Any]) -> bytes:
 def twins(data: Mapping[str, Any]) -> tuple[str, bytes]:
     """The CSV text (of ``data["rows"]``) and the JSON bytes of a report's figures."""
     rows = data.get("rows", [])
-    return csv_text(list(rows) if isinstance(rows, list) else []), json_bytes(data)
+    order = data.get("columns", [])
+    return (
+        csv_text(list(rows) if isinstance(rows, list) else [], order if isinstance(order, list) else []),
+        json_bytes(data),
+    )
