@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+import time
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from markupsafe import Markup
@@ -66,6 +67,7 @@ class GeneratedReport:
     pdf: bytes
     provenance: Provenance
     report_id: int | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)  # how long each phase took
 
 
 def scope_devices(devices: Sequence[DeviceConfig], scope: Scope) -> list[DeviceConfig]:
@@ -149,11 +151,16 @@ async def periodic_report(
     specs: dict[str, PointSpec] = {d.id: point_spec(d, config.rules) for d in chosen}
     zone = config.site.timezone
     title = f"Periodic environmental report {period.label}"
+    timings: dict[str, float] = {}
+    began = time.perf_counter()
     reader = await open_reader(storage, workers=workers)
     try:
         figures = await figures_with(reader, list(specs.values()), period.start_us, period.end_us, now_us)
+        timings["figures"] = time.perf_counter() - began
         calibration = await _calibration(storage, reader, figures, period, now_us)
+        timings["calibration"] = time.perf_counter() - began - sum(timings.values())
         charts = {f.device_id: await _chart(reader, f, period, zone) for f in figures}
+        timings["charts"] = time.perf_counter() - began - sum(timings.values())
     finally:
         await reader.close()
     scope_dict = {"site": scope.site, "area": scope.area, "devices": list(scope.devices)}
@@ -164,7 +171,8 @@ async def periodic_report(
     prov = await provenance(storage, query, now_us)
     context = {"title": title, "site": scope.site, "zone": zone, "data": data, "charts": charts}
     pdf = render_pdf("periodic.html", context, prov)
-    return GeneratedReport(f"{scope.text()} {period.label}", query, data, pdf, prov)
+    timings["pdf"] = time.perf_counter() - began - sum(timings.values())
+    return GeneratedReport(f"{scope.text()} {period.label}", query, data, pdf, prov, timings_s=timings)
 
 
 async def generate_periodic(  # noqa: PLR0917 - what to report on, when, by whom, where it goes
