@@ -76,7 +76,7 @@ def series(i: int, n: int, start_us: int, step_us: int) -> tuple[np.ndarray, np.
     return ts[keep], values[keep]
 
 
-def sqlite_fill(path: Path, ids: dict[str, int], metric: int, n: int, start_us: int, step_us: int) -> None:
+def sqlite_fill(path: Path, ids: dict[str, int], metric: int, n: int, start_us: int, step_us: int) -> None:  # noqa: PLR0917
     """Bulk insert into ``reading_rows``, one transaction a device."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA synchronous=OFF")
@@ -91,7 +91,7 @@ def sqlite_fill(path: Path, ids: dict[str, int], metric: int, n: int, start_us: 
     conn.close()
 
 
-async def pg_fill(url: str, ids: dict[str, int], metric: int, n: int, start_us: int, step_us: int) -> None:
+async def pg_fill(url: str, ids: dict[str, int], metric: int, n: int, start_us: int, step_us: int) -> None:  # noqa: PLR0917
     """COPY into ``readings``, its weekly partitions created first."""
     conn = await asyncpg.connect(url)
     try:
@@ -128,7 +128,7 @@ async def events(store: Storage, registry: list[DeviceConfig], start_us: int, en
     await store.write_batch(Batch(transitions=transitions, gaps=gaps))
 
 
-async def baseline_s(store: Storage, location: str, start_us: int, end_us: int) -> tuple[float, int]:
+async def baseline_s(location: str, start_us: int, end_us: int) -> tuple[float, int]:
     """A plain scan of the same readings: count and sum."""
     began = time.perf_counter()
     if location.startswith("postgres"):
@@ -176,7 +176,7 @@ async def measure(location: str, args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.to_thread(sqlite_fill, Path(location), ids, metric, n, start_us, step_us)
         await events(store, registry, start_us, end_us)
         fill_s = time.perf_counter() - began
-        base_s, readings = await baseline_s(store, location, start_us, end_us)
+        base_s, readings = await baseline_s(location, start_us, end_us)
         label = (START + timedelta(days=args.days)).strftime("%Y-%m-%d")
         period = Period(start_us, end_us, f"{START:%Y-%m-%d}..{label}")
         began = time.perf_counter()

@@ -10,8 +10,8 @@ database), and the alarms of the period. Stored with its PDF and CSV/JSON twins 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
