@@ -131,20 +131,9 @@ async def events(store: Storage, registry: list[DeviceConfig], start_us: int, en
 async def baseline_s(location: str, start_us: int, end_us: int) -> tuple[float, int]:
     """A plain scan of the same readings: count and sum."""
     began = time.perf_counter()
-    if location.startswith("postgres"):
-        conn = await asyncpg.connect(location)
-        try:
-            row = await conn.fetchrow(
-                "SELECT count(*), sum(value) FROM readings WHERE ts_us >= $1 AND ts_us < $2", start_us, end_us
-            )
-        finally:
-            await conn.close()
-    else:
-        with sqlite3.connect(location) as conn:
-            row = conn.execute(
-                "SELECT count(*), sum(value) FROM reading_rows WHERE ts_us >= ? AND ts_us < ?",
-                (start_us, end_us),
-            ).fetchone()
+    table = "readings" if location.startswith("postgres") else "reading_rows"
+    sql = f"SELECT count(*), sum(value) FROM {table} WHERE ts_us >= {start_us} AND ts_us < {end_us}"  # noqa: S608
+    row = (await _rows(location, sql))[0]
     return time.perf_counter() - began, int(row[0])
 
 
@@ -198,13 +187,13 @@ async def measure(location: str, args: argparse.Namespace) -> dict[str, Any]:
 
 async def _rows(location: str, sql: str) -> list[tuple[Any, ...]]:
     if location.startswith("postgres"):
-        conn = await asyncpg.connect(location)
+        pg = await asyncpg.connect(location)
         try:
-            return [tuple(r) for r in await conn.fetch(sql)]
+            return [tuple(r) for r in await pg.fetch(sql)]
         finally:
-            await conn.close()
+            await pg.close()
     with sqlite3.connect(location) as conn:
-        return conn.execute(sql).fetchall()
+        return [tuple(r) for r in conn.execute(sql)]
 
 
 def main() -> int:

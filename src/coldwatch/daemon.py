@@ -33,6 +33,7 @@ from coldwatch.mqtt import MqttSource
 from coldwatch.notifying import notifications
 from coldwatch.pipeline import Pipeline
 from coldwatch.readiness import WriteProbe
+from coldwatch.records.schedule import run_schedules
 from coldwatch.rules.engine import Engine
 from coldwatch.rules.lifecycle import AlarmBook
 from coldwatch.storage import DeviceState, Storage, open_storage
@@ -155,12 +156,16 @@ class Daemon:
                 ticks = tasks.create_task(run_ticks(pipeline.tick), name="rule-timers")
                 notify = tasks.create_task(deliverer.run(), name="notify-deliver") if worker is None else None
                 anchoring = tasks.create_task(anchorer.run(), name="audit-anchor") if anchorer else None
+                reports = (tasks.create_task(run_schedules(storage, config), name="report-schedules")
+                           if config.reports.schedules else None)  # fmt: skip
                 # Configuration, rule state and imports live as long as the process: leave
                 # them out of the collector's scans (full collections stalled the loop).
                 gc.freeze()
                 self.on_ready(self)
                 await stop.wait()
                 ticks.cancel()
+                if reports is not None:
+                    reports.cancel()
                 if anchoring is not None:
                     anchoring.cancel()
                 await _commit_queued(pipeline, source)

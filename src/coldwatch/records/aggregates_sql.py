@@ -11,6 +11,7 @@ several series at a time.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import sqlite3
 import threading
@@ -170,19 +171,14 @@ def _gaps_sql(count: int, mark: Callable[[int], str]) -> str:
     )
 
 
-def _buckets_sql(postgres: bool) -> str:
-    def p(n: int, cast: str) -> str:
-        return f"${n}::{cast}" if postgres else f"?{n}"
-
-    table = "readings" if postgres else "reading_rows"
-    return (
-        f"SELECT min(ts_us), max(ts_us), min(value), max(value), count(*) FROM {table} "  # noqa: S608
-        f"WHERE device = (SELECT id FROM devices WHERE device_id = {p(1, 'text')}) "
-        f"AND metric = (SELECT id FROM metrics WHERE name = {p(2, 'text')}) "
-        f"AND ts_us >= {p(3, 'bigint')} AND ts_us < {p(4, 'bigint')} "
-        f"GROUP BY (ts_us - {p(3, 'bigint')}) * {p(5, 'bigint')} / ({p(4, 'bigint')} - {p(3, 'bigint')}) "
-        "ORDER BY 1"
-    )
+# PostgreSQL groups by hash (no sort): one pass over the series.
+_PG_BUCKETS: Final = (
+    "SELECT min(ts_us), max(ts_us), min(value), max(value), count(*) FROM readings "
+    "WHERE device = (SELECT id FROM devices WHERE device_id = $1::text) "
+    "AND metric = (SELECT id FROM metrics WHERE name = $2::text) "
+    "AND ts_us >= $3::bigint AND ts_us < $4::bigint "
+    "GROUP BY (ts_us - $3::bigint) * $5::bigint / ($4::bigint - $3::bigint) ORDER BY 1"
+)
 
 
 def _count_sql(*, postgres: bool) -> str:
@@ -308,9 +304,19 @@ class SqliteFigureReader:
     async def buckets(
         self, device_id: str, metric: str, start_us: int, end_us: int, buckets: int
     ) -> list[BucketRow]:
-        """A series in equal time buckets."""
-        params = (device_id, metric, start_us, end_us, buckets)
-        return await self._run(lambda c: [tuple(r) for r in c.execute(_buckets_sql(False), params)])  # type: ignore[no-any-return]
+        """A series in equal time buckets: one index range a bucket (a GROUP BY would sort every reading)."""
+        sql = _count_sql(postgres=False).replace(
+            "count(*)", "min(ts_us), max(ts_us), min(value), max(value), count(*)"
+        )
+        edges = [start_us + (end_us - start_us) * i // buckets for i in range(buckets + 1)]
+
+        def fetch(c: sqlite3.Connection) -> list[BucketRow]:
+            rows = (
+                c.execute(sql, (device_id, metric, a, b)).fetchone() for a, b in itertools.pairwise(edges)
+            )
+            return [(int(r[0]), int(r[1]), float(r[2]), float(r[3]), int(r[4])) for r in rows if r[4]]
+
+        return await self._run(fetch)  # type: ignore[no-any-return]
 
     async def count_between(self, device_id: str, metric: str, spans: Sequence[tuple[int, int]]) -> int:
         """Readings of a series taken in any of ``spans``."""
@@ -378,7 +384,7 @@ class PgFigureReader:
         self, device_id: str, metric: str, start_us: int, end_us: int, buckets: int
     ) -> list[BucketRow]:
         """A series in equal time buckets."""
-        rows = await self._pool.fetch(_buckets_sql(True), device_id, metric, start_us, end_us, buckets)
+        rows = await self._pool.fetch(_PG_BUCKETS, device_id, metric, start_us, end_us, buckets)
         return [(int(r[0]), int(r[1]), float(r[2]), float(r[3]), int(r[4])) for r in rows]
 
     async def count_between(self, device_id: str, metric: str, spans: Sequence[tuple[int, int]]) -> int:

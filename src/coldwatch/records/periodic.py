@@ -126,17 +126,32 @@ async def _chart(reader: FigureReader, fig: PointFigures, period: Period, zone: 
     )  # fmt: skip
 
 
-async def _calibration(
-    storage: Storage, reader: FigureReader, figures: Sequence[PointFigures], period: Period, now_us: int
+async def _calibration(  # noqa: PLR0917 - the points, their period and when
+    storage: Storage,
+    reader: FigureReader,
+    figures: Sequence[PointFigures],
+    period: Period,
+    now_us: int,
+    alert_days: float,
 ) -> dict[str, CalibrationView]:
     ids = [f.device_id for f in figures]
-    states = await calibration_states(identity_store(storage), ids, period.start_us, period.end_us, now_us)
+    states = await calibration_states(
+        identity_store(storage),
+        ids,
+        period.start_us,
+        period.end_us,
+        now_us,
+        alert_before_days=alert_days,
+    )
     out = {}
     for fig in figures:
         state = states.get(fig.device_id)
         spans = [] if state is None else list(state.uncalibrated)
+        whole = spans == [(period.start_us, period.end_us)]  # never calibrated: every reading counts
         counts = {
-            m.metric: (await reader.count_between(fig.device_id, m.metric, spans) if spans and m.n else 0)
+            m.metric: m.n
+            if whole
+            else (await reader.count_between(fig.device_id, m.metric, spans) if spans else 0)
             for m in fig.metrics
         }
         out[fig.device_id] = CalibrationView(state, counts)
@@ -157,7 +172,9 @@ async def periodic_report(
     try:
         figures = await figures_with(reader, list(specs.values()), period.start_us, period.end_us, now_us)
         timings["figures"] = time.perf_counter() - began
-        calibration = await _calibration(storage, reader, figures, period, now_us)
+        calibration = await _calibration(
+            storage, reader, figures, period, now_us, config.calibration.alert_before_days
+        )
         timings["calibration"] = time.perf_counter() - began - sum(timings.values())
         charts = {f.device_id: await _chart(reader, f, period, zone) for f in figures}
         timings["charts"] = time.perf_counter() - began - sum(timings.values())
@@ -183,9 +200,13 @@ async def generate_periodic(  # noqa: PLR0917 - what to report on, when, by whom
     who: str,
     now_us: int,
     path: str | None = None,
+    *,
+    subject: str | None = None,
 ) -> GeneratedReport:
     """Generate the report and store it (audited ``report.generated``); the stored report's id set."""
     report = await periodic_report(storage, config, scope, period, now_us)
+    if subject is not None:
+        report = replace(report, subject=subject)
     store = ReportStore(identity_store(storage), config.site.timezone)
     report_id = await store.save("periodic", report.subject, report.query, report.data, report.pdf, who,
                                  now_us, report.provenance, path)  # fmt: skip
