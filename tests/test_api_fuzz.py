@@ -17,10 +17,11 @@ from coldwatch.broker import RunningBroker
 from tests.conftest import Backend, raise_comm_loss, running_daemon
 from tests.test_api_robust import TOKENS, auth, config_for
 
-# Examples per operation, role and generation mode: bounded so that the whole run (8
-# operations, 4 roles, valid and invalid inputs) stays well inside a minute on a busy machine.
+# Examples per operation, role and generation mode: bounded so that the run stays short on
+# a busy machine. The time budget is per request sent (the operations grow with the API:
+# 60 s was the budget of about 2,400 requests when the API had its first operations).
 EXAMPLES = 20
-TIME_BUDGET_S = 60.0
+TIME_BUDGET_PER_REQUEST_S = 0.025
 
 
 def _fuzz(base_url: str, raw_schema: dict[str, Any], headers: dict[str, str]) -> tuple[list[str], int]:
@@ -80,7 +81,7 @@ async def test_no_server_error_for_any_role(
             elapsed = time.monotonic() - started
             assert not any(found.values()), found
             assert total > 100, total
-            assert elapsed < TIME_BUDGET_S, f"{total} requests took {elapsed:.1f} s"
+            assert elapsed < TIME_BUDGET_PER_REQUEST_S * total, f"{total} requests took {elapsed:.1f} s"
             # The server is still whole: the list reads, the probe is ready, nothing failed to store.
             listed = await client.get("/api/v1/alarms", headers=auth("viewer"))
             assert listed.status_code == 200, listed.text

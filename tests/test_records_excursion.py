@@ -38,7 +38,10 @@ from tests.conftest import (
 )
 from tests.identity_helpers import OPERATOR_PW, QA_PW, opened, people
 from tests.test_api_robust import TOKENS, api_section, auth
+from tests.test_audit_trail_e2e import coldwatch
 from tests.test_console_browser import console_config
+from tests.test_notify import Receiver
+from tests.test_signatures_api import _execute
 
 ACK = "acknowledged, investigating"
 US = 1_000_000
@@ -89,7 +92,19 @@ async def test_excursion_report_end_to_end(
     broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """From a real alarm, the PDF shows recomputed figures, signatures, page X of N and provenance."""
-    config = write_with_api(tmp_path, broker, prefix, backend)
+    async with Receiver() as receiver:
+        await _story(broker, prefix, tmp_path, backend, monkeypatch, receiver)
+
+
+async def _story(  # noqa: PLR0917 - the fixtures, passed on
+    broker: RunningBroker,
+    prefix: str,
+    tmp_path: Path,
+    backend: Backend,
+    monkeypatch: pytest.MonkeyPatch,
+    receiver: Receiver,
+) -> None:
+    config = write_with_api(tmp_path, broker, prefix, backend, receiver.url)
     async with running_daemon(config) as running:
         async with opened(backend.location, config) as (_, identity, _):
             await people(identity)
@@ -101,6 +116,7 @@ async def test_excursion_report_end_to_end(
                 return any(a["cleared_at"] and a["rule"] == "high" for a in got)
 
             await eventually(cleared, what="the excursion to be raised and cleared")
+            await eventually(lambda: bool(receiver.received), what="the pager notification")
             [alarm] = [a for a in (await client.get("/api/v1/alarms", headers=auth("viewer"))).json()
                        if a["rule"] == "high"]  # fmt: skip
             aid = alarm["id"]
@@ -176,6 +192,14 @@ async def test_excursion_report_end_to_end(
                     str(tmp_path / "c.yaml"), "--url", running.base_url]  # fmt: skip
             assert await asyncio.to_thread(main, argv) == 0
             assert got_csv.read_text() == csv_text.replace("\r\n", "\n")
+            argv = ["report", "review", str(rid + 1), "--user", "quinn", "--meaning", "approved",
+                    "--reason", "cli", "--password-stdin", "--config", str(tmp_path / "c.yaml"),
+                    "--url", running.base_url]  # fmt: skip
+            monkeypatch.setattr("sys.stdin", io.StringIO(QA_PW + "\n"))
+            assert await asyncio.to_thread(main, argv) == 0
+            second = (await client.get(f"/api/v1/reports/{rid + 1}", headers=auth("viewer"))).json()
+            assert second["reviewed"] is True
+            assert second["signatures"][0]["meaning"] == "approved"
             listed = (await client.get("/api/v1/reports", headers=auth("viewer"))).json()
             assert [(r["id"], r["generated_by"]) for r in listed] == [(rid + 1, "quinn"), (rid, "olga")]
     readings = [{"ts_us": parse_ts(r["ts"]), "value": r["value"]} for r in raw]
@@ -195,6 +219,9 @@ async def test_excursion_report_end_to_end(
     assert "signed by Olga Operator (olga) on" in flat
     assert "meaning: acknowledged, investigating" in flat
     assert "signed by Quinn Quality (quinn) on" in flat
+    assert "webhook: pager" in flat
+    assert "not delivered" not in flat
+    assert "No notification was sent" not in flat
     assert "(Europe/Paris)" in flat
     head = report["audit_head"]
     assert f"audit head #{head['seq']} {head['hash'][:12]}" in flat
@@ -218,15 +245,31 @@ async def test_excursion_report_end_to_end(
         entries = [e async for e in storage.audit_entries()]
         count, problems = await signature_problems(identity_store(storage), entries)
     assert problems == []
-    assert count == 3  # the acknowledgement, the alarm's review, the report's review
+    assert count == 4  # the acknowledgement, the alarm's review, both reports' reviews
+    intact = coldwatch(tmp_path / "c.yaml", "audit", "verify")
+    assert intact.returncode == 0, intact.stdout + intact.stderr
+    # The review signature of report rid, copied onto the second report: audit verify reports it.
+    _execute(
+        backend,
+        "INSERT INTO signatures(object_type, object_id, action, signer, full_name, meaning, reason, "
+        f"signed_us, record_hash, content) SELECT object_type, '{rid + 1}', action, signer, full_name, "
+        f"meaning, reason, signed_us, record_hash, content FROM signatures WHERE object_type = 'report' "
+        f"AND object_id = '{rid}'",
+    )
+    tampered = coldwatch(tmp_path / "c.yaml", "audit", "verify")
+    assert tampered.returncode == 1
+    assert f"report {rid + 1}" in tampered.stdout
+    assert "not this record" in tampered.stdout
 
 
 def db_query_any(backend: Backend, sql: str) -> list[tuple[Any, ...]]:
     return db_query(backend.location, sql)
 
 
-def write_with_api(tmp_path: Path, broker: RunningBroker, prefix: str, backend: Backend) -> Config:
-    """The console test's incubator (action above 38.0, alert above 37.5), with API tokens."""
+def write_with_api(
+    tmp_path: Path, broker: RunningBroker, prefix: str, backend: Backend, hook_url: str
+) -> Config:
+    """The console test's incubator (action above 38.0, alert above 37.5), API tokens, a pager webhook."""
     from tests.conftest import write_config  # noqa: PLC0415
     from tests.identity_helpers import FAST_IDENTITY  # noqa: PLC0415
     from tests.test_console_browser import HIGH_ACTION  # noqa: PLC0415
@@ -241,4 +284,8 @@ def write_with_api(tmp_path: Path, broker: RunningBroker, prefix: str, backend: 
         site={"timezone": "Europe/Paris"},
         storage={"path": backend.location},
         api=api_section(),
+        notify={
+            "webhooks": {"pager": {"url": f"{hook_url}/pager", "timeout_s": 2}},
+            "escalation": [{"tiers": [{"after_s": 0, "notify": ["pager"]}]}],
+        },
     )

@@ -16,6 +16,7 @@ from coldwatch.records.stats import (
     series_stats,
     time_beyond_s,
     time_weighted_mean,
+    uncovered,
 )
 
 H = 3600.0
@@ -128,3 +129,17 @@ def test_completeness_is_received_over_expected() -> None:
     assert completeness(180, 0, 3600 * US, 10.0) == 0.5
     assert completeness(999, 0, 3600 * US, 10.0) == 1.0
     assert completeness(0, 0, 0, 10.0) == 1.0
+
+
+def test_uncovered_is_the_complement_of_the_holds() -> None:
+    """The no-data intervals plus the held time make up the whole window."""
+    rng = random.Random(3)
+    for _ in range(30):
+        ts = sorted({rng.randint(0, 1000) * US for _ in range(rng.randint(0, 30))})
+        start, end = 100 * US, 900 * US
+        gaps = uncovered(np.array(ts, dtype=np.int64), start, end, 20.0)
+        inside = [t for t in ts if start <= t < end]
+        held = sum(py_holds(inside, end, 20.0))
+        assert sum(b - a for a, b in gaps) / US + held == pytest.approx((end - start) / US)
+        assert all(start <= a < b <= end for a, b in gaps)
+    assert uncovered(np.array([], dtype=np.int64), 0, 10, 5.0) == [(0, 10)]

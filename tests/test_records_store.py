@@ -96,3 +96,26 @@ async def test_a_copied_report_signature_is_reported(backend: Backend) -> None:
         assert len(problems) == 1
         assert f"report {two}" in problems[0]
         assert "not this record" in problems[0]
+
+
+async def test_a_signature_over_changed_report_hashes_is_reported(backend: Backend) -> None:
+    """A review signature no longer matches when the report's stored hashes are changed behind its back."""
+    async with opened(backend.location) as (storage, _identity, clock):
+        ids = identity_store(storage)
+        store = ReportStore(ids, "UTC")
+        prov = await provenance(storage, "q", clock())
+        one = await store.save("excursion", "alarm 1", "q", {"rows": []}, b"one", "olga", clock(), prov)
+        await store.sign_review(one, QUINN, "reviewed", "ok", clock())
+        assert (await signature_problems(ids, await entries_of(storage)))[1] == []
+        if backend.postgres:
+            await ids.fetch("ALTER TABLE reports DISABLE TRIGGER reports_append_only")
+        else:
+            await ids.fetch("DROP TRIGGER reports_no_update")
+        fake = hashlib.sha256(b"another pdf").hexdigest()
+        await ids.fetch(f"UPDATE reports SET pdf = 'x', pdf_sha256 = '{fake}' WHERE id = {one}")
+        _, problems = await signature_problems(ids, await entries_of(storage))
+        assert len(problems) == 1
+        assert "the record's content differs from what was signed" in problems[0]
+        got = await store.get(one)
+        assert got is not None
+        assert not got.intact

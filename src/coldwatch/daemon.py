@@ -26,6 +26,7 @@ from coldwatch.audit_seal import Signer
 from coldwatch.auth import Authenticator
 from coldwatch.config import Config
 from coldwatch.console.web import Console
+from coldwatch.console.web_reports import ReportPages
 from coldwatch.errors import StorageError
 from coldwatch.http import HttpServer, build_app
 from coldwatch.metrics import Metrics
@@ -139,6 +140,7 @@ class Daemon:
             api.include_router(build_router(api_context))
             api.include_router(reports_router(api_context))
             api.include_router(console.router)
+            api.include_router(ReportPages(console).router)
             readiness = functools.partial(
                 _readiness, WriteProbe(storage, pipeline), source, config.ingest.max_unacked_age_s
             )

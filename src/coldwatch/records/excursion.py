@@ -23,9 +23,17 @@ from typing import Any, Final
 import numpy as np
 
 from coldwatch.console.chart import AlarmSpan, LimitLine
-from coldwatch.records.stats import Level, SeriesStats, series_stats
+from coldwatch.records.stats import Level, SeriesStats, series_stats, uncovered
 
-__all__ = ["MARGIN_MIN_S", "ExcursionInputs", "Notification", "alarm_span", "excursion_data", "window"]
+__all__ = [
+    "MARGIN_MIN_S",
+    "ExcursionInputs",
+    "Notification",
+    "alarm_span",
+    "excursion_data",
+    "window",
+    "worst_severity",
+]
 
 US: Final = 1_000_000
 MARGIN_MIN_S: Final = 3600.0  # at least an hour of context before and after
@@ -188,12 +196,19 @@ def excursion_data(inputs: ExcursionInputs) -> dict[str, Any]:
         "signatures": list(inputs.signatures),
         "review": inputs.review,
         "backfill": _backfill(inputs, int(cap * US)),
+        "no_data": uncovered(ts, start, end, cap),
         "zone": inputs.zone,
     }
 
 
+def worst_severity(data: dict[str, Any]) -> str:
+    """The alarm's worst severity over its history (an alarm may step down before it clears)."""
+    seen = {str(t.get("severity")) for t in data["transitions"]} | {str(data["alarm"]["severity"])}
+    return "action" if "action" in seen else str(data["alarm"]["severity"])
+
+
 def alarm_span(data: dict[str, Any]) -> AlarmSpan:
-    """The shaded alarm interval of the report's chart."""
+    """The shaded alarm interval of the report's chart (in its worst severity's colour)."""
     alarm = data["alarm"]
     cleared = alarm.get("cleared_ts_us")
-    return AlarmSpan(int(alarm["raised_ts_us"]), cleared, str(alarm["severity"]), f"alarm {alarm['id']}")
+    return AlarmSpan(int(alarm["raised_ts_us"]), cleared, worst_severity(data), f"alarm {alarm['id']}")

@@ -17,7 +17,14 @@ from coldwatch.config import Config
 from coldwatch.console.chart import LimitLine, unit_of
 from coldwatch.console.downsample import Series, minmax
 from coldwatch.identity_model import IdentityError
-from coldwatch.records.excursion import ExcursionInputs, Notification, alarm_span, excursion_data, window
+from coldwatch.records.excursion import (
+    ExcursionInputs,
+    Notification,
+    alarm_span,
+    excursion_data,
+    window,
+    worst_severity,
+)
 from coldwatch.records.pdf import render_pdf, svg_chart, utc
 from coldwatch.records.provenance import provenance
 from coldwatch.records.store import ReportStore
@@ -161,9 +168,11 @@ def _chart(inputs: ExcursionInputs, data: dict[str, Any]) -> str:
     small = minmax(series, CHART_POINTS, start_us=start, end_us=end)
     points = list(zip(small.ts_us.tolist(), small.values.tolist(), small.buffered.tolist(), strict=True))
     alarm = inputs.alarm
-    title = f"{alarm['device']} {alarm['metric']}: alarm {alarm['id']} ({alarm['rule']}, {alarm['severity']})"
+    worst = worst_severity(data)
+    title = f"{alarm['device']} {alarm['metric']}: alarm {alarm['id']} (rule {alarm['rule']}, worst {worst})"
     return svg_chart(
         title, alarm["metric"], points, start, end, inputs.limits, [alarm_span(data)], inputs.zone,
+        gaps=[tuple(g) for g in data["no_data"]],
         element_id="excursion",
     )  # fmt: skip
 
@@ -188,6 +197,7 @@ async def generate_excursion_report(
         "data": data,
         "chart": _chart(inputs, data),
         "generated_by": who,
+        "worst": worst_severity(data),
     }
     # Laying out a PDF takes CPU for most of a second: off the daemon's event loop.
     pdf = await asyncio.to_thread(render_pdf, "excursion.html", context, prov)

@@ -120,11 +120,16 @@ def svg_chart(  # noqa: PLR0917 - what a chart of a report shows
     alarms: Sequence[AlarmSpan] = (),
     zone: str | None = None,
     *,
+    gaps: Sequence[tuple[int, int]] = (),
     width: int = 720,
     height: int = 320,
     element_id: str | None = None,
 ) -> Markup:
-    """A chart of ``points`` (ts_us, value, backfilled) for a report: limits as lines, alarms shaded."""
+    """A chart of ``points`` (ts_us, value, backfilled) for a report: limits as lines, alarms shaded.
+
+    ``gaps``: the intervals without data to shade (default: the breaks of the series);
+    :func:`coldwatch.records.stats.uncovered` gives them under the hold convention.
+    """
     series = Series.of([p[0] for p in points], [p[1] for p in points], [p[2] for p in points])
     chart = Chart(
         title=title,
@@ -136,5 +141,6 @@ def svg_chart(  # noqa: PLR0917 - what a chart of a report shows
         alarms=alarms,
         zone=None if zone is None else ZoneInfo(zone),
         readings=len(points),
+        gaps=gaps,
     )
     return Markup(render_svg(chart, width=width, height=height, element_id=element_id))  # noqa: S704 - escaped by render_svg

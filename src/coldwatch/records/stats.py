@@ -38,6 +38,7 @@ __all__ = [
     "series_stats",
     "time_beyond_s",
     "time_weighted_mean",
+    "uncovered",
 ]
 
 US: Final = 1_000_000
@@ -99,6 +100,23 @@ def holds_s(ts_us: ArrayLike, end_us: int, hold_cap_s: float) -> NDArray[np.floa
     nxt[-1] = max(int(end_us), int(ts[-1]))
     held = (nxt - ts).astype(np.float64) / US
     return np.clip(held, 0.0, max(float(hold_cap_s), 0.0))
+
+
+def uncovered(ts_us: ArrayLike, start_us: int, end_us: int, hold_cap_s: float) -> list[tuple[int, int]]:
+    """The intervals of [start_us, end_us) that no reading holds (no data), in time order."""
+    ts = np.sort(np.asarray(ts_us, dtype=np.int64).reshape(-1))
+    ts = ts[(ts >= start_us) & (ts < end_us)]
+    if ts.size == 0:
+        return [(start_us, end_us)] if end_us > start_us else []
+    held_until = ts + holds_s(ts, end_us, hold_cap_s) * US
+    out: list[tuple[int, int]] = []
+    if ts[0] > start_us:
+        out.append((start_us, int(ts[0])))
+    nxt = np.append(ts[1:], end_us)
+    for until, after in zip(held_until.astype(np.int64).tolist(), nxt.tolist(), strict=True):
+        if after > until:
+            out.append((int(until), int(after)))
+    return out
 
 
 def mkt_c(values_c: ArrayLike, weights_s: ArrayLike) -> float | None:

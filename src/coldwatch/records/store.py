@@ -221,7 +221,10 @@ class ReportStore:
         if not rows:
             return None
         row = rows[0]
-        return StoredReport(ReportSummary.of(row[:11]), bytes(row[11]), str(row[12]))
+        pdf = row[11]
+        # A damaged row (SQLite keeps whatever type was written) reads as not intact, never as an error.
+        pdf_bytes = bytes(pdf) if isinstance(pdf, (bytes, bytearray, memoryview)) else str(pdf).encode()
+        return StoredReport(ReportSummary.of(row[:11]), pdf_bytes, str(row[12]))
 
     async def list(self, kind: str | None = None, limit: int = 200) -> list[ReportSummary]:
         """The newest reports (of ``kind`` only, when given), newest first."""
