@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from coldwatch.alarms import run_ticks, start_alarming
 from coldwatch.api import ApiContext, build_router
+from coldwatch.api_periodic import periodic_router
 from coldwatch.api_reports import reports_router
 from coldwatch.audit import AuditDraft
 from coldwatch.audit_keys import Anchorer, anchor_path, current_signer, load_signer, start_up_checks
@@ -26,6 +27,7 @@ from coldwatch.audit_seal import Signer
 from coldwatch.auth import Authenticator
 from coldwatch.config import Config
 from coldwatch.console.web import Console
+from coldwatch.console.web_periodic import PeriodicPages
 from coldwatch.console.web_reports import ReportPages
 from coldwatch.errors import StorageError
 from coldwatch.http import HttpServer, build_app
@@ -139,8 +141,10 @@ class Daemon:
             api = APIRouter()
             api.include_router(build_router(api_context))
             api.include_router(reports_router(api_context))
+            api.include_router(periodic_router(api_context))
             api.include_router(console.router)
             api.include_router(ReportPages(console).router)
+            api.include_router(PeriodicPages(console).router)
             readiness = functools.partial(
                 _readiness, WriteProbe(storage, pipeline), source, config.ingest.max_unacked_age_s
             )

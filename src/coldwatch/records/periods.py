@@ -14,7 +14,15 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Final, Literal
 from zoneinfo import ZoneInfo
 
-__all__ = ["Every", "Period", "due_periods", "parse_day", "period_containing", "period_of_range"]
+__all__ = [
+    "Every",
+    "Period",
+    "due_periods",
+    "parse_day",
+    "period_containing",
+    "period_of_range",
+    "requested_period",
+]
 
 Every = Literal["daily", "weekly", "monthly"]
 US: Final = 1_000_000
@@ -120,3 +128,29 @@ def due_periods(
         newest_done = max(done_starts)
         ended = [p for p in ended if p.start_us > newest_done]
     return [p for p in reversed(ended) if p.start_us not in done_starts]
+
+
+_KINDS: Final[dict[str, Every]] = {"day": "daily", "week": "weekly", "month": "monthly"}
+
+
+def requested_period(  # noqa: PLR0917 - the two ways to name a period
+    kind: str | None, day: str | None, start: str | None, end: str | None, zone: str, now_us: int
+) -> Period:
+    """The period a person asked for; one not yet over ends now ("to date").
+
+    Either a calendar ``kind`` (day, week, month) containing ``day``, or ``start`` to
+    ``end`` (dates, end excluded).
+    """
+    if kind is not None:
+        if kind not in _KINDS or not day or start or end:
+            raise ValueError("give a period (day, week or month) and a date, or a start and an end date")
+        period = period_containing(_KINDS[kind], parse_day(day), zone)
+    elif start and end and not day:
+        period = period_of_range(parse_day(start), parse_day(end), zone)
+    else:
+        raise ValueError("give a period (day, week or month) and a date, or a start and an end date")
+    if period.start_us >= now_us:
+        raise ValueError(f"the period {period.label} has not begun yet")
+    if period.end_us > now_us:
+        return Period(period.start_us, now_us, f"{period.label} (to date)", period.every)
+    return period
