@@ -64,7 +64,7 @@ def periodic_router(ctx: ApiContext) -> APIRouter:
             with refusals():
                 report = await generate_periodic(ctx.storage, ctx.config, scope, period, who.name, now_us)
         except (ValueError, ScopeError) as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
         found = None if report.report_id is None else await reports.get(report.report_id)
         if found is None:
             raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, "the report was not stored")
