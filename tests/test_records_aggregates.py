@@ -12,7 +12,7 @@ import pytest
 from coldwatch.catalogue import Kind
 from coldwatch.config import DeviceConfig
 from coldwatch.payload import Telemetry
-from coldwatch.records import aggregates_sql
+from coldwatch.records import aggregates_sql, stats
 from coldwatch.records.aggregates import figures_with, point_figures
 from coldwatch.records.aggregates_sql import SqliteFigureReader
 from coldwatch.records.levels import Level, PointSpec, point_spec
@@ -227,3 +227,32 @@ def test_sqlite_here_has_math() -> None:
     """This SQLite has exp(), so the fallback above is the only path that registers one."""
     with sqlite3.connect(":memory:") as conn:
         assert aggregates_sql.sqlite_has_exp(conn)
+
+
+async def test_sql_figures_agree_with_records_stats(backend: Backend) -> None:
+    """The database's sums and the NumPy statistics of records.stats agree on random series."""
+    device = shipper()
+    store = await opened(backend, device)
+    rng = random.Random(11)
+    start, end = T0, T0 + 3 * HOUR
+    spec = spec_of(device)
+    try:
+        await write(store, "ln2-1", random_series(rng, start - HOUR, end))
+        [fig] = await point_figures(store, ["ln2-1"], start, end, lambda d: spec)
+        for m in fig.metrics:
+            rows = await exported(store, "ln2-1", m.metric, start, end)
+            levels = [Level(lv.name, lv.level, lv.above) for lv in spec.levels.get(m.metric, ())]
+            ref = stats.series_stats(
+                [t for t, _ in rows], [v for _, v in rows], start, end, 30.0,
+                [(lv.name, lv.level, lv.above) for lv in levels], m.metric == "temp_c",
+            )  # fmt: skip
+            ours = (m.n, m.min, m.max, m.first_us, m.last_us)
+            assert ours == (ref.n, ref.min, ref.max, ref.first_us, ref.last_us)
+            assert m.covered_s == pytest.approx(ref.covered_s)
+            if ref.mean_tw is not None:
+                assert m.mean_tw == pytest.approx(ref.mean_tw, rel=1e-9)
+            if ref.mkt_c is not None:
+                assert m.mkt_c == pytest.approx(ref.mkt_c, abs=1e-6)
+            assert [b.seconds for b in m.beyond] == pytest.approx([b.seconds for b in ref.beyond])
+    finally:
+        await store.close()
