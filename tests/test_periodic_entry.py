@@ -87,7 +87,7 @@ async def _console(base: str, today: str) -> None:
     async with chromium() as browser:
         page = await (await browser.new_context(viewport={"width": 1280, "height": 800})).new_page()
         await sign_in(page, base, "olga", OPERATOR_PW)
-        await page.get_by_role("link", name="Periodic report").click()
+        await page.get_by_role("link", name="Periodic", exact=True).click()
         SHOTS.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=str(SHOTS / "periodic-form-1280x800.png"), full_page=True)
         form = page.locator("#periodic-form")
