@@ -9,9 +9,12 @@ database), and the alarms of the period. Stored with its PDF and CSV/JSON twins 
 
 from __future__ import annotations
 
+import asyncio
 import math
+import multiprocessing
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -160,6 +163,18 @@ async def _calibration(  # noqa: PLR0917 - the points, their period and when
     return out
 
 
+async def _render_elsewhere(context: dict[str, Any], prov: Provenance) -> bytes:
+    """The PDF, laid out in a process of its own.
+
+    WeasyPrint is pure Python: a site's monthly report takes it tens of seconds of CPU, and
+    in a thread it would hold the GIL the collector's event loop needs (ingest would slow
+    down). A spawned process costs about a second to start.
+    """
+    loop = asyncio.get_running_loop()
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return await loop.run_in_executor(pool, render_pdf, "periodic.html", context, prov)
+
+
 async def periodic_report(
     storage: Storage, config: Config, scope: Scope, period: Period, now_us: int, *, workers: int = 2
 ) -> GeneratedReport:
@@ -201,7 +216,7 @@ async def periodic_report(
         "charts": charts,
         "blocks": blocks,
     }
-    pdf = render_pdf("periodic.html", context, prov)
+    pdf = await _render_elsewhere(context, prov)
     timings["pdf"] = time.perf_counter() - began - sum(timings.values())
     return GeneratedReport(f"{scope.text()} {period.label}", query, data, pdf, prov, timings_s=timings)
 
