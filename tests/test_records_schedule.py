@@ -11,7 +11,14 @@ import pytest
 from pydantic import ValidationError
 
 from coldwatch.broker import RunningBroker
-from coldwatch.records.periods import Period, due_periods, parse_day, period_containing, period_of_range
+from coldwatch.records.periods import (
+    Period,
+    due_periods,
+    parse_day,
+    period_containing,
+    period_of_range,
+    requested_period,
+)
 from coldwatch.records.schedule import run_schedules_once
 from coldwatch.records.schedule_config import ReportsConfig
 from coldwatch.records.store import ReportStore
@@ -52,6 +59,10 @@ def test_calendar_periods_in_the_site_zone() -> None:
     with pytest.raises(ValueError, match="after its start"):
         period_of_range(date(2026, 11, 2), date(2026, 11, 1), BERLIN)
     assert parse_day("2026-11") == date(2026, 11, 1)
+    with pytest.raises(ValueError, match="at most 400 days"):
+        requested_period(None, None, "2020-01-01", "2026-01-01", BERLIN, at("2026-11-04T00:00"))
+    to_date = requested_period("month", "2026-11-20", None, None, BERLIN, at("2026-11-04T00:00"))
+    assert (to_date.label, to_date.end_us) == ("2026-11 (to date)", at("2026-11-04T00:00"))
     with pytest.raises(ValueError, match="not a date"):
         parse_day("yesterday")
 

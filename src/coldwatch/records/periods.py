@@ -26,6 +26,7 @@ __all__ = [
 
 Every = Literal["daily", "weekly", "monthly"]
 US: Final = 1_000_000
+MAX_DAYS: Final = 400  # a year and a bit: longer ranges are split into several reports
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -149,6 +150,8 @@ def requested_period(  # noqa: PLR0917 - the two ways to name a period
         period = period_of_range(parse_day(start), parse_day(end), zone)
     else:
         raise ValueError("give a period (day, week or month) and a date, or a start and an end date")
+    if period.end_us - period.start_us > MAX_DAYS * 86_400 * US:
+        raise ValueError(f"a report covers at most {MAX_DAYS} days")
     if period.start_us >= now_us:
         raise ValueError(f"the period {period.label} has not begun yet")
     if period.end_us > now_us:
