@@ -10,7 +10,7 @@ from playwright.async_api import expect
 
 from coldwatch.broker import RunningBroker
 from tests.conftest import running_daemon
-from tests.identity_helpers import OPERATOR_PW, QA_PW, opened, people
+from tests.identity_helpers import ADMIN_PW, OPERATOR_PW, QA_PW, opened, people
 from tests.test_console_browser import (
     SHOTS,
     audit_actions,
@@ -57,12 +57,37 @@ async def test_excursion_report_from_the_alarm_page_and_qa_sign_off(
         first = " ".join(doc[0].get_textpage().get_text_range().split())
         assert "Excursion report: alarm 1" in first
         assert f"page 1 of {len(doc)}" in first
-        # An operator sees no sign-off form; a post of one is refused.
+        # An operator sees no sign-off form, and a post of one is refused.
         await expect(operator.locator("#sign-review")).to_have_count(0)
+        token = await operator.locator("form.who input[type=hidden]").get_attribute("value")
+        assert token
+        refused = await operator.request.post(
+            f"{base}/console/reports/1/review",
+            form={"csrf_token": token, "meaning": "reviewed", "reason": "x", "password": OPERATOR_PW},
+        )
+        assert refused.status == 403
+        # Generating needs the CSRF token, and a role that generates (an administrator does not).
+        no_token = await operator.request.post(f"{base}/console/reports/excursion", form={"alarm_id": "1"})
+        assert no_token.status == 403
+        bad_id = await operator.request.post(
+            f"{base}/console/reports/excursion", form={"csrf_token": token, "alarm_id": "x1"}
+        )
+        assert bad_id.status == 400
+        admin = await (await browser.new_context()).new_page()
+        await sign_in(admin, base, "ada", ADMIN_PW)
+        admin_token = await admin.locator("form.who input[type=hidden]").get_attribute("value")
+        assert admin_token
+        await admin.goto(f"{base}/console/alarms/1")
+        await expect(admin.get_by_role("button", name="Excursion report")).to_have_count(0)
+        denied = await admin.request.post(
+            f"{base}/console/reports/excursion", form={"csrf_token": admin_token, "alarm_id": "1"}
+        )
+        assert denied.status == 403
 
         qa = await (await browser.new_context(viewport={"width": 360, "height": 740})).new_page()
         await sign_in(qa, base, "quinn", QA_PW)
         await qa.goto(f"{base}/console/reports")
+        await expect(qa.locator("#report-list li")).to_contain_text("awaiting QA review")
         await qa.locator("#report-list a").first.click()
         await qa.screenshot(path=str(SHOTS / "report-360x740.png"), full_page=True)
         form = qa.locator("#sign-review")
@@ -82,6 +107,8 @@ async def test_excursion_report_from_the_alarm_page_and_qa_sign_off(
         await expect(qa.locator("#sign-review")).to_have_count(0)
         await qa.screenshot(path=str(SHOTS / "report-reviewed-360x740.png"), full_page=True)
         await qa.goto(f"{base}/console/reports")
+        await expect(qa.locator("#report-list li")).to_contain_text("reviewed")
+        await expect(qa.locator("#report-list li")).not_to_contain_text("awaiting")
         await qa.screenshot(path=str(SHOTS / "reports-360x740.png"), full_page=True)
         for bad in ("abc", "0", "99999999999999999999", "1.exe", "1.pdf.pdf"):
             got = await qa.request.get(f"{base}/console/reports/{bad}")

@@ -106,8 +106,10 @@ def _reading(router: APIRouter, ctx: ApiContext, reports: ReportStore) -> None:
         kind: Annotated[str | None, Query(pattern="^(" + "|".join(KINDS) + ")$")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     ) -> list[dict[str, Any]]:
-        """Generated reports, newest first (of one kind, when given)."""
-        return [summary_json(s) for s in await reports.list(kind, limit)]
+        """Generated reports, newest first (of one kind, when given), and whether each is reviewed."""
+        found = await reports.list(kind, limit)
+        reviewed = await reports.reviewed(s.id for s in found)
+        return [{**summary_json(s), "reviewed": s.id in reviewed} for s in found]
 
     @router.get("/reports/{report_id}.pdf")
     async def report_pdf(report_id: ReportId, _: Viewer) -> Response:

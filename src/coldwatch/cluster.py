@@ -44,11 +44,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from coldwatch.api import ApiContext, build_router
+from coldwatch.api_reports import reports_router
 from coldwatch.audit import AuditDraft
 from coldwatch.audit_keys import Anchorer, anchor_path, current_signer, load_signer, start_up_checks
 from coldwatch.auth import Authenticator
 from coldwatch.config import Config, DeviceConfig
 from coldwatch.console.web import Console
+from coldwatch.console.web_reports import ReportPages
 from coldwatch.daemon import DRAIN_TIMEOUT_S, Daemon, WorkerOptions, config_loaded
 from coldwatch.errors import StorageError
 from coldwatch.http import HttpServer, build_app
@@ -229,7 +231,9 @@ class ClusterDaemon:
             console = Console(api_context)
             api = APIRouter()
             api.include_router(build_router(api_context))
+            api.include_router(reports_router(api_context))
             api.include_router(console.router)
+            api.include_router(ReportPages(console).router)
             readiness = functools.partial(self._readiness, storage)
             http = HttpServer(build_app(self.registry, readiness, api), config.http.host, config.http.port)
             self.http_port = http.port

@@ -92,8 +92,16 @@ class ReportPages:
             if kind is not None and kind not in KINDS:
                 return console._error(request, who, status.HTTP_400_BAD_REQUEST, "unknown report kind")  # noqa: SLF001
             rows = await self.reports.list(kind, 200)
+            reviewed = await self.reports.reviewed(r.id for r in rows)
             return console.render(
-                request, "reports_list.html", who, title="Reports", rows=rows, kind=kind, kinds=KINDS
+                request,
+                "reports_list.html",
+                who,
+                title="Reports",
+                rows=rows,
+                reviewed=reviewed,
+                kind=kind,
+                kinds=KINDS,
             )
 
         @router.post("/reports/excursion")

@@ -14,6 +14,7 @@ UTC and in the site's time zone.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -39,6 +40,9 @@ __all__ = [
 ]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+# One layout at a time: reports are laid out on worker threads, and Pango and fontconfig are
+# not documented as safe to use from several threads at once.
+_LAYOUT = threading.Lock()
 
 
 def utc(at_us: int | None) -> str:
@@ -104,7 +108,8 @@ def render_pdf(template: str, context: Mapping[str, object], provenance: Provena
     import weasyprint  # noqa: PLC0415 - Pango is loaded only when a report is printed
 
     html = render_html(template, context, provenance)
-    pdf = weasyprint.HTML(string=html, base_url=None).write_pdf()
+    with _LAYOUT:
+        pdf = weasyprint.HTML(string=html, base_url=None).write_pdf()
     if not isinstance(pdf, bytes):  # write_pdf without a target returns the bytes
         raise TypeError("WeasyPrint returned no PDF")
     return pdf

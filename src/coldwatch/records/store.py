@@ -16,6 +16,7 @@ from __future__ import annotations
 import builtins
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -233,6 +234,21 @@ class ReportStore:
         order = " ORDER BY generated_us DESC, id DESC LIMIT ?"
         rows = await self.store.fetch(_SUMMARY + where + order, *args, limit)
         return [ReportSummary.of(r) for r in rows]
+
+    async def reviewed(self, report_ids: Iterable[int]) -> set[int]:
+        """Which of these reports are signed as reviewed."""
+        ids = [str(i) for i in report_ids]
+        out: set[int] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            rows = await self.store.fetch(
+                "SELECT object_id FROM signatures WHERE object_type = 'report' AND action = 'review' "  # noqa: S608 - marks only
+                f"AND object_id IN ({marks})",
+                *chunk,
+            )
+            out.update(int(r[0]) for r in rows)
+        return out
 
     async def signatures(self, report_id: int) -> builtins.list[StoredSignature]:
         """The report's signatures, oldest first."""
