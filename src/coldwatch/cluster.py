@@ -44,12 +44,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from coldwatch.api import ApiContext, build_router
+from coldwatch.api_periodic import periodic_router
 from coldwatch.api_reports import reports_router
 from coldwatch.audit import AuditDraft
 from coldwatch.audit_keys import Anchorer, anchor_path, current_signer, load_signer, start_up_checks
 from coldwatch.auth import Authenticator
 from coldwatch.config import Config, DeviceConfig
 from coldwatch.console.web import Console
+from coldwatch.console.web_periodic import PeriodicPages
 from coldwatch.console.web_reports import ReportPages
 from coldwatch.daemon import DRAIN_TIMEOUT_S, Daemon, WorkerOptions, config_loaded
 from coldwatch.errors import StorageError
@@ -59,6 +61,7 @@ from coldwatch.metrics import render
 from coldwatch.notify.deliver import Deliverer
 from coldwatch.notify.messages import alertmanager_resend
 from coldwatch.pipeline import UserAction
+from coldwatch.records.schedule import run_schedules
 from coldwatch.rules.lifecycle import Alarm, LifecycleError, Transition
 from coldwatch.storage import DeviceState
 from coldwatch.storage.postgres import OUTBOX_CHANNEL, AlarmIds, Fence, PostgresStorage
@@ -189,7 +192,7 @@ class ClusterDaemon:
         """The local collector of the device's partition, if this member holds it."""
         return self.workers.get(partition_of(device_id, self.config.cluster.partitions))
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event) -> None:  # noqa: PLR0915 - the one place that wires a member
         """Run until ``stop`` is set; then stop every partition in order and hand the leases back."""
         config = self.config
         url = str(config.storage.url)  # Config refuses a cluster without PostgreSQL
@@ -232,8 +235,10 @@ class ClusterDaemon:
             api = APIRouter()
             api.include_router(build_router(api_context))
             api.include_router(reports_router(api_context))
+            api.include_router(periodic_router(api_context))
             api.include_router(console.router)
             api.include_router(ReportPages(console).router)
+            api.include_router(PeriodicPages(console).router)
             readiness = functools.partial(self._readiness, storage)
             http = HttpServer(build_app(self.registry, readiness, api), config.http.host, config.http.port)
             self.http_port = http.port
@@ -242,10 +247,15 @@ class ClusterDaemon:
                 watchdog = tasks.create_task(self._watchdog(), name="cluster-watchdog")
                 manage = tasks.create_task(self._manage(storage, leases, ids, stop), name="cluster-leases")
                 anchoring = tasks.create_task(anchorer.run(), name="audit-anchor")
+                # Every member schedules reports; an advisory lock lets one generate each.
+                reports = (tasks.create_task(run_schedules(storage, config), name="report-schedules")
+                           if config.reports.schedules else None)  # fmt: skip
                 self.on_ready(self)
                 await manage
                 watchdog.cancel()
                 anchoring.cancel()
+                if reports is not None:
+                    reports.cancel()
                 http.stop()
                 try:
                     await asyncio.wait_for(asyncio.shield(server), 5)

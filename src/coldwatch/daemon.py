@@ -162,8 +162,9 @@ class Daemon:
                 ticks = tasks.create_task(run_ticks(pipeline.tick), name="rule-timers")
                 notify = tasks.create_task(deliverer.run(), name="notify-deliver") if worker is None else None
                 anchoring = tasks.create_task(anchorer.run(), name="audit-anchor") if anchorer else None
+                # A cluster member's partition workers leave the schedules to the member.
                 reports = (tasks.create_task(run_schedules(storage, config), name="report-schedules")
-                           if config.reports.schedules else None)  # fmt: skip
+                           if config.reports.schedules and worker is None else None)  # fmt: skip
                 # Configuration, rule state and imports live as long as the process: leave
                 # them out of the collector's scans (full collections stalled the loop).
                 gc.freeze()
