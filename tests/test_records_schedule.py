@@ -175,8 +175,10 @@ async def test_daemon_writes_a_due_report_once(
     try:
         reports = await ReportStore(identity_store(store), "UTC").list("periodic")
         audit = [e async for e in store.audit_entries() if e.action == "report.generated"]
+        verified = await store.verify_audit()
     finally:
         await store.close()
     assert len(reports) == 1
     assert len(audit) == 1
     assert audit[0].actor == "scheduler"
+    assert verified.ok
