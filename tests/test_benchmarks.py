@@ -162,3 +162,24 @@ def test_console_http_benchmark_gets_every_page_signed_in_on_both_backends(tmp_p
         assert result[backend]["audit_entries"] >= 2000
     assert "200 ms target (median)" in done.stdout
     assert "load average" in done.stdout
+
+
+def test_periodic_report_benchmark_runs_on_both_backends(tmp_path: Path) -> None:
+    """A small periodic report benchmark fills both backends, times the report and its baseline scan."""
+    out = tmp_path / "periodic.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "periodic_report.py"), "--devices", "6", "--days", "2",
+         "--interval-s", "60", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(out.read_text())
+    per_device = 2 * 86_400 // 60 - 720  # every minute for two days, less a 12-hour silence
+    for backend in ("sqlite", "postgresql"):
+        run = result[backend]
+        assert run["readings"] == 6 * per_device
+        assert run["points"] == 6
+        assert run["report_s"] > 0
+        assert set(run["phases_s"]) == {"figures", "calibration", "charts", "pdf"}
+        assert run["ratio_to_baseline"] > 0
+    assert "ratio to baseline" in done.stdout

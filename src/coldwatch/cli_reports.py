@@ -113,6 +113,13 @@ def _common(q: argparse.ArgumentParser) -> None:
     q.set_defaults(func=_cmd_report)
 
 
+def add_periodic_command(reports: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``coldwatch report periodic`` (its own module)."""
+    from coldwatch.cli_periodic import add_periodic_command as add  # noqa: PLC0415 - it imports this module
+
+    add(reports)
+
+
 def add_report_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``coldwatch report excursion|list|get|review``."""
     p = sub.add_parser("report", help="GMP reports: generate, list, download, sign as reviewed")
@@ -126,6 +133,7 @@ def add_report_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     q.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     q.add_argument("--out", help="where to write the PDF (default: excursion-report-ID.pdf; - for stdout)")
     _common(q)
+    add_periodic_command(reports)
     q = reports.add_parser("list", help="generated reports, newest first")
     q.add_argument("--kind", choices=("excursion", "periodic", "batch", "shipment"))
     _common(q)

@@ -56,6 +56,7 @@ from coldwatch.metrics import render
 from coldwatch.notify.deliver import Deliverer
 from coldwatch.notify.messages import alertmanager_resend
 from coldwatch.pipeline import UserAction
+from coldwatch.records.schedule import run_schedules
 from coldwatch.routes import all_routes
 from coldwatch.rules.lifecycle import Alarm, LifecycleError, Transition
 from coldwatch.storage import DeviceState
@@ -236,10 +237,15 @@ class ClusterDaemon:
                 watchdog = tasks.create_task(self._watchdog(), name="cluster-watchdog")
                 manage = tasks.create_task(self._manage(storage, leases, ids, stop), name="cluster-leases")
                 anchoring = tasks.create_task(anchorer.run(), name="audit-anchor")
+                # Every member schedules reports; an advisory lock lets one generate each.
+                reports = (tasks.create_task(run_schedules(storage, config), name="report-schedules")
+                           if config.reports.schedules else None)  # fmt: skip
                 self.on_ready(self)
                 await manage
                 watchdog.cancel()
                 anchoring.cancel()
+                if reports is not None:
+                    reports.cancel()
                 http.stop()
                 try:
                     await asyncio.wait_for(asyncio.shield(server), 5)

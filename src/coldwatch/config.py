@@ -31,6 +31,7 @@ from coldwatch.catalogue import DEFAULT_RANGES, Kind
 from coldwatch.errors import ConfigError, ConfigProblem
 from coldwatch.identity_config import IdentityConfig, SiteConfig
 from coldwatch.notify.config import NotifyConfig
+from coldwatch.records.schedule_config import ReportsConfig
 from coldwatch.rules.config import RulesConfig
 
 __all__ = [
@@ -391,6 +392,7 @@ class Config(_Model):
     console: ConsoleConfig = ConsoleConfig()
     records: RecordsConfig = RecordsConfig()
     calibration: CalibrationConfig = CalibrationConfig()
+    reports: ReportsConfig = ReportsConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
     source: str = Field("<defaults>", exclude=True)
     sha256: str = Field("", exclude=True)

@@ -32,6 +32,7 @@ from coldwatch.mqtt import MqttSource
 from coldwatch.notifying import notifications
 from coldwatch.pipeline import Pipeline
 from coldwatch.readiness import WriteProbe
+from coldwatch.records.schedule import run_schedules
 from coldwatch.routes import all_routes
 from coldwatch.rules.engine import Engine
 from coldwatch.rules.lifecycle import AlarmBook
@@ -155,6 +156,9 @@ class Daemon:
                 calibration = tasks.create_task(checks, name="calibration-check")
                 notify = tasks.create_task(deliverer.run(), name="notify-deliver") if worker is None else None
                 anchoring = tasks.create_task(anchorer.run(), name="audit-anchor") if anchorer else None
+                # A cluster member's partition workers leave the schedules to the member.
+                reports = (tasks.create_task(run_schedules(storage, config), name="report-schedules")
+                           if config.reports.schedules and worker is None else None)  # fmt: skip
                 # Configuration, rule state and imports live as long as the process: leave
                 # them out of the collector's scans (full collections stalled the loop).
                 gc.freeze()
@@ -162,6 +166,8 @@ class Daemon:
                 await stop.wait()
                 ticks.cancel()
                 calibration.cancel()
+                if reports is not None:
+                    reports.cancel()
                 if anchoring is not None:
                     anchoring.cancel()
                 await _commit_queued(pipeline, source)
