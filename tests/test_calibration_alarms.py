@@ -155,6 +155,10 @@ async def test_due_calibration_raises_once_and_a_new_one_clears_it(
             assert page.status_code == 200, page.text
             assert "calibration_due" in page.text
             assert "Sign: acknowledge" in page.text
+            # About the instrument, not the readings: no readings chart, no excursion report.
+            assert 'id="calibration-hint"' in page.text
+            assert 'id="excursion-report"' not in page.text
+            assert 'id="chart-h"' not in page.text
             overview = await client.get("/console/overview")
             assert overview.status_code == 200
             states = await client.get("/api/v1/calibration", headers=auth("viewer"))

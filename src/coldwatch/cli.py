@@ -31,6 +31,8 @@ def _setup_logging(verbose: bool) -> None:
     )
     if not verbose:  # one line per HTTP request (the console's commands, webhooks) is noise
         logging.getLogger("httpx").setLevel(logging.WARNING)
+        # WeasyPrint logs each step of every PDF it lays out at INFO.
+        logging.getLogger("weasyprint.progress").setLevel(logging.WARNING)
 
 
 def _parse_time(text: str) -> int:

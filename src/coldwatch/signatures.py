@@ -115,9 +115,13 @@ def _when(at_us: int, zone: str) -> tuple[str, str]:
 
 
 def manifestation(full_name: str, signer: str, signed_us: int, zone: str, meaning: str) -> str:
-    """How a signature reads wherever its record is shown: name, UTC and site time, meaning."""
+    """How a signature reads wherever its record is shown: name, UTC and site time, meaning.
+
+    The site time is left out when the site's zone is UTC (it would repeat the same time).
+    """
     utc, local = _when(signed_us, zone)
-    return f"signed by {full_name} ({signer}) on {utc} / {local}, meaning: {meaning}"
+    when = utc if zone == "UTC" else f"{utc} / {local}"
+    return f"signed by {full_name} ({signer}) on {when}, meaning: {meaning}"
 
 
 def manifestation_json(sig: StoredSignature, zone: str) -> dict[str, object]:

@@ -202,7 +202,7 @@ async def periodic_report(
     query = (
         f"periodic {scope.text()} {period.label} [{data['period']['start_utc']}, {data['period']['end_utc']})"
     )
-    prov = await provenance(storage, query, now_us)
+    prov = await provenance(storage, query, now_us, config.site.notice)
     blocks = {
         "summary": summary_block(data["points"]),
         "metrics": {p["device_id"]: metrics_block(p) for p in data["points"]},
