@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from coldwatch.records.calibration import PointCalibration
+from coldwatch.records.calibration import PointCalibration, flags
 from coldwatch.records.pdf import utc
 
 __all__ = ["calibration_facts", "count_in_spans", "warning_line"]
@@ -24,13 +24,7 @@ __all__ = ["calibration_facts", "count_in_spans", "warning_line"]
 
 def count_in_spans(ts_us: ArrayLike, spans: Sequence[tuple[int, int]]) -> int:
     """How many of the timestamps fall in any of the half-open spans ``[a, b)`` (spans do not overlap)."""
-    ts = np.sort(np.asarray(ts_us, dtype=np.int64))
-    if not spans or ts.size == 0:
-        return 0
-    starts = np.array([a for a, _ in spans], dtype=np.int64)
-    ends = np.array([b for _, b in spans], dtype=np.int64)
-    inside = np.searchsorted(ts, ends, side="left") - np.searchsorted(ts, starts, side="left")
-    return int(np.clip(inside, 0, None).sum())
+    return int(flags(np.asarray(ts_us, dtype=np.int64), sorted(spans)).sum())
 
 
 def warning_line(flagged: int, readings: int) -> str | None:
