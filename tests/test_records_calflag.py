@@ -172,6 +172,8 @@ async def test_readings_out_of_calibration_are_flagged_in_the_records(
     assert excursion is not None
     assert batch_pdf is not None
     assert ship_pdf is not None
+    for name, pdf in (("excursion", excursion.pdf), ("batch", batch_pdf.pdf), ("shipment", ship_pdf.pdf)):
+        (tmp_path / f"{name}.pdf").write_bytes(pdf)  # to look at
     the_excursion_flags_readings_after_the_due_date(excursion.data, excursion.pdf, ts["inc-1"], due)
     the_batch_flags_the_incubator_only(batch, batch_pdf.pdf, ts, due, t0)
     the_shipment_flags_every_reading(shipment, ship_pdf.pdf, ts["ln2-1"], t0)
