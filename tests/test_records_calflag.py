@@ -12,6 +12,8 @@ stored data. Every count is recomputed here from the raw readings' timestamps:
 
 from __future__ import annotations
 
+import csv
+import io
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from coldwatch.records.instruments import Instruments
 from coldwatch.records.shipment import generate_shipment_report
 from coldwatch.records.shipments import Shipments
 from coldwatch.records.store import ReportStore
+from coldwatch.records.twins import twins
 from coldwatch.roles import Permission
 from coldwatch.signatures import SignatureDraft
 from coldwatch.storage.base import Storage
@@ -195,6 +198,8 @@ def the_excursion_flags_readings_after_the_due_date(
     cal = data["calibration"]
     assert (cal["instrument"], cal["state"], cal["readings"]) == ("SN-INC", "overdue", total)
     assert cal["out_of_calibration"] == expected
+    table = list(csv.DictReader(io.StringIO(twins(data)[0])))
+    assert [r["out_of_calibration"] for r in table] == ["0", str(expected)]
     assert f"{expected} of {total} {WARNING}" in flat(pdf)
     assert "instrument SN-INC" in flat(pdf)
 
@@ -229,6 +234,8 @@ def the_shipment_flags_every_reading(data: dict[str, Any], pdf: bytes, ts: list[
         ("temp_b_c", in_transit, in_transit),
     ]
     assert data["calibration"]["state"] == "no_instrument"
+    table = list(csv.DictReader(io.StringIO(twins(data)[0])))  # the CSV twin carries the column
+    assert [r["out_of_calibration"] for r in table] == [str(in_transit)] * 2
     text = flat(pdf)
     assert f"{2 * in_transit} of {2 * in_transit} {WARNING} (or none was installed)" in text
     assert "not GMP-valid measurements" in text

@@ -3,7 +3,8 @@
 For every stay of the batch's current version: the figures of each device in that place
 for that time (the device itself, or the area's particle counters), per metric, under the
 hold convention of :mod:`coldwatch.records.stats`; every alarm of those devices whose
-interval meets the stay, with its review and signatures; a chart per device. Then the
+interval meets the stay, with its review and signatures; a chart per device; each
+device's calibration and its readings taken out of calibration (:mod:`coldwatch.records.calflag`). Then the
 QA verdict line (:func:`coldwatch.records.batch_model.verdict`) and the registration and
 amendment history with their signatures. Stored as a ``batch`` report (PDF and figures).
 """

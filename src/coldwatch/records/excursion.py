@@ -7,8 +7,9 @@ readings marked; the statistics of the readings during the alarm and over the wh
 chart window (peak, time-weighted mean, MKT for temperatures, time strictly beyond each
 configured level), under the hold convention of :mod:`coldwatch.records.stats`; every
 transition; the notifications sent and their delivery attempts; the signatures
-(acknowledgement, shelving, QA review) with their manifestations; and which readings
-arrived late or were backfilled from a device's buffer.
+(acknowledgement, shelving, QA review) with their manifestations; which readings
+arrived late or were backfilled from a device's buffer; and the point's calibration, with
+the readings taken out of calibration (:mod:`coldwatch.records.calflag`).
 
 The shell (:mod:`coldwatch.records.excursion_source`) reads the inputs and stores the
 generated report.

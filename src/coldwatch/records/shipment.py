@@ -7,7 +7,8 @@ the generation time while in transit): min, max, MKT, time above each level of
 e.g. after a flight) are included, counted and marked on the charts. Lid and tilt events
 from the readings; every alarm of the shipper during the transit with its review; the
 hold-time forecast stored at dispatch and the smallest margin during transit
-(:mod:`coldwatch.records.shipment_model`). Stored as a ``shipment`` report.
+(:mod:`coldwatch.records.shipment_model`); the shipper's calibration and the readings taken out
+of calibration (:mod:`coldwatch.records.calflag`). Stored as a ``shipment`` report.
 """
 
 from __future__ import annotations
