@@ -3,7 +3,8 @@
 For every stay of the batch's current version: the figures of each device in that place
 for that time (the device itself, or the area's particle counters), per metric, under the
 hold convention of :mod:`coldwatch.records.stats`; every alarm of those devices whose
-interval meets the stay, with its review and signatures; a chart per device. Then the
+interval meets the stay, with its review and signatures; a chart per device; each
+device's calibration and its readings taken out of calibration (:mod:`coldwatch.records.calflag`). Then the
 QA verdict line (:func:`coldwatch.records.batch_model.verdict`) and the registration and
 amendment history with their signatures. Stored as a ``batch`` report (PDF and figures).
 """
@@ -17,9 +18,12 @@ from coldwatch.catalogue import Kind
 from coldwatch.config import Config, DeviceConfig
 from coldwatch.records.batch_model import Stay, devices_of_stay, verdict
 from coldwatch.records.batches import Batches, BatchRecord, NoSuchBatchError
+from coldwatch.records.calflag import calibration_facts, count_in_spans
+from coldwatch.records.calibration import PointCalibration
 from coldwatch.records.conditions import (
     AlarmRecord,
     alarm_rows,
+    calibration_of_points,
     chart,
     figures,
     levels_of,
@@ -43,11 +47,17 @@ REPORTED_METRICS: Final[dict[Kind, tuple[str, ...]]] = {
 }
 
 
-async def _device_block(
-    storage: Storage, config: Config, device: DeviceConfig, stay: Stay, alarms: list[AlarmRecord]
+async def _device_block(  # noqa: PLR0917 - one device in one place and time
+    storage: Storage,
+    config: Config,
+    device: DeviceConfig,
+    stay: Stay,
+    alarms: list[AlarmRecord],
+    calibration: PointCalibration | None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """One device during one stay: its figures per metric (CSV rows) and its chart."""
+    """One device during one stay: its figures per metric (CSV rows), its calibration and its chart."""
     zone = config.site.timezone
+    spans = [] if calibration is None else calibration.uncalibrated
     rows: list[dict[str, Any]] = []
     chart_svg = None
     for index, metric in enumerate(REPORTED_METRICS[device.kind]):
@@ -61,6 +71,8 @@ async def _device_block(
             "device": device.id, "metric": metric, "n": stats.n, "backfilled": readings.backfilled,
             "min": stats.min, "max": stats.max, "mean_tw": stats.mean_tw, "mkt_c": stats.mkt_c,
             "covered_s": stats.covered_s, "completeness": share,
+            "calibration_state": None if calibration is None else calibration.state,
+            "out_of_calibration": count_in_spans(readings.ts_us, spans),
         }  # fmt: skip
         for level in stats.beyond:
             row[f"beyond {level.name} {level.level:g} s"] = level.seconds
@@ -70,15 +82,21 @@ async def _device_block(
             own = [a for a in alarms if a.alarm.key.device_id == device.id]
             chart_svg = chart(f"{device.id} {metric} · {stay.place}", metric, readings, stay.from_us,
                               stay.until_us, levels, own, zone)  # fmt: skip
-    return {"device": device.id, "kind": device.kind.value, "rows": rows, "chart": chart_svg}, rows
-
-
-async def _stay_block(storage: Storage, store: IdentityStore, config: Config, stay: Stay) -> dict[str, Any]:
-    devices = devices_of_stay(stay, config.devices)
-    alarms = await overlapping_alarms(
-        store, config.site.timezone, [d.id for d in devices], stay.from_us, stay.until_us
+    cal = calibration_facts(
+        calibration, sum(r["out_of_calibration"] for r in rows), sum(r["n"] for r in rows)
     )
-    blocks = [await _device_block(storage, config, d, stay, alarms) for d in devices]
+    return {"device": device.id, "kind": device.kind.value, "rows": rows, "chart": chart_svg,
+            "calibration": cal}, rows  # fmt: skip
+
+
+async def _stay_block(
+    storage: Storage, store: IdentityStore, config: Config, stay: Stay, now_us: int
+) -> dict[str, Any]:
+    devices = devices_of_stay(stay, config.devices)
+    ids = [d.id for d in devices]
+    alarms = await overlapping_alarms(store, config.site.timezone, ids, stay.from_us, stay.until_us)
+    states = await calibration_of_points(store, config, ids, (stay.from_us, stay.until_us), now_us)
+    blocks = [await _device_block(storage, config, d, stay, alarms, states.get(d.id)) for d in devices]
     return {
         "stay": stay,
         "devices": [b for b, _ in blocks],
@@ -103,14 +121,19 @@ def _history(record: BatchRecord, zone: str) -> list[dict[str, Any]]:
     return out
 
 
-async def batch_context(storage: Storage, config: Config, lot: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The template context and the figures (``data``, with flat ``rows``) of a batch's record."""
+async def batch_context(
+    storage: Storage, config: Config, lot: str, now_us: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The template context and the figures (``data``, with flat ``rows``) of a batch's record.
+
+    ``now_us`` dates the calibration states (due soon, overdue) the record shows.
+    """
     store = identity_store(storage)
     zone = config.site.timezone
     record = await Batches(store, config.devices, zone).get(lot)
     if record is None:
         raise NoSuchBatchError(f"no batch {lot}")
-    stays = [await _stay_block(storage, store, config, s) for s in record.stays]
+    stays = [await _stay_block(storage, store, config, s, now_us) for s in record.stays]
     touching: dict[int, AlarmRecord] = {a.alarm.id: a for block in stays for a in block["alarms"]}
     line = verdict(touching, [i for i, a in touching.items() if a.review is not None])
     history = _history(record, zone)
@@ -124,6 +147,11 @@ async def batch_context(storage: Storage, config: Config, lot: str) -> tuple[dic
         "version": record.version,
         "verdict": line,
         "rows": rows,
+        "calibration": [
+            {"place": b["stay"].place, "stay_from_us": b["stay"].from_us, "device": d["device"],
+             **d["calibration"]}
+            for b in stays for d in b["devices"]
+        ],
         "alarms": alarms,
         "history": [
             {"version": h["version"], "action": h["action"], "reason": h["reason"],
@@ -148,7 +176,7 @@ async def generate_batch_report(
     storage: Storage, config: Config, lot: str, who: str, now_us: int
 ) -> tuple[int, dict[str, Any]]:
     """Build, print and store the batch's record; its report id and figures."""
-    context, data = await batch_context(storage, config, lot)
+    context, data = await batch_context(storage, config, lot, now_us)
     query = f"batch lot={lot} version={data['version']}"
     prov = await provenance(storage, query, now_us, config.site.notice)
     pdf = await asyncio.to_thread(render_pdf, "batch.html", context, prov)

@@ -21,6 +21,8 @@ from coldwatch.catalogue import KINDS
 from coldwatch.config import Config, DeviceConfig
 from coldwatch.console.chart import AlarmSpan, LimitLine
 from coldwatch.console.downsample import Series, minmax
+from coldwatch.records.calibration import PointCalibration
+from coldwatch.records.instrument_model import calibration_states
 from coldwatch.records.pdf import svg_chart
 from coldwatch.records.stats import Level, SeriesStats, completeness, series_stats
 from coldwatch.review import Review, Reviews
@@ -35,6 +37,7 @@ __all__ = [
     "AlarmRecord",
     "Readings",
     "alarm_rows",
+    "calibration_of_points",
     "chart",
     "figures",
     "levels_of",
@@ -87,6 +90,18 @@ async def read_series(storage: Storage, device_id: str, metric: str, start_us: i
         np.array([r[0] for r in rows], dtype=np.int64),
         np.array([r[1] for r in rows], dtype=np.float64),
         np.array([bool(r[2]) for r in rows], dtype=np.bool_),
+    )
+
+
+async def calibration_of_points(
+    store: IdentityStore, config: Config, device_ids: Sequence[str], window: tuple[int, int], now_us: int
+) -> dict[str, PointCalibration]:
+    """Each point's calibration state at ``now_us`` and its uncalibrated intervals in the window."""
+    if not device_ids:
+        return {}
+    start_us, end_us = window
+    return await calibration_states(
+        store, device_ids, start_us, end_us, now_us, alert_before_days=config.calibration.alert_before_days
     )
 
 

@@ -7,8 +7,9 @@ readings marked; the statistics of the readings during the alarm and over the wh
 chart window (peak, time-weighted mean, MKT for temperatures, time strictly beyond each
 configured level), under the hold convention of :mod:`coldwatch.records.stats`; every
 transition; the notifications sent and their delivery attempts; the signatures
-(acknowledgement, shelving, QA review) with their manifestations; and which readings
-arrived late or were backfilled from a device's buffer.
+(acknowledgement, shelving, QA review) with their manifestations; which readings
+arrived late or were backfilled from a device's buffer; and the point's calibration, with
+the readings taken out of calibration (:mod:`coldwatch.records.calflag`).
 
 The shell (:mod:`coldwatch.records.excursion_source`) reads the inputs and stores the
 generated report.
@@ -23,6 +24,8 @@ from typing import Any, Final
 import numpy as np
 
 from coldwatch.console.chart import AlarmSpan, LimitLine
+from coldwatch.records.calflag import calibration_facts, count_in_spans
+from coldwatch.records.calibration import PointCalibration
 from coldwatch.records.stats import Level, SeriesStats, series_stats, uncovered
 
 __all__ = [
@@ -70,6 +73,7 @@ class ExcursionInputs:
     zone: str
     window: tuple[int, int]
     alarm_end_us: int  # cleared, or generation time while still active
+    calibration: PointCalibration | None = None  # the point's, over the window (None: not looked up)
 
 
 def window(raised_us: int, cleared_us: int | None, now_us: int) -> tuple[int, int, int]:
@@ -122,6 +126,12 @@ def _stats_row(  # noqa: PLR0917 - one row of figures
     return row
 
 
+def _flagged(ts: np.ndarray, inputs: ExcursionInputs, start: int, end: int) -> int:
+    """Readings in [start, end) taken while the point was out of calibration."""
+    spans = [] if inputs.calibration is None else inputs.calibration.uncalibrated
+    return count_in_spans(ts[(ts >= start) & (ts < end)], spans)
+
+
 def _peak(ts: np.ndarray, vals: np.ndarray, start: int, end: int, high: bool) -> tuple[float, int] | None:
     inside = (ts >= start) & (ts < end)
     if not inside.any():
@@ -163,6 +173,8 @@ def excursion_data(inputs: ExcursionInputs) -> dict[str, Any]:
         ),
         _stats_row("chart window", inputs.unit, start, end, whole, _peak(ts, vals, start, end, high)),
     ]
+    rows[0]["out_of_calibration"] = _flagged(ts, inputs, raised, alarm_end)
+    rows[1]["out_of_calibration"] = flagged = _flagged(ts, inputs, start, end)
     ident = {"alarm": inputs.alarm["id"], "device": inputs.alarm["device"], "metric": inputs.alarm["metric"]}
     rows = [{**ident, **row} for row in rows]
     return {
@@ -198,6 +210,7 @@ def excursion_data(inputs: ExcursionInputs) -> dict[str, Any]:
         "backfill": _backfill(inputs, int(cap * US)),
         "no_data": uncovered(ts, start, end, cap),
         "zone": inputs.zone,
+        "calibration": calibration_facts(inputs.calibration, flagged, whole.n),
     }
 
 

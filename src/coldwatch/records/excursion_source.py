@@ -17,6 +17,7 @@ from coldwatch.config import Config
 from coldwatch.console.chart import LimitLine, unit_of
 from coldwatch.console.downsample import Series, minmax
 from coldwatch.identity_model import IdentityError
+from coldwatch.records.conditions import calibration_of_points
 from coldwatch.records.excursion import (
     ExcursionInputs,
     Notification,
@@ -128,6 +129,7 @@ async def excursion_inputs(storage: Storage, config: Config, alarm_id: int, now_
     readings = await storage.metric_readings(alarm.key.device_id, metric, start, end, MAX_READINGS)
     signatures = (await reviews.signatures_of([alarm_id])).get(alarm_id, [])
     review = await reviews.review_of(alarm_id)
+    states = await calibration_of_points(store, config, [alarm.key.device_id], (start, end), now_us)
     return ExcursionInputs(
         alarm=_alarm_dict(alarm),
         device={
@@ -157,6 +159,7 @@ async def excursion_inputs(storage: Storage, config: Config, alarm_id: int, now_
         zone=zone,
         window=(start, end),
         alarm_end_us=alarm_end,
+        calibration=states.get(alarm.key.device_id),
     )
 
 

@@ -7,7 +7,8 @@ the generation time while in transit): min, max, MKT, time above each level of
 e.g. after a flight) are included, counted and marked on the charts. Lid and tilt events
 from the readings; every alarm of the shipper during the transit with its review; the
 hold-time forecast stored at dispatch and the smallest margin during transit
-(:mod:`coldwatch.records.shipment_model`). Stored as a ``shipment`` report.
+(:mod:`coldwatch.records.shipment_model`); the shipper's calibration and the readings taken out
+of calibration (:mod:`coldwatch.records.calflag`). Stored as a ``shipment`` report.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from typing import Any
 import numpy as np
 
 from coldwatch.config import Config, DeviceConfig
+from coldwatch.records.calflag import calibration_facts, count_in_spans
 from coldwatch.records.conditions import (
     Readings,
     alarm_rows,
+    calibration_of_points,
     chart,
     figures,
     overlapping_alarms,
@@ -88,7 +91,9 @@ async def _margin(
     return {"seconds": smallest.seconds, "at_us": smallest.at_us, "forecasts": int(during.sum())}
 
 
-def _probe_row(probe: str, label: str, readings: Readings, stats: Any, share: float) -> dict[str, Any]:
+def _probe_row(  # noqa: PLR0917 - one probe's figures
+    probe: str, label: str, readings: Readings, stats: Any, share: float, uncalibrated: list[tuple[int, int]]
+) -> dict[str, Any]:
     row: dict[str, Any] = {
         "probe": probe, "label": label, "n": stats.n, "backfilled": readings.backfilled,
         "min": stats.min, "max": stats.max, "mean_tw": stats.mean_tw, "mkt_c": stats.mkt_c,
@@ -96,6 +101,7 @@ def _probe_row(probe: str, label: str, readings: Readings, stats: Any, share: fl
     }  # fmt: skip
     for level in stats.beyond:
         row[f"above {level.level:g} C s"] = level.seconds
+    row["out_of_calibration"] = count_in_spans(readings.ts_us, uncalibrated)
     return row
 
 
@@ -112,16 +118,21 @@ async def shipment_context(
     start, end = record.dispatched_us, record.received_us or max(now_us, record.dispatched_us + 1)
     levels = [Level(f"above {c:g} C", c, True) for c in config.records.shipment_levels_c]
     alarms = await overlapping_alarms(store, zone, [device.id], start, end)
+    state = (await calibration_of_points(store, config, [device.id], (start, end), now_us)).get(device.id)
+    uncalibrated = [] if state is None else state.uncalibrated
     probes, charts = [], []
     for probe, label in PROBES:
         readings = await read_series(storage, device.id, probe, start, end)
         stats, share = figures(device, probe, readings, (start, end), levels)
         if stats.n == 0 and probe != "temp_c":
             continue
-        probes.append(_probe_row(probe, label, readings, stats, share))
+        probes.append(_probe_row(probe, label, readings, stats, share, uncalibrated))
         charts.append(
             chart(f"{device.id} {label} ({probe})", probe, readings, start, end, levels, alarms, zone)
         )
+    calibration = calibration_facts(
+        state, sum(p["out_of_calibration"] for p in probes), sum(p["n"] for p in probes)
+    )
     events = await _events(storage, config, device, start, end)
     margin = await _margin(storage, config, record, end)
     signatures = [
@@ -145,6 +156,7 @@ async def shipment_context(
         "kind": "shipment",
         "summary": summary,
         "rows": probes,
+        "calibration": calibration,
         "events": [{"what": e.what, "start_us": e.start_us, "end_us": e.end_us} for e in events],
         "alarms": alarm_rows(alarms, zone),
         "signatures": signatures,
@@ -159,6 +171,7 @@ async def shipment_context(
         "probes": probes,
         "levels": config.records.shipment_levels_c,
         "charts": charts,
+        "calibration": calibration,
         "events": events,
         "alarms": data["alarms"],
         "signatures": signatures,
