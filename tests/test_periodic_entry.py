@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pypdfium2 as pdfium
-from playwright.async_api import expect
+from playwright.async_api import Page, expect
 
 from coldwatch.broker import RunningBroker
 from tests.conftest import running_daemon
@@ -97,6 +97,7 @@ async def _console(base: str, today: str) -> None:
         await form.get_by_role("button", name="Generate report").click()
         await expect(page).to_have_url(re.compile(r"/console/reports/\d+\?done=generated$"))
         await expect(page.locator("table.figures")).to_contain_text("inc-1")
+        await _figures_table(page)
         await page.screenshot(path=str(SHOTS / "periodic-report-1280x800.png"), full_page=True)
         # A missing date is a readable error on the form, not a 500.
         await page.goto(f"{base}/console/periodic")
@@ -109,8 +110,32 @@ async def _console(base: str, today: str) -> None:
         await qa.screenshot(path=str(SHOTS / "periodic-form-360x740.png"), full_page=True)
         await qa.goto(f"{base}/console/reports?kind=periodic")
         await qa.locator("#report-list a").first.click()
+        await qa.screenshot(path=str(SHOTS / "periodic-report-360x740.png"), full_page=True)
+        # The page fits 360 px; the wide figures table scrolls inside its own container.
+        fits = "document.documentElement.scrollWidth <= window.innerWidth"
+        assert await qa.evaluate(fits)
+        scroll = qa.locator(".table-scroll")
+        assert await scroll.evaluate("e => e.scrollWidth > e.clientWidth")
         sign = qa.locator("#sign-review")
         await sign.get_by_label("Reason").fill("monthly review")
         await sign.get_by_label("Your password").fill(QA_PW)
         await sign.get_by_role("button", name="Sign as reviewed").click()
         await expect(qa.locator("#done")).to_contain_text("Review signed")
+
+
+async def _figures_table(page: Page) -> None:
+    """One table row per point and metric, columns in the report's order, in words."""
+    table = page.locator("table.figures")
+    headers = await table.locator("thead th").all_inner_texts()
+    assert headers[:6] == ["Point", "Kind", "Area", "Metric", "Unit", "Readings"]
+    assert headers[11] == "Completeness (%)"
+    assert headers[-3:] == ["Calibration", "Calibration reminders", "Readings out of calibration"]
+    assert "Time beyond alert high (s)" in headers
+    body = table.locator("tbody tr")
+    metrics = [(await body.nth(i).locator("td").nth(3).inner_text()) for i in range(await body.count())]
+    assert metrics == ["temp_c", "co2_pct", "rh_pct"]  # the incubator's numeric metrics, catalogue order
+    first = await body.nth(0).locator("td").all_inner_texts()
+    assert first[0] == "inc-1"
+    assert first[1] == "incubator"
+    assert first[-3] == "no instrument"  # the code no_instrument, in words
+    assert "_" not in first[-3]

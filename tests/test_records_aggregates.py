@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from coldwatch.catalogue import Kind
-from coldwatch.config import DeviceConfig
+from coldwatch.config import Config, DeviceConfig
 from coldwatch.payload import Telemetry
 from coldwatch.records import aggregates_sql, stats
-from coldwatch.records.aggregates import figures_with, point_figures
-from coldwatch.records.aggregates_sql import SqliteFigureReader
+from coldwatch.records.aggregates import alarm_figures, figures_with, point_figures
+from coldwatch.records.aggregates_sql import AlarmRow, SqliteFigureReader
+from coldwatch.records.conditions import levels_of
 from coldwatch.records.levels import Level, PointSpec, point_spec
 from coldwatch.rules.config import RulesConfig
 from coldwatch.rules.lifecycle import Alarm, AlarmState, Transition
@@ -141,9 +142,9 @@ async def test_time_beyond_and_completeness_with_a_gap(backend: Backend) -> None
     temp = next(m for m in fig.metrics if m.metric == "temp_c")
     beyond = {b.name: b.seconds for b in temp.beyond}
     ref = reference(exp, end, 30.0, [(-150.0, True), (-135.0, True)], temperature=True)
-    assert beyond == {"high alert": ref.beyond_s[0], "high action": ref.beyond_s[1]}
-    assert beyond["high alert"] == 3600.0
-    assert beyond["high action"] == 0.0
+    assert beyond == {"alert high": ref.beyond_s[0], "action high": ref.beyond_s[1]}
+    assert beyond["alert high"] == 3600.0
+    assert beyond["action high"] == 0.0
     # The last reading before the silence holds 30 s (3 intervals, 20 s more than the others).
     assert temp.covered_s == ref.covered_s == 3 * 3600 + 20
     assert fig.expected == 4 * 360
@@ -256,3 +257,63 @@ async def test_sql_figures_agree_with_records_stats(backend: Backend) -> None:
             assert [b.seconds for b in m.beyond] == pytest.approx([b.seconds for b in ref.beyond])
     finally:
         await store.close()
+
+
+async def test_particle_counter_levels_and_time_beyond(backend: Backend) -> None:
+    """A grade A counter gets its Annex 1 levels (the batch record's) and time beyond each of them."""
+    device = DeviceConfig(
+        id="pc-1", kind=Kind.PARTICLE_COUNTER, site="s1", area="a1", grade="A", interval_s=60
+    )
+    spec = point_spec(device, RulesConfig())
+    # Annex 1 grade A: 3,520 /m3 at 0.5 um, 29 /m3 at 5.0 um; alert at half of each by default.
+    fine = {(lv.name, lv.level, lv.above) for lv in spec.levels["particles_0_5um_m3"]}
+    coarse = {(lv.name, lv.level, lv.above) for lv in spec.levels["particles_5_0um_m3"]}
+    assert fine == {("alert high", 1760.0, True), ("action high", 3520.0, True)}
+    assert coarse == {("alert high", 14.5, True), ("action high", 29.0, True)}
+    # One derivation for every record: the batch record's levels are the same.
+    for metric in ("particles_0_5um_m3", "particles_5_0um_m3"):
+        assert list(spec.levels[metric]) == levels_of(Config(devices=[device]), device, metric)
+    store = await opened(backend, device)
+    start, end = T0, T0 + HOUR
+    counts = [100.0] * 20 + [2000.0] * 10 + [4000.0] * 5 + [100.0] * 25
+    rows = [(start + i * 60 * US, {"particles_0_5um_m3": c, "particles_5_0um_m3": c / 100}) for i, c in
+            enumerate(counts)]  # fmt: skip
+    try:
+        await write(store, "pc-1", rows)
+        [fig] = await point_figures(store, ["pc-1"], start, end, lambda d: spec)
+        exp = await exported(store, "pc-1", "particles_0_5um_m3", start, end)
+    finally:
+        await store.close()
+    m = next(m for m in fig.metrics if m.metric == "particles_0_5um_m3")
+    ref = reference(exp, end, 180.0, [(1760.0, True), (3520.0, True)], temperature=False)
+    assert {b.name: b.seconds for b in m.beyond} == {
+        "alert high": ref.beyond_s[0],
+        "action high": ref.beyond_s[1],
+    }
+    assert ref.beyond_s == [15 * 60.0, 5 * 60.0]
+
+
+def _alarm(alarm_id: int, rule: str, raised: int, cleared: int | None) -> AlarmRow:
+    return AlarmRow(alarm_id, "ln2-1", "temp_c", rule, "alert", "closed", raised, cleared, None, None)
+
+
+def test_alarm_time_is_the_union_and_leaves_calibration_out() -> None:
+    """Overlapping alarms count their common time once; a calibration reminder is counted apart."""
+    start, end = T0, T0 + 4 * HOUR
+    rows = [
+        _alarm(1, "high", start - HOUR, start + 2 * HOUR),  # inside: [start, start + 2 h)
+        _alarm(2, "consecutive", start + HOUR, start + 3 * HOUR),  # overlaps the first by 1 h
+        _alarm(3, "high", start + HOUR + 10 * 60 * US, start + HOUR + 20 * 60 * US),  # inside both
+        _alarm(4, "calibration_due", start - 10 * HOUR, None),  # open through the whole period
+    ]
+    fig = alarm_figures(rows, start, end, end + HOUR)
+    # The union by plain counting, minute by minute over the period, of the environmental alarms.
+    minutes = sum(
+        1
+        for k in range(4 * 60)
+        if any(a.raised_ts_us <= start + k * 60 * US < (a.cleared_ts_us or end) for a in rows[:3])
+    )
+    assert fig.duration_s == minutes * 60 == 3 * 3600
+    assert fig.count == 3
+    assert dict(fig.by_severity) == {"alert": 3}
+    assert fig.calibration == 1

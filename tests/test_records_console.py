@@ -47,6 +47,8 @@ async def test_excursion_report_from_the_alarm_page_and_qa_sign_off(
         await expect(operator.locator("#done")).to_contain_text("Report generated")
         await expect(operator.locator("#review-state")).to_contain_text("awaiting QA review")
         await expect(operator.locator("table.figures")).to_contain_text("Mean kinetic temperature, MKT")
+        # An excursion's before, during and after windows stay side by side: one column each.
+        await expect(operator.locator("table.figures thead th").first).to_have_text("Figure")
         await operator.screenshot(path=str(SHOTS / "report-1280x800.png"), full_page=True)
         async with operator.expect_download() as info:
             await operator.locator("#download-pdf").click()

@@ -130,8 +130,17 @@ async def test_periodic_report_end_to_end(backend: Backend) -> None:
     ship_point = next(p for p in data["points"] if p["device_id"] == "ln2-1")
     assert ship_point["completeness"] == pytest.approx(len(ship) / expected_ship, abs=1e-5)
     assert ship_point["calibration"]["state"] == "no_instrument"
-    lines = list(csv.DictReader(io.StringIO(twins(report.data)[0])))
+    csv_text = twins(report.data)[0]
+    header = csv_text.splitlines()[0].split(",")
+    # The README's order, not the stored JSON's sorted keys.
+    assert header[:12] == ["device_id", "kind", "area", "metric", "unit", "n", "min", "max", "mean_tw",
+                           "mkt_c", "covered_s", "completeness_pct"]  # fmt: skip
+    assert header[12:14] == ["beyond_alert_high_s", "beyond_action_high_s"]
+    assert header[-3:] == ["calibration_state", "calibration_alarms", "out_of_calibration"]
+    lines = list(csv.DictReader(io.StringIO(csv_text)))
     line = next(r for r in lines if r["device_id"] == "ln2-1" and r["metric"] == "temp_c")
+    assert float(line["completeness_pct"]) == pytest.approx(100 * len(ship) / expected_ship, abs=1e-3)
+    assert float(line["point_completeness_pct"]) == pytest.approx(100 * len(ship) / expected_ship, abs=1e-3)
     assert float(line["mkt_c"]) == pytest.approx(shp.mkt_c, abs=1e-3)
     assert int(line["out_of_calibration"]) == shp.n  # no instrument: every reading is out of calibration
 

@@ -53,8 +53,34 @@ _LABELS: Final = {
     "peak_ts_us": "Peak at (UTC)",
     "mean_tw": "Time-weighted mean",
     "mkt_c": "Mean kinetic temperature, MKT (°C)",
-    "completeness": "Completeness (share of expected readings)",
+    "completeness": "Completeness (% of expected readings)",
+    # The periodic report's columns.
+    "device_id": "Point",
+    "kind": "Kind",
+    "area": "Area",
+    "metric": "Metric",
+    "unit": "Unit",
+    "n": "Readings",
+    "completeness_pct": "Completeness (%)",
+    "point_expected": "Point: readings expected",
+    "point_received": "Point: readings received",
+    "point_completeness_pct": "Point: completeness (%)",
+    "gaps_recovered": "Gap readings recovered",
+    "gaps_lost": "Gap readings lost",
+    "gaps_open": "Gap readings open",
+    "comm_losses": "Communication losses",
+    "alarms": "Alarms",
+    "alarm_duration_s": "Alarm time (s)",
+    "calibration_state": "Calibration",
+    "calibration_alarms": "Calibration reminders",
+    "out_of_calibration": "Readings out of calibration",
 }
+# Columns whose values are codes (``in_calibration``): shown with spaces.
+_CODES: Final = frozenset({"kind", "calibration_state", "state", "severity", "rule"})
+# Up to this many rows the figures are shown one column per row (an excursion's before,
+# during and after windows read better side by side); more rows, and a periodic report's
+# grid of points and metrics, get one table row each, in the report's column order.
+TRANSPOSE_MAX: Final = 3
 
 
 def _label(column: str) -> str:
@@ -63,6 +89,8 @@ def _label(column: str) -> str:
         return _LABELS[column]
     if column.startswith("beyond ") and column.endswith(" s"):
         return f"Time beyond {column[7:-2]} (s)"
+    if column.startswith("beyond_") and column.endswith("_s"):
+        return f"Time beyond {column[7:-2].replace('_', ' ')} (s)"
     words = column.removesuffix("_us").removesuffix("_s").replace("_", " ")
     unit = " (UTC)" if column.endswith("_us") else " (s)" if column.endswith("_s") else ""
     return words[:1].upper() + words[1:] + unit
@@ -206,6 +234,8 @@ class ReportPages:
             rows=rows,
             columns=columns,
             labels={c: _label(c) for c in columns},
+            codes=_CODES,
+            transposed=len(rows) <= TRANSPOSE_MAX and report.summary.kind != "periodic",
             signatures=[manifestation_json(s, self.reports.zone) for s in signatures],
             reviewed=reviewed,
             may_sign=who.may(Permission.REPORT_REVIEW) and not reviewed,

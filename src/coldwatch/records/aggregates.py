@@ -11,7 +11,10 @@ no data: it lowers completeness and is never in range nor beyond.
   dH/R = 10,000 K;
 - time beyond a level: the holds of readings strictly beyond it;
 - completeness: readings received / readings expected from the interval (at most 1);
-- alarms: those overlapping the period, their time inside it (an open one up to now).
+- alarms: the environmental alarms overlapping the period (every rule but the calibration
+  reminder ``calibration_due``, which the calibration state covers and which is counted
+  apart); alarm time is the union of their intervals inside the period (an open one up to
+  now), so overlapping alarms count once and it never exceeds the period.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from coldwatch.records.aggregates_sql import (
     SeriesQuery,
     SeriesSums,
 )
+from coldwatch.records.calibration import CALIBRATION_RULE
 from coldwatch.records.levels import PointSpec, is_temperature
 from coldwatch.storage.base import Storage
 
@@ -45,6 +49,7 @@ __all__ = [
     "metric_figures",
     "open_reader",
     "point_figures",
+    "union_us",
 ]
 
 US = 1_000_000
@@ -82,12 +87,17 @@ class MetricFigures:
 
 @dataclass(frozen=True, slots=True)
 class AlarmFigures:
-    """The point's alarms that overlap the period (communication losses among them)."""
+    """The point's environmental alarms that overlap the period (communication losses among them).
+
+    ``duration_s`` is the time inside the period when at least one of them was open;
+    ``calibration`` counts the calibration reminders, kept out of the other figures.
+    """
 
     count: int
     duration_s: float
     by_severity: Mapping[str, int]
     comm_losses: int
+    calibration: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,17 +168,36 @@ def metric_figures(spec: PointSpec, metric: str, sums: SeriesSums, expected: int
     )
 
 
+def union_us(spans: Sequence[tuple[int, int]]) -> int:
+    """The length of the union of [start, stop) intervals (empty ones ignored)."""
+    total, reach = 0, None
+    for begin, stop in sorted(s for s in spans if s[1] > s[0]):
+        if reach is None or begin >= reach:
+            total += stop - begin
+            reach = stop
+        elif stop > reach:
+            total += stop - reach
+            reach = stop
+    return total
+
+
 def alarm_figures(rows: Sequence[AlarmRow], start_us: int, end_us: int, now_us: int) -> AlarmFigures:
-    """Count, time inside [start, end) and severities of alarms overlapping the period."""
-    duration = 0
-    for a in rows:
-        stop = min(end_us, now_us) if a.cleared_ts_us is None else min(end_us, a.cleared_ts_us)
-        duration += max(0, stop - max(start_us, a.raised_ts_us))
+    """Count, time inside [start, end) (the union of the alarms' intervals) and severities.
+
+    Calibration reminders (rule ``calibration_due``) are not environmental alarms: counted
+    apart, never in the count, the time or the severities.
+    """
+    env = [a for a in rows if a.rule != CALIBRATION_RULE]
+    spans = [
+        (max(start_us, a.raised_ts_us), min(end_us, now_us if a.cleared_ts_us is None else a.cleared_ts_us))
+        for a in env
+    ]
     return AlarmFigures(
-        count=len(rows),
-        duration_s=duration / US,
-        by_severity=dict(sorted(Counter(a.severity for a in rows).items())),
-        comm_losses=sum(1 for a in rows if a.rule == COMM_LOSS),
+        count=len(env),
+        duration_s=union_us(spans) / US,
+        by_severity=dict(sorted(Counter(a.severity for a in env).items())),
+        comm_losses=sum(1 for a in env if a.rule == COMM_LOSS),
+        calibration=len(rows) - len(env),
     )
 
 

@@ -9,7 +9,6 @@ signatures.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,12 +22,11 @@ from coldwatch.console.chart import AlarmSpan, LimitLine
 from coldwatch.console.downsample import Series, minmax
 from coldwatch.records.calibration import PointCalibration
 from coldwatch.records.instrument_model import calibration_states
+from coldwatch.records.levels import metric_levels
 from coldwatch.records.pdf import svg_chart
 from coldwatch.records.stats import Level, SeriesStats, completeness, series_stats
 from coldwatch.review import Review, Reviews
-from coldwatch.rules.config import ConsecutiveRule, EventsInWindowRule, ThresholdRule
 from coldwatch.rules.lifecycle import Alarm
-from coldwatch.rules.profiles import rules_for
 from coldwatch.signatures import StoredSignature, manifestation
 from coldwatch.storage.base import Storage, alarm_from_row
 from coldwatch.storage.identity_store import IdentityStore, identity_store
@@ -106,17 +104,8 @@ async def calibration_of_points(
 
 
 def levels_of(config: Config, device: DeviceConfig, metric: str) -> list[Level]:
-    """The configured threshold levels of a device's metric (alert and action, high and low)."""
-    out = []
-    for rule in rules_for(device, config.rules):
-        if isinstance(rule, ThresholdRule | ConsecutiveRule | EventsInWindowRule) and rule.metric == metric:
-            direction = getattr(rule, "direction", "high")  # particle counts: always an upper limit
-            for severity, level in sorted(rule.levels.items()):
-                limit = float(getattr(level, "limit", math.nan))
-                found = Level(f"{severity} {direction}", limit, direction == "high")
-                if math.isfinite(limit) and found not in out:
-                    out.append(found)
-    return out
+    """The configured levels of a device's metric (:func:`coldwatch.records.levels.metric_levels`)."""
+    return metric_levels(device, config.rules, metric)
 
 
 def figures(

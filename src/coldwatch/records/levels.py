@@ -1,35 +1,31 @@
-"""The levels a periodic report measures time beyond, taken from each device's threshold rules. Pure.
+"""The levels every report measures time beyond, taken from each device's rules. Pure.
 
-A level is one (severity, limit) of a threshold rule as configured (built-in profile,
-then kind overrides, then device rules: :func:`coldwatch.rules.profiles.rules_for`).
-"Beyond" is strictly above a high limit or strictly below a low one; the rule's delay and
-margin (hysteresis) are alarm behaviour and play no part in the time beyond.
+A level is one (severity, limit) of a rule as configured (built-in profile, then kind
+overrides, then device rules: :func:`coldwatch.rules.profiles.rules_for`): threshold
+rules (high or low), and the particle counters' consecutive and events-in-window rules
+(always an upper limit). "Beyond" is strictly above a high limit or strictly below a low
+one; a rule's delay, margin (hysteresis), n-of-m or event count are alarm behaviour and
+play no part in the time beyond. :func:`metric_levels` is the one derivation the
+periodic, batch and shipment records share.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from coldwatch.catalogue import KINDS
 from coldwatch.config import DeviceConfig
-from coldwatch.rules.config import RulesConfig, ThresholdRule
+from coldwatch.records.stats import Level
+from coldwatch.rules.config import ConsecutiveRule, EventsInWindowRule, RulesConfig, ThresholdRule
 from coldwatch.rules.profiles import rules_for
 
-__all__ = ["HOLD_CAP_INTERVALS", "Level", "PointSpec", "is_temperature", "point_spec"]
+__all__ = ["HOLD_CAP_INTERVALS", "Level", "PointSpec", "is_temperature", "metric_levels", "point_spec"]
 
 # A reading holds its value for at most this many of the device's intervals (the contract
 # of every report): a longer silence is no data.
 HOLD_CAP_INTERVALS = 3.0
-
-
-@dataclass(frozen=True, slots=True)
-class Level:
-    """One limit of one metric: ``name`` like ``"high action"``; beyond is ``> level`` when ``above``."""
-
-    name: str
-    level: float
-    above: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,25 +53,37 @@ def is_temperature(metric: str, kind: str) -> bool:
     return spec is not None and spec.unit == "degC"
 
 
-def _levels(rule: ThresholdRule) -> list[Level]:
-    above = rule.direction == "high"
-    order = sorted(rule.levels.items(), key=lambda kv: kv[1].limit, reverse=not above)
-    return [Level(f"{rule.direction} {severity}", level.limit, above) for severity, level in order]
+_LEVELLED = ThresholdRule | ConsecutiveRule | EventsInWindowRule
+
+
+def _levels(rule: _LEVELLED) -> list[Level]:
+    direction = rule.direction if isinstance(rule, ThresholdRule) else "high"  # particle counts: upper limits
+    above = direction == "high"
+    limits = [(severity, float(level.limit)) for severity, level in rule.levels.items()]
+    # The level first reached first: alert before action.
+    order = sorted(limits, key=lambda kv: kv[1], reverse=not above)
+    return [
+        Level(f"{severity} {direction}", limit, above) for severity, limit in order if math.isfinite(limit)
+    ]
+
+
+def metric_levels(device: DeviceConfig, rules: RulesConfig, metric: str) -> list[Level]:
+    """The levels of a device's metric (name like ``"alert high"``), each once, in rule order.
+
+    Threshold rules give their high or low limits; a particle counter's consecutive (0.5 um)
+    and events-in-window (5.0 um) rules give their Annex 1 alert and action limits.
+    """
+    out: list[Level] = []
+    for rule in rules_for(device, rules):
+        if isinstance(rule, _LEVELLED) and rule.metric == metric:
+            out += [lv for lv in _levels(rule) if lv not in out]
+    return out
 
 
 def point_spec(device: DeviceConfig, rules: RulesConfig) -> PointSpec:
-    """The point's metrics and threshold levels as configured."""
+    """The point's metrics and levels as configured (:func:`metric_levels`)."""
     metrics = tuple(name for name, spec in KINDS[device.kind].items() if not spec.boolean)
-    levels: dict[str, list[Level]] = {}
-    for rule in rules_for(device, rules):
-        if isinstance(rule, ThresholdRule) and rule.metric in metrics:
-            levels.setdefault(rule.metric, []).extend(_levels(rule))
+    levels = {metric: tuple(found) for metric in metrics if (found := metric_levels(device, rules, metric))}
     return PointSpec(
-        device.id,
-        device.kind.value,
-        device.site,
-        device.area,
-        device.interval_s,
-        metrics,
-        {metric: tuple(found) for metric, found in levels.items()},
+        device.id, device.kind.value, device.site, device.area, device.interval_s, metrics, levels
     )

@@ -115,7 +115,7 @@ async def _chart(reader: FigureReader, fig: PointFigures, period: Period, zone: 
     rows = await reader.buckets(fig.device_id, metric.metric, period.start_us, period.end_us, CHART_BUCKETS)
     gap_us = round(fig.spec.hold_cap_s * 1_000_000) + span // CHART_BUCKETS
     limits = [
-        LimitLine(lv.level, lv.name.split()[-1], "high" if lv.above else "low", lv.name)
+        LimitLine(lv.level, lv.name.split()[0], "high" if lv.above else "low", lv.name)
         for lv in fig.spec.levels.get(metric.metric, ())
     ]
     alarms = [

@@ -1,7 +1,9 @@
 """The periodic report's figures as data (JSON, CSV rows, template context). Pure.
 
-The same dict is the JSON twin, the CSV twin (its ``rows``: one line per point and metric)
-and what the PDF template shows, so the three can never disagree.
+The same dict is the JSON twin, the CSV twin (its ``rows``: one line per point and metric,
+in the order of its ``columns``) and what the PDF template shows, so the three can never
+disagree. Completeness is a fraction (0 to 1) in the JSON and a percentage in the CSV
+(columns ``completeness_pct``, ``point_completeness_pct``), as the PDF shows it.
 """
 
 from __future__ import annotations
@@ -14,9 +16,28 @@ from coldwatch.records.calibration import PointCalibration
 from coldwatch.records.pdf import utc
 from coldwatch.records.periods import Period
 
-__all__ = ["CalibrationView", "periodic_data"]
+__all__ = ["HEAD_COLUMNS", "TAIL_COLUMNS", "CalibrationView", "columns_of", "periodic_data"]
 
 US = 1_000_000
+# The CSV's column order (README): these, then one beyond_<level>_s column per level, then the tail.
+HEAD_COLUMNS: tuple[str, ...] = ("device_id", "kind", "area", "metric", "unit", "n", "min", "max", "mean_tw",
+                                 "mkt_c", "covered_s", "completeness_pct")  # fmt: skip
+TAIL_COLUMNS: tuple[str, ...] = (
+    "point_expected", "point_received", "point_completeness_pct", "gaps_recovered", "gaps_lost", "gaps_open",
+    "comm_losses", "alarms", "alarm_duration_s", "calibration_state", "calibration_alarms",
+    "out_of_calibration",
+)  # fmt: skip
+
+
+def _pct(fraction: float | None) -> float | None:
+    return None if fraction is None else round(fraction * 100, 3)
+
+
+def columns_of(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The CSV's columns in their documented order (level columns as first met)."""
+    known = set(HEAD_COLUMNS) | set(TAIL_COLUMNS)
+    levels = dict.fromkeys(k for row in rows for k in row if k not in known)
+    return [*HEAD_COLUMNS, *levels, *TAIL_COLUMNS]
 
 
 def _r(value: float | None, digits: int = 3) -> float | None:
@@ -85,6 +106,7 @@ def _point(p: PointFigures, cal: CalibrationView) -> dict[str, Any]:
             "duration_s": _r(p.alarms.duration_s, 3),
             "by_severity": dict(p.alarms.by_severity),
             "comm_losses": p.alarms.comm_losses,
+            "calibration": p.alarms.calibration,
         },
         "calibration": cal.as_dict(),
         "metrics": [_metric(m, cal.out_of_calibration.get(m.metric, 0)) for m in p.metrics],
@@ -104,14 +126,14 @@ def _row(point: Mapping[str, Any], metric: Mapping[str, Any]) -> dict[str, Any]:
         "mean_tw": metric["mean_tw"],
         "mkt_c": metric["mkt_c"],
         "covered_s": metric["covered_s"],
-        "completeness": metric["completeness"],
+        "completeness_pct": _pct(metric["completeness"]),
     }
     for b in metric["beyond"]:
         row[f"beyond_{b['name'].replace(' ', '_')}_s"] = b["seconds"]
     row |= {
         "point_expected": point["expected"],
         "point_received": point["received"],
-        "point_completeness": point["completeness"],
+        "point_completeness_pct": _pct(point["completeness"]),
         "gaps_recovered": point["seq_gaps"]["recovered"],
         "gaps_lost": point["seq_gaps"]["lost"],
         "gaps_open": point["seq_gaps"]["open"],
@@ -119,6 +141,7 @@ def _row(point: Mapping[str, Any], metric: Mapping[str, Any]) -> dict[str, Any]:
         "alarms": point["alarms"]["count"],
         "alarm_duration_s": point["alarms"]["duration_s"],
         "calibration_state": point["calibration"]["state"],
+        "calibration_alarms": point["alarms"]["calibration"],
         "out_of_calibration": metric["out_of_calibration"],
     }
     return row
@@ -134,6 +157,7 @@ def periodic_data(  # noqa: PLR0917 - what the report is about and what it found
 ) -> dict[str, Any]:
     """The report's figures: points, alarms and the flat CSV rows."""
     shown = [_point(p, calibration[p.device_id]) for p in points]
+    rows = [_row(p, m) for p in shown for m in p["metrics"]]
     alarms = [
         {
             "id": a.id,
@@ -165,5 +189,6 @@ def periodic_data(  # noqa: PLR0917 - what the report is about and what it found
         "timezone": zone,
         "points": shown,
         "alarms": sorted(alarms, key=lambda a: (a["raised_utc"], a["id"])),
-        "rows": [_row(p, m) for p in shown for m in p["metrics"]],
+        "columns": columns_of(rows),
+        "rows": rows,
     }
