@@ -25,7 +25,6 @@ from coldwatch.rules.model import (
     EventKind,
     RuleEvaluator,
     Severity,
-    Signal,
 )
 
 __all__ = ["DeviceRules"]
@@ -288,11 +287,7 @@ class DeviceRules:
                 self.unforgotten = 0
                 self.judged.forget(self.judged.save())
             return comm_events + self._judge(self.judged, reading, late=reading.buffered)
-        if (
-            self.history.is_after_newest(reading.ts_us, reading.seq)
-            if len(self.history) or self.floor is None
-            else (reading.ts_us, reading.seq) > self.floor
-        ):
+        if self.history.is_after_newest(reading.ts_us, reading.seq, self.floor):
             events = self._judge(self.judged, reading, late=reading.buffered)
             self._remember(reading, events)
         else:
@@ -315,29 +310,34 @@ class DeviceRules:
         )
         events: list[AlarmEvent] = []
         for evaluator, latch, calm in state.rules:
-            if latch.active is None and not latch.run_start and calm is not None and calm(values):
+            idle = latch.active is None
+            if idle and calm is not None and not latch.run_start and calm(values):
                 # The common case: fed a signal without a level, an idle latch stays idle.
                 continue
             signal = evaluator.update(ts, values)
             if signal is None:
                 continue
-            if suppressed and evaluator.suppressible and latch.active is None:
-                # Held during recovery: nothing is raised; an alarm already open stays.
-                signal = Signal(None, signal.value, signal.limit)
+            if idle and (signal.level is None or (suppressed and evaluator.suppressible)):
+                # No level met, or held during recovery (nothing is raised; an alarm already
+                # open stays): an idle latch stays idle and its pending runs end, as
+                # ``Latch.feed`` of a signal without a level does, without the call.
+                if latch.run_start:
+                    latch.run_start.clear()
+                continue
             events += latch.feed(ts, signal, late=late)
         return events
 
     def _remember(self, reading: EngineReading, events: list[AlarmEvent]) -> None:
         if self.horizon_us == 0:
             return
-        self.history.append(reading)
+        held = self.history.append(reading)
         if events:
             self.emitted += events
         last_cp_ts, _, last_cp_len, _ = self.checkpoints[-1]
         # Checkpoints cost a copy of the rule state: take one every CHECKPOINT_EVERY readings
         # and at most every 1/16 of the horizon, so a fast device is not copying all day.
         # A stuck device clock never moves time on: bound the history by count as well.
-        since_checkpoint = len(self.history) - last_cp_len
+        since_checkpoint = held - last_cp_len
         if since_checkpoint >= CHECKPOINT_EVERY and (
             reading.ts_us - last_cp_ts >= self.horizon_us // 16 or since_checkpoint >= CHECKPOINT_EVERY * 8
         ):

@@ -1,0 +1,73 @@
+"""The device's fast paths judge exactly as the plain loop: every rule updated, every latch fed.
+
+``DeviceRules._judge`` skips what cannot change an alarm: a stateless rule whose reading
+is calm while its alarm is idle, and the latch of an idle alarm fed a signal without a
+level (or held back during door recovery). The reference here is the loop without any
+shortcut; the engine is run with each on the same random feeds of every kind (late,
+out-of-order and door-recovery readings included) and must emit the very same events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from unittest.mock import patch
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coldwatch.rules.config import RulesConfig
+from coldwatch.rules.device import DOOR_METRIC, DeviceRules, _Judged
+from coldwatch.rules.engine import Engine
+from coldwatch.rules.model import AlarmEvent, EngineReading, Signal
+from tests.test_rules_checkpoints import KINDS, describe, feed, fleet
+
+
+def plain_judge(self: DeviceRules, state: _Judged, reading: EngineReading, *, late: bool) -> list[AlarmEvent]:
+    """Judge a reading with every rule and every latch, no shortcut (the reference)."""
+    ts = reading.ts_us
+    door = reading.values.get(DOOR_METRIC)
+    if door is not None:
+        if state.door_open and door < 0.5:
+            state.door_closed_us = ts
+        state.door_open = door >= 0.5
+    suppressed = state.door_open or (
+        state.door_closed_us is not None and ts - state.door_closed_us < self.door_recovery_us
+    )
+    events: list[AlarmEvent] = []
+    for evaluator, latch in zip(state.evaluators, state.latches, strict=True):
+        signal = evaluator.update(ts, reading.values)
+        if signal is None:
+            continue
+        if suppressed and evaluator.suppressible and latch.active is None:
+            signal = Signal(None, signal.value, signal.limit)
+        events += latch.feed(ts, signal, late=late)
+    return events
+
+
+@contextmanager
+def plain_device() -> Iterator[None]:
+    """Judge with :func:`plain_judge` while inside."""
+    with patch.object(DeviceRules, "_judge", plain_judge):
+        yield
+
+
+def run(kind: str, readings: list[EngineReading], horizon_s: float) -> tuple[list[AlarmEvent], int]:
+    """The events of a fresh engine fed ``readings``, and its count of readings too late."""
+    devices, rules = fleet(kind)
+    config = RulesConfig.model_validate({**rules, "reorder_horizon_s": horizon_s})
+    engine = Engine(devices, config, started_us=0)
+    return engine.ingest_many(readings), engine.too_late()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(KINDS), st.integers(0, 2**32), st.sampled_from([0.0, 600.0, 3600.0]))
+def test_the_fast_paths_judge_exactly_as_the_plain_loop(kind: str, seed: int, horizon_s: float) -> None:
+    """On random feeds with late readings and door openings, the shortcuts change no event."""
+    readings = feed(kind, fleet(kind)[0], seed, 400)
+    fast = run(kind, readings, horizon_s)
+    with plain_device():
+        plain = run(kind, readings, horizon_s)
+    assert describe(fast[0]) == describe(plain[0])
+    assert fast[1] == plain[1]
+    assert fast[0], "the feed raised nothing: it tests too little"
