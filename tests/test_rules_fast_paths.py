@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from coldwatch.rules.config import RulesConfig
 from coldwatch.rules.device import DOOR_METRIC, DeviceRules, _Judged
 from coldwatch.rules.engine import Engine
-from coldwatch.rules.model import AlarmEvent, EngineReading, Signal
+from coldwatch.rules.lifecycle import Alarm, AlarmState
+from coldwatch.rules.model import US, AlarmEvent, AlarmKey, EngineReading, EventKind, Severity, Signal
 from tests.test_rules_checkpoints import KINDS, describe, feed, fleet
 
 
@@ -71,3 +72,24 @@ def test_the_fast_paths_judge_exactly_as_the_plain_loop(kind: str, seed: int, ho
     assert describe(fast[0]) == describe(plain[0])
     assert fast[1] == plain[1]
     assert fast[0], "the feed raised nothing: it tests too little"
+
+
+def test_an_alarm_restored_after_quiet_readings_clears_at_the_next_calm_reading() -> None:
+    """A stored alarm taken back by ``reconcile`` is judged at the next reading, screen or not."""
+    devices, _ = fleet("cryoshipper")
+    engine = Engine(devices[:1], RulesConfig(), started_us=0)
+    calm = {
+        "temp_c": -190.0,
+        "temp_b_c": -190.0,
+        "ln2_level_pct": 80.0,
+        "tilt_deg": 2.0,
+        "lid_open": 0.0,
+        "battery_pct": 90.0,
+    }
+    for step in range(5):
+        assert engine.ingest(EngineReading("d0", step * 10 * US, calm, seq=step)) == []
+    key = AlarmKey("d0", "tilt_deg", next(s.rule_id() for s in engine.rules["d0"] if s.metric == "tilt_deg"))
+    stored = Alarm(1, key, Severity.ALERT, AlarmState.ACTIVE_UNACK, 20 * US, 20 * US)
+    engine.reconcile([stored])
+    events = engine.ingest(EngineReading("d0", 60 * US, calm, seq=6))
+    assert [(e.kind, e.key) for e in events] == [(EventKind.CLEARED, key)]

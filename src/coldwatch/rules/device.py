@@ -57,9 +57,37 @@ class _Judged:
     door_closed_us: int | None = None
     # (evaluator, latch, calm) of each rule, in order: what judging a reading walks through.
     rules: list[tuple[RuleEvaluator, Latch, Calm | None]] = field(init=False, repr=False)
+    # The screen: the ``calm`` pre-checks of the stateless rules that have one, and the
+    # other rules, in order. While every screened rule's alarm is idle (``quiet``) and a
+    # reading passes every check, judging it walks only the other rules: the screened
+    # ones would be skipped one by one, each touching its own latch (a cache miss apiece
+    # among thousands of devices). ``quiet`` is only ever set by a full walk that found
+    # those alarms idle (``_judge``); anything else that changes a latch clears it.
+    screen: tuple[Calm, ...] = field(init=False, repr=False)
+    unscreened: list[tuple[RuleEvaluator, Latch, Calm | None]] = field(init=False, repr=False)
+    screened_latches: tuple[Latch, ...] = field(init=False, repr=False)
+    quiet: bool = field(init=False, repr=False, default=False)
 
     def __post_init__(self) -> None:
         self.rules = list(zip(self.evaluators, self.latches, self.calm, strict=True))
+        self.screen = tuple(calm for calm in self.calm if calm is not None)
+        self.unscreened = [rule for rule in self.rules if rule[2] is None]
+        self.screened_latches = tuple(latch for _, latch, calm in self.rules if calm is not None)
+        self.quiet = False
+
+    def passes_screen(self, values: Mapping[str, float]) -> bool:
+        """Whether every screened rule is calm at ``values`` (their alarms being idle, nothing to do)."""
+        for calm in self.screen:  # noqa: SIM110 - a loop: all() of a generator costs more, every reading
+            if not calm(values):
+                return False
+        return True
+
+    def screened_idle(self) -> bool:
+        """Whether every screened rule's alarm is idle, nothing pending."""
+        for latch in self.screened_latches:  # noqa: SIM110 - as above
+            if latch.active is not None or latch.run_start:
+                return False
+        return True
 
     @classmethod
     def of(cls, evaluators: list[RuleEvaluator], latches: list[Latch]) -> _Judged:
@@ -308,8 +336,24 @@ class DeviceRules:
         suppressed = state.door_open or (
             state.door_closed_us is not None and ts - state.door_closed_us < self.door_recovery_us
         )
+        if state.quiet and state.passes_screen(values):
+            return self._walk(state.unscreened, ts, values, suppressed=suppressed, late=late)
+        events = self._walk(state.rules, ts, values, suppressed=suppressed, late=late)
+        state.quiet = state.screened_idle()
+        return events
+
+    @staticmethod
+    def _walk(
+        rules: list[tuple[RuleEvaluator, Latch, Calm | None]],
+        ts: int,
+        values: Mapping[str, float],
+        *,
+        suppressed: bool,
+        late: bool,
+    ) -> list[AlarmEvent]:
+        """Judge a reading by ``rules``, in order."""
         events: list[AlarmEvent] = []
-        for evaluator, latch, calm in state.rules:
+        for evaluator, latch, calm in rules:
             idle = latch.active is None
             if idle and calm is not None and not latch.run_start and calm(values):
                 # The common case: fed a signal without a level, an idle latch stays idle.
@@ -491,6 +535,7 @@ class DeviceRules:
     def reconcile(self, active: list[Alarm]) -> None:
         """Take the stored active alarms as the truth, and checkpoint here (after a restart)."""
         stored = {alarm.key: alarm for alarm in active}
+        self.judged.quiet = False  # latches change here: the next reading walks every rule
         for latch in self.judged.latches:
             alarm = stored.get(latch.key)
             if alarm is not None and self.floor is not None and latch.active == alarm.severity:
