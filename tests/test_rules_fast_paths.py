@@ -9,8 +9,10 @@ out-of-order and door-recovery readings included) and must emit the very same ev
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 from unittest.mock import patch
 
 from hypothesis import given, settings
@@ -93,3 +95,33 @@ def test_an_alarm_restored_after_quiet_readings_clears_at_the_next_calm_reading(
     engine.reconcile([stored])
     events = engine.ingest(EngineReading("d0", 60 * US, calm, seq=6))
     assert [(e.kind, e.key) for e in events] == [(EventKind.CLEARED, key)]
+
+
+def _screened_evaluators() -> list[Any]:
+    """Every built-in evaluator with a ``calm_range``, of every kind."""
+    out: list[Any] = []
+    for kind in ("incubator", "cryoshipper", "particle_counter"):
+        devices, _ = fleet(kind)
+        engine = Engine(devices[:1], RulesConfig(), started_us=0)
+        out += [ev for ev in engine.devices["d0"].judged.evaluators if hasattr(ev, "calm_range")]
+    return out
+
+
+SCREENED = _screened_evaluators()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(SCREENED),
+    st.one_of(
+        st.floats(allow_nan=False),
+        st.sampled_from([-150.0, 20.0, 45.0, 0.5, 37.5, 36.5, 0.0, 1.0]).flatmap(
+            lambda v: st.sampled_from([v, math.nextafter(v, math.inf), math.nextafter(v, -math.inf)])
+        ),
+    ),
+)
+def test_a_calm_range_says_exactly_what_calm_says(evaluator: Any, value: float) -> None:
+    """A stateless rule's ``calm_range`` holds a value exactly when its ``calm`` is true."""
+    metric, low, high = evaluator.calm_range
+    assert evaluator.calm({metric: value}) == (low <= value <= high)
+    assert evaluator.calm({"other": value})

@@ -63,21 +63,27 @@ class _Judged:
     # ones would be skipped one by one, each touching its own latch (a cache miss apiece
     # among thousands of devices). ``quiet`` is only ever set by a full walk that found
     # those alarms idle (``_judge``); anything else that changes a latch clears it.
-    screen: tuple[Calm, ...] = field(init=False, repr=False)
+    screen: _Screen = field(init=False, repr=False)
     unscreened: list[tuple[RuleEvaluator, Latch, Calm | None]] = field(init=False, repr=False)
     screened_latches: tuple[Latch, ...] = field(init=False, repr=False)
     quiet: bool = field(init=False, repr=False, default=False)
 
     def __post_init__(self) -> None:
         self.rules = list(zip(self.evaluators, self.latches, self.calm, strict=True))
-        self.screen = tuple(calm for calm in self.calm if calm is not None)
+        self.screen = _screen(self.evaluators, self.calm)
         self.unscreened = [rule for rule in self.rules if rule[2] is None]
         self.screened_latches = tuple(latch for _, latch, calm in self.rules if calm is not None)
         self.quiet = False
 
     def passes_screen(self, values: Mapping[str, float]) -> bool:
         """Whether every screened rule is calm at ``values`` (their alarms being idle, nothing to do)."""
-        for calm in self.screen:  # noqa: SIM110 - a loop: all() of a generator costs more, every reading
+        ranges, checks = self.screen
+        get = values.get
+        for metric, low, high in ranges:
+            value = get(metric)
+            if value is not None and not low <= value <= high:
+                return False
+        for calm in checks:  # noqa: SIM110 - a loop: all() of a generator costs more, every reading
             if not calm(values):
                 return False
         return True
@@ -149,6 +155,34 @@ class _Judged:
         for live, kept in zip(self.evaluators, saved.evaluators, strict=False):  # () when none
             if isinstance(kept, _Token):
                 live.forget(kept.state)  # type: ignore[attr-defined]
+
+
+# A screen: per metric, the range its value must be in (absent counts as in), and the
+# ``calm`` checks that are no range.
+_Screen = tuple[tuple[tuple[str, float, float], ...], tuple[Calm, ...]]
+
+
+def _screen(evaluators: list[RuleEvaluator], calm: list[Calm | None]) -> _Screen:
+    """The screen of the rules that have a ``calm`` check, ranges of one metric intersected.
+
+    An evaluator's ``calm_range`` (metric, lo, hi) says its ``calm`` is true exactly when
+    the metric is absent or lo <= value <= hi; both checks of a metric pass exactly when
+    its value is in the intersection of their (closed) ranges.
+    """
+    ranges: dict[str, tuple[float, float]] = {}
+    checks: list[Calm] = []
+    for evaluator, check in zip(evaluators, calm, strict=True):
+        if check is None:
+            continue
+        calm_range: tuple[str, float, float] | None = getattr(evaluator, "calm_range", None)
+        if calm_range is None:
+            checks.append(check)
+            continue
+        metric, low, high = calm_range
+        if metric in ranges:
+            low, high = max(low, ranges[metric][0]), min(high, ranges[metric][1])
+        ranges[metric] = (low, high)
+    return tuple((metric, low, high) for metric, (low, high) in ranges.items()), tuple(checks)
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,18 +97,18 @@ class _LinearFit:
     def slide(self, start_us: int, ts_us: int, y: float | None, window_us: int) -> None:
         """Drop the points at or before ``start_us``, then append (``ts_us``, ``y``) unless None.
 
-        One call a reading, the sums updated inline: this runs for every cryoshipper
-        reading. Subtracting a point is adding its negated terms, exactly (IEEE negation
-        and rounding are symmetric), so the sums are those of signed accumulation.
+        One call a reading, the sums updated in local variables: this runs for every
+        cryoshipper reading. Subtracting a point is adding its negated terms, exactly (IEEE
+        negation and rounding are symmetric), so the sums are those of signed accumulation.
         """
         times = self.times
-        ys = self.ys
         base = self.tape.base
         head = self.head - base
         size = len(times)
+        origin_us, origin_y = self.origin_us, self.origin_y
+        sum_x, sum_dy, sum_xx, sum_xdy = self.sum_x, self.sum_dy, self.sum_xx, self.sum_xdy
         if head < size and times[head] <= start_us:
-            origin_us, origin_y = self.origin_us, self.origin_y
-            sum_x, sum_dy, sum_xx, sum_xdy = self.sum_x, self.sum_dy, self.sum_xx, self.sum_xdy
+            ys = self.ys
             while head < size and times[head] <= start_us:
                 x = (times[head] - origin_us) / HOUR_US
                 dy = ys[head] - origin_y
@@ -120,21 +120,20 @@ class _LinearFit:
             self.head = head + base
             if head == size:
                 sum_x = sum_dy = sum_xx = sum_xdy = 0.0
-            self.sum_x, self.sum_dy, self.sum_xx, self.sum_xdy = sum_x, sum_dy, sum_xx, sum_xdy
-        if y is None:
-            return
-        times.append(ts_us)
-        ys.append(y)
-        if size + 1 - head == 1 or ts_us - self.origin_us > window_us:
-            self.origin_us, self.origin_y = ts_us, y
-            self._rebuild()
-            return
-        x = (ts_us - self.origin_us) / HOUR_US
-        dy = y - self.origin_y
-        self.sum_x += x
-        self.sum_dy += dy
-        self.sum_xx += x * x
-        self.sum_xdy += x * dy
+        if y is not None:
+            times.append(ts_us)
+            self.ys.append(y)
+            if size == head or ts_us - origin_us > window_us:
+                self.origin_us, self.origin_y = ts_us, y
+                self._rebuild()
+                return
+            x = (ts_us - origin_us) / HOUR_US
+            dy = y - origin_y
+            sum_x += x
+            sum_dy += dy
+            sum_xx += x * x
+            sum_xdy += x * dy
+        self.sum_x, self.sum_dy, self.sum_xx, self.sum_xdy = sum_x, sum_dy, sum_xx, sum_xdy
 
     def line(self, at_us: int) -> tuple[float, float] | None:
         """The fitted value at ``at_us`` and the slope per hour; None if the points share one instant."""
