@@ -281,15 +281,13 @@ class ForecastEvaluator:
         token, _ = tapes_restore([self._level.tape, self._temp.tape], state)
         self.rollback(token)  # type: ignore[arg-type]
 
-    def _fits(self, fit: _LinearFit) -> bool:
-        times = fit.times
-        head = fit.head - fit.tape.base
-        # (Not len(fit): called twice a reading, and a call costs as much as the test.)
-        return len(times) - head >= self._min_points and times[-1] - times[head] >= self._min_span_us
-
     def _hours_to_empty(self, ts_us: int) -> float | None:
         fit = self._level
-        if not self._fits(fit):
+        # Enough points over a long enough span for a fit (inline, as in _hours_to_warm:
+        # twice a reading, and a call costs as much as the test).
+        times = fit.times
+        head = fit.head - fit.tape.base
+        if len(times) - head < self._min_points or times[-1] - times[head] < self._min_span_us:
             return None
         if fit.ys[-1] <= self._empty_pct:
             return 0.0
@@ -301,8 +299,12 @@ class ForecastEvaluator:
 
     def _hours_to_warm(self, ts_us: int) -> float | None:
         fit = self._temp
+        times = fit.times
+        head = fit.head - fit.tape.base
+        if len(times) - head < self._min_points or times[-1] - times[head] < self._min_span_us:
+            return None
         # Already at the limit: the temperature rules judge it, with their own on-delay.
-        if not self._fits(fit) or fit.ys[-1] >= self._temp_limit_c:
+        if fit.ys[-1] >= self._temp_limit_c:
             return None
         line = fit.line(ts_us)
         if line is None or line[1] <= 0:
