@@ -100,6 +100,7 @@ def test_engine_benchmark_covers_every_kind_and_the_mixed_site() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     for kind in ("incubator", "cryoshipper", "particle_counter", "mixed"):
         assert f"{kind} best of 1:" in done.stdout
+    assert done.stdout.count("engine/baseline") >= 8  # every run and every best, each kind
 
 
 @pytest.mark.slow
