@@ -163,3 +163,16 @@ def test_console_http_benchmark_gets_every_page_signed_in_on_both_backends(tmp_p
         assert result[backend]["audit_entries"] >= 2000
     assert "200 ms target (median)" in done.stdout
     assert "load average" in done.stdout
+
+
+def test_memory_benchmark_prints_the_steady_state_and_judges_late_readings() -> None:
+    """A small memory benchmark feeds devices past the horizon and prints their steady resident memory."""
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "memory.py"), "--devices", "20", "--hours", "1.2", "--late-every",
+         "50"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "steady state (after the horizon):" in done.stdout
+    assert "too late to be judged again: 0" in done.stdout
+    assert "late readings fed: 0," not in done.stdout
