@@ -125,3 +125,21 @@ def test_a_calm_range_says_exactly_what_calm_says(evaluator: Any, value: float) 
     metric, low, high = evaluator.calm_range
     assert evaluator.calm({metric: value}) == (low <= value <= high)
     assert evaluator.calm({"other": value})
+
+
+def test_devices_of_one_profile_share_one_screen() -> None:
+    """The screen is built once per profile, not per device or per rewind."""
+    devices, _ = fleet("cryoshipper")
+    engine = Engine(devices, RulesConfig(), started_us=0)
+    first, second = (engine.devices[d.id].judged for d in devices)
+    assert first.screen is second.screen
+    ranges, checks = first.screen
+    assert {metric for metric, _, _ in ranges} == {
+        "temp_c",
+        "temp_b_c",
+        "ln2_level_pct",
+        "tilt_deg",
+        "lid_open",
+        "battery_pct",
+    }
+    assert len(checks) == 1  # probe disagreement: no single metric's range

@@ -10,6 +10,7 @@ that the replay no longer produces are revoked; new ones are marked late.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -70,7 +71,7 @@ class _Judged:
 
     def __post_init__(self) -> None:
         self.rules = list(zip(self.evaluators, self.latches, self.calm, strict=True))
-        self.screen = _screen(self.evaluators, self.calm)
+        self.screen = _screen(tuple(ev for ev, _, calm in self.rules if calm is not None))
         self.unscreened = [rule for rule in self.rules if rule[2] is None]
         self.screened_latches = tuple(latch for _, latch, calm in self.rules if calm is not None)
         self.quiet = False
@@ -162,21 +163,22 @@ class _Judged:
 _Screen = tuple[tuple[tuple[str, float, float], ...], tuple[Calm, ...]]
 
 
-def _screen(evaluators: list[RuleEvaluator], calm: list[Calm | None]) -> _Screen:
-    """The screen of the rules that have a ``calm`` check, ranges of one metric intersected.
+@functools.lru_cache(maxsize=256)
+def _screen(screened: tuple[RuleEvaluator, ...]) -> _Screen:
+    """The screen of these (stateless) rules with a ``calm`` check, ranges of one metric intersected.
 
     An evaluator's ``calm_range`` (metric, lo, hi) says its ``calm`` is true exactly when
     the metric is absent or lo <= value <= hi; both checks of a metric pass exactly when
-    its value is in the intersection of their (closed) ranges.
+    its value is in the intersection of their (closed) ranges. Stateless evaluators are
+    shared by every device of a profile, and so is their screen (one object, warm in the
+    cache, not one per device and checkpoint).
     """
     ranges: dict[str, tuple[float, float]] = {}
     checks: list[Calm] = []
-    for evaluator, check in zip(evaluators, calm, strict=True):
-        if check is None:
-            continue
+    for evaluator in screened:
         calm_range: tuple[str, float, float] | None = getattr(evaluator, "calm_range", None)
         if calm_range is None:
-            checks.append(check)
+            checks.append(evaluator.calm)  # type: ignore[attr-defined]
             continue
         metric, low, high = calm_range
         if metric in ranges:
