@@ -100,6 +100,7 @@ def test_engine_benchmark_covers_every_kind_and_the_mixed_site() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     for kind in ("incubator", "cryoshipper", "particle_counter", "mixed"):
         assert f"{kind} best of 1:" in done.stdout
+    assert done.stdout.count("engine/baseline") >= 8  # every run and every best, each kind
 
 
 @pytest.mark.slow
@@ -183,3 +184,16 @@ def test_periodic_report_benchmark_runs_on_both_backends(tmp_path: Path) -> None
         assert set(run["phases_s"]) == {"figures", "calibration", "charts", "pdf"}
         assert run["ratio_to_baseline"] > 0
     assert "ratio to baseline" in done.stdout
+
+
+def test_memory_benchmark_prints_the_steady_state_and_judges_late_readings() -> None:
+    """A small memory benchmark feeds devices past the horizon and prints their steady resident memory."""
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "memory.py"), "--devices", "20", "--hours", "1.2", "--late-every",
+         "50"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "steady state (after the horizon):" in done.stdout
+    assert "too late to be judged again: 0" in done.stdout
+    assert "late readings fed: 0," not in done.stdout

@@ -10,6 +10,7 @@ that the replay no longer produces are revoked; new ones are marked late.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -25,7 +26,6 @@ from coldwatch.rules.model import (
     EventKind,
     RuleEvaluator,
     Severity,
-    Signal,
 )
 
 __all__ = ["DeviceRules"]
@@ -58,9 +58,43 @@ class _Judged:
     door_closed_us: int | None = None
     # (evaluator, latch, calm) of each rule, in order: what judging a reading walks through.
     rules: list[tuple[RuleEvaluator, Latch, Calm | None]] = field(init=False, repr=False)
+    # The screen: the ``calm`` pre-checks of the stateless rules that have one, and the
+    # other rules, in order. While every screened rule's alarm is idle (``quiet``) and a
+    # reading passes every check, judging it walks only the other rules: the screened
+    # ones would be skipped one by one, each touching its own latch (a cache miss apiece
+    # among thousands of devices). ``quiet`` is only ever set by a full walk that found
+    # those alarms idle (``_judge``); anything else that changes a latch clears it.
+    screen: _Screen = field(init=False, repr=False)
+    unscreened: list[tuple[RuleEvaluator, Latch, Calm | None]] = field(init=False, repr=False)
+    screened_latches: tuple[Latch, ...] = field(init=False, repr=False)
+    quiet: bool = field(init=False, repr=False, default=False)
 
     def __post_init__(self) -> None:
         self.rules = list(zip(self.evaluators, self.latches, self.calm, strict=True))
+        self.screen = _screen(tuple(ev for ev, _, calm in self.rules if calm is not None))
+        self.unscreened = [rule for rule in self.rules if rule[2] is None]
+        self.screened_latches = tuple(latch for _, latch, calm in self.rules if calm is not None)
+        self.quiet = False
+
+    def passes_screen(self, values: Mapping[str, float]) -> bool:
+        """Whether every screened rule is calm at ``values`` (their alarms being idle, nothing to do)."""
+        ranges, checks = self.screen
+        get = values.get
+        for metric, low, high in ranges:
+            value = get(metric)
+            if value is not None and not low <= value <= high:
+                return False
+        for calm in checks:  # noqa: SIM110 - a loop: all() of a generator costs more, every reading
+            if not calm(values):
+                return False
+        return True
+
+    def screened_idle(self) -> bool:
+        """Whether every screened rule's alarm is idle, nothing pending."""
+        for latch in self.screened_latches:  # noqa: SIM110 - as above
+            if latch.active is not None or latch.run_start:
+                return False
+        return True
 
     @classmethod
     def of(cls, evaluators: list[RuleEvaluator], latches: list[Latch]) -> _Judged:
@@ -122,6 +156,35 @@ class _Judged:
         for live, kept in zip(self.evaluators, saved.evaluators, strict=False):  # () when none
             if isinstance(kept, _Token):
                 live.forget(kept.state)  # type: ignore[attr-defined]
+
+
+# A screen: per metric, the range its value must be in (absent counts as in), and the
+# ``calm`` checks that are no range.
+_Screen = tuple[tuple[tuple[str, float, float], ...], tuple[Calm, ...]]
+
+
+@functools.lru_cache(maxsize=256)
+def _screen(screened: tuple[RuleEvaluator, ...]) -> _Screen:
+    """The screen of these (stateless) rules with a ``calm`` check, ranges of one metric intersected.
+
+    An evaluator's ``calm_range`` (metric, lo, hi) says its ``calm`` is true exactly when
+    the metric is absent or lo <= value <= hi; both checks of a metric pass exactly when
+    its value is in the intersection of their (closed) ranges. Stateless evaluators are
+    shared by every device of a profile, and so is their screen (one object, warm in the
+    cache, not one per device and checkpoint).
+    """
+    ranges: dict[str, tuple[float, float]] = {}
+    checks: list[Calm] = []
+    for evaluator in screened:
+        calm_range: tuple[str, float, float] | None = getattr(evaluator, "calm_range", None)
+        if calm_range is None:
+            checks.append(evaluator.calm)  # type: ignore[attr-defined]
+            continue
+        metric, low, high = calm_range
+        if metric in ranges:
+            low, high = max(low, ranges[metric][0]), min(high, ranges[metric][1])
+        ranges[metric] = (low, high)
+    return tuple((metric, low, high) for metric, (low, high) in ranges.items()), tuple(checks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,11 +351,7 @@ class DeviceRules:
                 self.unforgotten = 0
                 self.judged.forget(self.judged.save())
             return comm_events + self._judge(self.judged, reading, late=reading.buffered)
-        if (
-            self.history.is_after_newest(reading.ts_us, reading.seq)
-            if len(self.history) or self.floor is None
-            else (reading.ts_us, reading.seq) > self.floor
-        ):
+        if self.history.is_after_newest(reading.ts_us, reading.seq, self.floor):
             events = self._judge(self.judged, reading, late=reading.buffered)
             self._remember(reading, events)
         else:
@@ -313,31 +372,52 @@ class DeviceRules:
         suppressed = state.door_open or (
             state.door_closed_us is not None and ts - state.door_closed_us < self.door_recovery_us
         )
+        if state.quiet and state.passes_screen(values):
+            return self._walk(state.unscreened, ts, values, suppressed=suppressed, late=late)
+        events = self._walk(state.rules, ts, values, suppressed=suppressed, late=late)
+        state.quiet = state.screened_idle()
+        return events
+
+    @staticmethod
+    def _walk(
+        rules: list[tuple[RuleEvaluator, Latch, Calm | None]],
+        ts: int,
+        values: Mapping[str, float],
+        *,
+        suppressed: bool,
+        late: bool,
+    ) -> list[AlarmEvent]:
+        """Judge a reading by ``rules``, in order."""
         events: list[AlarmEvent] = []
-        for evaluator, latch, calm in state.rules:
-            if latch.active is None and not latch.run_start and calm is not None and calm(values):
+        for evaluator, latch, calm in rules:
+            idle = latch.active is None
+            if idle and calm is not None and not latch.run_start and calm(values):
                 # The common case: fed a signal without a level, an idle latch stays idle.
                 continue
             signal = evaluator.update(ts, values)
             if signal is None:
                 continue
-            if suppressed and evaluator.suppressible and latch.active is None:
-                # Held during recovery: nothing is raised; an alarm already open stays.
-                signal = Signal(None, signal.value, signal.limit)
+            if idle and (signal.level is None or (suppressed and evaluator.suppressible)):
+                # No level met, or held during recovery (nothing is raised; an alarm already
+                # open stays): an idle latch stays idle and its pending runs end, as
+                # ``Latch.feed`` of a signal without a level does, without the call.
+                if latch.run_start:
+                    latch.run_start.clear()
+                continue
             events += latch.feed(ts, signal, late=late)
         return events
 
     def _remember(self, reading: EngineReading, events: list[AlarmEvent]) -> None:
         if self.horizon_us == 0:
             return
-        self.history.append(reading)
+        held = self.history.append(reading)
         if events:
             self.emitted += events
         last_cp_ts, _, last_cp_len, _ = self.checkpoints[-1]
         # Checkpoints cost a copy of the rule state: take one every CHECKPOINT_EVERY readings
         # and at most every 1/16 of the horizon, so a fast device is not copying all day.
         # A stuck device clock never moves time on: bound the history by count as well.
-        since_checkpoint = len(self.history) - last_cp_len
+        since_checkpoint = held - last_cp_len
         if since_checkpoint >= CHECKPOINT_EVERY and (
             reading.ts_us - last_cp_ts >= self.horizon_us // 16 or since_checkpoint >= CHECKPOINT_EVERY * 8
         ):
@@ -491,6 +571,7 @@ class DeviceRules:
     def reconcile(self, active: list[Alarm]) -> None:
         """Take the stored active alarms as the truth, and checkpoint here (after a restart)."""
         stored = {alarm.key: alarm for alarm in active}
+        self.judged.quiet = False  # latches change here: the next reading walks every rule
         for latch in self.judged.latches:
             alarm = stored.get(latch.key)
             if alarm is not None and self.floor is not None and latch.active == alarm.severity:

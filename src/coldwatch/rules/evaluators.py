@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Self
 
@@ -79,6 +80,9 @@ class ThresholdEvaluator(_Stateless):
         # No level is met at or within the mildest limit (the lowest high one, the highest low one).
         limits = [limit for _, limit, _ in self._levels]
         self._calm_bound = min(limits) if self._high else max(limits)
+        # ``calm`` as a range: calm when the metric is absent or lo <= value <= hi.
+        bound = self._calm_bound
+        self.calm_range = (self.metric, -math.inf, bound) if self._high else (self.metric, bound, math.inf)
 
     def calm(self, values: Mapping[str, float]) -> bool:
         """Whether ``update`` would give no signal, or one without a level (cheap, no signal built)."""
@@ -110,6 +114,8 @@ class HeldEvaluator(_Stateless):
         self.suppressible = False
         self.delays_us = level_delays(spec.levels)
         self._worst = max(SEVERITY[name] for name in spec.levels)
+        # ``calm`` as a range: below 0.5 is at most the float just below it.
+        self.calm_range = (self.metric, -math.inf, math.nextafter(0.5, -math.inf))
 
     def calm(self, values: Mapping[str, float]) -> bool:
         """Whether ``update`` would give no signal, or one without a level (cheap, no signal built)."""

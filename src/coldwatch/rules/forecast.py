@@ -27,6 +27,7 @@ __all__ = ["ForecastEvaluator"]
 HOUR_US = 3600 * US
 # Time spreads this small relative to the times themselves are one instant to the fit.
 _DEGENERATE = 1e-12
+_NO_PREDICTION = Signal(None)  # immutable: one serves every reading without a prediction
 
 
 class _LinearFit:
@@ -93,36 +94,50 @@ class _LinearFit:
         """(ts, y) of the newest point (there is one)."""
         return self.times[-1], self.ys[-1]
 
-    def add(self, ts_us: int, y: float, window_us: int) -> None:
-        """Append a point (no older than the newest); move the origin if it is a window behind."""
-        times = self.times
-        times.append(ts_us)
-        self.ys.append(y)
-        if len(times) + self.tape.base - self.head == 1 or ts_us - self.origin_us > window_us:
-            self.origin_us, self.origin_y = ts_us, y
-            self._rebuild()
-        else:
-            self._accumulate(ts_us, y, 1.0)
+    def slide(self, start_us: int, ts_us: int, y: float | None, window_us: int) -> None:
+        """Drop the points at or before ``start_us``, then append (``ts_us``, ``y``) unless None.
 
-    def evict(self, start_us: int) -> None:
-        """Drop the points at or before ``start_us`` from the window."""
+        One call a reading, the sums updated in local variables: this runs for every
+        cryoshipper reading. Subtracting a point is adding its negated terms, exactly (IEEE
+        negation and rounding are symmetric), so the sums are those of signed accumulation.
+        """
         times = self.times
         base = self.tape.base
         head = self.head - base
         size = len(times)
-        if head < size and times[head] > start_us:
-            return  # nothing leaves (most readings)
-        ys = self.ys
-        while head < size and times[head] <= start_us:
-            self._accumulate(times[head], ys[head], -1.0)
-            head += 1
-        self.head = head + base
-        if head == size:
-            self.sum_x = self.sum_dy = self.sum_xx = self.sum_xdy = 0.0
+        origin_us, origin_y = self.origin_us, self.origin_y
+        sum_x, sum_dy, sum_xx, sum_xdy = self.sum_x, self.sum_dy, self.sum_xx, self.sum_xdy
+        if head < size and times[head] <= start_us:
+            ys = self.ys
+            while head < size and times[head] <= start_us:
+                x = (times[head] - origin_us) / HOUR_US
+                dy = ys[head] - origin_y
+                sum_x -= x
+                sum_dy -= dy
+                sum_xx -= x * x
+                sum_xdy -= x * dy
+                head += 1
+            self.head = head + base
+            if head == size:
+                sum_x = sum_dy = sum_xx = sum_xdy = 0.0
+        if y is not None:
+            times.append(ts_us)
+            self.ys.append(y)
+            if size == head or ts_us - origin_us > window_us:
+                self.origin_us, self.origin_y = ts_us, y
+                self._rebuild()
+                return
+            x = (ts_us - origin_us) / HOUR_US
+            dy = y - origin_y
+            sum_x += x
+            sum_dy += dy
+            sum_xx += x * x
+            sum_xdy += x * dy
+        self.sum_x, self.sum_dy, self.sum_xx, self.sum_xdy = sum_x, sum_dy, sum_xx, sum_xdy
 
     def line(self, at_us: int) -> tuple[float, float] | None:
         """The fitted value at ``at_us`` and the slope per hour; None if the points share one instant."""
-        n = len(self)
+        n = len(self.times) + self.tape.base - self.head
         if n < 2:
             return None
         mean_x = self.sum_x / n
@@ -133,14 +148,6 @@ class _LinearFit:
         slope = (self.sum_xdy / n - mean_x * mean_dy) / var_x
         x = (at_us - self.origin_us) / HOUR_US
         return self.origin_y + mean_dy + slope * (x - mean_x), slope
-
-    def _accumulate(self, ts_us: int, y: float, sign: float) -> None:
-        x = (ts_us - self.origin_us) / HOUR_US
-        dy = y - self.origin_y
-        self.sum_x += sign * x
-        self.sum_dy += sign * dy
-        self.sum_xx += sign * x * x
-        self.sum_xdy += sign * x * dy
 
     def _rebuild(self) -> None:
         head = self.head - self.tape.base
@@ -185,15 +192,10 @@ class ForecastEvaluator:
         temp_c = values.get(self._temp_metric)
         if level_pct is None and temp_c is None:
             return None
-        start = ts_us - self._window_us
         window_us = self._window_us
-        level_fit, temp_fit = self._level, self._temp
-        level_fit.evict(start)
-        if level_pct is not None:
-            level_fit.add(ts_us, level_pct, window_us)
-        temp_fit.evict(start)
-        if temp_c is not None:
-            temp_fit.add(ts_us, temp_c, window_us)
+        start = ts_us - window_us
+        self._level.slide(start, ts_us, level_pct, window_us)
+        self._temp.slide(start, ts_us, temp_c, window_us)
         to_empty = self._hours_to_empty(ts_us)
         to_warm = self._hours_to_warm(ts_us)
         if to_empty is None:
@@ -204,7 +206,7 @@ class ForecastEvaluator:
             prediction = min(to_empty, to_warm)
         self.prediction_h = prediction
         if prediction is None:
-            return Signal(None)
+            return _NO_PREDICTION
         level: Severity | None = None
         limit = self._levels[0][1]
         for severity, hours in self._levels:
@@ -279,14 +281,13 @@ class ForecastEvaluator:
         token, _ = tapes_restore([self._level.tape, self._temp.tape], state)
         self.rollback(token)  # type: ignore[arg-type]
 
-    def _fits(self, fit: _LinearFit) -> bool:
-        times = fit.times
-        head = fit.head - fit.tape.base
-        return len(times) - head >= self._min_points and times[-1] - times[head] >= self._min_span_us
-
     def _hours_to_empty(self, ts_us: int) -> float | None:
         fit = self._level
-        if not self._fits(fit):
+        # Enough points over a long enough span for a fit (inline, as in _hours_to_warm:
+        # twice a reading, and a call costs as much as the test).
+        times = fit.times
+        head = fit.head - fit.tape.base
+        if len(times) - head < self._min_points or times[-1] - times[head] < self._min_span_us:
             return None
         if fit.ys[-1] <= self._empty_pct:
             return 0.0
@@ -298,8 +299,12 @@ class ForecastEvaluator:
 
     def _hours_to_warm(self, ts_us: int) -> float | None:
         fit = self._temp
+        times = fit.times
+        head = fit.head - fit.tape.base
+        if len(times) - head < self._min_points or times[-1] - times[head] < self._min_span_us:
+            return None
         # Already at the limit: the temperature rules judge it, with their own on-delay.
-        if not self._fits(fit) or fit.ys[-1] >= self._temp_limit_c:
+        if fit.ys[-1] >= self._temp_limit_c:
             return None
         line = fit.line(ts_us)
         if line is None or line[1] <= 0:

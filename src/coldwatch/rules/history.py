@@ -46,11 +46,14 @@ class History:
         """(timestamp, seq) of reading ``index`` (negative counts from the end)."""
         return self._ts[index], self._seq[index]
 
-    def is_after_newest(self, ts_us: int, seq: int) -> bool:
-        """Whether a reading at (``ts_us``, ``seq``) goes after every reading kept."""
+    def is_after_newest(self, ts_us: int, seq: int, floor: tuple[int, int] | None = None) -> bool:
+        """Whether a reading at (``ts_us``, ``seq``) goes after every reading kept.
+
+        With none kept: whether it goes after ``floor`` (None: there is no floor).
+        """
         ts = self._ts
         if not ts:
-            return True
+            return floor is None or (ts_us, seq) > floor
         newest = ts[-1]
         return ts_us > newest or (ts_us == newest and seq > self._seq[-1])
 
@@ -63,30 +66,31 @@ class History:
             index += 1
         return index
 
-    def append(self, reading: EngineReading) -> None:
-        """Add the newest reading."""
+    def append(self, reading: EngineReading) -> int:
+        """Add the newest reading; the number of readings held."""
         values = reading.values
-        if not self._append_known(values):
+        names = self._names
+        # Usually the reading carries every metric seen so far and no other: its row is
+        # then appended by one C call (inline: this runs for every reading judged).
+        known = len(values) == len(names)
+        if known:
+            end = len(self._values)
+            try:
+                self._values.extend(map(values.__getitem__, names))
+            except KeyError:  # one missing, so another is new
+                del self._values[end:]
+                known = False
+        if not known:
             row = self._row(values)  # first: it may widen the rows
             self._values.extend(row)
-        self._ts.append(reading.ts_us)
+        ts = self._ts
+        ts.append(reading.ts_us)
         try:
             self._seq.append(reading.seq)
         except OverflowError:
             self._seq = array("q", self._seq)
             self._seq.append(reading.seq)
-
-    def _append_known(self, values: Mapping[str, float]) -> bool:
-        """Append the row of values of every metric seen so far and no other (usually): one C call."""
-        if len(values) != len(self._names):
-            return False
-        end = len(self._values)
-        try:
-            self._values.extend(map(values.__getitem__, self._names))
-        except KeyError:  # one missing, so another is new
-            del self._values[end:]
-            return False
-        return True
+        return len(ts)
 
     def insert(self, index: int, reading: EngineReading) -> None:
         """Add a reading at ``index`` (its place in (timestamp, seq) order)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 __all__ = [
     "AlarmEvent",
@@ -44,9 +44,12 @@ class EngineReading:
     received_us: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Signal:
-    """A rule's verdict at one instant: which severity its condition meets, if any."""
+class Signal(NamedTuple):
+    """A rule's verdict at one instant: which severity its condition meets, if any.
+
+    A named tuple, not a frozen dataclass: every rule builds one at nearly every reading,
+    and a tuple is built several times faster (immutable all the same).
+    """
 
     level: Severity | None
     value: float | None = None  # the quantity judged (the reading, a rate, an MKT, ...)

@@ -354,6 +354,7 @@ class TimeOutOfRangeEvaluator:
         self._head = 0
         self._open_us: int | None = None
         self._last_us: int | None = None
+        self._in_range = self._signal(0)  # immutable: shared by every reading it fits
 
     def checkpoint(self) -> tuple[int, int, int | None, int | None]:
         """(tape end, window's first span, open run start, newest reading time)."""
@@ -385,11 +386,6 @@ class TimeOutOfRangeEvaluator:
         self._before_base = before
         self.rollback(token)  # type: ignore[arg-type]
 
-    def _out(self, value: float) -> bool:
-        return (self._low is not None and value < self._low) or (
-            self._high is not None and value > self._high
-        )
-
     def _closed_in_window(self, head: int, window_start: int) -> int:
         """Time of the closed spans from ``head`` (relative to the tape) inside the window."""
         cumulative = self._cumulative
@@ -404,7 +400,8 @@ class TimeOutOfRangeEvaluator:
         value = values.get(self.metric)
         if value is None:
             return None
-        out = self._out(value)
+        low, high = self._low, self._high
+        out = (low is not None and value < low) or (high is not None and value > high)
         open_us = self._open_us
         if open_us is None:
             if out:
@@ -430,6 +427,11 @@ class TimeOutOfRangeEvaluator:
         if open_us is not None and out:
             # The run held up to this reading and goes on (an ended one is a closed span now).
             total += ts_us - max(open_us, window_start)
+        elif not total:
+            return self._in_range  # nothing out of range in the window (most readings)
+        return self._signal(total)
+
+    def _signal(self, total: int) -> Signal:
         level: Severity | None = None
         budget_s = self._levels[0][2]
         for severity, budget_us, budget in self._levels:
