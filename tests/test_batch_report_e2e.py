@@ -234,6 +234,25 @@ async def test_batch_record_excursion_inside_not_outside(
             text = pdf_text(pdf)
             assert "Version 1" in text
             assert "incubator time corrected" in text
+            # A stay not over yet: reported to date, and the record says so.
+            until = time.time() + 7200
+            async with httpx.AsyncClient(base_url=running.base_url, timeout=60) as qa:
+                amended = await qa.post(
+                    "/api/v1/batches/LOT-7/amend",
+                    json=signed(
+                        "quinn", QA_PW, "still in the incubator",
+                        stays=[{"device": "inc-1", "from": iso(t0 + 2700), "until": iso(until)}],
+                    ),
+                )  # fmt: skip
+            assert amended.status_code == 200, amended.text
+            fourth = await client.post("/api/v1/batches/LOT-7/report", headers=csrf)
+            data = fourth.json()["data"]
+            assert data["stays_not_over"] == 1
+            [figures_until_us] = {r["figures_until_us"] for r in data["rows"]}
+            assert figures_until_us <= time.time() * 1_000_000 < until * 1_000_000
+            text = " ".join(pdf_text((await stored_pdf(backend, config, fourth.json()["id"]))[0]).split())
+            assert "To date: 1 of 1 stay not over when this record was generated" in text
+            assert "This stay was not over when the record was generated: figures to" in text
 
 
 async def test_batch_api_refuses_malformed_input(

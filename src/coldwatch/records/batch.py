@@ -54,23 +54,24 @@ async def _device_block(  # noqa: PLR0917 - one device in one place and time
     stay: Stay,
     alarms: list[AlarmRecord],
     calibration: PointCalibration | None,
+    end_us: int,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """One device during one stay: its figures per metric (CSV rows), its calibration and its chart."""
+    """One device during one stay, up to ``end_us``: figures per metric (CSV rows), calibration, chart."""
     zone = config.site.timezone
     spans = [] if calibration is None else calibration.uncalibrated
     rows: list[dict[str, Any]] = []
     chart_svg = None
     for index, metric in enumerate(REPORTED_METRICS[device.kind]):
-        readings = await read_series(storage, device.id, metric, stay.from_us, stay.until_us)
+        readings = await read_series(storage, device.id, metric, stay.from_us, end_us)
         levels = levels_of(config, device, metric)
-        stats, share = figures(device, metric, readings, (stay.from_us, stay.until_us), levels)
+        stats, share = figures(device, metric, readings, (stay.from_us, end_us), levels)
         if stats.n == 0 and index > 0:
             continue  # an optional metric the device does not report (e.g. no second probe)
         row: dict[str, Any] = {
             "place": stay.place, "stay_from_us": stay.from_us, "stay_until_us": stay.until_us,
             "device": device.id, "metric": metric, "n": stats.n, "backfilled": readings.backfilled,
             "min": stats.min, "max": stats.max, "mean_tw": stats.mean_tw, "mkt_c": stats.mkt_c,
-            "covered_s": stats.covered_s, "completeness": share,
+            "covered_s": stats.covered_s, "completeness": share, "figures_until_us": end_us,
             "calibration_state": None if calibration is None else calibration.state,
             "out_of_calibration": count_in_spans(readings.ts_us, spans),
         }  # fmt: skip
@@ -81,7 +82,7 @@ async def _device_block(  # noqa: PLR0917 - one device in one place and time
         if index == 0 and stats.n:
             own = [a for a in alarms if a.alarm.key.device_id == device.id]
             chart_svg = chart(f"{device.id} {metric} · {stay.place}", metric, readings, stay.from_us,
-                              stay.until_us, levels, own, zone)  # fmt: skip
+                              end_us, levels, own, zone)  # fmt: skip
     cal = calibration_facts(
         calibration, sum(r["out_of_calibration"] for r in rows), sum(r["n"] for r in rows)
     )
@@ -94,10 +95,17 @@ async def _stay_block(
 ) -> dict[str, Any]:
     devices = devices_of_stay(stay, config.devices)
     ids = [d.id for d in devices]
-    alarms = await overlapping_alarms(store, config.site.timezone, ids, stay.from_us, stay.until_us)
-    states = await calibration_of_points(store, config, ids, (stay.from_us, stay.until_us), now_us)
-    blocks = [await _device_block(storage, config, d, stay, alarms, states.get(d.id)) for d in devices]
+    # A stay not over when the record is generated is reported to date (one not begun: empty).
+    end_us = max(stay.from_us + 1, min(stay.until_us, now_us))
+    alarms = await overlapping_alarms(store, config.site.timezone, ids, stay.from_us, end_us)
+    states = await calibration_of_points(store, config, ids, (stay.from_us, end_us), now_us)
+    blocks = [
+        await _device_block(storage, config, d, stay, alarms, states.get(d.id), end_us) for d in devices
+    ]
     return {
+        "to_date": stay.until_us > now_us,
+        "not_begun": stay.from_us >= now_us,
+        "end_us": end_us,
         "stay": stay,
         "devices": [b for b, _ in blocks],
         "rows": [r for _, rows in blocks for r in rows],
@@ -146,6 +154,7 @@ async def batch_context(
         "coi": record.coi,
         "version": record.version,
         "verdict": line,
+        "stays_not_over": sum(1 for b in stays if b["to_date"]),
         "rows": rows,
         "calibration": [
             {"place": b["stay"].place, "stay_from_us": b["stay"].from_us, "device": d["device"],
@@ -165,6 +174,8 @@ async def batch_context(
         "zone": zone,
         "record": record,
         "verdict": line,
+        "stays_not_over": sum(1 for b in stays if b["to_date"]),
+        "generated_us": now_us,
         "stays": stays,
         "alarms": alarms,
         "history": history,
