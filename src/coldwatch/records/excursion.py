@@ -23,6 +23,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from coldwatch.alarm_values import value_unit
 from coldwatch.console.chart import AlarmSpan, LimitLine
 from coldwatch.records.calflag import calibration_facts, count_in_spans
 from coldwatch.records.calibration import PointCalibration
@@ -182,6 +183,7 @@ def excursion_data(inputs: ExcursionInputs) -> dict[str, Any]:
         "alarm": inputs.alarm,
         "device": inputs.device,
         "unit": inputs.unit,
+        "value_unit": value_unit(str(inputs.alarm["rule"]), inputs.unit),
         "temperature": inputs.temperature,
         "high": high,
         "window": {"start_us": start, "end_us": end, "alarm_end_us": alarm_end, "hold_cap_s": cap},
