@@ -41,6 +41,11 @@ async def test_simulated_facility_reaches_sqlite_and_metrics(
             lambda: sum(running.sample("coldwatch_readings_total", _labels(d)) for d in devices) >= published,
             what="every published reading committed",
         )
+        # The retained "offline" is a message of its own: it may arrive after the readings.
+        await eventually(
+            lambda: all(running.sample("coldwatch_device_online", _labels(d)) == 0.0 for d in devices),
+            what="every device's retained offline status",
+        )
         status, body = await http_get(f"{running.base_url}/metrics")
         assert status == 200
         text = body.decode()
