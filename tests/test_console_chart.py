@@ -6,6 +6,7 @@ import re
 import statistics
 import time
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -151,6 +152,50 @@ def test_time_axis_in_utc_and_in_the_site_zone() -> None:
         assert b in all_text
     assert "UTC" in all_text
     assert "CET" in all_text
+
+
+@pytest.mark.parametrize("span_s", [40, 150, 600])
+def test_a_short_range_still_has_labelled_time_ticks(span_s: int) -> None:
+    """A range of seconds or minutes (a short transit, a brief excursion) gets ticks, in seconds if needed."""
+    ts = T0 + np.linspace(0, span_s * US, 20).astype(np.int64)
+    chart = Chart("short", "temp_c", Series.of(ts, np.full(20, -190.0)), T0, T0 + span_s * US, zone=BERLIN)
+    labels = [t for t in texts(ET.fromstring(render_svg(chart))) if re.fullmatch(r"\d\d:\d\d(:\d\d)?", t)]
+    assert len(labels) >= 4  # at least two ticks, each in UTC and in site time
+    utc_labels = labels[::2]
+    assert len(set(utc_labels)) == len(utc_labels)  # distinct labels: the step is never finer than the format
+
+
+@pytest.mark.parametrize("title", ["ln2-dewar-01 ln2_level_pct: alarm #12345 (threshold)", "x " * 70])
+def test_a_long_title_stays_inside_a_phone_sized_chart(title: str) -> None:
+    """At 360 px a long title takes two lines inside the drawing, the plot and its legend below them."""
+    chart = sample_chart(title=title)  # its backfilled readings put a legend at the plot's top right
+    root = ET.fromstring(render_svg(chart, width=360, height=300))
+    lines = [t for t in root.iter(f"{NS}text") if t.get("font-size") == "14"]
+    _, top, _, _ = plot_frame(root)
+    legend = next(t for t in root.iter(f"{NS}text") if t.text == "backfilled")
+    assert len(lines) == 2
+    for line in lines:  # each ends inside the drawing (0.6 em a character, DejaVu Sans)
+        assert float(line.get("x", "0")) + 0.6 * 14 * len(line.text or "") <= 360
+    descent, legend_cap = 0.25 * 14, 0.75 * 11  # below the last line's baseline; above the legend's
+    assert float(lines[-1].get("y", "0")) + descent + 2 < float(legend.get("y", "0")) - legend_cap
+    assert float(legend.get("y", "0")) < top
+    shown = " ".join(t.text or "" for t in lines)
+    assert (shown == title.strip()) == (len(title) < 100)
+    assert shown.endswith("…") == (len(title) >= 100)
+    assert next(root.iter(f"{NS}title")).text == title  # the whole title for assistive technology
+    wide = ET.fromstring(render_svg(sample_chart(title=title[:40]), width=720, height=360))
+    assert len([t for t in wide.iter(f"{NS}text") if t.get("font-size") == "14"]) == 1
+
+
+def test_a_utc_site_gets_one_row_of_time_labels() -> None:
+    """A site whose zone is UTC sees each tick once, not the same time twice in two rows."""
+    root = ET.fromstring(render_svg(replace(sample_chart(), zone=ZoneInfo("UTC"))))
+    all_text = texts(root)
+    assert all_text.count("01:00") == 1
+    assert all_text.count("UTC") == 1
+    assert not any("UTC /" in t for t in all_text)
+    berlin = texts(ET.fromstring(render_svg(sample_chart())))
+    assert berlin.count("02:00") == 2  # 02:00 UTC, and 01:00 UTC shown as 02:00 CET
 
 
 def test_units_come_from_the_metric_name() -> None:

@@ -334,8 +334,13 @@ async def test_alarm_detail_chart_limits_history_and_notifications(
     try:
         data = ConsoleData(queries, config(custom), max_points=300, margin_s=1200)
         detail = await data.alarm_detail(1, NOW)
+        assert cleared.cleared_ts_us is not None
+        just_after = cleared.cleared_ts_us + 60 * US  # looked at a minute after the alarm cleared
+        recent = await data.alarm_detail(1, just_after)
     finally:
         await queries.close()
+    assert recent is not None
+    assert (recent.chart.start_us, recent.chart.end_us) == (first.raised_ts_us - 1200 * US, just_after)
     assert detail is not None
     chart = detail.chart
     assert chart.start_us == first.raised_ts_us - 1200 * US

@@ -26,7 +26,7 @@ async def test_the_notice_is_on_the_sign_in_page_and_escaped(
         prefix=prefix,
         api={},
         identity=FAST_IDENTITY,
-        site={"notice": NOTICE},
+        site={"notice": NOTICE, "timezone": "Europe/Paris"},
     )
     async with (
         running_daemon(config) as running,
@@ -36,6 +36,7 @@ async def test_the_notice_is_on_the_sign_in_page_and_escaped(
     assert 'class="notice"' in page
     assert "Validation copy &lt;b&gt;not&lt;/b&gt; for release &amp; review" in page
     assert "<b>not</b>" not in page
+    assert 'class="utc-site"' not in page  # Paris: times in UTC and in site time
 
 
 async def test_without_a_notice_there_is_none(broker: RunningBroker, prefix: str, tmp_path: Path) -> None:
@@ -49,6 +50,7 @@ async def test_without_a_notice_there_is_none(broker: RunningBroker, prefix: str
     ):
         page = (await client.get("/console/sign-in")).text
     assert 'class="notice"' not in page
+    assert '<body class="utc-site">' in page  # the default zone is UTC: site times (.local) hidden
 
 
 def test_the_demo_says_its_readings_are_simulated() -> None:

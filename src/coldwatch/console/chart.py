@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from html import escape
 from typing import Final
@@ -33,7 +34,7 @@ import numpy as np
 from coldwatch.catalogue import KINDS
 from coldwatch.console.downsample import Series
 
-__all__ = ["GAP_FILL", "SPAN_FILL", "AlarmSpan", "Chart", "LimitLine", "render_svg", "unit_of"]
+__all__ = ["GAP_FILL", "SPAN_FILL", "UTC_ZONES", "AlarmSpan", "Chart", "LimitLine", "render_svg", "unit_of"]
 
 US: Final = 1_000_000
 FONT: Final = "system-ui, -apple-system, 'Segoe UI', Roboto, Arial, sans-serif"  # local fonts only
@@ -47,7 +48,8 @@ _DISPLAY_UNITS: Final = {"degC": "°C", "count/m3": "/m³", "bool": "", "deg": "
 # Candidate time-tick steps, seconds.
 _MOST_MARKS: Final = 60  # more backfilled points than this: coloured line only
 _STEPS_S: Final = (
-    60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 2 * 86400, 7 * 86400,
+    1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200,
+    86400, 2 * 86400, 7 * 86400,
 )  # fmt: skip
 
 
@@ -178,7 +180,9 @@ def _tick_label(ts_us: int, step_s: int, zone: ZoneInfo | None) -> str:
     moment = datetime.fromtimestamp(ts_us / US, UTC)
     if zone is not None:
         moment = moment.astimezone(zone)
-    return moment.strftime("%d %b" if step_s >= 86400 else "%H:%M")
+    if step_s >= 86400:
+        return moment.strftime("%d %b")
+    return moment.strftime("%H:%M" if step_s >= 60 else "%H:%M:%S")
 
 
 def _text(x: float, y: float, text: str, *, size: int = 12, anchor: str = "start", fill: str = "#222") -> str:
@@ -385,16 +389,49 @@ def _data(frame: _Frame, series: Series) -> list[str]:
     return out
 
 
+#: Zone names that are UTC itself: a site in one of them sees each time once, not twice.
+UTC_ZONES: Final = frozenset(
+    {"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Etc/Zulu", "Zulu"}
+)
+_TITLE_SIZE: Final = 14
+_TITLE_CHAR: Final = 0.6 * _TITLE_SIZE  # DejaVu Sans averages about 0.6 em a character
+_TITLE_DROP: Final = 30.0  # how far the plot moves down for a title of two lines
+
+
+def _title_lines(title: str, room: float, *, legend: bool) -> tuple[list[str], float]:
+    """The title's lines (one, or two on a narrow chart) and how far the plot moves down for them.
+
+    A title that does not fit on one line, or not beside the "backfilled" legend, is broken
+    at spaces onto two lines and the plot (with its legend) moves down beneath them; what
+    still does not fit is cut with an ellipsis (the whole title stays in the ``<title>``
+    element and on the page around the chart).
+    """
+    chars = max(int(room / _TITLE_CHAR), 8)
+    if len(title) <= chars and not (legend and len(title) * _TITLE_CHAR > room - 122):
+        return [title], 0.0
+    lines = textwrap.wrap(title, chars, break_long_words=True, break_on_hyphens=False) or [title]
+    if len(lines) > 2:
+        rest = " ".join(lines[1:])
+        lines = [lines[0], rest[: chars - 1].rstrip() + "…"]
+    return lines, _TITLE_DROP
+
+
 def render_svg(chart: Chart, *, width: int = 720, height: int = 360, element_id: str | None = None) -> str:
     """The chart as a standalone ``<svg>`` element (scales to its container through its viewBox).
 
     ``element_id`` prefixes the ids of the title and description (unique per page; default
     derived from the title).
     """
+    if chart.zone is not None and chart.zone.key in UTC_ZONES:
+        chart = replace(chart, zone=None)  # a UTC site: one row of time labels, not the same twice
     unit = unit_of(chart.metric) if chart.unit is None else chart.unit
     ident = element_id or "chart-" + hashlib.sha256(chart.title.encode()).hexdigest()[:10]
     y0, y1 = _value_range(chart, chart.series.values)
-    frame = _Frame(56.0, 34.0, width - 68.0, height - 96.0, chart.start_us, chart.end_us, y0, y1)
+    legend = bool((chart.series.buffered & ~np.isnan(chart.series.values)).any())
+    titles, drop = _title_lines(chart.title, width - 72.0, legend=legend)
+    frame = _Frame(
+        56.0, 34.0 + drop, width - 68.0, height - 96.0 - drop, chart.start_us, chart.end_us, y0, y1
+    )
     gaps = list(chart.gaps) or chart.series.gaps()
     bands, labels = _shading(frame, chart, gaps)
     zone_note = "time: UTC" + (f" / {chart.zone.key} (grey)" if chart.zone is not None else "")
@@ -406,7 +443,7 @@ def render_svg(chart: Chart, *, width: int = 720, height: int = 360, element_id:
         f'<title id="{ident}-t">{escape(chart.title)}</title>',
         f'<desc id="{ident}-d">{escape(_summary(chart, unit, gaps))}</desc>',
         f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>',
-        _text(frame.left, 20, chart.title, size=14, fill="#111"),
+        *(_text(frame.left, 20 + 18 * i, t, size=_TITLE_SIZE, fill="#111") for i, t in enumerate(titles)),
         *_value_axis(frame, unit),
         *_time_axis(frame, chart),
         *bands,

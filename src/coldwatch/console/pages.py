@@ -348,7 +348,9 @@ class ConsoleData:
             return None
         margin = int((self.margin_s if margin_s is None else margin_s) * US)
         end = alarm.cleared_ts_us if alarm.cleared_ts_us is not None else now_us
-        since, until = alarm.raised_ts_us - margin, max(end, alarm.raised_ts_us) + margin
+        since = alarm.raised_ts_us - margin
+        # After the alarm by the margin, but never past now: the future has no readings to show.
+        until = min(max(end, alarm.raised_ts_us) + margin, max(now_us, end, alarm.raised_ts_us + 1))
         metric = self._chart_metric(alarm, alarm.metric)
         max_gap = int(self.stale_after_s(alarm.device_id) * US)
         series, count = await self.chart_series(alarm.device_id, metric, since, until, max_gap, now_us=now_us)

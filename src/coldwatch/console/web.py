@@ -37,7 +37,7 @@ from starlette.datastructures import FormData
 
 from coldwatch.alarm_values import value_unit
 from coldwatch.api import ApiContext, SignedAction, _check_shelve_end
-from coldwatch.console.chart import render_svg, unit_of
+from coldwatch.console.chart import UTC_ZONES, render_svg, unit_of
 from coldwatch.console.model import (
     ALARM_STATE_FILTERS,
     AlarmCursor,
@@ -161,6 +161,7 @@ class Console(MorePages):
         self._env.filters["utc"] = self._fmt_utc
         self._env.filters["site"] = self._fmt_site
         self._env.filters["num"] = _fmt_num
+        self._env.globals["utc_site"] = self.zone_name in UTC_ZONES  # site times would repeat the UTC ones
         self._env.globals["value_unit"] = lambda rule, metric: value_unit(rule, unit_of(metric))
         self._static = {
             name: (resources.files("coldwatch.console").joinpath("static", name).read_bytes(), kind)

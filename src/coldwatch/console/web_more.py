@@ -59,6 +59,7 @@ class PageError(Exception):
 
 log = logging.getLogger(__name__)
 
+
 def _now_us() -> int:
     return time.time_ns() // 1000
 
