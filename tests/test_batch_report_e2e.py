@@ -418,6 +418,20 @@ async def test_shipment_record_with_backfilled_flight(
         await shipments.receive(record.id, got, receipt * US)
         report_id, data = await generate_shipment_report(storage, config, record.id, "olga", receipt * US + 5)
         report = await ReportStore(identity_store(storage), "UTC").get(report_id)
+        # A second shipment after the trace ended: no probe sent anything; probe B is named as silent.
+        quiet_from = trace[-1]["ts"] + 60
+        quiet = await shipments.start("ln2-1", COI, "Site 1", "Hospital 9", 3600, None, sent, quiet_from * US)
+        await shipments.receive(quiet.id, got, (quiet_from + 120) * US)
+        quiet_id, quiet_data = await generate_shipment_report(
+            storage, config, quiet.id, "olga", (quiet_from + 121) * US
+        )
+        quiet_report = await ReportStore(identity_store(storage), "UTC").get(quiet_id)
+    assert quiet_report is not None
+    assert [r["probe"] for r in quiet_data["rows"]] == ["temp_c"]
+    assert quiet_data["rows"][0]["n"] == 0
+    assert quiet_data["probes_without_readings"] == ["probe B (temp_b_c)"]
+    assert "probe B (temp_b_c): no readings during transit" in pdf_text(quiet_report.pdf)
+    assert data["probes_without_readings"] == []
     assert report is not None
     (tmp_path / "shipment.pdf").write_bytes(report.pdf)
     # The forecast at dispatch, recomputed: least squares over the rule's window (6 h: all since t0).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pypdfium2 as pdfium
@@ -119,3 +120,47 @@ def test_active_alarm_figures_backfill_and_undelivered_notification() -> None:
     assert "Peak (highest)" in text
     assert "audit head #3 abababababab" in text
     assert "CET" in text
+
+
+def test_a_utc_site_reads_each_time_once_and_other_sites_twice() -> None:
+    """Times print in UTC and the site's zone, except for a UTC site, which would read the same time twice."""
+    temps = [-180.0] * 10 + [-130.0] * 4
+    readings = [(T0 + i * 60 * US, t, T0 + i * 60 * US + US, False) for i, t in enumerate(temps)]
+    now = T0 + 14 * 60 * US
+    texts = {}
+    for zone in ("UTC", "Europe/Berlin"):
+        data = excursion_data(replace(ln2_inputs(readings, None, now), zone=zone))
+        start, end = data["window"]["start_us"], data["window"]["end_us"]
+        points = [(ts, v, buf) for ts, v, _, buf in readings]
+        pdf = render_pdf(
+            "excursion.html",
+            {"title": "Excursion report: alarm 7", "site": "s1", "zone": zone, "data": data,
+             "generated_by": "olga", "worst": "action",
+             "chart": svg_chart("t", "temp_c", points, start, end, zone=zone)},
+            Provenance("1.0", "SQLite x.db", "excursion alarm=7", now, 3, "ab" * 32),
+        )  # fmt: skip
+        doc = pdfium.PdfDocument(pdf)
+        texts[zone] = " ".join(
+            " ".join(doc[i].get_textpage().get_text_range() for i in range(len(doc))).split()
+        )
+    raised = "2027-01-15 08:10:00 UTC"  # T0 + 600 s
+    assert f"Raised {raised}," in texts["UTC"]
+    assert "UTC / " not in texts["UTC"]
+    assert "times in UTC and" not in texts["UTC"]
+    assert texts["UTC"].count(raised) == texts["UTC"].count("08:10:00")  # never again as a "site time"
+    assert f"Raised {raised} / 2027-01-15 09:10:00 CET," in texts["Europe/Berlin"]
+    assert "times in UTC and Europe/Berlin" in texts["Europe/Berlin"]
+
+
+def test_levels_are_written_as_configured_never_in_exponent_form() -> None:
+    """Grade D's 3,520,000 particles/m³ reads as such in names, CSV columns and the PDF, never 3.52e+06."""
+    from coldwatch.records.excursion import _levels  # noqa: PLC0415 - the names it gives
+    from coldwatch.records.pdf import level  # noqa: PLC0415
+
+    names = [
+        lv.name
+        for lv in _levels([LimitLine(3_520_000.0, "action", "high"), LimitLine(14.5, "alert", "high")])
+    ]
+    assert names == ["action high 3520000", "alert high 14.5"]
+    shown = [level(v) for v in (3_520_000.0, 29_000.0, 14.5, -150.0, 0.5)]
+    assert shown == ["3,520,000", "29,000", "14.5", "-150", "0.5"]

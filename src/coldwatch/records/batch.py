@@ -76,7 +76,7 @@ async def _device_block(  # noqa: PLR0917 - one device in one place and time
             "out_of_calibration": count_in_spans(readings.ts_us, spans),
         }  # fmt: skip
         for level in stats.beyond:
-            row[f"beyond {level.name} {level.level:g} s"] = level.seconds
+            row[f"beyond {level.name} {level.level:.10g} s"] = level.seconds
         row["beyond"] = [(lv.name, lv.level, lv.seconds) for lv in stats.beyond]
         rows.append(row)
         if index == 0 and stats.n:

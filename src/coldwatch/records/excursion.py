@@ -89,7 +89,7 @@ def _levels(limits: Sequence[LimitLine]) -> list[Level]:
     seen: dict[tuple[float, bool], Level] = {}
     for lim in limits:
         above = lim.direction == "high"
-        name = f"{lim.severity} {lim.direction} {lim.value:g}"
+        name = f"{lim.severity} {lim.direction} {lim.value:.10g}"
         seen.setdefault((lim.value, above), Level(name, lim.value, above))
     return sorted(seen.values(), key=lambda lv: (not lv.above, -lv.level if lv.above else lv.level))
 

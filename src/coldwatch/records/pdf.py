@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 import jinja2
 from markupsafe import Markup
 
-from coldwatch.console.chart import AlarmSpan, Chart, LimitLine, render_svg
+from coldwatch.console.chart import UTC_ZONES, AlarmSpan, Chart, LimitLine, render_svg
 from coldwatch.console.downsample import Series
 from coldwatch.records.provenance import Provenance
 
@@ -58,6 +58,23 @@ def site_time(at_us: int | None, zone: str) -> str:
         return ""
     moment = (_EPOCH + timedelta(microseconds=int(at_us))).astimezone(ZoneInfo(zone))
     return moment.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def is_utc(zone: str) -> bool:
+    """Whether the site's zone is UTC itself (its times are then shown once, not twice)."""
+    return zone in UTC_ZONES
+
+
+def utc_and_site(at_us: int | None, zone: str) -> str:
+    """A time in UTC and in the site's zone, "UTC / local"; UTC alone for a UTC site ("" for None)."""
+    if at_us is None:
+        return ""
+    return utc(at_us) if is_utc(zone) else f"{utc(at_us)} / {site_time(at_us, zone)}"
+
+
+def level(value: float) -> str:
+    """A configured level as written (no float noise, no exponent), thousands separated: 3,520,000."""
+    return f"{value:,.10g}"
 
 
 def number(value: float | None, digits: int = 2) -> str:
@@ -94,6 +111,9 @@ def environment() -> jinja2.Environment:
     env.filters["utc"] = utc
     env.filters["site_time"] = site_time
     env.filters["number"] = number
+    env.filters["level"] = level
+    env.filters["both"] = utc_and_site
+    env.tests["utc_zone"] = is_utc
     env.filters["duration"] = duration_text
     return env
 

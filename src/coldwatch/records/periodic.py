@@ -21,7 +21,7 @@ from typing import Any, Final
 from markupsafe import Markup
 
 from coldwatch.config import Config, DeviceConfig
-from coldwatch.console.chart import AlarmSpan, LimitLine
+from coldwatch.console.chart import UTC_ZONES, AlarmSpan, LimitLine
 from coldwatch.errors import ColdwatchError
 from coldwatch.records.aggregates import PointFigures, figures_with, open_reader
 from coldwatch.records.aggregates_sql import FigureReader
@@ -127,7 +127,7 @@ async def _chart(reader: FigureReader, fig: PointFigures, period: Period, zone: 
     return svg_chart(
         f"{fig.device_id} {metric.metric}", metric.metric, points, period.start_us, period.end_us,
         # A second row of time labels only for a zone other than UTC (each SVG text costs the PDF ~4 ms).
-        limits, alarms, None if zone == "UTC" else zone, height=250, element_id=f"chart-{fig.device_id}",
+        limits, alarms, None if zone in UTC_ZONES else zone, height=250, element_id=f"chart-{fig.device_id}",
     )  # fmt: skip
 
 

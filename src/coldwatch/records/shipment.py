@@ -63,7 +63,7 @@ async def _events(
     limit = _tilt_limit(config, device)
     found = [
         *bool_events("lid open", lid.ts_us, lid.values, end),
-        *over_events(f"tilt over {limit:g} deg", tilt.ts_us, tilt.values, limit, end),
+        *over_events(f"tilt over {limit:.10g} deg", tilt.ts_us, tilt.values, limit, end),
     ]
     return sorted(found, key=lambda e: (e.start_us, e.what))
 
@@ -100,7 +100,7 @@ def _probe_row(  # noqa: PLR0917 - one probe's figures
         "covered_s": stats.covered_s, "completeness": share,
     }  # fmt: skip
     for level in stats.beyond:
-        row[f"above {level.level:g} C s"] = level.seconds
+        row[f"above {level.level:.10g} C s"] = level.seconds
     row["out_of_calibration"] = count_in_spans(readings.ts_us, uncalibrated)
     return row
 
@@ -116,15 +116,16 @@ async def shipment_context(
         raise NoSuchShipmentError(f"no shipment {shipment_id}")
     device = config.device_map()[record.device_id]
     start, end = record.dispatched_us, record.received_us or max(now_us, record.dispatched_us + 1)
-    levels = [Level(f"above {c:g} C", c, True) for c in config.records.shipment_levels_c]
+    levels = [Level(f"above {c:.10g} C", c, True) for c in config.records.shipment_levels_c]
     alarms = await overlapping_alarms(store, zone, [device.id], start, end)
     state = (await calibration_of_points(store, config, [device.id], (start, end), now_us)).get(device.id)
     uncalibrated = [] if state is None else state.uncalibrated
-    probes, charts = [], []
+    probes, charts, silent = [], [], []
     for probe, label in PROBES:
         readings = await read_series(storage, device.id, probe, start, end)
         stats, share = figures(device, probe, readings, (start, end), levels)
         if stats.n == 0 and probe != "temp_c":
+            silent.append(f"{label} ({probe})")  # a single-probe shipper, or a probe that fell silent
             continue
         probes.append(_probe_row(probe, label, readings, stats, share, uncalibrated))
         charts.append(
@@ -156,6 +157,7 @@ async def shipment_context(
         "kind": "shipment",
         "summary": summary,
         "rows": probes,
+        "probes_without_readings": silent,
         "calibration": calibration,
         "events": [{"what": e.what, "start_us": e.start_us, "end_us": e.end_us} for e in events],
         "alarms": alarm_rows(alarms, zone),
@@ -169,6 +171,7 @@ async def shipment_context(
         "end_us": end,
         "summary": summary,
         "probes": probes,
+        "silent": silent,
         "levels": config.records.shipment_levels_c,
         "charts": charts,
         "calibration": calibration,
