@@ -198,6 +198,16 @@ def test_a_utc_site_gets_one_row_of_time_labels() -> None:
     assert berlin.count("02:00") == 2  # 02:00 UTC, and 01:00 UTC shown as 02:00 CET
 
 
+def test_limit_labels_are_drawn_over_the_data_and_limit_lines_under_it() -> None:
+    """Dense data near a limit never hides the limit's label (the label comes after the series in the SVG)."""
+    root = ET.fromstring(render_svg(sample_chart()))
+    order = list(root)
+    series = next(i for i, e in enumerate(order) if e.tag == f"{NS}path" and e.get("stroke-width") == "1.6")
+    label = next(i for i, e in enumerate(order) if (e.text or "").startswith("action high"))
+    line = next(i for i, e in enumerate(order) if e.tag == f"{NS}line" and e.get("stroke-width") == "1.5")
+    assert line < series < label
+
+
 def test_units_come_from_the_metric_name() -> None:
     """The unit shown is the catalogue's unit of the metric."""
     assert unit_of("temp_c") == "°C"

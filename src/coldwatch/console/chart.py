@@ -255,16 +255,17 @@ def _distinct(limits: Sequence[LimitLine]) -> list[LimitLine]:
     return sorted(best.values(), key=lambda lim: -lim.value)
 
 
-def _limit_labels(frame: _Frame, limits: Sequence[LimitLine], unit: str) -> list[str]:
-    """Limit lines, each with a label at its right end, labels pushed apart to stay legible."""
-    out: list[str] = []
+def _limit_labels(frame: _Frame, limits: Sequence[LimitLine], unit: str) -> tuple[list[str], list[str]]:
+    """Limit lines; apart, to be drawn over the data, a label at each one's right end, pushed apart."""
+    lines: list[str] = []
+    labels: list[str] = []
     placed: list[float] = []
     right = frame.left + frame.width
     for lim in _distinct(limits):
         colour = COLOURS.get(lim.severity, COLOURS["range"])
         y = frame.y(lim.value)
         dash = {"alert": ' stroke-dasharray="6 4"', "range": ' stroke-dasharray="2 3"'}.get(lim.severity, "")
-        out.append(
+        lines.append(
             f'<line x1="{frame.left:.1f}" y1="{y:.1f}" x2="{right:.1f}" y2="{y:.1f}" stroke="{colour}" '
             f'stroke-width="1.5"{dash}/>'
         )
@@ -274,12 +275,12 @@ def _limit_labels(frame: _Frame, limits: Sequence[LimitLine], unit: str) -> list
         placed.append(label_y)
         text = f"{lim.severity} {lim.direction} {_with_unit(lim.value, unit)}"
         width = 6.6 * len(text) + 6
-        out.append(
+        labels.append(
             f'<rect x="{right - width:.1f}" y="{label_y - 11:.1f}" width="{width:.1f}" height="14" '
             f'fill="#ffffff" fill-opacity="0.85"/>'
         )
-        out.append(_text(right - 3, label_y, text, size=11, anchor="end", fill=colour))
-    return out
+        labels.append(_text(right - 3, label_y, text, size=11, anchor="end", fill=colour))
+    return lines, labels
 
 
 def _band(frame: _Frame, a: float, b: float, *, fill: str, opacity: str, least: float) -> str:
@@ -434,6 +435,7 @@ def render_svg(chart: Chart, *, width: int = 720, height: int = 360, element_id:
     )
     gaps = list(chart.gaps) or chart.series.gaps()
     bands, labels = _shading(frame, chart, gaps)
+    limit_lines, limit_labels = _limit_labels(frame, chart.limits, unit)
     zone_note = "time: UTC" + (f" / {chart.zone.key} (grey)" if chart.zone is not None else "")
     day = datetime.fromtimestamp(chart.start_us / US, UTC).strftime("%Y-%m-%d")
     return "\n".join([
@@ -450,8 +452,9 @@ def render_svg(chart: Chart, *, width: int = 720, height: int = 360, element_id:
         _text(frame.left, height - 10, f"{zone_note}, from {day}", size=11, fill="#555"),
         (f'<rect x="{frame.left:.1f}" y="{frame.top:.1f}" width="{frame.width:.1f}" '
         f'height="{frame.height:.1f}" fill="none" stroke="#aab7b8"/>'),
-        *_limit_labels(frame, chart.limits, unit),
+        *limit_lines,
         *_data(frame, chart.series),
+        *limit_labels,
         *labels,
         "</svg>",
     ])  # fmt: skip
