@@ -6,11 +6,18 @@ Validated once at start-up like the rest of the configuration (:mod:`coldwatch.c
 from __future__ import annotations
 
 import zoneinfo
-from typing import Annotated
+from typing import Annotated, Final
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-__all__ = ["IdentityConfig", "PasswordPolicy", "SiteConfig"]
+__all__ = ["UTC_ZONES", "IdentityConfig", "PasswordPolicy", "SiteConfig"]
+
+
+#: Zone names that are UTC itself: a site in one of them is shown each time once (in UTC),
+#: not the same time twice as "UTC / site time".
+UTC_ZONES: Final = frozenset(
+    {"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Etc/Zulu", "Zulu"}
+)
 
 
 class _Model(BaseModel):

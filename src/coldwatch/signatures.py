@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from coldwatch.audit import AuditDraft, AuditEntry
+from coldwatch.identity_config import UTC_ZONES
 
 __all__ = [
     "SELECT_SIGNATURES",
@@ -120,7 +121,7 @@ def manifestation(full_name: str, signer: str, signed_us: int, zone: str, meanin
     The site time is left out when the site's zone is UTC (it would repeat the same time).
     """
     utc, local = _when(signed_us, zone)
-    when = utc if zone == "UTC" else f"{utc} / {local}"
+    when = utc if zone in UTC_ZONES else f"{utc} / {local}"
     return f"signed by {full_name} ({signer}) on {when}, meaning: {meaning}"
 
 

@@ -33,8 +33,9 @@ import numpy as np
 
 from coldwatch.catalogue import KINDS
 from coldwatch.console.downsample import Series
+from coldwatch.identity_config import UTC_ZONES
 
-__all__ = ["GAP_FILL", "SPAN_FILL", "UTC_ZONES", "AlarmSpan", "Chart", "LimitLine", "render_svg", "unit_of"]
+__all__ = ["GAP_FILL", "SPAN_FILL", "AlarmSpan", "Chart", "LimitLine", "render_svg", "unit_of"]
 
 US: Final = 1_000_000
 FONT: Final = "system-ui, -apple-system, 'Segoe UI', Roboto, Arial, sans-serif"  # local fonts only
@@ -390,10 +391,6 @@ def _data(frame: _Frame, series: Series) -> list[str]:
     return out
 
 
-#: Zone names that are UTC itself: a site in one of them sees each time once, not twice.
-UTC_ZONES: Final = frozenset(
-    {"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Etc/Zulu", "Zulu"}
-)
 _TITLE_SIZE: Final = 14
 _TITLE_CHAR: Final = 0.6 * _TITLE_SIZE  # DejaVu Sans averages about 0.6 em a character
 _TITLE_DROP: Final = 30.0  # how far the plot moves down for a title of two lines

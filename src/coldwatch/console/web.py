@@ -37,7 +37,7 @@ from starlette.datastructures import FormData
 
 from coldwatch.alarm_values import value_unit
 from coldwatch.api import ApiContext, SignedAction, _check_shelve_end
-from coldwatch.console.chart import UTC_ZONES, render_svg, unit_of
+from coldwatch.console.chart import render_svg, unit_of
 from coldwatch.console.model import (
     ALARM_STATE_FILTERS,
     AlarmCursor,
@@ -48,6 +48,7 @@ from coldwatch.console.model import (
 from coldwatch.console.pages import ConsoleData, open_console_queries
 from coldwatch.console.web_instruments import CalibrationCache, instrument_pages
 from coldwatch.console.web_more import MorePages, PageError
+from coldwatch.identity_config import UTC_ZONES
 from coldwatch.identity_model import IdentityError, Principal
 from coldwatch.pipeline import UserAction
 from coldwatch.review import IMPACTS

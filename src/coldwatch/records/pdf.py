@@ -24,8 +24,9 @@ from zoneinfo import ZoneInfo
 import jinja2
 from markupsafe import Markup
 
-from coldwatch.console.chart import UTC_ZONES, AlarmSpan, Chart, LimitLine, render_svg
+from coldwatch.console.chart import AlarmSpan, Chart, LimitLine, render_svg
 from coldwatch.console.downsample import Series
+from coldwatch.identity_config import UTC_ZONES
 from coldwatch.records.provenance import Provenance
 
 __all__ = [

@@ -21,8 +21,9 @@ from typing import Any, Final
 from markupsafe import Markup
 
 from coldwatch.config import Config, DeviceConfig
-from coldwatch.console.chart import UTC_ZONES, AlarmSpan, LimitLine
+from coldwatch.console.chart import AlarmSpan, LimitLine
 from coldwatch.errors import ColdwatchError
+from coldwatch.identity_config import UTC_ZONES
 from coldwatch.records.aggregates import PointFigures, figures_with, open_reader
 from coldwatch.records.aggregates_sql import FigureReader
 from coldwatch.records.instruments import calibration_states
