@@ -550,3 +550,20 @@ async def test_an_existing_sqlite_database_upgrades_to_the_console_schema(tmp_pa
         names = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
         assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     assert {"alarms_open_first", "alarms_device_open_first", "chart_rollup", "chart_rollup_dirty"} <= names
+
+
+async def test_a_record_s_excursions_leave_out_calibration_reminders(storage: Storage) -> None:
+    """Batch and shipment records gather excursions: a calibration reminder of the same point is not one."""
+    from coldwatch.records.conditions import overlapping_alarms  # noqa: PLC0415
+    from coldwatch.storage.identity_store import identity_store  # noqa: PLC0415
+
+    hot = alarm(1, "inc-0", raised_us=T0 + 60 * US)
+    due = alarm(
+        2, "inc-0", metric="calibration", rule="calibration_due", severity=Severity.ALERT, raised_us=T0
+    )
+    loss = alarm(3, "inc-0", metric="seq", rule="comm_loss", raised_us=T0 + 120 * US)
+    batch = Batch()
+    batch.transitions = [raised(hot), raised(due), raised(loss)]
+    await storage.write_batch(batch)
+    found = await overlapping_alarms(identity_store(storage), "UTC", ["inc-0"], T0, T0 + 3600 * US)
+    assert [r.alarm.id for r in found] == [1, 3]  # the excursion and the communication loss

@@ -65,3 +65,26 @@ def test_a_blank_or_overlong_notice_is_refused() -> None:
     for bad in ["", " padded ", "x" * 301]:
         with pytest.raises(ValueError, match="notice"):
             Config.model_validate({"site": {"notice": bad}})
+
+
+def test_every_site_time_hides_with_its_separator() -> None:
+    """Each site time in the console's templates sits in a ``.local`` span that holds its " / " too.
+
+    A UTC site hides those spans (the time would repeat the UTC one); a separator left outside
+    would show as a stray "UTC /".
+    """
+    import re  # noqa: PLC0415
+    from importlib import resources  # noqa: PLC0415
+
+    folder = resources.files("coldwatch.console").joinpath("templates")
+    for template in folder.iterdir():
+        text = template.read_text()
+        for match in re.finditer(r'<span class="local">', text):
+            assert text[match.end() : match.end() + 3] == " / ", (
+                template.name,
+                text[match.start() - 40 : match.end() + 20],
+            )
+            assert not text[: match.start()].rstrip().endswith("/"), (
+                template.name,
+                text[match.start() - 40 : match.end()],
+            )

@@ -20,7 +20,7 @@ from coldwatch.catalogue import KINDS
 from coldwatch.config import Config, DeviceConfig
 from coldwatch.console.chart import AlarmSpan, LimitLine
 from coldwatch.console.downsample import Series, minmax
-from coldwatch.records.calibration import PointCalibration
+from coldwatch.records.calibration import CALIBRATION_RULE, PointCalibration
 from coldwatch.records.instrument_model import calibration_states
 from coldwatch.records.levels import metric_levels
 from coldwatch.records.pdf import svg_chart
@@ -124,16 +124,21 @@ def figures(
 async def overlapping_alarms(
     store: IdentityStore, zone: str, device_ids: Sequence[str], start_us: int, end_us: int
 ) -> list[AlarmRecord]:
-    """Alarms of these devices whose interval [raised, cleared or still open) meets [start, end)."""
+    """Excursions of these devices whose interval [raised, cleared or still open) meets [start, end).
+
+    Calibration reminders (rule ``calibration_due``) are not excursions: the records report each
+    point's calibration state and its readings taken out of calibration instead.
+    """
     if not device_ids:
         return []
     marks = ", ".join("?" * len(device_ids))
     rows = await store.fetch(
         _ALARMS + f" WHERE a.device_id IN ({marks}) AND a.raised_ts_us < ? "
-        "AND (a.cleared_ts_us IS NULL OR a.cleared_ts_us > ?) ORDER BY a.raised_ts_us, a.id",
+        "AND (a.cleared_ts_us IS NULL OR a.cleared_ts_us > ?) AND a.rule <> ? ORDER BY a.raised_ts_us, a.id",
         *device_ids,
         end_us,
         start_us,
+        CALIBRATION_RULE,
     )
     alarms = [alarm_from_row(r) for r in rows]
     reviews = Reviews(store, zone)
