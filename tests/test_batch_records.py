@@ -84,7 +84,10 @@ async def test_register_amend_verify(backend: Backend) -> None:
         amendment = SignatureDraft("quinn", "Quinn Quality", "verified", "wrong room entered at first")
         second = await batches.amend("LOT-001", amended_stays, amendment, clock())
         assert second.version == 2
+        with pytest.raises(RefusedError, match="nothing to amend"):  # the same stays, in another order
+            await batches.amend("LOT-001", amended_stays[::-1], amendment, clock())
         assert set(second.versions) == {1, 2}
+        assert (await batches.get("LOT-001")) == second
         assert second.versions[1] == validate_stays(stays(), config.devices, clock())
         assert [s.place for s in second.stays][-1] == "area s1/room-b"
         assert [(s.action, s.signer, s.reason) for s in second.signatures] == [

@@ -133,6 +133,8 @@ async def test_batch_record_excursion_inside_not_outside(
         stays = [
             {"site": "s1", "area": "room-a", "from": iso(t0), "until": iso(t0 + 600)},
             {"device": "inc-1", "from": iso(t0 + 600), "until": iso(t0 + 3600)},
+            # Planned, not begun when the record is generated: no figures for it.
+            {"device": "inc-1", "from": iso(int(time.time()) + 3600), "until": iso(int(time.time()) + 7200)},
         ]
         async with httpx.AsyncClient(base_url=running.base_url, timeout=60) as client:
             viewer = {"Authorization": f"Bearer {VIEWER_TOKEN}"}
@@ -170,6 +172,8 @@ async def test_batch_record_excursion_inside_not_outside(
             assert temp["max"] == 39.0
             assert temp["n"] == sum(1 for t, _ in trace if t0 + 600 <= t < t0 + 3600)
             text = pdf_text(pdf)
+            assert "This stay had not begun when the record was generated: no figures yet." in text
+            assert len({r["stay_from_us"] for r in data["rows"]}) == 2  # the planned stay has no rows
             for needle in (
                 "Verdict: excursions awaiting review",
                 COI.split(maxsplit=1)[0],

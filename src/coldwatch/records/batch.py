@@ -93,9 +93,11 @@ async def _device_block(  # noqa: PLR0917 - one device in one place and time
 async def _stay_block(
     storage: Storage, store: IdentityStore, config: Config, stay: Stay, now_us: int
 ) -> dict[str, Any]:
-    devices = devices_of_stay(stay, config.devices)
+    # A stay not over when the record is generated is reported to date; one not begun has no
+    # figures at all (no rows, no charts: nothing has happened there yet).
+    not_begun = stay.from_us >= now_us
+    devices = [] if not_begun else devices_of_stay(stay, config.devices)
     ids = [d.id for d in devices]
-    # A stay not over when the record is generated is reported to date (one not begun: empty).
     end_us = max(stay.from_us + 1, min(stay.until_us, now_us))
     alarms = await overlapping_alarms(store, config.site.timezone, ids, stay.from_us, end_us)
     states = await calibration_of_points(store, config, ids, (stay.from_us, end_us), now_us)
@@ -104,7 +106,7 @@ async def _stay_block(
     ]
     return {
         "to_date": stay.until_us > now_us,
-        "not_begun": stay.from_us >= now_us,
+        "not_begun": not_begun,
         "end_us": end_us,
         "stay": stay,
         "devices": [b for b, _ in blocks],

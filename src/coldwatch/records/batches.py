@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from coldwatch.audit import AuditDraft
 from coldwatch.config import DeviceConfig
-from coldwatch.identity_model import IdentityError
+from coldwatch.identity_model import IdentityError, RefusedError
 from coldwatch.records.batch_model import (
     Stay,
     batch_facts,
@@ -89,6 +89,10 @@ def _stay(row: Sequence[object]) -> tuple[int, int, Stay]:
 
 def _stays_key(stay: Stay) -> tuple[int, int, str, str, str]:
     return (stay.from_us, stay.until_us, stay.site, stay.area or "", stay.device_id or "")
+
+
+def _stay_key(stay: Stay) -> tuple[str, str, str, int, int]:
+    return (stay.site, stay.area or "", stay.device_id or "", stay.from_us, stay.until_us)
 
 
 class Batches:
@@ -170,6 +174,10 @@ class Batches:
         if current is None:
             raise NoSuchBatchError(f"no batch {lot}")
         checked = validate_stays(stays, self.devices, now_us)
+        if sorted(checked, key=_stay_key) == sorted(current.stays, key=_stay_key):
+            raise RefusedError(
+                f"nothing to amend: the stays given are those of version {current.version} of batch {lot}"
+            )
         version = current.version + 1
         facts = batch_facts(lot, current.product, current.coi, version, checked)
         old = batch_facts(lot, current.product, current.coi, current.version, current.stays)
