@@ -239,3 +239,19 @@ def test_two_thousand_points_render_in_a_few_milliseconds() -> None:
     median_ms = statistics.median(runs) * 1000
     print(f"render_svg, {len(chart.series)} points: {median_ms:.2f} ms")
     assert median_ms < 25  # measured about 2 ms; generous for a shared machine
+
+
+def test_large_values_on_the_value_axis_fit_left_of_the_plot() -> None:
+    """Grade C counts in millions label the axis 1M, 2M... instead of running off the drawing's left edge."""
+    ts = T0 + np.arange(100, dtype=np.int64) * 60 * US
+    values = np.linspace(0.0, 3_000_000.0, 100)
+    chart = Chart(
+        "pc-prep-c1 particles_0_5um_m3", "particles_0_5um_m3", Series.of(ts, values), T0, T0 + 6000 * US
+    )
+    root = ET.fromstring(render_svg(chart))
+    left = plot_frame(root)[0]
+    labels = [
+        t for t in root.iter(f"{NS}text") if t.get("text-anchor") == "end" and t.get("font-size") == "11"
+    ]
+    assert "1M" in [t.text for t in labels]
+    assert all(len(t.text or "") * 6.2 <= left - 8 for t in labels)

@@ -164,3 +164,16 @@ def test_levels_are_written_as_configured_never_in_exponent_form() -> None:
     assert names == ["action high 3520000", "alert high 14.5"]
     shown = [level(v) for v in (3_520_000.0, 29_000.0, 14.5, -150.0, 0.5)]
     assert shown == ["3,520,000", "29,000", "14.5", "-150", "0.5"]
+
+
+def test_the_periodic_report_prints_levels_as_written() -> None:
+    """The periodic report's time beyond each level names grade D's 3,520,000, never 3520000.0."""
+    from coldwatch.records.periodic_layout import metrics_block  # noqa: PLC0415
+
+    metric = {
+        "metric": "particles_0_5um_m3", "unit": "/m³", "n": 10, "min": 1.0, "max": 2.0, "mean_tw": 1.5,
+        "mkt_c": None, "completeness": 1.0, "out_of_calibration": 0,
+        "beyond": [{"name": "action high", "level": 3_520_000.0, "above": True, "seconds": 12.0}],
+    }  # fmt: skip
+    text = metrics_block({"metrics": [metric]})
+    assert "particles_0_5um_m3 action high (> 3,520,000): 12 s" in text

@@ -143,6 +143,17 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
+def _axis_label(value: float, room: float) -> str:
+    """A value-axis label that fits left of the plot: 3,000,000 becomes 3M, 350,000 stays."""
+    text = _fmt(value)
+    if len(text) * 6.2 <= room:  # about 6.2 units a character at 11 px
+        return text
+    for divisor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= divisor:
+            return f"{value / divisor:.3g}{suffix}"
+    return text
+
+
 def _with_unit(value: float, unit: str) -> str:
     if not unit:
         return _fmt(value)
@@ -304,7 +315,10 @@ def _value_axis(frame: _Frame, unit: str) -> list[str]:
             f'<line x1="{frame.left:.1f}" y1="{y:.1f}" x2="{right:.1f}" y2="{y:.1f}" stroke="{_GRID}" '
             'stroke-width="1"/>'
         )
-        out.append(_text(frame.left - 6, y + 4, _fmt(round(tick, 10)), size=11, anchor="end", fill="#444"))
+        out.append(
+            _text(frame.left - 6, y + 4, _axis_label(round(tick, 10), frame.left - 8), size=11, anchor="end",
+                  fill="#444")
+        )  # fmt: skip
         tick += step
     if unit:
         out.append(_text(8, frame.top - 6, unit, size=11, fill="#444"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from coldwatch.records.pdf import duration_text, number
+from coldwatch.records.pdf import duration_text, level, number
 
 __all__ = ["alarm_block", "metrics_block", "summary_block", "text_table"]
 
@@ -73,7 +73,7 @@ def metrics_block(point: Mapping[str, Any]) -> str:
     headers = ["Metric", "Unit", "n", "Min", "Max", "Mean", "MKT", "Complete", "Out of cal."]
     table = text_table(headers, rows, [False, False, True, True, True, True, True, True, True])
     beyond = [
-        f"  {m['metric']} {b['name']} ({'>' if b['above'] else '<'} {number(b['level'], 1)}): "
+        f"  {m['metric']} {b['name']} ({'>' if b['above'] else '<'} {level(b['level'])}): "
         f"{duration_text(b['seconds'])}"
         for m in shown
         for b in m["beyond"]
