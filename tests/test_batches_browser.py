@@ -144,8 +144,18 @@ async def test_dispatch_receive_and_report_a_shipment_in_the_console(
         qa = await browser.new_page(viewport={"width": 1280, "height": 900})
         await sign_in(qa, running.base_url, "quinn", QA_PW)
         await qa.goto(f"{running.base_url}/console/shipments/1")
+        meanings = await qa.locator("#receive-meaning option").all_inner_texts()
+        await qa.get_by_label("Meaning of your signature").select_option(meanings[-1])
         await qa.get_by_label("Reason").fill("received, seal intact")
         await qa.get_by_label("Your user id (first signature of this session)").fill("quinn")
+        # A wrong password is refused (401) and the page keeps the meaning and reason typed.
+        await qa.get_by_label("Your password (signs as Quinn Quality)").fill("not " + QA_PW)
+        async with qa.expect_response(lambda r: r.request.method == "POST") as refused:
+            await qa.get_by_role("button", name="Receive and sign").click()
+        assert (await refused.value).status == 401
+        await expect(qa.locator("#error")).to_be_visible()
+        await expect(qa.get_by_label("Reason")).to_have_value("received, seal intact")
+        await expect(qa.get_by_label("Meaning of your signature")).to_have_value(meanings[-1])
         await qa.get_by_label("Your password (signs as Quinn Quality)").fill(QA_PW)
         await qa.get_by_role("button", name="Receive and sign").click()
         await expect(qa.locator("#state")).to_have_text("received")

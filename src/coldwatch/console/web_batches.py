@@ -121,6 +121,7 @@ class BatchPages:
         *,
         error: str | None = None,
         form: _Form | None = None,
+        code: int = status.HTTP_400_BAD_REQUEST,
     ) -> Response:
         record = await self.batches.get(lot) if LOT_PATTERN.match(lot) else None
         if record is None:
@@ -130,7 +131,7 @@ class BatchPages:
             (v, stays, record.signature_of(v)) for v, stays in sorted(record.versions.items(), reverse=True)
         ]
         return self._render(
-            request, "batches_batch.html", who, code=status.HTTP_400_BAD_REQUEST if error else 200,
+            request, "batches_batch.html", who, code=code if error else 200,
             title=f"Batch {record.lot}", b=record, error=error, form=form or _Form({}),
             versions=[(v, s, sig and manifestation_json(sig, zone)) for v, s, sig in versions],
             current=[self._stay_value(s) for s in record.stays],
@@ -170,7 +171,7 @@ class BatchPages:
         except PageError as exc:
             if exc.code == status.HTTP_404_NOT_FOUND:
                 return self._refused(request, who, exc)
-            return await self._batch_page(request, who, lot, error=exc.message, form=form)
+            return await self._batch_page(request, who, lot, error=exc.message, form=form, code=exc.code)
         return RedirectResponse(f"{PREFIX}/batches/{lot}?done=amended", status.HTTP_303_SEE_OTHER)
 
     def _stays(self, form: _Form) -> list[Stay]:
@@ -208,16 +209,30 @@ class BatchPages:
 
     # ----- shipments ---------------------------------------------------------------------
     async def _shipment_list(
-        self, request: Request, who: Principal, _: str, *, error: str | None = None, form: _Form | None = None
+        self,
+        request: Request,
+        who: Principal,
+        _: str,
+        *,
+        error: str | None = None,
+        form: _Form | None = None,
+        code: int = status.HTTP_400_BAD_REQUEST,
     ) -> Response:
         return self._render(
-            request, "batches_shipments.html", who, code=status.HTTP_400_BAD_REQUEST if error else 200,
+            request, "batches_shipments.html", who, code=code if error else 200,
             title="Shipments", shipments=await self.shipments.listing(), shippers=self.shippers,
             error=error, form=form or _Form({}),
         )  # fmt: skip
 
     async def _shipment_page(
-        self, request: Request, who: Principal, key: str, *, error: str | None = None
+        self,
+        request: Request,
+        who: Principal,
+        key: str,
+        *,
+        error: str | None = None,
+        form: _Form | None = None,
+        code: int = status.HTTP_400_BAD_REQUEST,
     ) -> Response:
         number = _alarm_id(key)  # the same rule: 1 to 2**63-1, digits only
         record = None if number is None else await self.shipments.get(number)
@@ -225,8 +240,8 @@ class BatchPages:
             return self.console._error(request, who, status.HTTP_404_NOT_FOUND, "no such shipment")  # noqa: SLF001
         zone = self.ctx.config.site.timezone
         return self._render(
-            request, "batches_shipment.html", who, code=status.HTTP_400_BAD_REQUEST if error else 200,
-            title=f"Shipment {record.id}", s=record, error=error, form=_Form({}),
+            request, "batches_shipment.html", who, code=code if error else 200,
+            title=f"Shipment {record.id}", s=record, error=error, form=form or _Form({}),
             signatures=[manifestation_json(sig, zone) for sig in record.signatures],
         )  # fmt: skip
 
@@ -247,11 +262,12 @@ class BatchPages:
                     round(hold_h * 3600), forecast, signed, now,
                 )  # fmt: skip
         except PageError as exc:
-            return await self._shipment_list(request, who, "", error=exc.message, form=form)
+            return await self._shipment_list(request, who, "", error=exc.message, form=form, code=exc.code)
         return RedirectResponse(f"{PREFIX}/shipments/{made.id}?done=dispatched", status.HTTP_303_SEE_OTHER)
 
     async def _receive(self, request: Request, who: Principal, key: str) -> Response:
         number = _alarm_id(key)
+        form = _Form({})
         try:
             form = await self._signed_form(request, who)
             if number is None or await self.shipments.get(number) is None:
@@ -262,7 +278,7 @@ class BatchPages:
         except PageError as exc:
             if exc.code == status.HTTP_404_NOT_FOUND:
                 return self._refused(request, who, exc)
-            return await self._shipment_page(request, who, key, error=exc.message)
+            return await self._shipment_page(request, who, key, error=exc.message, form=form, code=exc.code)
         return RedirectResponse(f"{PREFIX}/shipments/{number}?done=received", status.HTTP_303_SEE_OTHER)
 
     async def _shipment_report(self, request: Request, who: Principal, key: str) -> Response:
