@@ -360,3 +360,20 @@ async def test_postgres_identity_changes_wait_for_one_another(pg_server: Any) ->
         finally:
             await holder.close()
         assert [a.disabled for a in await identity.accounts() if a.name == "olga"] == [True]
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ("set-role:qa", "ada may not change the role of their own account"),
+        ("reset-password", "ada may not reset the password of their own account"),
+        ("disable", "ada may not disable their own account"),
+    ],
+)
+def test_an_administrator_s_refusal_on_their_own_account_reads_as_words(change: str, words: str) -> None:
+    """The refusal names the change in words ("change the role of"), not as a command ("set-role")."""
+    from coldwatch.roles import SeparationError, check_admin_change  # noqa: PLC0415
+
+    with pytest.raises(SeparationError) as refused:
+        check_admin_change("ada", "ada", change, target_is_admin=True, enabled_admins=2)
+    assert str(refused.value) == f"{words}: another administrator must"

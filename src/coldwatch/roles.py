@@ -125,6 +125,13 @@ def check_four_eyes(reviewer: str, signers: Iterable[str]) -> None:
         )
 
 
+_CHANGE_WORDS: Final = {
+    "disable": "disable",
+    "reset-password": "reset the password of",
+    "set-role": "change the role of",
+}
+
+
 def check_admin_change(
     actor: str, target: str, change: str, *, target_is_admin: bool, enabled_admins: int
 ) -> None:
@@ -133,10 +140,8 @@ def check_admin_change(
     ``change`` is one of ``disable``, ``enable``, ``reset-password``, ``set-role:<role>``.
     """
     if actor == target and change != "enable":
-        raise SeparationError(
-            f"{actor} may not {change.split(':', maxsplit=1)[0]} their own account: "
-            "another administrator must"
-        )
+        what = _CHANGE_WORDS.get(change.split(":", maxsplit=1)[0], "change")
+        raise SeparationError(f"{actor} may not {what} their own account: another administrator must")
     removes_admin = change == "disable" or (change.startswith("set-role:") and change != "set-role:admin")
     if target_is_admin and removes_admin and enabled_admins <= 1:
         raise SeparationError(f"{target} is the last enabled administrator: appoint another one first")
