@@ -174,6 +174,11 @@ async def test_batch_record_excursion_inside_not_outside(
             text = pdf_text(pdf)
             assert "This stay had not begun when the record was generated: no figures yet." in text
             assert len({r["stay_from_us"] for r in data["rows"]}) == 2  # the planned stay has no rows
+            # Columns in a reading order (the stored figures' keys are sorted): where, what, figures.
+            assert data["columns"][:4] == ["place", "device", "metric", "stay_from_us"]
+            assert data["columns"][-2:] == ["calibration_state", "out_of_calibration"]
+            beyond = [c for c in data["columns"] if c.startswith("beyond ")]
+            assert data["columns"].index(beyond[0]) == data["columns"].index("mkt_c") + 1
             for needle in (
                 "Verdict: excursions awaiting review",
                 COI.split(maxsplit=1)[0],
@@ -447,6 +452,8 @@ async def test_shipment_record_with_backfilled_flight(
     assert forecast_s is not None
     assert abs(forecast_s - min(to_warm, to_empty) * 3600) < 1.0
     summary = data["summary"]
+    assert data["columns"][:3] == ["probe", "label", "n"]
+    assert data["columns"][-1] == "out_of_calibration"
     assert summary["dispatch_forecast_s"] == forecast_s
     assert summary["smallest_margin_s"] <= forecast_s - 6 * 3600 + 1e-6
     # Time above each level and backfill, recomputed from the raw trace (cap 3 x 10 s).

@@ -33,11 +33,18 @@ from coldwatch.records.conditions import (
 from coldwatch.records.pdf import render_pdf
 from coldwatch.records.provenance import provenance
 from coldwatch.records.store import ReportStore
+from coldwatch.records.twins import columns_in_order
 from coldwatch.signatures import manifestation
 from coldwatch.storage.base import Storage
 from coldwatch.storage.identity_store import IdentityStore, identity_store
 
 __all__ = ["REPORTED_METRICS", "batch_context", "generate_batch_report"]
+
+# The CSV's and the console's column order: where and what, the figures, the time beyond each
+# level (between them, as first met), then coverage and calibration.
+_HEAD_COLUMNS: Final = ("place", "device", "metric", "stay_from_us", "stay_until_us", "figures_until_us", "n",
+                        "backfilled", "min", "max", "mean_tw", "mkt_c")  # fmt: skip
+_TAIL_COLUMNS: Final = ("covered_s", "completeness", "calibration_state", "out_of_calibration")
 
 # The metrics a batch record shows per kind of place, the first one charted.
 REPORTED_METRICS: Final[dict[Kind, tuple[str, ...]]] = {
@@ -158,6 +165,7 @@ async def batch_context(
         "verdict": line,
         "stays_not_over": sum(1 for b in stays if b["to_date"]),
         "rows": rows,
+        "columns": columns_in_order(rows, _HEAD_COLUMNS, _TAIL_COLUMNS),
         "calibration": [
             {"place": b["stay"].place, "stay_from_us": b["stay"].from_us, "device": d["device"],
              **d["calibration"]}

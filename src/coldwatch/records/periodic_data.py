@@ -15,6 +15,7 @@ from coldwatch.records.aggregates import MetricFigures, PointFigures
 from coldwatch.records.calibration import PointCalibration
 from coldwatch.records.pdf import utc
 from coldwatch.records.periods import Period
+from coldwatch.records.twins import columns_in_order
 
 __all__ = ["HEAD_COLUMNS", "TAIL_COLUMNS", "CalibrationView", "columns_of", "periodic_data"]
 
@@ -35,9 +36,7 @@ def _pct(fraction: float | None) -> float | None:
 
 def columns_of(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """The CSV's columns in their documented order (level columns as first met)."""
-    known = set(HEAD_COLUMNS) | set(TAIL_COLUMNS)
-    levels = dict.fromkeys(k for row in rows for k in row if k not in known)
-    return [*HEAD_COLUMNS, *levels, *TAIL_COLUMNS]
+    return columns_in_order(rows, HEAD_COLUMNS, TAIL_COLUMNS)
 
 
 def _r(value: float | None, digits: int = 3) -> float | None:

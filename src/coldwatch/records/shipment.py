@@ -14,7 +14,7 @@ of calibration (:mod:`coldwatch.records.calflag`). Stored as a ``shipment`` repo
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from coldwatch.records.shipment_model import Event, bool_events, forecast_series
 from coldwatch.records.shipments import NoSuchShipmentError, ShipmentRecord, Shipments, forecast_rule
 from coldwatch.records.stats import Level
 from coldwatch.records.store import ReportStore
+from coldwatch.records.twins import columns_in_order
 from coldwatch.rules.config import ThresholdRule
 from coldwatch.rules.profiles import rules_for
 from coldwatch.signatures import manifestation
@@ -45,6 +46,9 @@ __all__ = ["PROBES", "generate_shipment_report", "shipment_context"]
 
 PROBES = (("temp_c", "probe A"), ("temp_b_c", "probe B"))
 _DEFAULT_TILT_DEG = 45.0
+# The CSV's and the console's column order (the time above each level between the two).
+_HEAD_COLUMNS: Final = ("probe", "label", "n", "backfilled", "min", "max", "mean_tw", "mkt_c")
+_TAIL_COLUMNS: Final = ("covered_s", "completeness", "out_of_calibration")
 
 
 def _tilt_limit(config: Config, device: DeviceConfig) -> float:
@@ -157,6 +161,7 @@ async def shipment_context(
         "kind": "shipment",
         "summary": summary,
         "rows": probes,
+        "columns": columns_in_order(probes, _HEAD_COLUMNS, _TAIL_COLUMNS),
         "probes_without_readings": silent,
         "calibration": calibration,
         "events": [{"what": e.what, "start_us": e.start_us, "end_us": e.end_us} for e in events],

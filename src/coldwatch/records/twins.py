@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["csv_text", "json_bytes", "twins"]
+__all__ = ["columns_in_order", "csv_text", "json_bytes", "twins"]
 
 
 def _cell(value: object) -> str:
@@ -27,6 +27,15 @@ def _cell(value: object) -> str:
     if isinstance(value, (dict, list)):
         return json.dumps(value, sort_keys=True, ensure_ascii=False)
     return str(value)
+
+
+def columns_in_order(
+    rows: Sequence[Mapping[str, Any]], head: Sequence[str], tail: Sequence[str]
+) -> list[str]:
+    """A report's columns: ``head``, then the others as first met (level columns), then ``tail``."""
+    known = set(head) | set(tail)
+    middle = dict.fromkeys(k for row in rows for k in row if k not in known)
+    return [*head, *middle, *tail]
 
 
 def csv_text(rows: list[Mapping[str, Any]], order: Sequence[str] = ()) -> str:
