@@ -155,6 +155,7 @@ async def test_due_calibration_raises_once_and_a_new_one_clears_it(
             assert page.status_code == 200, page.text
             assert "calibration_due" in page.text
             assert "Sign: acknowledge" in page.text
+            assert "<strong>raised</strong> (alert)" in page.text  # the history says each severity
             # About the instrument, not the readings: no readings chart, no excursion report.
             assert 'id="calibration-hint"' in page.text
             assert 'id="excursion-report"' not in page.text
