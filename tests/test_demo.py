@@ -93,6 +93,8 @@ async def test_demo_users_sign_in_an_alarm_follows_and_a_second_run_reuses_them(
         assert "DEMO-ONLY" in text
         assert "SIMULATED" in text
         assert "used before" not in text
+        assert "broker:   configured broker" in text  # the test's broker, given by COLDWATCH_MQTT_URL
+        assert "the demo uses a broker that was already running" in text  # its retained statuses, explained
         accounts = {m[1]: (m[0], m[2], m[3]) for m in ACCOUNT_LINE.findall(text)}
         assert {u.name: (u.role, "new") for u in DEMO_USERS} == {
             name: (role, state) for name, (role, _, state) in accounts.items()

@@ -232,6 +232,13 @@ def _banner(  # noqa: PLR0917 - one printout of everything the demo set up
             "  integrity: the broker lost the collector's session). They are true and clear",
             "  within seconds; for a clean start, run the demo with --data and a new folder.",
         ]
+    elif broker_text.startswith("configured broker"):
+        lines += [
+            "",
+            "  NOTE: the demo uses a broker that was already running. If an earlier demo used",
+            "  it, the broker still holds those devices' last status (offline): the first",
+            "  seconds may raise communication-loss alarms that clear as the simulators report.",
+        ]
     device = excursion_device(config)
     if device is not None:
         lines += [
