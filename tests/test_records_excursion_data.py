@@ -177,3 +177,21 @@ def test_the_periodic_report_prints_levels_as_written() -> None:
     }  # fmt: skip
     text = metrics_block({"metrics": [metric]})
     assert "particles_0_5um_m3 action high (> 3,520,000): 12 s" in text
+
+
+def test_the_periodic_report_s_alarm_lines_fit_the_page() -> None:
+    """Each alarm is one line of the periodic report, its clearing time short on the day it was raised."""
+    from coldwatch.records.periodic_layout import alarm_block  # noqa: PLC0415
+
+    alarm = {
+        "id": 12345, "device_id": "pc-corridor-d1", "metric": "particles_0_5um_m3",
+        "rule": "events_in_window", "severity": "action", "state": "cleared_unacknowledged",
+        "raised_utc": "2026-12-07 13:52:10 UTC", "cleared_utc": "2026-12-07 13:53:51 UTC",
+    }  # fmt: skip
+    later = {**alarm, "cleared_utc": "2026-12-08 00:00:01 UTC"}
+    lines = alarm_block([alarm, later]).splitlines()
+    assert lines[2].endswith("2026-12-07 13:52:10  13:53:51")
+    assert lines[3].endswith("2026-12-07 13:52:10  2026-12-08 00:00:01")
+    assert "cleared, unack." in lines[2]
+    # 6.6 pt DejaVu Sans Mono is 0.6 em a character: 180 mm of A4 between the margins holds 128.
+    assert max(len(line) for line in lines) <= 128

@@ -9,7 +9,7 @@ validated system's printout reads. Column widths follow the widest cell; nothing
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from coldwatch.records.pdf import duration_text, level, number
 
@@ -81,6 +81,23 @@ def metrics_block(point: Mapping[str, Any]) -> str:
     return table + ("\n\nTime beyond each level:\n" + "\n".join(beyond) if beyond else "")
 
 
+# An alarm's state in few words, so that one alarm takes one line of the page.
+_STATE_WORDS: Final = {
+    "active_unacknowledged": "active, unack.",
+    "active_acknowledged": "active, ack.",
+    "cleared_unacknowledged": "cleared, unack.",
+}
+
+
+def _cleared(raised_utc: str, cleared_utc: str | None) -> str:
+    """When an alarm cleared: its time alone on the day it was raised, else date and time."""
+    if not cleared_utc:
+        return "not cleared"
+    cleared = cleared_utc.removesuffix(" UTC")
+    day, _, time = cleared.partition(" ")
+    return time if raised_utc.startswith(day + " ") else cleared
+
+
 def alarm_block(alarms: Sequence[Mapping[str, Any]]) -> str:
     """One line per alarm that overlapped the period."""
     rows = [
@@ -90,9 +107,9 @@ def alarm_block(alarms: Sequence[Mapping[str, Any]]) -> str:
             a["metric"],
             a["rule"],
             a["severity"],
-            str(a["state"]).replace("_", " "),
+            _STATE_WORDS.get(str(a["state"]), str(a["state"]).replace("_", " ")),
             a["raised_utc"].removesuffix(" UTC"),
-            (a["cleared_utc"] or "not cleared").removesuffix(" UTC"),
+            _cleared(a["raised_utc"], a["cleared_utc"]),
         ]
         for a in alarms
     ]
