@@ -338,3 +338,49 @@ async def test_command_line_review_and_alarm_list_manifestations(
     assert [s["full_name"] for s in first["signatures"]] == ["Olga Operator", "Quinn Quality"]
     assert first["complete"] is True
     assert coldwatch(tmp_path / "c.yaml", "alarms", "list", "--awaiting", "review").stdout.count("inc-") == 0
+
+
+async def test_an_alarm_that_escalates_after_its_review_says_so_on_its_page(
+    broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
+) -> None:
+    """Reviewed while at alert, then raised to action: the alarm's page says the review does not cover it."""
+    rule = {"type": "threshold", "metric": "temp_c", "direction": "high",
+            "levels": {"alert": {"limit": 37.5}, "action": {"limit": 38.0}}}  # fmt: skip
+    config = write_config(
+        tmp_path / "c.yaml", broker=broker, prefix=prefix,
+        devices=[{"id": "inc-1", "kind": "incubator", "site": "s", "area": "lab"}],
+        rules={"devices": {"inc-1": [rule, {"type": "comm_loss", "timeout_s": 1, "enabled": False}]}},
+        storage={"path": backend.location}, identity=FAST_IDENTITY,
+    )  # fmt: skip
+    topic = telemetry_topic(config, "inc-1")
+    async with running_daemon(config) as running:
+        async with opened(backend.location, config) as (_, identity, _):
+            await people(identity)
+        await publish_all(broker, [(topic, reading(0, {"temp_c": 37.7}))], clients=1)  # alert
+        async with httpx.AsyncClient(base_url=running.base_url, timeout=30) as client:
+            await eventually(lambda: len(backend.query("SELECT id FROM alarms")) == 1, what="the alert")
+            [(alarm_id, severity)] = backend.query("SELECT id, severity FROM alarms")
+            assert severity == "alert"
+            ack = await client.post(
+                f"/api/v1/alarms/{alarm_id}/ack", json=signed("olga", OPERATOR_PW, ACK, "on it")
+            )
+            assert ack.status_code == 200, ack.text
+            body = {"impact": "no_impact", "root_cause": "door", "comment": "brief"}
+            review = await client.post(
+                f"/api/v1/alarms/{alarm_id}/review",
+                json=signed("quinn", QA_PW, "approved", "assessed", **body),
+            )
+            assert review.status_code == 200, review.text
+            signed_in = await client.post("/api/v1/session", json={"user": "olga", "password": OPERATOR_PW})
+            assert signed_in.status_code == 200
+            page = (await client.get(f"/console/alarms/{alarm_id}")).text
+            assert 'id="review"' in page
+            assert 'id="changed-after-review"' not in page
+            await publish_all(broker, [(topic, reading(1, {"temp_c": 38.6}))], clients=1)  # action
+            await eventually(
+                lambda: backend.query("SELECT severity FROM alarms") == [("action",)], what="action"
+            )
+            page = (await client.get(f"/console/alarms/{alarm_id}")).text
+    assert 'id="changed-after-review"' in page
+    assert "severity changed (action)" in page
+    assert "The review does not cover it" in page
