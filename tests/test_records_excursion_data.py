@@ -144,7 +144,7 @@ def test_a_utc_site_reads_each_time_once_and_other_sites_twice() -> None:
             " ".join(doc[i].get_textpage().get_text_range() for i in range(len(doc))).split()
         )
     raised = "2027-01-15 08:10:00 UTC"  # T0 + 600 s
-    assert f"Raised {raised}," in texts["UTC"]
+    assert f"Raised {raised}, at -130.00°C against limit -135°C" in texts["UTC"]  # the level as written
     assert "UTC / " not in texts["UTC"]
     assert "times in UTC and" not in texts["UTC"]
     assert texts["UTC"].count(raised) == texts["UTC"].count("08:10:00")  # never again as a "site time"
