@@ -256,7 +256,13 @@ class Deliverer:
                     outages.append(next_us)
                 break  # the rest of this key waits behind the failed row
             if outages and len(outages) >= (1 if probing else OUTAGE_KEYS):
-                self._down_until[lane] = max(self._down_until.get(lane, 0), min(outages))
+                # Down until its earliest retry: of the rows that just failed, or of one not
+                # attempted in this pass whose own retry comes sooner (else it would wait past
+                # its backoff for the others').
+                async with self._db_lock:
+                    heads = await self._db.lane_heads()
+                sooner = [h.next_attempt_us for h in heads if h.lane == lane and not h.fresh]
+                self._down_until[lane] = max(self._down_until.get(lane, 0), min([*outages, *sooner]))
                 return False
         return True
 
