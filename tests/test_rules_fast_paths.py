@@ -97,17 +97,18 @@ def test_an_alarm_restored_after_quiet_readings_clears_at_the_next_calm_reading(
     assert [(e.kind, e.key) for e in events] == [(EventKind.CLEARED, key)]
 
 
-def _screened_evaluators() -> list[Any]:
-    """Every built-in evaluator with a ``calm_range``, of every kind."""
+def _evaluators_with(attribute: str) -> list[Any]:
+    """Every built-in evaluator with ``attribute`` (``calm_range``, ``calm_pair``), of every kind."""
     out: list[Any] = []
     for kind in ("incubator", "cryoshipper", "particle_counter"):
         devices, _ = fleet(kind)
         engine = Engine(devices[:1], RulesConfig(), started_us=0)
-        out += [ev for ev in engine.devices["d0"].judged.evaluators if hasattr(ev, "calm_range")]
+        out += [ev for ev in engine.devices["d0"].judged.evaluators if hasattr(ev, attribute)]
     return out
 
 
-SCREENED = _screened_evaluators()
+SCREENED = _evaluators_with("calm_range")
+PAIRED = _evaluators_with("calm_pair")
 
 
 @settings(max_examples=300, deadline=None)
@@ -127,13 +128,40 @@ def test_a_calm_range_says_exactly_what_calm_says(evaluator: Any, value: float) 
     assert evaluator.calm({"other": value})
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(PAIRED),
+    st.floats(min_value=-200.0, max_value=60.0),
+    st.one_of(
+        st.floats(min_value=-10.0, max_value=10.0),
+        st.sampled_from([2.0, 3.0, 5.0, -2.0, -3.0, -5.0, 0.0]).flatmap(
+            lambda d: st.sampled_from([d, math.nextafter(d, math.inf), math.nextafter(d, -math.inf)])
+        ),
+    ),
+    st.booleans(),
+    st.booleans(),
+)
+def test_a_calm_pair_says_exactly_what_calm_says(
+    evaluator: Any, a: float, difference: float, has_a: bool, has_b: bool
+) -> None:
+    """A stateless rule's ``calm_pair`` holds a reading exactly when its ``calm`` is true."""
+    metric, other, bound = evaluator.calm_pair
+    values = {}
+    if has_a:
+        values[metric] = a
+    if has_b:
+        values[other] = a + difference
+    expected = not (has_a and has_b) or abs(values[metric] - values[other]) <= bound
+    assert evaluator.calm(values) == expected
+
+
 def test_devices_of_one_profile_share_one_screen() -> None:
     """The screen is built once per profile, not per device or per rewind."""
     devices, _ = fleet("cryoshipper")
     engine = Engine(devices, RulesConfig(), started_us=0)
     first, second = (engine.devices[d.id].judged for d in devices)
     assert first.screen is second.screen
-    ranges, checks = first.screen
+    ranges, pairs, checks = first.screen
     assert {metric for metric, _, _ in ranges} == {
         "temp_c",
         "temp_b_c",
@@ -142,4 +170,35 @@ def test_devices_of_one_profile_share_one_screen() -> None:
         "lid_open",
         "battery_pct",
     }
-    assert len(checks) == 1  # probe disagreement: no single metric's range
+    # Probe disagreement: no single metric's range, a bound on the two probes' difference.
+    assert [(metric, other) for metric, other, _ in pairs] == [("temp_c", "temp_b_c")]
+    assert checks == ()
+
+
+def test_devices_of_one_profile_share_a_rules_settings_not_its_state() -> None:
+    """Each device's windowed evaluator is its own, made from one per rule: settings shared, state not.
+
+    Two devices of a profile, one fed readings out of every band and the other none: the
+    second judges its own readings afterwards exactly as a device of an engine that never
+    saw the first one's.
+    """
+    for kind in ("cryoshipper", "particle_counter"):  # every windowed rule of the default profiles
+        devices, rules = fleet(kind)
+        config = RulesConfig.model_validate(rules)
+        engine = Engine(devices, config, started_us=0)
+        first, second = (engine.devices[d.id].judged.evaluators for d in devices)
+        renewed = [(a, b) for a, b in zip(first, second, strict=True) if hasattr(a, "fresh")]
+        assert renewed, kind
+        for a, b in renewed:
+            assert a is not b
+            assert a.delays_us is b.delays_us
+            assert getattr(a, "_levels") is getattr(b, "_levels")  # noqa: B009 - private, what is shared
+        alone = Engine(devices[1:], config, started_us=0)
+        readings = feed(kind, devices, 11, 600)
+        for reading in readings:
+            if reading.device_id == devices[0].id:
+                engine.ingest(reading)
+        together = [e for r in readings if r.device_id == devices[1].id for e in engine.ingest(r)]
+        apart = [e for r in readings if r.device_id == devices[1].id for e in alone.ingest(r)]
+        assert together, kind  # the feed raises alarms on the second device too
+        assert [e.identity() for e in together] == [e.identity() for e in apart]

@@ -78,11 +78,15 @@ class _Judged:
 
     def passes_screen(self, values: Mapping[str, float]) -> bool:
         """Whether every screened rule is calm at ``values`` (their alarms being idle, nothing to do)."""
-        ranges, checks = self.screen
+        ranges, pairs, checks = self.screen
         get = values.get
         for metric, low, high in ranges:
             value = get(metric)
             if value is not None and not low <= value <= high:
+                return False
+        for metric, other, bound in pairs:
+            a, b = get(metric), get(other)
+            if a is not None and b is not None and not abs(a - b) <= bound:
                 return False
         for calm in checks:  # noqa: SIM110 - a loop: all() of a generator costs more, every reading
             if not calm(values):
@@ -158,9 +162,10 @@ class _Judged:
                 live.forget(kept.state)  # type: ignore[attr-defined]
 
 
-# A screen: per metric, the range its value must be in (absent counts as in), and the
-# ``calm`` checks that are no range.
-_Screen = tuple[tuple[tuple[str, float, float], ...], tuple[Calm, ...]]
+# A screen: per metric, the range its value must be in (absent counts as in); pairs of
+# metrics whose difference must be within a bound (either absent counts as within); and
+# the ``calm`` checks that are neither.
+_Screen = tuple[tuple[tuple[str, float, float], ...], tuple[tuple[str, str, float], ...], tuple[Calm, ...]]
 
 
 @functools.lru_cache(maxsize=256)
@@ -169,22 +174,29 @@ def _screen(screened: tuple[RuleEvaluator, ...]) -> _Screen:
 
     An evaluator's ``calm_range`` (metric, lo, hi) says its ``calm`` is true exactly when
     the metric is absent or lo <= value <= hi; both checks of a metric pass exactly when
-    its value is in the intersection of their (closed) ranges. Stateless evaluators are
+    its value is in the intersection of their (closed) ranges. An evaluator's ``calm_pair``
+    (metric, other, bound) says its ``calm`` is true exactly when either is absent or
+    ``abs(metric - other) <= bound``. Stateless evaluators are
     shared by every device of a profile, and so is their screen (one object, warm in the
     cache, not one per device and checkpoint).
     """
     ranges: dict[str, tuple[float, float]] = {}
+    pairs: list[tuple[str, str, float]] = []
     checks: list[Calm] = []
     for evaluator in screened:
         calm_range: tuple[str, float, float] | None = getattr(evaluator, "calm_range", None)
         if calm_range is None:
-            checks.append(evaluator.calm)  # type: ignore[attr-defined]
+            calm_pair: tuple[str, str, float] | None = getattr(evaluator, "calm_pair", None)
+            if calm_pair is None:
+                checks.append(evaluator.calm)  # type: ignore[attr-defined]
+            else:
+                pairs.append(calm_pair)
             continue
         metric, low, high = calm_range
         if metric in ranges:
             low, high = max(low, ranges[metric][0]), min(high, ranges[metric][1])
         ranges[metric] = (low, high)
-    return tuple((metric, low, high) for metric, (low, high) in ranges.items()), tuple(checks)
+    return tuple((metric, low, high) for metric, (low, high) in ranges.items()), tuple(pairs), tuple(checks)
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,10 +73,17 @@ def build_evaluator(spec: RuleSpec) -> RuleEvaluator:
 
 
 def _factory(spec: RuleSpec) -> Callable[[], RuleEvaluator]:
-    """What makes a device's evaluator of ``spec``: a stateless one is shared by every device."""
+    """What makes a device's evaluator of ``spec``.
+
+    A stateless one is shared by every device; one with a ``fresh`` method is made from a
+    prototype, sharing its settings; any other is built anew for each device.
+    """
     prototype = build_evaluator(spec)
     if getattr(prototype, "stateless", False):
         return lambda: prototype
+    fresh: Callable[[], RuleEvaluator] | None = getattr(prototype, "fresh", None)
+    if fresh is not None:
+        return fresh
     return partial(build_evaluator, spec)
 
 

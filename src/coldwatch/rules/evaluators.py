@@ -149,6 +149,8 @@ class ProbeDisagreementEvaluator(_Stateless):
             (SEVERITY[name], level.limit, level.limit - level.margin) for name, level in spec.levels.items()
         )
         self._calm_bound = min(limit for _, limit, _ in self._levels)
+        # ``calm`` as data, for a device's screen (coldwatch.rules.device).
+        self.calm_pair = (self.metric, self._other, self._calm_bound)
 
     def calm(self, values: Mapping[str, float]) -> bool:
         """Whether ``update`` would give no signal, or one without a level (cheap, no signal built)."""

@@ -19,7 +19,7 @@ import numpy as np
 from coldwatch.rules.config import ForecastRule
 from coldwatch.rules.evaluators import SEVERITY
 from coldwatch.rules.model import US, Severity, Signal
-from coldwatch.rules.tape import Tape, tapes_restore, tapes_snapshot
+from coldwatch.rules.tape import Renewable, Tape, tapes_restore, tapes_snapshot
 from coldwatch.rules.vector import Bools, Floats, Ints, SignalArrays, present
 
 __all__ = ["ForecastEvaluator"]
@@ -42,6 +42,8 @@ class _LinearFit:
 
     __slots__ = (
         "head",
+        "min_points",
+        "min_span_us",
         "origin_us",
         "origin_y",
         "sum_dy",
@@ -53,7 +55,10 @@ class _LinearFit:
         "ys",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, min_points: int, min_span_us: int) -> None:
+        # What a line needs: this many points, spanning this long.
+        self.min_points = min_points
+        self.min_span_us = min_span_us
         self.times: array[int] = array("q")
         self.ys: array[float] = array("d")
         self.tape = Tape(self.times, self.ys)
@@ -94,12 +99,17 @@ class _LinearFit:
         """(ts, y) of the newest point (there is one)."""
         return self.times[-1], self.ys[-1]
 
-    def slide(self, start_us: int, ts_us: int, y: float | None, window_us: int) -> None:
-        """Drop the points at or before ``start_us``, then append (``ts_us``, ``y``) unless None.
+    def step(
+        self, start_us: int, ts_us: int, y: float | None, window_us: int
+    ) -> tuple[float, float, float | None] | None:
+        """Slide the window to ``(start_us, ts_us]`` (adding ``y`` unless None) and fit the line.
 
-        One call a reading, the sums updated in local variables: this runs for every
-        cryoshipper reading. Subtracting a point is adding its negated terms, exactly (IEEE
-        negation and rounding are symmetric), so the sums are those of signed accumulation.
+        None when the window holds fewer than ``min_points`` points or spans less than
+        ``min_span_us``; else (newest y, fitted value at ``ts_us``, slope per hour), the
+        slope None when the points share one instant. One call a reading, the sums in
+        local variables: this runs twice for every cryoshipper reading. Subtracting a
+        point is adding its negated terms, exactly (IEEE negation and rounding are
+        symmetric), so the sums are those of signed accumulation.
         """
         times = self.times
         base = self.tape.base
@@ -124,30 +134,36 @@ class _LinearFit:
             times.append(ts_us)
             self.ys.append(y)
             if size == head or ts_us - origin_us > window_us:
-                self.origin_us, self.origin_y = ts_us, y
+                self.origin_us = origin_us = ts_us
+                self.origin_y = origin_y = y
                 self._rebuild()
-                return
-            x = (ts_us - origin_us) / HOUR_US
-            dy = y - origin_y
-            sum_x += x
-            sum_dy += dy
-            sum_xx += x * x
-            sum_xdy += x * dy
-        self.sum_x, self.sum_dy, self.sum_xx, self.sum_xdy = sum_x, sum_dy, sum_xx, sum_xdy
-
-    def line(self, at_us: int) -> tuple[float, float] | None:
-        """The fitted value at ``at_us`` and the slope per hour; None if the points share one instant."""
-        n = len(self.times) + self.tape.base - self.head
+                sum_x, sum_dy, sum_xx, sum_xdy = self.sum_x, self.sum_dy, self.sum_xx, self.sum_xdy
+                size += 1
+            else:
+                x = (ts_us - origin_us) / HOUR_US
+                dy = y - origin_y
+                sum_x += x
+                sum_dy += dy
+                sum_xx += x * x
+                sum_xdy += x * dy
+                self.sum_x, self.sum_dy, self.sum_xx, self.sum_xdy = sum_x, sum_dy, sum_xx, sum_xdy
+                size += 1
+        else:
+            self.sum_x, self.sum_dy, self.sum_xx, self.sum_xdy = sum_x, sum_dy, sum_xx, sum_xdy
+        # The line, inline: a call costs as much as the arithmetic.
+        n = size - head
+        if n < self.min_points or n == 0 or times[-1] - times[head] < self.min_span_us:
+            return None
+        newest = self.ys[-1]
         if n < 2:
-            return None
-        mean_x = self.sum_x / n
-        mean_dy = self.sum_dy / n
-        var_x = self.sum_xx / n - mean_x * mean_x
-        if var_x <= _DEGENERATE * (self.sum_xx / n):
-            return None
-        slope = (self.sum_xdy / n - mean_x * mean_dy) / var_x
-        x = (at_us - self.origin_us) / HOUR_US
-        return self.origin_y + mean_dy + slope * (x - mean_x), slope
+            return newest, 0.0, None
+        mean_x = sum_x / n
+        mean_dy = sum_dy / n
+        var_x = sum_xx / n - mean_x * mean_x
+        if var_x <= _DEGENERATE * (sum_xx / n):
+            return newest, 0.0, None
+        slope = (sum_xdy / n - mean_x * mean_dy) / var_x
+        return newest, origin_y + mean_dy + slope * ((ts_us - origin_us) / HOUR_US - mean_x), slope
 
     def _rebuild(self) -> None:
         head = self.head - self.tape.base
@@ -161,13 +177,31 @@ class _LinearFit:
         self.sum_xdy = float(np.dot(xs, dys))
 
 
-class ForecastEvaluator:
+class ForecastEvaluator(Renewable):
     """Predicted hours until the shipper is empty or too warm, below each level's ``hours``.
 
     A reading counts when it carries the level (``metric``), the temperature
     (``temp_metric``) or both; each fit needs ``min_points`` readings of its own. The
     latest prediction is kept in :attr:`prediction_h` (None when neither fit predicts).
     """
+
+    # Slots: one of these per device and rule, touched at every reading (no instance dict).
+    __slots__ = (
+        "_empty_pct",
+        "_level",
+        "_levels",
+        "_min_points",
+        "_min_span_us",
+        "_temp",
+        "_temp_limit_c",
+        "_temp_metric",
+        "_window_us",
+        "delays_us",
+        "metric",
+        "prediction_h",
+        "rule",
+        "suppressible",
+    )
 
     def __init__(self, spec: ForecastRule) -> None:
         self.rule = spec.rule_id()
@@ -182,11 +216,14 @@ class ForecastEvaluator:
         self._min_span_us = round(spec.min_span_s * US)
         # (severity, hours) from the mildest level to the worst.
         self._levels = sorted((SEVERITY[name], level.hours) for name, level in spec.levels.items())
-        self._level = _LinearFit()
-        self._temp = _LinearFit()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._level = _LinearFit(self._min_points, self._min_span_us)
+        self._temp = _LinearFit(self._min_points, self._min_span_us)
         self.prediction_h: float | None = None
 
-    def update(self, ts_us: int, values: Mapping[str, float]) -> Signal | None:
+    def update(self, ts_us: int, values: Mapping[str, float]) -> Signal | None:  # noqa: C901 - both fits inline
         """Refit both lines at ``ts_us`` and judge the sooner of the two predictions."""
         level_pct = values.get(self.metric)
         temp_c = values.get(self._temp_metric)
@@ -194,10 +231,22 @@ class ForecastEvaluator:
             return None
         window_us = self._window_us
         start = ts_us - window_us
-        self._level.slide(start, ts_us, level_pct, window_us)
-        self._temp.slide(start, ts_us, temp_c, window_us)
-        to_empty = self._hours_to_empty(ts_us)
-        to_warm = self._hours_to_warm(ts_us)
+        to_empty = to_warm = None
+        fit = self._level.step(start, ts_us, level_pct, window_us)
+        if fit is not None:
+            newest, now, slope = fit
+            empty = self._empty_pct
+            if newest <= empty:
+                to_empty = 0.0
+            elif slope is not None and slope < 0:
+                to_empty = max(0.0, (now - empty) / -slope)
+        fit = self._temp.step(start, ts_us, temp_c, window_us)
+        if fit is not None:
+            newest, now, slope = fit
+            limit_c = self._temp_limit_c
+            # Already at the limit: the temperature rules judge it, with their own on-delay.
+            if newest < limit_c and slope is not None and slope > 0:
+                to_warm = max(0.0, (limit_c - now) / slope)
         if to_empty is None:
             prediction = to_warm
         elif to_warm is None:
@@ -280,37 +329,6 @@ class ForecastEvaluator:
         """Take the state of a :meth:`snapshot`."""
         token, _ = tapes_restore([self._level.tape, self._temp.tape], state)
         self.rollback(token)  # type: ignore[arg-type]
-
-    def _hours_to_empty(self, ts_us: int) -> float | None:
-        fit = self._level
-        # Enough points over a long enough span for a fit (inline, as in _hours_to_warm:
-        # twice a reading, and a call costs as much as the test).
-        times = fit.times
-        head = fit.head - fit.tape.base
-        if len(times) - head < self._min_points or times[-1] - times[head] < self._min_span_us:
-            return None
-        if fit.ys[-1] <= self._empty_pct:
-            return 0.0
-        line = fit.line(ts_us)
-        if line is None or line[1] >= 0:
-            return None
-        now, slope = line
-        return max(0.0, (now - self._empty_pct) / -slope)
-
-    def _hours_to_warm(self, ts_us: int) -> float | None:
-        fit = self._temp
-        times = fit.times
-        head = fit.head - fit.tape.base
-        if len(times) - head < self._min_points or times[-1] - times[head] < self._min_span_us:
-            return None
-        # Already at the limit: the temperature rules judge it, with their own on-delay.
-        if fit.ys[-1] >= self._temp_limit_c:
-            return None
-        line = fit.line(ts_us)
-        if line is None or line[1] <= 0:
-            return None
-        now, slope = line
-        return max(0.0, (self._temp_limit_c - now) / slope)
 
 
 @dataclass(frozen=True, slots=True)

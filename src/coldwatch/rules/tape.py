@@ -17,10 +17,11 @@ changing any index, so memory follows the window plus the reorder horizon.
 
 from __future__ import annotations
 
+import copy
 from array import array
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
-__all__ = ["Checkpointed", "Snapshotted", "Tape", "tapes_restore", "tapes_snapshot"]
+__all__ = ["Checkpointed", "Renewable", "Snapshotted", "Tape", "tapes_restore", "tapes_snapshot"]
 
 
 class Checkpointed(Protocol):
@@ -60,6 +61,29 @@ class Snapshotted(Checkpointed, Protocol):
     def restore_snapshot(self, state: list[object]) -> None:
         """Take the state of a :meth:`snapshot` (on a fresh evaluator)."""
         ...
+
+
+class Renewable:
+    """A windowed evaluator whose settings are shared by every device of a rule.
+
+    The engine builds one per rule of a profile and makes each device's by ``fresh``: a
+    shallow copy (levels, delays and limits shared, never changed after ``__init__``)
+    given state of its own by ``_reset`` (tapes, heads, running sums), as ``__init__``
+    left it. Ten thousand devices then hold one copy of each rule's settings, and a
+    reading touches fewer objects of its device.
+    """
+
+    __slots__ = ()
+
+    def _reset(self) -> None:
+        """Give this evaluator the state of no readings (its own tapes and numbers)."""
+        raise NotImplementedError
+
+    def fresh(self) -> Self:
+        """An evaluator of the same rule in the state of no readings, sharing this one's settings."""
+        other = copy.copy(self)
+        other._reset()  # noqa: SLF001 - the same class
+        return other
 
 
 def tapes_snapshot(token: object, kept: list[tuple[Tape, int]], extra: object = None) -> list[object]:

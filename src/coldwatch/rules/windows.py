@@ -26,7 +26,7 @@ from coldwatch.rules.config import (
 )
 from coldwatch.rules.evaluators import SEVERITY, graded_signal
 from coldwatch.rules.model import US, Severity, Signal
-from coldwatch.rules.tape import Tape, tapes_restore, tapes_snapshot
+from coldwatch.rules.tape import Renewable, Tape, tapes_restore, tapes_snapshot
 from coldwatch.rules.vector import Floats, Ints, SignalArrays, graded, present
 
 __all__ = [
@@ -52,13 +52,28 @@ def _no_delays(level_names: Iterable[str]) -> dict[Severity, int]:
     return dict.fromkeys((SEVERITY[name] for name in level_names), 0)
 
 
-class RateEvaluator:
+class RateEvaluator(Renewable):
     """Rate of change per minute between the oldest and the newest reading in the window.
 
     The window here is closed, ``[ts - window, ts]``: with readings every ``window_s`` the
     rate still has two points. A level is met when the judged rate is strictly beyond its
     limit; a raised alarm is kept while it stays above ``limit - margin`` (off-margin).
     """
+
+    # Slots: one of these per device and rule, touched at every reading (no instance dict).
+    __slots__ = (
+        "_direction",
+        "_head",
+        "_levels",
+        "_tape",
+        "_times",
+        "_values",
+        "_window_us",
+        "delays_us",
+        "metric",
+        "rule",
+        "suppressible",
+    )
 
     def __init__(self, spec: RateRule) -> None:
         self.rule = spec.rule_id()
@@ -73,6 +88,9 @@ class RateEvaluator:
             (SEVERITY[name], level.limit_per_min, level.limit_per_min - level.margin)
             for name, level in spec.levels.items()
         )
+        self._reset()
+
+    def _reset(self) -> None:
         # (ts, value) of the readings in the window: from ``_head`` to the tape's end.
         self._times: array[int] = array("q")
         self._values: array[float] = array("d")
@@ -150,8 +168,21 @@ class RateEvaluator:
         return SignalArrays(index, level, keeps, rate, limit, with_hold=True)
 
 
-class ConsecutiveEvaluator:
+class ConsecutiveEvaluator(Renewable):
     """N of the last M samples beyond a level's limit (strictly above). No delays, no margin."""
+
+    # Slots: one of these per device and rule, touched at every reading (no instance dict).
+    __slots__ = (
+        "_beyond",
+        "_levels",
+        "_longest",
+        "_m",
+        "_tape",
+        "delays_us",
+        "metric",
+        "rule",
+        "suppressible",
+    )
 
     def __init__(self, spec: ConsecutiveRule) -> None:
         self.rule = spec.rule_id()
@@ -163,6 +194,9 @@ class ConsecutiveEvaluator:
         by_severity = {SEVERITY[name]: level.m for name, level in spec.levels.items()}
         self._m = [by_severity[sev] for sev, _, _ in self._levels]
         self._longest = max(self._m)
+        self._reset()
+
+    def _reset(self) -> None:
         # Per level: whether each sample was beyond (a column each), and how many of the
         # last M were.
         self._tape = Tape(*(array("b") for _ in self._levels))
@@ -226,12 +260,24 @@ class ConsecutiveEvaluator:
         return SignalArrays(index, level, level, value, limit, with_hold=False)
 
 
-class EventsInWindowEvaluator:
+class EventsInWindowEvaluator(Renewable):
     """At least ``count`` samples above a level's limit within ``(ts - window, ts]``.
 
     Judged at sample times only. The signal's value is the number of such samples, its
     limit the level's count.
     """
+
+    # Slots: one of these per device and rule, touched at every reading (no instance dict).
+    __slots__ = (
+        "_heads",
+        "_levels",
+        "_tapes",
+        "_window_us",
+        "delays_us",
+        "metric",
+        "rule",
+        "suppressible",
+    )
 
     def __init__(self, spec: EventsInWindowRule) -> None:
         self.rule = spec.rule_id()
@@ -243,6 +289,9 @@ class EventsInWindowEvaluator:
         self._levels = sorted(
             (SEVERITY[name], level.limit, level.count) for name, level in spec.levels.items()
         )
+        self._reset()
+
+    def _reset(self) -> None:
         # Per level: the times of the samples above its limit, the window's from its head.
         self._tapes = [Tape(array("q")) for _ in self._levels]
         self._heads = [0] * len(self._levels)
@@ -321,7 +370,7 @@ class EventsInWindowEvaluator:
         )
 
 
-class TimeOutOfRangeEvaluator:
+class TimeOutOfRangeEvaluator(Renewable):
     """Cumulative time outside ``[low, high]`` within ``(ts - window, ts]`` (sample and hold).
 
     Each reading's in-or-out state is assumed to last until the next reading, across a
@@ -329,6 +378,27 @@ class TimeOutOfRangeEvaluator:
     A level is met when the cumulative time reaches its budget. The signal's value is the
     cumulative time in seconds, its limit the budget in seconds.
     """
+
+    # Slots: one of these per device and rule, touched at every reading (no instance dict).
+    __slots__ = (
+        "_before_base",
+        "_cumulative",
+        "_ends",
+        "_head",
+        "_high",
+        "_in_range",
+        "_last_us",
+        "_levels",
+        "_low",
+        "_open_us",
+        "_starts",
+        "_tape",
+        "_window_us",
+        "delays_us",
+        "metric",
+        "rule",
+        "suppressible",
+    )
 
     def __init__(self, spec: TimeOutOfRangeRule) -> None:
         self.rule = spec.rule_id()
@@ -343,6 +413,10 @@ class TimeOutOfRangeEvaluator:
             (SEVERITY[name], round(level.budget_s * US), level.budget_s)
             for name, level in spec.levels.items()
         )
+        self._in_range = self._signal(0)  # immutable: shared by every reading it fits
+        self._reset()
+
+    def _reset(self) -> None:
         # Closed out-of-range spans [start, end), oldest first, on a tape with the running
         # total of their lengths (exact integers); the window's first is at ``_head``. The
         # run still open (the newest reading was out) is [``_open_us``, ``_last_us``).
@@ -354,7 +428,6 @@ class TimeOutOfRangeEvaluator:
         self._head = 0
         self._open_us: int | None = None
         self._last_us: int | None = None
-        self._in_range = self._signal(0)  # immutable: shared by every reading it fits
 
     def checkpoint(self) -> tuple[int, int, int | None, int | None]:
         """(tape end, window's first span, open run start, newest reading time)."""
@@ -493,13 +566,32 @@ def mean_kinetic_temperature_c(
 ABSOLUTE_ZERO_C = -273.15
 
 
-class MktEvaluator:
+class MktEvaluator(Renewable):
     """Mean kinetic temperature of the readings in ``(ts - window, ts]`` above a limit.
 
     Each reading weighs the time until the next one (sample and hold); the newest weighs
     the interval before it, so equally spaced readings weigh alike. The data covers the
     sum of those weights; below ``min_coverage`` of the window the rule does not judge.
     """
+
+    # Slots: one of these per device and rule, touched at every reading (no instance dict).
+    __slots__ = (
+        "_churn",
+        "_factors",
+        "_head",
+        "_k",
+        "_levels",
+        "_min_cover_us",
+        "_since_rebuild",
+        "_sum",
+        "_tape",
+        "_times",
+        "_window_us",
+        "delays_us",
+        "metric",
+        "rule",
+        "suppressible",
+    )
 
     def __init__(self, spec: MktRule) -> None:
         self.rule = spec.rule_id()
@@ -510,6 +602,9 @@ class MktEvaluator:
         self._min_cover_us = spec.min_coverage * self._window_us
         self._k = spec.activation_k
         self._levels = sorted((SEVERITY[name], level.limit_c) for name, level in spec.levels.items())
+        self._reset()
+
+    def _reset(self) -> None:
         # (ts, Boltzmann factor exp(-k / T)) of the readings in the window, from ``_head``.
         self._times: array[int] = array("q")
         self._factors: array[float] = array("d")
