@@ -426,6 +426,10 @@ async def test_overview_device_audit_and_users_pages(
         admin = await (await browser.new_context()).new_page()
         await sign_in(admin, base, "ada", ADMIN_PW)
         await admin.goto(f"{base}/console/users")
+        # Their own account offers no change they would be refused: another administrator's job.
+        await expect(admin.locator("li.user #own-account")).to_contain_text("another administrator")
+        await expect(admin.get_by_text("Change ada", exact=True)).to_have_count(0)
+        await expect(admin.get_by_text("Change quinn", exact=True)).to_have_count(1)
         add = admin.locator("form[action$='/users/add']")
         await add.get_by_label("User id").fill("nina")
         await add.get_by_label("Full name").fill("Nina <b>Night</b>")
