@@ -138,7 +138,6 @@ class _LinearFit:
                 self.origin_y = origin_y = y
                 self._rebuild()
                 sum_x, sum_dy, sum_xx, sum_xdy = self.sum_x, self.sum_dy, self.sum_xx, self.sum_xdy
-                size += 1
             else:
                 x = (ts_us - origin_us) / HOUR_US
                 dy = y - origin_y
@@ -146,10 +145,8 @@ class _LinearFit:
                 sum_dy += dy
                 sum_xx += x * x
                 sum_xdy += x * dy
-                self.sum_x, self.sum_dy, self.sum_xx, self.sum_xdy = sum_x, sum_dy, sum_xx, sum_xdy
-                size += 1
-        else:
-            self.sum_x, self.sum_dy, self.sum_xx, self.sum_xdy = sum_x, sum_dy, sum_xx, sum_xdy
+            size += 1
+        self.sum_x, self.sum_dy, self.sum_xx, self.sum_xdy = sum_x, sum_dy, sum_xx, sum_xdy
         # The line, inline: a call costs as much as the arithmetic.
         n = size - head
         if n < self.min_points or n == 0 or times[-1] - times[head] < self.min_span_us:
@@ -185,7 +182,6 @@ class ForecastEvaluator(Renewable):
     latest prediction is kept in :attr:`prediction_h` (None when neither fit predicts).
     """
 
-    # Slots: one of these per device and rule, touched at every reading (no instance dict).
     __slots__ = (
         "_empty_pct",
         "_level",

@@ -70,7 +70,8 @@ class Renewable:
     shallow copy (levels, delays and limits shared, never changed after ``__init__``)
     given state of its own by ``_reset`` (tapes, heads, running sums), as ``__init__``
     left it. Ten thousand devices then hold one copy of each rule's settings, and a
-    reading touches fewer objects of its device.
+    reading touches fewer objects of its device. Subclasses have slots, no instance
+    dictionary, for the same reason.
     """
 
     __slots__ = ()

@@ -60,7 +60,6 @@ class RateEvaluator(Renewable):
     limit; a raised alarm is kept while it stays above ``limit - margin`` (off-margin).
     """
 
-    # Slots: one of these per device and rule, touched at every reading (no instance dict).
     __slots__ = (
         "_direction",
         "_head",
@@ -171,7 +170,6 @@ class RateEvaluator(Renewable):
 class ConsecutiveEvaluator(Renewable):
     """N of the last M samples beyond a level's limit (strictly above). No delays, no margin."""
 
-    # Slots: one of these per device and rule, touched at every reading (no instance dict).
     __slots__ = (
         "_beyond",
         "_levels",
@@ -267,7 +265,6 @@ class EventsInWindowEvaluator(Renewable):
     limit the level's count.
     """
 
-    # Slots: one of these per device and rule, touched at every reading (no instance dict).
     __slots__ = (
         "_heads",
         "_levels",
@@ -379,7 +376,6 @@ class TimeOutOfRangeEvaluator(Renewable):
     cumulative time in seconds, its limit the budget in seconds.
     """
 
-    # Slots: one of these per device and rule, touched at every reading (no instance dict).
     __slots__ = (
         "_before_base",
         "_cumulative",
@@ -574,7 +570,6 @@ class MktEvaluator(Renewable):
     sum of those weights; below ``min_coverage`` of the window the rule does not judge.
     """
 
-    # Slots: one of these per device and rule, touched at every reading (no instance dict).
     __slots__ = (
         "_churn",
         "_factors",
