@@ -87,18 +87,6 @@ class _LinearFit:
         )
         self.tape.truncate(end)
 
-    def __len__(self) -> int:
-        return len(self.times) + self.tape.base - self.head
-
-    def oldest(self) -> tuple[int, float]:
-        """(ts, y) of the oldest point in the window (there is one)."""
-        index = self.head - self.tape.base
-        return self.times[index], self.ys[index]
-
-    def newest(self) -> tuple[int, float]:
-        """(ts, y) of the newest point (there is one)."""
-        return self.times[-1], self.ys[-1]
-
     def step(
         self, start_us: int, ts_us: int, y: float | None, window_us: int
     ) -> tuple[float, float, float | None] | None:
