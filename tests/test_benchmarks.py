@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,22 @@ def test_engine_benchmark_runs_and_measures_retained_history() -> None:
     )  # fmt: skip
     assert memory.returncode == 0, memory.stdout + memory.stderr
     assert "bytes per retained reading" in memory.stdout
+
+
+def test_engine_benchmark_judges_alike_with_the_history_in_memory_or_stored() -> None:
+    """Every kind's events (late readings included) have one digest, whichever way the history is kept."""
+    digests = {}
+    for where in ("memory", "database"):
+        done = subprocess.run(
+            [sys.executable, str(BENCHMARKS / "engine_rate.py"), "--kind", "all", "--devices", "40",
+             "--readings", "8000", "--repeat", "1", "--warm-h", "0.5", "--late-history", where],
+            capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        digests[where] = re.findall(r"(\d+) late, (\d+) too late; digest ([0-9a-f]+)", done.stdout)
+    assert len(digests["memory"]) == 4, "a run of each kind and the mixed site"
+    assert all(int(late) > 0 for late, _, _ in digests["memory"]), "late readings, so rewinds, in every run"
+    assert digests["database"] == digests["memory"]
 
 
 def test_console_pages_benchmark_runs_on_both_backends(tmp_path: Path) -> None:

@@ -141,7 +141,12 @@ async def start_alarming(
     only_own_alarms: bool = False,
 ) -> tuple[Engine, AlarmBook]:
     """Build the rules engine and the alarm book, restore them, and publish their metrics."""
-    engine = Engine(config.devices, config.rules, started_us=time.time_ns() // 1000)
+    engine = Engine(
+        config.devices,
+        config.rules,
+        started_us=time.time_ns() // 1000,
+        stored_history=config.rules.late_history == "database",
+    )
     book = AlarmBook()
     await restore(config, engine, book, storage, states, only_own_alarms=only_own_alarms)
     metrics.set_limits(engine.iter_limits)

@@ -425,7 +425,14 @@ class Metrics:
             registry=registry,
         )
         self.storage_errors = Counter(
-            "coldwatch_storage_errors", "Failed batch writes (retried)", registry=registry
+            "coldwatch_storage_errors",
+            "Failed batch writes, and failed reads of a late reading's history (both retried)",
+            registry=registry,
+        )
+        self.late_readbacks = Counter(
+            "coldwatch_rules_history_reads",
+            "Late readings whose device's readings since a checkpoint were read back from the database",
+            registry=registry,
         )
         self.rule_errors = Counter(
             "coldwatch_rule_errors",

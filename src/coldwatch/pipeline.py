@@ -28,7 +28,7 @@ from coldwatch.notify.planner import Notifier
 from coldwatch.payload import Reason, Rejection, Status, Telemetry, decode
 from coldwatch.ratelog import RateLimitedLog
 from coldwatch.recovering import Recovery, SessionLost
-from coldwatch.rules.engine import Engine
+from coldwatch.rules.engine import Engine, Readback
 from coldwatch.rules.lifecycle import Alarm, AlarmBook, LifecycleError, Transition
 from coldwatch.rules.model import AlarmEvent, AlarmKey, EngineReading, EventKind
 from coldwatch.sequence import SeqEvent, SeqTracker
@@ -293,7 +293,7 @@ class Pipeline:
             await self._ahead.acquire()  # released once a batch is committed
             items = await self._take_batch()
             try:
-                judged = self._build(items)
+                judged = await self._build(items)
             except BaseException:
                 # What is being committed is committed and acknowledged before the writer stops.
                 await handoff.join()
@@ -344,11 +344,16 @@ class Pipeline:
             self._room.set()
         return items
 
-    def _build(self, items: list[_Item]) -> _Judged:
+    async def _build(self, items: list[_Item]) -> _Judged:
         batch = Batch()
         raised_us: list[int] = []  # device times of live readings that raised an alarm
         taken: dict[tuple[str, int, int], bytes] = {}  # (device, seq, ts) -> payload, this batch
         for item in items:
+            decoded = item.decoded
+            if isinstance(decoded, Telemetry):
+                wanted = self.engine.stored_wanted(decoded.device_id, decoded.ts_us, decoded.seq)
+                if wanted is not None:
+                    await self._read_back(wanted)
             try:
                 self._take_item(batch, item, taken, raised_us)
             except Exception as exc:
@@ -362,6 +367,35 @@ class Pipeline:
                 batch.transitions, self.book.open.values(), self._clock_us()
             )
         return _Judged(items, batch, raised_us)
+
+    async def _read_back(self, wanted: Readback) -> None:
+        """Give the rules the stored readings a late reading's rewind judges again.
+
+        Rare (a late reading within the horizon) and small (a device's readings since a
+        checkpoint: at most a sixteenth of the horizon before the late one, and the rest up to
+        its newest). The batch being committed meanwhile may or may not be in what is read:
+        the rules keep its readings until they hear it is committed. A database that cannot
+        be read is retried, as a commit is: the late reading is never judged on part of
+        its history.
+        """
+        storage_cfg = self._config.storage
+        next_delay = backoff_delays(storage_cfg.retry_initial_s, storage_cfg.retry_max_s, random.Random())
+        while True:
+            try:
+                rows = [r async for r in self._storage.readings_since(wanted.device_id, wanted.since_us)]
+                break
+            except Exception as exc:  # any backend's error: retried, as a commit is
+                self._metrics.storage_errors.inc()
+                delay = next_delay()
+                log.error(  # noqa: TRY400 - expected, retried
+                    "reading back %s for a late reading failed (%s); retrying in %.1f s",
+                    wanted.device_id,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+        self._metrics.late_readbacks.inc()
+        self.engine.give_stored(wanted, rows)
 
     def _take_item(
         self, batch: Batch, item: _Item, taken: dict[tuple[str, int, int], bytes], raised_us: list[int]
@@ -542,7 +576,7 @@ class Pipeline:
 
     async def _commit(self, items: list[_Item]) -> None:
         """Judge and commit one batch, with nothing in flight (the writer's step, unpipelined)."""
-        judged = self._build(items)
+        judged = await self._build(items)
         self._judged_batch(items)
         await self._store(judged)
 
@@ -583,6 +617,8 @@ class Pipeline:
         self.last_write_at = time.monotonic()
         self.writing_since = None
         self._metrics.batch_seconds.observe(time.perf_counter() - started)
+        # The database holds these readings now: the rules need not (late data read back).
+        self.engine.committed((r.device_id, r.ts_us, r.seq) for r, _ in batch.readings)
         self._observe_delays(batch, alarm_readings_us)
         self._metrics.batch_size.observe(len(items))
         self._ack([item.delivery for item in items if item.delivery is not None])

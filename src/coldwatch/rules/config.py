@@ -315,3 +315,8 @@ class RulesConfig(_Model):
     # Late readings older than this (in device time) behind a device's newest are stored
     # but too late to re-evaluate; they are counted.
     reorder_horizon_s: float = Field(3600, ge=0)
+    # Where the collector keeps the horizon's readings for judging late ones again:
+    # ``database`` (read back on a rewind; only readings not yet committed stay in the
+    # process) or ``memory`` (every reading of the horizon in the process: faster rewinds,
+    # about 50 bytes a reading).
+    late_history: Literal["database", "memory"] = "database"

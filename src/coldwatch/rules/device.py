@@ -5,6 +5,10 @@ than the newest already judged (a late or backfilled one) makes the device rewin
 the last checkpoint before it and judge again, in timestamp order, everything since:
 the alarm history is then the same whatever order the readings arrived in. Events
 that the replay no longer produces are revoked; new ones are marked late.
+
+The readings judged again come from the device's history: held here (``History``), or,
+in the collector, read back from the database for each rewind with only the readings not
+yet committed held here (``StoredHistory``, :mod:`coldwatch.rules.history`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from coldwatch.rules.config import CommLossRule
-from coldwatch.rules.history import History
+from coldwatch.rules.history import History, StoredHistory
 from coldwatch.rules.latch import Latch
 from coldwatch.rules.lifecycle import Alarm
 from coldwatch.rules.model import (
@@ -244,6 +248,10 @@ class _CommLoss:
     arrived_us: int | None = None  # the latest arrival of a reading this rule watches
 
 
+def _position(reading: EngineReading) -> tuple[int, int]:
+    return reading.ts_us, reading.seq
+
+
 def _difference(
     old: list[AlarmEvent], new: list[AlarmEvent], before: dict[AlarmKey, Severity | None]
 ) -> list[AlarmEvent]:
@@ -288,7 +296,10 @@ class DeviceRules:
     horizon_us: int
     started_us: int
     history: History = field(default_factory=lambda: History(""))
-    # (ts, seq, history length at the time, state before the readings after it; None: fresh)
+    # The history kept in the database instead (None: kept in ``history``, in memory).
+    stored: StoredHistory | None = None
+    # (ts, seq, history length at the time (the readings counted, with the history stored),
+    #  state before the readings after it; None: fresh)
     checkpoints: list[tuple[int, int, int, _Saved | None]] = field(default_factory=list)
     # Builds the state of no readings at all: the first checkpoint, without a copy per device.
     fresh: Callable[[], _Judged] | None = None
@@ -316,6 +327,7 @@ class DeviceRules:
         door_recovery_s: float,
         horizon_s: float,
         started_us: int,
+        stored_history: bool = False,
     ) -> DeviceRules:
         """Rules of one device, fresh; ``evaluators`` make each rule's evaluator in its initial state."""
         comm = [
@@ -338,6 +350,7 @@ class DeviceRules:
             started_us,
             history=History(device_id),
             fresh=fresh,
+            stored=StoredHistory() if stored_history and horizon_s > 0 else None,
         )
         if rules.horizon_us > 0:
             rules.checkpoints.append((-(2**63), -1, 0, None))
@@ -363,11 +376,19 @@ class DeviceRules:
                 self.unforgotten = 0
                 self.judged.forget(self.judged.save())
             return comm_events + self._judge(self.judged, reading, late=reading.buffered)
-        if self.history.is_after_newest(reading.ts_us, reading.seq, self.floor):
+        stored = self.stored
+        if stored is None:
+            if self.history.is_after_newest(reading.ts_us, reading.seq, self.floor):
+                events = self._judge(self.judged, reading, late=reading.buffered)
+                self._remember(reading, events)
+            else:
+                events = self._rewind(reading)
+        elif stored.is_after_newest(reading.ts_us, reading.seq, self.floor):
             events = self._judge(self.judged, reading, late=reading.buffered)
+            stored.pend(reading)
             self._remember(reading, events)
         else:
-            events = self._rewind(reading)
+            events = self._rewind_stored(reading)
         if comm_events:
             return comm_events + events
         return events
@@ -422,7 +443,7 @@ class DeviceRules:
     def _remember(self, reading: EngineReading, events: list[AlarmEvent]) -> None:
         if self.horizon_us == 0:
             return
-        held = self.history.append(reading)
+        held = self.history.append(reading) if self.stored is None else self.stored.judged(reading)
         if events:
             self.emitted += events
         last_cp_ts, _, last_cp_len, _ = self.checkpoints[-1]
@@ -433,11 +454,16 @@ class DeviceRules:
         if since_checkpoint >= CHECKPOINT_EVERY and (
             reading.ts_us - last_cp_ts >= self.horizon_us // 16 or since_checkpoint >= CHECKPOINT_EVERY * 8
         ):
-            self.checkpoints.append((reading.ts_us, reading.seq, len(self.history), self.judged.save()))
-            self._trim()
+            self.checkpoints.append((reading.ts_us, reading.seq, held, self.judged.save()))
+            self._trim(reading.ts_us, held)
 
-    def _trim(self) -> None:
-        newest = self.history.key(-1)[0]
+    def _trim(self, newest: int, held: int) -> None:
+        """Forget what the horizon no longer needs.
+
+        ``newest``: the time of the reading remembered last (in a replay too); ``held``: the
+        readings counted then.
+        """
+        stored = self.stored
         # Keep the newest checkpoint at or before the horizon, and everything after it.
         keep_from = 0
         for index, (ts, _, _, _) in enumerate(self.checkpoints):
@@ -445,20 +471,20 @@ class DeviceRules:
                 keep_from = index
         # Bounded by count too: a stuck or jumping device clock must not grow memory.
         keep_from = max(keep_from, len(self.checkpoints) - MAX_CHECKPOINTS)
-        while (
-            keep_from < len(self.checkpoints) - 1
-            and len(self.history) - self.checkpoints[keep_from][2] > MAX_HISTORY
-        ):
+        while keep_from < len(self.checkpoints) - 1 and held - self.checkpoints[keep_from][2] > MAX_HISTORY:
             keep_from += 1
         if keep_from == 0:
             return
         oldest = self.checkpoints[keep_from][3]
         if oldest is not None:
             self.judged.forget(oldest)
-        drop = self.checkpoints[keep_from][2]
-        first_ts = self.checkpoints[keep_from][0]
-        self.checkpoints = [(ts, seq, n - drop, st) for ts, seq, n, st in self.checkpoints[keep_from:]]
-        self.history.drop_front(drop)
+        first_ts, first_seq, drop, _ = self.checkpoints[keep_from]
+        if stored is None:
+            self.checkpoints = [(ts, seq, n - drop, st) for ts, seq, n, st in self.checkpoints[keep_from:]]
+            self.history.drop_front(drop)
+        else:  # the counts stay as they are: nothing is held to drop but pending readings
+            self.checkpoints = self.checkpoints[keep_from:]
+            stored.forget_before((first_ts, first_seq))
         self.emitted = [e for e in self.emitted if e.ts_us > first_ts]
 
     def _rewind(self, reading: EngineReading) -> list[AlarmEvent]:
@@ -472,11 +498,55 @@ class DeviceRules:
             return []
         base = earlier[-1]
         self.rewound = True
-        cp_ts, _, cp_len, cp_state = self.checkpoints[base]
+        cp_len = self.checkpoints[base][2]
         self.history.insert(index, reading)
         replay = self.history.readings(cp_len)
-        old = [e for e in self.emitted if e.ts_us > cp_ts]
         # What each alarm was at the checkpoint: the severity a revocation falls back to.
+        old, before = self._back_to(base)
+        self.history.truncate(cp_len)
+        return self._replay(replay, old, before)
+
+    def stored_from(self, ts_us: int, seq: int) -> tuple[int, int] | None:
+        """Where the readings read back must start for the reading at (``ts_us``, ``seq``).
+
+        None when none are needed: the history is in memory, the reading goes after the
+        newest, it is a pending reading again, or it is too late to be judged again.
+        """
+        stored = self.stored
+        position = (ts_us, seq)
+        if stored is None or stored.is_after_newest(ts_us, seq, self.floor) or position in stored.pending:
+            return None
+        earlier = [cp[:2] for cp in self.checkpoints if cp[:2] < position]
+        return earlier[-1] if earlier else None
+
+    def _rewind_stored(self, reading: EngineReading) -> list[AlarmEvent]:
+        """:meth:`_rewind` with the history in the database (read back and given first)."""
+        stored = self.stored
+        assert stored is not None
+        position = (reading.ts_us, reading.seq)
+        if position in stored.pending:
+            return []  # the same reading again, not yet committed: already judged
+        earlier = [i for i, cp in enumerate(self.checkpoints) if cp[:2] < position]
+        if not earlier:
+            self.too_late += 1  # older than the reorder horizon: stored, not re-judged
+            return []
+        base = earlier[-1]
+        cp_ts, cp_seq, cp_count, _ = self.checkpoints[base]
+        replay = stored.since((cp_ts, cp_seq))
+        if any((r.ts_us, r.seq) == position for r in replay):
+            return []  # the same reading again, committed: already judged
+        self.rewound = True
+        stored.pend(reading)
+        replay.append(stored.pending[position])
+        replay.sort(key=_position)
+        old, before = self._back_to(base)
+        stored.count = cp_count
+        return self._replay(replay, old, before)
+
+    def _back_to(self, base: int) -> tuple[list[AlarmEvent], dict[AlarmKey, Severity | None]]:
+        """Return to checkpoint ``base``: the events since it, and each alarm's severity at it."""
+        cp_ts, _, _, cp_state = self.checkpoints[base]
+        old = [e for e in self.emitted if e.ts_us > cp_ts]
         self.checkpoints = self.checkpoints[: base + 1]
         if cp_state is None:
             assert self.fresh is not None
@@ -488,7 +558,12 @@ class DeviceRules:
             for latch in self.judged.latches  # None in a fresh state
         }
         self.emitted = [e for e in self.emitted if e.ts_us <= cp_ts]
-        self.history.truncate(cp_len)
+        return old, before
+
+    def _replay(
+        self, replay: list[EngineReading], old: list[AlarmEvent], before: dict[AlarmKey, Severity | None]
+    ) -> list[AlarmEvent]:
+        """Judge ``replay`` again from the checkpoint returned to; what changed since ``old``."""
         new: list[AlarmEvent] = []
         for again in replay:
             produced = self._judge(self.judged, again, late=True)
@@ -561,6 +636,8 @@ class DeviceRules:
         """
         self.judged = judged
         self.history.truncate(0)
+        if self.stored is not None:
+            self.stored.reset(None)
         self.emitted = []
         self.floor = self.snapshot_at = position
         self.since_snapshot = 0
@@ -574,6 +651,8 @@ class DeviceRules:
         """(ts, seq) of the newest reading judged (None: none yet)."""
         if self.horizon_us == 0:
             return self.newest
+        if self.stored is not None:
+            return self.stored.newest or self.floor
         return self.history.key(-1) if len(self.history) else self.floor
 
     def alarm_keys(self) -> list[AlarmKey]:
@@ -604,7 +683,11 @@ class DeviceRules:
         if self.horizon_us > 0:
             # Late readings older than this point are not judged again: the replay before
             # it could not know everything the live run knew.
-            last = self.history.key(-1) if len(self.history) else self.floor or (-(2**63), -1)
-            self.checkpoints = [(last[0], last[1], len(self.history), self.judged.save())]
+            last = self.position() or (-(2**63), -1)
+            if self.stored is not None:
+                # Every reading judged so far came from the database (the restart's replay).
+                self.stored.pending.clear()
+            held = len(self.history) if self.stored is None else self.stored.count
+            self.checkpoints = [(last[0], last[1], held, self.judged.save())]
         elif len(self.history):
             self.newest = self.history.key(-1)

@@ -7,6 +7,7 @@ reads the clock: ``advance(now_us)`` tells it the time for communication-loss ti
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -47,7 +48,21 @@ from coldwatch.rules.windows import (
     TimeOutOfRangeEvaluator,
 )
 
-__all__ = ["Engine", "build_evaluator"]
+__all__ = ["Engine", "Readback", "build_evaluator"]
+
+
+@dataclass(frozen=True, slots=True)
+class Readback:
+    """Readings a rewind needs from the database: a device's, after ``after`` (ts, seq)."""
+
+    device_id: str
+    after: tuple[int, int]
+    pending: list[EngineReading]  # not yet committed when it was asked for
+
+    @property
+    def since_us(self) -> int:
+        """Read the device's stored readings from this timestamp on."""
+        return self.after[0]
 
 
 _EVALUATORS: dict[type, Callable[[Any], RuleEvaluator]] = {
@@ -97,7 +112,13 @@ class Engine:
         *,
         started_us: int,
         reorder_horizon_s: float | None = None,
+        stored_history: bool = False,
     ) -> None:
+        """Rule state of ``devices``, fresh.
+
+        ``stored_history``: the readings of the reorder horizon are in a database, read back
+        for a rewind (:meth:`stored_wanted`), not kept here (coldwatch.rules.history).
+        """
         horizon_s = rules.reorder_horizon_s if reorder_horizon_s is None else reorder_horizon_s
         # Devices of one kind, grade and room state without rules of their own share one
         # list of (immutable) rule specs: 10,000 devices must not mean 10,000 copies.
@@ -132,6 +153,7 @@ class Engine:
                 door_recovery_s=rules.door_recovery_s,
                 horizon_s=horizon_s,
                 started_us=started_us,
+                stored_history=stored_history,
             )
             rules_device = self.devices[device.id]
             if id(specs) not in prints:
@@ -151,6 +173,37 @@ class Engine:
         for reading in readings:
             events += self.devices[reading.device_id].ingest(reading)
         return events
+
+    def stored_wanted(self, device_id: str, ts_us: int, seq: int) -> Readback | None:
+        """What must be read back from the database before a reading is judged (None: nothing).
+
+        With the history in the database, a late reading rewinds its device to a checkpoint
+        and judges again every reading after it: those committed are read back (from
+        ``Readback.since_us``) and given with :meth:`give_stored`; those not yet committed
+        are here. The ones pending now are kept in the :class:`Readback`, as a batch
+        committed while the database is read may or may not be in what it returns.
+        """
+        device = self.devices.get(device_id)
+        if device is None or device.stored is None:
+            return None
+        after = device.stored_from(ts_us, seq)
+        if after is None:
+            return None
+        return Readback(device_id, after, list(device.stored.pending.values()))
+
+    def give_stored(self, readback: Readback, readings: Iterable[EngineReading]) -> None:
+        """The readings read back for ``readback``: the next rewind of its device judges them."""
+        stored = self.devices[readback.device_id].stored
+        assert stored is not None
+        stored.given = (readback.after, [*readings, *readback.pending])
+
+    def committed(self, positions: Iterable[tuple[str, int, int]]) -> None:
+        """Readings (device, ts, seq) now committed: the database holds them from here on."""
+        devices = self.devices
+        for device_id, ts_us, seq in positions:
+            device = devices.get(device_id)
+            if device is not None and device.stored is not None:
+                device.stored.committed((ts_us, seq))
 
     def status(self, device_id: str, *, online: bool, at_us: int) -> list[AlarmEvent]:
         """A device's retained online/offline status."""

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 from coldwatch.rules.model import EngineReading
 
-__all__ = ["History"]
+__all__ = ["History", "StoredHistory"]
 
 _ABSENT = math.nan
 
@@ -140,3 +140,86 @@ class History:
         del self._ts[:count]
         del self._seq[:count]
         del self._values[: count * len(self._names)]
+
+
+class StoredHistory:
+    """A device's history for late data kept in the database, with only what is in flight here.
+
+    The collector stores every reading it judges, so the readings of the reorder horizon
+    need not stay in the process (4 million readings, 180 MB, for 10,000 devices reporting
+    every 10 s over an hour). What stays is what the database cannot give yet: the readings
+    judged and not yet committed (*pending*: at most the two batches between judging and
+    commit), the newest position judged, and a count of readings judged (for the bound on
+    a checkpoint's span). A rewind needs the readings after its checkpoint: the caller
+    reads them from the database (:meth:`Engine.stored_wanted`, then
+    :meth:`Engine.give_stored`) and they are merged here with the pending ones.
+
+    No reading too late to be judged is ever among them: such a reading is older than
+    every checkpoint kept at its arrival, and checkpoints only move forward.
+    """
+
+    __slots__ = ("count", "given", "newest", "pending")
+
+    def __init__(self) -> None:
+        self.count = 0  # readings judged (the length a checkpoint records)
+        self.newest: tuple[int, int] | None = None
+        # (ts, seq) -> reading, judged and not yet committed.
+        self.pending: dict[tuple[int, int], EngineReading] = {}
+        # Readings read back for the next rewind: (after, readings); None when none given.
+        self.given: tuple[tuple[int, int], list[EngineReading]] | None = None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def is_after_newest(self, ts_us: int, seq: int, floor: tuple[int, int] | None = None) -> bool:
+        """Whether a reading at (``ts_us``, ``seq``) goes after every reading judged."""
+        last = self.newest if self.newest is not None else floor
+        return last is None or (ts_us, seq) > last
+
+    def judged(self, reading: EngineReading) -> int:
+        """Count a reading judged (live or again); the count."""
+        position = (reading.ts_us, reading.seq)
+        if self.newest is None or position > self.newest:
+            self.newest = position
+        self.count += 1
+        return self.count
+
+    def pend(self, reading: EngineReading) -> None:
+        """Keep a newly arrived reading until its batch is committed.
+
+        As it came (a replay reads only its time and values: never its arrival time, and
+        judges it as late whatever its buffered flag says).
+        """
+        self.pending[reading.ts_us, reading.seq] = reading
+
+    def committed(self, position: tuple[int, int]) -> None:
+        """The reading at ``position`` is in the database now."""
+        self.pending.pop(position, None)
+
+    def since(self, after: tuple[int, int]) -> list[EngineReading]:
+        """Every reading judged after ``after``, in (ts, seq) order, from what was given.
+
+        The readings given are those read back and those pending when the read began
+        (:meth:`Engine.give_stored`): nothing is judged while the database is read, so
+        nothing has become pending since. Raises RuntimeError when nothing was read back
+        from ``after`` on (the caller must ask :meth:`Engine.stored_wanted` first).
+        """
+        given = self.given
+        self.given = None
+        if given is None or given[0] > after:
+            msg = f"no stored readings read back from {after} for a rewind"
+            raise RuntimeError(msg)
+        merged = {(r.ts_us, r.seq): r for r in given[1] if (r.ts_us, r.seq) > after}
+        return [merged[position] for position in sorted(merged)]
+
+    def forget_before(self, oldest: tuple[int, int]) -> None:
+        """Drop pending readings at or before ``oldest`` (the oldest checkpoint): never replayed."""
+        if self.pending and min(self.pending) <= oldest:
+            self.pending = {p: r for p, r in self.pending.items() if p > oldest}
+
+    def reset(self, newest: tuple[int, int] | None) -> None:
+        """Forget everything: judged up to ``newest`` (a snapshot or a restart), nothing pending."""
+        self.count = 0
+        self.newest = newest
+        self.pending.clear()
+        self.given = None

@@ -1,0 +1,142 @@
+"""The history for late data kept in the database: judging exactly as with it in memory.
+
+The differential test runs the engine twice on the same random feed (late, far too late
+and repeated readings included): once holding the reorder horizon's readings itself, once
+holding only the readings not yet committed and reading the rest back from a store, as
+the collector does. The store here is a dict that keeps the first copy of every reading
+fed, too-late ones included, and commits a batch only after the next one is judged (the
+collector's pipeline). A read back may run while a batch commits: it then sees that
+batch or not, at random. The event streams and rule states must be identical.
+The collector's own database is exercised by ``tests/test_late_history_db.py``.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coldwatch.rules.config import RulesConfig
+from coldwatch.rules.engine import Engine
+from coldwatch.rules.model import AlarmEvent, EngineReading
+from tests.test_rules_checkpoints import KINDS, describe, feed, fleet, states
+
+Key = tuple[str, int, int]
+
+
+class Collector:
+    """An engine with its history in a store, fed in batches as the collector's pipeline does."""
+
+    def __init__(self, engine: Engine, rng: random.Random) -> None:
+        self.engine = engine
+        self.rng = rng
+        self.database: dict[Key, EngineReading] = {}
+        self.judged_batch: list[EngineReading] = []  # judged, its commit under way
+        self.readbacks = 0
+
+    def commit(self) -> None:
+        for reading in self.judged_batch:
+            self.database.setdefault((reading.device_id, reading.ts_us, reading.seq), reading)
+        self.engine.committed((r.device_id, r.ts_us, r.seq) for r in self.judged_batch)
+        self.judged_batch = []
+
+    def read_back(self, device_id: str, since_us: int) -> list[EngineReading]:
+        rows = [r for (d, ts, _), r in self.database.items() if d == device_id and ts >= since_us]
+        return sorted(rows, key=lambda r: (r.ts_us, r.seq))
+
+    def judge(self, batch: list[EngineReading]) -> list[AlarmEvent]:
+        events: list[AlarmEvent] = []
+        for reading in batch:
+            wanted = self.engine.stored_wanted(reading.device_id, reading.ts_us, reading.seq)
+            if wanted is not None:
+                self.readbacks += 1
+                # The batch under way commits while the database is read: before or after.
+                sees_commit = self.rng.random() < 0.5
+                if sees_commit:
+                    self.commit()
+                rows = self.read_back(wanted.device_id, wanted.since_us)
+                if not sees_commit and self.rng.random() < 0.5:
+                    self.commit()
+                self.engine.give_stored(wanted, rows)
+            events += self.engine.ingest(reading)
+        self.commit()  # the batch before this one
+        self.judged_batch = list(batch)
+        return events
+
+
+def with_repeats(readings: list[EngineReading], rng: random.Random) -> list[EngineReading]:
+    """``readings`` with a few sent again a little later (a redelivery or a device's re-send)."""
+    out = list(readings)
+    for index in sorted(rng.sample(range(len(readings)), len(readings) // 30), reverse=True):
+        out.insert(min(len(out), index + rng.choice([1, 5, 50, 400])), readings[index])
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from(KINDS),
+    st.integers(0, 2**32),
+    st.sampled_from([600.0, 3600.0]),
+    st.integers(1, 40),
+)
+def test_a_history_in_the_database_judges_exactly_as_one_in_memory(
+    kind: str, seed: int, horizon_s: float, batch: int
+) -> None:
+    """Late, too-late and repeated readings: the very events, too-late counts and states."""
+    rng = random.Random(seed)
+    readings = with_repeats(feed(kind, fleet(kind)[0], seed, 400), rng)
+    devices, rules = fleet(kind)
+    config = RulesConfig.model_validate({**rules, "reorder_horizon_s": horizon_s})
+    memory = Engine(devices, config, started_us=0)
+    collector = Collector(Engine(devices, config, started_us=0, stored_history=True), rng)
+    expected: list[AlarmEvent] = []
+    got: list[AlarmEvent] = []
+    for start in range(0, len(readings), batch):
+        chunk = readings[start : start + batch]
+        expected += memory.ingest_many(chunk)
+        got += collector.judge(chunk)
+    assert describe(got) == describe(expected)
+    assert collector.engine.too_late() == memory.too_late()
+    assert states(collector.engine) == states(memory)
+    assert expected, "the feed raised nothing: it tests too little"
+    assert collector.readbacks, "no reading was late: it tests too little"
+    # Nothing but what is in flight is held: the batch under way at most.
+    collector.commit()
+    assert all(not d.stored.pending for d in collector.engine.devices.values() if d.stored is not None)
+
+
+def test_the_history_holds_only_readings_not_yet_committed() -> None:
+    """Hours of readings: the devices hold none of them once committed, and count them."""
+    devices, _ = fleet("incubator")
+    engine = Engine(devices, RulesConfig(), started_us=0, stored_history=True)
+    rng = random.Random(3)
+    for step in range(2_000):
+        readings = [EngineReading(d.id, step * 10_000_000, feed_values(rng), seq=step) for d in devices]
+        engine.ingest_many(readings)
+        if step % 7 == 0:
+            engine.committed((r.device_id, r.ts_us, r.seq) for r in readings)
+    for device in engine.devices.values():
+        assert device.stored is not None
+        assert len(device.history) == 0
+        # Only the readings of steps whose commit was never reported are still held.
+        assert len(device.stored.pending) < 2_000 // 7 * 7
+        assert len(device.stored.pending) <= (3600 // 10) + 64 * 2, "bounded by the horizon"
+
+
+def feed_values(rng: random.Random) -> dict[str, float]:
+    return {"temp_c": rng.choice([37.0, 37.1, 38.4]), "co2_pct": 5.0}
+
+
+def test_a_rewind_without_the_readings_read_back_is_refused() -> None:
+    """The engine never judges a late reading on a partial history: it says what is missing."""
+    devices, _ = fleet("incubator")
+    engine = Engine(devices, RulesConfig(), started_us=0, stored_history=True)
+    for step in range(200):
+        engine.ingest(EngineReading("d0", step * 10_000_000, {"temp_c": 37.0}, seq=step))
+    engine.committed(("d0", step * 10_000_000, step) for step in range(200))
+    late = EngineReading("d0", 1_005_000_000, {"temp_c": 39.0}, seq=1000)
+    assert engine.stored_wanted(late.device_id, late.ts_us, late.seq) is not None
+    with pytest.raises(RuntimeError, match="read back"):
+        engine.ingest(late)
