@@ -97,7 +97,12 @@ class Database:
             wanted = engine.stored_wanted(reading.device_id, reading.ts_us, reading.seq)
             if wanted is not None:
                 started = time.perf_counter()
-                rows = [r async for r in self.store.readings_since(wanted.device_id, wanted.since_us)]
+                rows = [
+                    r
+                    async for r in self.store.readings_since(
+                        wanted.device_id, wanted.since_us, after_seq=wanted.after[1]
+                    )
+                ]
                 self.read_s.append(time.perf_counter() - started)
                 self.read_rows += len(rows)
                 engine.give_stored(wanted, rows)

@@ -16,11 +16,13 @@ from pathlib import Path
 
 from coldwatch.broker import RunningBroker
 from coldwatch.config import DeviceConfig
+from coldwatch.payload import Telemetry
 from coldwatch.rules.config import RulesConfig
 from coldwatch.rules.engine import Engine
 from coldwatch.rules.lifecycle import AlarmBook
 from coldwatch.rules.model import US, EngineReading
 from coldwatch.rules.snapshot import capture
+from coldwatch.storage import Batch, open_storage
 from tests.conftest import (
     Backend,
     db_query,
@@ -138,3 +140,28 @@ async def test_late_readings_are_judged_from_the_database_as_from_memory(
     assert (state.ts_us, state.seq, state.state) == (in_memory.ts_us, in_memory.seq, in_memory.state)
     # Every late reading but the one too late was judged with its history read back.
     assert reads == len(late) - 1
+
+
+async def test_a_rewind_reads_back_only_the_readings_after_its_checkpoint(backend: Backend) -> None:
+    """A device whose clock is stuck stamps every reading alike: the read back starts after the seq."""
+    store = open_storage(backend.location)
+    await store.open()
+    try:
+        device = DeviceConfig(id="inc-1", kind="incubator", site="s", area="lab")
+        await store.register_devices([device])
+        stuck_us = 1_800_000_000 * US
+        batch = Batch()
+        for seq in range(50):
+            values = (("temp_c", 37.0 + seq / 100), ("co2_pct", 5.0))
+            batch.readings.append((Telemetry("inc-1", seq, stuck_us, False, values), stuck_us))
+        batch.readings.append((Telemetry("inc-1", 50, stuck_us + US, False, (("temp_c", 37.0),)), stuck_us))
+        await store.write_batch(batch)
+        everything = [r async for r in store.readings_since("inc-1", stuck_us)]
+        after = [r async for r in store.readings_since("inc-1", stuck_us, after_seq=40)]
+    finally:
+        await store.close()
+    assert [r.seq for r in everything] == list(range(51))
+    assert [(r.seq, r.values["temp_c"]) for r in after] == [(s, 37.0 + s / 100) for s in range(41, 50)] + [
+        (50, 37.0)
+    ]
+    assert after[0].values == {"temp_c": 37.41, "co2_pct": 5.0}

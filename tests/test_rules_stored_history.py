@@ -13,6 +13,7 @@ The collector's own database is exercised by ``tests/test_late_history_db.py``.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 
 import pytest
 from hypothesis import given, settings
@@ -20,7 +21,9 @@ from hypothesis import strategies as st
 
 from coldwatch.rules.config import RulesConfig
 from coldwatch.rules.engine import Engine
-from coldwatch.rules.model import AlarmEvent, EngineReading
+from coldwatch.rules.evaluators import ThresholdEvaluator
+from coldwatch.rules.model import US, AlarmEvent, EngineReading, Signal
+from coldwatch.rules.snapshot import capture
 from tests.test_rules_checkpoints import KINDS, describe, feed, fleet, states
 
 Key = tuple[str, int, int]
@@ -140,3 +143,62 @@ def test_a_rewind_without_the_readings_read_back_is_refused() -> None:
     assert engine.stored_wanted(late.device_id, late.ts_us, late.seq) is not None
     with pytest.raises(RuntimeError, match="read back"):
         engine.ingest(late)
+
+
+def test_a_reading_a_rule_failed_on_is_never_judged_again_as_in_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stored but never judged (a rule raised on it): a later rewind leaves it out, as memory does.
+
+    The collector stores a reading whose rules raised, counts the fault, and tells the
+    engine (``Engine.failed``). Read back with the device's other readings, it must not be
+    replayed: the history in memory never held it.
+    """
+    update = ThresholdEvaluator.update
+    faults = {"left": 0}
+
+    def flaky(self: ThresholdEvaluator, ts_us: int, values: Mapping[str, float]) -> Signal | None:
+        if values.get("temp_c") == 39.0 and faults["left"] > 0:
+            faults["left"] -= 1
+            raise ValueError("a rule's own fault")
+        return update(self, ts_us, values)
+
+    monkeypatch.setattr(ThresholdEvaluator, "update", flaky)
+    devices, _ = fleet("incubator")
+
+    def reading(i: int, temp: float) -> EngineReading:
+        return EngineReading("d0", (i + 1) * 60 * US, {"temp_c": temp, "co2_pct": 5.0}, seq=i)
+
+    live = [reading(i, 39.0 if 10 <= i < 20 else 37.0) for i in range(40) if i != 5]
+    arrivals = [*live, reading(5, 37.0), reading(10, 39.0)]  # a late one, then the failed one sent again
+    # Per arrival, the events it produced: when a change shows matters, not only that it does.
+    got: dict[bool, tuple[list[list[tuple[object, ...]]], dict[str, bytes | None]]] = {}
+    for stored in (False, True):
+        faults["left"] = 1  # the first reading at 39.0 fails once
+        engine = Engine(devices, RulesConfig(), started_us=0, stored_history=stored)
+        collector = Collector(engine, random.Random(1))
+        events: list[AlarmEvent] = []
+        produced: list[list[tuple[object, ...]]] = []
+        for r in arrivals:
+            wanted = engine.stored_wanted(r.device_id, r.ts_us, r.seq)
+            if wanted is not None:
+                engine.give_stored(wanted, collector.read_back(wanted.device_id, wanted.since_us))
+            try:
+                now = engine.ingest(r)
+            except ValueError:
+                engine.failed(r)  # the pipeline's part: stored all the same
+                now = []
+            events += now
+            produced.append(describe(now))
+            collector.judged_batch = [r]
+            collector.commit()
+        got[stored] = (produced, {d: snapshot_of(engine, d) for d in engine.devices})
+    assert got[True] == got[False]
+    kinds = [event.kind.value for event in events]  # the last run's
+    assert "revoked" in kinds, "the failed reading, sent again and judged, moved the alarm's start"
+
+
+def snapshot_of(engine: Engine, device_id: str) -> bytes | None:
+    """A device's whole rule state as a snapshot writes it (None before any reading)."""
+    snapshot = capture(engine.devices[device_id])
+    return None if snapshot is None else snapshot.state

@@ -382,7 +382,12 @@ class Pipeline:
         next_delay = backoff_delays(storage_cfg.retry_initial_s, storage_cfg.retry_max_s, random.Random())
         while True:
             try:
-                rows = [r async for r in self._storage.readings_since(wanted.device_id, wanted.since_us)]
+                rows = [
+                    r
+                    async for r in self._storage.readings_since(
+                        wanted.device_id, wanted.since_us, after_seq=wanted.after[1]
+                    )
+                ]
                 break
             except Exception as exc:  # any backend's error: retried, as a commit is
                 self._metrics.storage_errors.inc()
@@ -521,6 +526,7 @@ class Pipeline:
             return self.engine.ingest(reading)
         except Exception:
             self._rule_fault(reading)
+            self.engine.failed(reading)  # stored, not judged: never judged again either
             return []
 
     def _rule_fault(self, reading: EngineReading) -> None:

@@ -205,6 +205,16 @@ class Engine:
             if device is not None and device.stored is not None:
                 device.stored.committed((ts_us, seq))
 
+    def failed(self, reading: EngineReading) -> None:
+        """A rule failed on ``reading`` (it raised): stored all the same, it was not judged.
+
+        Never judged again with the history in the database (one in memory never held it):
+        a rewind leaves it out of what is read back, unless it is sent again and judged.
+        """
+        device = self.devices.get(reading.device_id)
+        if device is not None and device.stored is not None:
+            device.stored.fail((reading.ts_us, reading.seq))
+
     def status(self, device_id: str, *, online: bool, at_us: int) -> list[AlarmEvent]:
         """A device's retained online/offline status."""
         return self.devices[device_id].status(online, at_us)

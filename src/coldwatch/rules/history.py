@@ -158,7 +158,7 @@ class StoredHistory:
     every checkpoint kept at its arrival, and checkpoints only move forward.
     """
 
-    __slots__ = ("count", "given", "newest", "pending")
+    __slots__ = ("count", "failed", "given", "newest", "pending")
 
     def __init__(self) -> None:
         self.count = 0  # readings judged (the length a checkpoint records)
@@ -167,6 +167,9 @@ class StoredHistory:
         self.pending: dict[tuple[int, int], EngineReading] = {}
         # Readings read back for the next rewind: (after, readings); None when none given.
         self.given: tuple[tuple[int, int], list[EngineReading]] | None = None
+        # Readings a rule failed on: stored all the same, never judged, so never replayed
+        # (a history in memory never held them either).
+        self.failed: set[tuple[int, int]] = set()
 
     def __len__(self) -> int:
         return self.count
@@ -190,7 +193,15 @@ class StoredHistory:
         As it came (a replay reads only its time and values: never its arrival time, and
         judges it as late whatever its buffered flag says).
         """
-        self.pending[reading.ts_us, reading.seq] = reading
+        position = (reading.ts_us, reading.seq)
+        self.pending[position] = reading
+        if self.failed:
+            self.failed.discard(position)  # judged now, sent again
+
+    def fail(self, position: tuple[int, int]) -> None:
+        """A rule failed on the reading at ``position``: stored, not judged."""
+        self.pending.pop(position, None)
+        self.failed.add(position)
 
     def committed(self, position: tuple[int, int]) -> None:
         """The reading at ``position`` is in the database now."""
@@ -209,17 +220,23 @@ class StoredHistory:
         if given is None or given[0] > after:
             msg = f"no stored readings read back from {after} for a rewind"
             raise RuntimeError(msg)
+        failed = self.failed
         merged = {(r.ts_us, r.seq): r for r in given[1] if (r.ts_us, r.seq) > after}
+        if failed:
+            merged = {position: r for position, r in merged.items() if position not in failed}
         return [merged[position] for position in sorted(merged)]
 
     def forget_before(self, oldest: tuple[int, int]) -> None:
         """Drop pending readings at or before ``oldest`` (the oldest checkpoint): never replayed."""
         if self.pending and min(self.pending) <= oldest:
             self.pending = {p: r for p, r in self.pending.items() if p > oldest}
+        if self.failed:
+            self.failed = {p for p in self.failed if p > oldest}
 
     def reset(self, newest: tuple[int, int] | None) -> None:
         """Forget everything: judged up to ``newest`` (a snapshot or a restart), nothing pending."""
         self.count = 0
         self.newest = newest
         self.pending.clear()
+        self.failed.clear()
         self.given = None

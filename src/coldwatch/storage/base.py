@@ -287,5 +287,12 @@ class Storage(Protocol):
         """The stored rule snapshots of ``devices`` (one at most each)."""
         ...
 
-    def readings_since(self, device_id: str, since_us: int) -> AsyncIterator[EngineReading]:
-        """A device's stored readings from ``since_us`` on, in (ts, seq) order (for restart)."""
+    def readings_since(
+        self, device_id: str, since_us: int, *, after_seq: int | None = None
+    ) -> AsyncIterator[EngineReading]:
+        """A device's stored readings from ``since_us`` on, in (ts, seq) order (for restart).
+
+        With ``after_seq``: those after (``since_us``, ``after_seq``) only (a rewind's
+        readings after its checkpoint: a device whose clock is stuck stamps every reading
+        alike, and only those after the checkpoint's seq are wanted).
+        """

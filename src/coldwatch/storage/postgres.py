@@ -810,21 +810,24 @@ class PostgresStorage(RowIds):
         )
         return [RuleSnapshot(r[0], int(r[1]), int(r[2]), str(r[3]), bytes(r[4])) for r in rows]
 
-    async def readings_since(self, device_id: str, since_us: int) -> AsyncIterator[EngineReading]:
-        """A device's stored readings from ``since_us`` on, in (ts, seq) order."""
+    async def readings_since(
+        self, device_id: str, since_us: int, *, after_seq: int | None = None
+    ) -> AsyncIterator[EngineReading]:
+        """A device's stored readings from ``since_us`` on (after (``since_us``, ``after_seq``)), in order."""
         rowid = self._device_rowid.get(device_id)
         if rowid is None:
             return
         names = self._metric_names()
-        rows = await self.pool.fetch(
-            "SELECT ts_us, seq, metric, value, received_us, buffered FROM readings "
-            # Every metric named: the key (device, metric, ts_us, seq) is searched once a
-            # metric, not scanned across the device's whole history.
-            "WHERE device = $1 AND metric = ANY($3::integer[]) AND ts_us >= $2 ORDER BY ts_us, seq",
-            rowid,
-            since_us,
-            list(names),
-        )
+        # Every metric named: the key (device, metric, ts_us, seq) is searched once a
+        # metric, not scanned across the device's whole history.
+        sql = "SELECT ts_us, seq, metric, value, received_us, buffered FROM readings "
+        if after_seq is None:
+            sql += "WHERE device = $1 AND metric = ANY($3::integer[]) AND ts_us >= $2 ORDER BY ts_us, seq"
+            rows = await self.pool.fetch(sql, rowid, since_us, list(names))
+        else:
+            sql += "WHERE device = $1 AND metric = ANY($3::integer[]) AND (ts_us, seq) > ($2, $4) "
+            sql += "ORDER BY ts_us, seq"
+            rows = await self.pool.fetch(sql, rowid, since_us, list(names), after_seq)
         for reading in group_readings(device_id, rows, names):
             yield reading
 

@@ -707,8 +707,10 @@ class SqliteStorage(RowIds):
             rows = await cur.fetchall()
         return [RuleSnapshot(d, int(t), int(q), str(f), bytes(b)) for d, t, q, f, b in rows if d in wanted]
 
-    async def readings_since(self, device_id: str, since_us: int) -> AsyncIterator[EngineReading]:
-        """A device's stored readings from ``since_us`` on, in (ts, seq) order."""
+    async def readings_since(
+        self, device_id: str, since_us: int, *, after_seq: int | None = None
+    ) -> AsyncIterator[EngineReading]:
+        """A device's stored readings from ``since_us`` on (after (``since_us``, ``after_seq``)), in order."""
         rowid = self._device_rowid.get(device_id)
         if rowid is None:
             return
@@ -717,8 +719,13 @@ class SqliteStorage(RowIds):
         # metric, not scanned across the device's whole history.
         marks = ", ".join("?" * len(names)) or "NULL"
         sql = "SELECT ts_us, seq, metric, value, received_us, buffered FROM readings WHERE device = ? AND "
-        sql += f"metric IN ({marks}) AND ts_us >= ? ORDER BY ts_us, seq"  # placeholders only
-        async with self._conn.execute(sql, (rowid, *names, since_us)) as cur:
+        if after_seq is None:
+            sql += f"metric IN ({marks}) AND ts_us >= ? ORDER BY ts_us, seq"  # placeholders only
+            args: tuple[object, ...] = (rowid, *names, since_us)
+        else:  # a row value: still one index range a metric
+            sql += f"metric IN ({marks}) AND (ts_us, seq) > (?, ?) ORDER BY ts_us, seq"  # placeholders only
+            args = (rowid, *names, since_us, after_seq)
+        async with self._conn.execute(sql, args) as cur:
             rows = await cur.fetchall()  # one device's memory window: small
         for reading in group_readings(device_id, rows, names):
             yield reading
