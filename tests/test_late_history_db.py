@@ -165,3 +165,32 @@ async def test_a_rewind_reads_back_only_the_readings_after_its_checkpoint(backen
         (50, 37.0)
     ]
     assert after[0].values == {"temp_c": 37.41, "co2_pct": 5.0}
+
+
+async def test_a_reading_is_stored_as_first_received_whatever_a_later_copy_adds(backend: Backend) -> None:
+    """A later message at the same (seq, ts) with a value more adds nothing: the rules judged the first.
+
+    Read back for a rewind, the stored reading must be the one the rules judged, in the
+    same batch as in a later one.
+    """
+    store = open_storage(backend.location)
+    await store.open()
+    try:
+        await store.register_devices([DeviceConfig(id="inc-1", kind="incubator", site="s", area="lab")])
+        ts = 1_800_000_000 * US
+        first = (("temp_c", 37.0), ("co2_pct", 5.0))
+        later = (("temp_c", 39.0), ("co2_pct", 5.0), ("door_open", 1.0))
+        same_batch = Batch()
+        same_batch.readings += [
+            (Telemetry("inc-1", 1, ts, False, first), ts),
+            (Telemetry("inc-1", 1, ts, False, later), ts),
+        ]
+        await store.write_batch(same_batch)
+        await store.write_batch(Batch(readings=[(Telemetry("inc-1", 2, ts + US, False, first), ts)]))
+        again = await store.write_batch(Batch(readings=[(Telemetry("inc-1", 2, ts + US, False, later), ts)]))
+        stored = [(r.seq, r.values) async for r in store.readings_since("inc-1", ts)]
+    finally:
+        await store.close()
+    assert stored == [(1, dict(first)), (2, dict(first))]
+    assert again.duplicates == {("inc-1", 2, ts + US)}
+    assert again.stored == 0

@@ -202,3 +202,26 @@ def snapshot_of(engine: Engine, device_id: str) -> bytes | None:
     """A device's whole rule state as a snapshot writes it (None before any reading)."""
     snapshot = capture(engine.devices[device_id])
     return None if snapshot is None else snapshot.state
+
+
+def test_after_a_restart_copies_of_readings_judged_again_are_copies_as_in_memory() -> None:
+    """A message redelivered after a crash is a copy, not too late, while memory would hold it."""
+    devices, _ = fleet("incubator")
+    config = RulesConfig(reorder_horizon_s=600)
+
+    def reading(i: int) -> EngineReading:
+        return EngineReading("d0", (i + 1) * 10 * US, {"temp_c": 37.0 + (i % 7) / 10, "co2_pct": 5.0}, seq=i)
+
+    restored = [reading(i) for i in range(50)]
+    # Copies of readings judged at the restart, new readings (a trim: 600 s), then copies again.
+    arrivals = [restored[-1], restored[45], restored[3], *(reading(i) for i in range(50, 200)), restored[45]]
+    seen = {}
+    for stored in (False, True):
+        engine = Engine(devices, config, started_us=0, stored_history=stored)
+        engine.ingest_many(restored)  # the restart's replay of stored readings
+        engine.reconcile([])
+        collector = Collector(engine, random.Random(1))
+        seen[stored] = [(describe(collector.judge([r])), engine.too_late()) for r in arrivals]
+    assert seen[True] == seen[False]
+    assert seen[False][2][1] == 0, "copies of readings judged at the restart: not too late"
+    assert seen[False][-1][1] == 1, "after the trim, as in memory: too late"

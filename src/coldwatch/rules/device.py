@@ -514,7 +514,7 @@ class DeviceRules:
         """
         stored = self.stored
         position = (ts_us, seq)
-        if stored is None or stored.is_after_newest(ts_us, seq, self.floor) or position in stored.pending:
+        if stored is None or stored.is_after_newest(ts_us, seq, self.floor) or stored.is_copy(position):
             return None
         earlier = [cp[:2] for cp in self.checkpoints if cp[:2] < position]
         return earlier[-1] if earlier else None
@@ -524,8 +524,8 @@ class DeviceRules:
         stored = self.stored
         assert stored is not None
         position = (reading.ts_us, reading.seq)
-        if position in stored.pending:
-            return []  # the same reading again, not yet committed: already judged
+        if stored.is_copy(position):
+            return []  # the same reading again, not yet committed (or judged at a restart)
         earlier = [i for i, cp in enumerate(self.checkpoints) if cp[:2] < position]
         if not earlier:
             self.too_late += 1  # older than the reorder horizon: stored, not re-judged
@@ -686,7 +686,7 @@ class DeviceRules:
             last = self.position() or (-(2**63), -1)
             if self.stored is not None:
                 # Every reading judged so far came from the database (the restart's replay).
-                self.stored.pending.clear()
+                self.stored.reconciled()
             held = len(self.history) if self.stored is None else self.stored.count
             self.checkpoints = [(last[0], last[1], held, self.judged.save())]
         elif len(self.history):

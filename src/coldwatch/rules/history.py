@@ -158,7 +158,7 @@ class StoredHistory:
     every checkpoint kept at its arrival, and checkpoints only move forward.
     """
 
-    __slots__ = ("count", "failed", "given", "newest", "pending")
+    __slots__ = ("count", "failed", "given", "newest", "pending", "restored")
 
     def __init__(self) -> None:
         self.count = 0  # readings judged (the length a checkpoint records)
@@ -170,6 +170,11 @@ class StoredHistory:
         # Readings a rule failed on: stored all the same, never judged, so never replayed
         # (a history in memory never held them either).
         self.failed: set[tuple[int, int]] = set()
+        # The positions judged again at a restart, in order: a copy of one (a message
+        # redelivered after a crash) is a copy, not a reading too late, as long as a
+        # history in memory would still hold it (until the first checkpoint after them
+        # is forgotten).
+        self.restored: tuple[array[int], array[int]] = (array("q"), array("q"))
 
     def __len__(self) -> int:
         return self.count
@@ -197,6 +202,26 @@ class StoredHistory:
         self.pending[position] = reading
         if self.failed:
             self.failed.discard(position)  # judged now, sent again
+
+    def is_copy(self, position: tuple[int, int]) -> bool:
+        """Whether ``position`` is a reading held here: pending, or judged again at a restart."""
+        if position in self.pending:
+            return True
+        times, seqs = self.restored
+        if not times:
+            return False
+        index = bisect_left(times, position[0])
+        while index < len(times) and times[index] == position[0]:
+            if seqs[index] == position[1]:
+                return True
+            index += 1
+        return False
+
+    def reconciled(self) -> None:
+        """After a restart's replay: what it judged came from the database, and is kept as positions."""
+        positions = sorted(self.pending)
+        self.restored = (array("q", [p[0] for p in positions]), array("q", [p[1] for p in positions]))
+        self.pending.clear()
 
     def fail(self, position: tuple[int, int]) -> None:
         """A rule failed on the reading at ``position``: stored, not judged."""
@@ -232,6 +257,8 @@ class StoredHistory:
             self.pending = {p: r for p, r in self.pending.items() if p > oldest}
         if self.failed:
             self.failed = {p for p in self.failed if p > oldest}
+        if self.restored[0]:
+            self.restored = (array("q"), array("q"))  # all at or before the restart's checkpoint
 
     def reset(self, newest: tuple[int, int] | None) -> None:
         """Forget everything: judged up to ``newest`` (a snapshot or a restart), nothing pending."""
@@ -239,4 +266,5 @@ class StoredHistory:
         self.newest = newest
         self.pending.clear()
         self.failed.clear()
+        self.restored = (array("q"), array("q"))
         self.given = None

@@ -662,7 +662,15 @@ class PostgresStorage(RowIds):
         new = {tuple(r) for r in inserted}
         before = {row[:4] for row in rows} - new
         by_rowid = self._device_by_rowid
-        return len(inserted), frozenset((by_rowid[d], s, t) for d, _, t, s in before)
+        readings = {(d, s, t) for d, _, t, s in before}
+        # A reading stored already is kept as it was: none of a later message's values are
+        # added to it (one with a value the first lacked is not the same reading).
+        added = [row for row in new if (row[0], row[3], row[2]) in readings]
+        if added:
+            await conn.executemany(
+                "DELETE FROM readings WHERE device = $1 AND metric = $2 AND ts_us = $3 AND seq = $4", added
+            )
+        return len(inserted) - len(added), frozenset((by_rowid[d], s, t) for d, s, t in readings)
 
     async def _quarantine(self, conn: PgConnection, rejections: list[QuarantineEntry]) -> None:
         # Collectors sharing the database number the kept bytes one after another (taken

@@ -7,10 +7,26 @@ from collections import Counter
 from collections.abc import Iterable
 
 from coldwatch.audit import AuditEntry
+from coldwatch.payload import Telemetry
 from coldwatch.rules.lifecycle import Transition
 from coldwatch.storage.base import Batch, QuarantineEntry, SeqGap
 
 __all__ = ["RowIds", "alarm_rows", "audit_rows", "quarantine_rows", "reason_totals", "transition_rows"]
+
+
+def first_copies(readings: list[tuple[Telemetry, int]]) -> list[tuple[Telemetry, int]]:
+    """``readings`` without any whose (device, seq, ts) an earlier one has (usually all of them)."""
+    keys = {(r.device_id, r.seq, r.ts_us) for r, _ in readings}
+    if len(keys) == len(readings):
+        return readings
+    seen: set[tuple[str, int, int]] = set()
+    out = []
+    for pair in readings:
+        key = (pair[0].device_id, pair[0].seq, pair[0].ts_us)
+        if key not in seen:
+            seen.add(key)
+            out.append(pair)
+    return out
 
 
 class RowIds:
@@ -24,8 +40,14 @@ class RowIds:
     def _reading_rows(
         self, batch: Batch, *, arrival_as_delay: bool = False
     ) -> list[tuple[int, int, int, int, float, int, bool]]:
-        """Value rows of the batch's readings; with ``arrival_as_delay``, arrival after ``ts_us``."""
+        """Value rows of the batch's readings; with ``arrival_as_delay``, arrival after ``ts_us``.
+
+        A reading is stored whole or not at all, as first received: a later message of the
+        batch at the same (device, seq, ts) adds none of its values (the rules judged the
+        first; ``first_copies`` is the same for what is stored already).
+        """
         devices, metrics = self._device_rowid, self._metric_rowid
+        readings = first_copies(batch.readings)
         return [
             (
                 devices[r.device_id],
@@ -36,7 +58,7 @@ class RowIds:
                 received_us - r.ts_us if arrival_as_delay else received_us,
                 r.buffered,
             )
-            for r, received_us in batch.readings
+            for r, received_us in readings
             for name, value in r.values
         ]
 

@@ -543,9 +543,11 @@ class SqliteStorage(RowIds):
         conn.execute("ROLLBACK TO readings")
         conn.execute("RELEASE readings")
         conn.executemany(_INSERT_INCOMING, rows)
-        duplicates = frozenset(
-            (self._device_by_rowid[d], int(s), int(t)) for d, s, t in conn.execute(_FIND_DUPLICATES)
-        )
+        found = conn.execute(_FIND_DUPLICATES).fetchall()
+        duplicates = frozenset((self._device_by_rowid[d], int(s), int(t)) for d, s, t in found)
+        # A reading stored already is kept as it was: none of a later message's values are
+        # added to it (one with a value the first lacked is not the same reading).
+        conn.executemany("DELETE FROM temp.incoming WHERE device = ? AND seq = ? AND ts_us = ?", found)
         stored = conn.execute("INSERT OR IGNORE INTO reading_rows SELECT * FROM temp.incoming").rowcount
         conn.execute("DELETE FROM temp.incoming")
         return stored, duplicates
