@@ -205,12 +205,18 @@ def test_periodic_report_benchmark_runs_on_both_backends(tmp_path: Path) -> None
 
 def test_memory_benchmark_prints_the_steady_state_and_judges_late_readings() -> None:
     """A small memory benchmark feeds devices past the horizon and prints their steady resident memory."""
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "memory.py"), "--devices", "20", "--hours", "1.2", "--late-every",
-         "50"],
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "steady state (after the horizon):" in done.stdout
-    assert "too late to be judged again: 0" in done.stdout
-    assert "late readings fed: 0," not in done.stdout
+    for where in ("database", "memory"):
+        done = subprocess.run(
+            [sys.executable, str(BENCHMARKS / "memory.py"), "--devices", "20", "--hours", "1.2",
+             "--late-every", "50", "--late-history", where],
+            capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"late history in {where}" in done.stdout
+        assert "steady state (after the horizon):" in done.stdout
+        assert "too late to be judged again: 0" in done.stdout
+        assert "late readings fed: 0," not in done.stdout
+        if where == "database":  # every late reading judged with its history read back
+            fed = re.search(r"late readings fed: ([\d,]+),", done.stdout)
+            assert fed is not None
+            assert f"read back from the database for late readings: {fed[1]}," in done.stdout

@@ -202,8 +202,9 @@ class Engine:
         devices = self.devices
         for device_id, ts_us, seq in positions:
             device = devices.get(device_id)
-            if device is not None and device.stored is not None:
-                device.stored.committed((ts_us, seq))
+            stored = None if device is None else device.stored
+            if stored is not None and stored.pending:
+                stored.pending.pop((ts_us, seq), None)  # in the database now (every reading: inline)
 
     def failed(self, reading: EngineReading) -> None:
         """A rule failed on ``reading`` (it raised): stored all the same, it was not judged.

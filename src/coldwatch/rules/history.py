@@ -228,10 +228,6 @@ class StoredHistory:
         self.pending.pop(position, None)
         self.failed.add(position)
 
-    def committed(self, position: tuple[int, int]) -> None:
-        """The reading at ``position`` is in the database now."""
-        self.pending.pop(position, None)
-
     def since(self, after: tuple[int, int]) -> list[EngineReading]:
         """Every reading judged after ``after``, in (ts, seq) order, from what was given.
 
