@@ -35,6 +35,7 @@ from tests.conftest import (
 )
 from tests.test_alarms_e2e import NO_COMM_LOSS
 
+DUPLICATES = "coldwatch_duplicate_readings_total"
 Sent = tuple[int, float, float]  # (seq, ts in s, temperature)
 # A windowed rule: its state holds every reading of its window, so one missing from a
 # replay shows.
@@ -194,3 +195,58 @@ async def test_a_reading_is_stored_as_first_received_whatever_a_later_copy_adds(
     assert stored == [(1, dict(first)), (2, dict(first))]
     assert again.duplicates == {("inc-1", 2, ts + US)}
     assert again.stored == 0
+
+
+async def test_a_second_message_with_a_used_seq_and_other_values_is_not_added_to_the_first(
+    broker: RunningBroker, prefix: str, tmp_path: Path, backend: Backend
+) -> None:
+    """Against the payload contract, a seq and time used twice: the reading stays as the rules judged it.
+
+    The second message carries only a metric the first lacked, so the database sees no
+    copy of any stored value; the rules know the reading, and it is not stored. A late
+    reading's rewind then reads back the reading the rules judged: no alarm appears that
+    the in-memory history would not give.
+    """
+    config = write_config(
+        tmp_path / "c.yaml",
+        storage={"path": backend.location},
+        broker=broker,
+        prefix=prefix,
+        devices=[{"id": "inc-1", "kind": "incubator", "site": "s", "area": "lab"}],
+        rules={"profiles": {"incubator": NO_COMM_LOSS}},
+    )
+    topic = telemetry_topic(config, "inc-1")
+    base = datetime.now(UTC).timestamp() - 1800
+    first = [
+        (i, base + 10 * i, {"co2_pct": 5.0} if i == 10 else {"temp_c": 37.0, "co2_pct": 5.0})
+        for i in range(30)
+    ]
+    live = [f for f in first if f[0] != 5]
+    then = [(10, base + 100, {"temp_c": 39.0}), (5, base + 50, {"temp_c": 37.0, "co2_pct": 5.0})]
+    db = config.storage.location
+    async with running_daemon(config) as running:
+        await publish_all(broker, [(topic, reading(s, v, ts=ts)) for s, ts, v in live], clients=1, window=1)
+        await eventually(lambda: _stored(db) == len(live), what="live readings stored")
+        copy, late = then
+        await publish_all(broker, [(topic, reading(copy[0], copy[2], ts=copy[1]))], clients=1)
+        await asyncio.sleep(0.5)  # received; then judged, committed and acknowledged
+        await eventually(
+            lambda: running.sample("coldwatch_unacked_messages") == 0, what="the second seq 10 taken"
+        )
+        await publish_all(broker, [(topic, reading(late[0], late[2], ts=late[1]))], clients=1)
+        await eventually(lambda: _stored(db) == len(live) + 1, what="the late reading stored")
+        await asyncio.sleep(0.3)
+        duplicates = running.sample(DUPLICATES)
+    stored = db_query(
+        db, "SELECT m.name, r.value FROM readings AS r JOIN metrics AS m ON m.id = r.metric WHERE r.seq = 10"
+    )
+    assert [tuple(row) for row in stored] == [("co2_pct", 5.0)], "kept as first received"
+    assert duplicates == 1
+    got = db_query(db, "SELECT event FROM alarm_transitions")
+    device = DeviceConfig(id="inc-1", kind="incubator", site="s", area="lab")
+    memory = Engine([device], config.rules, started_us=0)
+    expected = memory.ingest_many(
+        EngineReading("inc-1", round(ts * US), v, seq=s) for s, ts, v in live + then
+    )
+    assert expected == [], "the in-memory history judged no temperature excursion"
+    assert got == [], "nor did the collector, its history read back"

@@ -170,14 +170,22 @@ async def test_a_message_received_twice_in_one_batch_is_kept_and_counted_once(wr
     assert writer.registry.get_sample_value("coldwatch_duplicate_readings_total") == 1
 
 
-async def test_a_different_message_with_the_same_seq_and_time_is_not_taken_for_a_copy(writer: Writer) -> None:
-    """Only a byte-identical message is a copy: another with the same seq and time is stored as before."""
+async def test_a_different_message_with_the_same_seq_and_time_is_a_duplicate_of_the_first(
+    writer: Writer,
+) -> None:
+    """The same seq and time with other values: the reading the rules judged stays, whole; one duplicate.
+
+    By the payload contract seq numbers readings: the first message is the reading (judged
+    and stored), a second one with its seq and time is a duplicate whatever it carries.
+    Its values are neither judged nor added to the stored reading (they used to be, metric
+    by metric, for a metric the first lacked).
+    """
     now = time.time()
     writer.offer(1, now - 1)
     writer.offer(1, now - 1, temp_c=39.0, mid=7)
     await writer.drain()
     with sqlite3.connect(writer.config.storage.path) as conn:
-        # The first value of each metric stays (the key is device, metric, time and seq).
         temp = "SELECT value FROM readings WHERE metric = (SELECT id FROM metrics WHERE name = 'temp_c')"
         assert conn.execute(temp).fetchall() == [(37.0,)]
-    assert writer.registry.get_sample_value("coldwatch_duplicate_readings_total") == 0
+        assert conn.execute("SELECT count(DISTINCT seq) FROM readings").fetchall() == [(1,)]
+    assert writer.registry.get_sample_value("coldwatch_duplicate_readings_total") == 1

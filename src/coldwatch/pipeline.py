@@ -502,6 +502,11 @@ class Pipeline:
             decoded.device_id, decoded.ts_us, dict(decoded.values), decoded.seq, decoded.buffered, received_us
         )
         events = self._judge(reading)
+        if self.engine.took_copy(decoded.device_id):
+            # Judged before, so stored before (or in a batch being committed): kept once,
+            # as first received, and counted as a duplicate.
+            self._drop_reading(batch, decoded)
+            batch.copies += 1
         if not decoded.buffered and any(e.kind in _RAISING for e in events):
             raised_us.append(decoded.ts_us)
         try:

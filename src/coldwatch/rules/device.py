@@ -316,6 +316,8 @@ class DeviceRules:
     since_snapshot: int = 0
     rewound: bool = False
     snapshot_at: tuple[int, int] | None = None
+    # The last reading was one judged before (a copy): not to be stored again (Engine.took_copy).
+    copied: bool = False
 
     @classmethod
     def build(
@@ -491,6 +493,7 @@ class DeviceRules:
         position = (reading.ts_us, reading.seq)
         index = self.history.bisect_left(*position)
         if index < len(self.history) and self.history.key(index) == position:
+            self.copied = True
             return []  # the same reading again: already judged
         earlier = [i for i, cp in enumerate(self.checkpoints) if cp[:2] < position]
         if not earlier:
@@ -525,6 +528,7 @@ class DeviceRules:
         assert stored is not None
         position = (reading.ts_us, reading.seq)
         if stored.is_copy(position):
+            self.copied = True
             return []  # the same reading again, not yet committed (or judged at a restart)
         earlier = [i for i, cp in enumerate(self.checkpoints) if cp[:2] < position]
         if not earlier:
@@ -534,6 +538,7 @@ class DeviceRules:
         cp_ts, cp_seq, cp_count, _ = self.checkpoints[base]
         replay = stored.since((cp_ts, cp_seq))
         if any((r.ts_us, r.seq) == position for r in replay):
+            self.copied = True
             return []  # the same reading again, committed: already judged
         self.rewound = True
         stored.pend(reading)

@@ -206,6 +206,20 @@ class Engine:
             if stored is not None and stored.pending:
                 stored.pending.pop((ts_us, seq), None)  # in the database now (every reading: inline)
 
+    def took_copy(self, device_id: str) -> bool:
+        """Whether the device's last reading was one it had judged already (and forget it).
+
+        The same (ts, seq) again: a redelivery, or a message against the payload contract
+        (a seq and time used twice). Its values are not the reading the rules judged, so it
+        is not stored: the database then holds, for a rewind to read back, exactly what
+        was judged (a second message with other metrics would otherwise add its values).
+        """
+        device = self.devices.get(device_id)
+        if device is None or not device.copied:
+            return False
+        device.copied = False
+        return True
+
     def failed(self, reading: EngineReading) -> None:
         """A rule failed on ``reading`` (it raised): stored all the same, it was not judged.
 

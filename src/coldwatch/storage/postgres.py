@@ -833,8 +833,9 @@ class PostgresStorage(RowIds):
             sql += "WHERE device = $1 AND metric = ANY($3::integer[]) AND ts_us >= $2 ORDER BY ts_us, seq"
             rows = await self.pool.fetch(sql, rowid, since_us, list(names))
         else:
-            sql += "WHERE device = $1 AND metric = ANY($3::integer[]) AND (ts_us, seq) > ($2, $4) "
-            sql += "ORDER BY ts_us, seq"
+            # ts_us >= $2 as well: the planner prunes weekly partitions by it, not by the row value.
+            sql += "WHERE device = $1 AND metric = ANY($3::integer[]) AND ts_us >= $2 "
+            sql += "AND (ts_us, seq) > ($2, $4) ORDER BY ts_us, seq"
             rows = await self.pool.fetch(sql, rowid, since_us, list(names), after_seq)
         for reading in group_readings(device_id, rows, names):
             yield reading
