@@ -13,6 +13,7 @@ yet committed held here (``StoredHistory``, :mod:`coldwatch.rules.history`).
 
 from __future__ import annotations
 
+import bisect
 import copy
 import functools
 from collections.abc import Callable, Mapping, Sequence
@@ -542,8 +543,7 @@ class DeviceRules:
             return []  # the same reading again, committed: already judged
         self.rewound = True
         stored.pend(reading)
-        replay.append(stored.pending[position])
-        replay.sort(key=_position)
+        bisect.insort(replay, reading, key=_position)
         old, before = self._back_to(base)
         stored.count = cp_count
         return self._replay(replay, old, before)
