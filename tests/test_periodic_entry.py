@@ -6,8 +6,9 @@ import asyncio
 import re
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 import pypdfium2 as pdfium
@@ -32,7 +33,8 @@ async def test_periodic_report_from_api_cli_and_console(
     """Operators generate it by API, CLI and console; bad requests get 4xx; QA signs it on its page."""
     config = console_config(tmp_path, broker, prefix)
     db = str(config.storage.location)
-    today = datetime.now(UTC).date().isoformat()
+    # The site's calendar day (Paris): between 23:00 and 24:00 UTC it is already tomorrow there.
+    today = datetime.now(ZoneInfo(config.site.timezone)).date().isoformat()
     async with running_daemon(config) as running:
         base = running.base_url
         async with opened(db, config) as (_, identity, _):
