@@ -3,7 +3,9 @@
 Three members run as separate ``coldwatch run`` processes against one real Mosquitto and one
 real PostgreSQL. One of them is caught inside a batch transaction and then frozen (SIGSTOP),
 or has its database connections silently cut (a TCP proxy that stops forwarding without
-closing anything, as a network cut does) while the process lives on.
+closing anything, as a network cut does) while the process lives on. Either way the stall
+comes just after its COPY into the staging table has reached the server (the proxy watches
+for it), so it lands inside a transaction every time, not by chance.
 """
 
 from __future__ import annotations
@@ -157,9 +159,11 @@ class Stall:
 
     freeze: Callable[[], None]
     thaw: Callable[[], None]
+    # When the member actually stalled, if later than freeze() was called (None: at freeze()).
+    stalled_at: Callable[[], float | None] = lambda: None
 
 
-async def freeze_in_batch(url: str, stall: Stall, attempts: int = 80) -> tuple[float, list[int]]:
+async def freeze_in_batch(url: str, stall: Stall, attempts: int = 10) -> tuple[float, list[int]]:
     """Stall the member until caught inside a batch transaction; return when it stalled and those sessions."""
     for _ in range(attempts):
         stall.freeze()
@@ -167,7 +171,7 @@ async def freeze_in_batch(url: str, stall: Stall, attempts: int = 80) -> tuple[f
         await asyncio.sleep(0.3)  # the server finishes what it was sent, then waits for the member
         pids = sessions_in_batch(url, STALLED)
         if pids:
-            return frozen_at, pids
+            return stall.stalled_at() or frozen_at, pids
         stall.thaw()
         await asyncio.sleep(random.uniform(0.05, 0.4))
     raise AssertionError(f"{STALLED} was never caught inside a batch transaction")
@@ -315,15 +319,32 @@ async def test_a_member_frozen_inside_a_batch_transaction_loses_its_partitions_i
     within lease_s + renew_s; nothing is lost or stored twice, its excursion raises one alarm, and
     once it wakes it gives up its partitions and rejoins."""
     url = new_pg_database(pg_server)
+    # Its database traffic passes through a proxy that only tells when its next COPY into the
+    # staging table has gone through: frozen then, it is inside a batch transaction every time.
+    proxy = SilentCut(pg_server.host, pg_server.port)
+    await proxy.start()
+    through_proxy = f"postgresql://postgres@127.0.0.1:{proxy.port}/{url.rsplit('/', 1)[1]}"
 
     def sigstop(member: DaemonProcess) -> Stall:
         assert member.process is not None
         process = member.process
-        return Stall(lambda: process.send_signal(signal.SIGSTOP), lambda: process.send_signal(signal.SIGCONT))
 
-    await stalled_member_is_taken_over(
-        tmp_path, broker=broker, prefix=prefix, url=url, stalled_url=url, make_stall=sigstop
-    )
+        def freeze_then_flow() -> None:
+            process.send_signal(signal.SIGSTOP)
+            proxy.heal()  # nothing is held back: the member itself is what stalls
+
+        def wake() -> None:
+            proxy.heal()  # calls off a freeze still awaited
+            process.send_signal(signal.SIGCONT)
+
+        return Stall(lambda: proxy.cut_in_copy(then=freeze_then_flow), wake, lambda: proxy.cut_at)
+
+    try:
+        await stalled_member_is_taken_over(
+            tmp_path, broker=broker, prefix=prefix, url=url, stalled_url=through_proxy, make_stall=sigstop
+        )
+    finally:
+        await proxy.close()
 
 
 class SilentCut:
@@ -331,6 +352,10 @@ class SilentCut:
 
     While cut, bytes are held, not dropped (TCP would resend them once the network heals),
     closes are not passed on, and new connections are accepted but never answered.
+    ``cut_in_copy`` cuts just after the member's next COPY into its staging table has gone
+    through: the server is then inside the batch transaction, waiting for the rows, whatever
+    the timing (a batch transaction lasts a few milliseconds: cut at a random moment, one
+    was missed 80 times in a row).
     """
 
     def __init__(self, host: str, port: int) -> None:
@@ -341,6 +366,9 @@ class SilentCut:
         self._pipes: set[asyncio.Task[Any]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._closing = False
+        self._cut_in_copy = False
+        self._then: Callable[[], None] | None = None
+        self.cut_at: float | None = None
         self.port = 0
 
     async def start(self) -> None:
@@ -351,9 +379,21 @@ class SilentCut:
     def cut(self) -> None:
         """Stop forwarding."""
         self._flowing.clear()
+        self.cut_at = time.monotonic()
+
+    def cut_in_copy(self, then: Callable[[], None] | None = None) -> None:
+        """Stop forwarding just after the next COPY into the staging table is passed to the server.
+
+        ``then`` is called at that moment, once forwarding has stopped.
+        """
+        self.cut_at = None
+        self._then = then
+        self._cut_in_copy = True
 
     def heal(self) -> None:
-        """Forward again, what was held first."""
+        """Forward again, what was held first (a cut still awaited is called off)."""
+        self._cut_in_copy = False
+        self._then = None
         self._flowing.set()
 
     async def close(self) -> None:
@@ -378,8 +418,8 @@ class SilentCut:
             up_r, up_w = await asyncio.open_connection(*self._target)
             self._writers.add(up_w)
             pumps = {
-                asyncio.create_task(self._pump(client_r, up_w)),
-                asyncio.create_task(self._pump(up_r, client_w)),
+                asyncio.create_task(self._pump(client_r, up_w, upstream=True)),
+                asyncio.create_task(self._pump(up_r, client_w, upstream=False)),
             }
             try:
                 await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
@@ -394,7 +434,9 @@ class SilentCut:
             self._writers.discard(client_w)
             self._pipes.discard(me)
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, upstream: bool
+    ) -> None:
         while True:
             try:
                 data = await reader.read(65536)
@@ -405,6 +447,13 @@ class SilentCut:
                 return
             writer.write(data)
             await writer.drain()
+            # The query message of asyncpg's copy_records_to_table: COPY "incoming"(...) FROM STDIN.
+            if upstream and self._cut_in_copy and b"COPY" in data and b'"incoming"' in data:
+                then, self._then = self._then, None
+                self._cut_in_copy = False
+                self.cut()
+                if then is not None:
+                    then()
 
 
 async def test_a_member_cut_from_the_database_inside_a_batch_transaction_loses_its_partitions_in_time(
@@ -425,7 +474,7 @@ async def test_a_member_cut_from_the_database_inside_a_batch_transaction_loses_i
             prefix=prefix,
             url=url,
             stalled_url=through_proxy,
-            make_stall=lambda _: Stall(proxy.cut, proxy.heal),
+            make_stall=lambda _: Stall(proxy.cut_in_copy, proxy.heal, lambda: proxy.cut_at),
         )
     finally:
         await proxy.close()
