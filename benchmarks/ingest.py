@@ -2,8 +2,11 @@
 
     python benchmarks/ingest.py [--messages 200000] [--devices 1000] [--json FILE]
                                 [--kind incubator|cryoshipper|particle_counter|mixed|all]
+                                [--collector-only RUNS]
 
-``--kind`` chooses the devices of the load (incubators by default; ``mixed``: the three
+``--collector-only RUNS`` measures only coldwatch draining the load, RUNS times per kind
+(to compare settings given in the environment, run after run). ``--kind`` chooses the
+devices of the load (incubators by default; ``mixed``: the three
 kinds in turn; ``all``: each kind and the mixed site, one after another in the same run,
 each against the baseline draining the same load, with its own alarm latency).
 
@@ -399,6 +402,22 @@ def measure_kinds(bench: Bench, kinds: list[str], args: argparse.Namespace) -> d
     return per_kind
 
 
+def collector_only(bench: Bench, kinds: list[str], args: argparse.Namespace) -> int:
+    """Coldwatch alone draining each kind's load, ``--collector-only`` times; nonzero if any was lost."""
+    lost = 0
+    try:
+        for kind in kinds:
+            bench.kind = kind
+            for run in range(args.collector_only):
+                got = collector(bench, args.messages, args.devices, folder=f"only-{kind}-{run}")
+                lost += int(got["lost"])
+                print(f"{kind:<18}{got['per_s']:>10,.0f} msg/s   lost {got['lost']}", flush=True)
+    finally:
+        bench.close()
+        shutil.rmtree(bench.root, ignore_errors=True)
+    return 0 if lost == 0 else 1
+
+
 def main() -> int:
     """Run every measurement and print the table."""
     parser = argparse.ArgumentParser(
@@ -418,10 +437,19 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL run")
     parser.add_argument("--kind", choices=[*KINDS, "mixed", "all"], default="incubator")
+    parser.add_argument(
+        "--collector-only",
+        type=int,
+        metavar="RUNS",
+        help="only coldwatch draining the load, RUNS times per kind (settings compared in turn, "
+        "e.g. COLDWATCH_STORAGE__BATCH_MAX in the environment of one run and not the other)",
+    )
     args = parser.parse_args()
     kinds = [*KINDS, "mixed"] if args.kind == "all" else [args.kind]
     root = Path(tempfile.mkdtemp(prefix="coldwatch-bench-"))
-    bench = Bench(root, postgres=not args.no_postgres)
+    bench = Bench(root, postgres=not args.no_postgres and not args.collector_only)
+    if args.collector_only:
+        return collector_only(bench, kinds, args)
     try:
         bench.kind = kinds[0]
         ceil = ceiling(bench, args.messages, args.devices)

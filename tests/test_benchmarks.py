@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -156,6 +157,21 @@ def test_ingest_benchmark_reports_each_kind_against_the_baseline(tmp_path: Path)
         assert row["ratio_to_baseline"] > 0
         assert row["latency"]["alarms_timed"] > 0
     assert "slowest kind:" in done.stdout
+
+
+def test_ingest_benchmark_compares_collector_settings_run_after_run(tmp_path: Path) -> None:
+    """--collector-only drains each load with coldwatch alone (here in batches of 7), nothing lost."""
+    env = {**os.environ, "COLDWATCH_STORAGE__BATCH_MAX": "7"}
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "ingest.py"), "--kind", "cryoshipper", "--messages", "600",
+         "--devices", "20", "--collector-only", "2"],
+        capture_output=True, text=True, timeout=600, check=False, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    runs = [line.split() for line in done.stdout.splitlines() if line.startswith("cryoshipper")]
+    assert len(runs) == 2, done.stdout
+    assert all(float(run[1].replace(",", "")) > 0 and run[-1] == "0" for run in runs), done.stdout
+    assert "baseline" not in done.stdout
 
 
 def test_console_http_benchmark_gets_every_page_signed_in_on_both_backends(tmp_path: Path) -> None:
