@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import re
 from pathlib import Path
 
+import httpx
 import pypdfium2 as pdfium
+import pytest
 from playwright.async_api import expect
 
 from coldwatch.broker import RunningBroker
-from tests.conftest import running_daemon
+from coldwatch.cli import main
+from tests.conftest import db_query, eventually, running_daemon
 from tests.identity_helpers import ADMIN_PW, OPERATOR_PW, QA_PW, opened, people
 from tests.test_console_browser import (
+    ACK,
     SHOTS,
     audit_actions,
     chromium,
@@ -118,3 +124,86 @@ async def test_excursion_report_from_the_alarm_page_and_qa_sign_off(
         assert (await qa.request.get(f"{base}/console/reports?kind=nope")).status == 400
     assert [r[1] for r in audit_actions(db, "report.generated")] == ["1"]
     assert [(r[0], r[1]) for r in audit_actions(db, "report.reviewed")] == [("quinn", "1")]
+
+
+async def test_an_excursion_report_older_than_its_alarm_record_is_signed_only_knowingly(
+    broker: RunningBroker, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Generated while the alarm was open, a report lists what came after; QA signs it only saying so."""
+    config = console_config(tmp_path, broker, prefix)
+    db = str(config.storage.location)
+    async with running_daemon(config) as running, chromium() as browser:
+        base = running.base_url
+        async with opened(db, config) as (_, identity, _):
+            await people(identity)
+        await excursion(broker, config, 0, 37.0)
+        await excursion(broker, config, 1, 39.5)
+        await wait_committed(db, 1)
+        operator = await (await browser.new_context()).new_page()
+        await sign_in(operator, base, "olga", OPERATOR_PW)
+        await operator.goto(f"{base}/console/alarms/1")
+        await operator.get_by_role("button", name="Excursion report").click()
+        await expect(operator).to_have_url(re.compile(r"/console/reports/1\?done=generated$"))
+        await expect(operator.locator("#predates")).to_have_count(0)  # nothing came after it yet
+        # The alarm's record moves on after the report: back in band, the alarm clears.
+        await excursion(broker, config, 2, 37.0)
+
+        async def cleared() -> bool:
+            return bool(db_query(db, "SELECT 1 FROM alarm_transitions WHERE event = 'cleared'"))
+
+        await eventually(cleared, what="the alarm cleared")
+
+        qa = await (await browser.new_context(viewport={"width": 360, "height": 740})).new_page()
+        await sign_in(qa, base, "quinn", QA_PW)
+        await qa.goto(f"{base}/console/reports/1")
+        warning = qa.locator("#predates")
+        await expect(warning).to_contain_text("generated before later changes")
+        await expect(warning).to_contain_text("the alarm's history after it: cleared")
+        await qa.screenshot(path=str(SHOTS / "report-predates-360x740.png"), full_page=True)
+        # Neither the console nor the API takes the signature unless the signer says so.
+        token = await qa.locator("form.who input[type=hidden]").get_attribute("value")
+        assert token
+        form: dict[str, str | float | bool] = {
+            "csrf_token": token,
+            "meaning": "reviewed",
+            "reason": "x",
+            "password": QA_PW,
+        }
+        refused = await qa.request.post(f"{base}/console/reports/1/review", form=form)
+        assert refused.status == 409
+        assert "Generate a new report" in await refused.text()
+        signed = {"user": "quinn", "password": QA_PW, "meaning": "reviewed", "reason": "x"}
+        async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+            api = await client.post("/api/v1/reports/1/review", json=signed)
+            assert api.status_code == 409, api.text
+            assert "cleared" in api.json()["detail"]
+            assert "as_generated" in api.json()["detail"]
+        assert audit_actions(db, "report.reviewed") == []
+        # A new report shows the whole record and has nothing to warn of.
+        await warning.get_by_role("button", name="Generate a new excursion report").click()
+        await expect(qa).to_have_url(re.compile(r"/console/reports/2\?done=generated$"))
+        await expect(qa.locator("#predates")).to_have_count(0)
+        await expect(qa.locator("#review-as-generated")).to_have_count(0)
+        # Until the alarm is acknowledged after it; the command line then signs it only with
+        # --as-generated.
+        ack = {"user": "olga", "password": OPERATOR_PW, "meaning": ACK, "reason": "door left open"}
+        async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+            assert (await client.post("/api/v1/alarms/1/ack", json=ack)).status_code == 200
+        await qa.reload()
+        await expect(qa.locator("#predates")).to_contain_text("signatures on the alarm after it: acknowledge")
+        argv = ["report", "review", "2", "--user", "quinn", "--meaning", "reviewed", "--reason", "r",
+                "--password-stdin", "--config", str(tmp_path / "c.yaml"), "--url", base]  # fmt: skip
+        monkeypatch.setattr("sys.stdin", io.StringIO(QA_PW + "\n"))
+        assert await asyncio.to_thread(main, argv) != 0
+        monkeypatch.setattr("sys.stdin", io.StringIO(QA_PW + "\n"))
+        assert await asyncio.to_thread(main, [*argv, "--as-generated"]) == 0
+        # The older one can still be signed as it is, saying so.
+        await qa.goto(f"{base}/console/reports/1")
+        sign = qa.locator("#sign-review")
+        await sign.get_by_label("Reason").fill("signed as generated: the record after it is in report 2")
+        await sign.get_by_label("Your password").fill(QA_PW)
+        await sign.get_by_label("I sign this report as it was generated").check()
+        await sign.get_by_role("button", name="Sign as reviewed").click()
+        await expect(qa.locator("#done")).to_contain_text("Review signed")
+        await expect(qa.locator("#predates")).to_have_count(0)
+    assert [(r[0], r[1]) for r in audit_actions(db, "report.reviewed")] == [("quinn", "2"), ("quinn", "1")]

@@ -23,7 +23,7 @@ from coldwatch.api import ApiContext, SignedBody
 from coldwatch.api_input import ID_MAX
 from coldwatch.export import format_ts
 from coldwatch.identity_model import Principal
-from coldwatch.records.excursion_source import generate_excursion_report
+from coldwatch.records.excursion_source import changed_since_report, generate_excursion_report
 from coldwatch.records.signed_copy import printable_pdf
 from coldwatch.records.store import KINDS, ReportStore, ReportSummary, StoredReport
 from coldwatch.records.twins import twins
@@ -154,18 +154,38 @@ def _reading(router: APIRouter, ctx: ApiContext, reports: ReportStore) -> None:
         return await report_json(reports, await _found(reports, report_id))
 
 
+class ReviewBody(SignedBody):
+    """A report's review signature; ``as_generated``: signed although the record changed since."""
+
+    as_generated: bool = False
+
+
 def _writing(router: APIRouter, ctx: ApiContext, reports: ReportStore) -> None:
     auth = ctx.auth
     Generator = Annotated[Principal, Depends(auth.require(Permission.REPORT_GENERATE))]  # noqa: N806
     Signing = [Depends(auth.signing_principal), Depends(auth.csrf)]  # noqa: N806 - dependencies
 
     @router.post("/reports/{report_id}/review", dependencies=Signing)
-    async def review_report(report_id: ReportId, body: SignedBody, request: Request) -> dict[str, Any]:
-        """Sign the report as reviewed: qa only, with user, password, meaning and reason."""
+    async def review_report(report_id: ReportId, body: ReviewBody, request: Request) -> dict[str, Any]:
+        """Sign the report as reviewed: qa only, with user, password, meaning and reason.
+
+        An excursion report generated before later changes to its alarm's record (cleared,
+        acknowledged, reviewed, ...) is refused (409, the changes listed) unless
+        ``as_generated`` is true: a new report shows them.
+        """
         principal = await auth.signing_principal(request)
         if principal is not None and principal.name != body.user:
             raise HTTPException(status.HTTP_403_FORBIDDEN, "a signature in a session is the session's user's")
-        await _found(reports, report_id)
+        report = await _found(reports, report_id)
+        changes = await changed_since_report(ctx.storage, ctx.config, report.data)
+        if changes and not body.as_generated:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                "the report was generated before later changes to the alarm's record ("
+                + "; ".join(changes)
+                + "): generate a new report, or sign this one as it was generated "
+                "(as_generated true; on the command line, --as-generated)",
+            )
         with refusals():
             signer = await ctx.identity.verify_signer(
                 action="review",

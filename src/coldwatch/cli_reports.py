@@ -5,7 +5,9 @@
   standard input) and asks the daemon to generate the report.
 - ``report list`` and ``report get ID --format pdf|csv|json --out F``: reads, with the
   service token in ``$COLDWATCH_API_TOKEN``.
-- ``report review ID --user U --meaning M --reason R``: the QA review signature (qa).
+- ``report review ID --user U --meaning M --reason R [--as-generated]``: the QA review
+  signature (qa); an excursion report generated before later changes to its alarm's
+  record is refused, the changes listed, unless ``--as-generated`` says it is signed so.
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ def _list(url: str, args: argparse.Namespace) -> int:
 
 
 def _review(url: str, args: argparse.Namespace) -> int:
-    result = call(url, "POST", f"/api/v1/reports/{args.id}/review", signed_body(args), signed=True)
+    body = {**signed_body(args), **({"as_generated": True} if args.as_generated else {})}
+    result = call(url, "POST", f"/api/v1/reports/{args.id}/review", body, signed=True)
     print(f"report {result['id']} signed as reviewed")
     for signature in result.get("signatures", []):
         print(f"  {signature['manifestation']}")
@@ -144,5 +147,10 @@ def add_report_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     _common(q)
     q = reports.add_parser("review", help="sign a report as reviewed (qa)")
     q.add_argument("id", type=int)
+    q.add_argument(
+        "--as-generated",
+        action="store_true",
+        help="sign an excursion report generated before later changes to its alarm's record, as it is",
+    )
     add_signing_arguments(q)
     _common(q)

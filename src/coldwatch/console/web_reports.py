@@ -25,7 +25,7 @@ from coldwatch.api_reports import _download
 from coldwatch.console.web import PREFIX, Console, _alarm_id, _Form, _form
 from coldwatch.console.web_more import PageError
 from coldwatch.identity_model import IdentityError, Principal
-from coldwatch.records.excursion_source import generate_excursion_report
+from coldwatch.records.excursion_source import changed_since_report, generate_excursion_report
 from coldwatch.records.signed_copy import printable_pdf
 from coldwatch.records.store import KINDS, ReportStore, StoredReport
 from coldwatch.roles import Permission
@@ -182,7 +182,7 @@ class ReportPages:
             try:
                 await console._csrf(request)  # noqa: SLF001
                 form = await _form(request)
-                await self._sign(request, who, found.id, form)
+                await self._sign(request, who, found, form)
             except PageError as exc:
                 return await self._page(request, who, found, code=exc.code, error=exc.message, form=form)
             return RedirectResponse(f"{PREFIX}/reports/{found.id}?done=reviewed", status.HTTP_303_SEE_OTHER)
@@ -221,6 +221,8 @@ class ReportPages:
         signatures = await self.reports.signatures(report.id)
         reviewed = any(s.action == "review" for s in signatures)
         data = report.data
+        # Told while it may still be signed: what this (excursion) report leaves out.
+        changes = [] if reviewed else await changed_since_report(self.ctx.storage, self.ctx.config, data)
         rows: list[dict[str, Any]] = [r for r in data.get("rows", []) if isinstance(r, dict)]
         columns = list(dict.fromkeys([*data.get("columns", []), *(k for r in rows for k in r)]))
         return self.console.render(
@@ -246,11 +248,22 @@ class ReportPages:
             done=request.query_params.get("done"),
             done_text=_DONE.get(request.query_params.get("done", ""), "Recorded."),
             alarm_id=data.get("alarm", {}).get("id") if isinstance(data.get("alarm"), dict) else None,
+            changes=changes,
         )
 
-    async def _sign(self, request: Request, who: Principal, report_id: int, form: _Form) -> None:
+    async def _sign(self, request: Request, who: Principal, report: StoredReport, form: _Form) -> None:
         if not who.may(Permission.REPORT_REVIEW):
             raise PageError(status.HTTP_403_FORBIDDEN, f"role {who.role!r} may not sign reports as reviewed")
+        report_id = report.id
+        changes = await changed_since_report(self.ctx.storage, self.ctx.config, report.data)
+        if changes and form.get("as_generated") != "yes":
+            raise PageError(
+                status.HTTP_409_CONFLICT,
+                "This report was generated before later changes to the alarm's record ("
+                + "; ".join(changes)
+                + "). Generate a new report to sign a complete record, or confirm that you sign "
+                "this one as it was generated.",
+            )
         meaning = form.text("meaning", "The meaning", most=100)
         reason = form.text("reason", "A reason")
         password = form.get("password")[:1024]

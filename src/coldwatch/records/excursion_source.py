@@ -37,7 +37,7 @@ from coldwatch.signatures import manifestation_json
 from coldwatch.storage.base import Storage
 from coldwatch.storage.identity_store import IdentityStore, identity_store
 
-__all__ = ["NoSuchAlarmError", "excursion_inputs", "generate_excursion_report"]
+__all__ = ["NoSuchAlarmError", "changed_since_report", "excursion_inputs", "generate_excursion_report"]
 
 MAX_READINGS: Final = 1_000_000
 CHART_POINTS: Final = 1500
@@ -178,6 +178,34 @@ def _chart(inputs: ExcursionInputs, data: dict[str, Any]) -> str:
         gaps=[tuple(g) for g in data["no_data"]],
         element_id="excursion",
     )  # fmt: skip
+
+
+async def changed_since_report(storage: Storage, config: Config, data: dict[str, Any]) -> list[str]:
+    """What the alarm's record gained after its excursion report was generated (empty: nothing).
+
+    ``data``: the stored report's figures. A report generated before the alarm cleared,
+    was acknowledged or was reviewed does not show those: whoever signs it as reviewed
+    is told what it leaves out (a new report shows it).
+    """
+    alarm = data.get("alarm")
+    if data.get("kind") != "excursion" or not isinstance(alarm, dict) or not isinstance(alarm.get("id"), int):
+        return []
+    alarm_id = int(alarm["id"])
+    changes: list[str] = []
+    shown = data.get("transitions")
+    history = await storage.alarm_history(alarm_id)
+    if isinstance(shown, list) and len(history) > len(shown):
+        later = [str(t["event"]) for t in history[len(shown) :]]
+        changes.append(f"the alarm's history after it: {', '.join(e.replace('_', ' ') for e in later)}")
+    reviews = Reviews(identity_store(storage), config.site.timezone)
+    signatures = (await reviews.signatures_of([alarm_id])).get(alarm_id, [])
+    signed = data.get("signatures")
+    if isinstance(signed, list) and len(signatures) > len(signed):
+        later = [s.action for s in signatures[len(signed) :]]
+        changes.append(f"signatures on the alarm after it: {', '.join(later)}")
+    if data.get("review") is None and await reviews.review_of(alarm_id) is not None:
+        changes.append("the QA review of the excursion (impact, deviation, root cause)")
+    return changes
 
 
 async def generate_excursion_report(
