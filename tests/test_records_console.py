@@ -14,6 +14,7 @@ from playwright.async_api import expect
 
 from coldwatch.broker import RunningBroker
 from coldwatch.cli import main
+from coldwatch.config import Config
 from tests.conftest import db_query, eventually, running_daemon
 from tests.identity_helpers import ADMIN_PW, OPERATOR_PW, QA_PW, opened, people
 from tests.test_console_browser import (
@@ -28,6 +29,16 @@ from tests.test_console_browser import (
 )
 
 
+async def staff_and_alarm(broker: RunningBroker, config: Config) -> None:
+    """The site's people enrolled, and alarm 1 raised and committed (one reading in band, one above)."""
+    db = str(config.storage.location)
+    async with opened(db, config) as (_, identity, _):
+        await people(identity)
+    await excursion(broker, config, 0, 37.0)
+    await excursion(broker, config, 1, 39.5)
+    await wait_committed(db, 1)
+
+
 async def test_excursion_report_from_the_alarm_page_and_qa_sign_off(
     broker: RunningBroker, prefix: str, tmp_path: Path
 ) -> None:
@@ -36,11 +47,7 @@ async def test_excursion_report_from_the_alarm_page_and_qa_sign_off(
     db = str(config.storage.location)
     async with running_daemon(config) as running, chromium() as browser:
         base = running.base_url
-        async with opened(db, config) as (_, identity, _):
-            await people(identity)
-        await excursion(broker, config, 0, 37.0)
-        await excursion(broker, config, 1, 39.5)
-        await wait_committed(db, 1)
+        await staff_and_alarm(broker, config)
 
         viewer_ctx = await browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
         operator = await viewer_ctx.new_page()
@@ -134,11 +141,7 @@ async def test_an_excursion_report_older_than_its_alarm_record_is_signed_only_kn
     db = str(config.storage.location)
     async with running_daemon(config) as running, chromium() as browser:
         base = running.base_url
-        async with opened(db, config) as (_, identity, _):
-            await people(identity)
-        await excursion(broker, config, 0, 37.0)
-        await excursion(broker, config, 1, 39.5)
-        await wait_committed(db, 1)
+        await staff_and_alarm(broker, config)
         operator = await (await browser.new_context()).new_page()
         await sign_in(operator, base, "olga", OPERATOR_PW)
         await operator.goto(f"{base}/console/alarms/1")
