@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from coldwatch.config import Config
 from coldwatch.identity_model import RefusedError
 from coldwatch.records.batch_model import Stay, overlaps, validate_stays, verdict
 from coldwatch.records.batches import Batches, BatchExistsError
@@ -13,7 +14,7 @@ from coldwatch.records.shipments import Shipments, ShipmentStateError
 from coldwatch.review import signature_problems
 from coldwatch.signatures import SignatureDraft
 from coldwatch.storage.identity_store import identity_store
-from tests.batch_helpers import HOUR_US, SIGN_MEANING, site_config
+from tests.batch_helpers import DEVICES, HOUR_US, SIGN_MEANING, site_config
 from tests.conftest import Backend
 from tests.identity_helpers import opened
 
@@ -145,6 +146,10 @@ async def test_shipment_dispatch_and_receipt(backend: Backend) -> None:
         sent = SignatureDraft("olga", "Olga Operator", SIGN_MEANING, "dispatched to the clinic")
         with pytest.raises(RefusedError, match="no configured cryoshipper"):
             await shipments.start("inc-1", "c", "a", "b", 3600, None, sent, clock())
+        dewar = {"id": "ln2-9", "kind": "cryoshipper", "ships": False, "site": "s1", "area": "store"}
+        static = Shipments(store, Config.model_validate({"devices": [*DEVICES, dewar]}))
+        with pytest.raises(RefusedError, match="ln2-9 is a static dewar"):
+            await static.start("ln2-9", "c", "a", "b", 3600, None, sent, clock())
         with pytest.raises(RefusedError, match="required hold time"):
             await shipments.start("ln2-1", "c", "a", "b", 0, None, sent, clock())
         first = await shipments.start(

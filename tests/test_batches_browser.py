@@ -103,8 +103,9 @@ async def test_dispatch_receive_and_report_a_shipment_in_the_console(
     from tests.identity_helpers import QA_PW  # noqa: PLC0415
 
     backend = Backend("sqlite", str(tmp_path / "data" / "coldwatch.db"))
+    dewar = {"id": "ln2-store-1", "kind": "cryoshipper", "ships": False, "site": "s1", "area": "store"}
     config = write_config(
-        tmp_path / "c.yaml", broker=broker, prefix=prefix, devices=DEVICES, identity=FAST_IDENTITY,
+        tmp_path / "c.yaml", broker=broker, prefix=prefix, devices=[*DEVICES, dewar], identity=FAST_IDENTITY,
         site={"timezone": "Europe/Paris"}, storage={"path": backend.location},
     )  # fmt: skip
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -114,6 +115,8 @@ async def test_dispatch_receive_and_report_a_shipment_in_the_console(
         page = await browser.new_page(viewport={"width": 1280, "height": 900})
         await sign_in(page, running.base_url, "olga", OPERATOR_PW)
         await page.get_by_role("link", name="Shipments").first.click()
+        # The static dewar is watched but never offered as a shipper.
+        await expect(page.locator("#device option")).to_have_text(["ln2-1"])
         await page.get_by_label("Chain-of-identity id (stored exactly as typed)").fill(COI)
         await page.get_by_label("Origin").fill("Site 1")
         await page.get_by_label("Destination").fill("Hospital <9>")

@@ -134,6 +134,12 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
             id="grade-on-incubator",
         ),
         pytest.param(
+            "devices:\n  - {id: inc-01, kind: incubator, site: s, area: a, ships: false}\n",
+            "cfg.yaml, line 2, column 5 (devices.0)",
+            "only a cryoshipper ships",
+            id="ships-on-incubator",
+        ),
+        pytest.param(
             "devices:\n  - {id: x-1, kind: toaster, site: s, area: a}\n",
             "cfg.yaml, line 2, column 15 (devices.0.kind)",
             "'particle_counter', 'incubator' or 'cryoshipper'",

@@ -297,6 +297,9 @@ class DeviceConfig(_Model):
     # The room state whose Annex 1 limits apply (particle counters; default in operation).
     room_state: Literal["at_rest", "in_operation"] | None = None
     description: str = ""
+    # A cryoshipper that carries shipments (the default); false for a static LN2 dewar, which
+    # is watched the same way but never dispatched.
+    ships: bool | None = None
     # Simulation hints, used only by the simulators.
     interval_s: float = Field(10.0, gt=0)
 
@@ -306,7 +309,14 @@ class DeviceConfig(_Model):
             raise ValueError("a particle_counter needs its cleanroom grade (A, B, C or D)")
         if self.kind is not Kind.PARTICLE_COUNTER and (self.grade is not None or self.room_state is not None):
             raise ValueError("only a particle_counter has a cleanroom grade and room state")
+        if self.kind is not Kind.CRYOSHIPPER and self.ships is not None:
+            raise ValueError("only a cryoshipper ships (ships: false marks a static LN2 dewar)")
         return self
+
+    @property
+    def shipper(self) -> bool:
+        """Whether shipments may be dispatched on this device (a cryoshipper not marked ships: false)."""
+        return self.kind is Kind.CRYOSHIPPER and self.ships is not False
 
 
 class ClusterConfig(_Model):

@@ -63,7 +63,7 @@ class BatchPages:
             for d in config.devices
             if d.kind is not Kind.PARTICLE_COUNTER
         ]
-        self.shippers = [d.id for d in config.devices if d.kind is Kind.CRYOSHIPPER]
+        self.shippers = [d.id for d in config.devices if d.shipper]
         self.router = self._routes()
 
     # ----- routes ------------------------------------------------------------------------

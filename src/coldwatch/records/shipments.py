@@ -182,6 +182,8 @@ class Shipments:
         device = self.config.device_map().get(device_id)
         if device is None or device.kind is not Kind.CRYOSHIPPER:
             raise RefusedError(f"no configured cryoshipper {device_id!r}")
+        if not device.shipper:
+            raise RefusedError(f"{device_id} is a static dewar (ships: false): a shipment needs a shipper")
         if await self.store.fetch(
             "SELECT 1 FROM shipments WHERE device_id = ? AND state = 'in_transit'", device_id
         ):
