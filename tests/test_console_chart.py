@@ -255,3 +255,39 @@ def test_large_values_on_the_value_axis_fit_left_of_the_plot() -> None:
     ]
     assert "1M" in [t.text for t in labels]
     assert all(len(t.text or "") * 6.2 <= left - 8 for t in labels)
+
+
+def label_boxes(root: ET.Element) -> list[tuple[float, float, float, float]]:
+    """(left, top, right, bottom) of every label's backing box (limit and alarm labels)."""
+    return [
+        (float(r.get("x", 0)), float(r.get("y", 0)),
+         float(r.get("x", 0)) + float(r.get("width", 0)), float(r.get("y", 0)) + float(r.get("height", 0)))
+        for r in root.iter(f"{NS}rect")
+        if r.get("fill-opacity") == "0.85"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("at_end", [True, False], ids=["alarm-at-the-right-end", "alarm-mid-chart"])
+@pytest.mark.parametrize(("width", "height"), [(360, 240), (480, 300), (720, 360)])
+@pytest.mark.parametrize("value", [36.05, 36.3, 37.0])
+def test_an_alarm_label_never_covers_a_limit_label(
+    at_end: bool, width: int, height: int, value: float
+) -> None:
+    """Readings near the low limits, whose labels sit at the foot as an alarm's does: all labels apart."""
+    chart = sample_chart()
+    values = np.where(np.isnan(chart.series.values), np.nan, value)
+    start = T0 + (5 * 3600 + 1800 if at_end else 3 * 3600) * US
+    chart = replace(
+        chart,
+        series=Series(chart.series.ts_us, values, chart.series.buffered),
+        alarms=[AlarmSpan(start, start + 25 * 60 * US, "alert", "alert alarm #12")],
+    )
+    root = ET.fromstring(render_svg(chart, width=width, height=height))
+    boxes = label_boxes(root)
+    assert len(boxes) == 5  # four limits, one alarm
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
+    _, top, _, plot_height = plot_frame(root)
+    alarm = next(t for t in root.iter(f"{NS}text") if t.text == "alert alarm #12")
+    assert top < float(alarm.get("y", 0)) <= top + plot_height  # still inside the plot

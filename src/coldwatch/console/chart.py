@@ -267,10 +267,24 @@ def _distinct(limits: Sequence[LimitLine]) -> list[LimitLine]:
     return sorted(best.values(), key=lambda lim: -lim.value)
 
 
-def _limit_labels(frame: _Frame, limits: Sequence[LimitLine], unit: str) -> tuple[list[str], list[str]]:
-    """Limit lines; apart, to be drawn over the data, a label at each one's right end, pushed apart."""
+# A label's box: (left, top, right, bottom).
+_Box = tuple[float, float, float, float]
+
+
+def _overlaps(box: _Box, others: Sequence[_Box]) -> bool:
+    return any(box[0] < o[2] and o[0] < box[2] and box[1] < o[3] and o[1] < box[3] for o in others)
+
+
+def _limit_labels(
+    frame: _Frame, limits: Sequence[LimitLine], unit: str
+) -> tuple[list[str], list[str], list[_Box]]:
+    """Limit lines; apart, to be drawn over the data, a label at each one's right end, pushed apart.
+
+    Also the labels' boxes, which the alarm labels keep clear of.
+    """
     lines: list[str] = []
     labels: list[str] = []
+    boxes: list[_Box] = []
     placed: list[float] = []
     right = frame.left + frame.width
     for lim in _distinct(limits):
@@ -292,7 +306,8 @@ def _limit_labels(frame: _Frame, limits: Sequence[LimitLine], unit: str) -> tupl
             f'fill="#ffffff" fill-opacity="0.85"/>'
         )
         labels.append(_text(right - 3, label_y, text, size=11, anchor="end", fill=colour))
-    return lines, labels
+        boxes.append((right - width, label_y - 11, right, label_y + 3))
+    return lines, labels, boxes
 
 
 def _band(frame: _Frame, a: float, b: float, *, fill: str, opacity: str, least: float) -> str:
@@ -350,9 +365,17 @@ def _time_axis(frame: _Frame, chart: Chart) -> list[str]:
     return out
 
 
-def _shading(frame: _Frame, chart: Chart, gaps: Sequence[tuple[int, int]]) -> tuple[list[str], list[str]]:
-    """Alarm intervals and gaps as bands; their labels apart (drawn last, over the data)."""
+def _shading(
+    frame: _Frame, chart: Chart, gaps: Sequence[tuple[int, int]], taken: Sequence[_Box] = ()
+) -> tuple[list[str], list[str]]:
+    """Alarm intervals and gaps as bands; their labels apart (drawn last, over the data).
+
+    An alarm's label goes at the foot of its band unless a label already there (``taken``:
+    the limits', or an earlier alarm's) would cover it or be covered; then the first place
+    clear of them, up the band.
+    """
     bands, labels = [], []
+    boxes = list(taken)
     for span in chart.alarms:
         a = frame.clamp_x(frame.x(span.start_us))
         b = frame.clamp_x(frame.x(span.end_us if span.end_us is not None else chart.end_us))
@@ -363,8 +386,18 @@ def _shading(frame: _Frame, chart: Chart, gaps: Sequence[tuple[int, int]]) -> tu
         )
         label = span.label or f"{span.severity} alarm"
         # At the foot of the band (the limit labels hold the top right), kept inside the plot.
-        x = min(a + 3, frame.left + frame.width - 6.6 * len(label) - 3)
-        y = frame.top + frame.height - 6
+        width = 6.6 * len(label) + 4
+        x = min(a + 3, frame.left + frame.width - width + 1)
+        foot = frame.top + frame.height - 6
+        y = next(
+            (
+                at
+                for at in (foot - 16 * step for step in range(int((frame.height - 14) // 16) + 1))
+                if not _overlaps((x - 2, at - 11, x - 2 + width, at + 3), boxes)
+            ),
+            foot,
+        )
+        boxes.append((x - 2, y - 11, x - 2 + width, y + 3))
         labels.append(
             f'<rect x="{x - 2:.1f}" y="{y - 11:.1f}" width="{6.6 * len(label) + 4:.1f}" height="14" '
             'fill="#ffffff" fill-opacity="0.85"/>'
@@ -445,8 +478,8 @@ def render_svg(chart: Chart, *, width: int = 720, height: int = 360, element_id:
         56.0, 34.0 + drop, width - 68.0, height - 96.0 - drop, chart.start_us, chart.end_us, y0, y1
     )
     gaps = list(chart.gaps) or chart.series.gaps()
-    bands, labels = _shading(frame, chart, gaps)
-    limit_lines, limit_labels = _limit_labels(frame, chart.limits, unit)
+    limit_lines, limit_labels, limit_boxes = _limit_labels(frame, chart.limits, unit)
+    bands, labels = _shading(frame, chart, gaps, limit_boxes)
     zone_note = "time: UTC" + (f" / {chart.zone.key} (grey)" if chart.zone is not None else "")
     day = datetime.fromtimestamp(chart.start_us / US, UTC).strftime("%Y-%m-%d")
     return "\n".join([
