@@ -399,7 +399,7 @@ def _shading(
         )
         boxes.append((x - 2, y - 11, x - 2 + width, y + 3))
         labels.append(
-            f'<rect x="{x - 2:.1f}" y="{y - 11:.1f}" width="{6.6 * len(label) + 4:.1f}" height="14" '
+            f'<rect x="{x - 2:.1f}" y="{y - 11:.1f}" width="{width:.1f}" height="14" '
             'fill="#ffffff" fill-opacity="0.85"/>'
         )
         labels.append(_text(x, y, label, size=11, fill=COLOURS.get(span.severity, "#222")))
